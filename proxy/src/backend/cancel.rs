@@ -1,0 +1,32 @@
+//! Forwarding a client's CancelRequest to the server that runs its query.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::protocol::startup::CancelKey;
+
+/// Where and with which key a running query can be cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CancelTarget {
+    /// The server's address.
+    pub addr: SocketAddr,
+    /// The server backend's own key (from its BackendKeyData).
+    pub key: CancelKey,
+}
+
+/// Sends a CancelRequest to the server; Postgres answers by closing the connection.
+pub async fn send_cancel(target: CancelTarget, limit: Duration) -> std::io::Result<()> {
+    let work = async {
+        let mut s = TcpStream::connect(target.addr).await?;
+        s.write_all(&target.key.request_packet()).await?;
+        let mut sink = [0u8; 64];
+        while s.read(&mut sink).await? > 0 {}
+        Ok(())
+    };
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}

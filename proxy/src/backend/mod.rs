@@ -1,0 +1,10 @@
+//! Server side: connections to Postgres (connect, login, parameters), the fair pools they live
+//! in, and forwarding of cancel requests.
+
+pub mod cancel;
+pub mod pool;
+pub mod server;
+
+pub use cancel::CancelTarget;
+pub use pool::{Checkout, Pool, PoolError, PoolId, Pools};
+pub use server::{BackendError, ServerConn, ServerLogin};

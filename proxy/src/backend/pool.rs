@@ -1,0 +1,338 @@
+//! Server connection pools, one per (database, user). Waiting is FIFO-fair: a tokio `Semaphore`
+//! (which queues waiters in arrival order) holds `pool_size` permits, and a connection is only
+//! used or created under a permit, so a client that just released a connection cannot jump
+//! ahead of parked waiters. Idle connections are checked for liveness on checkout instead of a
+//! test query, and reaped by a background task.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
+
+use super::server::{BackendError, ServerConn, ServerLogin};
+use crate::config::{NodeAddr, PoolSettings};
+
+/// ParameterStatus name/value pairs a server reported at login.
+pub type ServerParams = Arc<[(String, String)]>;
+
+/// How often the reaper looks at idle connections.
+const REAP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Identifies a pool: client-facing database and user names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolId {
+    /// Database name as clients use it.
+    pub database: String,
+    /// User name as clients use it.
+    pub user: String,
+}
+
+impl fmt::Display for PoolId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.database, self.user)
+    }
+}
+
+/// Why no server connection was handed out.
+#[derive(Debug, Error)]
+pub enum PoolError {
+    /// Every connection stayed busy for `query_wait_timeout`.
+    #[error("no server connection available in pool {pool} after waiting {waited:?} (pool_size = {size}, query_wait_timeout)")]
+    WaitTimeout {
+        /// The pool.
+        pool: PoolId,
+        /// How long the client waited.
+        waited: Duration,
+        /// The pool's size.
+        size: u32,
+    },
+    /// A new connection could not be made.
+    #[error(transparent)]
+    Connect(#[from] BackendError),
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    /// Idle connections; most recently used at the back.
+    idle: VecDeque<ServerConn>,
+    /// Open connections, idle or checked out (never above `size`).
+    open: u32,
+}
+
+/// A pool of server connections to one node.
+#[derive(Debug)]
+pub struct Pool {
+    id: PoolId,
+    node: NodeAddr,
+    login: ServerLogin,
+    settings: PoolSettings,
+    permits: Arc<Semaphore>,
+    state: Mutex<PoolState>,
+    /// ParameterStatus values of the first server connection, shown to new clients.
+    server_params: Mutex<Option<ServerParams>>,
+}
+
+/// A checked-out server connection. `release` returns it; dropping it closes the connection.
+#[derive(Debug)]
+pub struct Checkout {
+    conn: Option<ServerConn>,
+    pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Checkout {
+    /// The connection.
+    pub fn conn(&mut self) -> &mut ServerConn {
+        self.conn.as_mut().expect("present until release")
+    }
+
+    /// Returns a clean (idle, ReadyForQuery 'I') connection to the pool.
+    pub fn release(mut self) {
+        let mut conn = self.conn.take().expect("present until release");
+        if self
+            .pool
+            .settings
+            .server_lifetime
+            .is_some_and(|l| conn.age() >= l)
+        {
+            debug!(pool = %self.pool.id, "server connection reached server_lifetime, closing");
+            self.pool.forget_one();
+            return;
+        }
+        conn.touch();
+        self.pool.lock().idle.push_back(conn);
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if self.conn.take().is_some() {
+            self.pool.forget_one();
+        }
+    }
+}
+
+impl Pool {
+    /// Creates a pool and its reaper task (which ends when the pool is dropped).
+    pub fn new(
+        id: PoolId,
+        node: NodeAddr,
+        login: ServerLogin,
+        settings: PoolSettings,
+    ) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            permits: Arc::new(Semaphore::new(settings.size as usize)),
+            id,
+            node,
+            login,
+            settings,
+            state: Mutex::default(),
+            server_params: Mutex::default(),
+        });
+        tokio::spawn(reap_loop(Arc::downgrade(&pool)));
+        pool
+    }
+
+    /// The pool's identity.
+    pub fn id(&self) -> &PoolId {
+        &self.id
+    }
+
+    /// The pool's settings.
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn forget_one(&self) {
+        let mut st = self.lock();
+        st.open = st.open.saturating_sub(1);
+    }
+
+    /// Open connections (idle or in use).
+    pub fn open_connections(&self) -> u32 {
+        self.lock().open
+    }
+
+    /// Waits (FIFO, up to `query_wait_timeout`) for a permit, then reuses an idle connection or
+    /// opens a new one.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
+        let wait = self.settings.query_wait_timeout;
+        let permit = match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(PoolError::WaitTimeout {
+                    pool: self.id.clone(),
+                    waited: wait,
+                    size: self.settings.size,
+                })
+            }
+        };
+        loop {
+            let reuse = {
+                let mut st = self.lock();
+                match st.idle.pop_back() {
+                    Some(c) => Some(c),
+                    None => {
+                        st.open += 1;
+                        None
+                    }
+                }
+            };
+            match reuse {
+                Some(c) if c.is_alive() => {
+                    return Ok(Checkout {
+                        conn: Some(c),
+                        pool: self.clone(),
+                        _permit: permit,
+                    })
+                }
+                Some(_) => {
+                    debug!(pool = %self.id, "idle server connection was closed by the server, discarding");
+                    self.forget_one();
+                }
+                None => {
+                    let conn = match self.connect().await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            self.forget_one();
+                            return Err(e.into());
+                        }
+                    };
+                    return Ok(Checkout {
+                        conn: Some(conn),
+                        pool: self.clone(),
+                        _permit: permit,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<ServerConn, BackendError> {
+        let conn = ServerConn::connect(
+            &self.node,
+            &self.login,
+            self.settings.server_connect_timeout,
+        )
+        .await?;
+        debug!(pool = %self.id, server = %self.node, "opened server connection");
+        let mut params = self.server_params.lock().unwrap_or_else(|p| p.into_inner());
+        if params.is_none() {
+            *params = Some(conn.params().into());
+        }
+        Ok(conn)
+    }
+
+    /// ParameterStatus values to show new clients; connects once if none is known yet.
+    pub async fn server_params(self: &Arc<Self>) -> Result<ServerParams, PoolError> {
+        if let Some(p) = self.cached_params() {
+            return Ok(p);
+        }
+        self.checkout().await?.release();
+        Ok(self
+            .cached_params()
+            .unwrap_or_else(|| Arc::from(Vec::new())))
+    }
+
+    fn cached_params(&self) -> Option<ServerParams> {
+        self.server_params
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Closes idle connections past `server_idle_timeout` or `server_lifetime` (keeping
+    /// `min_pool_size`), then tops the pool up to `min_pool_size`.
+    async fn maintain(self: &Arc<Self>) {
+        let expired: Vec<ServerConn> = {
+            let mut st = self.lock();
+            let mut out = Vec::new();
+            let s = &self.settings;
+            let mut i = 0;
+            while i < st.idle.len() {
+                let c = &st.idle[i];
+                let too_old = s.server_lifetime.is_some_and(|l| c.age() >= l);
+                let too_idle = s.server_idle_timeout.is_some_and(|t| c.idle_for() >= t)
+                    && st.open > s.min_size;
+                if too_old || too_idle || !c.is_alive() {
+                    out.extend(st.idle.remove(i));
+                    st.open -= 1;
+                } else {
+                    i += 1;
+                }
+            }
+            out
+        };
+        if !expired.is_empty() {
+            debug!(pool = %self.id, closed = expired.len(), "closed idle server connections");
+        }
+        drop(expired);
+        while self.open_connections() < self.settings.min_size {
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                return;
+            };
+            {
+                let mut st = self.lock();
+                if st.open >= self.settings.min_size {
+                    return;
+                }
+                st.open += 1;
+            }
+            match self.connect().await {
+                Ok(c) => Checkout {
+                    conn: Some(c),
+                    pool: self.clone(),
+                    _permit: permit,
+                }
+                .release(),
+                Err(e) => {
+                    self.forget_one();
+                    warn!(pool = %self.id, error = %e, "cannot open min_pool_size connection");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn reap_loop(pool: Weak<Pool>) {
+    let mut tick = tokio::time::interval(REAP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.maintain().await;
+    }
+}
+
+/// All pools, created on first use.
+#[derive(Debug, Default)]
+pub struct Pools {
+    map: Mutex<HashMap<PoolId, Arc<Pool>>>,
+}
+
+impl Pools {
+    /// The pool for `id`, created by `make` if it does not exist yet.
+    pub fn get_or_create(&self, id: PoolId, make: impl FnOnce(PoolId) -> Arc<Pool>) -> Arc<Pool> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(id.clone()).or_insert_with(|| make(id)).clone()
+    }
+
+    /// Every pool.
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}

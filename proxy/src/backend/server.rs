@@ -1,0 +1,313 @@
+//! One server connection: TCP connect, startup, authentication (SCRAM-SHA-256, MD5, cleartext or
+//! trust, as the server asks) and the parameters the server reports.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::{backend::Message, frontend};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::backend::cancel::CancelTarget;
+use crate::config::NodeAddr;
+use crate::protocol::frame::peek_header;
+use crate::protocol::messages::error_fields;
+use crate::protocol::startup::CancelKey;
+
+/// Largest message accepted from a server during login.
+const MAX_LOGIN_MESSAGE: usize = 1 << 20;
+
+/// Credentials and database for logging in to a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLogin {
+    /// Role name on the server.
+    pub user: String,
+    /// Password, if the server asks for one.
+    pub password: Option<String>,
+    /// Database name on the server.
+    pub dbname: String,
+}
+
+/// Why a server connection could not be made.
+#[derive(Debug, Error)]
+pub enum BackendError {
+    /// TCP or socket failure.
+    #[error("cannot connect to server {addr}: {source}")]
+    Io {
+        /// Server address.
+        addr: NodeAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Connect + login took longer than `server_connect_timeout`.
+    #[error("connecting to server {addr} timed out after {timeout:?} (server_connect_timeout)")]
+    Timeout {
+        /// Server address.
+        addr: NodeAddr,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// The server refused the login with an ErrorResponse (kept whole for the client).
+    #[error("server {addr} refused the login: {code} {message}")]
+    Refused {
+        /// Server address.
+        addr: NodeAddr,
+        /// SQLSTATE.
+        code: String,
+        /// Message.
+        message: String,
+        /// The raw ErrorResponse frame, relayed unchanged to the client.
+        frame: Bytes,
+    },
+    /// The server wants a password but none is configured.
+    #[error("server {addr} asks user {user} for a password, but no server_password is configured")]
+    NoPassword {
+        /// Server address.
+        addr: NodeAddr,
+        /// Server-side user.
+        user: String,
+    },
+    /// The server broke the protocol or asked for something pgtier cannot do.
+    #[error("server {addr}: {what}")]
+    Protocol {
+        /// Server address.
+        addr: NodeAddr,
+        /// What went wrong.
+        what: String,
+    },
+}
+
+/// An authenticated server connection, idle at ReadyForQuery.
+#[derive(Debug)]
+pub struct ServerConn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    key: CancelKey,
+    params: Vec<(String, String)>,
+    created: Instant,
+    last_used: Instant,
+}
+
+impl ServerConn {
+    /// Connects and logs in, all within `limit`.
+    pub async fn connect(
+        addr: &NodeAddr,
+        login: &ServerLogin,
+        limit: Duration,
+    ) -> Result<ServerConn, BackendError> {
+        match tokio::time::timeout(limit, Self::connect_inner(addr, login)).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::Timeout {
+                addr: addr.clone(),
+                timeout: limit,
+            }),
+        }
+    }
+
+    async fn connect_inner(
+        addr: &NodeAddr,
+        login: &ServerLogin,
+    ) -> Result<ServerConn, BackendError> {
+        let io = |source| BackendError::Io {
+            addr: addr.clone(),
+            source,
+        };
+        let proto = |what: String| BackendError::Protocol {
+            addr: addr.clone(),
+            what,
+        };
+        let mut stream = TcpStream::connect((addr.host.as_str(), addr.port))
+            .await
+            .map_err(io)?;
+        stream.set_nodelay(true).map_err(io)?;
+        let peer = stream.peer_addr().map_err(io)?;
+
+        let mut out = BytesMut::with_capacity(256);
+        let params = [
+            ("user", login.user.as_str()),
+            ("database", login.dbname.as_str()),
+            ("application_name", "pgtier"),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut out).map_err(io)?;
+        stream.write_all(&out).await.map_err(io)?;
+
+        let mut inbuf = BytesMut::with_capacity(1024);
+        let mut scram: Option<ScramSha256> = None;
+        let mut key = None;
+        let mut reported = Vec::new();
+        loop {
+            let mut frame = read_frame(&mut stream, &mut inbuf, addr).await?;
+            if frame[0] == b'E' {
+                let (code, message) = error_fields(&frame[5..]);
+                return Err(BackendError::Refused {
+                    addr: addr.clone(),
+                    code: code.unwrap_or("XX000").to_owned(),
+                    message: message.unwrap_or("").to_owned(),
+                    frame: frame.freeze(),
+                });
+            }
+            let msg = Message::parse(&mut frame)
+                .map_err(|e| proto(format!("bad message during login: {e}")))?
+                .ok_or_else(|| proto("truncated message during login".into()))?;
+            out.clear();
+            let password = || {
+                login
+                    .password
+                    .as_deref()
+                    .ok_or_else(|| BackendError::NoPassword {
+                        addr: addr.clone(),
+                        user: login.user.clone(),
+                    })
+            };
+            match msg {
+                Message::AuthenticationOk => {}
+                Message::AuthenticationCleartextPassword => {
+                    frontend::password_message(password()?.as_bytes(), &mut out).map_err(io)?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let hash = md5_hash(login.user.as_bytes(), password()?.as_bytes(), body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut out).map_err(io)?;
+                }
+                Message::AuthenticationSasl(body) => {
+                    let offered = body
+                        .mechanisms()
+                        .any(|m| Ok(m == SCRAM_SHA_256))
+                        .map_err(io)?;
+                    if !offered {
+                        return Err(proto("offers no SASL mechanism pgtier supports".into()));
+                    }
+                    let s = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)
+                        .map_err(io)?;
+                    scram = Some(s);
+                }
+                Message::AuthenticationSaslContinue(body) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| proto("SASL continue without SASL start".into()))?;
+                    s.update(body.data())
+                        .map_err(|e| proto(format!("SCRAM: {e}")))?;
+                    frontend::sasl_response(s.message(), &mut out).map_err(io)?;
+                }
+                Message::AuthenticationSaslFinal(body) => {
+                    let mut s = scram
+                        .take()
+                        .ok_or_else(|| proto("SASL final without SASL start".into()))?;
+                    s.finish(body.data())
+                        .map_err(|e| proto(format!("SCRAM server signature: {e}")))?;
+                }
+                Message::ParameterStatus(body) => {
+                    let name = body.name().map_err(io)?.to_owned();
+                    let value = body.value().map_err(io)?.to_owned();
+                    reported.push((name, value));
+                }
+                Message::BackendKeyData(body) => {
+                    key = Some(CancelKey {
+                        pid: body.process_id(),
+                        secret: body.secret_key(),
+                    });
+                }
+                Message::NoticeResponse(_) => {}
+                Message::ReadyForQuery(_) => break,
+                _ => return Err(proto("unexpected message during login".into())),
+            }
+            if !out.is_empty() {
+                stream.write_all(&out).await.map_err(io)?;
+            }
+        }
+        let now = Instant::now();
+        Ok(ServerConn {
+            stream,
+            peer,
+            key: key.unwrap_or(CancelKey { pid: 0, secret: 0 }),
+            params: reported,
+            created: now,
+            last_used: now,
+        })
+    }
+
+    /// The socket, for relaying.
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// Parameters the server reported at login.
+    pub fn params(&self) -> &[(String, String)] {
+        &self.params
+    }
+
+    /// Where a cancel for this connection's query must go.
+    pub fn cancel_target(&self) -> CancelTarget {
+        CancelTarget {
+            addr: self.peer,
+            key: self.key,
+        }
+    }
+
+    /// Age since login.
+    pub fn age(&self) -> Duration {
+        self.created.elapsed()
+    }
+
+    /// Time since it was last returned to the pool.
+    pub fn idle_for(&self) -> Duration {
+        self.last_used.elapsed()
+    }
+
+    /// Marks the connection as just returned to the pool.
+    pub fn touch(&mut self) {
+        self.last_used = Instant::now();
+    }
+
+    /// False if the server closed the socket or sent something unprompted (e.g. a FATAL after
+    /// `pg_terminate_backend`) while the connection sat idle: such a connection is not reused.
+    pub fn is_alive(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+impl Drop for ServerConn {
+    fn drop(&mut self) {
+        // Terminate, best effort and without blocking, so the server does not log an EOF.
+        let _ = self.stream.try_write(b"X\0\0\0\x04");
+    }
+}
+
+/// Reads one whole frame during login.
+async fn read_frame(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    addr: &NodeAddr,
+) -> Result<BytesMut, BackendError> {
+    loop {
+        match peek_header(buf, MAX_LOGIN_MESSAGE) {
+            Ok(Some(h)) if buf.len() >= h.frame_len() => return Ok(buf.split_to(h.frame_len())),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(BackendError::Protocol {
+                    addr: addr.clone(),
+                    what: e.to_string(),
+                })
+            }
+        }
+        let n = stream
+            .read_buf(buf)
+            .await
+            .map_err(|source| BackendError::Io {
+                addr: addr.clone(),
+                source,
+            })?;
+        if n == 0 {
+            return Err(BackendError::Io {
+                addr: addr.clone(),
+                source: std::io::ErrorKind::UnexpectedEof.into(),
+            });
+        }
+    }
+}

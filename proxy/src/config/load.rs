@@ -1,0 +1,401 @@
+//! Loading: TOML parse, schema check and semantic validation. Every problem is reported with
+//! the file, line and column it comes from, so a DBA can fix it without guessing.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use thiserror::Error;
+
+use super::schema::{AuthMethod, Config, DatabaseConfig, UserConfig};
+use super::settings::{nonzero, ClientAuth, Database, NodeAddr, PoolSettings, Settings, User};
+use crate::protocol::auth::{Md5Secret, ScramSecret};
+
+/// One thing wrong with a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// Dotted key path, when known.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A config that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {error}")]
+    Read {
+        /// File name.
+        file: String,
+        /// Cause.
+        error: std::io::Error,
+    },
+    /// Parse or validation problems.
+    #[error("{}", render(file, problems))]
+    Invalid {
+        /// File name.
+        file: String,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+fn render(file: &str, problems: &[Problem]) -> String {
+    let mut out = String::new();
+    for (i, p) in problems.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!("{file}:{}:{}: ", p.line, p.column));
+        if !p.key.is_empty() {
+            out.push_str(&format!("{}: ", p.key));
+        }
+        out.push_str(&p.message);
+    }
+    out
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.line, self.column, self.key, self.message
+        )
+    }
+}
+
+/// Reads and validates a config file.
+pub fn load_file(path: &Path) -> Result<Settings, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        file: file.clone(),
+        error,
+    })?;
+    parse_str(&text).map_err(|problems| ConfigError::Invalid { file, problems })
+}
+
+/// Parses and validates config text.
+pub fn parse_str(text: &str) -> Result<Settings, Vec<Problem>> {
+    let config: Config = toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+        vec![Problem {
+            line,
+            column,
+            key: String::new(),
+            message: e.message().trim().to_owned(),
+        }]
+    })?;
+    let mut v = Validator {
+        text,
+        doc: toml_edit::ImDocument::parse(text).ok(),
+        problems: Vec::new(),
+    };
+    let settings = v.resolve(config);
+    if v.problems.is_empty() {
+        Ok(settings)
+    } else {
+        Err(v.problems)
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, column)
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    doc: Option<toml_edit::ImDocument<&'a str>>,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    /// Records a problem at the value of `path` (or the closest table that exists).
+    fn fail(&mut self, path: &[&str], message: impl Into<String>) {
+        let offset = self.span_of(path).unwrap_or(0);
+        let (line, column) = line_col(self.text, offset);
+        self.problems.push(Problem {
+            line,
+            column,
+            key: path.join("."),
+            message: message.into(),
+        });
+    }
+
+    fn span_of(&self, path: &[&str]) -> Option<usize> {
+        let doc = self.doc.as_ref()?;
+        let mut item = doc.as_item();
+        let mut best = None;
+        for seg in path {
+            let next = match seg.parse::<usize>() {
+                Ok(i) => item
+                    .as_array()
+                    .and_then(|a| a.get(i))
+                    .and_then(|v| v.span()),
+                Err(_) => None,
+            };
+            if let Some(span) = next {
+                return Some(span.start);
+            }
+            let table = item.as_table_like()?;
+            let key_span = table.key(seg).and_then(|k| k.span());
+            item = table.get(seg)?;
+            best = item.span().or(key_span).map(|s| s.start).or(best);
+        }
+        best
+    }
+
+    fn resolve(&mut self, raw: Config) -> Settings {
+        let listen = raw.listen.parse::<SocketAddr>().unwrap_or_else(|_| {
+            self.fail(&["listen"], "expected an address like \"127.0.0.1:6432\"");
+            SocketAddr::from(([127, 0, 0, 1], 6432))
+        });
+        if raw.max_client_conn == 0 {
+            self.fail(&["max_client_conn"], "must be at least 1");
+        }
+        if raw.max_message_size < 1024 {
+            self.fail(&["max_message_size"], "must be at least 1024 bytes");
+        }
+        for (key, d) in [
+            ("query_wait_timeout", raw.query_wait_timeout),
+            ("server_connect_timeout", raw.server_connect_timeout),
+            ("client_login_timeout", raw.client_login_timeout),
+        ] {
+            if d.is_zero() {
+                self.fail(&[key], "must be greater than 0 (every wait has a timeout)");
+            }
+        }
+        if raw
+            .log_level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            self.fail(
+                &["log_level"],
+                "not a valid filter (e.g. \"info\" or \"pgtier=debug\")",
+            );
+        }
+        if raw.databases.is_empty() {
+            self.fail(
+                &[],
+                "no [databases.NAME] section: clients would have nothing to connect to",
+            );
+        }
+        let users = raw
+            .users
+            .iter()
+            .filter_map(|(name, u)| Some((name.clone(), self.user(name, u)?)))
+            .collect::<HashMap<_, _>>();
+        let databases = raw
+            .databases
+            .iter()
+            .filter_map(|(name, d)| Some((name.clone(), self.database(&raw, name, d)?)))
+            .collect::<HashMap<_, _>>();
+        Settings {
+            client_idle_timeout: nonzero(raw.client_idle_timeout),
+            raw,
+            listen,
+            users,
+            databases,
+        }
+    }
+
+    fn user(&mut self, name: &str, u: &UserConfig) -> Option<User> {
+        let pw = u.password.as_deref();
+        let plaintext =
+            pw.filter(|p| ScramSecret::parse(p).is_none() && Md5Secret::parse(p).is_none());
+        let auth = match u.auth {
+            AuthMethod::Trust => ClientAuth::Trust,
+            AuthMethod::ScramSha256 => match (pw.and_then(ScramSecret::parse), plaintext) {
+                (Some(secret), _) => ClientAuth::Scram(secret),
+                (None, Some(p)) => ClientAuth::Scram(ScramSecret::from_password(p)),
+                (None, None) => {
+                    let why = if pw.is_some() {
+                        "an MD5 hash cannot check SCRAM-SHA-256 logins: give a plaintext password or a SCRAM verifier, or set auth = \"md5\""
+                    } else {
+                        "auth \"scram-sha-256\" needs a password (or set auth = \"trust\")"
+                    };
+                    self.fail(&["users", name, "password"], why);
+                    return None;
+                }
+            },
+            AuthMethod::Md5 => match (pw.and_then(Md5Secret::parse), plaintext) {
+                (Some(secret), _) => ClientAuth::Md5(secret),
+                (None, Some(p)) => ClientAuth::Md5(Md5Secret::from_password(p, name)),
+                (None, None) => {
+                    let why = if pw.is_some() {
+                        "a SCRAM verifier cannot check MD5 logins: give a plaintext password or an md5 hash"
+                    } else {
+                        "auth \"md5\" needs a password"
+                    };
+                    self.fail(&["users", name, "password"], why);
+                    return None;
+                }
+            },
+        };
+        Some(User {
+            name: name.to_owned(),
+            auth,
+            server_user: u.server_user.clone().unwrap_or_else(|| name.to_owned()),
+            server_password: u.server_password.clone().or(plaintext.map(str::to_owned)),
+        })
+    }
+
+    fn database(&mut self, raw: &Config, name: &str, d: &DatabaseConfig) -> Option<Database> {
+        let primary = NodeAddr::parse(&d.primary);
+        if primary.is_none() {
+            self.fail(
+                &["databases", name, "primary"],
+                "expected \"host:port\", e.g. \"127.0.0.1:5432\"",
+            );
+        }
+        let mut replicas = Vec::new();
+        for (i, r) in d.replicas.iter().enumerate() {
+            match NodeAddr::parse(r) {
+                Some(a) if Some(&a) == primary.as_ref() || replicas.contains(&a) => self.fail(
+                    &["databases", name, "replicas", &i.to_string()],
+                    format!("{a} is listed twice"),
+                ),
+                Some(a) => replicas.push(a),
+                None => self.fail(
+                    &["databases", name, "replicas", &i.to_string()],
+                    "expected \"host:port\"",
+                ),
+            }
+        }
+        let size = d.pool_size.unwrap_or(raw.pool_size);
+        let min_size = d.min_pool_size.unwrap_or(raw.min_pool_size);
+        if size == 0 {
+            let path: &[&str] = if d.pool_size.is_some() {
+                &["databases", name, "pool_size"]
+            } else {
+                &["pool_size"]
+            };
+            self.fail(path, "must be at least 1");
+        }
+        if min_size > size {
+            let path: &[&str] = if d.min_pool_size.is_some() {
+                &["databases", name, "min_pool_size"]
+            } else {
+                &["min_pool_size"]
+            };
+            self.fail(
+                path,
+                format!("min_pool_size {min_size} exceeds pool_size {size}"),
+            );
+        }
+        Some(Database {
+            name: name.to_owned(),
+            dbname: d.dbname.clone().unwrap_or_else(|| name.to_owned()),
+            primary: primary?,
+            replicas,
+            pool: PoolSettings {
+                mode: d.pool_mode.unwrap_or(raw.pool_mode),
+                size,
+                min_size,
+                query_wait_timeout: raw.query_wait_timeout,
+                server_connect_timeout: raw.server_connect_timeout,
+                server_idle_timeout: nonzero(raw.server_idle_timeout),
+                server_lifetime: nonzero(raw.server_lifetime),
+                idle_transaction_timeout: nonzero(raw.idle_transaction_timeout),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:6432"
+pool_mode = "transaction"
+[users.app]
+password = "app"
+[databases.app]
+primary = "127.0.0.1:5432"
+replicas = ["127.0.0.1:5433", "127.0.0.1:5434"]
+pool_size = 20
+"#;
+
+    #[test]
+    fn accepts_the_documented_example() {
+        let s = parse_str(GOOD).unwrap();
+        let db = &s.databases["app"];
+        assert_eq!(db.primary.port, 5432);
+        assert_eq!(db.replicas.len(), 2);
+        assert_eq!(db.pool.size, 20);
+        assert!(matches!(s.users["app"].auth, ClientAuth::Scram(_)));
+        assert_eq!(s.users["app"].server_password.as_deref(), Some("app"));
+    }
+
+    #[test]
+    fn unknown_key_has_line_and_column() {
+        let text = GOOD.replace("pool_size = 20", "pool_sise = 20");
+        let p = parse_str(&text).unwrap_err();
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].line, p[0].column), (9, 1));
+        assert!(
+            p[0].message.contains("unknown field `pool_sise`"),
+            "{}",
+            p[0].message
+        );
+    }
+
+    #[test]
+    fn wrong_type_has_line() {
+        let text = GOOD.replace("pool_size = 20", "pool_size = \"many\"");
+        let p = parse_str(&text).unwrap_err();
+        assert_eq!(p[0].line, 9);
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_value() {
+        let text = GOOD
+            .replace("\"127.0.0.1:5433\"", "\"nowhere\"")
+            .replace("pool_size = 20", "pool_size = 0");
+        let p = parse_str(&text).unwrap_err();
+        let keys: Vec<_> = p
+            .iter()
+            .map(|p| (p.key.as_str(), p.line, p.column))
+            .collect();
+        assert!(
+            keys.contains(&("databases.app.replicas.0", 8, 13)),
+            "{keys:?}"
+        );
+        assert!(
+            keys.contains(&("databases.app.pool_size", 9, 13)),
+            "{keys:?}"
+        );
+    }
+
+    #[test]
+    fn md5_hash_cannot_do_scram() {
+        let text = GOOD.replace(
+            "password = \"app\"",
+            "password = \"md5a3556571e93b0d20722ba62be61e8c2d\"",
+        );
+        let p = parse_str(&text).unwrap_err();
+        assert_eq!(p[0].key, "users.app.password");
+        assert_eq!(p[0].line, 5);
+    }
+
+    #[test]
+    fn zero_wait_timeouts_are_rejected() {
+        let text = format!("query_wait_timeout = 0\n{GOOD}");
+        let p = parse_str(&text).unwrap_err();
+        assert_eq!((p[0].key.as_str(), p[0].line), ("query_wait_timeout", 1));
+    }
+}

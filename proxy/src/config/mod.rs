@@ -1,0 +1,11 @@
+//! Configuration: the TOML schema (`schema`), loading and validation with line/column errors
+//! (`load`), and the resolved settings the rest of pgtier reads (`settings`).
+
+pub mod duration;
+pub mod load;
+pub mod schema;
+pub mod settings;
+
+pub use load::{load_file, parse_str, ConfigError, Problem};
+pub use schema::{AuthMethod, PoolMode};
+pub use settings::{ClientAuth, Database, NodeAddr, PoolSettings, Settings, User};

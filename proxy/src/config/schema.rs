@@ -1,0 +1,135 @@
+//! The TOML schema, key by key. `config/pgtier.toml` documents every key with its default.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// When a server connection goes back to its pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// Held by one client until it disconnects.
+    Session,
+    /// Returned when a transaction ends (ReadyForQuery 'I').
+    #[default]
+    Transaction,
+}
+
+/// How a client proves who it is to pgtier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum AuthMethod {
+    /// SCRAM-SHA-256 (the default, as in Postgres).
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// MD5 challenge-response.
+    #[serde(rename = "md5")]
+    Md5,
+    /// No password.
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the client listener binds.
+    pub listen: String,
+    /// Default pool mode.
+    pub pool_mode: PoolMode,
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
+    pub log_level: String,
+    /// Most client connections at once (beyond: FATAL 53300).
+    pub max_client_conn: u32,
+    /// Default server connections per (database, user) pool.
+    pub pool_size: u32,
+    /// Server connections each pool keeps open even when idle.
+    pub min_pool_size: u32,
+    /// Largest client message pgtier buffers, in bytes (COPY data streams through regardless).
+    pub max_message_size: u32,
+    /// How long a client waits for a server connection before FATAL 53300.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub query_wait_timeout: Duration,
+    /// Limit on connecting and logging in to a server.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub server_connect_timeout: Duration,
+    /// Idle server connections above `min_pool_size` are closed after this long (0: never).
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub server_idle_timeout: Duration,
+    /// Server connections are closed when released after living this long (0: never).
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub server_lifetime: Duration,
+    /// Clients idle (outside a transaction) this long are disconnected (0: never).
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub client_idle_timeout: Duration,
+    /// Clients idle inside a transaction this long are disconnected (0: never).
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub idle_transaction_timeout: Duration,
+    /// Limit on a client's startup and authentication.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub client_login_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long running transactions may finish before clients are closed.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub shutdown_timeout: Duration,
+    /// Client users, by name.
+    pub users: BTreeMap<String, UserConfig>,
+    /// Databases clients may connect to, by the name clients use.
+    pub databases: BTreeMap<String, DatabaseConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:6432".into(),
+            pool_mode: PoolMode::Transaction,
+            log_level: "info".into(),
+            max_client_conn: 1000,
+            pool_size: 20,
+            min_pool_size: 0,
+            max_message_size: 64 * 1024 * 1024,
+            query_wait_timeout: Duration::from_secs(120),
+            server_connect_timeout: Duration::from_secs(15),
+            server_idle_timeout: Duration::from_secs(600),
+            server_lifetime: Duration::from_secs(3600),
+            client_idle_timeout: Duration::ZERO,
+            idle_transaction_timeout: Duration::ZERO,
+            client_login_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(30),
+            users: BTreeMap::new(),
+            databases: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[users.NAME]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UserConfig {
+    /// Plaintext password, a SCRAM verifier (`SCRAM-SHA-256$...`) or an MD5 hash (`md5...`).
+    pub password: Option<String>,
+    /// Client authentication method.
+    pub auth: AuthMethod,
+    /// User name pgtier logs in to the servers as (default: the same name).
+    pub server_user: Option<String>,
+    /// Password pgtier logs in to the servers with (default: `password` when plaintext).
+    pub server_password: Option<String>,
+}
+
+/// `[databases.NAME]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// The primary, `host:port`.
+    pub primary: String,
+    /// Streaming replicas, `host:port` each (routing to them comes in a later release).
+    pub replicas: Vec<String>,
+    /// Database name on the servers (default: the section name).
+    pub dbname: Option<String>,
+    /// Overrides the global `pool_size`.
+    pub pool_size: Option<u32>,
+    /// Overrides the global `min_pool_size`.
+    pub min_pool_size: Option<u32>,
+    /// Overrides the global `pool_mode`.
+    pub pool_mode: Option<PoolMode>,
+}

@@ -1,0 +1,143 @@
+//! Settings resolved from a validated config: parsed addresses, derived password secrets and
+//! per-pool limits, ready for the data path.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::schema::{Config, PoolMode};
+use crate::protocol::auth::{Md5Secret, ScramSecret};
+
+/// A server address, `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeAddr {
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl NodeAddr {
+    /// Parses `host:port` (IPv6 as `[::1]:5432`).
+    pub fn parse(s: &str) -> Option<NodeAddr> {
+        let (host, port) = s.rsplit_once(':')?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return None;
+        }
+        Some(NodeAddr {
+            host: host.to_owned(),
+            port: port.parse().ok().filter(|&p| p != 0)?,
+        })
+    }
+}
+
+impl fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// How pgtier checks a client's password.
+#[derive(Debug, Clone)]
+pub enum ClientAuth {
+    /// SCRAM-SHA-256 against this verifier.
+    Scram(ScramSecret),
+    /// MD5 against this hash.
+    Md5(Md5Secret),
+    /// No check.
+    Trust,
+}
+
+/// A configured user.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// Name clients log in with.
+    pub name: String,
+    /// Client authentication.
+    pub auth: ClientAuth,
+    /// Name used towards the servers.
+    pub server_user: String,
+    /// Password used towards the servers, if any.
+    pub server_password: Option<String>,
+}
+
+/// Limits and timeouts of one (database, user) pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Session or transaction pooling.
+    pub mode: PoolMode,
+    /// Most server connections.
+    pub size: u32,
+    /// Server connections kept open while idle.
+    pub min_size: u32,
+    /// Longest wait for a server connection.
+    pub query_wait_timeout: Duration,
+    /// Longest connect + login to a server.
+    pub server_connect_timeout: Duration,
+    /// Idle server connections above `min_size` close after this (None: never).
+    pub server_idle_timeout: Option<Duration>,
+    /// Server connections older than this close on release (None: never).
+    pub server_lifetime: Option<Duration>,
+    /// A client idle inside a transaction this long is disconnected (None: never).
+    pub idle_transaction_timeout: Option<Duration>,
+}
+
+/// A configured database.
+#[derive(Debug, Clone)]
+pub struct Database {
+    /// Name clients connect to.
+    pub name: String,
+    /// Name on the servers.
+    pub dbname: String,
+    /// The primary.
+    pub primary: NodeAddr,
+    /// Replicas (not routed to yet).
+    pub replicas: Vec<NodeAddr>,
+    /// Pool limits for this database.
+    pub pool: PoolSettings,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The file as written (defaults filled in).
+    pub raw: Config,
+    /// Listener address.
+    pub listen: SocketAddr,
+    /// Users by client-facing name.
+    pub users: HashMap<String, User>,
+    /// Databases by client-facing name.
+    pub databases: HashMap<String, Database>,
+    /// Client idle timeout (None: never).
+    pub client_idle_timeout: Option<Duration>,
+}
+
+/// Zero means "disabled" for optional timeouts.
+pub(crate) fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_addr_parses() {
+        let a = NodeAddr::parse("db.example:5433").unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("db.example", 5433));
+        assert_eq!(
+            NodeAddr::parse("[::1]:5432").unwrap().to_string(),
+            "[::1]:5432"
+        );
+        assert!(NodeAddr::parse("nohost").is_none());
+        assert!(NodeAddr::parse(":5432").is_none());
+        assert!(NodeAddr::parse("h:0").is_none());
+        assert!(NodeAddr::parse("h:99999").is_none());
+    }
+}

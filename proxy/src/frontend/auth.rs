@@ -1,0 +1,124 @@
+//! Client authentication against the configured users: SCRAM-SHA-256, MD5 or trust.
+
+use bytes::{Buf, BytesMut};
+use rand::RngExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::session::LoginError;
+use crate::config::{ClientAuth, User};
+use crate::protocol::auth::{Md5Secret, ScramExchange, ScramSecret, SCRAM_SHA_256};
+use crate::protocol::frame::peek_header;
+use crate::protocol::messages::{auth_md5, auth_sasl, auth_sasl_continue, auth_sasl_final};
+
+/// Largest password / SASL message accepted.
+const MAX_AUTH_MESSAGE: usize = 8192;
+
+/// Authenticates `name`; `user` is None when no such user is configured.
+pub async fn authenticate(
+    stream: &mut TcpStream,
+    user: Option<&User>,
+    name: &str,
+) -> Result<(), LoginError> {
+    let failed = || LoginError::PasswordFailed(name.to_owned());
+    let Some(user) = user else {
+        return Err(failed());
+    };
+    match &user.auth {
+        ClientAuth::Trust => Ok(()),
+        ClientAuth::Md5(secret) => md5(stream, secret).await.map_err(|e| e.or(failed())),
+        ClientAuth::Scram(secret) => scram(stream, secret).await.map_err(|e| e.or(failed())),
+    }
+}
+
+/// An exchange failure: either a LoginError to report as is, or a plain mismatch.
+struct Failure(Option<LoginError>);
+
+impl Failure {
+    fn or(self, mismatch: LoginError) -> LoginError {
+        self.0.unwrap_or(mismatch)
+    }
+}
+
+impl From<LoginError> for Failure {
+    fn from(e: LoginError) -> Self {
+        Failure(Some(e))
+    }
+}
+
+async fn md5(stream: &mut TcpStream, secret: &Md5Secret) -> Result<(), Failure> {
+    let salt: [u8; 4] = rand::rng().random();
+    let mut out = BytesMut::new();
+    auth_md5(&mut out, salt);
+    stream.write_all(&out).await.map_err(LoginError::Io)?;
+    let body = read_password_message(stream).await?;
+    let response = body.strip_suffix(&[0]).unwrap_or(&body);
+    secret.verify(salt, response).map_err(|_| Failure(None))
+}
+
+async fn scram(stream: &mut TcpStream, secret: &ScramSecret) -> Result<(), Failure> {
+    let mut out = BytesMut::new();
+    auth_sasl(&mut out, &[SCRAM_SHA_256]);
+    stream.write_all(&out).await.map_err(LoginError::Io)?;
+
+    // SASLInitialResponse: mechanism name, then an i32 length and the client-first-message.
+    let mut body = read_password_message(stream).await?;
+    let nul = body
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or_else(|| LoginError::Protocol("malformed SASLInitialResponse".into()))?;
+    if &body[..nul] != SCRAM_SHA_256.as_bytes() {
+        return Err(LoginError::Protocol(
+            "client selected an invalid SASL authentication mechanism".into(),
+        )
+        .into());
+    }
+    body.advance(nul + 1);
+    if body.len() < 4 {
+        return Err(LoginError::Protocol("malformed SASLInitialResponse".into()).into());
+    }
+    let len = body.get_i32();
+    if len < 0 || len as usize != body.len() {
+        return Err(LoginError::Protocol("malformed SASLInitialResponse".into()).into());
+    }
+    let exchange =
+        ScramExchange::start(secret, &body).map_err(|e| LoginError::Protocol(e.to_string()))?;
+    out.clear();
+    auth_sasl_continue(&mut out, exchange.server_first().as_bytes());
+    stream.write_all(&out).await.map_err(LoginError::Io)?;
+
+    let body = read_password_message(stream).await?;
+    let server_final = exchange.finish(secret, &body).map_err(|e| match e {
+        crate::protocol::auth::AuthError::Mismatch => Failure(None),
+        other => LoginError::Protocol(other.to_string()).into(),
+    })?;
+    out.clear();
+    auth_sasl_final(&mut out, server_final.as_bytes());
+    stream.write_all(&out).await.map_err(LoginError::Io)?;
+    Ok(())
+}
+
+/// Reads one 'p' message (PasswordMessage, SASLInitialResponse or SASLResponse) body.
+async fn read_password_message(stream: &mut TcpStream) -> Result<BytesMut, LoginError> {
+    let mut buf = BytesMut::with_capacity(256);
+    loop {
+        match peek_header(&buf, MAX_AUTH_MESSAGE) {
+            Ok(Some(h)) if h.tag != b'p' => {
+                return Err(LoginError::Protocol(format!(
+                    "expected password response, got message type 0x{:02x}",
+                    h.tag
+                )))
+            }
+            Ok(Some(h)) if buf.len() >= h.frame_len() => {
+                let mut frame = buf.split_to(h.frame_len());
+                frame.advance(5);
+                return Ok(frame);
+            }
+            Ok(_) => {}
+            Err(e) => return Err(LoginError::Protocol(e.to_string())),
+        }
+        if stream.read_buf(&mut buf).await.map_err(LoginError::Io)? == 0 {
+            return Err(LoginError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Client side: the listener, startup negotiation and authentication, and the per-client
+//! session loop with its relay.
+
+pub mod auth;
+pub mod cancel;
+pub mod listener;
+mod relay;
+pub mod session;
+pub mod startup;
+
+pub use cancel::CancelRegistry;
+pub use listener::{serve, ClientCount};

@@ -1,0 +1,13 @@
+//! pgtier: a PostgreSQL database-tier proxy. Clients speak the Postgres wire protocol to it;
+//! it pools server connections per (database, user) and relays each transaction.
+//!
+//! Data flows one way: `frontend` (client socket, startup, auth, session loop) asks `backend`
+//! (pools, server connections) for a server and relays frames; `protocol` holds the wire
+//! format; `config` the settings.
+
+pub mod backend;
+pub mod config;
+pub mod frontend;
+pub mod protocol;
+pub mod proxy;
+pub mod shutdown;

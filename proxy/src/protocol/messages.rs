@@ -1,0 +1,200 @@
+//! Builders for the backend messages pgtier itself sends to clients. Everything else is relayed
+//! byte for byte.
+
+use bytes::{BufMut, BytesMut};
+
+use super::SqlState;
+
+/// Severity of an ErrorResponse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The statement failed; the session goes on.
+    Error,
+    /// The session ends after this message.
+    Fatal,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        }
+    }
+}
+
+/// Transaction status carried by ReadyForQuery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxStatus {
+    /// 'I': not in a transaction.
+    Idle,
+    /// 'T': inside a transaction block.
+    InTransaction,
+    /// 'E': inside a failed transaction block.
+    Failed,
+}
+
+impl TxStatus {
+    /// Decodes the status byte; unknown bytes are treated as "in transaction" (never released).
+    pub fn from_byte(b: u8) -> TxStatus {
+        match b {
+            b'I' => TxStatus::Idle,
+            b'E' => TxStatus::Failed,
+            _ => TxStatus::InTransaction,
+        }
+    }
+
+    fn as_byte(self) -> u8 {
+        match self {
+            TxStatus::Idle => b'I',
+            TxStatus::InTransaction => b'T',
+            TxStatus::Failed => b'E',
+        }
+    }
+}
+
+/// Writes a frame: tag, length placeholder, body from `f`, then patches the length.
+fn frame(buf: &mut BytesMut, tag: u8, f: impl FnOnce(&mut BytesMut)) {
+    buf.put_u8(tag);
+    let start = buf.len();
+    buf.put_i32(0);
+    f(buf);
+    let len = (buf.len() - start) as i32;
+    buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_cstr(buf: &mut BytesMut, s: &str) {
+    buf.put_slice(s.as_bytes());
+    buf.put_u8(0);
+}
+
+/// ErrorResponse with severity, SQLSTATE and message.
+pub fn error_response(buf: &mut BytesMut, severity: Severity, code: SqlState, message: &str) {
+    frame(buf, b'E', |b| {
+        b.put_u8(b'S');
+        put_cstr(b, severity.as_str());
+        b.put_u8(b'V');
+        put_cstr(b, severity.as_str());
+        b.put_u8(b'C');
+        put_cstr(b, code.0);
+        b.put_u8(b'M');
+        put_cstr(b, message);
+        b.put_u8(0);
+    });
+}
+
+/// AuthenticationOk.
+pub fn auth_ok(buf: &mut BytesMut) {
+    frame(buf, b'R', |b| b.put_i32(0));
+}
+
+/// AuthenticationMD5Password with its salt.
+pub fn auth_md5(buf: &mut BytesMut, salt: [u8; 4]) {
+    frame(buf, b'R', |b| {
+        b.put_i32(5);
+        b.put_slice(&salt);
+    });
+}
+
+/// AuthenticationSASL offering the given mechanisms.
+pub fn auth_sasl(buf: &mut BytesMut, mechanisms: &[&str]) {
+    frame(buf, b'R', |b| {
+        b.put_i32(10);
+        for m in mechanisms {
+            put_cstr(b, m);
+        }
+        b.put_u8(0);
+    });
+}
+
+/// AuthenticationSASLContinue.
+pub fn auth_sasl_continue(buf: &mut BytesMut, data: &[u8]) {
+    frame(buf, b'R', |b| {
+        b.put_i32(11);
+        b.put_slice(data);
+    });
+}
+
+/// AuthenticationSASLFinal.
+pub fn auth_sasl_final(buf: &mut BytesMut, data: &[u8]) {
+    frame(buf, b'R', |b| {
+        b.put_i32(12);
+        b.put_slice(data);
+    });
+}
+
+/// ParameterStatus.
+pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
+    frame(buf, b'S', |b| {
+        put_cstr(b, name);
+        put_cstr(b, value);
+    });
+}
+
+/// BackendKeyData.
+pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
+    frame(buf, b'K', |b| {
+        b.put_i32(pid);
+        b.put_i32(secret);
+    });
+}
+
+/// ReadyForQuery.
+pub fn ready_for_query(buf: &mut BytesMut, status: TxStatus) {
+    frame(buf, b'Z', |b| b.put_u8(status.as_byte()));
+}
+
+/// NegotiateProtocolVersion: newest supported minor version and the options not recognized.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: i32, unrecognized: &[&str]) {
+    frame(buf, b'v', |b| {
+        b.put_i32(minor);
+        b.put_i32(unrecognized.len() as i32);
+        for o in unrecognized {
+            put_cstr(b, o);
+        }
+    });
+}
+
+/// Reads the SQLSTATE and message fields out of an ErrorResponse body (for logs).
+pub fn error_fields(body: &[u8]) -> (Option<&str>, Option<&str>) {
+    let (mut code, mut message) = (None, None);
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let Some(nul) = tail.iter().position(|&b| b == 0) else {
+            break;
+        };
+        let value = std::str::from_utf8(&tail[..nul]).ok();
+        match field {
+            b'C' => code = value,
+            b'M' => message = value,
+            _ => {}
+        }
+        rest = &tail[nul + 1..];
+    }
+    (code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_round_trips_fields() {
+        let mut buf = BytesMut::new();
+        error_response(&mut buf, Severity::Fatal, SqlState("28P01"), "bad");
+        assert_eq!(buf[0], b'E');
+        let len = i32::from_be_bytes(buf[1..5].try_into().unwrap()) as usize;
+        assert_eq!(len + 1, buf.len());
+        assert_eq!(error_fields(&buf[5..]), (Some("28P01"), Some("bad")));
+    }
+
+    #[test]
+    fn ready_for_query_is_six_bytes() {
+        let mut buf = BytesMut::new();
+        ready_for_query(&mut buf, TxStatus::Idle);
+        assert_eq!(&buf[..], b"Z\0\0\0\x05I");
+    }
+}

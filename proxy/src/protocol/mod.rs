@@ -1,0 +1,11 @@
+//! PostgreSQL wire protocol: framing, startup packets, the few messages pgtier builds or reads,
+//! and server-side password authentication.
+
+pub mod auth;
+pub mod frame;
+pub mod messages;
+pub mod sqlstate;
+pub mod startup;
+
+pub use frame::{Header, HEADER_LEN};
+pub use sqlstate::SqlState;

@@ -1,0 +1,44 @@
+//! SQLSTATE codes pgtier itself raises.
+
+use std::fmt;
+
+/// A five-character SQLSTATE error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlState(pub &'static str);
+
+impl SqlState {
+    /// 08P01: the peer broke the wire protocol.
+    pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");
+    /// 08006: the server connection failed.
+    pub const CONNECTION_FAILURE: SqlState = SqlState("08006");
+    /// 08001: pgtier could not establish a server connection.
+    pub const CANNOT_CONNECT: SqlState = SqlState("08001");
+    /// 0A000: feature not supported (e.g. protocol major version).
+    pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
+    /// 28P01: wrong password.
+    pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
+    /// 28000: authorization rejected.
+    pub const INVALID_AUTHORIZATION: SqlState = SqlState("28000");
+    /// 3D000: unknown database.
+    pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
+    /// 53300: too many connections (clients or pool exhausted).
+    pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
+    /// 54000: a message exceeded `max_message_size`.
+    pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
+    /// 57P01: pgtier is shutting down.
+    pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
+    /// 57P03: pgtier is shutting down and takes no new clients.
+    pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
+    /// 57P05: `client_idle_timeout` expired.
+    pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState("57P05");
+    /// 25P03: `idle_transaction_timeout` expired.
+    pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState("25P03");
+    /// 57014: canceled (login timeout).
+    pub const QUERY_CANCELED: SqlState = SqlState("57014");
+}
+
+impl fmt::Display for SqlState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}

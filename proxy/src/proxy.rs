@@ -1,0 +1,143 @@
+//! The running proxy: shared state every client task sees, startup of the listener, and the
+//! shutdown sequence (drain, then close).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::backend::{cancel::send_cancel, Pool, PoolId, Pools, ServerLogin};
+use crate::config::{Database, Settings, User};
+use crate::frontend::{self, CancelRegistry, ClientCount};
+use crate::protocol::startup::CancelKey;
+use crate::shutdown::{Phase, Shutdown, ShutdownWatch};
+
+/// How long a forwarded cancel may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// After `shutdown_timeout`, how long clients get to receive their 57P01 before exit.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// State shared by all client tasks.
+#[derive(Debug)]
+pub struct Proxy {
+    settings: Arc<Settings>,
+    pools: Pools,
+    cancels: CancelRegistry,
+    clients: ClientCount,
+    shutdown: Shutdown,
+}
+
+impl Proxy {
+    /// A proxy for these settings (nothing is listening yet).
+    pub fn new(settings: Settings) -> Arc<Proxy> {
+        Arc::new(Proxy {
+            settings: Arc::new(settings),
+            pools: Pools::default(),
+            cancels: CancelRegistry::default(),
+            clients: ClientCount::default(),
+            shutdown: Shutdown::default(),
+        })
+    }
+
+    /// The current settings.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.clone()
+    }
+
+    /// Open client connections.
+    pub fn clients(&self) -> &ClientCount {
+        &self.clients
+    }
+
+    /// The cancel-key registry.
+    pub fn cancels(&self) -> &CancelRegistry {
+        &self.cancels
+    }
+
+    /// The current shutdown phase.
+    pub fn phase(&self) -> Phase {
+        self.shutdown.watch().phase()
+    }
+
+    /// A handle to wait on shutdown phases.
+    pub fn shutdown_watch(&self) -> ShutdownWatch {
+        self.shutdown.watch()
+    }
+
+    /// The pool for a (database, user) pair, on the database's primary.
+    pub fn pool_for(&self, db: &Database, user: &User) -> Arc<Pool> {
+        let id = PoolId {
+            database: db.name.clone(),
+            user: user.name.clone(),
+        };
+        self.pools.get_or_create(id, |id| {
+            let login = ServerLogin {
+                user: user.server_user.clone(),
+                password: user.server_password.clone(),
+                dbname: db.dbname.clone(),
+            };
+            Pool::new(id, db.primary.clone(), login, db.pool.clone())
+        })
+    }
+
+    /// Forwards a client's cancel request to the server running its query, if any.
+    pub async fn forward_cancel(&self, key: CancelKey) {
+        let Some(target) = self.cancels.target(&key) else {
+            debug!("cancel request for a client with no running query");
+            return;
+        };
+        if let Err(e) = send_cancel(target, CANCEL_TIMEOUT).await {
+            warn!(server = %target.addr, error = %e, "forwarding cancel failed");
+        }
+    }
+
+    /// Graceful shutdown: stop accepting, let transactions finish up to `shutdown_timeout`
+    /// (or until `hurry` resolves), then close every client with 57P01.
+    pub async fn drain(&self, hurry: impl Future<Output = ()>) {
+        self.shutdown.advance(Phase::Draining);
+        let limit = self.settings.raw.shutdown_timeout;
+        info!(clients = self.clients.get(), timeout = ?limit, "draining");
+        tokio::select! {
+            _ = self.until_no_clients(limit) => {}
+            _ = hurry => info!("second signal: closing clients now"),
+        }
+        self.shutdown.advance(Phase::Closing);
+        self.until_no_clients(CLOSE_GRACE).await;
+        info!(remaining = self.clients.get(), "shutdown complete");
+    }
+
+    async fn until_no_clients(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            while self.clients.get() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+}
+
+/// Binds the listener and serves until SIGTERM or SIGINT, then shuts down gracefully
+/// (a second signal skips the wait for running transactions).
+pub async fn run(settings: Settings) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let listener = TcpListener::bind(settings.listen).await?;
+    info!(listen = %settings.listen, "pgtier listening");
+    let proxy = Proxy::new(settings);
+    tokio::spawn(frontend::serve(proxy.clone(), listener));
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+    let again = async {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    };
+    proxy.drain(again).await;
+    Ok(())
+}
