@@ -78,10 +78,19 @@ fn run(file: &std::path::Path) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_ansi(false)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let runtime = match settings.raw.workers {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n as usize)
+            .enable_all()
+            .build(),
+    }
+    .context("starting the tokio runtime")?;
     runtime
         .block_on(pgtier::proxy::run(settings))
         .with_context(|| format!("serving with {}", file.display()))

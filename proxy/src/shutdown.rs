@@ -55,9 +55,13 @@ impl ShutdownWatch {
         *self.0.borrow()
     }
 
-    /// Resolves once the phase is at least `phase`.
-    pub async fn reached(&self, phase: Phase) {
-        // The sender lives as long as the proxy; if it is gone, treat it as closing.
-        let _ = self.0.clone().wait_for(|p| *p >= phase).await;
+    /// Resolves once the phase is at least `phase`. Create it once per wait loop, not per
+    /// iteration: each new future registers with the channel.
+    pub fn reached(&self, phase: Phase) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            // The sender lives as long as the proxy; if it is gone, treat it as closing.
+            let _ = rx.wait_for(|p| *p >= phase).await;
+        }
     }
 }

@@ -86,6 +86,9 @@ pub enum BackendError {
 #[derive(Debug)]
 pub struct ServerConn {
     stream: TcpStream,
+    /// Read buffer for server bytes; it lives with the connection (bounded by pool sizes), so
+    /// relaying a transaction allocates nothing for it.
+    inbuf: BytesMut,
     peer: SocketAddr,
     key: CancelKey,
     params: Vec<(String, String)>,
@@ -136,7 +139,7 @@ impl ServerConn {
         frontend::startup_message(params.iter().copied(), &mut out).map_err(io)?;
         stream.write_all(&out).await.map_err(io)?;
 
-        let mut inbuf = BytesMut::with_capacity(1024);
+        let mut inbuf = BytesMut::with_capacity(16 * 1024);
         let mut scram: Option<ScramSha256> = None;
         let mut key = None;
         let mut reported = Vec::new();
@@ -221,8 +224,10 @@ impl ServerConn {
             }
         }
         let now = Instant::now();
+        inbuf.clear();
         Ok(ServerConn {
             stream,
+            inbuf,
             peer,
             key: key.unwrap_or(CancelKey { pid: 0, secret: 0 }),
             params: reported,
@@ -231,9 +236,9 @@ impl ServerConn {
         })
     }
 
-    /// The socket, for relaying.
-    pub fn stream(&mut self) -> &mut TcpStream {
-        &mut self.stream
+    /// The socket and its read buffer, for relaying.
+    pub fn io(&mut self) -> (&mut TcpStream, &mut BytesMut) {
+        (&mut self.stream, &mut self.inbuf)
     }
 
     /// Parameters the server reported at login.
@@ -267,8 +272,17 @@ impl ServerConn {
     /// False if the server closed the socket or sent something unprompted (e.g. a FATAL after
     /// `pg_terminate_backend`) while the connection sat idle: such a connection is not reused.
     pub fn is_alive(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        // The reactor marks the socket readable when anything (data, FIN, RST) arrives; only then
+        // is a probe read needed, so a healthy checkout costs no system call.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            std::task::Poll::Pending => true,
+            std::task::Poll::Ready(Err(_)) => false,
+            std::task::Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+        }
     }
 }
 

@@ -40,6 +40,9 @@ pub struct Config {
     pub pool_mode: PoolMode,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
     pub log_level: String,
+    /// Threads serving clients: 1 runs everything on one thread (like PgBouncer), 0 uses one
+    /// per CPU core.
+    pub workers: u32,
     /// Most client connections at once (beyond: FATAL 53300).
     pub max_client_conn: u32,
     /// Default server connections per (database, user) pool.
@@ -84,6 +87,7 @@ impl Default for Config {
             listen: "127.0.0.1:6432".into(),
             pool_mode: PoolMode::Transaction,
             log_level: "info".into(),
+            workers: 1,
             max_client_conn: 1000,
             pool_size: 20,
             min_pool_size: 0,

@@ -54,7 +54,8 @@ impl Drop for ClientGuard {
 
 /// Accepts clients until shutdown begins; each client runs in its own task.
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
-    let shutdown = proxy.shutdown_watch();
+    let draining = proxy.shutdown_watch().reached(Phase::Draining);
+    tokio::pin!(draining);
     loop {
         tokio::select! {
             r = listener.accept() => match r {
@@ -69,7 +70,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = shutdown.reached(Phase::Draining) => break,
+            _ = &mut draining => break,
         }
     }
     info!("stopped accepting clients");

@@ -146,12 +146,14 @@ pub(crate) fn scan_server(buf: &[u8], skip: &mut usize) -> Result<ServerScan, Fr
 /// session ends. `cbuf` holds client bytes already read; `shutdown` stops it.
 pub(crate) async fn run(
     client: &mut TcpStream,
-    server: &mut TcpStream,
+    (server, sbuf): (&mut TcpStream, &mut BytesMut),
     mut cbuf: BytesMut,
     limits: Limits,
     shutdown: &ShutdownWatch,
 ) -> Outcome {
-    let mut sbuf = BytesMut::with_capacity(BUF_SIZE);
+    let closing = shutdown.reached(Phase::Closing);
+    let draining = shutdown.reached(Phase::Draining);
+    tokio::pin!(closing, draining);
     let (mut cskip, mut sskip) = (0usize, 0usize);
     let mut owed: u32 = 0;
     let mut status = TxStatus::Idle;
@@ -188,11 +190,11 @@ pub(crate) async fn run(
                     }
                 }
             },
-            r = server.read_buf(&mut sbuf) => match r {
+            r = server.read_buf(sbuf) => match r {
                 Ok(0) => return Outcome::ServerGone(std::io::ErrorKind::UnexpectedEof.into()),
                 Err(e) => return Outcome::ServerGone(e),
                 Ok(_) => {
-                    let scan = match scan_server(&sbuf, &mut sskip) {
+                    let scan = match scan_server(sbuf, &mut sskip) {
                         Ok(s) => s,
                         Err(e) => return Outcome::ServerGone(std::io::Error::other(e)),
                     };
@@ -212,8 +214,8 @@ pub(crate) async fn run(
                 }
             },
             _ = sleep_until_opt(idle_deadline) => return Outcome::IdleInTransaction,
-            _ = shutdown.reached(Phase::Draining), if drain_when_idle => return Outcome::Idle,
-            _ = shutdown.reached(Phase::Closing) => return Outcome::Shutdown,
+            _ = &mut draining, if drain_when_idle => return Outcome::Idle,
+            _ = &mut closing => return Outcome::Shutdown,
         }
     }
 }

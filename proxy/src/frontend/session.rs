@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use thiserror::Error;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
@@ -292,7 +292,7 @@ impl Session<'_> {
             // Boxed so that an idle client's task does not carry the relay's state.
             let outcome = Box::pin(relay::run(
                 &mut self.stream,
-                server.conn().stream(),
+                server.conn().io(),
                 first,
                 self.limits,
                 &self.shutdown,
@@ -363,6 +363,8 @@ impl Session<'_> {
     /// Waits (holding no buffer) until the client sends a whole message, and returns the bytes.
     async fn next_request(&mut self) -> Result<BytesMut, &'static str> {
         let mut buf = BytesMut::new();
+        let draining = self.shutdown.reached(Phase::Draining);
+        tokio::pin!(draining);
         loop {
             if self.shutdown.phase() >= Phase::Draining {
                 self.close(
@@ -372,31 +374,24 @@ impl Session<'_> {
                 .await;
                 return Err("shutdown");
             }
-            let readable = async {
-                match self.idle_timeout {
-                    Some(t) => tokio::time::timeout(t, self.stream.readable()).await.ok(),
-                    None => Some(self.stream.readable().await),
+            // An idle client holds no read buffer: wait for readiness first, then allocate.
+            if buf.is_empty() {
+                tokio::select! {
+                    r = self.stream.readable() => if r.is_err() { return Err("client closed") },
+                    _ = sleep_opt(self.idle_timeout) => return Err(self.idle_timeout_expired().await),
+                    _ = &mut draining => continue,
                 }
-            };
-            tokio::select! {
-                r = readable => match r {
-                    None => {
-                        self.close(SqlState::IDLE_SESSION_TIMEOUT, "terminating connection due to idle-session timeout (client_idle_timeout)").await;
-                        return Err("client_idle_timeout");
-                    }
-                    Some(Err(_)) => return Err("client closed"),
-                    Some(Ok(())) => {}
-                },
-                _ = self.shutdown.reached(Phase::Draining) => continue,
-            }
-            if buf.capacity() == 0 {
                 buf.reserve(BUF_SIZE);
             }
-            match self.stream.try_read_buf(&mut buf) {
-                Ok(0) => return Err("client closed"),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(_) => return Err("client closed"),
+            // A poll-based read (unlike try_read) clears readiness on a short read, which saves
+            // the relay a wasted EAGAIN read per transaction.
+            tokio::select! {
+                r = self.stream.read_buf(&mut buf) => match r {
+                    Ok(0) | Err(_) => return Err("client closed"),
+                    Ok(_) => {}
+                },
+                _ = sleep_opt(self.idle_timeout) => return Err(self.idle_timeout_expired().await),
+                _ = &mut draining => continue,
             }
             match peek_header(&buf, self.limits.max_message) {
                 Ok(None) => {}
@@ -413,6 +408,15 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    async fn idle_timeout_expired(&mut self) -> &'static str {
+        self.close(
+            SqlState::IDLE_SESSION_TIMEOUT,
+            "terminating connection due to idle-session timeout (client_idle_timeout)",
+        )
+        .await;
+        "client_idle_timeout"
     }
 
     async fn violation(&mut self, v: Violation) {
@@ -432,5 +436,12 @@ impl Session<'_> {
 
     async fn close(&mut self, code: SqlState, message: &str) {
         farewell(&mut self.stream, code, message).await;
+    }
+}
+
+async fn sleep_opt(limit: Option<Duration>) {
+    match limit {
+        Some(t) => tokio::time::sleep(t).await,
+        None => std::future::pending().await,
     }
 }
