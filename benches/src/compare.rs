@@ -1,0 +1,244 @@
+//! Comparison harness: starts a kit cluster, pgtier and PgBouncer (same pool size, transaction
+//! mode), then runs `pgbench -S` in simple and extended mode directly, through pgtier and
+//! through PgBouncer, interleaved and repeated. Prints TPS, average latency, each proxy's CPU
+//! microseconds per transaction (from /proc), and RSS per idle client.
+//!
+//! `cargo build --release -p pgtier && cargo run --release -p pgtier-benches --bin compare -- --help`
+
+mod pgbouncer;
+mod procstat;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use pgtier_kit::{free_port, Cluster, Pgtier};
+
+struct Options {
+    rounds: usize,
+    duration: u64,
+    clients: u32,
+    pool: u32,
+    idle: usize,
+    scale: u32,
+}
+
+impl Options {
+    fn parse() -> Result<Options> {
+        let mut o = Options {
+            rounds: 3,
+            duration: 10,
+            clients: 32,
+            pool: 20,
+            idle: 1000,
+            scale: 10,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            let mut val = || -> Result<u64> {
+                args.next()
+                    .context("missing value")?
+                    .parse()
+                    .context("not a number")
+            };
+            match a.as_str() {
+                "--rounds" => o.rounds = val()? as usize,
+                "--duration" => o.duration = val()?,
+                "--clients" => o.clients = val()? as u32,
+                "--pool" => o.pool = val()? as u32,
+                "--idle" => o.idle = val()? as usize,
+                "--scale" => o.scale = val()? as u32,
+                "-h" | "--help" => {
+                    println!("compare [--rounds 3] [--duration 10] [--clients 32] [--pool 20] [--idle 1000] [--scale 10]");
+                    std::process::exit(0);
+                }
+                other => bail!("unknown argument {other}"),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// One endpoint pgbench can talk to.
+struct Target {
+    name: &'static str,
+    port: u16,
+    pid: Option<u32>,
+}
+
+/// One pgbench run's numbers.
+#[derive(Clone, Copy)]
+struct Sample {
+    tps: f64,
+    latency_ms: f64,
+    cpu_us_per_tx: Option<f64>,
+}
+
+fn pgbench(port: u16, args: &[&str]) -> Result<String> {
+    let out = Command::new(pgtier_kit::bin_path("pgbench")?)
+        .args(args)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "bench", "bench"])
+        .env("PGPASSWORD", "bench")
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned()
+        + &String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("pgbench {args:?} on port {port} failed:\n{text}");
+    }
+    Ok(text)
+}
+
+fn field(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(prefix))
+        .and_then(|v| v.split_whitespace().next()?.split('/').next()?.parse().ok())
+}
+
+fn run(t: &Target, mode: &str, o: &Options) -> Result<Sample> {
+    let cpu0 = t.pid.map(procstat::cpu_us).transpose()?;
+    let out = pgbench(
+        t.port,
+        &["-n", "-S", "-M", mode, "-c", &o.clients.to_string(), "-j", "2", "-T", &o.duration.to_string()],
+    )?;
+    let cpu1 = t.pid.map(procstat::cpu_us).transpose()?;
+    let tx = field(&out, "number of transactions actually processed:").context("no tx count")?;
+    let failed = field(&out, "number of failed transactions:").unwrap_or(0.0);
+    if failed > 0.0 {
+        bail!("{failed} failed transactions via {}:\n{out}", t.name);
+    }
+    Ok(Sample {
+        tps: field(&out, "tps =").context("no tps")?,
+        latency_ms: field(&out, "latency average =").context("no latency")?,
+        cpu_us_per_tx: cpu0.zip(cpu1).map(|(a, b)| (b - a) as f64 / tx),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Opens `n` idle logged-in clients and returns the proxy's RSS growth per client, in KiB.
+async fn rss_per_idle_client(pid: u32, port: u16, n: usize) -> Result<f64> {
+    let dsn = format!("host=127.0.0.1 port={port} user=bench password=bench dbname=bench");
+    // Warm the pool and the allocator first.
+    let (warm, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+    let warm_task = tokio::spawn(conn);
+    warm.simple_query("SELECT 1").await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = procstat::rss_kib(pid)?;
+    let mut clients = Vec::with_capacity(n);
+    for chunk in 0..n.div_ceil(50) {
+        let mut batch = Vec::new();
+        for _ in 0..50.min(n - chunk * 50) {
+            let dsn = dsn.clone();
+            batch.push(tokio::spawn(async move {
+                tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await
+            }));
+        }
+        for b in batch {
+            let (c, conn) = b.await??;
+            clients.push((c, tokio::spawn(conn)));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = procstat::rss_kib(pid)?;
+    drop(clients);
+    drop(warm);
+    warm_task.abort();
+    Ok(after.saturating_sub(before) as f64 / n as f64)
+}
+
+fn main() -> Result<()> {
+    let o = Options::parse()?;
+    eprintln!("starting the kit cluster (primary only)");
+    let cluster = Cluster::start(0)?;
+    cluster.create_role_and_db("bench", "bench", "bench")?;
+    let primary = cluster.primary().port();
+    pgbench(primary, &["-i", "-q", "-s", &o.scale.to_string()])?;
+
+    let pgtier_port = free_port()?;
+    let config = format!(
+        "listen = \"127.0.0.1:{pgtier_port}\"\nlog_level = \"warn\"\npool_mode = \"transaction\"\n\
+         max_client_conn = 5000\n[users.bench]\npassword = \"bench\"\n\
+         [databases.bench]\nprimary = \"127.0.0.1:{primary}\"\npool_size = {}\n",
+        o.pool
+    );
+    let pgtier = Pgtier::start(pgtier_port, &config)?;
+    let bouncer_dir = std::env::temp_dir().join(format!("pgtier-bench-pgbouncer-{}", std::process::id()));
+    let bouncer = pgbouncer::PgBouncer::start(&bouncer_dir, free_port()?, primary, "bench", "bench", "bench", o.pool)?;
+
+    let targets = [
+        Target { name: "direct", port: primary, pid: None },
+        Target { name: "pgtier", port: pgtier.port(), pid: Some(pgtier.pid()) },
+        Target { name: "pgbouncer", port: bouncer.port, pid: Some(bouncer.pid()) },
+    ];
+    eprintln!(
+        "pgbench -S, {} clients, pool {}, {} s per run, {} rounds, interleaved",
+        o.clients, o.pool, o.duration, o.rounds
+    );
+    // Warm-up: opens the pools and the caches.
+    for t in &targets {
+        pgbench(t.port, &["-n", "-S", "-c", &o.clients.to_string(), "-j", "2", "-T", "2"])?;
+    }
+    let mut samples: BTreeMap<(&str, &str), Vec<Sample>> = BTreeMap::new();
+    for round in 1..=o.rounds {
+        for mode in ["simple", "extended"] {
+            for t in &targets {
+                let s = run(t, mode, &o)?;
+                eprintln!(
+                    "round {round} {mode:8} {:9} tps {:9.0}  latency {:6.3} ms  cpu/tx {}",
+                    t.name,
+                    s.tps,
+                    s.latency_ms,
+                    s.cpu_us_per_tx.map_or("-".into(), |c| format!("{c:.1} us"))
+                );
+                samples.entry((mode, t.name)).or_default().push(s);
+            }
+        }
+    }
+
+    println!("\n## pgbench -S, {} clients, pool {}, medians of {} interleaved runs of {} s\n", o.clients, o.pool, o.rounds, o.duration);
+    println!("| mode | target | TPS | avg latency ms | proxy CPU us/tx | TPS vs PgBouncer | CPU vs PgBouncer |");
+    println!("|---|---|---|---|---|---|---|");
+    for mode in ["simple", "extended"] {
+        let med = |name: &str, f: fn(&Sample) -> Option<f64>| -> Option<f64> {
+            let v: Vec<f64> = samples.get(&(mode, name))?.iter().filter_map(f).collect();
+            (!v.is_empty()).then(|| median(v))
+        };
+        let pgb_tps = med("pgbouncer", |s| Some(s.tps));
+        let pgb_cpu = med("pgbouncer", |s| s.cpu_us_per_tx);
+        for t in &targets {
+            let tps = med(t.name, |s| Some(s.tps)).unwrap_or(0.0);
+            let lat = med(t.name, |s| Some(s.latency_ms)).unwrap_or(0.0);
+            let cpu = med(t.name, |s| s.cpu_us_per_tx);
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+                _ => "-".into(),
+            };
+            println!(
+                "| {mode} | {} | {tps:.0} | {lat:.3} | {} | {} | {} |",
+                t.name,
+                cpu.map_or("-".into(), |c| format!("{c:.1}")),
+                ratio(Some(tps), pgb_tps),
+                ratio(cpu, pgb_cpu),
+            );
+        }
+    }
+
+    if o.idle > 0 {
+        let rt = tokio::runtime::Runtime::new()?;
+        println!("\n## RSS per idle client ({} idle logged-in clients)\n", o.idle);
+        println!("| proxy | KiB per idle client |");
+        println!("|---|---|");
+        for t in targets.iter().filter(|t| t.pid.is_some()) {
+            let kib = rt.block_on(rss_per_idle_client(t.pid.unwrap(), t.port, o.idle))?;
+            println!("| {} | {kib:.2} |", t.name);
+        }
+    }
+    drop(bouncer);
+    drop(pgtier);
+    drop(cluster);
+    Ok(())
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs pgtier's whole test suite against real PostgreSQL clusters started by the test kit.
+# Works on a fresh Debian machine: installs the PostgreSQL server binaries if they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-postgres.sh
+echo "== build"
+cargo build --workspace --bins
+echo "== tests"
+cargo test --workspace -- --test-threads "${PGTIER_TEST_THREADS:-4}"
