@@ -78,11 +78,19 @@ struct Sample {
 fn pgbench(port: u16, args: &[&str]) -> Result<String> {
     let out = Command::new(pgtier_kit::bin_path("pgbench")?)
         .args(args)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "bench", "bench"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "bench",
+            "bench",
+        ])
         .env("PGPASSWORD", "bench")
         .output()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         bail!("pgbench {args:?} on port {port} failed:\n{text}");
     }
@@ -99,7 +107,18 @@ fn run(t: &Target, mode: &str, o: &Options) -> Result<Sample> {
     let cpu0 = t.pid.map(procstat::cpu_us).transpose()?;
     let out = pgbench(
         t.port,
-        &["-n", "-S", "-M", mode, "-c", &o.clients.to_string(), "-j", "2", "-T", &o.duration.to_string()],
+        &[
+            "-n",
+            "-S",
+            "-M",
+            mode,
+            "-c",
+            &o.clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &o.duration.to_string(),
+        ],
     )?;
     let cpu1 = t.pid.map(procstat::cpu_us).transpose()?;
     let tx = field(&out, "number of transactions actually processed:").context("no tx count")?;
@@ -166,13 +185,34 @@ fn main() -> Result<()> {
         o.pool
     );
     let pgtier = Pgtier::start(pgtier_port, &config)?;
-    let bouncer_dir = std::env::temp_dir().join(format!("pgtier-bench-pgbouncer-{}", std::process::id()));
-    let bouncer = pgbouncer::PgBouncer::start(&bouncer_dir, free_port()?, primary, "bench", "bench", "bench", o.pool)?;
+    let bouncer_dir =
+        std::env::temp_dir().join(format!("pgtier-bench-pgbouncer-{}", std::process::id()));
+    let bouncer = pgbouncer::PgBouncer::start(
+        &bouncer_dir,
+        free_port()?,
+        primary,
+        "bench",
+        "bench",
+        "bench",
+        o.pool,
+    )?;
 
     let targets = [
-        Target { name: "direct", port: primary, pid: None },
-        Target { name: "pgtier", port: pgtier.port(), pid: Some(pgtier.pid()) },
-        Target { name: "pgbouncer", port: bouncer.port, pid: Some(bouncer.pid()) },
+        Target {
+            name: "direct",
+            port: primary,
+            pid: None,
+        },
+        Target {
+            name: "pgtier",
+            port: pgtier.port(),
+            pid: Some(pgtier.pid()),
+        },
+        Target {
+            name: "pgbouncer",
+            port: bouncer.port,
+            pid: Some(bouncer.pid()),
+        },
     ];
     eprintln!(
         "pgbench -S, {} clients, pool {}, {} s per run, {} rounds, interleaved",
@@ -180,7 +220,19 @@ fn main() -> Result<()> {
     );
     // Warm-up: opens the pools and the caches.
     for t in &targets {
-        pgbench(t.port, &["-n", "-S", "-c", &o.clients.to_string(), "-j", "2", "-T", "2"])?;
+        pgbench(
+            t.port,
+            &[
+                "-n",
+                "-S",
+                "-c",
+                &o.clients.to_string(),
+                "-j",
+                "2",
+                "-T",
+                "2",
+            ],
+        )?;
     }
     let mut samples: BTreeMap<(&str, &str), Vec<Sample>> = BTreeMap::new();
     for round in 1..=o.rounds {
@@ -199,7 +251,10 @@ fn main() -> Result<()> {
         }
     }
 
-    println!("\n## pgbench -S, {} clients, pool {}, medians of {} interleaved runs of {} s\n", o.clients, o.pool, o.rounds, o.duration);
+    println!(
+        "\n## pgbench -S, {} clients, pool {}, medians of {} interleaved runs of {} s\n",
+        o.clients, o.pool, o.rounds, o.duration
+    );
     println!("| mode | target | TPS | avg latency ms | proxy CPU us/tx | TPS vs PgBouncer | CPU vs PgBouncer |");
     println!("|---|---|---|---|---|---|---|");
     for mode in ["simple", "extended"] {
@@ -229,7 +284,10 @@ fn main() -> Result<()> {
 
     if o.idle > 0 {
         let rt = tokio::runtime::Runtime::new()?;
-        println!("\n## RSS per idle client ({} idle logged-in clients)\n", o.idle);
+        println!(
+            "\n## RSS per idle client ({} idle logged-in clients)\n",
+            o.idle
+        );
         println!("| proxy | KiB per idle client |");
         println!("|---|---|");
         for t in targets.iter().filter(|t| t.pid.is_some()) {

@@ -17,10 +17,14 @@ pub struct PgBouncer {
 }
 
 fn find_binary() -> Option<PathBuf> {
-    ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    [
+        "/usr/sbin/pgbouncer",
+        "/usr/bin/pgbouncer",
+        "/usr/local/bin/pgbouncer",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
 }
 
 /// Finds pgbouncer, installing Debian's package if it is missing.
@@ -80,12 +84,16 @@ impl PgBouncer {
                 log = dir.join("pgbouncer.log").display(),
             ),
         )?;
-        std::fs::write(dir.join("userlist.txt"), format!("\"{user}\" \"{password}\"\n"))?;
+        std::fs::write(
+            dir.join("userlist.txt"),
+            format!("\"{user}\" \"{password}\"\n"),
+        )?;
         let mut cmd = Command::new(bin);
         cmd.arg(&ini).stdout(Stdio::null()).stderr(Stdio::null());
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
-            let (uid, gid) = postgres_ids().context("PgBouncer refuses root and there is no postgres user")?;
+            let (uid, gid) =
+                postgres_ids().context("PgBouncer refuses root and there is no postgres user")?;
             for f in ["", "pgbouncer.ini", "userlist.txt"] {
                 let p = std::ffi::CString::new(dir.join(f).as_os_str().as_encoded_bytes())?;
                 // SAFETY: p is a valid NUL-terminated path.

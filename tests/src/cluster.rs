@@ -1,0 +1,286 @@
+//! A primary and N streaming replicas on free 127.0.0.1 ports in a temp directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::bins::{chown, server_command};
+use crate::node::{Node, SUPERUSER, SUPERUSER_PASSWORD};
+use crate::ports::free_port;
+use crate::reaper::{self, Reaper};
+
+/// How long the kit waits for nodes to start, stream or catch up.
+const WAIT: Duration = Duration::from_secs(60);
+
+const HBA: &str = "local all all trust
+host all pgtier_trust 127.0.0.1/32 trust
+host replication all 127.0.0.1/32 trust
+host all all 127.0.0.1/32 md5
+";
+
+/// Serialises DDL helpers: tests in one binary run them concurrently.
+static DDL: Mutex<()> = Mutex::new(());
+
+/// A running cluster; dropping it stops every node and removes its directory.
+#[derive(Debug)]
+pub struct Cluster {
+    root: PathBuf,
+    primary: Node,
+    replicas: Vec<Node>,
+    _reaper: Reaper,
+}
+
+impl Cluster {
+    /// Starts a primary and `n_replicas` streaming replicas; returns once all stream.
+    pub fn start(n_replicas: usize) -> Result<Cluster> {
+        let t0 = Instant::now();
+        let root = make_root()?;
+        let reaper = reaper::spawn(&root)?;
+        let primary = Node::new("primary", free_port()?, &root);
+        let replicas = (1..=n_replicas)
+            .map(|i| Ok(Node::new(&format!("replica{i}"), free_port()?, &root)))
+            .collect::<Result<Vec<_>>>()?;
+        let cluster = Cluster {
+            root,
+            primary,
+            replicas,
+            _reaper: reaper,
+        };
+        cluster.init_primary()?;
+        cluster.primary.start()?;
+        for r in &cluster.replicas {
+            cluster.clone_replica(r)?;
+            r.start()?;
+        }
+        cluster.wait_streaming()?;
+        eprintln!(
+            "pgtier-kit: primary + {n_replicas} replicas up in {:.1} s ({})",
+            t0.elapsed().as_secs_f64(),
+            cluster.root.display()
+        );
+        Ok(cluster)
+    }
+
+    /// One primary + 2 replicas shared by every test of this process.
+    pub fn shared() -> &'static Cluster {
+        static SHARED: OnceLock<Cluster> = OnceLock::new();
+        SHARED.get_or_init(|| Cluster::start(2).expect("starting the shared kit cluster"))
+    }
+
+    /// The primary.
+    pub fn primary(&self) -> &Node {
+        &self.primary
+    }
+
+    /// The replicas.
+    pub fn replicas(&self) -> &[Node] {
+        &self.replicas
+    }
+
+    /// Replica `i` (0-based).
+    pub fn replica(&self, i: usize) -> &Node {
+        &self.replicas[i]
+    }
+
+    /// The cluster's directory.
+    pub fn dir(&self) -> &Path {
+        &self.root
+    }
+
+    fn init_primary(&self) -> Result<()> {
+        let pwfile = self.root.join("pwfile");
+        std::fs::write(&pwfile, SUPERUSER_PASSWORD)?;
+        chown(&pwfile)?;
+        let out = server_command("initdb")?
+            .arg("-D")
+            .arg(self.primary.data_dir())
+            .args([
+                "-U",
+                SUPERUSER,
+                "--auth-local=trust",
+                "--auth-host=md5",
+                "-E",
+                "UTF8",
+            ])
+            .args(["--no-sync", "--locale=C", "--no-instructions"])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .stdin(Stdio::null())
+            .output()
+            .context("running initdb")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let dir = self.primary.data_dir();
+        std::fs::write(dir.join("pg_hba.conf"), HBA)?;
+        let conf = format!(
+            "\n# pgtier test kit\nlisten_addresses = '127.0.0.1'\nport = {}\n\
+             unix_socket_directories = '{}'\nmax_connections = 400\nshared_buffers = 32MB\n\
+             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nwal_level = replica\n\
+             max_wal_senders = 10\nwal_keep_size = '256MB'\nhot_standby = on\n\
+             hot_standby_feedback = on\nlogging_collector = off\nlog_min_messages = warning\n\
+             wal_receiver_status_interval = 1s\n",
+            self.primary.port(),
+            self.root.display()
+        );
+        append(&dir.join("postgresql.conf"), &conf)
+    }
+
+    fn clone_replica(&self, r: &Node) -> Result<()> {
+        let out = server_command("pg_basebackup")?
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.primary.port().to_string(),
+                "-U",
+                SUPERUSER,
+            ])
+            .arg("-D")
+            .arg(r.data_dir())
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
+            .stdin(Stdio::null())
+            .output()
+            .context("running pg_basebackup")?;
+        if !out.status.success() {
+            bail!(
+                "pg_basebackup for {} failed: {}",
+                r.name(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        append(
+            &r.data_dir().join("postgresql.conf"),
+            &format!("\nport = {}\n", r.port()),
+        )
+    }
+
+    fn wait_streaming(&self) -> Result<()> {
+        let n = self.replicas.len();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let streaming: usize = self
+                .primary
+                .psql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")?
+                .parse()?;
+            if streaming == n {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("only {streaming} of {n} replicas streaming after {WAIT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for r in &self.replicas {
+            if r.psql("SELECT pg_is_in_recovery()")? != "t" {
+                bail!("{} is not in recovery", r.name());
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every running, unpaused replica has replayed the primary's current WAL.
+    pub fn wait_replicas_caught_up(&self) -> Result<()> {
+        let lsn = self.primary.psql("SELECT pg_current_wal_lsn()")?;
+        let deadline = Instant::now() + WAIT;
+        for r in self.replicas.iter().filter(|r| r.is_running()) {
+            let check = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
+            while r.psql(&check)? != "t" {
+                if Instant::now() > deadline {
+                    bail!("{} did not replay up to {lsn}", r.name());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a login role with a SCRAM password and a database it owns (idempotent).
+    pub fn create_role_and_db(&self, user: &str, password: &str, db: &str) -> Result<()> {
+        let _g = DDL.lock().unwrap_or_else(|p| p.into_inner());
+        self.primary.psql(&create_role(user, Some(password)))?;
+        let exists = self
+            .primary
+            .psql(&format!("SELECT 1 FROM pg_database WHERE datname = '{db}'"))?;
+        if exists.is_empty() {
+            self.primary
+                .psql(&format!("CREATE DATABASE {db} OWNER {user}"))?;
+        }
+        self.wait_replicas_caught_up()
+    }
+
+    /// Creates a login role with a SCRAM password (idempotent).
+    pub fn create_role(&self, user: &str, password: &str) -> Result<()> {
+        let _g = DDL.lock().unwrap_or_else(|p| p.into_inner());
+        self.primary.psql(&create_role(user, Some(password)))?;
+        self.wait_replicas_caught_up()
+    }
+
+    /// Creates a login role whose password is stored as MD5 (idempotent).
+    pub fn create_md5_role(&self, user: &str, password: &str) -> Result<()> {
+        let _g = DDL.lock().unwrap_or_else(|p| p.into_inner());
+        self.primary.psql(&format!(
+            "SET password_encryption = 'md5'; {}",
+            create_role(user, Some(password))
+        ))?;
+        self.wait_replicas_caught_up()
+    }
+
+    /// Creates a login role without a password; pg_hba trusts `pgtier_trust` (idempotent).
+    pub fn create_trust_role(&self, user: &str) -> Result<()> {
+        let _g = DDL.lock().unwrap_or_else(|p| p.into_inner());
+        self.primary.psql(&create_role(user, None))?;
+        self.wait_replicas_caught_up()
+    }
+
+    /// Runs DDL on the primary under the kit's DDL lock (tests in a binary run concurrently).
+    pub fn ddl(&self, db: &str, sql: &str) -> Result<String> {
+        let _g = DDL.lock().unwrap_or_else(|p| p.into_inner());
+        self.primary.psql_db(db, sql)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for r in self.replicas.iter().rev() {
+            let _ = r.stop_immediate();
+        }
+        let _ = self.primary.stop_immediate();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn create_role(user: &str, password: Option<&str>) -> String {
+    let pw = password.map_or(String::new(), |p| format!(" PASSWORD '{p}'"));
+    format!(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{user}') THEN \
+         CREATE ROLE {user} LOGIN{pw}; END IF; END $$"
+    )
+}
+
+fn append(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn make_root() -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .subsec_nanos();
+    let root = std::env::temp_dir().join(format!(
+        "pgtier-kit-{}-{}-{nanos:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
+    chown(&root)?;
+    Ok(root)
+}

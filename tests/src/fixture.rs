@@ -1,0 +1,129 @@
+//! Shared set-up for pgtier's integration tests: roles on the kit cluster and pgtier configs.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+
+use crate::{free_port, Cluster, Pgtier};
+
+/// A pgtier user entry and, optionally, the server role behind it.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    /// Name clients log in with (and the server role, unless `server_user` says otherwise).
+    pub name: String,
+    /// Extra TOML lines for `[users.NAME]` (e.g. `password = "x"`, `auth = "trust"`).
+    pub toml: String,
+}
+
+/// Builds a pgtier config against a kit cluster's primary and starts pgtier.
+#[derive(Debug, Clone)]
+pub struct ConfigBuilder {
+    primary: String,
+    global: Vec<String>,
+    database: Vec<String>,
+    users: Vec<TestUser>,
+}
+
+impl ConfigBuilder {
+    /// A config with database `app` on the cluster's primary and no users yet.
+    pub fn new(cluster: &Cluster) -> ConfigBuilder {
+        ConfigBuilder {
+            primary: cluster.primary().addr(),
+            global: Vec::new(),
+            database: Vec::new(),
+            users: Vec::new(),
+        }
+    }
+
+    /// Adds a top-level setting line, e.g. `pool_size = 5`.
+    pub fn global(mut self, line: &str) -> Self {
+        self.global.push(line.to_owned());
+        self
+    }
+
+    /// Adds a line to `[databases.app]`.
+    pub fn database(mut self, line: &str) -> Self {
+        self.database.push(line.to_owned());
+        self
+    }
+
+    /// Adds `[users.NAME]` with these TOML lines.
+    pub fn user(mut self, name: &str, toml: &str) -> Self {
+        self.users.push(TestUser {
+            name: name.to_owned(),
+            toml: toml.to_owned(),
+        });
+        self
+    }
+
+    /// The TOML text, listening on `port`.
+    pub fn render(&self, port: u16) -> String {
+        let mut t = format!("listen = \"127.0.0.1:{port}\"\n");
+        for g in &self.global {
+            writeln!(t, "{g}").unwrap();
+        }
+        for u in &self.users {
+            writeln!(t, "[users.{}]\n{}", u.name, u.toml).unwrap();
+        }
+        writeln!(t, "[databases.app]\nprimary = \"{}\"", self.primary).unwrap();
+        for d in &self.database {
+            writeln!(t, "{d}").unwrap();
+        }
+        t
+    }
+
+    /// Starts pgtier with this config on a free port.
+    pub fn start(&self) -> Result<Pgtier> {
+        let port = free_port()?;
+        Pgtier::start(port, &self.render(port))
+    }
+}
+
+/// Creates a SCRAM login role `name` with password `pw` that may create tables in `app`.
+pub fn scram_role(cluster: &Cluster, name: &str, pw: &str) -> Result<()> {
+    ensure_app_db(cluster)?;
+    cluster.create_role(name, pw)?;
+    cluster.ddl("app", &format!("GRANT ALL ON SCHEMA public TO {name}"))?;
+    Ok(())
+}
+
+/// Creates database `app` (owned by role `app`, password `app`) once.
+pub fn ensure_app_db(cluster: &Cluster) -> Result<()> {
+    static ONCE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = ONCE.lock().unwrap_or_else(|p| p.into_inner());
+    if !*done {
+        cluster.create_role_and_db("app", "app", "app")?;
+        *done = true;
+    }
+    Ok(())
+}
+
+/// A tokio-postgres connection string for pgtier.
+pub fn dsn(px: &Pgtier, user: &str, pw: &str) -> String {
+    let pw = if pw.is_empty() {
+        String::new()
+    } else {
+        format!(" password={pw}")
+    };
+    format!(
+        "host=127.0.0.1 port={} user={user}{pw} dbname=app connect_timeout=10",
+        px.port()
+    )
+}
+
+/// Connects through pgtier with tokio-postgres (the connection task is spawned).
+pub async fn connect(px: &Pgtier, user: &str, pw: &str) -> Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(&dsn(px, user, pw), tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// Server connections the pool holds for `user` right now, counted by Postgres itself.
+pub fn server_connections(cluster: &Cluster, user: &str) -> Result<i64> {
+    let n = cluster.primary().psql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = '{user}' AND application_name = 'pgtier'"
+    ))?;
+    Ok(n.trim().parse()?)
+}

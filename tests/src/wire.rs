@@ -1,0 +1,131 @@
+//! A minimal raw wire-protocol client for tests that must send what real drivers never would
+//! (malformed packets, unknown message types, oversized messages) and read exact replies.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One backend message: type byte and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Msg {
+    /// Message type.
+    pub tag: u8,
+    /// Body after the length.
+    pub body: Vec<u8>,
+}
+
+impl Msg {
+    /// For ErrorResponse/NoticeResponse: the value of one field ('C' = SQLSTATE, 'M' = message).
+    pub fn field(&self, code: u8) -> Option<String> {
+        let mut rest = &self.body[..];
+        while let Some((&f, tail)) = rest.split_first() {
+            if f == 0 {
+                break;
+            }
+            let nul = tail.iter().position(|&b| b == 0)?;
+            if f == code {
+                return Some(String::from_utf8_lossy(&tail[..nul]).into_owned());
+            }
+            rest = &tail[nul + 1..];
+        }
+        None
+    }
+}
+
+/// Encodes a StartupMessage for protocol 3.`minor` with the given parameters.
+pub fn startup_packet(minor: u16, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = ((3u32 << 16) | minor as u32).to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    p.extend(body);
+    p
+}
+
+/// Encodes a regular frontend message.
+pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// Encodes a simple Query.
+pub fn query(sql: &str) -> Vec<u8> {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    message(b'Q', &body)
+}
+
+/// Reads one backend message, failing after `limit`.
+pub async fn read_msg(s: &mut TcpStream, limit: Duration) -> Result<Msg> {
+    tokio::time::timeout(limit, async {
+        let tag = s.read_u8().await?;
+        let len = s.read_u32().await? as usize;
+        anyhow::ensure!(len >= 4, "bad length {len}");
+        let mut body = vec![0; len - 4];
+        s.read_exact(&mut body).await?;
+        Ok(Msg { tag, body })
+    })
+    .await
+    .context("timed out reading a message")?
+}
+
+/// Reads messages until ReadyForQuery (inclusive) or an ErrorResponse if `stop_on_error`.
+pub async fn read_until_ready(s: &mut TcpStream, limit: Duration) -> Result<Vec<Msg>> {
+    let mut out = Vec::new();
+    loop {
+        let m = read_msg(s, limit).await?;
+        let done = m.tag == b'Z';
+        out.push(m);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+/// Connects and logs in as a `trust` user (no password), returning the socket at ReadyForQuery
+/// and the login messages (ParameterStatus, BackendKeyData...).
+pub async fn login_trust(addr: &str, user: &str, db: &str) -> Result<(TcpStream, Vec<Msg>)> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(&startup_packet(0, &[("user", user), ("database", db)]))
+        .await?;
+    let msgs = read_until_ready(&mut s, Duration::from_secs(10)).await?;
+    if let Some(e) = msgs.iter().find(|m| m.tag == b'E') {
+        bail!("login failed: {:?} {:?}", e.field(b'C'), e.field(b'M'));
+    }
+    Ok((s, msgs))
+}
+
+/// Reads until the peer closes; returns the first ErrorResponse seen (SQLSTATE, message).
+pub async fn expect_fatal(s: &mut TcpStream, limit: Duration) -> Result<(String, String)> {
+    let m = read_msg(s, limit).await?;
+    if m.tag != b'E' {
+        bail!("expected ErrorResponse, got {:?}", m.tag as char);
+    }
+    let code = m.field(b'C').unwrap_or_default();
+    let msg = m.field(b'M').unwrap_or_default();
+    Ok((code, msg))
+}
+
+/// True if the peer closes the connection within `limit` (reads return EOF).
+pub async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
