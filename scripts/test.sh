@@ -7,4 +7,4 @@ scripts/ensure-postgres.sh
 echo "== build"
 cargo build --workspace --bins
 echo "== tests"
-cargo test --workspace -- --test-threads "${PGTIER_TEST_THREADS:-4}"
+cargo test --workspace --no-fail-fast -- --test-threads "${PGTIER_TEST_THREADS:-4}"

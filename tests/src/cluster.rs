@@ -122,7 +122,7 @@ impl Cluster {
              fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nwal_level = replica\n\
              max_wal_senders = 10\nwal_keep_size = '256MB'\nhot_standby = on\n\
              hot_standby_feedback = on\nlogging_collector = off\nlog_min_messages = warning\n\
-             wal_receiver_status_interval = 1s\n",
+             wal_receiver_status_interval = 1s\nwal_writer_delay = 10ms\n",
             self.primary.port(),
             self.root.display()
         );
@@ -184,7 +184,8 @@ impl Cluster {
 
     /// Waits until every running, unpaused replica has replayed the primary's current WAL.
     pub fn wait_replicas_caught_up(&self) -> Result<()> {
-        let lsn = self.primary.psql("SELECT pg_current_wal_lsn()")?;
+        // The insert position: with synchronous_commit = off a commit can be ahead of the write position.
+        let lsn = self.primary.psql("SELECT pg_current_wal_insert_lsn()")?;
         let deadline = Instant::now() + WAIT;
         for r in self.replicas.iter().filter(|r| r.is_running()) {
             let check = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");

@@ -5,7 +5,7 @@ use rand::RngExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::session::LoginError;
+use super::login::LoginError;
 use crate::config::{ClientAuth, User};
 use crate::protocol::auth::{Md5Secret, ScramExchange, ScramSecret, SCRAM_SHA_256};
 use crate::protocol::frame::peek_header;

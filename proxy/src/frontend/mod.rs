@@ -3,7 +3,9 @@
 
 pub mod auth;
 pub mod cancel;
+mod farewell;
 pub mod listener;
+pub mod login;
 mod relay;
 pub mod session;
 pub mod startup;

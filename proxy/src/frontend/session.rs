@@ -1,136 +1,34 @@
-//! One client from accept to close: startup, authentication, the welcome (ParameterStatus,
-//! BackendKeyData, ReadyForQuery), then the loop that waits for a request, checks out a server
-//! (transaction mode: per transaction; session mode: once) and relays.
+//! One client from accept to close: login, the welcome (ParameterStatus, BackendKeyData,
+//! ReadyForQuery), then the loop that waits for a request, checks out a server (transaction
+//! mode: per transaction; session mode: once) and relays.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
+use super::cancel::CancelSlot;
+use super::farewell::{farewell, pool_farewell};
 use super::listener::ClientGuard;
+use super::login::{login, Login, LoginError};
 use super::relay::{self, Limits, Outcome, Violation, BUF_SIZE};
-use super::startup::{negotiate, Opening};
-use super::{auth, cancel::CancelSlot};
-use crate::backend::{BackendError, Checkout, Pool, PoolError};
+use crate::backend::{Checkout, Pool};
 use crate::config::PoolMode;
 use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
 use crate::protocol::messages::{
-    auth_ok, backend_key_data, error_response, parameter_status, ready_for_query, Severity,
-    TxStatus,
+    auth_ok, backend_key_data, parameter_status, ready_for_query, TxStatus,
 };
-use crate::protocol::startup::StartupError;
 use crate::protocol::SqlState;
 use crate::proxy::Proxy;
 use crate::shutdown::{Phase, ShutdownWatch};
 
-/// How long pgtier tries to deliver a final error before closing anyway.
-const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Why a client did not get a session.
-#[derive(Debug, Error)]
-pub enum LoginError {
-    /// Socket failure or the client went away.
-    #[error("i/o: {0}")]
-    Io(std::io::Error),
-    /// Malformed startup packet.
-    #[error("invalid startup packet: {0}")]
-    Startup(String),
-    /// Protocol major version other than 3.
-    #[error("unsupported frontend protocol {0}.{1}: server supports 3.0 to 3.0")]
-    UnsupportedProtocol(u16, u16),
-    /// Message out of place during login.
-    #[error("{0}")]
-    Protocol(String),
-    /// No `user` in the startup packet.
-    #[error("no PostgreSQL user name specified in startup packet")]
-    NoUser,
-    /// Wrong password or unknown user.
-    #[error("password authentication failed for user \"{0}\"")]
-    PasswordFailed(String),
-    /// No such database in the config.
-    #[error("database \"{0}\" does not exist")]
-    UnknownDatabase(String),
-    /// `max_client_conn` reached.
-    #[error("sorry, too many clients already (max_client_conn = {0})")]
-    TooManyClients(u32),
-    /// Startup and authentication took longer than `client_login_timeout`.
-    #[error("client_login_timeout ({0:?}) expired before login completed")]
-    Timeout(Duration),
-    /// pgtier is shutting down.
-    #[error("the database system is shutting down")]
-    ShuttingDown,
-}
-
-impl From<StartupError> for LoginError {
-    fn from(e: StartupError) -> Self {
-        match e {
-            StartupError::Io(e) => LoginError::Io(e),
-            other => LoginError::Startup(other.to_string()),
-        }
-    }
-}
-
-impl LoginError {
-    fn sqlstate(&self) -> SqlState {
-        match self {
-            LoginError::Io(_) | LoginError::Startup(_) | LoginError::Protocol(_) => {
-                SqlState::PROTOCOL_VIOLATION
-            }
-            LoginError::UnsupportedProtocol(..) => SqlState::FEATURE_NOT_SUPPORTED,
-            LoginError::NoUser => SqlState::INVALID_AUTHORIZATION,
-            LoginError::PasswordFailed(_) => SqlState::INVALID_PASSWORD,
-            LoginError::UnknownDatabase(_) => SqlState::INVALID_CATALOG_NAME,
-            LoginError::TooManyClients(_) => SqlState::TOO_MANY_CONNECTIONS,
-            LoginError::Timeout(_) => SqlState::PROTOCOL_VIOLATION,
-            LoginError::ShuttingDown => SqlState::CANNOT_CONNECT_NOW,
-        }
-    }
-}
-
-/// Sends a FATAL error (bounded in time) and closes the socket.
-async fn farewell(stream: &mut TcpStream, code: SqlState, message: &str) {
-    let mut buf = BytesMut::new();
-    error_response(&mut buf, Severity::Fatal, code, message);
-    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
-        stream.write_all(&buf).await?;
-        stream.shutdown().await
-    })
-    .await;
-}
-
-/// Sends a raw ErrorResponse frame from a server (unchanged) and closes.
-async fn relay_farewell(stream: &mut TcpStream, frame: &[u8]) {
-    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
-        stream.write_all(frame).await?;
-        stream.shutdown().await
-    })
-    .await;
-}
-
-/// Tells the client why it gets no server connection, then closes.
-async fn pool_farewell(stream: &mut TcpStream, err: &PoolError) {
-    match err {
-        PoolError::Connect(BackendError::Refused { frame, .. }) => {
-            relay_farewell(stream, frame).await
-        }
-        PoolError::WaitTimeout { .. } => {
-            farewell(
-                stream,
-                SqlState::TOO_MANY_CONNECTIONS,
-                &format!("pgtier: {err}"),
-            )
-            .await
-        }
-        PoolError::Connect(_) => {
-            farewell(stream, SqlState::CANNOT_CONNECT, &format!("pgtier: {err}")).await
-        }
-    }
-}
+/// Message for clients closed by shutdown.
+const SHUTDOWN_MESSAGE: &str =
+    "terminating connection due to administrator command (pgtier is shutting down)";
 
 /// Serves one accepted connection to the end.
 pub async fn handle(
@@ -141,79 +39,32 @@ pub async fn handle(
 ) {
     let _ = stream.set_nodelay(true);
     let settings = proxy.settings();
-    let login_timeout = settings.raw.client_login_timeout;
-    let opening = match tokio::time::timeout(login_timeout, negotiate(&mut stream)).await {
-        Ok(Ok(o)) => o,
-        Ok(Err(LoginError::Io(_))) => return,
-        Ok(Err(e)) => {
-            debug!(%peer, error = %e, "startup rejected");
-            farewell(&mut stream, e.sqlstate(), &e.to_string()).await;
-            return;
-        }
-        Err(_) => {
-            let e = LoginError::Timeout(login_timeout);
-            farewell(&mut stream, e.sqlstate(), &e.to_string()).await;
-            return;
-        }
-    };
-    let startup = match opening {
-        Opening::Cancel(key) => {
-            drop(guard);
-            proxy.forward_cancel(key).await;
-            return;
-        }
-        Opening::Client(m) => m,
-    };
-    let refusal = if guard.over_limit() {
-        Some(LoginError::TooManyClients(settings.raw.max_client_conn))
-    } else if proxy.phase() >= Phase::Draining {
-        Some(LoginError::ShuttingDown)
-    } else {
-        None
-    };
-    if let Some(e) = refusal {
-        warn!(%peer, error = %e, "client refused");
-        farewell(&mut stream, e.sqlstate(), &e.to_string()).await;
-        return;
-    }
-    let Some(user_name) = startup.param("user").map(str::to_owned) else {
-        let e = LoginError::NoUser;
-        farewell(&mut stream, e.sqlstate(), &e.to_string()).await;
-        return;
-    };
-    let db_name = startup.param("database").unwrap_or(&user_name).to_owned();
-    let app_name = startup.param("application_name").map(str::to_owned);
-
-    let user = settings.users.get(&user_name);
-    match tokio::time::timeout(
-        login_timeout,
-        auth::authenticate(&mut stream, user, &user_name),
-    )
-    .await
-    {
-        Ok(Ok(())) => {}
-        Ok(Err(LoginError::Io(_))) => return,
-        Ok(Err(e)) => {
-            info!(%peer, user = %user_name, error = %e, "authentication failed");
-            farewell(&mut stream, e.sqlstate(), &e.to_string()).await;
-            return;
-        }
-        Err(_) => {
-            let e = LoginError::Timeout(login_timeout);
-            farewell(&mut stream, e.sqlstate(), &e.to_string()).await;
-            return;
-        }
-    }
-    let (Some(user), Some(db)) = (user, settings.databases.get(&db_name)) else {
-        let e = LoginError::UnknownDatabase(db_name);
-        farewell(&mut stream, e.sqlstate(), &e.to_string()).await;
-        return;
-    };
+    let (user, db, app_name) =
+        match login(&mut stream, peer, &settings, &guard, proxy.phase()).await {
+            Ok(Login::Client { user, db, app_name }) => (user, db, app_name),
+            Ok(Login::Cancel(key)) => {
+                drop(guard);
+                proxy.forward_cancel(key).await;
+                return;
+            }
+            Err(LoginError::Io(_)) => return,
+            Err(e) => {
+                info!(%peer, error = %e, "login refused");
+                farewell(&mut stream, e.sqlstate(), &e.to_string()).await;
+                return;
+            }
+        };
     let pool = proxy.pool_for(db, user);
-    let mut welcome = BytesMut::with_capacity(512);
-    auth_ok(&mut welcome);
+    let params = match pool.server_params().await {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(%peer, pool = %pool.id(), error = %e, "no server connection");
+            pool_farewell(&mut stream, &e).await;
+            return;
+        }
+    };
     // Session mode holds one server for the whole session, taken now.
-    let held = match pool.settings().mode {
+    let held = match db.pool.mode {
         PoolMode::Session => match pool.checkout().await {
             Ok(c) => Some(c),
             Err(e) => {
@@ -224,28 +75,22 @@ pub async fn handle(
         },
         PoolMode::Transaction => None,
     };
-    let params = match pool.server_params().await {
-        Ok(p) => p,
-        Err(e) => {
-            warn!(%peer, pool = %pool.id(), error = %e, "no server connection");
-            pool_farewell(&mut stream, &e).await;
-            return;
-        }
-    };
+    let cancel = proxy.cancels().register();
+    let mut welcome = BytesMut::with_capacity(512);
+    auth_ok(&mut welcome);
     for (k, v) in params.iter() {
         match (k.as_str(), &app_name) {
             ("application_name", Some(app)) => parameter_status(&mut welcome, k, app),
             _ => parameter_status(&mut welcome, k, v),
         }
     }
-    let cancel = proxy.cancels().register();
     backend_key_data(&mut welcome, cancel.key.pid, cancel.key.secret);
     ready_for_query(&mut welcome, TxStatus::Idle);
     if stream.write_all(&welcome).await.is_err() {
         return;
     }
     drop(welcome);
-    info!(%peer, user = %user_name, database = %db.name, "client logged in");
+    let user_name = user.name.clone();
     let mut session = Session {
         stream,
         pool,
@@ -303,7 +148,7 @@ impl Session<'_> {
                 Outcome::Idle => {
                     server.release();
                     if self.shutdown.phase() >= Phase::Draining {
-                        self.close(SqlState::ADMIN_SHUTDOWN, "terminating connection due to administrator command (pgtier is shutting down)").await;
+                        self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;
                         return "shutdown";
                     }
                 }
@@ -335,7 +180,7 @@ impl Session<'_> {
                 }
                 Outcome::Shutdown => {
                     drop(server);
-                    self.close(SqlState::ADMIN_SHUTDOWN, "terminating connection due to administrator command (pgtier is shutting down)").await;
+                    self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;
                     return "shutdown";
                 }
             }
@@ -354,7 +199,7 @@ impl Session<'_> {
                 }
             },
             _ = self.shutdown.reached(Phase::Closing) => {
-                self.close(SqlState::ADMIN_SHUTDOWN, "terminating connection due to administrator command (pgtier is shutting down)").await;
+                self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;
                 Err("shutdown")
             }
         }

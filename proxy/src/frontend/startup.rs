@@ -6,7 +6,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::session::LoginError;
+use super::login::LoginError;
 use crate::protocol::messages::negotiate_protocol_version;
 use crate::protocol::startup::{read_packet, CancelKey, StartupMessage, StartupPacket};
 

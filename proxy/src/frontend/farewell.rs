@@ -1,0 +1,55 @@
+//! Last words to a client: a FATAL ErrorResponse (pgtier's own, or a server's relayed
+//! unchanged), delivered within a bounded time, then the socket is closed.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::backend::{BackendError, PoolError};
+use crate::protocol::messages::{error_response, Severity};
+use crate::protocol::SqlState;
+
+/// How long pgtier tries to deliver a final error before closing anyway.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sends a FATAL error (bounded in time) and closes the socket.
+pub async fn farewell(stream: &mut TcpStream, code: SqlState, message: &str) {
+    let mut buf = BytesMut::new();
+    error_response(&mut buf, Severity::Fatal, code, message);
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
+        stream.write_all(&buf).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// Sends a raw ErrorResponse frame from a server (unchanged) and closes.
+pub async fn relay_farewell(stream: &mut TcpStream, frame: &[u8]) {
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
+        stream.write_all(frame).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// Tells the client why it gets no server connection, then closes.
+pub async fn pool_farewell(stream: &mut TcpStream, err: &PoolError) {
+    match err {
+        PoolError::Connect(BackendError::Refused { frame, .. }) => {
+            relay_farewell(stream, frame).await
+        }
+        PoolError::WaitTimeout { .. } => {
+            farewell(
+                stream,
+                SqlState::TOO_MANY_CONNECTIONS,
+                &format!("pgtier: {err}"),
+            )
+            .await
+        }
+        PoolError::Connect(_) => {
+            farewell(stream, SqlState::CANNOT_CONNECT, &format!("pgtier: {err}")).await
+        }
+    }
+}

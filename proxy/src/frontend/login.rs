@@ -1,0 +1,141 @@
+//! Login: startup negotiation, `max_client_conn` and shutdown checks, authentication and the
+//! database lookup, all under one `client_login_timeout`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpStream;
+use tracing::info;
+
+use super::auth;
+use super::listener::ClientGuard;
+use super::startup::{negotiate, Opening};
+use crate::config::{Database, Settings, User};
+use crate::protocol::startup::{CancelKey, StartupError};
+use crate::protocol::SqlState;
+use crate::shutdown::Phase;
+
+/// Why a client did not get a session.
+#[derive(Debug, Error)]
+pub enum LoginError {
+    /// Socket failure or the client went away.
+    #[error("i/o: {0}")]
+    Io(std::io::Error),
+    /// Malformed startup packet.
+    #[error("invalid startup packet: {0}")]
+    Startup(String),
+    /// Protocol major version other than 3.
+    #[error("unsupported frontend protocol {0}.{1}: server supports 3.0 to 3.0")]
+    UnsupportedProtocol(u16, u16),
+    /// Message out of place during login.
+    #[error("{0}")]
+    Protocol(String),
+    /// No `user` in the startup packet.
+    #[error("no PostgreSQL user name specified in startup packet")]
+    NoUser,
+    /// Wrong password or unknown user.
+    #[error("password authentication failed for user \"{0}\"")]
+    PasswordFailed(String),
+    /// No such database in the config.
+    #[error("database \"{0}\" does not exist")]
+    UnknownDatabase(String),
+    /// `max_client_conn` reached.
+    #[error("sorry, too many clients already (max_client_conn = {0})")]
+    TooManyClients(u32),
+    /// Startup and authentication took longer than `client_login_timeout`.
+    #[error("client_login_timeout ({0:?}) expired before login completed")]
+    Timeout(Duration),
+    /// pgtier is shutting down.
+    #[error("the database system is shutting down")]
+    ShuttingDown,
+}
+
+impl From<StartupError> for LoginError {
+    fn from(e: StartupError) -> Self {
+        match e {
+            StartupError::Io(e) => LoginError::Io(e),
+            other => LoginError::Startup(other.to_string()),
+        }
+    }
+}
+
+impl LoginError {
+    /// The SQLSTATE the client is told.
+    pub fn sqlstate(&self) -> SqlState {
+        match self {
+            LoginError::Io(_) | LoginError::Startup(_) | LoginError::Protocol(_) => {
+                SqlState::PROTOCOL_VIOLATION
+            }
+            LoginError::UnsupportedProtocol(..) => SqlState::FEATURE_NOT_SUPPORTED,
+            LoginError::NoUser => SqlState::INVALID_AUTHORIZATION,
+            LoginError::PasswordFailed(_) => SqlState::INVALID_PASSWORD,
+            LoginError::UnknownDatabase(_) => SqlState::INVALID_CATALOG_NAME,
+            LoginError::TooManyClients(_) => SqlState::TOO_MANY_CONNECTIONS,
+            LoginError::Timeout(_) => SqlState::PROTOCOL_VIOLATION,
+            LoginError::ShuttingDown => SqlState::CANNOT_CONNECT_NOW,
+        }
+    }
+}
+
+/// How a login attempt ended well.
+#[derive(Debug)]
+pub enum Login<'s> {
+    /// The connection was a cancel request.
+    Cancel(CancelKey),
+    /// An authenticated client for a configured database.
+    Client {
+        /// The user.
+        user: &'s User,
+        /// The database.
+        db: &'s Database,
+        /// `application_name` from the startup packet.
+        app_name: Option<String>,
+    },
+}
+
+/// Runs startup and authentication within `client_login_timeout`.
+pub async fn login<'s>(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    settings: &'s Settings,
+    guard: &ClientGuard,
+    phase: Phase,
+) -> Result<Login<'s>, LoginError> {
+    let limit = settings.raw.client_login_timeout;
+    tokio::time::timeout(limit, login_inner(stream, peer, settings, guard, phase))
+        .await
+        .unwrap_or(Err(LoginError::Timeout(limit)))
+}
+
+async fn login_inner<'s>(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    settings: &'s Settings,
+    guard: &ClientGuard,
+    phase: Phase,
+) -> Result<Login<'s>, LoginError> {
+    let startup = match negotiate(stream).await? {
+        Opening::Cancel(key) => return Ok(Login::Cancel(key)),
+        Opening::Client(m) => m,
+    };
+    if guard.over_limit() {
+        return Err(LoginError::TooManyClients(settings.raw.max_client_conn));
+    }
+    if phase >= Phase::Draining {
+        return Err(LoginError::ShuttingDown);
+    }
+    let user_name = startup.param("user").ok_or(LoginError::NoUser)?;
+    let db_name = startup.param("database").unwrap_or(user_name);
+    let user = settings.users.get(user_name);
+    auth::authenticate(stream, user, user_name).await?;
+    let (Some(user), Some(db)) = (user, settings.databases.get(db_name)) else {
+        return Err(LoginError::UnknownDatabase(db_name.to_owned()));
+    };
+    info!(%peer, user = %user.name, database = %db.name, "client authenticated");
+    Ok(Login::Client {
+        user,
+        db,
+        app_name: startup.param("application_name").map(str::to_owned),
+    })
+}
