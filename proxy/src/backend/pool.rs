@@ -199,7 +199,8 @@ impl Pool {
                     self.forget_one();
                 }
                 None => {
-                    let conn = match self.connect().await {
+                    // Boxed: login state is large and only needed when a connection is made.
+                    let conn = match Box::pin(self.connect()).await {
                         Ok(c) => c,
                         Err(e) => {
                             self.forget_one();

@@ -39,37 +39,39 @@ pub async fn handle(
 ) {
     let _ = stream.set_nodelay(true);
     let settings = proxy.settings();
+    // Boxed, like the first server connection below: their state is large and freed once they
+    // are done, so an idle client's task stays small.
     let (user, db, app_name) =
-        match login(&mut stream, peer, &settings, &guard, proxy.phase()).await {
+        match Box::pin(login(&mut stream, peer, &settings, &guard, proxy.phase())).await {
             Ok(Login::Client { user, db, app_name }) => (user, db, app_name),
             Ok(Login::Cancel(key)) => {
                 drop(guard);
-                proxy.forward_cancel(key).await;
+                Box::pin(proxy.forward_cancel(key)).await;
                 return;
             }
             Err(LoginError::Io(_)) => return,
             Err(e) => {
                 info!(%peer, error = %e, "login refused");
-                farewell(&mut stream, e.sqlstate(), &e.to_string()).await;
+                Box::pin(farewell(&mut stream, e.sqlstate(), &e.to_string())).await;
                 return;
             }
         };
     let pool = proxy.pool_for(db, user);
-    let params = match pool.server_params().await {
+    let params = match Box::pin(pool.server_params()).await {
         Ok(p) => p,
         Err(e) => {
             warn!(%peer, pool = %pool.id(), error = %e, "no server connection");
-            pool_farewell(&mut stream, &e).await;
+            Box::pin(pool_farewell(&mut stream, &e)).await;
             return;
         }
     };
     // Session mode holds one server for the whole session, taken now.
     let held = match db.pool.mode {
-        PoolMode::Session => match pool.checkout().await {
+        PoolMode::Session => match Box::pin(pool.checkout()).await {
             Ok(c) => Some(c),
             Err(e) => {
                 warn!(%peer, pool = %pool.id(), error = %e, "no server connection");
-                pool_farewell(&mut stream, &e).await;
+                Box::pin(pool_farewell(&mut stream, &e)).await;
                 return;
             }
         },
@@ -126,65 +128,73 @@ impl Session<'_> {
                 Ok(buf) => buf,
                 Err(reason) => return reason,
             };
-            let mut server = match held.take() {
-                Some(c) => c,
-                None => match self.checkout().await {
-                    Ok(c) => c,
-                    Err(reason) => return reason,
-                },
-            };
-            self.slot.set(Some(server.conn().cancel_target()));
-            // Boxed so that an idle client's task does not carry the relay's state.
-            let outcome = Box::pin(relay::run(
-                &mut self.stream,
-                server.conn().io(),
-                first,
-                self.limits,
-                &self.shutdown,
-            ))
-            .await;
-            self.slot.set(None);
-            match outcome {
-                Outcome::Idle => {
-                    server.release();
-                    if self.shutdown.phase() >= Phase::Draining {
-                        self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;
-                        return "shutdown";
-                    }
-                }
-                Outcome::ClientGone { server_clean } => {
-                    if server_clean {
-                        server.release();
-                    }
-                    return "client closed";
-                }
-                Outcome::ServerGone(e) => {
-                    warn!(pool = %self.pool.id(), error = %e, "server connection lost");
-                    drop(server);
-                    self.close(
-                        SqlState::CONNECTION_FAILURE,
-                        "pgtier: server connection lost",
-                    )
-                    .await;
-                    return "server connection lost";
-                }
-                Outcome::ClientViolation(v) => {
-                    drop(server);
-                    self.violation(v).await;
-                    return "protocol violation";
-                }
-                Outcome::IdleInTransaction => {
-                    drop(server);
-                    self.close(SqlState::IDLE_IN_TRANSACTION_TIMEOUT, "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)").await;
-                    return "idle_transaction_timeout";
-                }
-                Outcome::Shutdown => {
-                    drop(server);
-                    self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;
-                    return "shutdown";
-                }
+            // Boxed so that an idle client's task does not carry the state of a transaction
+            // (pool wait, relay): it is allocated only while one runs.
+            if let Err(reason) = Box::pin(self.transaction(first, held.take())).await {
+                return reason;
             }
         }
+    }
+
+    /// Runs one transaction (session mode: the rest of the session) on a server connection.
+    async fn transaction(
+        &mut self,
+        first: BytesMut,
+        held: Option<Checkout>,
+    ) -> Result<(), &'static str> {
+        let mut server = match held {
+            Some(c) => c,
+            None => self.checkout().await?,
+        };
+        self.slot.set(Some(server.conn().cancel_target()));
+        let outcome = relay::run(
+            &mut self.stream,
+            server.conn().io(),
+            first,
+            self.limits,
+            &self.shutdown,
+        )
+        .await;
+        self.slot.set(None);
+        let (code, message, reason) = match outcome {
+            Outcome::Idle => {
+                server.release();
+                if self.shutdown.phase() < Phase::Draining {
+                    return Ok(());
+                }
+                self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;
+                return Err("shutdown");
+            }
+            Outcome::ClientGone { server_clean } => {
+                if server_clean {
+                    server.release();
+                }
+                return Err("client closed");
+            }
+            Outcome::ClientViolation(v) => {
+                drop(server);
+                self.violation(v).await;
+                return Err("protocol violation");
+            }
+            Outcome::ServerGone(e) => {
+                warn!(pool = %self.pool.id(), error = %e, "server connection lost");
+                (
+                    SqlState::CONNECTION_FAILURE,
+                    "pgtier: server connection lost",
+                    "server connection lost",
+                )
+            }
+            Outcome::IdleInTransaction => (
+                SqlState::IDLE_IN_TRANSACTION_TIMEOUT,
+                "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)",
+                "idle_transaction_timeout",
+            ),
+            Outcome::Shutdown => (SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE, "shutdown"),
+        };
+        // A server in an unknown state is closed, never returned (dropping the checkout does).
+        drop(server);
+        self.close(code, message).await;
+        Err(reason)
     }
 
     async fn checkout(&mut self) -> Result<Checkout, &'static str> {
@@ -280,7 +290,8 @@ impl Session<'_> {
     }
 
     async fn close(&mut self, code: SqlState, message: &str) {
-        farewell(&mut self.stream, code, message).await;
+        // Boxed: rare, and it keeps the idle task small.
+        Box::pin(farewell(&mut self.stream, code, message)).await;
     }
 }
 
