@@ -2,8 +2,11 @@
 //! ReadyForQuery), then the loop that waits for a request, checks out a server (transaction
 //! mode: per transaction; session mode: once) and relays.
 
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -108,6 +111,18 @@ pub async fn handle(
     drop(settings);
     let end = session.run(held).await;
     info!(%peer, user = %user_name, reason = end, "client disconnected");
+}
+
+/// What ended an idle wait.
+enum Wake {
+    /// The client sent something.
+    Readable,
+    /// The socket failed.
+    Closed,
+    /// `client_idle_timeout` expired.
+    IdleTimeout,
+    /// Shutdown began.
+    Draining,
 }
 
 /// A logged-in client.
@@ -218,35 +233,57 @@ impl Session<'_> {
     /// Waits (holding no buffer) until the client sends a whole message, and returns the bytes.
     async fn next_request(&mut self) -> Result<BytesMut, &'static str> {
         let mut buf = BytesMut::new();
-        let draining = self.shutdown.reached(Phase::Draining);
-        tokio::pin!(draining);
+        let mut draining = pin!(self.shutdown.reached(Phase::Draining));
+        // Only a configured timeout costs memory while idle: its timer is boxed.
+        let mut idle_timer = self.idle_timeout.map(|t| Box::pin(tokio::time::sleep(t)));
         loop {
             if self.shutdown.phase() >= Phase::Draining {
-                self.close(
-                    SqlState::ADMIN_SHUTDOWN,
-                    "terminating connection due to administrator command (pgtier is shutting down)",
-                )
-                .await;
+                self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;
                 return Err("shutdown");
             }
-            // An idle client holds no read buffer: wait for readiness first, then allocate.
-            if buf.is_empty() {
-                tokio::select! {
-                    r = self.stream.readable() => if r.is_err() { return Err("client closed") },
-                    _ = sleep_opt(self.idle_timeout) => return Err(self.idle_timeout_expired().await),
-                    _ = &mut draining => continue,
+            // One hand-polled wait instead of a select!: an idle client's task stays small.
+            let wake = poll_fn(|cx| {
+                if draining.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Draining);
                 }
+                if let Some(t) = idle_timer.as_mut() {
+                    if t.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::IdleTimeout);
+                    }
+                }
+                self.stream.poll_read_ready(cx).map(|r| match r {
+                    Ok(()) => Wake::Readable,
+                    Err(_) => Wake::Closed,
+                })
+            })
+            .await;
+            match wake {
+                Wake::Readable => {}
+                Wake::Draining => continue,
+                Wake::Closed => return Err("client closed"),
+                Wake::IdleTimeout => {
+                    self.close(
+                        SqlState::IDLE_SESSION_TIMEOUT,
+                        "terminating connection due to idle-session timeout (client_idle_timeout)",
+                    )
+                    .await;
+                    return Err("client_idle_timeout");
+                }
+            }
+            if buf.capacity() == 0 {
                 buf.reserve(BUF_SIZE);
             }
             // A poll-based read (unlike try_read) clears readiness on a short read, which saves
-            // the relay a wasted EAGAIN read per transaction.
-            tokio::select! {
-                r = self.stream.read_buf(&mut buf) => match r {
-                    Ok(0) | Err(_) => return Err("client closed"),
-                    Ok(_) => {}
-                },
-                _ = sleep_opt(self.idle_timeout) => return Err(self.idle_timeout_expired().await),
-                _ = &mut draining => continue,
+            // the relay a wasted EAGAIN read per transaction. Polled once: a spurious wake-up
+            // goes back to the wait above.
+            let read = {
+                let mut read = pin!(self.stream.read_buf(&mut buf));
+                poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
+            };
+            match read {
+                Poll::Pending => continue,
+                Poll::Ready(Ok(0) | Err(_)) => return Err("client closed"),
+                Poll::Ready(Ok(_)) => {}
             }
             match peek_header(&buf, self.limits.max_message) {
                 Ok(None) => {}
@@ -263,15 +300,6 @@ impl Session<'_> {
                 }
             }
         }
-    }
-
-    async fn idle_timeout_expired(&mut self) -> &'static str {
-        self.close(
-            SqlState::IDLE_SESSION_TIMEOUT,
-            "terminating connection due to idle-session timeout (client_idle_timeout)",
-        )
-        .await;
-        "client_idle_timeout"
     }
 
     async fn violation(&mut self, v: Violation) {
@@ -292,12 +320,5 @@ impl Session<'_> {
     async fn close(&mut self, code: SqlState, message: &str) {
         // Boxed: rare, and it keeps the idle task small.
         Box::pin(farewell(&mut self.stream, code, message)).await;
-    }
-}
-
-async fn sleep_opt(limit: Option<Duration>) {
-    match limit {
-        Some(t) => tokio::time::sleep(t).await,
-        None => std::future::pending().await,
     }
 }
