@@ -24,7 +24,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 pub struct Proxy {
     settings: Arc<Settings>,
     pools: Pools,
-    cancels: CancelRegistry,
+    cancels: Arc<CancelRegistry>,
     clients: ClientCount,
     shutdown: Shutdown,
 }
@@ -35,7 +35,7 @@ impl Proxy {
         Arc::new(Proxy {
             settings: Arc::new(settings),
             pools: Pools::default(),
-            cancels: CancelRegistry::default(),
+            cancels: Arc::default(),
             clients: ClientCount::default(),
             shutdown: Shutdown::default(),
         })
@@ -52,7 +52,7 @@ impl Proxy {
     }
 
     /// The cancel-key registry.
-    pub fn cancels(&self) -> &CancelRegistry {
+    pub fn cancels(&self) -> &Arc<CancelRegistry> {
         &self.cancels
     }
 

@@ -32,15 +32,15 @@ pub struct CancelRegistry {
 
 /// A registered key; unregisters on drop.
 #[derive(Debug)]
-pub struct CancelHandle<'a> {
-    registry: &'a CancelRegistry,
+pub struct CancelHandle {
+    registry: Arc<CancelRegistry>,
     /// The key given to the client.
     pub key: CancelKey,
     /// Where the client's query runs.
     pub slot: Arc<CancelSlot>,
 }
 
-impl Drop for CancelHandle<'_> {
+impl Drop for CancelHandle {
     fn drop(&mut self) {
         self.registry.lock().remove(&self.key);
     }
@@ -52,7 +52,7 @@ impl CancelRegistry {
     }
 
     /// Issues a fresh random key for a new client.
-    pub fn register(&self) -> CancelHandle<'_> {
+    pub fn register(self: &Arc<Self>) -> CancelHandle {
         let slot = Arc::new(CancelSlot::default());
         let mut rng = rand::rng();
         let mut map = self.lock();
@@ -67,7 +67,7 @@ impl CancelRegistry {
         };
         map.insert(key, slot.clone());
         CancelHandle {
-            registry: self,
+            registry: self.clone(),
             key,
             slot,
         }

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
-use super::cancel::CancelSlot;
+use super::cancel::CancelHandle;
 use super::farewell::{farewell, pool_farewell};
 use super::listener::ClientGuard;
 use super::login::{login, Login, LoginError};
@@ -95,11 +95,13 @@ pub async fn handle(
         return;
     }
     drop(welcome);
-    let user_name = user.name.clone();
-    let mut session = Session {
+    let session = Session {
         stream,
         pool,
-        slot: &cancel.slot,
+        cancel,
+        peer,
+        user: user.name.clone(),
+        _guard: guard,
         shutdown: proxy.shutdown_watch(),
         idle_timeout: settings.client_idle_timeout,
         limits: Limits {
@@ -108,9 +110,9 @@ pub async fn handle(
             idle_transaction_timeout: db.pool.idle_transaction_timeout,
         },
     };
-    drop(settings);
-    let end = session.run(held).await;
-    info!(%peer, user = %user_name, reason = end, "client disconnected");
+    // The session runs in a task of its own, so that an idle client costs only the session's
+    // state, not what login needed.
+    tokio::spawn(session.run(held));
 }
 
 /// What ended an idle wait.
@@ -126,26 +128,40 @@ enum Wake {
 }
 
 /// A logged-in client.
-struct Session<'a> {
+struct Session {
     stream: TcpStream,
     pool: Arc<Pool>,
-    slot: &'a CancelSlot,
+    cancel: CancelHandle,
+    peer: SocketAddr,
+    user: String,
+    /// Counts the client against `max_client_conn` until the session ends.
+    _guard: ClientGuard,
     shutdown: ShutdownWatch,
     idle_timeout: Option<Duration>,
     limits: Limits,
 }
 
-impl Session<'_> {
+impl Session {
+    /// Serves the client until it leaves.
+    async fn run(mut self, held: Option<Checkout>) {
+        let reason = self.serve(held).await;
+        info!(peer = %self.peer, user = %self.user, reason, "client disconnected");
+    }
+
     /// Runs until the client leaves; returns why it ended (for the log).
-    async fn run(&mut self, mut held: Option<Checkout>) -> &'static str {
+    async fn serve(&mut self, held: Option<Checkout>) -> &'static str {
+        // Boxed (session mode only) so that the idle task does not reserve room for it.
+        let mut held = held.map(Box::new);
         loop {
-            let first = match self.next_request().await {
+            // Boxed too: a nested future is laid out twice in its caller's state, and this one
+            // is the state of every idle client. The allocation is small and per request.
+            let first = match Box::pin(self.next_request()).await {
                 Ok(buf) => buf,
                 Err(reason) => return reason,
             };
             // Boxed so that an idle client's task does not carry the state of a transaction
             // (pool wait, relay): it is allocated only while one runs.
-            if let Err(reason) = Box::pin(self.transaction(first, held.take())).await {
+            if let Err(reason) = Box::pin(self.transaction(first, held.take().map(|b| *b))).await {
                 return reason;
             }
         }
@@ -161,7 +177,7 @@ impl Session<'_> {
             Some(c) => c,
             None => self.checkout().await?,
         };
-        self.slot.set(Some(server.conn().cancel_target()));
+        self.cancel.slot.set(Some(server.conn().cancel_target()));
         let outcome = relay::run(
             &mut self.stream,
             server.conn().io(),
@@ -170,7 +186,7 @@ impl Session<'_> {
             &self.shutdown,
         )
         .await;
-        self.slot.set(None);
+        self.cancel.slot.set(None);
         let (code, message, reason) = match outcome {
             Outcome::Idle => {
                 server.release();
