@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -12,6 +11,7 @@ use crate::bins::{chown, server_command};
 use crate::node::{Node, SUPERUSER, SUPERUSER_PASSWORD};
 use crate::ports::free_port;
 use crate::reaper::{self, Reaper};
+use crate::tmp::make_temp_dir;
 
 /// How long the kit waits for nodes to start, stream or catch up.
 const WAIT: Duration = Duration::from_secs(60);
@@ -38,8 +38,8 @@ impl Cluster {
     /// Starts a primary and `n_replicas` streaming replicas; returns once all stream.
     pub fn start(n_replicas: usize) -> Result<Cluster> {
         let t0 = Instant::now();
-        let root = make_root()?;
-        let reaper = reaper::spawn(&root)?;
+        let root = make_temp_dir("pgtier-kit")?;
+        let reaper = reaper::spawn_cluster_reaper(&root)?;
         let primary = Node::new("primary", free_port()?, &root);
         let replicas = (1..=n_replicas)
             .map(|i| Ok(Node::new(&format!("replica{i}"), free_port()?, &root)))
@@ -122,6 +122,7 @@ impl Cluster {
              fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nwal_level = replica\n\
              max_wal_senders = 10\nwal_keep_size = '256MB'\nhot_standby = on\n\
              hot_standby_feedback = on\nlogging_collector = off\nlog_min_messages = warning\n\
+             password_encryption = 'scram-sha-256'\n\
              wal_receiver_status_interval = 1s\nwal_writer_delay = 10ms\n",
             self.primary.port(),
             self.root.display()
@@ -170,30 +171,56 @@ impl Cluster {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("only {streaming} of {n} replicas streaming after {WAIT:?}");
+                bail!(
+                    "only {streaming} of {n} replicas streaming after {WAIT:?}\n{}",
+                    self.log_tails()
+                );
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
         for r in &self.replicas {
-            if r.psql("SELECT pg_is_in_recovery()")? != "t" {
-                bail!("{} is not in recovery", r.name());
+            let in_recovery = r.psql("SELECT pg_is_in_recovery()")?;
+            if in_recovery != "t" {
+                bail!(
+                    "{} streams but pg_is_in_recovery() = {in_recovery}\n{}",
+                    r.name(),
+                    self.log_tails()
+                );
             }
         }
         Ok(())
     }
 
-    /// Waits until every running, unpaused replica has replayed the primary's current WAL.
+    /// The last lines of every node's server log, for error messages.
+    pub fn log_tails(&self) -> String {
+        std::iter::once(&self.primary)
+            .chain(&self.replicas)
+            .map(|n| format!("--- {} ---\n{}\n", n.log_path().display(), n.log_tail()))
+            .collect()
+    }
+
+    /// Waits until every running replica whose replay is not paused has replayed the primary's
+    /// current WAL position.
     pub fn wait_replicas_caught_up(&self) -> Result<()> {
-        // The insert position: with synchronous_commit = off a commit can be ahead of the write position.
+        // The insert position: with synchronous_commit = off a commit can be ahead of the write
+        // position.
         let lsn = self.primary.psql("SELECT pg_current_wal_insert_lsn()")?;
+        let check = format!(
+            "SELECT pg_is_wal_replay_paused() OR pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"
+        );
         let deadline = Instant::now() + WAIT;
         for r in self.replicas.iter().filter(|r| r.is_running()) {
-            let check = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
             while r.psql(&check)? != "t" {
                 if Instant::now() > deadline {
-                    bail!("{} did not replay up to {lsn}", r.name());
+                    let at = r.psql("SELECT pg_last_wal_replay_lsn()")?;
+                    bail!(
+                        "{} replayed only up to {at}, not {lsn}, after {WAIT:?}\n--- {} ---\n{}",
+                        r.name(),
+                        r.log_path().display(),
+                        r.log_tail()
+                    );
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
         Ok(())
@@ -267,21 +294,4 @@ fn append(path: &Path, text: &str) -> Result<()> {
     let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
     f.write_all(text.as_bytes())?;
     Ok(())
-}
-
-fn make_root() -> Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .subsec_nanos();
-    let root = std::env::temp_dir().join(format!(
-        "pgtier-kit-{}-{}-{nanos:x}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
-    chown(&root)?;
-    Ok(root)
 }

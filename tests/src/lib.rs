@@ -7,9 +7,11 @@ pub mod bins;
 pub mod cluster;
 pub mod fixture;
 pub mod node;
+pub mod pids;
 pub mod ports;
 pub mod proxy;
 mod reaper;
+mod tmp;
 pub mod wire;
 
 pub use bins::{bin_path, pg_bindir, pgtier_bin};
@@ -17,3 +19,4 @@ pub use cluster::Cluster;
 pub use node::{Node, SUPERUSER, SUPERUSER_PASSWORD};
 pub use ports::free_port;
 pub use proxy::Pgtier;
+pub use tmp::make_temp_dir;

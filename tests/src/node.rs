@@ -2,16 +2,20 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
 use crate::bins::{bin_path, server_command};
+use crate::pids;
 
 /// Superuser name on every kit node.
 pub const SUPERUSER: &str = "postgres";
 /// Superuser password on every kit node.
 pub const SUPERUSER_PASSWORD: &str = "postgres";
+
+/// How long a node may take to stop.
+const STOP_WAIT: Duration = Duration::from_secs(30);
 
 /// A PostgreSQL server started by the kit.
 #[derive(Debug)]
@@ -64,9 +68,10 @@ impl Node {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
-    /// Starts the server and waits until it accepts connections.
+    /// Starts the server (`pg_ctl -w start`, as the postgres user when root) and waits until
+    /// it accepts connections.
     pub fn start(&self) -> Result<()> {
-        let status = server_command("pg_ctl")?
+        let out = server_command("pg_ctl")?
             .arg("-D")
             .arg(&self.data_dir)
             .arg("-l")
@@ -80,26 +85,27 @@ impl Node {
                 "start",
             ])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
+            .output()
             .context("running pg_ctl start")?;
-        if !status.success() {
+        if !out.status.success() {
             bail!(
-                "{} did not start ({status}):\n{}",
+                "{} (port {}) did not start: pg_ctl {}: {}\n--- {} ---\n{}",
                 self.name,
+                self.port,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim(),
+                self.log_path.display(),
                 self.log_tail()
             );
         }
         Ok(())
     }
 
-    /// The postmaster's pid, if it is running.
+    /// The postmaster's pid (line 1 of `postmaster.pid`), if it is running.
     pub fn postmaster_pid(&self) -> Option<i32> {
         let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
         let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-        // SAFETY: signal 0 only checks that the process exists.
-        (unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+        pids::alive(pid).then_some(pid)
     }
 
     /// Whether the postmaster is running.
@@ -107,24 +113,30 @@ impl Node {
         self.postmaster_pid().is_some()
     }
 
-    /// Immediate shutdown (SIGQUIT, like `pg_ctl stop -m immediate`); waits until it is gone.
+    /// Immediate shutdown (SIGQUIT, like `pg_ctl stop -m immediate`); waits until the
+    /// postmaster is gone and its port is free.
     pub fn stop_immediate(&self) -> Result<()> {
-        let Some(pid) = self.postmaster_pid() else {
-            return Ok(());
-        };
-        // SAFETY: plain kill(2) on a pid we read from the node's own pid file.
-        unsafe { libc::kill(pid, libc::SIGQUIT) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        // SAFETY: signal 0 only checks that the process exists.
-        while unsafe { libc::kill(pid, 0) } == 0 {
-            if Instant::now() > deadline {
+        if let Some(pid) = self.postmaster_pid() {
+            // SAFETY: plain kill(2) on the pid from the node's own pid file, checked alive.
+            unsafe { libc::kill(pid, libc::SIGQUIT) };
+            if !pids::wait_gone(pid, STOP_WAIT) {
                 // SAFETY: as above.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
-                bail!("{} did not stop within 30 s", self.name);
+                pids::wait_gone(pid, Duration::from_secs(5));
+                bail!(
+                    "{} (pid {pid}) ignored SIGQUIT for {STOP_WAIT:?}; sent SIGKILL",
+                    self.name
+                );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            let _ = std::fs::remove_file(self.data_dir.join("postmaster.pid"));
         }
-        let _ = std::fs::remove_file(self.data_dir.join("postmaster.pid"));
+        if !pids::wait_port_free(self.port, STOP_WAIT) {
+            bail!(
+                "{} stopped, but port {} is still in use after {STOP_WAIT:?}",
+                self.name,
+                self.port
+            );
+        }
         Ok(())
     }
 
@@ -159,7 +171,8 @@ impl Node {
             .env("PGPASSWORD", SUPERUSER_PASSWORD)
             .env("PGCONNECT_TIMEOUT", "10")
             .stdin(Stdio::null())
-            .output()?;
+            .output()
+            .context("running psql")?;
         if !out.status.success() {
             bail!(
                 "psql on {} failed for {sql:?}: {}",

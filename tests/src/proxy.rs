@@ -7,25 +7,31 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::bins::pgtier_bin;
+use crate::reaper::{spawn_process_watchdog, Reaper};
+use crate::tmp::make_temp_dir;
 
-/// A pgtier process.
+/// A pgtier process; dropping it kills it (SIGKILL) and removes its directory (kept when the
+/// thread is panicking, for the log).
 #[derive(Debug)]
 pub struct Pgtier {
     child: Child,
     port: u16,
     dir: PathBuf,
+    watchdog: Reaper,
 }
 
 impl Pgtier {
-    /// Writes `config` (which must listen on 127.0.0.1:`port`), starts pgtier and waits until
-    /// it accepts connections.
+    /// Writes `config` (which must listen on 127.0.0.1:`port`, see [`crate::free_port`]) to a
+    /// fresh file, runs `pgtier --config FILE` and waits (20 s) until it accepts connections.
     pub fn start(port: u16, config: &str) -> Result<Pgtier> {
-        let dir = std::env::temp_dir().join(format!("pgtier-run-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
+        let bin = pgtier_bin()?;
+        let bin = std::fs::canonicalize(&bin).unwrap_or(bin);
+        let dir = make_temp_dir("pgtier-run")?;
         let config_path = dir.join("pgtier.toml");
-        std::fs::write(&config_path, config)?;
+        std::fs::write(&config_path, config)
+            .with_context(|| format!("writing {}", config_path.display()))?;
         let log = std::fs::File::create(dir.join("pgtier.log"))?;
-        let child = Command::new(pgtier_bin()?)
+        let child = Command::new(&bin)
             .arg("--config")
             .arg(&config_path)
             .env(
@@ -36,8 +42,15 @@ impl Pgtier {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("starting pgtier")?;
-        let mut px = Pgtier { child, port, dir };
+            .with_context(|| format!("starting {}", bin.display()))?;
+        // Kills pgtier if this process dies without dropping it (e.g. a pgtier in a static).
+        let watchdog = spawn_process_watchdog(child.id(), &bin, &dir)?;
+        let mut px = Pgtier {
+            child,
+            port,
+            dir,
+            watchdog,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(status)) = px.child.try_wait() {
@@ -106,7 +119,10 @@ impl Drop for Pgtier {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if !std::thread::panicking() {
+        if std::thread::panicking() {
+            eprintln!("pgtier-kit: keeping {} for the log", self.dir.display());
+            self.watchdog.keep_dir();
+        } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
