@@ -77,6 +77,7 @@ impl Proxy {
                 user: user.server_user.clone(),
                 password: user.server_password.clone(),
                 dbname: db.dbname.clone(),
+                max_prepared_statements: db.pool.max_prepared_statements,
             };
             Pool::new(id, db.primary.clone(), login, db.pool.clone())
         })

@@ -4,6 +4,7 @@
 pub mod cancel;
 pub mod pool;
 pub mod server;
+pub mod statements;
 
 pub use cancel::CancelTarget;
 pub use pool::{Checkout, Pool, PoolError, PoolId, Pools};

@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::backend::cancel::CancelTarget;
+use crate::backend::statements::ServerStatements;
 use crate::config::NodeAddr;
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::error_fields;
@@ -31,6 +32,8 @@ pub struct ServerLogin {
     pub password: Option<String>,
     /// Database name on the server.
     pub dbname: String,
+    /// Most prepared statements kept per server connection.
+    pub max_prepared_statements: usize,
 }
 
 /// Why a server connection could not be made.
@@ -82,6 +85,17 @@ pub enum BackendError {
     },
 }
 
+/// What the relay works on: a server connection's socket, read buffer and statements.
+#[derive(Debug)]
+pub struct ServerIo<'a> {
+    /// The socket.
+    pub stream: &'a mut TcpStream,
+    /// Bytes read from the server and not yet relayed.
+    pub inbuf: &'a mut BytesMut,
+    /// pgtier-named statements prepared on this connection.
+    pub statements: &'a mut ServerStatements,
+}
+
 /// An authenticated server connection, idle at ReadyForQuery.
 #[derive(Debug)]
 pub struct ServerConn {
@@ -89,6 +103,7 @@ pub struct ServerConn {
     /// Read buffer for server bytes; it lives with the connection (bounded by pool sizes), so
     /// relaying a transaction allocates nothing for it.
     inbuf: BytesMut,
+    statements: ServerStatements,
     peer: SocketAddr,
     key: CancelKey,
     params: Vec<(String, String)>,
@@ -228,6 +243,7 @@ impl ServerConn {
         Ok(ServerConn {
             stream,
             inbuf,
+            statements: ServerStatements::new(login.max_prepared_statements),
             peer,
             key: key.unwrap_or(CancelKey { pid: 0, secret: 0 }),
             params: reported,
@@ -236,9 +252,13 @@ impl ServerConn {
         })
     }
 
-    /// The socket and its read buffer, for relaying.
-    pub fn io(&mut self) -> (&mut TcpStream, &mut BytesMut) {
-        (&mut self.stream, &mut self.inbuf)
+    /// The socket, its read buffer and its prepared statements, for relaying.
+    pub fn io(&mut self) -> ServerIo<'_> {
+        ServerIo {
+            stream: &mut self.stream,
+            inbuf: &mut self.inbuf,
+            statements: &mut self.statements,
+        }
     }
 
     /// Parameters the server reported at login.

@@ -165,6 +165,9 @@ impl Validator<'_> {
         if raw.max_client_conn == 0 {
             self.fail(&["max_client_conn"], "must be at least 1");
         }
+        if raw.max_prepared_statements == 0 {
+            self.fail(&["max_prepared_statements"], "must be at least 1");
+        }
         if raw.max_message_size < 1024 {
             self.fail(&["max_message_size"], "must be at least 1024 bytes");
         }
@@ -310,6 +313,7 @@ impl Validator<'_> {
                 server_idle_timeout: nonzero(raw.server_idle_timeout),
                 server_lifetime: nonzero(raw.server_lifetime),
                 idle_transaction_timeout: nonzero(raw.idle_transaction_timeout),
+                max_prepared_statements: raw.max_prepared_statements as usize,
             },
         })
     }

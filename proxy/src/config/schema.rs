@@ -49,6 +49,9 @@ pub struct Config {
     pub pool_size: u32,
     /// Server connections each pool keeps open even when idle.
     pub min_pool_size: u32,
+    /// Prepared statements kept per server connection in transaction mode; the least recently
+    /// used beyond it is closed on the server.
+    pub max_prepared_statements: u32,
     /// Largest client message pgtier buffers, in bytes (COPY data streams through regardless).
     pub max_message_size: u32,
     /// How long a client waits for a server connection before FATAL 53300.
@@ -91,6 +94,7 @@ impl Default for Config {
             max_client_conn: 1000,
             pool_size: 20,
             min_pool_size: 0,
+            max_prepared_statements: 500,
             max_message_size: 64 * 1024 * 1024,
             query_wait_timeout: Duration::from_secs(120),
             server_connect_timeout: Duration::from_secs(15),

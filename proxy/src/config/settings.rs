@@ -86,6 +86,8 @@ pub struct PoolSettings {
     pub server_lifetime: Option<Duration>,
     /// A client idle inside a transaction this long is disconnected (None: never).
     pub idle_transaction_timeout: Option<Duration>,
+    /// Most prepared statements kept per server connection (least recently used evicted).
+    pub max_prepared_statements: usize,
 }
 
 /// A configured database.

@@ -6,7 +6,10 @@ pub mod cancel;
 mod farewell;
 pub mod listener;
 pub mod login;
+mod prepared;
 mod relay;
+mod responses;
+mod rewrite;
 pub mod session;
 pub mod startup;
 

@@ -1,7 +1,8 @@
 //! The relay between one client and the server connection serving it. Bytes flow in batches:
-//! each read is scanned for frame headers only, and forwarded with one write. The scan keeps the
-//! few facts pooling needs: how many ReadyForQuery replies are still owed (one per Query, Sync
-//! and FunctionCall sent) and the transaction status of the last one.
+//! each read is routed (`rewrite` for client bytes, `responses` for server bytes) and sent with
+//! one write. The relay keeps the facts pooling needs: how many ReadyForQuery replies are still
+//! owed (one per Query, Sync and FunctionCall sent), the transaction status of the last one,
+//! and the replies the server owes (`Expectations`).
 
 use std::time::Duration;
 
@@ -10,15 +11,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::prepared::ClientStatements;
+use super::responses::{route_server, Expectations, Streaming};
+pub(crate) use super::rewrite::Violation;
+use super::rewrite::{route_client, ClientSide, ServerSide};
+use crate::backend::server::ServerIo;
 use crate::config::PoolMode;
-use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
+use crate::protocol::frame::peek_header;
 use crate::protocol::messages::TxStatus;
 use crate::shutdown::{Phase, ShutdownWatch};
 
 /// Read buffer size per direction while a client is active.
 pub(crate) const BUF_SIZE: usize = 16 * 1024;
-/// Server messages are never buffered whole except these tiny ones; a cap guards the scan.
-const MAX_SERVER_HEADER_BODY: usize = i32::MAX as usize;
 
 /// How a relay ended.
 #[derive(Debug)]
@@ -41,15 +45,6 @@ pub(crate) enum Outcome {
     Shutdown,
 }
 
-/// A client protocol violation.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Violation {
-    /// A bad or oversized frame.
-    Frame(FrameError),
-    /// A message type clients may not send.
-    UnknownType(u8),
-}
-
 /// Limits the relay applies.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -61,155 +56,73 @@ pub(crate) struct Limits {
     pub idle_transaction_timeout: Option<Duration>,
 }
 
-/// What one scan of client bytes found.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct ClientScan {
-    /// Bytes to forward now.
-    pub forward: usize,
-    /// Messages that each owe a ReadyForQuery (Query, Sync, FunctionCall).
-    pub syncs: u32,
-    /// Terminate was found at `forward` (it is not forwarded).
-    pub terminate: bool,
-}
-
-/// Scans client bytes. Whole messages are forwarded (so later stages can read them); only
-/// CopyData may stream through in pieces, with `skip` carrying its remaining length.
-pub(crate) fn scan_client(
-    buf: &[u8],
-    skip: &mut usize,
-    max: usize,
-) -> Result<ClientScan, Violation> {
-    let mut scan = ClientScan::default();
-    let mut pos = (*skip).min(buf.len());
-    *skip -= pos;
-    while let Some(h) = peek_header(&buf[pos..], max).map_err(Violation::Frame)? {
-        if !is_frontend_tag(h.tag) {
-            return Err(Violation::UnknownType(h.tag));
-        }
-        let end = pos + h.frame_len();
-        match h.tag {
-            b'X' => {
-                scan.terminate = true;
-                break;
-            }
-            b'd' if end > buf.len() => {
-                *skip = end - buf.len();
-                pos = buf.len();
-                break;
-            }
-            _ if end > buf.len() => break,
-            b'Q' | b'S' | b'F' => scan.syncs += 1,
-            _ => {}
-        }
-        pos = end;
-    }
-    scan.forward = pos;
-    Ok(scan)
-}
-
-/// What one scan of server bytes found.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct ServerScan {
-    /// Bytes to forward now.
-    pub forward: usize,
-    /// ReadyForQuery messages seen.
-    pub ready: u32,
-    /// Status of the last ReadyForQuery seen.
-    pub status: Option<TxStatus>,
-}
-
-/// Scans server bytes; only ReadyForQuery bodies are read, everything else streams through.
-pub(crate) fn scan_server(buf: &[u8], skip: &mut usize) -> Result<ServerScan, FrameError> {
-    let mut scan = ServerScan::default();
-    let mut pos = (*skip).min(buf.len());
-    *skip -= pos;
-    while let Some(h) = peek_header(&buf[pos..], MAX_SERVER_HEADER_BODY)? {
-        let end = pos + h.frame_len();
-        if h.tag == b'Z' {
-            if end > buf.len() {
-                break;
-            }
-            scan.ready += 1;
-            scan.status = Some(TxStatus::from_byte(buf[end - 1]));
-        } else if end > buf.len() {
-            *skip = end - buf.len();
-            pos = buf.len();
-            break;
-        }
-        pos = end;
-    }
-    scan.forward = pos;
-    Ok(scan)
-}
-
-/// Relays between `client` and `server` until the server is idle (transaction mode) or the
-/// session ends. `cbuf` holds client bytes already read; `shutdown` stops it.
+/// Relays between the client and its server until the server is idle (transaction mode) or
+/// the session ends. `cbuf` holds client bytes already read; `shutdown` stops it.
 pub(crate) async fn run(
     client: &mut TcpStream,
-    (server, sbuf): (&mut TcpStream, &mut BytesMut),
-    mut cbuf: BytesMut,
+    statements: &mut ClientStatements,
+    server: ServerIo<'_>,
+    cbuf: BytesMut,
     limits: Limits,
     shutdown: &ShutdownWatch,
 ) -> Outcome {
     let closing = shutdown.reached(Phase::Closing);
     let draining = shutdown.reached(Phase::Draining);
     tokio::pin!(closing, draining);
-    let (mut cskip, mut sskip) = (0usize, 0usize);
-    let mut owed: u32 = 0;
-    let mut status = TxStatus::Idle;
-
+    let mut r = Relay {
+        client,
+        statements,
+        server,
+        cbuf,
+        out: BytesMut::new(),
+        expect: Expectations::default(),
+        copy_left: 0,
+        discard: false,
+        streaming: Streaming::default(),
+        owed: 0,
+        status: TxStatus::Idle,
+        limits,
+    };
     // Forward what the session already read.
-    if let Some(end) =
-        on_client_bytes(&mut cbuf, &mut cskip, &mut owed, server, limits, status).await
-    {
+    if let Some(end) = r.on_client_bytes().await {
         return end;
     }
     loop {
-        let at_rest = owed == 0 && cskip == 0 && sskip == 0;
+        let at_rest =
+            r.owed == 0 && r.copy_left == 0 && r.streaming.left == 0 && r.expect.is_empty();
         let idle_deadline = match (
-            at_rest && status != TxStatus::Idle,
+            at_rest && r.status != TxStatus::Idle,
             limits.idle_transaction_timeout,
         ) {
             (true, Some(t)) => Some(Instant::now() + t),
             _ => None,
         };
         let drain_when_idle =
-            limits.mode == PoolMode::Session && at_rest && status == TxStatus::Idle;
-        if cbuf.capacity() - cbuf.len() < 1024 {
-            cbuf.reserve(BUF_SIZE);
+            limits.mode == PoolMode::Session && at_rest && r.status == TxStatus::Idle;
+        if r.cbuf.capacity() - r.cbuf.len() < 1024 {
+            r.cbuf.reserve(BUF_SIZE);
         }
-        if sbuf.capacity() - sbuf.len() < 1024 {
-            sbuf.reserve(BUF_SIZE);
+        if r.server.inbuf.capacity() - r.server.inbuf.len() < 1024 {
+            r.server.inbuf.reserve(BUF_SIZE);
         }
         tokio::select! {
-            r = client.read_buf(&mut cbuf) => match r {
-                Ok(0) | Err(_) => return Outcome::ClientGone { server_clean: at_rest && status == TxStatus::Idle && cbuf.is_empty() },
+            res = r.client.read_buf(&mut r.cbuf) => match res {
+                Ok(0) | Err(_) => {
+                    let clean = at_rest && r.status == TxStatus::Idle && r.cbuf.is_empty();
+                    return Outcome::ClientGone { server_clean: clean };
+                }
                 Ok(_) => {
-                    if let Some(end) = on_client_bytes(&mut cbuf, &mut cskip, &mut owed, server, limits, status).await {
+                    if let Some(end) = r.on_client_bytes().await {
                         return end;
                     }
                 }
             },
-            r = server.read_buf(sbuf) => match r {
+            res = r.server.stream.read_buf(r.server.inbuf) => match res {
                 Ok(0) => return Outcome::ServerGone(std::io::ErrorKind::UnexpectedEof.into()),
                 Err(e) => return Outcome::ServerGone(e),
                 Ok(_) => {
-                    let scan = match scan_server(sbuf, &mut sskip) {
-                        Ok(s) => s,
-                        Err(e) => return Outcome::ServerGone(std::io::Error::other(e)),
-                    };
-                    if client.write_all(&sbuf[..scan.forward]).await.is_err() {
-                        return Outcome::ClientGone { server_clean: false };
-                    }
-                    sbuf.advance(scan.forward);
-                    owed = owed.saturating_sub(scan.ready);
-                    if let Some(s) = scan.status {
-                        status = s;
-                    }
-                    let done = scan.ready > 0 && owed == 0 && status == TxStatus::Idle
-                        && sskip == 0 && sbuf.is_empty() && cskip == 0 && cbuf.is_empty();
-                    if done && (limits.mode == PoolMode::Transaction || shutdown.phase() >= Phase::Draining) {
-                        return Outcome::Idle;
+                    if let Some(end) = r.on_server_bytes(shutdown).await {
+                        return end;
                     }
                 }
             },
@@ -220,124 +133,133 @@ pub(crate) async fn run(
     }
 }
 
-/// Scans and forwards buffered client bytes; returns an outcome if the relay must end.
-async fn on_client_bytes(
-    cbuf: &mut BytesMut,
-    cskip: &mut usize,
-    owed: &mut u32,
-    server: &mut TcpStream,
-    limits: Limits,
+/// The relay's state for one run.
+struct Relay<'a> {
+    client: &'a mut TcpStream,
+    statements: &'a mut ClientStatements,
+    server: ServerIo<'a>,
+    /// Client bytes read and not yet routed.
+    cbuf: BytesMut,
+    /// A batch rebuilt by routing (only when something was renamed, dropped or added).
+    out: BytesMut,
+    expect: Expectations,
+    copy_left: usize,
+    discard: bool,
+    streaming: Streaming,
+    owed: u32,
     status: TxStatus,
-) -> Option<Outcome> {
-    let scan = match scan_client(cbuf, cskip, limits.max_message) {
-        Ok(s) => s,
-        Err(v) => return Some(Outcome::ClientViolation(v)),
-    };
-    if scan.forward > 0 {
-        if let Err(e) = server.write_all(&cbuf[..scan.forward]).await {
-            return Some(Outcome::ServerGone(e));
+    limits: Limits,
+}
+
+impl Relay<'_> {
+    /// Routes and forwards buffered client bytes; returns an outcome if the relay must end.
+    async fn on_client_bytes(&mut self) -> Option<Outcome> {
+        let scan = route_client(
+            &self.cbuf,
+            self.limits.max_message,
+            &mut ClientSide {
+                statements: self.statements,
+                discard: &mut self.discard,
+                copy_left: &mut self.copy_left,
+            },
+            &mut ServerSide {
+                registry: self.server.statements,
+                expect: &mut self.expect,
+            },
+            &mut self.out,
+        );
+        let scan = match scan {
+            Ok(s) => s,
+            Err(v) => return Some(Outcome::ClientViolation(v)),
+        };
+        let batch = if scan.copied {
+            &self.out[..]
+        } else {
+            &self.cbuf[..scan.consumed]
+        };
+        if !batch.is_empty() {
+            if let Err(e) = self.server.stream.write_all(batch).await {
+                return Some(Outcome::ServerGone(e));
+            }
         }
-        cbuf.advance(scan.forward);
-        *owed += scan.syncs;
+        self.out.clear();
+        self.cbuf.advance(scan.consumed);
+        self.owed += scan.syncs;
+        // Replies pgtier gives itself go out as soon as nothing the server owes is before them.
+        if self.expect.drain_synthetic(&mut self.out) {
+            let r = self.client.write_all(&self.out).await;
+            self.out.clear();
+            if r.is_err() {
+                return Some(Outcome::ClientGone {
+                    server_clean: false,
+                });
+            }
+        }
+        if scan.terminate {
+            let clean = self.owed == 0
+                && self.copy_left == 0
+                && self.expect.is_empty()
+                && self.status == TxStatus::Idle;
+            return Some(Outcome::ClientGone {
+                server_clean: clean,
+            });
+        }
+        if let Some(h) = peek_header(&self.cbuf, self.limits.max_message)
+            .ok()
+            .flatten()
+        {
+            // Make room for the rest of a partially received message.
+            self.cbuf
+                .reserve(h.frame_len().saturating_sub(self.cbuf.len()));
+        }
+        None
     }
-    if scan.terminate {
-        let clean = *owed == 0 && *cskip == 0 && status == TxStatus::Idle;
-        return Some(Outcome::ClientGone {
-            server_clean: clean,
-        });
+
+    /// Routes and forwards buffered server bytes; returns an outcome if the relay must end.
+    async fn on_server_bytes(&mut self, shutdown: &ShutdownWatch) -> Option<Outcome> {
+        let scan = match route_server(
+            self.server.inbuf,
+            &mut self.streaming,
+            &mut self.expect,
+            self.server.statements,
+            &mut self.out,
+        ) {
+            Ok(s) => s,
+            Err(e) => return Some(Outcome::ServerGone(std::io::Error::other(e))),
+        };
+        let batch = if scan.copied {
+            &self.out[..]
+        } else {
+            &self.server.inbuf[..scan.consumed]
+        };
+        if !batch.is_empty() && self.client.write_all(batch).await.is_err() {
+            return Some(Outcome::ClientGone {
+                server_clean: false,
+            });
+        }
+        self.out.clear();
+        self.server.inbuf.advance(scan.consumed);
+        self.owed = self.owed.saturating_sub(scan.ready);
+        if let Some(s) = scan.status {
+            self.status = s;
+        }
+        let done = scan.ready > 0
+            && self.owed == 0
+            && self.status == TxStatus::Idle
+            && self.expect.is_empty()
+            && self.streaming.left == 0
+            && self.server.inbuf.is_empty()
+            && self.copy_left == 0
+            && self.cbuf.is_empty();
+        let release =
+            self.limits.mode == PoolMode::Transaction || shutdown.phase() >= Phase::Draining;
+        (done && release).then_some(Outcome::Idle)
     }
-    if let Some(h) = peek_header(cbuf, limits.max_message).ok().flatten() {
-        // Make room for the rest of a partially received message.
-        cbuf.reserve(h.frame_len().saturating_sub(cbuf.len()));
-    }
-    None
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
-
-    #[test]
-    fn client_scan_counts_syncs_and_keeps_partial_messages() {
-        let mut buf = msg(b'P', b"\0select 1\0\0\0");
-        buf.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
-        buf.extend(msg(b'E', b"\0\0\0\0\0"));
-        buf.extend(msg(b'S', b""));
-        let whole = buf.len();
-        buf.extend(&msg(b'Q', b"select 2\0")[..7]);
-        let mut skip = 0;
-        let scan = scan_client(&buf, &mut skip, 1 << 20).unwrap();
-        assert_eq!(scan.forward, whole);
-        assert_eq!(scan.syncs, 1);
-        assert!(!scan.terminate);
-    }
-
-    #[test]
-    fn client_scan_streams_copy_data() {
-        let data = msg(b'd', &[7u8; 100]);
-        let mut skip = 0;
-        let scan = scan_client(&data[..30], &mut skip, 1 << 20).unwrap();
-        assert_eq!((scan.forward, skip), (30, 75));
-        let scan = scan_client(&data[30..], &mut skip, 1 << 20).unwrap();
-        assert_eq!((scan.forward, skip), (75, 0));
-    }
-
-    #[test]
-    fn client_scan_rejects_bad_input() {
-        let mut skip = 0;
-        assert_eq!(
-            scan_client(&msg(b'?', b""), &mut skip, 100),
-            Err(Violation::UnknownType(b'?'))
-        );
-        assert!(matches!(
-            scan_client(&msg(b'Q', &[1u8; 200]), &mut skip, 100),
-            Err(Violation::Frame(FrameError::TooLarge { .. }))
-        ));
-    }
-
-    #[test]
-    fn client_scan_stops_at_terminate() {
-        let mut buf = msg(b'Q', b"select 1\0");
-        let q = buf.len();
-        buf.extend(msg(b'X', b""));
-        let scan = scan_client(&buf, &mut 0, 100).unwrap();
-        assert_eq!((scan.forward, scan.syncs, scan.terminate), (q, 1, true));
-    }
-
-    #[test]
-    fn server_scan_streams_rows_and_reads_ready() {
-        let mut buf = msg(b'T', b"rowdesc");
-        buf.extend(msg(b'D', &[1u8; 1000]));
-        buf.extend(msg(b'C', b"SELECT 1\0"));
-        buf.extend(msg(b'Z', b"T"));
-        let mut skip = 0;
-        // A DataRow split across reads streams through.
-        let scan = scan_server(&buf[..500], &mut skip).unwrap();
-        assert_eq!(scan.forward, 500);
-        assert!(skip > 0);
-        let scan = scan_server(&buf[500..], &mut skip).unwrap();
-        assert_eq!(scan.forward, buf.len() - 500);
-        assert_eq!(
-            (scan.ready, scan.status),
-            (1, Some(TxStatus::InTransaction))
-        );
-        // A split ReadyForQuery waits for its status byte.
-        let z = msg(b'Z', b"I");
-        let scan = scan_server(&z[..5], &mut 0).unwrap();
-        assert_eq!((scan.forward, scan.ready), (0, 0));
     }
 }

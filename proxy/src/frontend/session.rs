@@ -18,7 +18,9 @@ use super::cancel::CancelHandle;
 use super::farewell::{farewell, pool_farewell};
 use super::listener::ClientGuard;
 use super::login::{login, Login, LoginError};
+use super::prepared::ClientStatements;
 use super::relay::{self, Limits, Outcome, Violation, BUF_SIZE};
+use super::rewrite::answer_parse_batch;
 use crate::backend::{Checkout, Pool};
 use crate::config::PoolMode;
 use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
@@ -102,6 +104,7 @@ pub async fn handle(
         peer,
         user: user.name.clone(),
         _guard: guard,
+        statements: ClientStatements::default(),
         shutdown: proxy.shutdown_watch(),
         idle_timeout: settings.client_idle_timeout,
         limits: Limits {
@@ -136,6 +139,8 @@ struct Session {
     user: String,
     /// Counts the client against `max_client_conn` until the session ends.
     _guard: ClientGuard,
+    /// The client's named prepared statements.
+    statements: ClientStatements,
     shutdown: ShutdownWatch,
     idle_timeout: Option<Duration>,
     limits: Limits,
@@ -159,6 +164,14 @@ impl Session {
                 Ok(buf) => buf,
                 Err(reason) => return reason,
             };
+            if held.is_none() {
+                if let Some(reply) = answer_parse_batch(&first, &mut self.statements) {
+                    if self.stream.write_all(&reply).await.is_err() {
+                        return "client closed";
+                    }
+                    continue;
+                }
+            }
             // Boxed so that an idle client's task does not carry the state of a transaction
             // (pool wait, relay): it is allocated only while one runs.
             if let Err(reason) = Box::pin(self.transaction(first, held.take().map(|b| *b))).await {
@@ -180,6 +193,7 @@ impl Session {
         self.cancel.slot.set(Some(server.conn().cancel_target()));
         let outcome = relay::run(
             &mut self.stream,
+            &mut self.statements,
             server.conn().io(),
             first,
             self.limits,
@@ -328,6 +342,10 @@ impl Session {
                 (SqlState::PROGRAM_LIMIT_EXCEEDED, format!("pgtier: {e}"))
             }
             Violation::Frame(e) => (SqlState::PROTOCOL_VIOLATION, format!("pgtier: {e}")),
+            Violation::TooManyInFlight => (
+                SqlState::PROGRAM_LIMIT_EXCEEDED,
+                "pgtier: too many messages awaiting replies (send Sync)".to_owned(),
+            ),
         };
         warn!(pool = %self.pool.id(), %message, "client protocol violation");
         self.close(code, &message).await;

@@ -2,6 +2,7 @@
 //! and server-side password authentication.
 
 pub mod auth;
+pub mod extended;
 pub mod frame;
 pub mod messages;
 pub mod sqlstate;

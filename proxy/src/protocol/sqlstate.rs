@@ -25,6 +25,8 @@ impl SqlState {
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
     /// 54000: a message exceeded `max_message_size`.
     pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
+    /// 42P05: a prepared statement of that name already exists.
+    pub const DUPLICATE_PREPARED_STATEMENT: SqlState = SqlState("42P05");
     /// 57P01: pgtier is shutting down.
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
     /// 57P03: pgtier is shutting down and takes no new clients.

@@ -1,0 +1,352 @@
+//! What the server still owes, message by message, and who each reply is for. pgtier sends
+//! some messages of its own (a Parse to prepare a client's statement on this server, a Close to
+//! evict one) and answers some client messages itself (ParseComplete for a statement the
+//! server already has, CloseComplete, errors): this queue keeps every reply in the order the
+//! client expects, and drops the replies meant for pgtier.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use crate::backend::statements::ServerStatements;
+use crate::protocol::frame::{peek_header, FrameError};
+use crate::protocol::messages::{error_response, Severity, TxStatus};
+use crate::protocol::SqlState;
+
+/// Entries in flight before the client is considered to be flooding the server.
+pub(crate) const MAX_IN_FLIGHT: usize = 100_000;
+
+/// The kind of message a reply belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Parse,
+    Bind,
+    DescribeStatement,
+    DescribePortal,
+    Execute,
+    Close,
+    Sync,
+    Query,
+    Function,
+}
+
+impl Kind {
+    /// Whether a message with this tag is the last reply to this kind of message.
+    fn ends_with(self, tag: u8) -> bool {
+        match self {
+            Kind::Parse => tag == b'1',
+            Kind::Bind => tag == b'2',
+            Kind::DescribeStatement | Kind::DescribePortal => matches!(tag, b'T' | b'n'),
+            Kind::Execute => matches!(tag, b'C' | b'I' | b's'),
+            Kind::Close => tag == b'3',
+            Kind::Sync | Kind::Query | Kind::Function => tag == b'Z',
+        }
+    }
+
+    /// Extended-protocol messages: after an error the server skips them until Sync.
+    fn skipped_after_error(self) -> bool {
+        !matches!(self, Kind::Sync | Kind::Query | Kind::Function)
+    }
+}
+
+/// A reply pgtier gives on the server's behalf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Synthetic {
+    ParseComplete,
+    CloseComplete,
+    Error(SqlState, String),
+}
+
+/// One expected reply.
+#[derive(Debug)]
+pub(crate) enum Entry {
+    /// The server owes replies to a message; `to_client` says where they go. A Parse carries
+    /// the server-side name it registered, to forget it if the Parse fails or is skipped.
+    Server {
+        kind: Kind,
+        to_client: bool,
+        registers: Option<Arc<str>>,
+    },
+    /// pgtier answers itself when this reaches the front.
+    Synthetic(Synthetic),
+}
+
+/// The queue of expected replies for one server connection.
+#[derive(Debug, Default)]
+pub(crate) struct Expectations {
+    q: VecDeque<Entry>,
+}
+
+impl Expectations {
+    pub(crate) fn push(&mut self, e: Entry) {
+        self.q.push_back(e);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.q.len()
+    }
+
+    /// Writes the synthetic replies now at the front; returns whether it wrote any.
+    pub(crate) fn drain_synthetic(&mut self, out: &mut BytesMut) -> bool {
+        let mut wrote = false;
+        while let Some(Entry::Synthetic(s)) = self.q.front() {
+            match s {
+                Synthetic::ParseComplete => out.extend_from_slice(b"1\0\0\0\x04"),
+                Synthetic::CloseComplete => out.extend_from_slice(b"3\0\0\0\x04"),
+                Synthetic::Error(code, msg) => error_response(out, Severity::Error, *code, msg),
+            }
+            self.q.pop_front();
+            wrote = true;
+        }
+        wrote
+    }
+
+    /// Accounts for one server message; returns whether it goes to the client.
+    fn on_message(&mut self, tag: u8, registry: &mut ServerStatements) -> bool {
+        // Asynchronous messages can come at any time and are always the client's.
+        if matches!(tag, b'N' | b'A' | b'S') {
+            return true;
+        }
+        let Some(Entry::Server {
+            kind, to_client, ..
+        }) = self.q.front()
+        else {
+            return true;
+        };
+        let (kind, to_client) = (*kind, *to_client);
+        if tag == b'E' {
+            if !kind.skipped_after_error() {
+                return true; // a Query's or Sync's error; its ReadyForQuery follows
+            }
+            // The server now skips everything up to the next Sync.
+            while let Some(e) = self.q.front() {
+                match e {
+                    Entry::Server {
+                        kind: Kind::Sync, ..
+                    } => break,
+                    Entry::Server {
+                        registers: Some(name),
+                        ..
+                    } => registry.remove(name),
+                    _ => {}
+                }
+                self.q.pop_front();
+            }
+            // Errors always reach the client, even for pgtier's own messages: the client's
+            // later messages were skipped, and this says why.
+            return true;
+        }
+        if kind.ends_with(tag) {
+            self.q.pop_front();
+        }
+        to_client
+    }
+}
+
+/// What routing one batch of server bytes produced.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ServerScan {
+    /// Bytes of the input consumed.
+    pub consumed: usize,
+    /// Whether `out` holds what to send (else send `input[..consumed]` as is).
+    pub copied: bool,
+    /// ReadyForQuery messages seen.
+    pub ready: u32,
+    /// Status of the last ReadyForQuery seen.
+    pub status: Option<TxStatus>,
+}
+
+/// Passing bytes through a message whose body is still arriving.
+#[derive(Debug, Default)]
+pub(crate) struct Streaming {
+    /// Bytes of the current message still to come.
+    pub left: usize,
+    /// Whether they go to the client.
+    pub forward: bool,
+}
+
+/// Routes server bytes: forwards the client's replies (zero-copy when nothing is dropped or
+/// added), drops pgtier's, and inserts synthetic replies in order. Only ReadyForQuery bodies
+/// are read; other messages stream through.
+pub(crate) fn route_server(
+    buf: &[u8],
+    streaming: &mut Streaming,
+    exp: &mut Expectations,
+    registry: &mut ServerStatements,
+    out: &mut BytesMut,
+) -> Result<ServerScan, FrameError> {
+    let mut scan = ServerScan::default();
+    let mut pos = streaming.left.min(buf.len());
+    streaming.left -= pos;
+    // [run..pos) is forwarded but not yet copied (only matters once copying).
+    let mut run = 0;
+    if !streaming.forward && pos > 0 {
+        scan.copied = true;
+        run = pos;
+    }
+    while let Some(h) = peek_header(&buf[pos..], i32::MAX as usize)? {
+        let end = pos + h.frame_len();
+        if h.tag == b'Z' && end > buf.len() {
+            break; // wait for the status byte
+        }
+        let forward = exp.on_message(h.tag, registry);
+        // A client's DISCARD ALL or DEALLOCATE drops statements pgtier prepared here too.
+        if h.tag == b'C' && end <= buf.len() {
+            let tag = &buf[pos + 5..end];
+            if tag.starts_with(b"DISCARD ALL") || tag.starts_with(b"DEALLOCATE") {
+                registry.clear();
+            }
+        }
+        if h.tag == b'Z' {
+            scan.ready += 1;
+            scan.status = Some(TxStatus::from_byte(buf[end - 1]));
+        }
+        let stop = end > buf.len();
+        let cut = end.min(buf.len());
+        if !forward {
+            if scan.copied {
+                out.extend_from_slice(&buf[run..pos]);
+            } else {
+                out.extend_from_slice(&buf[..pos]);
+                scan.copied = true;
+            }
+            run = cut;
+        }
+        pos = cut;
+        if stop {
+            *streaming = Streaming {
+                left: end - buf.len(),
+                forward,
+            };
+            break;
+        }
+        if matches!(exp.q.front(), Some(Entry::Synthetic(_))) {
+            if scan.copied {
+                out.extend_from_slice(&buf[run..pos]);
+            } else {
+                out.extend_from_slice(&buf[..pos]);
+                scan.copied = true;
+            }
+            run = pos;
+            exp.drain_synthetic(out);
+        }
+    }
+    if scan.copied {
+        out.extend_from_slice(&buf[run..pos]);
+    }
+    scan.consumed = pos;
+    Ok(scan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn server(kind: Kind, to_client: bool) -> Entry {
+        Entry::Server {
+            kind,
+            to_client,
+            registers: None,
+        }
+    }
+
+    #[test]
+    fn drops_pgtier_replies_and_inserts_synthetic_ones_in_order() {
+        let mut exp = Expectations::default();
+        let mut reg = ServerStatements::new(10);
+        exp.push(server(Kind::Parse, false)); // injected Parse
+        exp.push(server(Kind::Bind, true));
+        exp.push(Entry::Synthetic(Synthetic::CloseComplete));
+        exp.push(server(Kind::Execute, true));
+        exp.push(server(Kind::Sync, true));
+        let mut input = msg(b'1', b"");
+        input.extend(msg(b'2', b""));
+        input.extend(msg(b'D', b"\0\0"));
+        input.extend(msg(b'C', b"SELECT 1\0"));
+        input.extend(msg(b'Z', b"I"));
+        let mut out = BytesMut::new();
+        let scan = route_server(
+            &input,
+            &mut Streaming::default(),
+            &mut exp,
+            &mut reg,
+            &mut out,
+        )
+        .unwrap();
+        assert!(scan.copied);
+        assert_eq!(scan.consumed, input.len());
+        assert_eq!((scan.ready, scan.status), (1, Some(TxStatus::Idle)));
+        let mut want = msg(b'2', b"");
+        want.extend(msg(b'3', b""));
+        want.extend(msg(b'D', b"\0\0"));
+        want.extend(msg(b'C', b"SELECT 1\0"));
+        want.extend(msg(b'Z', b"I"));
+        assert_eq!(&out[..], &want[..]);
+        assert!(exp.is_empty());
+    }
+
+    #[test]
+    fn plain_traffic_is_not_copied() {
+        let mut exp = Expectations::default();
+        exp.push(server(Kind::Query, true));
+        let mut input = msg(b'T', b"x");
+        input.extend(msg(b'D', &[0u8; 100]));
+        input.extend(msg(b'C', b"SELECT 1\0"));
+        input.extend(msg(b'Z', b"I"));
+        let mut out = BytesMut::new();
+        let mut st = Streaming::default();
+        let mut reg = ServerStatements::new(10);
+        let scan = route_server(&input[..20], &mut st, &mut exp, &mut reg, &mut out).unwrap();
+        assert_eq!((scan.consumed, scan.copied), (20, false));
+        let scan = route_server(&input[20..], &mut st, &mut exp, &mut reg, &mut out).unwrap();
+        assert_eq!(
+            (scan.consumed, scan.copied, scan.ready),
+            (input.len() - 20, false, 1)
+        );
+        assert!(out.is_empty() && exp.is_empty());
+    }
+
+    #[test]
+    fn error_skips_to_sync_and_forgets_failed_parses() {
+        let mut exp = Expectations::default();
+        let mut reg = ServerStatements::new(10);
+        reg.insert("pgtier_a".into());
+        exp.push(Entry::Server {
+            kind: Kind::Parse,
+            to_client: false,
+            registers: Some("pgtier_a".into()),
+        });
+        exp.push(server(Kind::Bind, true));
+        exp.push(Entry::Synthetic(Synthetic::ParseComplete));
+        exp.push(server(Kind::Sync, true));
+        let mut input = msg(b'E', b"Cxx\0\0");
+        input.extend(msg(b'Z', b"I"));
+        let mut out = BytesMut::new();
+        let scan = route_server(
+            &input,
+            &mut Streaming::default(),
+            &mut exp,
+            &mut reg,
+            &mut out,
+        )
+        .unwrap();
+        assert!(
+            !scan.copied,
+            "the error and ReadyForQuery both go to the client"
+        );
+        assert!(exp.is_empty());
+        assert!(!reg.touch("pgtier_a"));
+    }
+}

@@ -1,0 +1,502 @@
+//! Routing client bytes to the server: whole messages are checked and forwarded (zero-copy when
+//! nothing changes), named statements are renamed to their pgtier server-side names and
+//! prepared on this server connection first when it lacks them, and every message that owes a
+//! reply is recorded in the expectations queue. CopyData may stream through in pieces.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::prepared::{ClientStatements, Prepared, MAX_PER_CLIENT};
+use super::responses::{Entry, Expectations, Kind, Synthetic, MAX_IN_FLIGHT};
+use crate::backend::statements::ServerStatements;
+use crate::protocol::extended;
+use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
+use crate::protocol::messages::{error_response, ready_for_query, Severity, TxStatus};
+use crate::protocol::SqlState;
+
+/// A client protocol violation.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Violation {
+    /// A bad or oversized frame.
+    Frame(FrameError),
+    /// A message type clients may not send.
+    UnknownType(u8),
+    /// More unanswered messages than pgtier tracks.
+    TooManyInFlight,
+}
+
+/// What routing one batch of client bytes produced.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ClientScan {
+    /// Bytes of the input consumed.
+    pub consumed: usize,
+    /// Whether `out` holds what to send (else send `input[..consumed]` as is).
+    pub copied: bool,
+    /// Messages forwarded that each owe a ReadyForQuery (Query, Sync, FunctionCall).
+    pub syncs: u32,
+    /// Terminate was found at `consumed` (it is not forwarded).
+    pub terminate: bool,
+}
+
+/// Per-client state the routing needs.
+pub(crate) struct ClientSide<'a> {
+    /// The client's named statements.
+    pub statements: &'a mut ClientStatements,
+    /// After pgtier answered an error itself, messages are discarded up to Sync, as the server
+    /// would after its own error.
+    pub discard: &'a mut bool,
+    /// Bytes of a CopyData message still streaming through.
+    pub copy_left: &'a mut usize,
+}
+
+/// Per-server state the routing needs.
+pub(crate) struct ServerSide<'a> {
+    /// Statements prepared on this server connection.
+    pub registry: &'a mut ServerStatements,
+    /// Replies the server owes.
+    pub expect: &'a mut Expectations,
+}
+
+/// Copies `buf[*run..upto]` (or `buf[..upto]` on the first change) to `out`: from now on
+/// `out` holds the batch.
+fn take_run(buf: &[u8], out: &mut BytesMut, scan: &mut ClientScan, run: usize, upto: usize) {
+    if scan.copied {
+        out.extend_from_slice(&buf[run..upto]);
+    } else {
+        out.extend_from_slice(&buf[..upto]);
+        scan.copied = true;
+    }
+}
+
+/// Routes the whole messages in `buf` (see the module doc).
+pub(crate) fn route_client(
+    buf: &[u8],
+    max: usize,
+    client: &mut ClientSide<'_>,
+    server: &mut ServerSide<'_>,
+    out: &mut BytesMut,
+) -> Result<ClientScan, Violation> {
+    let mut scan = ClientScan::default();
+    let mut pos = (*client.copy_left).min(buf.len());
+    *client.copy_left -= pos;
+    let mut run = 0;
+    while let Some(h) = peek_header(&buf[pos..], max).map_err(Violation::Frame)? {
+        if !is_frontend_tag(h.tag) {
+            return Err(Violation::UnknownType(h.tag));
+        }
+        if server.expect.len() > MAX_IN_FLIGHT {
+            return Err(Violation::TooManyInFlight);
+        }
+        let end = pos + h.frame_len();
+        if h.tag == b'X' {
+            scan.terminate = true;
+            break;
+        }
+        if h.tag == b'd' && end > buf.len() {
+            *client.copy_left = end - buf.len();
+            pos = buf.len();
+            break;
+        }
+        if end > buf.len() {
+            break;
+        }
+        let body = &buf[pos + 5..end];
+        if *client.discard {
+            if h.tag == b'S' {
+                *client.discard = false;
+            } else {
+                take_run(buf, out, &mut scan, run, pos);
+                run = end;
+                pos = end;
+                continue;
+            }
+        }
+        match route_one(h.tag, body, client, server) {
+            Route::Forward(kind) => {
+                if let Some(kind) = kind {
+                    if matches!(kind, Kind::Query | Kind::Sync | Kind::Function) {
+                        scan.syncs += 1;
+                    }
+                    server.expect.push(Entry::Server {
+                        kind,
+                        to_client: true,
+                        registers: None,
+                    });
+                }
+            }
+            replace => {
+                take_run(buf, out, &mut scan, run, pos);
+                replace.write(body, out, server);
+                run = end;
+            }
+        }
+        pos = end;
+    }
+    if scan.copied {
+        out.extend_from_slice(&buf[run..pos]);
+    }
+    scan.consumed = pos;
+    Ok(scan)
+}
+
+/// Answers a batch of named Parse messages ending in Sync without a server: the statements are
+/// recorded for the client and prepared on a server at their first Bind or Describe. A client
+/// that prepares synchronously (libpq's PQprepare, pgbench -M prepared) then never waits for a
+/// server connection just to prepare, which would deadlock a pool that is busy with the same
+/// client program's open transactions. An invalid statement is reported at its first use.
+/// Returns the replies, or None when the batch needs a server.
+pub(crate) fn answer_parse_batch(
+    buf: &[u8],
+    statements: &mut ClientStatements,
+) -> Option<BytesMut> {
+    let mut pos = 0;
+    let mut names: Vec<(&[u8], &[u8])> = Vec::new();
+    loop {
+        let h = peek_header(&buf[pos..], usize::MAX).ok()??;
+        let end = pos + h.frame_len();
+        if end > buf.len() {
+            return None;
+        }
+        match h.tag {
+            b'P' => {
+                let p = extended::parse(&buf[pos + 5..end])?;
+                if p.name.is_empty() {
+                    return None;
+                }
+                names.push((p.name, p.rest));
+            }
+            b'S' if end == buf.len() && !names.is_empty() => break,
+            _ => return None,
+        }
+        pos = end;
+    }
+    let mut out = BytesMut::with_capacity(16 + 6 * names.len());
+    for (name, rest) in names {
+        if statements.contains(name) {
+            let msg = format!(
+                "prepared statement \"{}\" already exists",
+                String::from_utf8_lossy(name)
+            );
+            error_response(
+                &mut out,
+                Severity::Error,
+                SqlState::DUPLICATE_PREPARED_STATEMENT,
+                &msg,
+            );
+            break;
+        }
+        if !statements.insert(name, Arc::new(Prepared::new(rest))) {
+            let msg = format!(
+                "pgtier: too many prepared statements for one client (limit {MAX_PER_CLIENT})"
+            );
+            error_response(
+                &mut out,
+                Severity::Error,
+                SqlState::PROGRAM_LIMIT_EXCEEDED,
+                &msg,
+            );
+            break;
+        }
+        out.extend_from_slice(b"1\0\0\0\x04");
+    }
+    ready_for_query(&mut out, TxStatus::Idle);
+    Some(out)
+}
+
+/// What to do with one client message.
+enum Route {
+    /// Send it unchanged; it owes replies of this kind (if any).
+    Forward(Option<Kind>),
+    /// Send a Parse under the statement's server name (the client asked for it).
+    Parse(Arc<Prepared>),
+    /// Send the Bind with the statement's server name, preparing it here first if needed.
+    Bind(Arc<Prepared>),
+    /// Send Describe with the statement's server name, preparing it here first if needed.
+    DescribeStatement(Arc<Prepared>),
+    /// Send nothing; pgtier answers in order.
+    Synthetic(Synthetic),
+}
+
+impl Route {
+    /// Writes what replaces the client's message and records the replies it owes.
+    fn write(self, body: &[u8], out: &mut BytesMut, server: &mut ServerSide<'_>) {
+        let reply = |kind| Entry::Server {
+            kind,
+            to_client: true,
+            registers: None,
+        };
+        match self {
+            Route::Forward(_) => unreachable!("forwarded messages are not rewritten"),
+            Route::Parse(stmt) => prepare(&stmt, out, server, true),
+            Route::Bind(stmt) => {
+                let b = extended::bind(body).expect("checked when routed");
+                ensure_prepared(&stmt, out, server);
+                extended::write_bind(out, b.portal, stmt.server_name.as_bytes(), b.rest);
+                server.expect.push(reply(Kind::Bind));
+            }
+            Route::DescribeStatement(stmt) => {
+                ensure_prepared(&stmt, out, server);
+                extended::write_target(out, b'D', b'S', stmt.server_name.as_bytes());
+                server.expect.push(reply(Kind::DescribeStatement));
+            }
+            Route::Synthetic(s) => server.expect.push(Entry::Synthetic(s)),
+        }
+    }
+}
+
+fn route_one(
+    tag: u8,
+    body: &[u8],
+    client: &mut ClientSide<'_>,
+    server: &mut ServerSide<'_>,
+) -> Route {
+    let plain = |k| Route::Forward(Some(k));
+    match tag {
+        b'Q' => plain(Kind::Query),
+        b'S' => plain(Kind::Sync),
+        b'F' => plain(Kind::Function),
+        b'E' => plain(Kind::Execute),
+        b'P' => match extended::parse(body) {
+            Some(p) if !p.name.is_empty() => route_parse(p, client, server),
+            _ => plain(Kind::Parse),
+        },
+        b'B' => match extended::bind(body).and_then(|b| client.statements.get(b.statement)) {
+            Some(stmt) => Route::Bind(stmt.clone()),
+            None => plain(Kind::Bind),
+        },
+        b'D' => match extended::target(body) {
+            Some((b'S', name)) => match client.statements.get(name) {
+                Some(stmt) => Route::DescribeStatement(stmt.clone()),
+                None => plain(Kind::DescribeStatement),
+            },
+            _ => plain(Kind::DescribePortal),
+        },
+        b'C' => match extended::target(body) {
+            // Closing a named statement only forgets the client's name: the server-side
+            // statement may be shared, and closing an unknown name is not an error.
+            Some((b'S', name)) if !name.is_empty() => {
+                client.statements.remove(name);
+                Route::Synthetic(Synthetic::CloseComplete)
+            }
+            _ => plain(Kind::Close),
+        },
+        // Flush and COPY messages owe no reply of their own.
+        _ => Route::Forward(None),
+    }
+}
+
+fn route_parse(
+    p: extended::Parse<'_>,
+    client: &mut ClientSide<'_>,
+    server: &mut ServerSide<'_>,
+) -> Route {
+    if client.statements.contains(p.name) {
+        *client.discard = true;
+        let name = String::from_utf8_lossy(p.name);
+        return Route::Synthetic(Synthetic::Error(
+            SqlState::DUPLICATE_PREPARED_STATEMENT,
+            format!("prepared statement \"{name}\" already exists"),
+        ));
+    }
+    let stmt = Arc::new(Prepared::new(p.rest));
+    if !client.statements.insert(p.name, stmt.clone()) {
+        *client.discard = true;
+        return Route::Synthetic(Synthetic::Error(
+            SqlState::PROGRAM_LIMIT_EXCEEDED,
+            format!("pgtier: too many prepared statements for one client (limit {MAX_PER_CLIENT})"),
+        ));
+    }
+    if server.registry.touch(&stmt.server_name) {
+        return Route::Synthetic(Synthetic::ParseComplete);
+    }
+    Route::Parse(stmt)
+}
+
+/// Prepares `stmt` on this server if it is not there yet (the reply is pgtier's).
+fn ensure_prepared(stmt: &Prepared, out: &mut BytesMut, server: &mut ServerSide<'_>) {
+    if !server.registry.touch(&stmt.server_name) {
+        prepare(stmt, out, server, false);
+    }
+}
+
+/// Writes a Parse for `stmt` under its server name, evicting the least recently used
+/// statement if the registry is full.
+fn prepare(stmt: &Prepared, out: &mut BytesMut, server: &mut ServerSide<'_>, to_client: bool) {
+    if let Some(victim) = server.registry.insert(stmt.server_name.clone()) {
+        extended::write_target(out, b'C', b'S', victim.as_bytes());
+        server.expect.push(Entry::Server {
+            kind: Kind::Close,
+            to_client: false,
+            registers: None,
+        });
+    }
+    extended::write_parse(out, stmt.server_name.as_bytes(), &stmt.rest);
+    server.expect.push(Entry::Server {
+        kind: Kind::Parse,
+        to_client,
+        registers: Some(stmt.server_name.clone()),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    struct Fixture {
+        statements: ClientStatements,
+        discard: bool,
+        copy_left: usize,
+        registry: ServerStatements,
+        expect: Expectations,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            Fixture {
+                statements: ClientStatements::default(),
+                discard: false,
+                copy_left: 0,
+                registry: ServerStatements::new(100),
+                expect: Expectations::default(),
+            }
+        }
+
+        fn route(&mut self, buf: &[u8], out: &mut BytesMut) -> Result<ClientScan, Violation> {
+            route_client(
+                buf,
+                1 << 20,
+                &mut ClientSide {
+                    statements: &mut self.statements,
+                    discard: &mut self.discard,
+                    copy_left: &mut self.copy_left,
+                },
+                &mut ServerSide {
+                    registry: &mut self.registry,
+                    expect: &mut self.expect,
+                },
+                out,
+            )
+        }
+    }
+
+    #[test]
+    fn unnamed_statements_pass_through_without_copying() {
+        let mut f = Fixture::new();
+        let mut buf = msg(b'P', b"\0select 1\0\0\0");
+        buf.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+        buf.extend(msg(b'E', b"\0\0\0\0\0"));
+        buf.extend(msg(b'S', b""));
+        let whole = buf.len();
+        buf.extend(&msg(b'Q', b"select 2\0")[..7]);
+        let mut out = BytesMut::new();
+        let scan = f.route(&buf, &mut out).unwrap();
+        assert_eq!((scan.consumed, scan.copied, scan.syncs), (whole, false, 1));
+        assert_eq!(f.expect.len(), 4);
+    }
+
+    #[test]
+    fn named_statements_are_renamed_and_prepared_where_missing() {
+        let mut f = Fixture::new();
+        let mut buf = msg(b'P', b"s1\0select 1\0\0\0");
+        buf.extend(msg(b'S', b""));
+        let mut out = BytesMut::new();
+        let scan = f.route(&buf, &mut out).unwrap();
+        assert!(scan.copied);
+        let server_name = f.statements.get(b"s1").unwrap().server_name.clone();
+        let parse = extended::parse(&out[5..]).unwrap();
+        assert_eq!(parse.name, server_name.as_bytes());
+
+        // Another server connection: the Bind is preceded by a Parse pgtier owns.
+        f.registry = ServerStatements::new(100);
+        f.expect = Expectations::default();
+        let bind = msg(b'B', b"\0s1\0\0\0\0\0\0\0");
+        out.clear();
+        f.route(&bind, &mut out).unwrap();
+        assert_eq!(out[0], b'P');
+        let plen = u32::from_be_bytes(out[1..5].try_into().unwrap()) as usize + 1;
+        assert_eq!(out[plen], b'B');
+        assert_eq!(
+            extended::bind(&out[plen + 5..]).unwrap().statement,
+            server_name.as_bytes()
+        );
+        assert_eq!(f.expect.len(), 2);
+
+        // Same connection again: just the renamed Bind.
+        out.clear();
+        f.route(&bind, &mut out).unwrap();
+        assert_eq!(out[0], b'B');
+    }
+
+    #[test]
+    fn duplicate_parse_is_answered_42p05_and_skips_to_sync() {
+        let mut f = Fixture::new();
+        let mut out = BytesMut::new();
+        f.route(&msg(b'P', b"s1\0select 1\0\0\0"), &mut out)
+            .unwrap();
+        f.expect = Expectations::default();
+        let mut buf = msg(b'P', b"s1\0select 2\0\0\0");
+        buf.extend(msg(b'B', b"\0s1\0\0\0\0\0\0\0"));
+        buf.extend(msg(b'S', b""));
+        out.clear();
+        let scan = f.route(&buf, &mut out).unwrap();
+        assert_eq!(scan.syncs, 1);
+        assert_eq!(
+            &out[..],
+            &msg(b'S', b"")[..],
+            "only the Sync reaches the server"
+        );
+        let mut client = BytesMut::new();
+        assert!(f.expect.drain_synthetic(&mut client));
+        assert!(String::from_utf8_lossy(&client).contains("42P05"));
+        assert!(!f.discard);
+    }
+
+    #[test]
+    fn parse_only_batches_are_answered_without_a_server() {
+        let mut st = ClientStatements::default();
+        let mut buf = msg(b'P', b"s1\0select 1\0\0\0");
+        buf.extend(msg(b'S', b""));
+        let out = answer_parse_batch(&buf, &mut st).unwrap();
+        assert_eq!(&out[..], b"1\0\0\0\x04Z\0\0\0\x05I");
+        assert!(st.contains(b"s1"));
+        let out = answer_parse_batch(&buf, &mut st).unwrap();
+        assert!(String::from_utf8_lossy(&out).contains("42P05"));
+        // Unnamed statements, other messages or a missing Sync need a server.
+        let mut unnamed = msg(b'P', b"\0select 1\0\0\0");
+        unnamed.extend(msg(b'S', b""));
+        assert!(answer_parse_batch(&unnamed, &mut st).is_none());
+        assert!(answer_parse_batch(&msg(b'P', b"s2\0select 1\0\0\0"), &mut st).is_none());
+        let mut with_describe = msg(b'P', b"s3\0select 1\0\0\0");
+        with_describe.extend(msg(b'D', b"Ss3\0"));
+        with_describe.extend(msg(b'S', b""));
+        assert!(answer_parse_batch(&with_describe, &mut st).is_none());
+    }
+
+    #[test]
+    fn copy_data_streams_and_bad_input_is_rejected() {
+        let mut f = Fixture::new();
+        let data = msg(b'd', &[7u8; 100]);
+        let mut out = BytesMut::new();
+        let scan = f.route(&data[..30], &mut out).unwrap();
+        assert_eq!((scan.consumed, f.copy_left), (30, 75));
+        let scan = f.route(&data[30..], &mut out).unwrap();
+        assert_eq!((scan.consumed, f.copy_left), (75, 0));
+        assert_eq!(
+            f.route(&msg(b'?', b""), &mut out),
+            Err(Violation::UnknownType(b'?'))
+        );
+        let mut buf = msg(b'Q', b"select 1\0");
+        let q = buf.len();
+        buf.extend(msg(b'X', b""));
+        let scan = f.route(&buf, &mut out).unwrap();
+        assert_eq!((scan.consumed, scan.syncs, scan.terminate), (q, 1, true));
+    }
+}
