@@ -15,6 +15,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use pgtier_kit::{free_port, Cluster, Pgtier};
 
+/// pgbench query modes compared.
+const MODES: [&str; 3] = ["simple", "extended", "prepared"];
+
 struct Options {
     rounds: usize,
     duration: u64,
@@ -235,10 +238,25 @@ fn main() -> Result<()> {
         )?;
     }
     let mut samples: BTreeMap<(&str, &str), Vec<Sample>> = BTreeMap::new();
+    let mut failures: BTreeMap<(&str, &str), String> = BTreeMap::new();
     for round in 1..=o.rounds {
-        for mode in ["simple", "extended"] {
+        for mode in MODES {
             for t in &targets {
-                let s = run(t, mode, &o)?;
+                let s = match run(t, mode, &o) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let first = e
+                            .to_string()
+                            .lines()
+                            .rev()
+                            .find(|l| l.contains("error"))
+                            .unwrap_or("")
+                            .to_owned();
+                        eprintln!("round {round} {mode:8} {:9} FAILED: {first}", t.name);
+                        failures.entry((mode, t.name)).or_insert(first);
+                        continue;
+                    }
+                };
                 eprintln!(
                     "round {round} {mode:8} {:9} tps {:9.0}  latency {:6.3} ms  cpu/tx {}",
                     t.name,
@@ -257,7 +275,7 @@ fn main() -> Result<()> {
     );
     println!("| mode | target | TPS | avg latency ms | proxy CPU us/tx | TPS vs PgBouncer | CPU vs PgBouncer |");
     println!("|---|---|---|---|---|---|---|");
-    for mode in ["simple", "extended"] {
+    for mode in MODES {
         let med = |name: &str, f: fn(&Sample) -> Option<f64>| -> Option<f64> {
             let v: Vec<f64> = samples.get(&(mode, name))?.iter().filter_map(f).collect();
             (!v.is_empty()).then(|| median(v))
@@ -265,6 +283,10 @@ fn main() -> Result<()> {
         let pgb_tps = med("pgbouncer", |s| Some(s.tps));
         let pgb_cpu = med("pgbouncer", |s| s.cpu_us_per_tx);
         for t in &targets {
+            if let Some(why) = failures.get(&(mode, t.name)) {
+                println!("| {mode} | {} | failed: {why} | | | | |", t.name);
+                continue;
+            }
             let tps = med(t.name, |s| Some(s.tps)).unwrap_or(0.0);
             let lat = med(t.name, |s| Some(s.latency_ms)).unwrap_or(0.0);
             let cpu = med(t.name, |s| s.cpu_us_per_tx);
