@@ -123,7 +123,7 @@ pub async fn connect(px: &Pgtier, user: &str, pw: &str) -> Result<tokio_postgres
 /// Server connections the pool holds for `user` right now, counted by Postgres itself.
 pub fn server_connections(cluster: &Cluster, user: &str) -> Result<i64> {
     let n = cluster.primary().psql(&format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE usename = '{user}' AND application_name = 'pgtier'"
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = '{user}' AND backend_type = 'client backend'"
     ))?;
     Ok(n.trim().parse()?)
 }

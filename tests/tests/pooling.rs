@@ -26,7 +26,7 @@ fn sample_max_connections(user: &'static str) -> (Arc<AtomicI64>, tokio::task::J
         loop {
             let n: i64 = admin
                 .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND application_name = 'pgtier'",
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND backend_type = 'client backend'",
                     &[&user],
                 )
                 .await
@@ -43,7 +43,7 @@ async fn count_connections(user: &str) -> i64 {
     let admin = cluster().primary().connect("postgres").await.unwrap();
     admin
         .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND application_name = 'pgtier'",
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND backend_type = 'client backend'",
             &[&user],
         )
         .await

@@ -2,6 +2,7 @@
 //! in, and forwarding of cancel requests.
 
 pub mod cancel;
+pub mod params;
 pub mod pool;
 pub mod server;
 pub mod statements;

@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::backend::cancel::CancelTarget;
+use crate::backend::params::ParamChanges;
 use crate::backend::statements::ServerStatements;
 use crate::config::NodeAddr;
 use crate::protocol::frame::peek_header;
@@ -94,6 +95,10 @@ pub struct ServerIo<'a> {
     pub inbuf: &'a mut BytesMut,
     /// pgtier-named statements prepared on this connection.
     pub statements: &'a mut ServerStatements,
+    /// Parameter values reported at login.
+    pub login_params: &'a [(String, String)],
+    /// Tracked parameters changed since login.
+    pub changed: &'a mut ParamChanges,
 }
 
 /// An authenticated server connection, idle at ReadyForQuery.
@@ -104,6 +109,8 @@ pub struct ServerConn {
     /// relaying a transaction allocates nothing for it.
     inbuf: BytesMut,
     statements: ServerStatements,
+    /// Tracked parameters now differing from their values at login.
+    changed: ParamChanges,
     peer: SocketAddr,
     key: CancelKey,
     params: Vec<(String, String)>,
@@ -244,6 +251,7 @@ impl ServerConn {
             stream,
             inbuf,
             statements: ServerStatements::new(login.max_prepared_statements),
+            changed: ParamChanges::default(),
             peer,
             key: key.unwrap_or(CancelKey { pid: 0, secret: 0 }),
             params: reported,
@@ -258,6 +266,8 @@ impl ServerConn {
             stream: &mut self.stream,
             inbuf: &mut self.inbuf,
             statements: &mut self.statements,
+            login_params: &self.params,
+            changed: &mut self.changed,
         }
     }
 

@@ -11,6 +11,7 @@ use tracing::info;
 use super::auth;
 use super::listener::ClientGuard;
 use super::startup::{negotiate, Opening};
+use crate::backend::params::tracked;
 use crate::config::{Database, Settings, User};
 use crate::protocol::startup::{CancelKey, StartupError};
 use crate::protocol::SqlState;
@@ -89,8 +90,8 @@ pub enum Login<'s> {
         user: &'s User,
         /// The database.
         db: &'s Database,
-        /// `application_name` from the startup packet.
-        app_name: Option<String>,
+        /// Tracked parameters from the startup packet (application_name, TimeZone...).
+        params: Vec<(&'static str, String)>,
     },
 }
 
@@ -136,6 +137,10 @@ async fn login_inner<'s>(
     Ok(Login::Client {
         user,
         db,
-        app_name: startup.param("application_name").map(str::to_owned),
+        params: startup
+            .params
+            .iter()
+            .filter_map(|(k, v)| Some((tracked(k)?, v.clone())))
+            .collect(),
     })
 }

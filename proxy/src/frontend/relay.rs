@@ -6,15 +6,16 @@
 
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::prepared::ClientStatements;
-use super::responses::{route_server, Expectations, Streaming};
+use super::responses::{route_server, Entry, Expectations, Kind, ParamSync, Streaming};
 pub(crate) use super::rewrite::Violation;
 use super::rewrite::{route_client, ClientSide, ServerSide};
+use crate::backend::params::{sync_statements, ParamChanges};
 use crate::backend::server::ServerIo;
 use crate::config::PoolMode;
 use crate::protocol::frame::peek_header;
@@ -60,7 +61,7 @@ pub(crate) struct Limits {
 /// the session ends. `cbuf` holds client bytes already read; `shutdown` stops it.
 pub(crate) async fn run(
     client: &mut TcpStream,
-    statements: &mut ClientStatements,
+    state: ClientState<'_>,
     server: ServerIo<'_>,
     cbuf: BytesMut,
     limits: Limits,
@@ -71,7 +72,9 @@ pub(crate) async fn run(
     tokio::pin!(closing, draining);
     let mut r = Relay {
         client,
-        statements,
+        statements: state.statements,
+        params: state.params,
+        defaults: state.defaults,
         server,
         cbuf,
         out: BytesMut::new(),
@@ -83,6 +86,24 @@ pub(crate) async fn run(
         status: TxStatus::Idle,
         limits,
     };
+    // Bring the server's session parameters in line with the client's, ahead of its request.
+    if let Some(sql) = sync_statements(
+        r.defaults,
+        r.params,
+        r.server.login_params,
+        r.server.changed,
+    ) {
+        let mut body = sql.into_bytes();
+        body.push(0);
+        r.out.put_u8(b'Q');
+        r.out.put_u32(body.len() as u32 + 4);
+        r.out.put_slice(&body);
+        r.expect.push(Entry::Server {
+            kind: Kind::Query,
+            to_client: false,
+            registers: None,
+        });
+    }
     // Forward what the session already read.
     if let Some(end) = r.on_client_bytes().await {
         return end;
@@ -133,10 +154,22 @@ pub(crate) async fn run(
     }
 }
 
+/// What the relay needs of the client's session.
+pub(crate) struct ClientState<'a> {
+    /// The client's named prepared statements.
+    pub statements: &'a mut ClientStatements,
+    /// The client's tracked parameters (changes from `defaults`).
+    pub params: &'a mut ParamChanges,
+    /// The pool's default parameter values.
+    pub defaults: &'a [(String, String)],
+}
+
 /// The relay's state for one run.
 struct Relay<'a> {
     client: &'a mut TcpStream,
     statements: &'a mut ClientStatements,
+    params: &'a mut ParamChanges,
+    defaults: &'a [(String, String)],
     server: ServerIo<'a>,
     /// Client bytes read and not yet routed.
     cbuf: BytesMut,
@@ -172,10 +205,14 @@ impl Relay<'_> {
             Ok(s) => s,
             Err(v) => return Some(Outcome::ClientViolation(v)),
         };
-        let batch = if scan.copied {
-            &self.out[..]
-        } else {
+        // `out` may already hold statements pgtier sends first (parameter sync).
+        if !scan.copied && !self.out.is_empty() {
+            self.out.extend_from_slice(&self.cbuf[..scan.consumed]);
+        }
+        let batch = if self.out.is_empty() {
             &self.cbuf[..scan.consumed]
+        } else {
+            &self.out[..]
         };
         if !batch.is_empty() {
             if let Err(e) = self.server.stream.write_all(batch).await {
@@ -222,6 +259,12 @@ impl Relay<'_> {
             &mut self.streaming,
             &mut self.expect,
             self.server.statements,
+            &mut ParamSync {
+                defaults: self.defaults,
+                client: self.params,
+                server_login: self.server.login_params,
+                server: self.server.changed,
+            },
             &mut self.out,
         ) {
             Ok(s) => s,

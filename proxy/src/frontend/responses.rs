@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use crate::backend::params::{tracked, ParamChanges};
 use crate::backend::statements::ServerStatements;
 use crate::protocol::frame::{peek_header, FrameError};
 use crate::protocol::messages::{error_response, Severity, TxStatus};
@@ -170,6 +171,37 @@ pub(crate) struct Streaming {
     pub forward: bool,
 }
 
+/// The parameter values on both ends of the relay, updated from ParameterStatus messages.
+pub(crate) struct ParamSync<'a> {
+    /// The pool's default values (what a client sees if it changes nothing).
+    pub defaults: &'a [(String, String)],
+    /// The client's changes.
+    pub client: &'a mut ParamChanges,
+    /// The server's values at login.
+    pub server_login: &'a [(String, String)],
+    /// The server's changes.
+    pub server: &'a mut ParamChanges,
+}
+
+impl ParamSync<'_> {
+    /// Records a ParameterStatus body (`name\0value\0`); `to_client` if the client saw it.
+    fn observe(&mut self, body: &[u8], to_client: bool) {
+        let mut parts = body.split(|&b| b == 0);
+        let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
+            return;
+        };
+        if let Some(name) = tracked(name) {
+            self.server.set(self.server_login, name, value);
+            if to_client {
+                self.client.set(self.defaults, name, value);
+            }
+        }
+    }
+}
+
 /// Routes server bytes: forwards the client's replies (zero-copy when nothing is dropped or
 /// added), drops pgtier's, and inserts synthetic replies in order. Only ReadyForQuery bodies
 /// are read; other messages stream through.
@@ -178,6 +210,7 @@ pub(crate) fn route_server(
     streaming: &mut Streaming,
     exp: &mut Expectations,
     registry: &mut ServerStatements,
+    params: &mut ParamSync<'_>,
     out: &mut BytesMut,
 ) -> Result<ServerScan, FrameError> {
     let mut scan = ServerScan::default();
@@ -191,10 +224,13 @@ pub(crate) fn route_server(
     }
     while let Some(h) = peek_header(&buf[pos..], i32::MAX as usize)? {
         let end = pos + h.frame_len();
-        if h.tag == b'Z' && end > buf.len() {
-            break; // wait for the status byte
+        if matches!(h.tag, b'Z' | b'S') && end > buf.len() {
+            break; // these few bodies are read: wait for the rest
         }
         let forward = exp.on_message(h.tag, registry);
+        if h.tag == b'S' {
+            params.observe(&buf[pos + 5..end], forward);
+        }
         // A client's DISCARD ALL or DEALLOCATE drops statements pgtier prepared here too.
         if h.tag == b'C' && end <= buf.len() {
             let tag = &buf[pos + 5..end];
@@ -203,7 +239,8 @@ pub(crate) fn route_server(
             }
         }
         if h.tag == b'Z' {
-            scan.ready += 1;
+            // Only the client's ReadyForQuery count against what the client is owed.
+            scan.ready += u32::from(forward);
             scan.status = Some(TxStatus::from_byte(buf[end - 1]));
         }
         let stop = end > buf.len();
@@ -247,6 +284,17 @@ pub(crate) fn route_server(
 mod tests {
     use super::*;
 
+    macro_rules! no_params {
+        () => {
+            ParamSync {
+                defaults: &[],
+                client: &mut ParamChanges::default(),
+                server_login: &[],
+                server: &mut ParamChanges::default(),
+            }
+        };
+    }
+
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut v = vec![tag];
         v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
@@ -282,6 +330,7 @@ mod tests {
             &mut Streaming::default(),
             &mut exp,
             &mut reg,
+            &mut no_params!(),
             &mut out,
         )
         .unwrap();
@@ -308,9 +357,25 @@ mod tests {
         let mut out = BytesMut::new();
         let mut st = Streaming::default();
         let mut reg = ServerStatements::new(10);
-        let scan = route_server(&input[..20], &mut st, &mut exp, &mut reg, &mut out).unwrap();
+        let scan = route_server(
+            &input[..20],
+            &mut st,
+            &mut exp,
+            &mut reg,
+            &mut no_params!(),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!((scan.consumed, scan.copied), (20, false));
-        let scan = route_server(&input[20..], &mut st, &mut exp, &mut reg, &mut out).unwrap();
+        let scan = route_server(
+            &input[20..],
+            &mut st,
+            &mut exp,
+            &mut reg,
+            &mut no_params!(),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(
             (scan.consumed, scan.copied, scan.ready),
             (input.len() - 20, false, 1)
@@ -339,6 +404,7 @@ mod tests {
             &mut Streaming::default(),
             &mut exp,
             &mut reg,
+            &mut no_params!(),
             &mut out,
         )
         .unwrap();

@@ -21,6 +21,8 @@ use super::login::{login, Login, LoginError};
 use super::prepared::ClientStatements;
 use super::relay::{self, Limits, Outcome, Violation, BUF_SIZE};
 use super::rewrite::answer_parse_batch;
+use crate::backend::params::ParamChanges;
+use crate::backend::pool::ServerParams;
 use crate::backend::{Checkout, Pool};
 use crate::config::PoolMode;
 use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
@@ -46,9 +48,9 @@ pub async fn handle(
     let settings = proxy.settings();
     // Boxed, like the first server connection below: their state is large and freed once they
     // are done, so an idle client's task stays small.
-    let (user, db, app_name) =
+    let (user, db, startup_params) =
         match Box::pin(login(&mut stream, peer, &settings, &guard, proxy.phase())).await {
-            Ok(Login::Client { user, db, app_name }) => (user, db, app_name),
+            Ok(Login::Client { user, db, params }) => (user, db, params),
             Ok(Login::Cancel(key)) => {
                 drop(guard);
                 Box::pin(proxy.forward_cancel(key)).await;
@@ -85,11 +87,14 @@ pub async fn handle(
     let cancel = proxy.cancels().register();
     let mut welcome = BytesMut::with_capacity(512);
     auth_ok(&mut welcome);
+    // The client's startup values of tracked parameters are its session's values: shown now,
+    // and set on every server that serves it.
+    let mut client_params = ParamChanges::default();
+    for (k, v) in &startup_params {
+        client_params.set(&params, k, v);
+    }
     for (k, v) in params.iter() {
-        match (k.as_str(), &app_name) {
-            ("application_name", Some(app)) => parameter_status(&mut welcome, k, app),
-            _ => parameter_status(&mut welcome, k, v),
-        }
+        parameter_status(&mut welcome, k, client_params.get(k).unwrap_or(v));
     }
     backend_key_data(&mut welcome, cancel.key.pid, cancel.key.secret);
     ready_for_query(&mut welcome, TxStatus::Idle);
@@ -105,6 +110,8 @@ pub async fn handle(
         user: user.name.clone(),
         _guard: guard,
         statements: ClientStatements::default(),
+        params: client_params,
+        defaults: params,
         shutdown: proxy.shutdown_watch(),
         idle_timeout: settings.client_idle_timeout,
         limits: Limits {
@@ -141,6 +148,10 @@ struct Session {
     _guard: ClientGuard,
     /// The client's named prepared statements.
     statements: ClientStatements,
+    /// The client's tracked parameters, as changes from `defaults`.
+    params: ParamChanges,
+    /// The pool's default parameter values.
+    defaults: ServerParams,
     shutdown: ShutdownWatch,
     idle_timeout: Option<Duration>,
     limits: Limits,
@@ -193,7 +204,11 @@ impl Session {
         self.cancel.slot.set(Some(server.conn().cancel_target()));
         let outcome = relay::run(
             &mut self.stream,
-            &mut self.statements,
+            relay::ClientState {
+                statements: &mut self.statements,
+                params: &mut self.params,
+                defaults: &self.defaults,
+            },
             server.conn().io(),
             first,
             self.limits,
