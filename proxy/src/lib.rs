@@ -10,4 +10,5 @@ pub mod config;
 pub mod frontend;
 pub mod protocol;
 pub mod proxy;
+pub mod router;
 pub mod shutdown;

@@ -284,6 +284,40 @@ impl ServerConn {
         }
     }
 
+    /// Resets all session state with `DISCARD ALL` before another client may use the
+    /// connection; false if that failed (the caller then closes it).
+    pub async fn discard_all(&mut self, limit: Duration) -> bool {
+        let work = async {
+            self.stream.write_all(b"Q\0\0\0\x10DISCARD ALL\0").await?;
+            self.inbuf.clear();
+            let mut clean = true;
+            loop {
+                let h = match peek_header(&self.inbuf, MAX_LOGIN_MESSAGE) {
+                    Ok(Some(h)) if self.inbuf.len() >= h.frame_len() => h,
+                    Ok(_) => {
+                        if self.stream.read_buf(&mut self.inbuf).await? == 0 {
+                            return Ok(false);
+                        }
+                        continue;
+                    }
+                    Err(_) => return Ok(false),
+                };
+                let frame = self.inbuf.split_to(h.frame_len());
+                match h.tag {
+                    b'E' => clean = false,
+                    b'Z' => return Ok::<_, std::io::Error>(clean && frame[5] == b'I'),
+                    _ => {}
+                }
+            }
+        };
+        let ok = matches!(tokio::time::timeout(limit, work).await, Ok(Ok(true)));
+        if ok {
+            self.statements.clear();
+            self.changed = ParamChanges::default();
+        }
+        ok
+    }
+
     /// Age since login.
     pub fn age(&self) -> Duration {
         self.created.elapsed()

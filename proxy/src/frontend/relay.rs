@@ -75,6 +75,7 @@ pub(crate) async fn run(
         statements: state.statements,
         params: state.params,
         defaults: state.defaults,
+        pinned: state.pinned,
         server,
         cbuf,
         out: BytesMut::new(),
@@ -118,8 +119,7 @@ pub(crate) async fn run(
             (true, Some(t)) => Some(Instant::now() + t),
             _ => None,
         };
-        let drain_when_idle =
-            limits.mode == PoolMode::Session && at_rest && r.status == TxStatus::Idle;
+        let drain_when_idle = r.holds_server() && at_rest && r.status == TxStatus::Idle;
         if r.cbuf.capacity() - r.cbuf.len() < 1024 {
             r.cbuf.reserve(BUF_SIZE);
         }
@@ -162,6 +162,8 @@ pub(crate) struct ClientState<'a> {
     pub params: &'a mut ParamChanges,
     /// The pool's default parameter values.
     pub defaults: &'a [(String, String)],
+    /// Why the client is pinned to its server, if it is.
+    pub pinned: &'a mut Option<&'static str>,
 }
 
 /// The relay's state for one run.
@@ -170,6 +172,7 @@ struct Relay<'a> {
     statements: &'a mut ClientStatements,
     params: &'a mut ParamChanges,
     defaults: &'a [(String, String)],
+    pinned: &'a mut Option<&'static str>,
     server: ServerIo<'a>,
     /// Client bytes read and not yet routed.
     cbuf: BytesMut,
@@ -185,6 +188,12 @@ struct Relay<'a> {
 }
 
 impl Relay<'_> {
+    /// Whether the server stays with the client between transactions (session mode, or the
+    /// client is pinned).
+    fn holds_server(&self) -> bool {
+        self.limits.mode == PoolMode::Session || self.pinned.is_some()
+    }
+
     /// Routes and forwards buffered client bytes; returns an outcome if the relay must end.
     async fn on_client_bytes(&mut self) -> Option<Outcome> {
         let scan = route_client(
@@ -194,6 +203,8 @@ impl Relay<'_> {
                 statements: self.statements,
                 discard: &mut self.discard,
                 copy_left: &mut self.copy_left,
+                pinned: self.pinned,
+                reported: self.defaults,
             },
             &mut ServerSide {
                 registry: self.server.statements,
@@ -294,8 +305,7 @@ impl Relay<'_> {
             && self.server.inbuf.is_empty()
             && self.copy_left == 0
             && self.cbuf.is_empty();
-        let release =
-            self.limits.mode == PoolMode::Transaction || shutdown.phase() >= Phase::Draining;
+        let release = !self.holds_server() || shutdown.phase() >= Phase::Draining;
         (done && release).then_some(Outcome::Idle)
     }
 }

@@ -9,11 +9,13 @@ use bytes::BytesMut;
 
 use super::prepared::{ClientStatements, Prepared, MAX_PER_CLIENT};
 use super::responses::{Entry, Expectations, Kind, Synthetic, MAX_IN_FLIGHT};
+use crate::backend::params::{lookup, tracked};
 use crate::backend::statements::ServerStatements;
 use crate::protocol::extended;
 use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
 use crate::protocol::messages::{error_response, ready_for_query, Severity, TxStatus};
 use crate::protocol::SqlState;
+use crate::router::session_state::pins;
 
 /// A client protocol violation.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,6 +50,25 @@ pub(crate) struct ClientSide<'a> {
     pub discard: &'a mut bool,
     /// Bytes of a CopyData message still streaming through.
     pub copy_left: &'a mut usize,
+    /// Why the client is pinned to its server, once a statement left state there.
+    pub pinned: &'a mut Option<&'static str>,
+    /// Parameters the server reports (changes to those are synced, not pinned).
+    pub reported: &'a [(String, String)],
+}
+
+impl ClientSide<'_> {
+    /// Pins the client if `sql` leaves session state on the server.
+    fn check_session_state(&mut self, sql: &[u8]) {
+        if self.pinned.is_none() {
+            let reported = self.reported;
+            *self.pinned = pins(sql, |name| {
+                std::str::from_utf8(name)
+                    .ok()
+                    .and_then(tracked)
+                    .is_some_and(|n| lookup(reported, n).is_some())
+            });
+        }
+    }
 }
 
 /// Per-server state the routing needs.
@@ -253,13 +274,23 @@ fn route_one(
 ) -> Route {
     let plain = |k| Route::Forward(Some(k));
     match tag {
-        b'Q' => plain(Kind::Query),
+        b'Q' => {
+            client.check_session_state(body);
+            plain(Kind::Query)
+        }
         b'S' => plain(Kind::Sync),
         b'F' => plain(Kind::Function),
         b'E' => plain(Kind::Execute),
         b'P' => match extended::parse(body) {
-            Some(p) if !p.name.is_empty() => route_parse(p, client, server),
-            _ => plain(Kind::Parse),
+            Some(p) => {
+                client.check_session_state(p.rest);
+                if p.name.is_empty() {
+                    plain(Kind::Parse)
+                } else {
+                    route_parse(p, client, server)
+                }
+            }
+            None => plain(Kind::Parse),
         },
         b'B' => match extended::bind(body).and_then(|b| client.statements.get(b.statement)) {
             Some(stmt) => Route::Bind(stmt.clone()),
@@ -354,6 +385,7 @@ mod tests {
         statements: ClientStatements,
         discard: bool,
         copy_left: usize,
+        pinned: Option<&'static str>,
         registry: ServerStatements,
         expect: Expectations,
     }
@@ -364,6 +396,7 @@ mod tests {
                 statements: ClientStatements::default(),
                 discard: false,
                 copy_left: 0,
+                pinned: None,
                 registry: ServerStatements::new(100),
                 expect: Expectations::default(),
             }
@@ -377,6 +410,8 @@ mod tests {
                     statements: &mut self.statements,
                     discard: &mut self.discard,
                     copy_left: &mut self.copy_left,
+                    pinned: &mut self.pinned,
+                    reported: &[],
                 },
                 &mut ServerSide {
                     registry: &mut self.registry,

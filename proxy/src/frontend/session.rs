@@ -33,6 +33,9 @@ use crate::protocol::SqlState;
 use crate::proxy::Proxy;
 use crate::shutdown::{Phase, ShutdownWatch};
 
+/// Longest wait for the DISCARD ALL that resets a server after a session.
+const DISCARD_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Message for clients closed by shutdown.
 const SHUTDOWN_MESSAGE: &str =
     "terminating connection due to administrator command (pgtier is shutting down)";
@@ -112,6 +115,7 @@ pub async fn handle(
         statements: ClientStatements::default(),
         params: client_params,
         defaults: params,
+        pinned: None,
         shutdown: proxy.shutdown_watch(),
         idle_timeout: settings.client_idle_timeout,
         limits: Limits {
@@ -152,6 +156,8 @@ struct Session {
     params: ParamChanges,
     /// The pool's default parameter values.
     defaults: ServerParams,
+    /// Why the client holds its server until it disconnects (session state on it), if it does.
+    pinned: Option<&'static str>,
     shutdown: ShutdownWatch,
     idle_timeout: Option<Duration>,
     limits: Limits,
@@ -202,12 +208,14 @@ impl Session {
             None => self.checkout().await?,
         };
         self.cancel.slot.set(Some(server.conn().cancel_target()));
+        let was_pinned = self.pinned.is_some();
         let outcome = relay::run(
             &mut self.stream,
             relay::ClientState {
                 statements: &mut self.statements,
                 params: &mut self.params,
                 defaults: &self.defaults,
+                pinned: &mut self.pinned,
             },
             server.conn().io(),
             first,
@@ -216,18 +224,22 @@ impl Session {
         )
         .await;
         self.cancel.slot.set(None);
+        if let (Some(reason), false) = (self.pinned, was_pinned) {
+            info!(peer = %self.peer, user = %self.user, reason, "client pinned to its server connection until it disconnects");
+        }
         let (code, message, reason) = match outcome {
             Outcome::Idle => {
-                server.release();
                 if self.shutdown.phase() < Phase::Draining {
+                    server.release();
                     return Ok(());
                 }
+                self.give_back(server).await;
                 self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;
                 return Err("shutdown");
             }
             Outcome::ClientGone { server_clean } => {
                 if server_clean {
-                    server.release();
+                    self.give_back(server).await;
                 }
                 return Err("client closed");
             }
@@ -255,6 +267,15 @@ impl Session {
         drop(server);
         self.close(code, message).await;
         Err(reason)
+    }
+
+    /// Returns a clean server at the end of the session; one that held session state (session
+    /// mode, or a pinned client) is reset with DISCARD ALL first, or closed if that fails.
+    async fn give_back(&mut self, mut server: Checkout) {
+        let holds = self.limits.mode == PoolMode::Session || self.pinned.is_some();
+        if !holds || server.conn().discard_all(DISCARD_TIMEOUT).await {
+            server.release();
+        }
     }
 
     async fn checkout(&mut self) -> Result<Checkout, &'static str> {

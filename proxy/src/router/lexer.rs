@@ -1,0 +1,178 @@
+//! A fast SQL lexer: words and statement separators, skipping whitespace, comments
+//! (`--`, nested `/* */`), string literals (`'...'`, `E'...'`), quoted identifiers and
+//! dollar-quoted strings. It never allocates and never fails: unterminated input just ends.
+
+/// One token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Token<'a> {
+    /// A keyword or identifier (quoted identifiers without their quotes).
+    Word(&'a [u8]),
+    /// `;`: the end of a statement.
+    Semicolon,
+    /// Anything else (literals, operators, numbers, punctuation).
+    Other,
+}
+
+/// Iterates over the tokens of `sql`.
+#[derive(Debug, Clone)]
+pub struct Lexer<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Lexer<'a> {
+    /// A lexer over `sql` (bytes; Postgres statements may be in any server encoding).
+    pub fn new(sql: &'a [u8]) -> Lexer<'a> {
+        Lexer { s: sql, i: 0 }
+    }
+
+    fn skip_until(&mut self, end: &[u8]) {
+        match find(&self.s[self.i..], end) {
+            Some(p) => self.i += p + end.len(),
+            None => self.i = self.s.len(),
+        }
+    }
+
+    fn skip_quoted(&mut self, quote: u8, backslash: bool) {
+        while self.i < self.s.len() {
+            let c = self.s[self.i];
+            self.i += 1;
+            if backslash && c == b'\\' {
+                self.i += 1;
+            } else if c == quote {
+                if self.s.get(self.i) == Some(&quote) {
+                    self.i += 1; // doubled quote
+                } else {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn is_word_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+}
+
+fn is_word(c: u8) -> bool {
+    is_word_start(c) || c.is_ascii_digit() || c == b'$'
+}
+
+impl<'a> Iterator for Lexer<'a> {
+    type Item = Token<'a>;
+
+    fn next(&mut self) -> Option<Token<'a>> {
+        loop {
+            let c = *self.s.get(self.i)?;
+            let next = self.s.get(self.i + 1).copied();
+            match c {
+                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => self.i += 1,
+                b'-' if next == Some(b'-') => self.skip_until(b"\n"),
+                b'/' if next == Some(b'*') => {
+                    // Comments nest in Postgres.
+                    let mut depth = 0usize;
+                    while self.i < self.s.len() {
+                        if self.s[self.i..].starts_with(b"/*") {
+                            depth += 1;
+                            self.i += 2;
+                        } else if self.s[self.i..].starts_with(b"*/") {
+                            depth -= 1;
+                            self.i += 2;
+                            if depth == 0 {
+                                break;
+                            }
+                        } else {
+                            self.i += 1;
+                        }
+                    }
+                }
+                b';' => {
+                    self.i += 1;
+                    return Some(Token::Semicolon);
+                }
+                b'\'' => {
+                    self.i += 1;
+                    self.skip_quoted(b'\'', false);
+                    return Some(Token::Other);
+                }
+                b'"' => {
+                    let start = self.i + 1;
+                    self.i += 1;
+                    self.skip_quoted(b'"', false);
+                    let end = self.i.saturating_sub(1).max(start);
+                    return Some(Token::Word(&self.s[start..end]));
+                }
+                b'e' | b'E' if next == Some(b'\'') => {
+                    self.i += 2;
+                    self.skip_quoted(b'\'', true);
+                    return Some(Token::Other);
+                }
+                b'$' => {
+                    // $tag$ ... $tag$ (or a $1 parameter).
+                    let rest = &self.s[self.i + 1..];
+                    let tag_len = rest.iter().position(|&b| !is_word(b) || b == b'$');
+                    match tag_len {
+                        Some(n)
+                            if rest.get(n) == Some(&b'$')
+                                && !rest[..n].first().is_some_and(u8::is_ascii_digit) =>
+                        {
+                            let tag = &self.s[self.i..self.i + n + 2];
+                            self.i += n + 2;
+                            self.skip_until(tag);
+                        }
+                        _ => {
+                            self.i += 1;
+                            while self.s.get(self.i).is_some_and(u8::is_ascii_digit) {
+                                self.i += 1;
+                            }
+                        }
+                    }
+                    return Some(Token::Other);
+                }
+                c if is_word_start(c) => {
+                    let start = self.i;
+                    while self.s.get(self.i).copied().is_some_and(is_word) {
+                        self.i += 1;
+                    }
+                    return Some(Token::Word(&self.s[start..self.i]));
+                }
+                _ => {
+                    self.i += 1;
+                    return Some(Token::Other);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(sql: &str) -> Vec<String> {
+        Lexer::new(sql.as_bytes())
+            .map(|t| match t {
+                Token::Word(w) => String::from_utf8_lossy(w).into_owned(),
+                Token::Semicolon => ";".into(),
+                Token::Other => "?".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn skips_comments_strings_and_dollar_quotes() {
+        assert_eq!(
+            words("/* a /* nested */ c */ -- x\n SELECT 'it''s; LISTEN' , $q$ LISTEN; $q$ ; listen \"My Chan\""),
+            ["SELECT", "?", "?", "?", ";", "listen", "My Chan"]
+        );
+        assert_eq!(
+            words("select E'\\'; x' from t where a = $1"),
+            ["select", "?", "from", "t", "where", "a", "?", "?"]
+        );
+        assert_eq!(words("select 'unterminated"), ["select", "?"]);
+    }
+}

@@ -1,0 +1,124 @@
+//! Session state that cannot move between servers (SET of unreported parameters, temp tables,
+//! LISTEN...) pins its client to its server in transaction mode, never leaks to other clients,
+//! and is reset (DISCARD ALL) before the server serves anyone else.
+
+use pgtier_kit::fixture::{scram_role, ConfigBuilder};
+use pgtier_kit::{Cluster, Pgtier};
+use tokio_postgres::{Client, NoTls};
+
+fn start(extra_global: &str, pool_size: u32) -> Pgtier {
+    let c = Cluster::shared();
+    scram_role(c, "pins", "pins").unwrap();
+    let mut b = ConfigBuilder::new(c)
+        .user("pins", "auth = \"trust\"\nserver_password = \"pins\"")
+        .database(&format!("pool_size = {pool_size}"));
+    if !extra_global.is_empty() {
+        b = b.global(extra_global);
+    }
+    b.start().unwrap()
+}
+
+async fn client(px: &Pgtier) -> Client {
+    let dsn = format!("host=127.0.0.1 port={} user=pins dbname=app", px.port());
+    let (c, conn) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c
+}
+
+/// (value of `setting`, backend pid) for one simple query.
+async fn probe(c: &Client, setting: &str) -> (String, String) {
+    let rows = c
+        .simple_query(&format!(
+            "SELECT current_setting('{setting}'), pg_backend_pid()::text"
+        ))
+        .await
+        .unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((r.get(0).unwrap().to_owned(), r.get(1).unwrap().to_owned()))
+            }
+            _ => None,
+        })
+        .expect("a row")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreported_set_pins_the_client_and_is_reset_after_it_leaves() {
+    let px = start("", 2);
+    let a = client(&px).await;
+    let (default_mem, _) = probe(&a, "work_mem").await;
+    a.batch_execute("SET work_mem = '7MB'").await.unwrap();
+    let (mem, pid) = probe(&a, "work_mem").await;
+    assert_eq!(mem, "7MB");
+    let b = client(&px).await;
+    for _ in 0..5 {
+        let (mem_b, pid_b) = probe(&b, "work_mem").await;
+        assert_eq!(mem_b, default_mem, "the SET leaked to another client");
+        assert_ne!(pid_b, pid, "a pinned server was lent to another client");
+        assert_eq!(probe(&a, "work_mem").await, ("7MB".to_owned(), pid.clone()));
+    }
+    drop(a);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Both servers in use at once: neither carries the old SET.
+    let c1 = client(&px).await;
+    let c2 = client(&px).await;
+    c1.batch_execute("BEGIN").await.unwrap();
+    c2.batch_execute("BEGIN").await.unwrap();
+    let (m1, p1) = probe(&c1, "work_mem").await;
+    let (m2, p2) = probe(&c2, "work_mem").await;
+    assert_ne!(p1, p2);
+    assert_eq!((m1, m2), (default_mem.clone(), default_mem));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn temp_tables_stay_with_their_client() {
+    let px = start("", 2);
+    let a = client(&px).await;
+    let b = client(&px).await;
+    a.batch_execute("CREATE TEMP TABLE mine (v int); INSERT INTO mine VALUES (1)")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let n: i64 = a
+            .query_one("SELECT count(*) FROM mine", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1);
+        let err = b.batch_execute("SELECT * FROM mine").await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+        );
+    }
+    drop(a);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let c1 = client(&px).await;
+    let c2 = client(&px).await;
+    c1.batch_execute("BEGIN").await.unwrap();
+    for c in [&c1, &c2] {
+        let err = c.batch_execute("SELECT * FROM mine").await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_mode_servers_are_reset_between_clients() {
+    let px = start("pool_mode = \"session\"", 1);
+    let a = client(&px).await;
+    let (default_mem, pid) = probe(&a, "work_mem").await;
+    a.batch_execute("SET work_mem = '9MB'; CREATE TEMP TABLE t (v int)")
+        .await
+        .unwrap();
+    drop(a);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let b = client(&px).await;
+    let (mem, pid_b) = probe(&b, "work_mem").await;
+    assert_eq!(pid_b, pid, "the server connection is reused");
+    assert_eq!(mem, default_mem, "DISCARD ALL reset it");
+    assert!(b.batch_execute("SELECT * FROM t").await.is_err());
+}
