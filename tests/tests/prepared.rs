@@ -338,3 +338,72 @@ async fn invalid_statement_prepared_alone_fails_at_first_use() {
     let r = send(&mut a, &[wire::query("SELECT 5")]).await;
     assert_eq!(first_value(&r), "5");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deallocate_and_discard_all_affect_only_the_issuing_client() {
+    let px = start(1);
+    let (mut a, _) = wire::login_trust(&px.addr(), "pgtier_trust", "app")
+        .await
+        .unwrap();
+    let (mut b, _) = wire::login_trust(&px.addr(), "pgtier_trust", "app")
+        .await
+        .unwrap();
+    // Same statement text: shared on the one server connection.
+    for c in [&mut a, &mut b] {
+        send(c, &[parse("s", "SELECT 'shared'"), sync()]).await;
+        let r = send(c, &[bind("s"), execute(), sync()]).await;
+        assert_eq!(first_value(&r), "shared");
+    }
+    // DEALLOCATE by the client's name: Postgres' own answer, and only A loses "s".
+    let r = send(&mut a, &[wire::query("DEALLOCATE s")]).await;
+    assert_eq!(tags(&r), "CZ", "{r:?}");
+    assert_eq!(&r[0].body[..], b"DEALLOCATE\0");
+    let r = send(&mut a, &[bind("s"), execute(), sync()]).await;
+    assert_eq!(r[0].field(b'C').as_deref(), Some("26000"));
+    let r = send(&mut b, &[bind("s"), execute(), sync()]).await;
+    assert_eq!(first_value(&r), "shared", "{r:?}");
+    // DEALLOCATE ALL and DISCARD ALL: the issuer's statements go, B's keep working.
+    send(&mut a, &[parse("x", "SELECT 'x'"), sync()]).await;
+    for cmd in ["DEALLOCATE ALL", "DISCARD ALL"] {
+        let r = send(&mut a, &[wire::query(cmd)]).await;
+        assert_eq!(
+            tags(&r).chars().filter(|&t| t == 'E').count(),
+            0,
+            "{cmd}: {r:?}"
+        );
+        let r = send(&mut a, &[bind("x"), execute(), sync()]).await;
+        assert_eq!(r[0].field(b'C').as_deref(), Some("26000"), "{cmd}");
+        let r = send(&mut b, &[bind("s"), execute(), sync()]).await;
+        assert_eq!(first_value(&r), "shared", "{cmd}: {r:?}");
+        send(&mut a, &[parse("x", "SELECT 'x'"), sync()]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn statement_is_re_prepared_after_ddl_changes_its_result_type() {
+    let px = start(1);
+    let c = Cluster::shared();
+    c.ddl("app", "DROP TABLE IF EXISTS ddl_t; CREATE TABLE ddl_t (a int); INSERT INTO ddl_t VALUES (1); GRANT ALL ON ddl_t TO pgtier_trust").unwrap();
+    let (mut a, _) = wire::login_trust(&px.addr(), "pgtier_trust", "app")
+        .await
+        .unwrap();
+    let (mut b, _) = wire::login_trust(&px.addr(), "pgtier_trust", "app")
+        .await
+        .unwrap();
+    send(&mut a, &[parse("q", "SELECT * FROM ddl_t"), sync()]).await;
+    let r = send(&mut a, &[bind("q"), execute(), sync()]).await;
+    assert_eq!(tags(&r), "2DCZ", "{r:?}");
+    c.ddl("app", "ALTER TABLE ddl_t ADD COLUMN b int DEFAULT 2")
+        .unwrap();
+    // The first execution after the DDL fails exactly as on Postgres...
+    let r = send(&mut a, &[bind("q"), execute(), sync()]).await;
+    assert_eq!(r[0].field(b'C').as_deref(), Some("0A000"), "{r:?}");
+    // ... and then pgtier re-prepares it: this client and others get the new shape.
+    let r = send(&mut a, &[bind("q"), execute(), sync()]).await;
+    assert_eq!(tags(&r), "2DCZ", "{r:?}");
+    let row = r.iter().find(|m| m.tag == b'D').unwrap();
+    assert_eq!(&row.body[..2], &2i16.to_be_bytes(), "two columns now");
+    send(&mut b, &[parse("q2", "SELECT * FROM ddl_t"), sync()]).await;
+    let r = send(&mut b, &[bind("q2"), execute(), sync()]).await;
+    assert_eq!(tags(&r), "2DCZ", "{r:?}");
+}

@@ -8,6 +8,9 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct ServerStatements {
     used: HashMap<Arc<str>, u64>,
+    /// Statements still on the server but unusable (their plan's result type changed): closed
+    /// before they are prepared again.
+    stale: Vec<Arc<str>>,
     tick: u64,
     limit: usize,
 }
@@ -17,6 +20,7 @@ impl ServerStatements {
     pub fn new(limit: usize) -> ServerStatements {
         ServerStatements {
             used: HashMap::new(),
+            stale: Vec::new(),
             tick: 0,
             limit: limit.max(1),
         }
@@ -60,6 +64,21 @@ impl ServerStatements {
     /// Forgets every statement (the server dropped them all).
     pub fn clear(&mut self) {
         self.used.clear();
+        self.stale.clear();
+    }
+
+    /// Marks a statement unusable: it must be closed on the server before it is prepared again.
+    pub fn mark_stale(&mut self, name: &Arc<str>) {
+        if self.used.remove(name).is_some() && self.stale.len() < self.limit {
+            self.stale.push(name.clone());
+        }
+    }
+
+    /// Whether `name` is stale (and forgets that: the caller closes it now).
+    pub fn take_stale(&mut self, name: &str) -> bool {
+        let before = self.stale.len();
+        self.stale.retain(|n| &**n != name);
+        self.stale.len() != before
     }
 
     /// Number of statements prepared.

@@ -61,6 +61,11 @@ impl ClientStatements {
         true
     }
 
+    /// Forgets every statement (DEALLOCATE ALL, DISCARD ALL).
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+
     /// Removes a statement (Close).
     pub fn remove(&mut self, name: &[u8]) {
         self.map.remove(name);

@@ -102,7 +102,7 @@ pub(crate) async fn run(
         r.expect.push(Entry::Server {
             kind: Kind::Query,
             to_client: false,
-            registers: None,
+            statement: None,
         });
     }
     // Forward what the session already read.

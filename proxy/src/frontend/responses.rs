@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use crate::backend::params::{tracked, ParamChanges};
 use crate::backend::statements::ServerStatements;
 use crate::protocol::frame::{peek_header, FrameError};
-use crate::protocol::messages::{error_response, Severity, TxStatus};
+use crate::protocol::messages::{error_fields, error_response, Severity, TxStatus};
 use crate::protocol::SqlState;
 
 /// Entries in flight before the client is considered to be flooding the server.
@@ -62,12 +62,14 @@ pub(crate) enum Synthetic {
 /// One expected reply.
 #[derive(Debug)]
 pub(crate) enum Entry {
-    /// The server owes replies to a message; `to_client` says where they go. A Parse carries
-    /// the server-side name it registered, to forget it if the Parse fails or is skipped.
+    /// The server owes replies to a message; `to_client` says where they go. A Parse or Bind
+    /// of a pgtier-named statement carries its name: a failed or skipped Parse is forgotten
+    /// from the registry, and a Bind failing with 0A000 (DDL changed the plan's result type)
+    /// marks the statement stale, to be re-prepared at its next use.
     Server {
         kind: Kind,
         to_client: bool,
-        registers: Option<Arc<str>>,
+        statement: Option<Arc<str>>,
     },
     /// pgtier answers itself when this reaches the front.
     Synthetic(Synthetic),
@@ -107,8 +109,9 @@ impl Expectations {
         wrote
     }
 
-    /// Accounts for one server message; returns whether it goes to the client.
-    fn on_message(&mut self, tag: u8, registry: &mut ServerStatements) -> bool {
+    /// Accounts for one server message (`body` is given for ErrorResponse); returns whether it
+    /// goes to the client.
+    fn on_message(&mut self, tag: u8, body: &[u8], registry: &mut ServerStatements) -> bool {
         // Asynchronous messages can come at any time and are always the client's.
         if matches!(tag, b'N' | b'A' | b'S') {
             return true;
@@ -124,6 +127,16 @@ impl Expectations {
             if !kind.skipped_after_error() {
                 return true; // a Query's or Sync's error; its ReadyForQuery follows
             }
+            if let Some(Entry::Server {
+                kind: Kind::Bind,
+                statement: Some(name),
+                ..
+            }) = self.q.front()
+            {
+                if error_fields(body).0 == Some("0A000") {
+                    registry.mark_stale(name);
+                }
+            }
             // The server now skips everything up to the next Sync.
             while let Some(e) = self.q.front() {
                 match e {
@@ -131,7 +144,8 @@ impl Expectations {
                         kind: Kind::Sync, ..
                     } => break,
                     Entry::Server {
-                        registers: Some(name),
+                        kind: Kind::Parse,
+                        statement: Some(name),
                         ..
                     } => registry.remove(name),
                     _ => {}
@@ -224,17 +238,18 @@ pub(crate) fn route_server(
     }
     while let Some(h) = peek_header(&buf[pos..], i32::MAX as usize)? {
         let end = pos + h.frame_len();
-        if matches!(h.tag, b'Z' | b'S') && end > buf.len() {
+        if matches!(h.tag, b'Z' | b'S' | b'E') && end > buf.len() {
             break; // these few bodies are read: wait for the rest
         }
-        let forward = exp.on_message(h.tag, registry);
+        let body = &buf[(pos + 5).min(buf.len())..end.min(buf.len())];
+        let forward = exp.on_message(h.tag, body, registry);
         if h.tag == b'S' {
             params.observe(&buf[pos + 5..end], forward);
         }
-        // A client's DISCARD ALL or DEALLOCATE drops statements pgtier prepared here too.
+        // A client's DISCARD ALL or DEALLOCATE ALL drops statements pgtier prepared here too.
         if h.tag == b'C' && end <= buf.len() {
             let tag = &buf[pos + 5..end];
-            if tag.starts_with(b"DISCARD ALL") || tag.starts_with(b"DEALLOCATE") {
+            if tag == b"DISCARD ALL\0" || tag == b"DEALLOCATE ALL\0" {
                 registry.clear();
             }
         }
@@ -306,7 +321,7 @@ mod tests {
         Entry::Server {
             kind,
             to_client,
-            registers: None,
+            statement: None,
         }
     }
 
@@ -391,7 +406,7 @@ mod tests {
         exp.push(Entry::Server {
             kind: Kind::Parse,
             to_client: false,
-            registers: Some("pgtier_a".into()),
+            statement: Some("pgtier_a".into()),
         });
         exp.push(server(Kind::Bind, true));
         exp.push(Entry::Synthetic(Synthetic::ParseComplete));

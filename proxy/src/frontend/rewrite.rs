@@ -15,7 +15,7 @@ use crate::protocol::extended;
 use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
 use crate::protocol::messages::{error_response, ready_for_query, Severity, TxStatus};
 use crate::protocol::SqlState;
-use crate::router::session_state::pins;
+use crate::router::session_state::{pins, session_command, SessionCommand};
 
 /// A client protocol violation.
 #[derive(Debug, PartialEq, Eq)]
@@ -142,11 +142,13 @@ pub(crate) fn route_client(
                     server.expect.push(Entry::Server {
                         kind,
                         to_client: true,
-                        registers: None,
+                        statement: None,
                     });
                 }
             }
             replace => {
+                // A DEALLOCATE sent in place of the client's is a Query: it owes ReadyForQuery.
+                scan.syncs += u32::from(matches!(replace, Route::Deallocate(_)));
                 take_run(buf, out, &mut scan, run, pos);
                 replace.write(body, out, server);
                 run = end;
@@ -235,6 +237,8 @@ enum Route {
     Bind(Arc<Prepared>),
     /// Send Describe with the statement's server name, preparing it here first if needed.
     DescribeStatement(Arc<Prepared>),
+    /// Send `DEALLOCATE` of the statement's server name (preparing it here first if needed).
+    Deallocate(Arc<Prepared>),
     /// Send nothing; pgtier answers in order.
     Synthetic(Synthetic),
 }
@@ -245,7 +249,7 @@ impl Route {
         let reply = |kind| Entry::Server {
             kind,
             to_client: true,
-            registers: None,
+            statement: None,
         };
         match self {
             Route::Forward(_) => unreachable!("forwarded messages are not rewritten"),
@@ -254,12 +258,25 @@ impl Route {
                 let b = extended::bind(body).expect("checked when routed");
                 ensure_prepared(&stmt, out, server);
                 extended::write_bind(out, b.portal, stmt.server_name.as_bytes(), b.rest);
-                server.expect.push(reply(Kind::Bind));
+                server.expect.push(Entry::Server {
+                    kind: Kind::Bind,
+                    to_client: true,
+                    statement: Some(stmt.server_name.clone()),
+                });
             }
             Route::DescribeStatement(stmt) => {
                 ensure_prepared(&stmt, out, server);
                 extended::write_target(out, b'D', b'S', stmt.server_name.as_bytes());
                 server.expect.push(reply(Kind::DescribeStatement));
+            }
+            Route::Deallocate(stmt) => {
+                ensure_prepared(&stmt, out, server);
+                let sql = format!("DEALLOCATE \"{}\"\0", stmt.server_name);
+                out.extend_from_slice(b"Q");
+                out.extend_from_slice(&(sql.len() as u32 + 4).to_be_bytes());
+                out.extend_from_slice(sql.as_bytes());
+                server.registry.remove(&stmt.server_name);
+                server.expect.push(reply(Kind::Query));
             }
             Route::Synthetic(s) => server.expect.push(Entry::Synthetic(s)),
         }
@@ -275,8 +292,27 @@ fn route_one(
     let plain = |k| Route::Forward(Some(k));
     match tag {
         b'Q' => {
-            client.check_session_state(body);
-            plain(Kind::Query)
+            let sql = body.strip_suffix(b"\0").unwrap_or(body);
+            client.check_session_state(sql);
+            match session_command(sql) {
+                // The client's own protocol-level statement: drop it where it is prepared (it
+                // is prepared here first, so the server answers DEALLOCATE as Postgres would).
+                Some(SessionCommand::Deallocate(name)) => match client.statements.get(name) {
+                    Some(stmt) => {
+                        let stmt = stmt.clone();
+                        client.statements.remove(name);
+                        Route::Deallocate(stmt)
+                    }
+                    None => plain(Kind::Query),
+                },
+                // These drop every statement on the server, which pgtier notices from the
+                // command tag; the client's own names are forgotten here.
+                Some(SessionCommand::DeallocateAll | SessionCommand::DiscardAll) => {
+                    client.statements.clear();
+                    plain(Kind::Query)
+                }
+                None => plain(Kind::Query),
+            }
         }
         b'S' => plain(Kind::Sync),
         b'F' => plain(Kind::Function),
@@ -344,6 +380,16 @@ fn route_parse(
     Route::Parse(stmt)
 }
 
+/// Closes a pgtier statement on the server (the CloseComplete is pgtier's).
+fn close_on_server(name: &str, out: &mut BytesMut, server: &mut ServerSide<'_>) {
+    extended::write_target(out, b'C', b'S', name.as_bytes());
+    server.expect.push(Entry::Server {
+        kind: Kind::Close,
+        to_client: false,
+        statement: None,
+    });
+}
+
 /// Prepares `stmt` on this server if it is not there yet (the reply is pgtier's).
 fn ensure_prepared(stmt: &Prepared, out: &mut BytesMut, server: &mut ServerSide<'_>) {
     if !server.registry.touch(&stmt.server_name) {
@@ -354,19 +400,17 @@ fn ensure_prepared(stmt: &Prepared, out: &mut BytesMut, server: &mut ServerSide<
 /// Writes a Parse for `stmt` under its server name, evicting the least recently used
 /// statement if the registry is full.
 fn prepare(stmt: &Prepared, out: &mut BytesMut, server: &mut ServerSide<'_>, to_client: bool) {
+    if server.registry.take_stale(&stmt.server_name) {
+        close_on_server(&stmt.server_name, out, server);
+    }
     if let Some(victim) = server.registry.insert(stmt.server_name.clone()) {
-        extended::write_target(out, b'C', b'S', victim.as_bytes());
-        server.expect.push(Entry::Server {
-            kind: Kind::Close,
-            to_client: false,
-            registers: None,
-        });
+        close_on_server(&victim, out, server);
     }
     extended::write_parse(out, stmt.server_name.as_bytes(), &stmt.rest);
     server.expect.push(Entry::Server {
         kind: Kind::Parse,
         to_client,
-        registers: Some(stmt.server_name.clone()),
+        statement: Some(stmt.server_name.clone()),
     });
 }
 

@@ -92,6 +92,44 @@ fn set_pins(
     Some("SET of a parameter pgtier cannot carry between servers")
 }
 
+/// A statement about the client's whole session that pgtier must apply to its own state.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SessionCommand<'a> {
+    /// `DEALLOCATE [PREPARE] name`.
+    Deallocate(&'a [u8]),
+    /// `DEALLOCATE [PREPARE] ALL`.
+    DeallocateAll,
+    /// `DISCARD ALL`.
+    DiscardAll,
+}
+
+/// Recognises a query that is exactly one DEALLOCATE or DISCARD ALL statement.
+pub fn session_command(sql: &[u8]) -> Option<SessionCommand<'_>> {
+    let mut words = Vec::with_capacity(4);
+    for tok in Lexer::new(sql) {
+        match tok {
+            Token::Word(w) if words.len() < 4 => words.push(w),
+            Token::Semicolon => {}
+            _ => return None,
+        }
+    }
+    let is = |w: &[u8], k: &str| w.eq_ignore_ascii_case(k.as_bytes());
+    match words.as_slice() {
+        [d, a] if is(d, "discard") && is(a, "all") => Some(SessionCommand::DiscardAll),
+        [d, p, n] if is(d, "deallocate") && is(p, "prepare") => Some(deallocate(n)),
+        [d, n] if is(d, "deallocate") => Some(deallocate(n)),
+        _ => None,
+    }
+}
+
+fn deallocate(name: &[u8]) -> SessionCommand<'_> {
+    if name.eq_ignore_ascii_case(b"all") {
+        SessionCommand::DeallocateAll
+    } else {
+        SessionCommand::Deallocate(name)
+    }
+}
+
 fn starts_with_ci(w: &[u8], prefix: &[u8]) -> bool {
     w.len() >= prefix.len() && w[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
@@ -125,6 +163,20 @@ mod tests {
         ] {
             assert!(check(sql).is_some(), "{sql} should pin");
         }
+    }
+
+    #[test]
+    fn session_commands() {
+        use SessionCommand::*;
+        assert_eq!(session_command(b"DEALLOCATE s1"), Some(Deallocate(b"s1")));
+        assert_eq!(
+            session_command(b"deallocate prepare \"S 1\";"),
+            Some(Deallocate(b"S 1"))
+        );
+        assert_eq!(session_command(b"DEALLOCATE ALL"), Some(DeallocateAll));
+        assert_eq!(session_command(b" discard all ; "), Some(DiscardAll));
+        assert_eq!(session_command(b"DISCARD TEMP"), None);
+        assert_eq!(session_command(b"DEALLOCATE s1; SELECT 1"), None);
     }
 
     #[test]
