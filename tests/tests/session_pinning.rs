@@ -122,3 +122,39 @@ async fn session_mode_servers_are_reset_between_clients() {
     assert_eq!(mem, default_mem, "DISCARD ALL reset it");
     assert!(b.batch_execute("SELECT * FROM t").await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reject_policy_fails_such_statements_with_0a000() {
+    let px = start("session_state = \"reject\"", 2);
+    let a = client(&px).await;
+    let err = a.batch_execute("SET work_mem = '3MB'").await.unwrap_err();
+    let db = err.as_db_error().expect("an error from the server");
+    assert_eq!(
+        db.code(),
+        &tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED
+    );
+    assert!(db.message().contains("session_state"), "{}", db.message());
+    // Synced parameters are still fine, and the session goes on.
+    a.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+    // Inside a transaction the error aborts it, as any error would.
+    a.batch_execute("BEGIN").await.unwrap();
+    assert!(a
+        .batch_execute("CREATE TEMP TABLE nope (v int)")
+        .await
+        .is_err());
+    let err = a.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION)
+    );
+    a.batch_execute("ROLLBACK").await.unwrap();
+    // Extended protocol: the Parse is refused.
+    let err = a.prepare("LISTEN chan").await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
+    );
+    let (mem, _) = probe(&a, "work_mem").await;
+    assert_ne!(mem, "3MB");
+    assert!(!px.log().contains("pinned"), "nothing was pinned");
+}

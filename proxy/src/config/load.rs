@@ -314,6 +314,7 @@ impl Validator<'_> {
                 server_lifetime: nonzero(raw.server_lifetime),
                 idle_transaction_timeout: nonzero(raw.idle_transaction_timeout),
                 max_prepared_statements: raw.max_prepared_statements as usize,
+                session_state: raw.session_state,
             },
         })
     }

@@ -7,5 +7,5 @@ pub mod schema;
 pub mod settings;
 
 pub use load::{load_file, parse_str, ConfigError, Problem};
-pub use schema::{AuthMethod, PoolMode};
+pub use schema::{AuthMethod, PoolMode, SessionStatePolicy};
 pub use settings::{ClientAuth, Database, NodeAddr, PoolSettings, Settings, User};

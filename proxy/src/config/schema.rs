@@ -15,6 +15,18 @@ pub enum PoolMode {
     Transaction,
 }
 
+/// What transaction pooling does with statements that leave session state on a server
+/// (SET of unreported parameters, SQL PREPARE, LISTEN, temp tables, session advisory locks...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStatePolicy {
+    /// The client keeps its server connection until it disconnects.
+    #[default]
+    Pin,
+    /// The statement fails with 0A000 and a message naming it.
+    Reject,
+}
+
 /// How a client proves who it is to pgtier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 pub enum AuthMethod {
@@ -49,6 +61,8 @@ pub struct Config {
     pub pool_size: u32,
     /// Server connections each pool keeps open even when idle.
     pub min_pool_size: u32,
+    /// Transaction mode: pin clients that leave session state, or reject such statements.
+    pub session_state: SessionStatePolicy,
     /// Prepared statements kept per server connection in transaction mode; the least recently
     /// used beyond it is closed on the server.
     pub max_prepared_statements: u32,
@@ -94,6 +108,7 @@ impl Default for Config {
             max_client_conn: 1000,
             pool_size: 20,
             min_pool_size: 0,
+            session_state: SessionStatePolicy::Pin,
             max_prepared_statements: 500,
             max_message_size: 64 * 1024 * 1024,
             query_wait_timeout: Duration::from_secs(120),

@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::schema::{Config, PoolMode};
+use super::schema::{Config, PoolMode, SessionStatePolicy};
 use crate::protocol::auth::{Md5Secret, ScramSecret};
 
 /// A server address, `host:port`.
@@ -88,6 +88,8 @@ pub struct PoolSettings {
     pub idle_transaction_timeout: Option<Duration>,
     /// Most prepared statements kept per server connection (least recently used evicted).
     pub max_prepared_statements: usize,
+    /// Pin or reject statements that leave session state (transaction mode).
+    pub session_state: SessionStatePolicy,
 }
 
 /// A configured database.

@@ -17,7 +17,7 @@ pub(crate) use super::rewrite::Violation;
 use super::rewrite::{route_client, ClientSide, ServerSide};
 use crate::backend::params::{sync_statements, ParamChanges};
 use crate::backend::server::ServerIo;
-use crate::config::PoolMode;
+use crate::config::{PoolMode, SessionStatePolicy};
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::TxStatus;
 use crate::shutdown::{Phase, ShutdownWatch};
@@ -55,6 +55,8 @@ pub(crate) struct Limits {
     pub max_message: usize,
     /// Idle-in-transaction limit.
     pub idle_transaction_timeout: Option<Duration>,
+    /// Pin or reject statements that leave session state.
+    pub session_state: SessionStatePolicy,
 }
 
 /// Relays between the client and its server until the server is idle (transaction mode) or
@@ -205,6 +207,7 @@ impl Relay<'_> {
                 copy_left: &mut self.copy_left,
                 pinned: self.pinned,
                 reported: self.defaults,
+                policy: self.limits.session_state,
             },
             &mut ServerSide {
                 registry: self.server.statements,

@@ -11,6 +11,7 @@ use super::prepared::{ClientStatements, Prepared, MAX_PER_CLIENT};
 use super::responses::{Entry, Expectations, Kind, Synthetic, MAX_IN_FLIGHT};
 use crate::backend::params::{lookup, tracked};
 use crate::backend::statements::ServerStatements;
+use crate::config::SessionStatePolicy;
 use crate::protocol::extended;
 use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
 use crate::protocol::messages::{error_response, ready_for_query, Severity, TxStatus};
@@ -54,19 +55,32 @@ pub(crate) struct ClientSide<'a> {
     pub pinned: &'a mut Option<&'static str>,
     /// Parameters the server reports (changes to those are synced, not pinned).
     pub reported: &'a [(String, String)],
+    /// Pin the client, or reject the statement.
+    pub policy: SessionStatePolicy,
 }
 
 impl ClientSide<'_> {
-    /// Pins the client if `sql` leaves session state on the server.
-    fn check_session_state(&mut self, sql: &[u8]) {
-        if self.pinned.is_none() {
-            let reported = self.reported;
-            *self.pinned = pins(sql, |name| {
-                std::str::from_utf8(name)
-                    .ok()
-                    .and_then(tracked)
-                    .is_some_and(|n| lookup(reported, n).is_some())
-            });
+    /// Pins the client if `sql` leaves session state on the server; under the reject policy
+    /// returns the error message to answer instead.
+    fn check_session_state(&mut self, sql: &[u8]) -> Option<String> {
+        if self.pinned.is_some() {
+            return None;
+        }
+        let reported = self.reported;
+        let reason = pins(sql, |name| {
+            std::str::from_utf8(name)
+                .ok()
+                .and_then(tracked)
+                .is_some_and(|n| lookup(reported, n).is_some())
+        })?;
+        match self.policy {
+            SessionStatePolicy::Pin => {
+                *self.pinned = Some(reason);
+                None
+            }
+            SessionStatePolicy::Reject => Some(format!(
+                "pgtier: {reason} is not allowed in transaction pooling (session_state = \"reject\")"
+            )),
         }
     }
 }
@@ -148,7 +162,7 @@ pub(crate) fn route_client(
             }
             replace => {
                 // A DEALLOCATE sent in place of the client's is a Query: it owes ReadyForQuery.
-                scan.syncs += u32::from(matches!(replace, Route::Deallocate(_)));
+                scan.syncs += u32::from(matches!(replace, Route::Deallocate(_) | Route::Reject(_)));
                 take_run(buf, out, &mut scan, run, pos);
                 replace.write(body, out, server);
                 run = end;
@@ -239,6 +253,9 @@ enum Route {
     DescribeStatement(Arc<Prepared>),
     /// Send `DEALLOCATE` of the statement's server name (preparing it here first if needed).
     Deallocate(Arc<Prepared>),
+    /// Send, instead of the client's query, one that fails with this message (0A000): the
+    /// server then aborts a transaction and answers ReadyForQuery exactly as for any error.
+    Reject(String),
     /// Send nothing; pgtier answers in order.
     Synthetic(Synthetic),
 }
@@ -278,6 +295,16 @@ impl Route {
                 server.registry.remove(&stmt.server_name);
                 server.expect.push(reply(Kind::Query));
             }
+            Route::Reject(message) => {
+                let sql = format!(
+                    "DO $pgtier$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '{}'; END $pgtier$\0",
+                    message.replace('\'', "''")
+                );
+                out.extend_from_slice(b"Q");
+                out.extend_from_slice(&(sql.len() as u32 + 4).to_be_bytes());
+                out.extend_from_slice(sql.as_bytes());
+                server.expect.push(reply(Kind::Query));
+            }
             Route::Synthetic(s) => server.expect.push(Entry::Synthetic(s)),
         }
     }
@@ -293,7 +320,9 @@ fn route_one(
     match tag {
         b'Q' => {
             let sql = body.strip_suffix(b"\0").unwrap_or(body);
-            client.check_session_state(sql);
+            if let Some(message) = client.check_session_state(sql) {
+                return Route::Reject(message);
+            }
             match session_command(sql) {
                 // The client's own protocol-level statement: drop it where it is prepared (it
                 // is prepared here first, so the server answers DEALLOCATE as Postgres would).
@@ -319,7 +348,13 @@ fn route_one(
         b'E' => plain(Kind::Execute),
         b'P' => match extended::parse(body) {
             Some(p) => {
-                client.check_session_state(p.rest);
+                if let Some(message) = client.check_session_state(p.rest) {
+                    *client.discard = true;
+                    return Route::Synthetic(Synthetic::Error(
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        message,
+                    ));
+                }
                 if p.name.is_empty() {
                     plain(Kind::Parse)
                 } else {
@@ -456,6 +491,7 @@ mod tests {
                     copy_left: &mut self.copy_left,
                     pinned: &mut self.pinned,
                     reported: &[],
+                    policy: SessionStatePolicy::Pin,
                 },
                 &mut ServerSide {
                     registry: &mut self.registry,

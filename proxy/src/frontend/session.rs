@@ -115,13 +115,15 @@ pub async fn handle(
         statements: ClientStatements::default(),
         params: client_params,
         defaults: params,
-        pinned: None,
+        // Session mode holds the server anyway: nothing to classify, nothing to reject.
+        pinned: (db.pool.mode == PoolMode::Session).then_some("session mode"),
         shutdown: proxy.shutdown_watch(),
         idle_timeout: settings.client_idle_timeout,
         limits: Limits {
             mode: db.pool.mode,
             max_message: settings.raw.max_message_size as usize,
             idle_transaction_timeout: db.pool.idle_transaction_timeout,
+            session_state: db.pool.session_state,
         },
     };
     // The session runs in a task of its own, so that an idle client costs only the session's
