@@ -14,7 +14,6 @@ use crate::backend::statements::ServerStatements;
 use crate::config::SessionStatePolicy;
 use crate::protocol::extended;
 use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
-use crate::protocol::messages::{error_response, ready_for_query, Severity, TxStatus};
 use crate::protocol::SqlState;
 use crate::router::session_state::{pins, session_command, SessionCommand};
 
@@ -175,70 +174,6 @@ pub(crate) fn route_client(
     }
     scan.consumed = pos;
     Ok(scan)
-}
-
-/// Answers a batch of named Parse messages ending in Sync without a server: the statements are
-/// recorded for the client and prepared on a server at their first Bind or Describe. A client
-/// that prepares synchronously (libpq's PQprepare, pgbench -M prepared) then never waits for a
-/// server connection just to prepare, which would deadlock a pool that is busy with the same
-/// client program's open transactions. An invalid statement is reported at its first use.
-/// Returns the replies, or None when the batch needs a server.
-pub(crate) fn answer_parse_batch(
-    buf: &[u8],
-    statements: &mut ClientStatements,
-) -> Option<BytesMut> {
-    let mut pos = 0;
-    let mut names: Vec<(&[u8], &[u8])> = Vec::new();
-    loop {
-        let h = peek_header(&buf[pos..], usize::MAX).ok()??;
-        let end = pos + h.frame_len();
-        if end > buf.len() {
-            return None;
-        }
-        match h.tag {
-            b'P' => {
-                let p = extended::parse(&buf[pos + 5..end])?;
-                if p.name.is_empty() {
-                    return None;
-                }
-                names.push((p.name, p.rest));
-            }
-            b'S' if end == buf.len() && !names.is_empty() => break,
-            _ => return None,
-        }
-        pos = end;
-    }
-    let mut out = BytesMut::with_capacity(16 + 6 * names.len());
-    for (name, rest) in names {
-        if statements.contains(name) {
-            let msg = format!(
-                "prepared statement \"{}\" already exists",
-                String::from_utf8_lossy(name)
-            );
-            error_response(
-                &mut out,
-                Severity::Error,
-                SqlState::DUPLICATE_PREPARED_STATEMENT,
-                &msg,
-            );
-            break;
-        }
-        if !statements.insert(name, Arc::new(Prepared::new(rest))) {
-            let msg = format!(
-                "pgtier: too many prepared statements for one client (limit {MAX_PER_CLIENT})"
-            );
-            error_response(
-                &mut out,
-                Severity::Error,
-                SqlState::PROGRAM_LIMIT_EXCEEDED,
-                &msg,
-            );
-            break;
-        }
-        out.extend_from_slice(b"1\0\0\0\x04");
-    }
-    ready_for_query(&mut out, TxStatus::Idle);
-    Some(out)
 }
 
 /// What to do with one client message.
@@ -572,27 +507,6 @@ mod tests {
         assert!(f.expect.drain_synthetic(&mut client));
         assert!(String::from_utf8_lossy(&client).contains("42P05"));
         assert!(!f.discard);
-    }
-
-    #[test]
-    fn parse_only_batches_are_answered_without_a_server() {
-        let mut st = ClientStatements::default();
-        let mut buf = msg(b'P', b"s1\0select 1\0\0\0");
-        buf.extend(msg(b'S', b""));
-        let out = answer_parse_batch(&buf, &mut st).unwrap();
-        assert_eq!(&out[..], b"1\0\0\0\x04Z\0\0\0\x05I");
-        assert!(st.contains(b"s1"));
-        let out = answer_parse_batch(&buf, &mut st).unwrap();
-        assert!(String::from_utf8_lossy(&out).contains("42P05"));
-        // Unnamed statements, other messages or a missing Sync need a server.
-        let mut unnamed = msg(b'P', b"\0select 1\0\0\0");
-        unnamed.extend(msg(b'S', b""));
-        assert!(answer_parse_batch(&unnamed, &mut st).is_none());
-        assert!(answer_parse_batch(&msg(b'P', b"s2\0select 1\0\0\0"), &mut st).is_none());
-        let mut with_describe = msg(b'P', b"s3\0select 1\0\0\0");
-        with_describe.extend(msg(b'D', b"Ss3\0"));
-        with_describe.extend(msg(b'S', b""));
-        assert!(answer_parse_batch(&with_describe, &mut st).is_none());
     }
 
     #[test]
