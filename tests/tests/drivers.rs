@@ -1,0 +1,101 @@
+//! Real non-Rust drivers through pgtier in transaction mode: asyncpg (its statement cache is
+//! the classic breaker of transaction pooling) and psycopg 3 with `prepare=True`. The scripts
+//! live in tests/python/; CI installs the drivers with
+//! `python3 -m pip install -r tests/python/requirements.txt` (scripts/test.sh does it).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use pgtier_kit::fixture::{scram_role, ConfigBuilder};
+use pgtier_kit::{Cluster, Pgtier};
+
+const POOL: u32 = 4;
+
+fn start() -> Pgtier {
+    let c = Cluster::shared();
+    scram_role(c, "drivers", "drivers").unwrap();
+    ConfigBuilder::new(c)
+        .global("pool_mode = \"transaction\"")
+        .global("query_wait_timeout = \"30s\"")
+        .user("drivers", "auth = \"trust\"\nserver_password = \"drivers\"")
+        .database(&format!("pool_size = {POOL}"))
+        .start()
+        .unwrap()
+}
+
+fn python_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python")
+}
+
+/// Fails the test (never skips it) when the driver is not installed.
+fn require(module: &str) {
+    let out = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .expect("running python3 (is Python 3 installed?)");
+    assert!(
+        out.status.success(),
+        "Python module `{module}` is missing: run `python3 -m pip install -r {}` \
+         (scripts/test.sh and CI do)\n{}",
+        python_dir().join("requirements.txt").display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs tests/python/SCRIPT against pgtier (killed after 180 s); returns its stdout.
+fn run_script(px: &Pgtier, script: &str, extra: &[&str]) -> String {
+    let t0 = Instant::now();
+    let port = px.port().to_string();
+    let out = Command::new("timeout")
+        .args(["-s", "KILL", "180", "python3"])
+        .arg(python_dir().join(script))
+        .args(["127.0.0.1", &port, "drivers", "app"])
+        .args(extra)
+        .env("PYTHONUNBUFFERED", "1")
+        .output()
+        .expect("running python3");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!(
+        "{script}: {} in {:.1} s\n{stdout}{stderr}",
+        out.status,
+        t0.elapsed().as_secs_f64()
+    );
+    let log = px.log();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    assert!(
+        out.status.success(),
+        "{script} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- pgtier log (last 40 lines, newest first)\n{}",
+        out.status,
+        tail.join("\n")
+    );
+    stdout
+}
+
+#[test]
+fn asyncpg_20_connections_with_its_statement_cache_on_a_pool_of_4() {
+    require("asyncpg");
+    let px = start();
+    let out = run_script(&px, "asyncpg_driver.py", &["20", "200"]);
+    assert!(
+        out.contains("asyncpg OK") && out.contains("20 connections x 200 iterations"),
+        "{out}"
+    );
+    // asyncpg's names are per connection: clashes would have been errors.
+    let log = px.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn psycopg3_prepared_statements_8_connections_on_a_pool_of_4() {
+    require("psycopg");
+    let px = start();
+    let out = run_script(&px, "psycopg_driver.py", &["8", "200"]);
+    assert!(
+        out.contains("psycopg OK") && out.contains("8 connections x 200 iterations"),
+        "{out}"
+    );
+    let log = px.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
