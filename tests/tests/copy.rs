@@ -314,9 +314,6 @@ async fn copy_round_trips_in_text_csv_and_binary_through_simple_queries() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "pgtier bug: extended-protocol COPY FROM STDIN (Sync before the data, as tokio-postgres \
-            and libpq send it) leaves a ReadyForQuery owed; later replies are shifted and the \
-            server is never released (see copy_in_extended_protocol_...)"]
 async fn copy_round_trips_in_text_csv_and_binary_with_tokio_postgres() {
     let px = start(2);
     let setup = client(&px).await;
@@ -515,9 +512,6 @@ async fn copy_fail_aborts_with_the_clients_message_and_the_session_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "pgtier bug: a Sync sent before the COPY data (ignored by Postgres in COPY IN) is \
-            counted as owing a ReadyForQuery: replies to later messages come out of order \
-            (C Z Z 3 instead of C Z 3 Z) and the server is never released to the pool"]
 async fn copy_in_extended_protocol_with_sync_before_the_data_as_libpq_sends_it() {
     // libpq (PQexecParams, psycopg with parameters) and tokio-postgres send Parse/Bind/Execute/
     // Sync at once, then the CopyData, then CopyDone or CopyFail and another Sync. Postgres
@@ -598,8 +592,6 @@ async fn copy_in_extended_protocol_with_sync_before_the_data_as_libpq_sends_it()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "pgtier bug: same as copy_in_extended_protocol_with_sync_before_the_data_as_libpq_sends_it \
-            (tokio-postgres then fails with UnexpectedMessage)"]
 async fn tokio_postgres_abandoned_copy_in_is_aborted_and_the_client_goes_on() {
     // A CopyInSink dropped without finish() sends CopyFail (empty message) and Sync.
     let px = start(1);

@@ -296,7 +296,7 @@ impl Relay<'_> {
         }
         self.out.clear();
         self.server.inbuf.advance(scan.consumed);
-        self.owed = self.owed.saturating_sub(scan.ready);
+        self.owed = self.owed.saturating_sub(scan.ready + scan.ignored_syncs);
         if let Some(s) = scan.status {
             self.status = s;
         }

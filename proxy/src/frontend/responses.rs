@@ -73,12 +73,17 @@ pub(crate) enum Entry {
     },
     /// pgtier answers itself when this reaches the front.
     Synthetic(Synthetic),
+    /// The client ended a COPY FROM STDIN here (CopyDone or CopyFail); no reply of its own.
+    CopyEnd,
 }
 
 /// The queue of expected replies for one server connection.
 #[derive(Debug, Default)]
 pub(crate) struct Expectations {
     q: VecDeque<Entry>,
+    /// The server is in an extended-protocol COPY FROM STDIN the client has not ended yet:
+    /// Postgres ignores Sync and Flush until CopyDone/CopyFail, so they owe no reply.
+    pub(crate) copy_in: bool,
 }
 
 impl Expectations {
@@ -97,16 +102,53 @@ impl Expectations {
     /// Writes the synthetic replies now at the front; returns whether it wrote any.
     pub(crate) fn drain_synthetic(&mut self, out: &mut BytesMut) -> bool {
         let mut wrote = false;
-        while let Some(Entry::Synthetic(s)) = self.q.front() {
-            match s {
-                Synthetic::ParseComplete => out.extend_from_slice(b"1\0\0\0\x04"),
-                Synthetic::CloseComplete => out.extend_from_slice(b"3\0\0\0\x04"),
-                Synthetic::Error(code, msg) => error_response(out, Severity::Error, *code, msg),
+        loop {
+            match self.q.front() {
+                Some(Entry::Synthetic(s)) => {
+                    match s {
+                        Synthetic::ParseComplete => out.extend_from_slice(b"1\0\0\0\x04"),
+                        Synthetic::CloseComplete => out.extend_from_slice(b"3\0\0\0\x04"),
+                        Synthetic::Error(code, msg) => {
+                            error_response(out, Severity::Error, *code, msg)
+                        }
+                    }
+                    wrote = true;
+                }
+                Some(Entry::CopyEnd) => {}
+                _ => return wrote,
             }
             self.q.pop_front();
-            wrote = true;
         }
-        wrote
+    }
+
+    /// CopyInResponse to an Execute: the Syncs the client sent before ending the COPY are
+    /// ignored by Postgres, so they are dropped here; returns how many.
+    fn copy_in_started(&mut self) -> u32 {
+        if !matches!(
+            self.q.front(),
+            Some(Entry::Server {
+                kind: Kind::Execute,
+                ..
+            })
+        ) {
+            return 0; // a simple-query COPY: no Syncs involved
+        }
+        let mut ignored = 0;
+        let mut i = 1;
+        while i < self.q.len() {
+            match &self.q[i] {
+                Entry::CopyEnd => return ignored,
+                Entry::Server {
+                    kind: Kind::Sync, ..
+                } => {
+                    self.q.remove(i);
+                    ignored += 1;
+                }
+                _ => i += 1,
+            }
+        }
+        self.copy_in = true; // the client has not ended the COPY yet
+        ignored
     }
 
     /// Accounts for one server message (`body` is given for ErrorResponse); returns whether it
@@ -174,6 +216,8 @@ pub(crate) struct ServerScan {
     pub ready: u32,
     /// Status of the last ReadyForQuery seen.
     pub status: Option<TxStatus>,
+    /// Syncs the client sent that Postgres ignored (sent during COPY FROM STDIN).
+    pub ignored_syncs: u32,
 }
 
 /// Passing bytes through a message whose body is still arriving.
@@ -242,6 +286,9 @@ pub(crate) fn route_server(
             break; // these few bodies are read: wait for the rest
         }
         let body = &buf[(pos + 5).min(buf.len())..end.min(buf.len())];
+        if h.tag == b'G' {
+            scan.ignored_syncs += exp.copy_in_started();
+        }
         let forward = exp.on_message(h.tag, body, registry);
         if h.tag == b'S' {
             params.observe(&buf[pos + 5..end], forward);
@@ -277,7 +324,7 @@ pub(crate) fn route_server(
             };
             break;
         }
-        if matches!(exp.q.front(), Some(Entry::Synthetic(_))) {
+        if matches!(exp.q.front(), Some(Entry::Synthetic(_) | Entry::CopyEnd)) {
             if scan.copied {
                 out.extend_from_slice(&buf[run..pos]);
             } else {

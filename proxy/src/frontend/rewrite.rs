@@ -146,7 +146,17 @@ pub(crate) fn route_client(
                 continue;
             }
         }
-        match route_one(h.tag, body, client, server) {
+        // During an extended-protocol COPY FROM STDIN Postgres ignores Sync and Flush.
+        let route = match h.tag {
+            b'S' | b'H' if server.expect.copy_in => Route::Forward(None),
+            b'c' | b'f' => {
+                server.expect.copy_in = false;
+                server.expect.push(Entry::CopyEnd);
+                Route::Forward(None)
+            }
+            _ => route_one(h.tag, body, client, server),
+        };
+        match route {
             Route::Forward(kind) => {
                 if let Some(kind) = kind {
                     if matches!(kind, Kind::Query | Kind::Sync | Kind::Function) {
