@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-postgres.sh
 echo "== python drivers (tests/tests/drivers.rs)"
-python3 -m pip install -q -r tests/python/requirements.txt
+python3 -m pip install -q -r tests/python/requirements.txt \
+  || python3 -m pip install -q --break-system-packages -r tests/python/requirements.txt
 echo "== build"
 cargo build --workspace --bins
 echo "== tests"
