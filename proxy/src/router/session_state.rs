@@ -26,6 +26,16 @@ pub fn pins(sql: &[u8], reported: impl Fn(&[u8]) -> bool) -> Option<&'static str
         if starts_with_ci(w, b"pg_advisory_lock") || starts_with_ci(w, b"pg_try_advisory_lock") {
             return Some("session advisory lock");
         }
+        if is(w, "set_config") {
+            // Its third argument decides session or transaction scope; pinning is the safe side.
+            return Some("set_config()");
+        }
+        if is(w, "dblink_connect") || is(w, "dblink_connect_u") {
+            return Some("dblink connection");
+        }
+        if is(prev, "into") && (is(w, "temp") || is(w, "temporary")) {
+            return Some("temporary object");
+        }
         if idx < 3 {
             words[idx] = w;
         }
@@ -160,6 +170,9 @@ mod tests {
             "set session search_path to app",
             "SELECT 1; SET statement_timeout = 5",
             "LOAD 'auto_explain'",
+            "SELECT set_config('work_mem', '1MB', false)",
+            "SELECT * INTO TEMP t FROM x",
+            "WITH q AS (SELECT 1) SELECT pg_advisory_lock(1) FROM q",
         ] {
             assert!(check(sql).is_some(), "{sql} should pin");
         }
