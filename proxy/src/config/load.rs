@@ -89,7 +89,7 @@ pub fn parse_str(text: &str) -> Result<Settings, Vec<Problem>> {
             line,
             column,
             key: String::new(),
-            message: e.message().trim().to_owned(),
+            message: with_hint(e.message().trim()),
         }]
     })?;
     let mut v = Validator {
@@ -103,6 +103,43 @@ pub fn parse_str(text: &str) -> Result<Settings, Vec<Problem>> {
     } else {
         Err(v.problems)
     }
+}
+
+/// Adds a "did you mean" hint to serde's unknown-field message.
+fn with_hint(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_owned();
+    };
+    let Some((unknown, expected)) = rest.split_once('`') else {
+        return message.to_owned();
+    };
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (edit_distance(unknown, k), k))
+        .min();
+    match best {
+        Some((d, k)) if d <= 2.max(unknown.len() / 3) => {
+            format!("unknown key `{unknown}` (did you mean `{k}`?)")
+        }
+        _ => message.to_owned(),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -352,10 +389,9 @@ pool_size = 20
         let p = parse_str(&text).unwrap_err();
         assert_eq!(p.len(), 1);
         assert_eq!((p[0].line, p[0].column), (9, 1));
-        assert!(
-            p[0].message.contains("unknown field `pool_sise`"),
-            "{}",
-            p[0].message
+        assert_eq!(
+            p[0].message,
+            "unknown key `pool_sise` (did you mean `pool_size`?)"
         );
     }
 
