@@ -129,3 +129,15 @@ pub async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
     .await
     .is_ok()
 }
+
+/// The type bytes of `msgs`, e.g. "12DCZ".
+pub fn tags(msgs: &[Msg]) -> String {
+    msgs.iter().map(|m| m.tag as char).collect()
+}
+
+/// The first column of the first DataRow in `msgs`, as text.
+pub fn first_value(msgs: &[Msg]) -> String {
+    let row = msgs.iter().find(|m| m.tag == b'D').expect("a row");
+    let len = i32::from_be_bytes(row.body[2..6].try_into().expect("4 bytes")) as usize;
+    String::from_utf8_lossy(&row.body[6..6 + len]).into_owned()
+}

@@ -3,54 +3,19 @@
 //! and CopyFail. Large results are in `streaming.rs`.
 
 use std::pin::pin;
-use std::sync::OnceLock;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use pgtier_kit::fixture::{scram_role, ConfigBuilder};
-use pgtier_kit::{wire, Cluster, Pgtier};
+use pgtier_kit::wire::{first_value, tags};
+use pgtier_kit::{wire, Pgtier};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-const LIMIT: Duration = Duration::from_secs(20);
+mod support;
+
+use support::{client, raw, send, start, LIMIT};
 const ROWS: i64 = 20_000;
-
-fn cluster() -> &'static Cluster {
-    static SETUP: OnceLock<()> = OnceLock::new();
-    let c = Cluster::shared();
-    SETUP.get_or_init(|| scram_role(c, "copier", "copier").unwrap());
-    c
-}
-
-fn start(pool_size: u32) -> Pgtier {
-    ConfigBuilder::new(cluster())
-        .global("pool_mode = \"transaction\"")
-        // A server leaked by a COPY makes the next waiter fail (53300) instead of hanging.
-        .global("query_wait_timeout = \"15s\"")
-        .user("copier", "auth = \"trust\"\nserver_password = \"copier\"")
-        .database(&format!("pool_size = {pool_size}"))
-        .start()
-        .unwrap()
-}
-
-async fn client(px: &Pgtier) -> Client {
-    let dsn = format!(
-        "host=127.0.0.1 port={} user=copier dbname=app connect_timeout=10",
-        px.port()
-    );
-    let (c, conn) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    c
-}
-
-async fn raw(px: &Pgtier) -> TcpStream {
-    wire::login_trust(&px.addr(), "copier", "app")
-        .await
-        .unwrap()
-        .0
-}
 
 fn copy_data(data: &[u8]) -> Vec<u8> {
     wire::message(b'd', data)
@@ -98,24 +63,9 @@ fn execute() -> Vec<u8> {
     wire::message(b'E', b"\0\0\0\0\0")
 }
 
-fn tags(msgs: &[wire::Msg]) -> String {
-    msgs.iter().map(|m| m.tag as char).collect()
-}
-
 fn command_tag(msgs: &[wire::Msg]) -> Option<String> {
     let m = msgs.iter().find(|m| m.tag == b'C')?;
     Some(String::from_utf8_lossy(m.body.strip_suffix(b"\0").unwrap_or(&m.body)).into_owned())
-}
-
-fn first_value(msgs: &[wire::Msg]) -> String {
-    let row = msgs.iter().find(|m| m.tag == b'D').expect("a row");
-    let len = i32::from_be_bytes(row.body[2..6].try_into().unwrap()) as usize;
-    String::from_utf8_lossy(&row.body[6..6 + len]).into_owned()
-}
-
-async fn send(s: &mut TcpStream, parts: &[Vec<u8>]) -> Vec<wire::Msg> {
-    s.write_all(&parts.concat()).await.unwrap();
-    wire::read_until_ready(s, LIMIT).await.unwrap()
 }
 
 /// Reads messages up to and including the first one tagged `tag`.

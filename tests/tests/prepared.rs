@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use pgtier_kit::fixture::{connect, scram_role, ConfigBuilder};
+use pgtier_kit::wire::{first_value, tags};
 use pgtier_kit::{wire, Cluster, Pgtier};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -65,16 +66,6 @@ fn close_statement(name: &str) -> Vec<u8> {
 async fn send(s: &mut TcpStream, parts: &[Vec<u8>]) -> Vec<wire::Msg> {
     s.write_all(&parts.concat()).await.unwrap();
     wire::read_until_ready(s, LIMIT).await.unwrap()
-}
-
-fn tags(msgs: &[wire::Msg]) -> String {
-    msgs.iter().map(|m| m.tag as char).collect()
-}
-
-fn first_value(msgs: &[wire::Msg]) -> String {
-    let row = msgs.iter().find(|m| m.tag == b'D').expect("a row");
-    let len = i32::from_be_bytes(row.body[2..6].try_into().unwrap()) as usize;
-    String::from_utf8_lossy(&row.body[6..6 + len]).into_owned()
 }
 
 #[test]

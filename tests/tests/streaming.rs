@@ -3,63 +3,18 @@
 
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use pgtier_kit::fixture::{scram_role, ConfigBuilder};
-use pgtier_kit::{wire, Cluster, Pgtier};
+use pgtier_kit::wire;
+use pgtier_kit::wire::first_value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-const LIMIT: Duration = Duration::from_secs(20);
+mod support;
 
-fn cluster() -> &'static Cluster {
-    static SETUP: OnceLock<()> = OnceLock::new();
-    let c = Cluster::shared();
-    SETUP.get_or_init(|| scram_role(c, "copier", "copier").unwrap());
-    c
-}
-
-fn start(pool_size: u32) -> Pgtier {
-    ConfigBuilder::new(cluster())
-        .global("pool_mode = \"transaction\"")
-        // A server leaked by a COPY makes the next waiter fail (53300) instead of hanging.
-        .global("query_wait_timeout = \"15s\"")
-        .user("copier", "auth = \"trust\"\nserver_password = \"copier\"")
-        .database(&format!("pool_size = {pool_size}"))
-        .start()
-        .unwrap()
-}
-
-async fn client(px: &Pgtier) -> Client {
-    let dsn = format!(
-        "host=127.0.0.1 port={} user=copier dbname=app connect_timeout=10",
-        px.port()
-    );
-    let (c, conn) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    c
-}
-
-async fn raw(px: &Pgtier) -> TcpStream {
-    wire::login_trust(&px.addr(), "copier", "app")
-        .await
-        .unwrap()
-        .0
-}
-
-fn first_value(msgs: &[wire::Msg]) -> String {
-    let row = msgs.iter().find(|m| m.tag == b'D').expect("a row");
-    let len = i32::from_be_bytes(row.body[2..6].try_into().unwrap()) as usize;
-    String::from_utf8_lossy(&row.body[6..6 + len]).into_owned()
-}
-
-async fn send(s: &mut TcpStream, parts: &[Vec<u8>]) -> Vec<wire::Msg> {
-    s.write_all(&parts.concat()).await.unwrap();
-    wire::read_until_ready(s, LIMIT).await.unwrap()
-}
+use support::{client, raw, send, start, LIMIT};
 
 async fn copy_out(c: &Client, sql: &str) -> Vec<u8> {
     let mut stream = pin!(c.copy_out(sql).await.unwrap());
