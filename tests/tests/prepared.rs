@@ -398,3 +398,61 @@ async fn statement_is_re_prepared_after_ddl_changes_its_result_type() {
     let r = send(&mut b, &[bind("q2"), execute(), sync()]).await;
     assert_eq!(tags(&r), "2DCZ", "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsynced_extended_work_is_never_handed_to_another_client() {
+    // Review finding: Parse/Bind/Execute/Flush opens an implicit transaction that only a Sync
+    // ends; a client leaving then must not leave that server to the next client.
+    let px = start(1);
+    let c = Cluster::shared();
+    c.ddl("app", "DROP TABLE IF EXISTS unsynced_t; CREATE TABLE unsynced_t (v int); GRANT ALL ON unsynced_t TO pgtier_trust").unwrap();
+    let (mut a, _) = wire::login_trust(&px.addr(), "pgtier_trust", "app")
+        .await
+        .unwrap();
+    a.write_all(
+        &[
+            parse("", "INSERT INTO unsynced_t VALUES (1)"),
+            bind(""),
+            execute(),
+            wire::message(b'H', b""),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    for want in [b'1', b'2', b'C'] {
+        assert_eq!(wire::read_msg(&mut a, LIMIT).await.unwrap().tag, want);
+    }
+    drop(a);
+    let (mut b, _) = wire::login_trust(&px.addr(), "pgtier_trust", "app")
+        .await
+        .unwrap();
+    let r = send(&mut b, &[wire::query("SELECT count(*) FROM unsynced_t")]).await;
+    assert_eq!(
+        first_value(&r),
+        "0",
+        "the abandoned implicit transaction must not commit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_state_in_a_locally_answered_parse_still_pins() {
+    // Review finding: a named Parse+Sync answered without a server must not skip pinning.
+    let px = start(1);
+    let (mut a, _) = wire::login_trust(&px.addr(), "pgtier_trust", "app")
+        .await
+        .unwrap();
+    assert_eq!(
+        tags(&send(&mut a, &[parse("s", "SET work_mem = '77MB'"), sync()]).await),
+        "1Z"
+    );
+    let r = send(&mut a, &[bind("s"), execute(), sync()]).await;
+    assert_eq!(tags(&r), "2CZ", "{r:?}");
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut b, _) = wire::login_trust(&px.addr(), "pgtier_trust", "app")
+        .await
+        .unwrap();
+    let r = send(&mut b, &[wire::query("SHOW work_mem")]).await;
+    assert_ne!(first_value(&r), "77MB", "the SET leaked");
+}

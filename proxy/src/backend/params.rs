@@ -78,7 +78,12 @@ pub fn sync_statements(
         let want = client.get(name).or_else(|| lookup(defaults, name));
         let have = server.get(name).or_else(|| lookup(server_login, name));
         if let Some(want) = want.filter(|w| Some(*w) != have) {
-            sql.push_str(&format!("SET {name} TO '{}';", want.replace('\'', "''")));
+            // set_config takes the value verbatim (as the startup packet does), whatever its
+            // quoting (search_path lists) and whatever standard_conforming_strings is.
+            let value = want.replace('\\', "\\\\").replace('\'', "''");
+            sql.push_str(&format!(
+                "SELECT pg_catalog.set_config('{name}', E'{value}', false);"
+            ));
         }
     }
     (!sql.is_empty()).then_some(sql)
@@ -114,7 +119,8 @@ mod tests {
         let sql = sync_statements(&b, &client, &b, &server).unwrap();
         assert_eq!(
             sql,
-            "SET TimeZone TO 'Asia/Tokyo';SET application_name TO 'pgtier';"
+            "SELECT pg_catalog.set_config('TimeZone', E'Asia/Tokyo', false);\
+             SELECT pg_catalog.set_config('application_name', E'pgtier', false);"
         );
         // Setting back to the baseline clears the change.
         client.set(&b, "TimeZone", "UTC");

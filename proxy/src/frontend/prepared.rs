@@ -13,6 +13,7 @@ use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::{error_response, ready_for_query, Severity, TxStatus};
 use crate::protocol::SqlState;
+use crate::router::session_state::pins;
 
 /// Most named statements one client may hold.
 pub const MAX_PER_CLIENT: usize = 10_000;
@@ -98,7 +99,9 @@ pub(crate) fn answer_parse_batch(
         match h.tag {
             b'P' => {
                 let p = extended::parse(&buf[pos + 5..end])?;
-                if p.name.is_empty() {
+                // A statement that may leave session state goes the normal way, where it pins
+                // (or is rejected); here it would run unclassified at its first Bind.
+                if p.name.is_empty() || pins(p.rest, |_| false).is_some() {
                     return None;
                 }
                 names.push((p.name, p.rest));

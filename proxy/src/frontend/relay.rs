@@ -112,10 +112,13 @@ pub(crate) async fn run(
         return end;
     }
     loop {
-        let at_rest =
+        // Waiting on the client with nothing in flight; at rest if no implicit transaction
+        // either (no extended messages since the last Sync).
+        let waiting =
             r.owed == 0 && r.copy_left == 0 && r.streaming.left == 0 && r.expect.is_empty();
+        let at_rest = waiting && !r.expect.unsynced;
         let idle_deadline = match (
-            at_rest && r.status != TxStatus::Idle,
+            waiting && (r.status != TxStatus::Idle || r.expect.unsynced),
             limits.idle_transaction_timeout,
         ) {
             (true, Some(t)) => Some(Instant::now() + t),
@@ -250,6 +253,7 @@ impl Relay<'_> {
             let clean = self.owed == 0
                 && self.copy_left == 0
                 && self.expect.is_empty()
+                && !self.expect.unsynced
                 && self.status == TxStatus::Idle;
             return Some(Outcome::ClientGone {
                 server_clean: clean,
@@ -304,6 +308,7 @@ impl Relay<'_> {
             && self.owed == 0
             && self.status == TxStatus::Idle
             && self.expect.is_empty()
+            && !self.expect.unsynced
             && self.streaming.left == 0
             && self.server.inbuf.is_empty()
             && self.copy_left == 0

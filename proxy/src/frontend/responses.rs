@@ -84,6 +84,12 @@ pub(crate) struct Expectations {
     /// The server is in an extended-protocol COPY FROM STDIN the client has not ended yet:
     /// Postgres ignores Sync and Flush until CopyDone/CopyFail, so they owe no reply.
     pub(crate) copy_in: bool,
+    /// Extended-protocol messages were sent since the last Sync: the server may be inside an
+    /// implicit transaction, so it is neither idle nor clean.
+    pub(crate) unsynced: bool,
+    /// Queries and FunctionCalls the server skipped after an error (they owe no
+    /// ReadyForQuery), not yet reported.
+    skipped_ready: u32,
 }
 
 impl Expectations {
@@ -181,6 +187,13 @@ impl Expectations {
             }
             // The server now skips everything up to the next Sync.
             while let Some(e) = self.q.front() {
+                if let Entry::Server {
+                    kind: Kind::Query | Kind::Function,
+                    ..
+                } = e
+                {
+                    self.skipped_ready += 1;
+                }
                 match e {
                     Entry::Server {
                         kind: Kind::Sync, ..
@@ -282,12 +295,23 @@ pub(crate) fn route_server(
     }
     while let Some(h) = peek_header(&buf[pos..], i32::MAX as usize)? {
         let end = pos + h.frame_len();
-        if matches!(h.tag, b'Z' | b'S' | b'E') && end > buf.len() {
+        if matches!(h.tag, b'Z' | b'S' | b'E' | b'C') && end > buf.len() {
             break; // these few bodies are read: wait for the rest
         }
         let body = &buf[(pos + 5).min(buf.len())..end.min(buf.len())];
         if h.tag == b'G' {
             scan.ignored_syncs += exp.copy_in_started();
+        }
+        // At a message boundary, replies pgtier gives itself go out first.
+        if matches!(exp.q.front(), Some(Entry::Synthetic(_) | Entry::CopyEnd)) {
+            if scan.copied {
+                out.extend_from_slice(&buf[run..pos]);
+            } else {
+                out.extend_from_slice(&buf[..pos]);
+                scan.copied = true;
+            }
+            run = pos;
+            exp.drain_synthetic(out);
         }
         let forward = exp.on_message(h.tag, body, registry);
         if h.tag == b'S' {
@@ -335,9 +359,20 @@ pub(crate) fn route_server(
             exp.drain_synthetic(out);
         }
     }
+    if streaming.left == 0 && matches!(exp.q.front(), Some(Entry::Synthetic(_) | Entry::CopyEnd)) {
+        if !scan.copied {
+            out.extend_from_slice(&buf[..pos]);
+            scan.copied = true;
+            run = pos;
+        }
+        out.extend_from_slice(&buf[run..pos]);
+        run = pos;
+        exp.drain_synthetic(out);
+    }
     if scan.copied {
         out.extend_from_slice(&buf[run..pos]);
     }
+    scan.ignored_syncs += std::mem::take(&mut exp.skipped_ready);
     scan.consumed = pos;
     Ok(scan)
 }

@@ -146,6 +146,11 @@ pub(crate) fn route_client(
                 continue;
             }
         }
+        match h.tag {
+            b'S' => server.expect.unsynced = false,
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => server.expect.unsynced = true,
+            _ => {}
+        }
         // During an extended-protocol COPY FROM STDIN Postgres ignores Sync and Flush.
         let route = match h.tag {
             b'S' | b'H' if server.expect.copy_in => Route::Forward(None),
