@@ -2,6 +2,7 @@
 //! session loop with its relay.
 
 pub mod auth;
+mod batch;
 pub mod cancel;
 mod farewell;
 pub mod listener;

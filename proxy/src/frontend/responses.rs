@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use super::batch::Batch;
 use crate::backend::params::{tracked, ParamChanges};
 use crate::backend::statements::ServerStatements;
 use crate::protocol::frame::{peek_header, FrameError};
@@ -103,6 +104,11 @@ impl Expectations {
 
     pub(crate) fn len(&self) -> usize {
         self.q.len()
+    }
+
+    /// Whether a reply pgtier gives itself (or a COPY end marker) is next.
+    fn synthetic_first(&self) -> bool {
+        matches!(self.q.front(), Some(Entry::Synthetic(_) | Entry::CopyEnd))
     }
 
     /// Writes the synthetic replies now at the front; returns whether it wrote any.
@@ -285,13 +291,11 @@ pub(crate) fn route_server(
     out: &mut BytesMut,
 ) -> Result<ServerScan, FrameError> {
     let mut scan = ServerScan::default();
+    let mut batch = Batch::new(buf, out);
     let mut pos = streaming.left.min(buf.len());
     streaming.left -= pos;
-    // [run..pos) is forwarded but not yet copied (only matters once copying).
-    let mut run = 0;
     if !streaming.forward && pos > 0 {
-        scan.copied = true;
-        run = pos;
+        batch.drop_range(0, pos);
     }
     while let Some(h) = peek_header(&buf[pos..], i32::MAX as usize)? {
         let end = pos + h.frame_len();
@@ -303,75 +307,43 @@ pub(crate) fn route_server(
             scan.ignored_syncs += exp.copy_in_started();
         }
         // At a message boundary, replies pgtier gives itself go out first.
-        if matches!(exp.q.front(), Some(Entry::Synthetic(_) | Entry::CopyEnd)) {
-            if scan.copied {
-                out.extend_from_slice(&buf[run..pos]);
-            } else {
-                out.extend_from_slice(&buf[..pos]);
-                scan.copied = true;
-            }
-            run = pos;
-            exp.drain_synthetic(out);
+        if exp.synthetic_first() {
+            batch.insert(pos, |o| {
+                exp.drain_synthetic(o);
+            });
         }
         let forward = exp.on_message(h.tag, body, registry);
         if h.tag == b'S' {
-            params.observe(&buf[pos + 5..end], forward);
+            params.observe(body, forward);
         }
         // A client's DISCARD ALL or DEALLOCATE ALL drops statements pgtier prepared here too.
-        if h.tag == b'C' && end <= buf.len() {
-            let tag = &buf[pos + 5..end];
-            if tag == b"DISCARD ALL\0" || tag == b"DEALLOCATE ALL\0" {
-                registry.clear();
-            }
+        if h.tag == b'C' && (body == b"DISCARD ALL\0" || body == b"DEALLOCATE ALL\0") {
+            registry.clear();
         }
         if h.tag == b'Z' {
             // Only the client's ReadyForQuery count against what the client is owed.
             scan.ready += u32::from(forward);
             scan.status = Some(TxStatus::from_byte(buf[end - 1]));
         }
-        let stop = end > buf.len();
         let cut = end.min(buf.len());
         if !forward {
-            if scan.copied {
-                out.extend_from_slice(&buf[run..pos]);
-            } else {
-                out.extend_from_slice(&buf[..pos]);
-                scan.copied = true;
-            }
-            run = cut;
+            batch.drop_range(pos, cut);
         }
         pos = cut;
-        if stop {
+        if end > buf.len() {
             *streaming = Streaming {
                 left: end - buf.len(),
                 forward,
             };
             break;
         }
-        if matches!(exp.q.front(), Some(Entry::Synthetic(_) | Entry::CopyEnd)) {
-            if scan.copied {
-                out.extend_from_slice(&buf[run..pos]);
-            } else {
-                out.extend_from_slice(&buf[..pos]);
-                scan.copied = true;
-            }
-            run = pos;
-            exp.drain_synthetic(out);
-        }
     }
-    if streaming.left == 0 && matches!(exp.q.front(), Some(Entry::Synthetic(_) | Entry::CopyEnd)) {
-        if !scan.copied {
-            out.extend_from_slice(&buf[..pos]);
-            scan.copied = true;
-            run = pos;
-        }
-        out.extend_from_slice(&buf[run..pos]);
-        run = pos;
-        exp.drain_synthetic(out);
+    if streaming.left == 0 && exp.synthetic_first() {
+        batch.insert(pos, |o| {
+            exp.drain_synthetic(o);
+        });
     }
-    if scan.copied {
-        out.extend_from_slice(&buf[run..pos]);
-    }
+    scan.copied = batch.finish(pos);
     scan.ignored_syncs += std::mem::take(&mut exp.skipped_ready);
     scan.consumed = pos;
     Ok(scan)

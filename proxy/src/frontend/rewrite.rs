@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use super::batch::Batch;
 use super::prepared::{ClientStatements, Prepared, MAX_PER_CLIENT};
 use super::responses::{Entry, Expectations, Kind, Synthetic, MAX_IN_FLIGHT};
 use crate::backend::params::{lookup, tracked};
@@ -92,17 +93,6 @@ pub(crate) struct ServerSide<'a> {
     pub expect: &'a mut Expectations,
 }
 
-/// Copies `buf[*run..upto]` (or `buf[..upto]` on the first change) to `out`: from now on
-/// `out` holds the batch.
-fn take_run(buf: &[u8], out: &mut BytesMut, scan: &mut ClientScan, run: usize, upto: usize) {
-    if scan.copied {
-        out.extend_from_slice(&buf[run..upto]);
-    } else {
-        out.extend_from_slice(&buf[..upto]);
-        scan.copied = true;
-    }
-}
-
 /// Routes the whole messages in `buf` (see the module doc).
 pub(crate) fn route_client(
     buf: &[u8],
@@ -114,7 +104,7 @@ pub(crate) fn route_client(
     let mut scan = ClientScan::default();
     let mut pos = (*client.copy_left).min(buf.len());
     *client.copy_left -= pos;
-    let mut run = 0;
+    let mut batch = Batch::new(buf, out);
     while let Some(h) = peek_header(&buf[pos..], max).map_err(Violation::Frame)? {
         if !is_frontend_tag(h.tag) {
             return Err(Violation::UnknownType(h.tag));
@@ -140,8 +130,7 @@ pub(crate) fn route_client(
             if h.tag == b'S' {
                 *client.discard = false;
             } else {
-                take_run(buf, out, &mut scan, run, pos);
-                run = end;
+                batch.drop_range(pos, end);
                 pos = end;
                 continue;
             }
@@ -177,16 +166,13 @@ pub(crate) fn route_client(
             replace => {
                 // A DEALLOCATE sent in place of the client's is a Query: it owes ReadyForQuery.
                 scan.syncs += u32::from(matches!(replace, Route::Deallocate(_) | Route::Reject(_)));
-                take_run(buf, out, &mut scan, run, pos);
-                replace.write(body, out, server);
-                run = end;
+                batch.drop_range(pos, end);
+                batch.insert(end, |out| replace.write(body, out, server));
             }
         }
         pos = end;
     }
-    if scan.copied {
-        out.extend_from_slice(&buf[run..pos]);
-    }
+    scan.copied = batch.finish(pos);
     scan.consumed = pos;
     Ok(scan)
 }
