@@ -148,12 +148,7 @@ pub(crate) fn answer_parse_batch(
 mod tests {
     use super::*;
 
-    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
+    use crate::protocol::frame::test_frame as msg;
 
     #[test]
     fn parse_only_batches_are_answered_without_a_server() {

@@ -364,12 +364,7 @@ mod tests {
         };
     }
 
-    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
+    use crate::protocol::frame::test_frame as msg;
 
     fn server(kind: Kind, to_client: bool) -> Entry {
         Entry::Server {

@@ -389,12 +389,7 @@ fn prepare(stmt: &Prepared, out: &mut BytesMut, server: &mut ServerSide<'_>, to_
 mod tests {
     use super::*;
 
-    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
+    use crate::protocol::frame::test_frame as msg;
 
     struct Fixture {
         statements: ClientStatements,

@@ -70,6 +70,15 @@ pub fn is_frontend_tag(tag: u8) -> bool {
     )
 }
 
+/// Encodes a message (tests only).
+#[cfg(test)]
+pub(crate) fn test_frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
