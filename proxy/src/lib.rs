@@ -6,6 +6,7 @@
 //! format; `config` the settings.
 
 pub mod backend;
+pub mod cluster;
 pub mod config;
 pub mod frontend;
 pub mod protocol;

@@ -1,5 +1,7 @@
-//! Statement classification. For now: a fast SQL lexer and the detection of statements that
-//! create session state a server connection cannot hand to another client.
+//! Statement classification and routing: a fast SQL lexer, the read/write classifier, and the
+//! detection of statements that create session state a server connection cannot hand to
+//! another client.
 
+pub mod classify;
 pub mod lexer;
 pub mod session_state;
