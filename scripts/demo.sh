@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The one-command local demo: a primary + 2 streaming replicas + pgtier, nothing to configure.
-# Extra arguments go to pgtier-local (e.g. --duration 60, --port 6432).
+# The one-command local demo, nothing to configure: a primary + 2 streaming replicas, pgtier in
+# front of them, the bundled app (pgtier-app) through pgtier, and a short load run whose summary
+# is printed. Runs until Ctrl-C. Extra arguments go to pgtier-local:
+#   --port N (pgtier), --duration SECS, --no-load, --load-secs N (default 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-postgres.sh

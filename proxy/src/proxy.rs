@@ -1,6 +1,7 @@
 //! The running proxy: shared state every client task sees, startup of the listener, and the
 //! shutdown sequence (drain, then close).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,10 +9,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use crate::backend::{cancel::send_cancel, Pool, PoolId, Pools, ServerLogin};
+use crate::backend::{cancel::send_cancel, Pool, PoolId, Pools, ServerLogin, Upstream};
+use crate::cluster::{ConfiguredRole, Topology};
 use crate::config::{Database, Settings, User};
 use crate::frontend::{self, CancelRegistry, ClientCount};
 use crate::protocol::startup::CancelKey;
+use crate::router::classify::FunctionTable;
+use crate::router::route::Router;
 use crate::shutdown::{Phase, Shutdown, ShutdownWatch};
 
 /// How long a forwarded cancel may take.
@@ -24,15 +28,46 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 pub struct Proxy {
     settings: Arc<Settings>,
     pools: Pools,
+    /// Routing per database (by client-facing name).
+    routers: HashMap<String, Arc<Router>>,
     cancels: Arc<CancelRegistry>,
     clients: ClientCount,
     shutdown: Shutdown,
 }
 
 impl Proxy {
-    /// A proxy for these settings (nothing is listening yet).
+    /// A proxy for these settings (nothing is listening yet). Starts each database's node
+    /// monitors, so it must run inside a tokio runtime.
     pub fn new(settings: Settings) -> Arc<Proxy> {
+        let routers = settings
+            .databases
+            .values()
+            .map(|db| {
+                // A lone configured primary needs no monitor (nothing to route between): no
+                // extra server connection, as with PgBouncer.
+                let watch = db.nodes().iter().any(|n| n.role != ConfiguredRole::Primary);
+                let topology = if watch {
+                    Topology::start(db.cluster.clone())
+                } else {
+                    Topology::unmonitored(db.cluster.clone())
+                };
+                let functions = FunctionTable::builtin().with_overrides(
+                    &settings.raw.write_functions,
+                    &settings.raw.read_only_functions,
+                );
+                let router = Arc::new(Router::new(
+                    topology,
+                    db.routing.clone(),
+                    functions,
+                    settings.raw.classify_cache_size as usize,
+                    watch,
+                ));
+                router.learn_functions();
+                (db.name.clone(), router)
+            })
+            .collect();
         Arc::new(Proxy {
+            routers,
             settings: Arc::new(settings),
             pools: Pools::default(),
             cancels: Arc::default(),
@@ -66,21 +101,27 @@ impl Proxy {
         self.shutdown.watch()
     }
 
-    /// The pool for a (database, user) pair, on the database's primary.
-    pub fn pool_for(&self, db: &Database, user: &User) -> Arc<Pool> {
+    /// The pools (one per node) of a (database, user) pair, and the database's router.
+    pub fn upstream_for(&self, db: &Database, user: &User) -> (Arc<Upstream>, Arc<Router>) {
         let id = PoolId {
             database: db.name.clone(),
             user: user.name.clone(),
         };
-        self.pools.get_or_create(id, |id| {
+        let upstream = self.pools.get_or_create(id, |id| {
             let login = ServerLogin {
                 user: user.server_user.clone(),
                 password: user.server_password.clone(),
                 dbname: db.dbname.clone(),
                 max_prepared_statements: db.pool.max_prepared_statements,
             };
-            Pool::new(id, db.primary.clone(), login, db.pool.clone())
-        })
+            let pools = db
+                .nodes()
+                .iter()
+                .map(|n| Pool::new(id.clone(), n.addr.clone(), login.clone(), db.pool.clone()))
+                .collect();
+            Arc::new(Upstream::new(pools))
+        });
+        (upstream, self.routers[&db.name].clone())
     }
 
     /// Forwards a client's cancel request to the server running its query, if any.

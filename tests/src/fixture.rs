@@ -47,6 +47,16 @@ impl ConfigBuilder {
         self
     }
 
+    /// Lists the cluster's replicas under `[databases.app]` (reads are routed to them).
+    pub fn with_replicas(self, cluster: &Cluster) -> Self {
+        let list: Vec<String> = cluster
+            .replicas()
+            .iter()
+            .map(|r| format!("\"{}\"", r.addr()))
+            .collect();
+        self.database(&format!("replicas = [{}]", list.join(", ")))
+    }
+
     /// Adds `[users.NAME]` with these TOML lines.
     pub fn user(mut self, name: &str, toml: &str) -> Self {
         self.users.push(TestUser {
@@ -87,13 +97,13 @@ pub fn scram_role(cluster: &Cluster, name: &str, pw: &str) -> Result<()> {
     Ok(())
 }
 
-/// Creates database `app` (owned by role `app`, password `app`) once.
+/// Creates database `app` (owned by role `app`, password `app`) once per cluster.
 pub fn ensure_app_db(cluster: &Cluster) -> Result<()> {
-    static ONCE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
-    let mut done = ONCE.lock().unwrap_or_else(|p| p.into_inner());
-    if !*done {
+    static DONE: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap_or_else(|p| p.into_inner());
+    if !done.iter().any(|d| d == cluster.dir()) {
         cluster.create_role_and_db("app", "app", "app")?;
-        *done = true;
+        done.push(cluster.dir().to_path_buf());
     }
     Ok(())
 }

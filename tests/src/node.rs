@@ -207,4 +207,25 @@ impl Node {
     pub fn resume_replay(&self) -> Result<()> {
         self.psql("SELECT pg_wal_replay_resume()").map(drop)
     }
+
+    /// Promotes a replica (`pg_promote()`, waiting up to 60 s) and waits until it is out of
+    /// recovery.
+    pub fn promote(&self) -> Result<()> {
+        let done = self.psql("SELECT pg_promote(true, 60)")?;
+        if done != "t" {
+            bail!(
+                "{}: pg_promote() returned {done:?}\n{}",
+                self.name,
+                self.log_tail()
+            );
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.psql("SELECT pg_is_in_recovery()")? != "f" {
+            if std::time::Instant::now() > deadline {
+                bail!("{} still in recovery 60 s after pg_promote()", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
 }

@@ -64,8 +64,23 @@ pub fn query(sql: &str) -> Vec<u8> {
     message(b'Q', &body)
 }
 
-/// Reads one backend message, failing after `limit`.
+/// The ParameterStatus pgtier sends after each write transaction (read-your-writes token).
+pub const CAUSAL_LSN_STATUS: &[u8] = b"pgtier.causal_lsn\0";
+
+/// Reads one backend message, failing after `limit`. Skips pgtier's `pgtier.causal_lsn`
+/// ParameterStatus (tests of other behaviour expect exact message sequences; `read_msg_raw`
+/// sees it).
 pub async fn read_msg(s: &mut TcpStream, limit: Duration) -> Result<Msg> {
+    loop {
+        let m = read_msg_raw(s, limit).await?;
+        if !(m.tag == b'S' && m.body.starts_with(CAUSAL_LSN_STATUS)) {
+            return Ok(m);
+        }
+    }
+}
+
+/// Reads one backend message, whatever it is, failing after `limit`.
+pub async fn read_msg_raw(s: &mut TcpStream, limit: Duration) -> Result<Msg> {
     tokio::time::timeout(limit, async {
         let tag = s.read_u8().await?;
         let len = s.read_u32().await? as usize;

@@ -8,5 +8,5 @@ pub mod server;
 pub mod statements;
 
 pub use cancel::CancelTarget;
-pub use pool::{Checkout, Pool, PoolError, PoolId, Pools};
-pub use server::{BackendError, ServerConn, ServerLogin};
+pub use pool::{Checkout, Pool, PoolError, PoolId, Pools, Upstream};
+pub use server::{BackendError, QueryFailed, ServerConn, ServerLogin};

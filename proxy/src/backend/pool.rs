@@ -41,10 +41,12 @@ impl fmt::Display for PoolId {
 #[derive(Debug, Error)]
 pub enum PoolError {
     /// Every connection stayed busy for `query_wait_timeout`.
-    #[error("no server connection available in pool {pool} after waiting {waited:?} (pool_size = {size}, query_wait_timeout)")]
+    #[error("no server connection available in pool {pool} on {node} after waiting {waited:?} (pool_size = {size}, query_wait_timeout)")]
     WaitTimeout {
         /// The pool.
         pool: PoolId,
+        /// The node.
+        node: NodeAddr,
         /// How long the client waited.
         waited: Duration,
         /// The pool's size.
@@ -142,6 +144,11 @@ impl Pool {
         &self.id
     }
 
+    /// The node this pool connects to.
+    pub fn node(&self) -> &NodeAddr {
+        &self.node
+    }
+
     /// The pool's settings.
     pub fn settings(&self) -> &PoolSettings {
         &self.settings
@@ -170,6 +177,7 @@ impl Pool {
             _ => {
                 return Err(PoolError::WaitTimeout {
                     pool: self.id.clone(),
+                    node: self.node.clone(),
                     waited: wait,
                     size: self.settings.size,
                 })
@@ -314,15 +322,19 @@ async fn reap_loop(pool: Weak<Pool>) {
     }
 }
 
-/// All pools, created on first use.
+/// Every (database, user)'s pools, created on first use.
 #[derive(Debug, Default)]
 pub struct Pools {
-    map: Mutex<HashMap<PoolId, Arc<Pool>>>,
+    map: Mutex<HashMap<PoolId, Arc<Upstream>>>,
 }
 
 impl Pools {
-    /// The pool for `id`, created by `make` if it does not exist yet.
-    pub fn get_or_create(&self, id: PoolId, make: impl FnOnce(PoolId) -> Arc<Pool>) -> Arc<Pool> {
+    /// The pools for `id`, created by `make` if they do not exist yet.
+    pub fn get_or_create(
+        &self,
+        id: PoolId,
+        make: impl FnOnce(PoolId) -> Arc<Upstream>,
+    ) -> Arc<Upstream> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(id.clone()).or_insert_with(|| make(id)).clone()
     }
@@ -333,7 +345,32 @@ impl Pools {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .cloned()
+            .flat_map(|u| u.pools().iter().cloned())
             .collect()
+    }
+}
+
+/// The pools of one (database, user): one per node of the database, by node id.
+#[derive(Debug)]
+pub struct Upstream {
+    pools: Box<[Arc<Pool>]>,
+}
+
+impl Upstream {
+    /// Pools by node id.
+    pub fn new(pools: Vec<Arc<Pool>>) -> Upstream {
+        Upstream {
+            pools: pools.into(),
+        }
+    }
+
+    /// The pool of node `node`.
+    pub fn node(&self, node: usize) -> &Arc<Pool> {
+        &self.pools[node]
+    }
+
+    /// Every node's pool.
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
     }
 }

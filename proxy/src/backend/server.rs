@@ -287,35 +287,60 @@ impl ServerConn {
     /// Resets all session state with `DISCARD ALL` before another client may use the
     /// connection; false if that failed (the caller then closes it).
     pub async fn discard_all(&mut self, limit: Duration) -> bool {
-        let work = async {
-            self.stream.write_all(b"Q\0\0\0\x10DISCARD ALL\0").await?;
-            self.inbuf.clear();
-            let mut clean = true;
-            loop {
-                let h = match peek_header(&self.inbuf, MAX_LOGIN_MESSAGE) {
-                    Ok(Some(h)) if self.inbuf.len() >= h.frame_len() => h,
-                    Ok(_) => {
-                        if self.stream.read_buf(&mut self.inbuf).await? == 0 {
-                            return Ok(false);
-                        }
-                        continue;
-                    }
-                    Err(_) => return Ok(false),
-                };
-                let frame = self.inbuf.split_to(h.frame_len());
-                match h.tag {
-                    b'E' => clean = false,
-                    b'Z' => return Ok::<_, std::io::Error>(clean && frame[5] == b'I'),
-                    _ => {}
-                }
-            }
-        };
-        let ok = matches!(tokio::time::timeout(limit, work).await, Ok(Ok(true)));
+        let ok = self.query_value("DISCARD ALL", limit).await.is_ok();
         if ok {
             self.statements.clear();
             self.changed = ParamChanges::default();
         }
         ok
+    }
+
+    /// Runs one simple query on an idle connection and returns the first column of its first
+    /// row (None for no row or NULL). Fails if the query fails, times out, or leaves the
+    /// connection anything but idle; the caller must then close the connection.
+    pub async fn query_value(
+        &mut self,
+        sql: &str,
+        limit: Duration,
+    ) -> Result<Option<String>, QueryFailed> {
+        let work = async {
+            let mut msg = Vec::with_capacity(sql.len() + 6);
+            msg.push(b'Q');
+            msg.extend_from_slice(&(sql.len() as u32 + 5).to_be_bytes());
+            msg.extend_from_slice(sql.as_bytes());
+            msg.push(0);
+            self.stream.write_all(&msg).await?;
+            self.inbuf.clear();
+            let mut clean = true;
+            let mut value = None;
+            loop {
+                let h = match peek_header(&self.inbuf, MAX_LOGIN_MESSAGE) {
+                    Ok(Some(h)) if self.inbuf.len() >= h.frame_len() => h,
+                    Ok(_) => {
+                        if self.stream.read_buf(&mut self.inbuf).await? == 0 {
+                            return Ok(None);
+                        }
+                        continue;
+                    }
+                    Err(_) => return Ok(None),
+                };
+                let frame = self.inbuf.split_to(h.frame_len());
+                match h.tag {
+                    b'E' => clean = false,
+                    b'D' if value.is_none() => value = Some(first_column(&frame[5..])),
+                    b'Z' => {
+                        return Ok::<_, std::io::Error>(
+                            (clean && frame[5] == b'I').then(|| value.flatten()),
+                        )
+                    }
+                    _ => {}
+                }
+            }
+        };
+        match tokio::time::timeout(limit, work).await {
+            Ok(Ok(Some(v))) => Ok(v),
+            _ => Err(QueryFailed),
+        }
     }
 
     /// Age since login.
@@ -388,4 +413,21 @@ async fn read_frame(
             });
         }
     }
+}
+
+/// A query pgtier ran on its own failed, timed out or left the connection unusable.
+#[derive(Debug, Error)]
+#[error("pgtier's own query on a server connection failed")]
+pub struct QueryFailed;
+
+/// The first column of a DataRow body, as text (None for NULL or a malformed row).
+fn first_column(body: &[u8]) -> Option<String> {
+    let count = u16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+    if count == 0 {
+        return None;
+    }
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    let len = usize::try_from(len).ok()?;
+    let bytes = body.get(6..6 + len)?;
+    String::from_utf8(bytes.to_vec()).ok()
 }

@@ -46,6 +46,11 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
     d.deserialize_any(V)
 }
 
+/// Serde `deserialize_with` for optional duration fields.
+pub fn deserialize_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    deserialize(d).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,10 @@ use std::path::Path;
 use thiserror::Error;
 
 use super::schema::{AuthMethod, Config, DatabaseConfig, UserConfig};
-use super::settings::{nonzero, ClientAuth, Database, NodeAddr, PoolSettings, Settings, User};
+use super::settings::{
+    nonzero, ClientAuth, Database, PoolSettings, RoutingSettings, Settings, User,
+};
+use crate::cluster::ClusterSettings;
 use crate::protocol::auth::{Md5Secret, ScramSecret};
 
 /// One thing wrong with a config file.
@@ -152,7 +155,19 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-struct Validator<'a> {
+/// The user name and password a user logs in to the servers with.
+pub(super) fn server_credentials(name: &str, u: &UserConfig) -> (String, Option<String>) {
+    let plaintext = u
+        .password
+        .as_deref()
+        .filter(|p| ScramSecret::parse(p).is_none() && Md5Secret::parse(p).is_none());
+    (
+        u.server_user.clone().unwrap_or_else(|| name.to_owned()),
+        u.server_password.clone().or(plaintext.map(str::to_owned)),
+    )
+}
+
+pub(super) struct Validator<'a> {
     text: &'a str,
     doc: Option<toml_edit::ImDocument<&'a str>>,
     problems: Vec<Problem>,
@@ -160,7 +175,7 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     /// Records a problem at the value of `path` (or the closest table that exists).
-    fn fail(&mut self, path: &[&str], message: impl Into<String>) {
+    pub(super) fn fail(&mut self, path: &[&str], message: impl Into<String>) {
         let offset = self.span_of(path).unwrap_or(0);
         let (line, column) = line_col(self.text, offset);
         self.problems.push(Problem {
@@ -227,6 +242,23 @@ impl Validator<'_> {
                 "not a valid filter (e.g. \"info\" or \"pgtier=debug\")",
             );
         }
+        if raw.lag_check_interval < std::time::Duration::from_millis(10) {
+            self.fail(&["lag_check_interval"], "must be at least 10ms");
+        }
+        if raw.primary_wait_timeout.is_zero() {
+            self.fail(
+                &["primary_wait_timeout"],
+                "must be greater than 0 (every wait has a timeout)",
+            );
+        }
+        if raw.classify_cache_size == 0 {
+            self.fail(&["classify_cache_size"], "must be at least 1");
+        }
+        if let Some(u) = &raw.monitor_user {
+            if !raw.users.contains_key(u) {
+                self.fail(&["monitor_user"], format!("no [users.{u}] section"));
+            }
+        }
         if raw.databases.is_empty() {
             self.fail(
                 &[],
@@ -285,36 +317,17 @@ impl Validator<'_> {
                 }
             },
         };
+        let (server_user, server_password) = server_credentials(name, u);
         Some(User {
             name: name.to_owned(),
             auth,
-            server_user: u.server_user.clone().unwrap_or_else(|| name.to_owned()),
-            server_password: u.server_password.clone().or(plaintext.map(str::to_owned)),
+            server_user,
+            server_password,
         })
     }
 
     fn database(&mut self, raw: &Config, name: &str, d: &DatabaseConfig) -> Option<Database> {
-        let primary = NodeAddr::parse(&d.primary);
-        if primary.is_none() {
-            self.fail(
-                &["databases", name, "primary"],
-                "expected \"host:port\", e.g. \"127.0.0.1:5432\"",
-            );
-        }
-        let mut replicas = Vec::new();
-        for (i, r) in d.replicas.iter().enumerate() {
-            match NodeAddr::parse(r) {
-                Some(a) if Some(&a) == primary.as_ref() || replicas.contains(&a) => self.fail(
-                    &["databases", name, "replicas", &i.to_string()],
-                    format!("{a} is listed twice"),
-                ),
-                Some(a) => replicas.push(a),
-                None => self.fail(
-                    &["databases", name, "replicas", &i.to_string()],
-                    "expected \"host:port\"",
-                ),
-            }
-        }
+        let nodes = self.nodes(name, d);
         let size = d.pool_size.unwrap_or(raw.pool_size);
         let min_size = d.min_pool_size.unwrap_or(raw.min_pool_size);
         if size == 0 {
@@ -339,8 +352,23 @@ impl Validator<'_> {
         Some(Database {
             name: name.to_owned(),
             dbname: d.dbname.clone().unwrap_or_else(|| name.to_owned()),
-            primary: primary?,
-            replicas,
+            cluster: ClusterSettings {
+                nodes: nodes?,
+                lag_check_interval: raw.lag_check_interval,
+                max_replica_lag: nonzero(d.max_replica_lag.unwrap_or(raw.max_replica_lag)),
+                max_replica_lag_bytes: Some(
+                    d.max_replica_lag_bytes.unwrap_or(raw.max_replica_lag_bytes),
+                )
+                .filter(|&b| b > 0),
+                login: self.monitor_login(raw, name, d)?,
+                connect_timeout: raw.server_connect_timeout,
+            },
+            routing: RoutingSettings {
+                primary_reads: d.primary_reads.unwrap_or(raw.primary_reads),
+                primary_wait_timeout: raw.primary_wait_timeout,
+                causal_read_wait: raw.causal_read_wait,
+                report_causal_lsn: raw.report_causal_lsn,
+            },
             pool: PoolSettings {
                 mode: d.pool_mode.unwrap_or(raw.pool_mode),
                 size,
@@ -376,8 +404,8 @@ pool_size = 20
     fn accepts_the_documented_example() {
         let s = parse_str(GOOD).unwrap();
         let db = &s.databases["app"];
-        assert_eq!(db.primary.port, 5432);
-        assert_eq!(db.replicas.len(), 2);
+        let ports: Vec<u16> = db.nodes().iter().map(|n| n.addr.port).collect();
+        assert_eq!(ports, [5432, 5433, 5434]);
         assert_eq!(db.pool.size, 20);
         assert!(matches!(s.users["app"].auth, ClientAuth::Scram(_)));
         assert_eq!(s.users["app"].server_password.as_deref(), Some("app"));

@@ -3,9 +3,10 @@
 
 pub mod duration;
 pub mod load;
+mod nodes;
 pub mod schema;
 pub mod settings;
 
 pub use load::{load_file, parse_str, ConfigError, Problem};
-pub use schema::{AuthMethod, PoolMode, SessionStatePolicy};
-pub use settings::{ClientAuth, Database, NodeAddr, PoolSettings, Settings, User};
+pub use schema::{AuthMethod, NodeRole, PoolMode, PrimaryReads, SessionStatePolicy};
+pub use settings::{ClientAuth, Database, NodeAddr, PoolSettings, RoutingSettings, Settings, User};

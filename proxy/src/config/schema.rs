@@ -27,6 +27,51 @@ pub enum SessionStatePolicy {
     Reject,
 }
 
+/// Whether the primary serves reads that a replica could serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrimaryReads {
+    /// Only when no replica is eligible.
+    #[default]
+    Fallback,
+    /// Always a candidate, alongside the replicas.
+    Include,
+}
+
+/// A node's configured role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// Always the primary.
+    Primary,
+    /// Always a replica.
+    Replica,
+    /// Whatever `pg_is_in_recovery()` says (failover needs no config change).
+    Auto,
+}
+
+/// A node: `"host:port"`, or a table with its role and weight.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum NodeEntry {
+    /// `"host:port"`.
+    Addr(String),
+    /// `{ addr = "host:port", role = "auto", weight = 1 }`.
+    Full(NodeTable),
+}
+
+/// `{ addr = "host:port", role = "...", weight = N }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeTable {
+    /// `host:port`.
+    pub addr: String,
+    /// Role (default: primary under `primary`, replica under `replicas`, auto under `nodes`).
+    pub role: Option<NodeRole>,
+    /// Share of reads relative to other replicas (default 1; 0: only when nothing else is).
+    pub weight: Option<u32>,
+}
+
 /// How a client proves who it is to pgtier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 pub enum AuthMethod {
@@ -92,6 +137,33 @@ pub struct Config {
     /// On SIGTERM/SIGINT, how long running transactions may finish before clients are closed.
     #[serde(deserialize_with = "super::duration::deserialize")]
     pub shutdown_timeout: Duration,
+    /// How often each node's role and replication lag are checked.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub lag_check_interval: Duration,
+    /// A replica whose replay is this far behind in time leaves the read rotation (0: no limit).
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub max_replica_lag: Duration,
+    /// A replica this many WAL bytes behind the primary leaves the read rotation (0: no limit).
+    pub max_replica_lag_bytes: u64,
+    /// Whether the primary serves reads only as a fallback or always alongside replicas.
+    pub primary_reads: PrimaryReads,
+    /// How long a write waits for a primary to be known (after a failover) before failing.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub primary_wait_timeout: Duration,
+    /// How long a read after a write may wait for a replica to replay that write before it
+    /// goes to the primary instead (0: do not wait).
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub causal_read_wait: Duration,
+    /// Send ParameterStatus `pgtier.causal_lsn` to the client after each write transaction.
+    pub report_causal_lsn: bool,
+    /// Functions whose calls always go to the primary (in addition to the built-in list).
+    pub write_functions: Vec<String>,
+    /// Volatile functions known not to write (their calls may go to a replica).
+    pub read_only_functions: Vec<String>,
+    /// Distinct statement texts whose classification is cached.
+    pub classify_cache_size: u32,
+    /// The `[users]` entry whose server credentials the lag monitors use (default: the first).
+    pub monitor_user: Option<String>,
     /// Client users, by name.
     pub users: BTreeMap<String, UserConfig>,
     /// Databases clients may connect to, by the name clients use.
@@ -119,6 +191,17 @@ impl Default for Config {
             idle_transaction_timeout: Duration::ZERO,
             client_login_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
+            lag_check_interval: Duration::from_millis(100),
+            max_replica_lag: Duration::from_secs(1),
+            max_replica_lag_bytes: 16 * 1024 * 1024,
+            primary_reads: PrimaryReads::Fallback,
+            primary_wait_timeout: Duration::from_secs(10),
+            causal_read_wait: Duration::from_millis(2),
+            report_causal_lsn: true,
+            write_functions: Vec::new(),
+            read_only_functions: Vec::new(),
+            classify_cache_size: 10_000,
+            monitor_user: None,
             users: BTreeMap::new(),
             databases: BTreeMap::new(),
         }
@@ -143,10 +226,21 @@ pub struct UserConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// The primary, `host:port`.
-    pub primary: String,
-    /// Streaming replicas, `host:port` each (routing to them comes in a later release).
-    pub replicas: Vec<String>,
+    /// The primary: `"host:port"` or `{ addr, role, weight }`.
+    pub primary: Option<NodeEntry>,
+    /// Streaming replicas, each `"host:port"` or `{ addr, role, weight }`.
+    pub replicas: Vec<NodeEntry>,
+    /// Nodes whose roles pgtier discovers (`role = "auto"` by default), for failover.
+    pub nodes: Vec<NodeEntry>,
+    /// Overrides the global `max_replica_lag`.
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    pub max_replica_lag: Option<Duration>,
+    /// Overrides the global `max_replica_lag_bytes`.
+    pub max_replica_lag_bytes: Option<u64>,
+    /// Overrides the global `primary_reads`.
+    pub primary_reads: Option<PrimaryReads>,
+    /// Overrides the global `monitor_user`.
+    pub monitor_user: Option<String>,
     /// Database name on the servers (default: the section name).
     pub dbname: Option<String>,
     /// Overrides the global `pool_size`.

@@ -6,7 +6,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::schema::{Config, PoolMode, SessionStatePolicy};
+use super::schema::{Config, PoolMode, PrimaryReads, SessionStatePolicy};
+use crate::cluster::{ClusterSettings, NodeConfig};
 use crate::protocol::auth::{Md5Secret, ScramSecret};
 
 /// A server address, `host:port`.
@@ -99,12 +100,32 @@ pub struct Database {
     pub name: String,
     /// Name on the servers.
     pub dbname: String,
-    /// The primary.
-    pub primary: NodeAddr,
-    /// Replicas (not routed to yet).
-    pub replicas: Vec<NodeAddr>,
-    /// Pool limits for this database.
+    /// The nodes, monitor login and lag limits.
+    pub cluster: ClusterSettings,
+    /// Pool limits for this database (every node's pool).
     pub pool: PoolSettings,
+    /// How reads are spread.
+    pub routing: RoutingSettings,
+}
+
+impl Database {
+    /// The configured nodes, by node id.
+    pub fn nodes(&self) -> &[NodeConfig] {
+        &self.cluster.nodes
+    }
+}
+
+/// How reads and writes of one database are routed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingSettings {
+    /// Whether the primary serves reads only as a fallback.
+    pub primary_reads: PrimaryReads,
+    /// Longest wait for a primary to be known before a write fails.
+    pub primary_wait_timeout: Duration,
+    /// Longest wait for a replica to replay a client's write before reading from the primary.
+    pub causal_read_wait: Duration,
+    /// Send ParameterStatus `pgtier.causal_lsn` after write transactions.
+    pub report_causal_lsn: bool,
 }
 
 /// The resolved configuration.

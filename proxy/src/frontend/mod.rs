@@ -5,7 +5,9 @@ pub mod auth;
 mod batch;
 pub mod cancel;
 mod farewell;
+mod gate;
 pub mod listener;
+mod local;
 pub mod login;
 mod prepared;
 mod relay;
@@ -13,6 +15,8 @@ mod responses;
 mod rewrite;
 pub mod session;
 pub mod startup;
+mod target;
+mod units;
 
 pub use cancel::CancelRegistry;
 pub use listener::{serve, ClientCount};

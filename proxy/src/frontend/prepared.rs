@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 
@@ -13,6 +13,7 @@ use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::{error_response, ready_for_query, Severity, TxStatus};
 use crate::protocol::SqlState;
+use crate::router::route::UnitInfo;
 use crate::router::session_state::pins;
 
 /// Most named statements one client may hold.
@@ -25,6 +26,8 @@ pub struct Prepared {
     pub server_name: Arc<str>,
     /// Query string and parameter types, as in the client's Parse (for re-preparing).
     pub rest: Bytes,
+    /// What running it needs (class, hints), classified on first use.
+    info: OnceLock<UnitInfo>,
 }
 
 impl Prepared {
@@ -37,7 +40,16 @@ impl Prepared {
         Prepared {
             server_name: format!("pgtier_{:016x}_{}", h.finish(), rest.len()).into(),
             rest: Bytes::copy_from_slice(rest),
+            info: OnceLock::new(),
         }
+    }
+
+    /// What running the statement needs, computed by `classify` (given the query text) once.
+    pub fn info(&self, classify: impl FnOnce(&[u8]) -> UnitInfo) -> UnitInfo {
+        *self.info.get_or_init(|| {
+            let sql = extended::split_cstr(&self.rest).map_or(&[][..], |(q, _)| q);
+            classify(sql)
+        })
     }
 }
 

@@ -11,15 +11,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::gate::{Gate, Moment};
 use super::prepared::ClientStatements;
 use super::responses::{route_server, Entry, Expectations, Kind, ParamSync, Streaming};
 pub(crate) use super::rewrite::Violation;
 use super::rewrite::{route_client, ClientSide, ServerSide};
+use super::units::UnitContext;
 use crate::backend::params::{sync_statements, ParamChanges};
 use crate::backend::server::ServerIo;
 use crate::config::{PoolMode, SessionStatePolicy};
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::TxStatus;
+use crate::router::classify::Classifier;
+use crate::router::route::ClientRouting;
 use crate::shutdown::{Phase, ShutdownWatch};
 
 /// Read buffer size per direction while a client is active.
@@ -46,6 +50,20 @@ pub(crate) enum Outcome {
     Shutdown,
 }
 
+/// How a relay ended, and what the session needs next.
+#[derive(Debug)]
+pub(crate) struct RunEnd {
+    /// Why it ended.
+    pub outcome: Outcome,
+    /// Client bytes not sent (a unit held back for another server).
+    pub leftover: BytesMut,
+    /// Something that may write went to the server (the causal token must move).
+    pub wrote: bool,
+    /// Nothing reached the client and nothing beyond the first request reached the server:
+    /// a read that failed like this may run again elsewhere.
+    pub retryable: bool,
+}
+
 /// Limits the relay applies.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -68,16 +86,16 @@ pub(crate) async fn run(
     cbuf: BytesMut,
     limits: Limits,
     shutdown: &ShutdownWatch,
-) -> Outcome {
-    let closing = shutdown.reached(Phase::Closing);
-    let draining = shutdown.reached(Phase::Draining);
-    tokio::pin!(closing, draining);
+) -> RunEnd {
     let mut r = Relay {
         client,
         statements: state.statements,
         params: state.params,
         defaults: state.defaults,
         pinned: state.pinned,
+        classifier: state.classifier,
+        routing: state.routing,
+        gate: Gate::new(state.on_replica, state.track_writes),
         server,
         cbuf,
         out: BytesMut::new(),
@@ -88,73 +106,93 @@ pub(crate) async fn run(
         owed: 0,
         status: TxStatus::Idle,
         limits,
+        replied: false,
+        more_input: false,
     };
-    // Bring the server's session parameters in line with the client's, ahead of its request.
-    if let Some(sql) = sync_statements(
-        r.defaults,
-        r.params,
-        r.server.login_params,
-        r.server.changed,
-    ) {
-        let mut body = sql.into_bytes();
-        body.push(0);
-        r.out.put_u8(b'Q');
-        r.out.put_u32(body.len() as u32 + 4);
-        r.out.put_slice(&body);
-        r.expect.push(Entry::Server {
-            kind: Kind::Query,
-            to_client: false,
-            statement: None,
-        });
+    let outcome = r.run(shutdown).await;
+    RunEnd {
+        outcome,
+        leftover: std::mem::take(&mut r.cbuf),
+        wrote: r.gate.wrote,
+        retryable: !r.replied && !r.more_input,
     }
-    // Forward what the session already read.
-    if let Some(end) = r.on_client_bytes().await {
-        return end;
-    }
-    loop {
-        // Waiting on the client with nothing in flight; at rest if no implicit transaction
-        // either (no extended messages since the last Sync).
-        let waiting =
-            r.owed == 0 && r.copy_left == 0 && r.streaming.left == 0 && r.expect.is_empty();
-        let at_rest = waiting && !r.expect.unsynced;
-        let idle_deadline = match (
-            waiting && (r.status != TxStatus::Idle || r.expect.unsynced),
-            limits.idle_transaction_timeout,
+}
+
+impl Relay<'_> {
+    async fn run(&mut self, shutdown: &ShutdownWatch) -> Outcome {
+        let r = self;
+        let limits = r.limits;
+        let closing = shutdown.reached(Phase::Closing);
+        let draining = shutdown.reached(Phase::Draining);
+        tokio::pin!(closing, draining);
+        // Bring the server's session parameters in line with the client's, ahead of its request.
+        if let Some(sql) = sync_statements(
+            r.defaults,
+            r.params,
+            r.server.login_params,
+            r.server.changed,
         ) {
-            (true, Some(t)) => Some(Instant::now() + t),
-            _ => None,
-        };
-        let drain_when_idle = r.holds_server() && at_rest && r.status == TxStatus::Idle;
-        if r.cbuf.capacity() - r.cbuf.len() < 1024 {
-            r.cbuf.reserve(BUF_SIZE);
+            let mut body = sql.into_bytes();
+            body.push(0);
+            r.out.put_u8(b'Q');
+            r.out.put_u32(body.len() as u32 + 4);
+            r.out.put_slice(&body);
+            r.expect.push(Entry::Server {
+                kind: Kind::Query,
+                to_client: false,
+                statement: None,
+            });
         }
-        if r.server.inbuf.capacity() - r.server.inbuf.len() < 1024 {
-            r.server.inbuf.reserve(BUF_SIZE);
+        // Forward what the session already read.
+        if let Some(end) = r.on_client_bytes().await {
+            return end;
         }
-        tokio::select! {
-            res = r.client.read_buf(&mut r.cbuf) => match res {
-                Ok(0) | Err(_) => {
-                    let clean = at_rest && r.status == TxStatus::Idle && r.cbuf.is_empty();
-                    return Outcome::ClientGone { server_clean: clean };
-                }
-                Ok(_) => {
-                    if let Some(end) = r.on_client_bytes().await {
-                        return end;
+        loop {
+            // Waiting on the client with nothing in flight; at rest if no implicit transaction
+            // either (no extended messages since the last Sync).
+            let waiting =
+                r.owed == 0 && r.copy_left == 0 && r.streaming.left == 0 && r.expect.is_empty();
+            let at_rest = waiting && !r.expect.unsynced;
+            let idle_deadline = match (
+                waiting && (r.status != TxStatus::Idle || r.expect.unsynced),
+                limits.idle_transaction_timeout,
+            ) {
+                (true, Some(t)) => Some(Instant::now() + t),
+                _ => None,
+            };
+            let drain_when_idle = r.holds_server() && at_rest && r.status == TxStatus::Idle;
+            if r.cbuf.capacity() - r.cbuf.len() < 1024 {
+                r.cbuf.reserve(BUF_SIZE);
+            }
+            if r.server.inbuf.capacity() - r.server.inbuf.len() < 1024 {
+                r.server.inbuf.reserve(BUF_SIZE);
+            }
+            tokio::select! {
+                res = r.client.read_buf(&mut r.cbuf) => match res {
+                    Ok(0) | Err(_) => {
+                        let clean = at_rest && r.status == TxStatus::Idle && r.cbuf.is_empty();
+                        return Outcome::ClientGone { server_clean: clean };
                     }
-                }
-            },
-            res = r.server.stream.read_buf(r.server.inbuf) => match res {
-                Ok(0) => return Outcome::ServerGone(std::io::ErrorKind::UnexpectedEof.into()),
-                Err(e) => return Outcome::ServerGone(e),
-                Ok(_) => {
-                    if let Some(end) = r.on_server_bytes(shutdown).await {
-                        return end;
+                    Ok(_) => {
+                        r.more_input = true;
+                        if let Some(end) = r.on_client_bytes().await {
+                            return end;
+                        }
                     }
-                }
-            },
-            _ = sleep_until_opt(idle_deadline) => return Outcome::IdleInTransaction,
-            _ = &mut draining, if drain_when_idle => return Outcome::Idle,
-            _ = &mut closing => return Outcome::Shutdown,
+                },
+                res = r.server.stream.read_buf(r.server.inbuf) => match res {
+                    Ok(0) => return Outcome::ServerGone(std::io::ErrorKind::UnexpectedEof.into()),
+                    Err(e) => return Outcome::ServerGone(e),
+                    Ok(_) => {
+                        if let Some(end) = r.on_server_bytes(shutdown).await {
+                            return end;
+                        }
+                    }
+                },
+                _ = sleep_until_opt(idle_deadline) => return Outcome::IdleInTransaction,
+                _ = &mut draining, if drain_when_idle => return Outcome::Idle,
+                _ = &mut closing => return Outcome::Shutdown,
+            }
         }
     }
 }
@@ -169,6 +207,14 @@ pub(crate) struct ClientState<'a> {
     pub defaults: &'a [(String, String)],
     /// Why the client is pinned to its server, if it is.
     pub pinned: &'a mut Option<&'static str>,
+    /// The database's classifier.
+    pub classifier: &'a Classifier,
+    /// The client's routing state.
+    pub routing: ClientRouting,
+    /// The server is a replica (units that need the primary are held back).
+    pub on_replica: bool,
+    /// Note whether anything that may write goes through (read-your-writes needs to know).
+    pub track_writes: bool,
 }
 
 /// The relay's state for one run.
@@ -178,6 +224,9 @@ struct Relay<'a> {
     params: &'a mut ParamChanges,
     defaults: &'a [(String, String)],
     pinned: &'a mut Option<&'static str>,
+    classifier: &'a Classifier,
+    routing: ClientRouting,
+    gate: Gate,
     server: ServerIo<'a>,
     /// Client bytes read and not yet routed.
     cbuf: BytesMut,
@@ -190,6 +239,10 @@ struct Relay<'a> {
     owed: u32,
     status: TxStatus,
     limits: Limits,
+    /// Something was written to the client.
+    replied: bool,
+    /// Client bytes beyond the first request were read.
+    more_input: bool,
 }
 
 impl Relay<'_> {
@@ -199,10 +252,50 @@ impl Relay<'_> {
         self.limits.mode == PoolMode::Session || self.pinned.is_some()
     }
 
+    /// Whether the server still owes replies or holds unfinished extended work.
+    fn busy(&self) -> bool {
+        self.owed > 0
+            || self.copy_left > 0
+            || self.streaming.left > 0
+            || !self.expect.is_empty()
+            || self.expect.unsynced
+    }
+
     /// Routes and forwards buffered client bytes; returns an outcome if the relay must end.
+    /// A unit the gate holds back ends the relay (outside a transaction) once the server has
+    /// answered everything before it; inside a transaction it follows on this server.
     async fn on_client_bytes(&mut self) -> Option<Outcome> {
-        let scan = route_client(
+        loop {
+            if let Some(end) = self.forward_client_bytes().await {
+                return Some(end);
+            }
+            if !self.gate.held || self.busy() {
+                return None;
+            }
+            if self.status == TxStatus::Idle {
+                return Some(Outcome::Idle);
+            }
+        }
+    }
+
+    async fn forward_client_bytes(&mut self) -> Option<Outcome> {
+        let admitted = self.gate.admit(
             &self.cbuf,
+            self.copy_left,
+            self.limits.max_message,
+            &Moment {
+                ctx: UnitContext {
+                    classifier: self.classifier,
+                    statements: self.statements,
+                    reported: self.defaults,
+                },
+                client: self.routing,
+                in_transaction: self.status != TxStatus::Idle,
+                busy: self.busy(),
+            },
+        );
+        let scan = route_client(
+            &self.cbuf[..admitted],
             self.limits.max_message,
             &mut ClientSide {
                 statements: self.statements,
@@ -241,6 +334,7 @@ impl Relay<'_> {
         self.owed += scan.syncs;
         // Replies pgtier gives itself go out as soon as nothing the server owes is before them.
         if self.expect.drain_synthetic(&mut self.out) {
+            self.replied = true;
             let r = self.client.write_all(&self.out).await;
             self.out.clear();
             if r.is_err() {
@@ -293,6 +387,7 @@ impl Relay<'_> {
         } else {
             &self.server.inbuf[..scan.consumed]
         };
+        self.replied |= !batch.is_empty();
         if !batch.is_empty() && self.client.write_all(batch).await.is_err() {
             return Some(Outcome::ClientGone {
                 server_clean: false,
@@ -303,6 +398,13 @@ impl Relay<'_> {
         self.owed = self.owed.saturating_sub(scan.ready + scan.ignored_syncs);
         if let Some(s) = scan.status {
             self.status = s;
+        }
+        if self.gate.held && !self.busy() && self.server.inbuf.is_empty() {
+            // The replica answered everything before a unit that needs the primary.
+            if self.status == TxStatus::Idle {
+                return Some(Outcome::Idle);
+            }
+            return self.on_client_bytes().await;
         }
         let done = scan.ready > 0
             && self.owed == 0

@@ -21,9 +21,12 @@ use super::login::{login, Login, LoginError};
 use super::prepared::answer_parse_batch;
 use super::prepared::ClientStatements;
 use super::relay::{self, Limits, Outcome, Violation, BUF_SIZE};
+use super::target::{self, Serving, TargetError};
+use super::units::{self, UnitContext};
 use crate::backend::params::ParamChanges;
 use crate::backend::pool::ServerParams;
-use crate::backend::{Checkout, Pool};
+use crate::backend::{PoolError, Upstream};
+use crate::cluster::Lsn;
 use crate::config::PoolMode;
 use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
 use crate::protocol::messages::{
@@ -31,10 +34,15 @@ use crate::protocol::messages::{
 };
 use crate::protocol::SqlState;
 use crate::proxy::Proxy;
+use crate::router::commands;
+use crate::router::route::{ClientRouting, Router, Target, UnitInfo};
 use crate::shutdown::{Phase, ShutdownWatch};
 
 /// Longest wait for the DISCARD ALL that resets a server after a session.
 const DISCARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest wait for the primary's WAL position after a write transaction.
+const CAUSAL_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Message for clients closed by shutdown.
 const SHUTDOWN_MESSAGE: &str =
@@ -66,25 +74,34 @@ pub async fn handle(
                 return;
             }
         };
-    let pool = proxy.pool_for(db, user);
-    let params = match Box::pin(pool.server_params()).await {
+    let (upstream, router) = proxy.upstream_for(db, user);
+    let params = match Box::pin(welcome_params(&upstream, &router)).await {
         Ok(p) => p,
         Err(e) => {
-            warn!(%peer, pool = %pool.id(), error = %e, "no server connection");
+            warn!(%peer, database = %db.name, error = %e, "no server connection");
             Box::pin(pool_farewell(&mut stream, &e)).await;
             return;
         }
     };
-    // Session mode holds one server for the whole session, taken now.
+    // Session mode holds one server (on the primary) for the whole session, taken now.
     let held = match db.pool.mode {
-        PoolMode::Session => match Box::pin(pool.checkout()).await {
-            Ok(c) => Some(c),
-            Err(e) => {
-                warn!(%peer, pool = %pool.id(), error = %e, "no server connection");
-                Box::pin(pool_farewell(&mut stream, &e)).await;
-                return;
+        PoolMode::Session => {
+            match Box::pin(target::checkout(
+                &router,
+                &upstream,
+                &db.name,
+                Target::Primary,
+            ))
+            .await
+            {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    warn!(%peer, database = %db.name, error = %e, "no server connection");
+                    Box::pin(target_farewell(&mut stream, &e)).await;
+                    return;
+                }
             }
-        },
+        }
         PoolMode::Transaction => None,
     };
     let cancel = proxy.cancels().register();
@@ -107,7 +124,11 @@ pub async fn handle(
     drop(welcome);
     let session = Session {
         stream,
-        pool,
+        upstream,
+        router,
+        database: db.name.clone(),
+        routing: ClientRouting::default(),
+        causal_unknown: false,
         cancel,
         peer,
         user: user.name.clone(),
@@ -131,6 +152,14 @@ pub async fn handle(
     tokio::spawn(session.run(held));
 }
 
+/// How a run on one server ended.
+enum Ran {
+    /// The transaction is over; maybe with client bytes to route anew.
+    Done(Option<BytesMut>),
+    /// A read failed on a replica before anything reached the client: run it again.
+    RetryRead,
+}
+
 /// What ended an idle wait.
 enum Wake {
     /// The client sent something.
@@ -143,10 +172,45 @@ enum Wake {
     Draining,
 }
 
+/// The parameters shown to a new client: those of the primary's pool, else of any node.
+async fn welcome_params(upstream: &Upstream, router: &Router) -> Result<ServerParams, PoolError> {
+    let primary = router.topology().view().primary;
+    let order = primary
+        .into_iter()
+        .chain((0..upstream.pools().len()).filter(|&i| Some(i) != primary));
+    let mut last = None;
+    for i in order {
+        match upstream.node(i).server_params().await {
+            Ok(p) => return Ok(p),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("a database has at least one node"))
+}
+
+/// Tells the client why it gets no server, then closes.
+async fn target_farewell(stream: &mut TcpStream, e: &TargetError) {
+    match e {
+        TargetError::Pool(e) => pool_farewell(stream, e).await,
+        TargetError::NoPrimary { .. } => {
+            farewell(stream, SqlState::NO_PRIMARY, &e.to_string()).await
+        }
+    }
+}
+
 /// A logged-in client.
 struct Session {
     stream: TcpStream,
-    pool: Arc<Pool>,
+    /// Pools of the client's (database, user), one per node.
+    upstream: Arc<Upstream>,
+    /// The database's router.
+    router: Arc<Router>,
+    /// Client-facing database name.
+    database: String,
+    /// Routing state: override, causal token, borrowed token.
+    routing: ClientRouting,
+    /// A write transaction's WAL position could not be read: the next read needs it first.
+    causal_unknown: bool,
     cancel: CancelHandle,
     peer: SocketAddr,
     user: String,
@@ -167,21 +231,26 @@ struct Session {
 
 impl Session {
     /// Serves the client until it leaves.
-    async fn run(mut self, held: Option<Checkout>) {
+    async fn run(mut self, held: Option<Serving>) {
         let reason = self.serve(held).await;
         info!(peer = %self.peer, user = %self.user, reason, "client disconnected");
     }
 
     /// Runs until the client leaves; returns why it ended (for the log).
-    async fn serve(&mut self, held: Option<Checkout>) -> &'static str {
+    async fn serve(&mut self, held: Option<Serving>) -> &'static str {
         // Boxed (session mode only) so that the idle task does not reserve room for it.
         let mut held = held.map(Box::new);
+        // Client bytes a relay handed back (a unit that needs another server).
+        let mut pending: Option<BytesMut> = None;
         loop {
-            // Boxed too: a nested future is laid out twice in its caller's state, and this one
-            // is the state of every idle client. The allocation is small and per request.
-            let first = match Box::pin(self.next_request()).await {
-                Ok(buf) => buf,
-                Err(reason) => return reason,
+            let first = match pending.take() {
+                Some(buf) => buf,
+                // Boxed too: a nested future is laid out twice in its caller's state, and this
+                // one is the state of every idle client. The allocation is small and per request.
+                None => match Box::pin(self.next_request()).await {
+                    Ok(buf) => buf,
+                    Err(reason) => return reason,
+                },
             };
             if held.is_none() {
                 if let Some(reply) = answer_parse_batch(&first, &mut self.statements) {
@@ -190,34 +259,127 @@ impl Session {
                     }
                     continue;
                 }
+                if let Some(reply) = self.answer_pgtier_statement(&first) {
+                    if self.stream.write_all(&reply).await.is_err() {
+                        return "client closed";
+                    }
+                    continue;
+                }
             }
             // Boxed so that an idle client's task does not carry the state of a transaction
             // (pool wait, relay): it is allocated only while one runs.
-            if let Err(reason) = Box::pin(self.transaction(first, held.take().map(|b| *b))).await {
-                return reason;
+            match Box::pin(self.transaction(first, held.take().map(|b| *b))).await {
+                Ok(leftover) => pending = leftover,
+                Err(reason) => return reason,
             }
         }
     }
 
-    /// Runs one transaction (session mode: the rest of the session) on a server connection.
+    /// Answers a query that is exactly one pgtier statement (`SHOW pgtier.causal_lsn`...).
+    fn answer_pgtier_statement(&mut self, buf: &[u8]) -> Option<BytesMut> {
+        let h = peek_header(buf, usize::MAX).ok()??;
+        if h.tag != b'Q' || buf.len() != h.frame_len() {
+            return None;
+        }
+        let body = &buf[5..];
+        let cmd = commands::command(body.strip_suffix(&[0]).unwrap_or(body))?;
+        let mut out = BytesMut::new();
+        super::local::answer(cmd, &mut self.routing, &mut out);
+        Some(out)
+    }
+
+    /// Where the unit at the start of `first` goes.
+    fn target_of(&self, first: &[u8]) -> Target {
+        if !self.router.splits() || self.holds_server() {
+            return Target::Primary;
+        }
+        let classifier = self.router.classifier();
+        let unit = units::scan(
+            first,
+            self.limits.max_message,
+            &UnitContext {
+                classifier: &classifier,
+                statements: &self.statements,
+                reported: &self.defaults,
+            },
+        );
+        let info = if unit.len.is_some() {
+            unit.info
+        } else {
+            UnitInfo::write()
+        };
+        self.router.target(&info, &self.routing)
+    }
+
+    /// Learns the primary's current WAL position, when the one after the client's last write
+    /// could not be read (any later position covers that write).
+    async fn refresh_causal(&mut self) -> Result<(), &'static str> {
+        let mut serving = self.checkout(Target::Primary).await?;
+        if let Some(lsn) = wal_insert_lsn(&mut serving).await {
+            self.routing.causal = self.routing.causal.max(lsn);
+            self.causal_unknown = false;
+            serving.server.release();
+        }
+        Ok(())
+    }
+
+    /// Runs one transaction (session mode: the rest of the session) on a server connection;
+    /// returns client bytes to route anew, if the relay held some back.
     async fn transaction(
         &mut self,
-        first: BytesMut,
-        held: Option<Checkout>,
-    ) -> Result<(), &'static str> {
-        let mut server = match held {
-            Some(c) => c,
-            None => self.checkout().await?,
-        };
+        mut first: BytesMut,
+        mut held: Option<Serving>,
+    ) -> Result<Option<BytesMut>, &'static str> {
+        let mut retried = false;
+        loop {
+            let serving = match held.take() {
+                Some(s) => s,
+                None => self.serve_target(&first).await?,
+            };
+            // A read on a replica may run again elsewhere if that replica fails it before
+            // anything reaches the client: keep its bytes until then.
+            let copy = (serving.on_replica && !retried).then(|| first.clone());
+            match self.run_on(serving, first).await? {
+                Ran::Done(leftover) => return Ok(leftover),
+                Ran::RetryRead => {
+                    retried = true;
+                    first = copy.expect("kept for a retry");
+                }
+            }
+        }
+    }
+
+    /// Checks out a server for the unit at the start of `first`.
+    async fn serve_target(&mut self, first: &[u8]) -> Result<Serving, &'static str> {
+        let mut target = self.target_of(first);
+        if self.causal_unknown && matches!(target, Target::Replica { .. }) {
+            self.refresh_causal().await?;
+            target = self.target_of(first);
+            if self.causal_unknown {
+                target = Target::Primary;
+            }
+        }
+        self.checkout(target).await
+    }
+
+    /// Relays on `serving` until its transaction ends.
+    async fn run_on(&mut self, mut serving: Serving, first: BytesMut) -> Result<Ran, &'static str> {
+        let server = &mut serving.server;
         self.cancel.slot.set(Some(server.conn().cancel_target()));
         let was_pinned = self.pinned.is_some();
-        let outcome = relay::run(
+        let classifier = self.router.classifier();
+        let track_writes = self.router.splits() && !self.holds_server();
+        let end = relay::run(
             &mut self.stream,
             relay::ClientState {
                 statements: &mut self.statements,
                 params: &mut self.params,
                 defaults: &self.defaults,
                 pinned: &mut self.pinned,
+                classifier: &classifier,
+                routing: self.routing,
+                on_replica: serving.on_replica,
+                track_writes,
             },
             server.conn().io(),
             first,
@@ -225,33 +387,42 @@ impl Session {
             &self.shutdown,
         )
         .await;
+        drop(classifier);
         self.cancel.slot.set(None);
         if let (Some(reason), false) = (self.pinned, was_pinned) {
             info!(peer = %self.peer, user = %self.user, reason, "client pinned to its server connection until it disconnects");
         }
-        let (code, message, reason) = match outcome {
+        let (code, message, reason) = match end.outcome {
             Outcome::Idle => {
-                if self.shutdown.phase() < Phase::Draining {
-                    server.release();
-                    return Ok(());
+                if end.wrote && !serving.on_replica && self.router.splits() && !self.holds_server() {
+                    self.advance_causal(&mut serving).await?;
                 }
-                self.give_back(server).await;
+                if self.shutdown.phase() < Phase::Draining {
+                    serving.server.release();
+                    return Ok(Ran::Done((!end.leftover.is_empty()).then_some(end.leftover)));
+                }
+                self.give_back(serving).await;
                 self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;
                 return Err("shutdown");
             }
             Outcome::ClientGone { server_clean } => {
                 if server_clean {
-                    self.give_back(server).await;
+                    self.give_back(serving).await;
                 }
                 return Err("client closed");
             }
             Outcome::ClientViolation(v) => {
-                drop(server);
+                drop(serving);
                 self.violation(v).await;
                 return Err("protocol violation");
             }
             Outcome::ServerGone(e) => {
-                warn!(pool = %self.pool.id(), error = %e, "server connection lost");
+                warn!(database = %self.database, node = %self.upstream.node(serving.node).node(), error = %e, "server connection lost");
+                self.router.topology().report_failure(serving.node);
+                if serving.on_replica && end.retryable {
+                    info!(database = %self.database, "read failed on a replica before any reply: retrying it once elsewhere");
+                    return Ok(Ran::RetryRead);
+                }
                 (
                     SqlState::CONNECTION_FAILURE,
                     "pgtier: server connection lost",
@@ -266,28 +437,61 @@ impl Session {
             Outcome::Shutdown => (SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE, "shutdown"),
         };
         // A server in an unknown state is closed, never returned (dropping the checkout does).
-        drop(server);
+        drop(serving);
         self.close(code, message).await;
         Err(reason)
     }
 
+    /// Whether each unit is routed on its own (transaction mode, not pinned).
+    fn routes(&self) -> bool {
+        !self.holds_server()
+    }
+
+    /// Whether the client keeps its server between transactions (session mode, or pinned).
+    fn holds_server(&self) -> bool {
+        self.limits.mode == PoolMode::Session || self.pinned.is_some()
+    }
+
+    /// After a write transaction: the primary's WAL position becomes the client's causal token,
+    /// reported to the client as ParameterStatus `pgtier.causal_lsn`.
+    async fn advance_causal(&mut self, serving: &mut Serving) -> Result<(), &'static str> {
+        let Some(lsn) = wal_insert_lsn(serving).await else {
+            // The connection is in doubt (it is closed below); the next read asks again.
+            self.causal_unknown = true;
+            return Ok(());
+        };
+        self.routing.causal = self.routing.causal.max(lsn);
+        if self.router.settings().report_causal_lsn {
+            let mut msg = BytesMut::with_capacity(40);
+            parameter_status(
+                &mut msg,
+                "pgtier.causal_lsn",
+                &self.routing.causal.to_string(),
+            );
+            if self.stream.write_all(&msg).await.is_err() {
+                return Err("client closed");
+            }
+        }
+        Ok(())
+    }
+
     /// Returns a clean server at the end of the session; one that held session state (session
     /// mode, or a pinned client) is reset with DISCARD ALL first, or closed if that fails.
-    async fn give_back(&mut self, mut server: Checkout) {
-        let holds = self.limits.mode == PoolMode::Session || self.pinned.is_some();
-        if !holds || server.conn().discard_all(DISCARD_TIMEOUT).await {
-            server.release();
+    async fn give_back(&mut self, mut serving: Serving) {
+        if !self.holds_server() || serving.server.conn().discard_all(DISCARD_TIMEOUT).await {
+            serving.server.release();
         }
     }
 
-    async fn checkout(&mut self) -> Result<Checkout, &'static str> {
-        let pool = self.pool.clone();
+    async fn checkout(&mut self, target: Target) -> Result<Serving, &'static str> {
+        let router = self.router.clone();
+        let upstream = self.upstream.clone();
         tokio::select! {
-            r = pool.checkout() => match r {
+            r = target::checkout(&router, &upstream, &self.database, target) => match r {
                 Ok(c) => Ok(c),
                 Err(e) => {
-                    warn!(pool = %pool.id(), error = %e, "no server connection for client");
-                    pool_farewell(&mut self.stream, &e).await;
+                    warn!(database = %self.database, error = %e, "no server connection for client");
+                    target_farewell(&mut self.stream, &e).await;
                     Err("no server connection")
                 }
             },
@@ -360,6 +564,14 @@ impl Session {
                     return Err("protocol violation");
                 }
                 Ok(Some(h)) if h.tag == b'X' => return Err("client closed"),
+                // Routing looks at a whole unit: extended messages up to Sync.
+                Ok(Some(h))
+                    if self.routes()
+                        && buf.len() >= h.frame_len()
+                        && !units::complete(&buf, self.limits.max_message) =>
+                {
+                    buf.reserve(BUF_SIZE)
+                }
                 Ok(Some(h)) if buf.len() >= h.frame_len() || h.tag == b'd' => return Ok(buf),
                 Ok(Some(h)) => buf.reserve(h.frame_len() - buf.len()),
                 Err(e) => {
@@ -385,7 +597,7 @@ impl Session {
                 "pgtier: too many messages awaiting replies (send Sync)".to_owned(),
             ),
         };
-        warn!(pool = %self.pool.id(), %message, "client protocol violation");
+        warn!(database = %self.database, %message, "client protocol violation");
         self.close(code, &message).await;
     }
 
@@ -393,4 +605,16 @@ impl Session {
         // Boxed: rare, and it keeps the idle task small.
         Box::pin(farewell(&mut self.stream, code, message)).await;
     }
+}
+
+/// The primary's WAL insert position, read on the connection that just committed (None if the
+/// query failed: the connection must then be closed, not released).
+async fn wal_insert_lsn(serving: &mut Serving) -> Option<Lsn> {
+    let value = serving
+        .server
+        .conn()
+        .query_value("SELECT pg_current_wal_insert_lsn()", CAUSAL_PROBE_TIMEOUT)
+        .await
+        .ok()??;
+    value.parse().ok()
 }

@@ -83,6 +83,38 @@ pub fn error_response(buf: &mut BytesMut, severity: Severity, code: SqlState, me
     });
 }
 
+/// RowDescription of text columns.
+pub fn row_description(buf: &mut BytesMut, columns: &[&str]) {
+    frame(buf, b'T', |b| {
+        b.put_u16(columns.len() as u16);
+        for c in columns {
+            put_cstr(b, c);
+            b.put_u32(0); // table oid
+            b.put_i16(0); // column number
+            b.put_u32(25); // text
+            b.put_i16(-1); // variable length
+            b.put_i32(-1); // no type modifier
+            b.put_i16(0); // text format
+        }
+    });
+}
+
+/// DataRow of text values.
+pub fn data_row(buf: &mut BytesMut, values: &[&str]) {
+    frame(buf, b'D', |b| {
+        b.put_u16(values.len() as u16);
+        for v in values {
+            b.put_i32(v.len() as i32);
+            b.put_slice(v.as_bytes());
+        }
+    });
+}
+
+/// CommandComplete with a tag such as `SET` or `SHOW`.
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    frame(buf, b'C', |b| put_cstr(b, tag));
+}
+
 /// AuthenticationOk.
 pub fn auth_ok(buf: &mut BytesMut) {
     frame(buf, b'R', |b| b.put_i32(0));

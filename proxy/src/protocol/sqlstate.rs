@@ -35,6 +35,8 @@ impl SqlState {
     pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState("57P05");
     /// 25P03: `idle_transaction_timeout` expired.
     pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState("25P03");
+    /// 57P03 as well: no primary is known for a write (after `primary_wait_timeout`).
+    pub const NO_PRIMARY: SqlState = SqlState("57P03");
     /// 57014: canceled (login timeout).
     pub const QUERY_CANCELED: SqlState = SqlState("57014");
 }

@@ -3,5 +3,7 @@
 //! another client.
 
 pub mod classify;
+pub mod commands;
 pub mod lexer;
+pub mod route;
 pub mod session_state;

@@ -1,13 +1,31 @@
 //! Statement classification: may this SQL text run on a replica (`Class::Read`) or must it run
 //! on the primary (`Class::Write`)? Anything not provably read-only is `Write`.
 //!
-//! SKELETON: the first-keyword rule below is a placeholder; the real classifier (lexer fast
-//! path, sqlparser deep check, function volatility, bounded cache, hints) replaces it.
+//! How a text is classified:
+//! 1. [`fast`]: the lexer reads each statement's first words. Writes (INSERT, DDL, COPY
+//!    FROM, CALL, DO, ...) and session/transaction commands are decided here in
+//!    nanoseconds; a text with any write is a write. It also scans for locking clauses.
+//! 2. Texts with SELECT / WITH / VALUES / EXPLAIN / DECLARE / `COPY (query)` / `(`...
+//!    statements are looked up in a bounded [`cache`] by exact text, and on a miss go to
+//!    [`deep`]: sqlparser, checking locking clauses, writable CTEs, SELECT INTO,
+//!    EXPLAIN ANALYZE and function calls against the [`FunctionTable`].
+//! 3. [`hints`]: `pgtier:` comments set `hint` / `min_lsn` (never the class).
 
+mod builtins;
+mod cache;
+mod deep;
+mod fast;
+mod functions;
+mod hints;
+
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::lexer::{Lexer, Token};
+use arc_swap::ArcSwap;
+
 use crate::cluster::Lsn;
+pub use cache::MAX_CACHED_TEXT;
+pub use functions::{FunctionTable, Volatility, PG_PROC_QUERY};
 
 /// Where a statement may run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,79 +39,252 @@ pub enum Class {
 /// Why a statement got its class (for `SHOW ROUTE` and debug logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
-    /// A read-only statement (SELECT without writes, SHOW, ...).
+    /// A read-only query (SELECT/WITH/VALUES/TABLE without writes).
     ReadOnly,
     /// A statement that changes data or schema.
     WriteStatement,
-    /// Not recognised, or could not be parsed: the primary is the safe side.
+    /// Not recognised: the primary is the safe side.
     NotProvablyReadOnly,
+    /// `BEGIN READ ONLY` / `START TRANSACTION READ ONLY`.
+    ReadOnlyTransaction,
+    /// `BEGIN` / `START TRANSACTION` (read-write): explicit transactions use the primary.
+    TransactionStart,
+    /// COMMIT, ROLLBACK, END, ABORT, SAVEPOINT, RELEASE.
+    TransactionControl,
+    /// SET, RESET, SHOW, DEALLOCATE, DISCARD: no data changes.
+    SessionCommand,
+    /// FETCH, MOVE, CLOSE.
+    CursorOperation,
+    /// `COPY table TO STDOUT` or `COPY (read-only query) TO STDOUT`.
+    CopyTo,
+    /// `COPY ... FROM`.
+    CopyFrom,
+    /// `COPY ... TO` a server file or program.
+    CopyToServer,
+    /// `FOR UPDATE` / `FOR NO KEY UPDATE` / `FOR SHARE` / `FOR KEY SHARE`.
+    LockingClause,
+    /// INSERT/UPDATE/DELETE/MERGE nested in a query (writable CTE).
+    WritableCte,
+    /// `SELECT ... INTO new_table`.
+    SelectInto,
+    /// A call of a function that writes or is not known to be read-only.
+    WriteFunction,
+    /// EXPLAIN without ANALYZE (runs nothing).
+    Explain,
+    /// EXPLAIN ANALYZE of a statement that is not read-only.
+    ExplainAnalyze,
+    /// EXECUTE of a prepared statement whose text is not known here.
+    Execute,
+    /// sqlparser could not parse the text.
+    ParseError,
+    /// Nesting deeper than the parser's recursion limit.
+    TooDeep,
+    /// The text is not valid UTF-8 and the fast path could not decide it.
+    InvalidUtf8,
+    /// Only comments or whitespace.
+    Empty,
 }
 
-/// A routing hint from a leading comment: `/* pgtier:primary */` or `/* pgtier:replica */`.
+impl Reason {
+    /// A short description for people.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::ReadOnly => "read-only query",
+            Reason::WriteStatement => "statement that changes data or schema",
+            Reason::NotProvablyReadOnly => "statement not known to be read-only",
+            Reason::ReadOnlyTransaction => "read-only transaction (BEGIN READ ONLY)",
+            Reason::TransactionStart => "explicit read-write transaction (BEGIN)",
+            Reason::TransactionControl => "transaction control (COMMIT/ROLLBACK/SAVEPOINT)",
+            Reason::SessionCommand => "session command (SET/SHOW/RESET/DISCARD/DEALLOCATE)",
+            Reason::CursorOperation => "cursor operation (FETCH/MOVE/CLOSE)",
+            Reason::CopyTo => "COPY ... TO STDOUT of a read-only source",
+            Reason::CopyFrom => "COPY ... FROM (loads data)",
+            Reason::CopyToServer => "COPY ... TO a server file or program",
+            Reason::LockingClause => "locking clause (FOR UPDATE/SHARE)",
+            Reason::WritableCte => "data-modifying statement inside a query (writable CTE)",
+            Reason::SelectInto => "SELECT INTO (creates a table)",
+            Reason::WriteFunction => "call of a function not known to be read-only",
+            Reason::Explain => "EXPLAIN without ANALYZE (does not execute)",
+            Reason::ExplainAnalyze => "EXPLAIN ANALYZE of a statement that writes",
+            Reason::Execute => "EXECUTE of a prepared statement",
+            Reason::ParseError => "could not be parsed (the primary is the safe side)",
+            Reason::TooDeep => "nested too deeply to analyse",
+            Reason::InvalidUtf8 => "not valid UTF-8",
+            Reason::Empty => "empty query",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A routing hint from a comment: `/* pgtier:primary */` or `/* pgtier:replica */`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hint {
     /// Run on the primary.
     Primary,
-    /// Run on a replica if one is eligible.
+    /// Run on a replica if one is eligible (ignored for writes).
     Replica,
 }
 
 /// What pgtier knows about one statement text (cached by text).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Classification {
     /// Read or write.
     pub class: Class,
     /// Why.
     pub reason: Reason,
-    /// A routing hint comment, if any.
+    /// A routing hint comment, if any. For texts decided as writes by the fast path only
+    /// comments before the first token are read.
     pub hint: Option<Hint>,
     /// `/* pgtier:min_lsn=X/Y */`: the read must see at least this WAL position.
     pub min_lsn: Option<Lsn>,
     /// Tables the statement touches, lower-cased, as written (`payments`, `billing.payments`).
     pub tables: Arc<[String]>,
+    /// A `pgtier:` comment that was malformed and ignored (what was wrong).
+    pub bad_hint: Option<&'static str>,
 }
 
-/// Function volatility knowledge: built-in lists, `pg_proc`, config overrides.
-#[derive(Debug, Clone, Default)]
-pub struct FunctionTable {}
-
-impl FunctionTable {
-    /// The built-in knowledge only (used until `pg_proc` has been read).
-    pub fn builtin() -> FunctionTable {
-        FunctionTable {}
-    }
+/// Cache counters (monotonic).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Deep-path texts answered from the cache.
+    pub hits: u64,
+    /// Deep-path texts parsed and then cached.
+    pub misses: u64,
+    /// Deep-path texts parsed but too long to cache.
+    pub uncached: u64,
+    /// Entries now in the cache.
+    pub entries: usize,
 }
 
-/// Classifies statement texts, caching results (bounded).
+/// Classifies statement texts, caching results (bounded). `Send + Sync`: share it via `Arc`.
 #[derive(Debug)]
 pub struct Classifier {
-    _funcs: FunctionTable,
+    funcs: ArcSwap<FunctionTable>,
+    cache: cache::Cache,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    uncached: AtomicU64,
 }
 
 impl Classifier {
     /// A classifier using `funcs`, caching up to `cache_capacity` statement texts.
-    pub fn new(funcs: FunctionTable, _cache_capacity: usize) -> Classifier {
-        Classifier { _funcs: funcs }
+    pub fn new(funcs: FunctionTable, cache_capacity: usize) -> Classifier {
+        Classifier {
+            funcs: ArcSwap::from_pointee(funcs),
+            cache: cache::Cache::new(cache_capacity),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            uncached: AtomicU64::new(0),
+        }
+    }
+
+    /// The function knowledge in use.
+    pub fn functions(&self) -> Arc<FunctionTable> {
+        self.funcs.load_full()
+    }
+
+    /// Replaces the function knowledge (e.g. after reading `pg_proc`) and empties the cache,
+    /// whose entries were decided with the old knowledge.
+    pub fn set_functions(&self, funcs: FunctionTable) {
+        self.funcs.store(Arc::new(funcs));
+        self.cache.clear();
+    }
+
+    /// Entries in the cache.
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// The most entries the cache holds.
+    pub fn cache_capacity(&self) -> usize {
+        self.cache.capacity()
+    }
+
+    /// Cache counters.
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            uncached: self.uncached.load(Ordering::Relaxed),
+            entries: self.cache.len(),
+        }
     }
 
     /// Classifies `sql` (one Query or Parse string, possibly several statements).
     pub fn classify(&self, sql: &[u8]) -> Classification {
-        let read = Lexer::new(sql)
-            .find_map(|t| match t {
-                Token::Word(w) => Some(w.eq_ignore_ascii_case(b"select")),
-                _ => None,
-            })
-            .unwrap_or(false);
-        Classification {
-            class: if read { Class::Read } else { Class::Write },
-            reason: if read {
-                Reason::ReadOnly
-            } else {
-                Reason::NotProvablyReadOnly
-            },
-            hint: None,
-            min_lsn: None,
-            tables: Arc::from(Vec::new()),
+        let looked_up = fast::first_needs_deep(sql);
+        if looked_up {
+            if let Some(hit) = self.cache.get(sql) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return hit;
+            }
         }
+        let scan = fast::scan(sql);
+        let (class, reason) = match scan.verdict {
+            fast::Verdict::Write(r) => {
+                let h = hints::parse(sql, true);
+                return build(Class::Write, r, h, scan.tables);
+            }
+            fast::Verdict::Read(r) => (Class::Read, r),
+            fast::Verdict::Empty => (Class::Read, Reason::Empty),
+            fast::Verdict::Deep => {
+                if !looked_up {
+                    if let Some(hit) = self.cache.get(sql) {
+                        self.hits.fetch_add(1, Ordering::Relaxed);
+                        return hit;
+                    }
+                }
+                return self.classify_deep(sql, scan.tables);
+            }
+        };
+        build(class, reason, hints::parse(sql, false), scan.tables)
+    }
+
+    fn classify_deep(&self, sql: &[u8], mut tables: Vec<String>) -> Classification {
+        let generation = self.cache.generation();
+        let result = match std::str::from_utf8(sql) {
+            Err(_) => build(
+                Class::Write,
+                Reason::InvalidUtf8,
+                hints::parse(sql, false),
+                tables,
+            ),
+            Ok(text) => {
+                let funcs = self.funcs.load();
+                let deep = deep::check(text, &funcs);
+                for t in deep.tables {
+                    if !tables.contains(&t) {
+                        tables.push(t);
+                    }
+                }
+                build(deep.class, deep.reason, hints::parse(sql, false), tables)
+            }
+        };
+        if sql.len() <= MAX_CACHED_TEXT && self.cache.capacity() > 0 {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            self.cache.insert(sql, result.clone(), generation);
+        } else {
+            self.uncached.fetch_add(1, Ordering::Relaxed);
+        }
+        result
     }
 }
+
+fn build(class: Class, reason: Reason, h: hints::Hints, tables: Vec<String>) -> Classification {
+    Classification {
+        class,
+        reason,
+        hint: h.hint,
+        min_lsn: h.min_lsn,
+        tables: Arc::from(tables),
+        bad_hint: h.bad_hint,
+    }
+}
+
+#[cfg(test)]
+mod tests;

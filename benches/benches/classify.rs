@@ -1,0 +1,69 @@
+//! Classifier micro benchmarks:
+//! 1. a cached deep-path SELECT (cache lookup + decision),
+//! 2. a fast-path INSERT (first keyword, no cache),
+//! 3. the same SELECT uncached (lexer + sqlparser + checks),
+//! 4. the whole corpus uncached (cache disabled; per-statement average = time / statements).
+//!
+//! `cargo bench -p pgtier-benches --bench classify -- --warm-up-time 1 --measurement-time 3`
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use pgtier::router::classify::{Class, Classifier, FunctionTable};
+
+const SELECT: &str = "SELECT \"users\".* FROM \"users\" WHERE \"users\".\"id\" = $1 \
+    AND \"users\".\"deleted_at\" IS NULL ORDER BY \"users\".\"created_at\" DESC LIMIT $2";
+const INSERT: &str = "INSERT INTO \"users\" (\"email\", \"created_at\", \"updated_at\") \
+    VALUES ($1, $2, $3) RETURNING \"id\"";
+
+fn corpus() -> Vec<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../proxy/tests/corpus/statements.txt"
+    );
+    let text = std::fs::read_to_string(path).expect("read corpus");
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(_, sql)| sql.replace("\\n", "\n").replace("\\t", "\t"))
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let classifier = Classifier::new(FunctionTable::builtin(), 10_000);
+    assert_eq!(classifier.classify(SELECT.as_bytes()).class, Class::Read);
+    c.bench_function("cached deep-path SELECT", |b| {
+        b.iter(|| classifier.classify(black_box(SELECT.as_bytes())))
+    });
+    c.bench_function("fast-path INSERT", |b| {
+        b.iter(|| classifier.classify(black_box(INSERT.as_bytes())))
+    });
+
+    let uncached = Classifier::new(FunctionTable::builtin(), 0);
+    c.bench_function("uncached deep-path SELECT", |b| {
+        b.iter(|| uncached.classify(black_box(SELECT.as_bytes())))
+    });
+
+    let statements = corpus();
+    let mut group = c.benchmark_group("corpus uncached");
+    group.throughput(Throughput::Elements(statements.len() as u64));
+    group.bench_function(format!("{} statements", statements.len()), |b| {
+        b.iter(|| {
+            for s in &statements {
+                black_box(uncached.classify(black_box(s.as_bytes())));
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
+    targets = bench
+}
+criterion_main!(benches);

@@ -1,0 +1,252 @@
+//! Read/write splitting benchmark on a kit cluster (primary + 2 replicas):
+//! 1. `pgbench -S` through pgtier routing to the replicas vs through pgtier with the primary
+//!    only (same pool size per node), interleaved and repeated: TPS, and where the reads ran.
+//! 2. Read-after-write: N clients each loop over INSERT (autocommit) then SELECT of the row just
+//!    written, through pgtier: throughput, the share of those reads served by replicas (from
+//!    `pg_is_in_recovery()` in the result), and stale reads (row not found), which must be 0.
+//!
+//! `cargo build --release -p pgtier && cargo run --release -p pgtier-benches --bin routing -- --help`
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use pgtier_kit::{free_port, Cluster, Pgtier};
+
+struct Options {
+    rounds: usize,
+    duration: u64,
+    clients: u32,
+    pool: u32,
+    scale: u32,
+}
+
+impl Options {
+    fn parse() -> Result<Options> {
+        let mut o = Options {
+            rounds: 3,
+            duration: 8,
+            clients: 32,
+            pool: 10,
+            scale: 10,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            let mut val = || -> Result<u64> {
+                args.next()
+                    .context("missing value")?
+                    .parse()
+                    .context("not a number")
+            };
+            match a.as_str() {
+                "--rounds" => o.rounds = val()? as usize,
+                "--duration" => o.duration = val()?,
+                "--clients" => o.clients = val()? as u32,
+                "--pool" => o.pool = val()? as u32,
+                "--scale" => o.scale = val()? as u32,
+                "-h" | "--help" => {
+                    println!("routing [--rounds 3] [--duration 8] [--clients 32] [--pool 10] [--scale 10]");
+                    std::process::exit(0);
+                }
+                other => bail!("unknown argument {other}"),
+            }
+        }
+        Ok(o)
+    }
+}
+
+fn pgbench(port: u16, args: &[&str]) -> Result<String> {
+    let out = Command::new(pgtier_kit::bin_path("pgbench")?)
+        .args(args)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "bench",
+            "bench",
+        ])
+        .env("PGPASSWORD", "bench")
+        .output()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("pgbench {args:?} on port {port} failed:\n{text}");
+    }
+    Ok(text)
+}
+
+fn field(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(prefix))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Transactions committed in database `bench` on each node (primary first).
+fn commits(cluster: &Cluster) -> Result<Vec<i64>> {
+    std::iter::once(cluster.primary())
+        .chain(cluster.replicas())
+        .map(|n| {
+            let v = n.psql("SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'")?;
+            Ok(v.trim().parse()?)
+        })
+        .collect()
+}
+
+fn config(port: u16, cluster: &Cluster, replicas: bool, pool: u32) -> String {
+    let list: Vec<String> = cluster
+        .replicas()
+        .iter()
+        .map(|r| format!("\"{}\"", r.addr()))
+        .collect();
+    format!(
+        "listen = \"127.0.0.1:{port}\"\nlog_level = \"warn\"\nmax_client_conn = 5000\n\
+         [users.bench]\npassword = \"bench\"\n[databases.bench]\nprimary = \"{}\"\n\
+         replicas = [{}]\npool_size = {pool}\n",
+        cluster.primary().addr(),
+        if replicas {
+            list.join(", ")
+        } else {
+            String::new()
+        },
+    )
+}
+
+async fn read_after_write(port: u16, clients: u32, duration: Duration) -> Result<(u64, u64, u64)> {
+    let dsn = format!("host=127.0.0.1 port={port} user=bench password=bench dbname=bench");
+    let (setup, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    setup
+        .batch_execute("CREATE TABLE IF NOT EXISTS raw_bench (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())")
+        .await?;
+    let (done, stale, on_replica) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let end = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let dsn = dsn.clone();
+        let (done, stale, on_replica) = (done.clone(), stale.clone(), on_replica.clone());
+        tasks.push(tokio::spawn(async move {
+            let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            let insert = c
+                .prepare("INSERT INTO raw_bench DEFAULT VALUES RETURNING id")
+                .await?;
+            let select = c
+                .prepare("SELECT count(*), pg_is_in_recovery() FROM raw_bench WHERE id = $1")
+                .await?;
+            while Instant::now() < end {
+                let id: i64 = c.query_one(&insert, &[]).await?.get(0);
+                let row = c.query_one(&select, &[&id]).await?;
+                if row.get::<_, i64>(0) != 1 {
+                    stale.fetch_add(1, Ordering::Relaxed);
+                }
+                if row.get::<_, bool>(1) {
+                    on_replica.fetch_add(1, Ordering::Relaxed);
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok((
+        done.load(Ordering::Relaxed),
+        stale.load(Ordering::Relaxed),
+        on_replica.load(Ordering::Relaxed),
+    ))
+}
+
+fn main() -> Result<()> {
+    let o = Options::parse()?;
+    eprintln!("starting the kit cluster (primary + 2 replicas)");
+    let cluster = Cluster::start(2)?;
+    cluster.create_role_and_db("bench", "bench", "bench")?;
+    pgbench(
+        cluster.primary().port(),
+        &["-i", "-q", "-s", &o.scale.to_string()],
+    )?;
+    cluster.wait_replicas_caught_up()?;
+    let only_port = free_port()?;
+    let only = Pgtier::start(only_port, &config(only_port, &cluster, false, o.pool))?;
+    let split_port = free_port()?;
+    let split = Pgtier::start(split_port, &config(split_port, &cluster, true, o.pool))?;
+    let targets = [("primary only", only.port()), ("2 replicas", split.port())];
+    let clients = o.clients.to_string();
+    let secs = o.duration.to_string();
+    for (_, port) in targets {
+        pgbench(port, &["-n", "-S", "-c", &clients, "-j", "2", "-T", "2"])?;
+    }
+    let mut tps: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    let mut replica_share = Vec::new();
+    for round in 1..=o.rounds {
+        for (i, (name, port)) in targets.iter().enumerate() {
+            let before = commits(&cluster)?;
+            let out = pgbench(
+                *port,
+                &[
+                    "-n", "-S", "-M", "extended", "-c", &clients, "-j", "2", "-T", &secs,
+                ],
+            )?;
+            let after = commits(&cluster)?;
+            let delta: Vec<i64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+            let t = field(&out, "tps =").context("no tps")?;
+            let share =
+                delta[1..].iter().sum::<i64>() as f64 / delta.iter().sum::<i64>().max(1) as f64;
+            eprintln!("round {round} {name:12} tps {t:9.0}  commits per node {delta:?}  replica share {:.0}%", share * 100.0);
+            tps[i].push(t);
+            if i == 1 {
+                replica_share.push(share);
+            }
+        }
+    }
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (base, split_tps) = (med(tps[0].clone()), med(tps[1].clone()));
+    println!(
+        "\n## pgbench -S -M extended, {} clients, pool {} per node, medians of {} runs of {} s\n",
+        o.clients, o.pool, o.rounds, o.duration
+    );
+    println!("| target | TPS | vs primary only | share of transactions on replicas |");
+    println!("|---|---|---|---|");
+    println!("| primary only | {base:.0} | 1.00x | 0% |");
+    println!(
+        "| primary + 2 replicas | {split_tps:.0} | {:.2}x | {:.0}% |",
+        split_tps / base,
+        med(replica_share) * 100.0
+    );
+    let rt = tokio::runtime::Runtime::new()?;
+    let (n, stale, on_replica) = rt.block_on(read_after_write(
+        split.port(),
+        o.clients,
+        Duration::from_secs(o.duration),
+    ))?;
+    println!(
+        "\n## read-after-write, {} clients, {} s: INSERT then SELECT of that row\n",
+        o.clients, o.duration
+    );
+    println!("| iterations | per second | reads on replicas | stale reads |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {n} | {:.0} | {:.1}% | {stale} |",
+        n as f64 / o.duration as f64,
+        on_replica as f64 * 100.0 / n.max(1) as f64
+    );
+    drop(split);
+    drop(only);
+    drop(cluster);
+    if stale > 0 {
+        bail!("{stale} stale reads");
+    }
+    Ok(())
+}

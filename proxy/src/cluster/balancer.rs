@@ -1,0 +1,266 @@
+//! Replica choice for one read: the routing hot path (no allocation, no lock).
+//!
+//! Eligible: role `Replica` and state `Healthy`. Among them the best minimises
+//! `(outstanding + 1) / weight` (compared by cross-multiplication); replicas with weight 0 are
+//! considered only when no replica with a positive weight is eligible (then by outstanding
+//! count). Ties rotate among the tied replicas with every pick, so equal replicas share an idle
+//! load evenly (a second pass over the nodes, still without allocation).
+//!
+//! Then the requested LSN: the best replica if its known replay LSN reaches it (`Ready`), else the
+//! best of the same tier that does (`Ready`), else the best one to be asked first (`Check`).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use super::{Lsn, NodeState, NodeStatus, Pick, Role};
+
+/// Chooses among `nodes` (by id) with per-node outstanding counts and known replay LSNs;
+/// `turn` rotates the tie-breaks.
+pub fn choose(
+    nodes: &[NodeStatus],
+    outstanding: &[AtomicU32],
+    known_replay: &[AtomicU64],
+    min_lsn: Lsn,
+    turn: u32,
+) -> Pick {
+    let mut best = Best::default();
+    let mut ready = Best::default();
+    for (i, known) in known_replay.iter().enumerate().take(nodes.len()) {
+        let Some(c) = candidate(nodes, outstanding, i) else {
+            continue;
+        };
+        best.offer(c);
+        if known.load(Ordering::Relaxed) >= min_lsn.0 {
+            ready.offer(c);
+        }
+    }
+    let chosen = |b: &Best, ready_only: bool| {
+        b.rotate(
+            turn,
+            |i| {
+                let c = candidate(nodes, outstanding, i)?;
+                (!ready_only || known_replay[i].load(Ordering::Relaxed) >= min_lsn.0).then_some(c)
+            },
+            nodes.len(),
+        )
+    };
+    match (best.top, ready.top) {
+        (None, _) => Pick::None,
+        (Some(b), Some(r)) if r.tier() == b.tier() => Pick::Ready(chosen(&ready, true)),
+        (Some(_), _) => Pick::Check(chosen(&best, false)),
+    }
+}
+
+fn candidate(nodes: &[NodeStatus], outstanding: &[AtomicU32], i: usize) -> Option<Candidate> {
+    let node = &nodes[i];
+    if node.role != Role::Replica || node.state != NodeState::Healthy {
+        return None;
+    }
+    Some(Candidate {
+        node: i,
+        load: u64::from(outstanding[i].load(Ordering::Relaxed)) + 1,
+        weight: u64::from(node.weight),
+    })
+}
+
+/// The best candidate and how many share its score.
+#[derive(Debug, Default)]
+struct Best {
+    top: Option<Candidate>,
+    ties: u32,
+}
+
+impl Best {
+    fn offer(&mut self, c: Candidate) {
+        match self.top {
+            Some(t) if t.better_than(&c) => {}
+            Some(t) if !c.better_than(&t) => self.ties += 1,
+            _ => {
+                self.top = Some(c);
+                self.ties = 1;
+            }
+        }
+    }
+
+    /// The `turn % ties`-th candidate tying with the best (a second pass: fair rotation among
+    /// equals whatever their positions). Counts that moved in between fall back to the best.
+    fn rotate(&self, turn: u32, cand: impl Fn(usize) -> Option<Candidate>, n: usize) -> usize {
+        let top = self.top.expect("a best candidate");
+        if self.ties <= 1 {
+            return top.node;
+        }
+        let mut k = turn % self.ties;
+        for i in 0..n {
+            let Some(c) = cand(i) else { continue };
+            if !c.better_than(&top) && !top.better_than(&c) {
+                if k == 0 {
+                    return i;
+                }
+                k -= 1;
+            }
+        }
+        top.node
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    node: usize,
+    /// Outstanding requests + 1.
+    load: u64,
+    weight: u64,
+}
+
+impl Candidate {
+    /// 0: positive weight; 1: weight 0 (only when nothing else is eligible).
+    fn tier(&self) -> u8 {
+        u8::from(self.weight == 0)
+    }
+
+    /// Strictly better.
+    fn better_than(&self, other: &Candidate) -> bool {
+        match self.tier().cmp(&other.tier()) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+            std::cmp::Ordering::Equal if self.weight == 0 => self.load < other.load,
+            // load/weight < other.load/other.weight
+            std::cmp::Ordering::Equal => self.load * other.weight < other.load * self.weight,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NodeAddr;
+
+    fn node(role: Role, state: NodeState, weight: u32) -> NodeStatus {
+        NodeStatus {
+            addr: NodeAddr {
+                host: "h".into(),
+                port: 1,
+            },
+            role,
+            state,
+            replay_lsn: Lsn::ZERO,
+            byte_lag: None,
+            time_lag: None,
+            weight,
+            timeline: None,
+            last_error: None,
+        }
+    }
+
+    fn atomics32(v: &[u32]) -> Vec<AtomicU32> {
+        v.iter().map(|&x| AtomicU32::new(x)).collect()
+    }
+
+    fn atomics64(v: &[u64]) -> Vec<AtomicU64> {
+        v.iter().map(|&x| AtomicU64::new(x)).collect()
+    }
+
+    use NodeState::*;
+    use Role::{Primary, Replica};
+
+    #[test]
+    fn only_healthy_replicas_are_eligible() {
+        let nodes = [
+            node(Primary, Healthy, 1),
+            node(Replica, Lagging, 1),
+            node(Replica, Banned, 1),
+            node(Replica, Down, 1),
+            node(Replica, Unknown, 1),
+            node(Replica, Excluded, 1),
+        ];
+        let out = atomics32(&[0; 6]);
+        let known = atomics64(&[100; 6]);
+        for turn in 0..6 {
+            assert_eq!(choose(&nodes, &out, &known, Lsn(1), turn), Pick::None);
+        }
+        assert_eq!(choose(&[], &[], &[], Lsn(1), 0), Pick::None);
+    }
+
+    #[test]
+    fn least_outstanding_weighted_with_rotating_ties() {
+        let nodes = [
+            node(Primary, Healthy, 1),
+            node(Replica, Healthy, 1),
+            node(Replica, Healthy, 1),
+        ];
+        let known = atomics64(&[0, 100, 100]);
+        let out = atomics32(&[0, 3, 1]);
+        assert_eq!(choose(&nodes, &out, &known, Lsn(50), 0), Pick::Ready(2));
+        // Ties rotate evenly, whatever the positions of ineligible nodes.
+        let out = atomics32(&[0, 2, 2]);
+        let picks: Vec<Pick> = (0..4)
+            .map(|t| choose(&nodes, &out, &known, Lsn(50), t))
+            .collect();
+        assert_eq!(
+            picks,
+            [
+                Pick::Ready(1),
+                Pick::Ready(2),
+                Pick::Ready(1),
+                Pick::Ready(2)
+            ]
+        );
+        let picks: Vec<Pick> = (0..4)
+            .map(|t| choose(&nodes, &out, &known, Lsn(500), t))
+            .collect();
+        assert_eq!(
+            picks,
+            [
+                Pick::Check(1),
+                Pick::Check(2),
+                Pick::Check(1),
+                Pick::Check(2)
+            ]
+        );
+        // Weight 3 vs 1: node 1 takes up to 3x the outstanding requests of node 2.
+        let nodes = [
+            node(Primary, Healthy, 1),
+            node(Replica, Healthy, 3),
+            node(Replica, Healthy, 1),
+        ];
+        let out = atomics32(&[0, 5, 1]); // 6/3 = 2 == 2/1: tie
+        let out2 = atomics32(&[0, 4, 1]); // 5/3 < 2/1
+        let out3 = atomics32(&[0, 6, 1]); // 7/3 > 2/1
+        assert_eq!(choose(&nodes, &out2, &known, Lsn(0), 0), Pick::Ready(1));
+        assert_eq!(choose(&nodes, &out3, &known, Lsn(0), 0), Pick::Ready(2));
+        let picks: Vec<Pick> = (0..2)
+            .map(|t| choose(&nodes, &out, &known, Lsn(0), t))
+            .collect();
+        assert_eq!(picks, [Pick::Ready(1), Pick::Ready(2)]);
+    }
+
+    #[test]
+    fn weight_zero_only_when_nothing_else_is_eligible() {
+        let mut nodes = [node(Replica, Healthy, 0), node(Replica, Healthy, 1)];
+        let out = atomics32(&[0, 50]);
+        let known = atomics64(&[100, 10]);
+        for t in 0..2 {
+            // Even needing a check, the weighted replica wins over a ready weight-0 one.
+            assert_eq!(choose(&nodes, &out, &known, Lsn(50), t), Pick::Check(1));
+            assert_eq!(choose(&nodes, &out, &known, Lsn(5), t), Pick::Ready(1));
+        }
+        nodes[1].state = Lagging;
+        assert_eq!(choose(&nodes, &out, &known, Lsn(50), 0), Pick::Ready(0));
+        assert_eq!(choose(&nodes, &out, &known, Lsn(500), 1), Pick::Check(0));
+    }
+
+    #[test]
+    fn min_lsn_prefers_a_ready_replica_then_checks_the_best() {
+        let nodes = [
+            node(Primary, Healthy, 1),
+            node(Replica, Healthy, 1),
+            node(Replica, Healthy, 1),
+        ];
+        let out = atomics32(&[0, 0, 9]);
+        let known = atomics64(&[0, 100, 200]);
+        // Best by load (1) is ready.
+        assert_eq!(choose(&nodes, &out, &known, Lsn(100), 0), Pick::Ready(1));
+        // Best by load is not ready, the other is: take the ready one despite its load.
+        assert_eq!(choose(&nodes, &out, &known, Lsn(150), 0), Pick::Ready(2));
+        // Neither is ready: check the best by load.
+        assert_eq!(choose(&nodes, &out, &known, Lsn(201), 0), Pick::Check(1));
+    }
+}

@@ -1,0 +1,237 @@
+//! The per-node monitor: one task per node, its own tokio-postgres connection, one round trip
+//! per check, reporting to the `Topology` it holds only weakly (the task ends once the topology
+//! is dropped).
+//!
+//! Schedule: a check every `lag_check_interval` while the node answers; after a failure,
+//! retries with exponential backoff ([`BACKOFF_START`] doubling up to [`BACKOFF_MAX`]). A wake-up
+//! (`Topology::report_failure`) makes the next attempt come at most one interval after the
+//! previous one, on a fresh connection.
+//!
+//! Limits: connect + login within `connect_timeout`; each check within
+//! `ClusterSettings::check_timeout` (a timeout is a failure and drops the connection).
+
+use std::error::Error as _;
+use std::io;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::topology::{Check, Outcome, Topology};
+use super::Lsn;
+
+/// First retry delay after a failure.
+pub const BACKOFF_START: Duration = Duration::from_millis(100);
+/// Longest retry delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// One round trip. `r` is evaluated once (a volatile sub-select is not flattened), so the
+/// branches agree even while the node is being promoted. The timeline of a primary is the first
+/// 8 hex digits of its current WAL file name (exact right after a promotion, unlike
+/// `pg_control_checkpoint()` which waits for the next checkpoint).
+const CHECK_SQL: &str = "\
+SELECT r,
+       (CASE WHEN r THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text,
+       (CASE WHEN r THEN pg_last_wal_receive_lsn() END)::text,
+       (extract(epoch FROM now() - pg_last_xact_replay_timestamp()))::float8,
+       CASE WHEN NOT r THEN pg_walfile_name(pg_current_wal_lsn()) END
+FROM (SELECT pg_is_in_recovery() AS r) AS s";
+
+/// Spawns the monitor of `node` on `rt`.
+pub(crate) fn spawn(rt: &tokio::runtime::Handle, topology: &Arc<Topology>, node: usize) {
+    let s = topology.settings();
+    let cfg = &s.nodes[node];
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&cfg.addr.host)
+        .port(cfg.addr.port)
+        .user(&s.login.user)
+        .dbname(&s.login.dbname)
+        .application_name("pgtier-monitor")
+        .ssl_mode(SslMode::Disable)
+        .connect_timeout(s.connect_timeout);
+    if let Some(pw) = &s.login.password {
+        pg.password(pw.as_bytes());
+    }
+    let monitor = Monitor {
+        topology: Arc::downgrade(topology),
+        wake: topology.wake_handle(node),
+        node,
+        pg,
+        interval: s.lag_check_interval,
+        connect_timeout: s.connect_timeout,
+        check_timeout: s.check_timeout(),
+        conn: None,
+    };
+    rt.spawn(monitor.run());
+}
+
+struct Monitor {
+    topology: Weak<Topology>,
+    wake: Arc<Notify>,
+    node: usize,
+    pg: tokio_postgres::Config,
+    interval: Duration,
+    connect_timeout: Duration,
+    check_timeout: Duration,
+    conn: Option<Conn>,
+}
+
+struct Conn {
+    client: Client,
+    check: Statement,
+}
+
+impl Monitor {
+    async fn run(mut self) {
+        let mut backoff = BACKOFF_START;
+        loop {
+            match self.topology.upgrade() {
+                Some(t) if t.take_reconnect(self.node) => self.conn = None,
+                Some(_) => {}
+                None => return,
+            }
+            let started = tokio::time::Instant::now();
+            let outcome = self.attempt().await;
+            let ok = matches!(outcome, Outcome::Checked { .. });
+            match self.topology.upgrade() {
+                Some(t) => t.record(self.node, outcome),
+                None => return,
+            }
+            let delay = if ok {
+                backoff = BACKOFF_START;
+                self.interval
+            } else {
+                let d = backoff;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                d
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(started + delay) => {}
+                _ = self.wake.notified() => {
+                    tokio::time::sleep_until(started + delay.min(self.interval)).await;
+                }
+            }
+        }
+    }
+
+    /// Connects if needed, then checks once.
+    async fn attempt(&mut self) -> Outcome {
+        if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
+            self.conn = None;
+            match tokio::time::timeout(self.connect_timeout, self.connect()).await {
+                Ok(Ok(c)) => self.conn = Some(c),
+                Ok(Err(e)) => return classify(&e),
+                Err(_) => {
+                    return Outcome::Failed(format!(
+                        "connect + login timed out after {:?}",
+                        self.connect_timeout
+                    ))
+                }
+            }
+        }
+        let Some(conn) = &self.conn else {
+            unreachable!("connected above")
+        };
+        let sent_at = Instant::now();
+        let result =
+            tokio::time::timeout(self.check_timeout, conn.client.query_one(&conn.check, &[])).await;
+        let row = match result {
+            Ok(Ok(row)) => row,
+            Ok(Err(e)) => {
+                self.conn = None;
+                return Outcome::Failed(format!("check failed: {e}"));
+            }
+            Err(_) => {
+                self.conn = None;
+                return Outcome::Failed(format!("check timed out after {:?}", self.check_timeout));
+            }
+        };
+        match parse(&row) {
+            Ok(check) => Outcome::Checked { check, sent_at },
+            Err(e) => {
+                self.conn = None;
+                Outcome::Failed(e)
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, tokio_postgres::Error> {
+        let (client, connection) = self.pg.connect(NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let check = client.prepare(CHECK_SQL).await?;
+        Ok(Conn { client, check })
+    }
+}
+
+/// Refused (TCP refused, or the server refusing logins while starting or stopping) → Down;
+/// anything else → Banned.
+fn classify(e: &tokio_postgres::Error) -> Outcome {
+    let mut refused = e.code() == Some(&SqlState::CANNOT_CONNECT_NOW);
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        refused |= c
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::ConnectionRefused);
+        cause = c.source();
+    }
+    let text = match e.source() {
+        Some(src) => format!("connect failed: {e}: {src}"),
+        None => format!("connect failed: {e}"),
+    };
+    if refused {
+        Outcome::Refused(text)
+    } else {
+        Outcome::Failed(text)
+    }
+}
+
+fn parse(row: &tokio_postgres::Row) -> Result<Check, String> {
+    let bad =
+        |what: &str, e: &dyn std::fmt::Display| format!("unexpected check result ({what}): {e}");
+    let in_recovery: bool = row.try_get(0).map_err(|e| bad("recovery", &e))?;
+    let lsn_text: Option<String> = row.try_get(1).map_err(|e| bad("lsn", &e))?;
+    let receive_text: Option<String> = row.try_get(2).map_err(|e| bad("receive lsn", &e))?;
+    let since: Option<f64> = row.try_get(3).map_err(|e| bad("replay timestamp", &e))?;
+    let walfile: Option<String> = row.try_get(4).map_err(|e| bad("wal file", &e))?;
+    let lsn = match lsn_text {
+        Some(t) => t.parse::<Lsn>().map_err(|e| bad("lsn", &e))?,
+        None => Lsn::ZERO,
+    };
+    let receive = match receive_text {
+        Some(t) => Some(t.parse::<Lsn>().map_err(|e| bad("receive lsn", &e))?),
+        None => None,
+    };
+    Ok(Check {
+        in_recovery,
+        lsn,
+        receive,
+        // A replica clock behind the primary's makes this negative: count it as 0.
+        since_last_replayed_xact: since
+            .filter(|s| s.is_finite())
+            .map(|s| Duration::from_secs_f64(s.max(0.0))),
+        timeline: walfile.as_deref().and_then(timeline_of),
+    })
+}
+
+/// The timeline of a WAL file name (`000000020000000000000003` → 2).
+fn timeline_of(walfile: &str) -> Option<u32> {
+    u32::from_str_radix(walfile.get(..8)?, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_from_wal_file_name() {
+        assert_eq!(timeline_of("000000020000000000000003"), Some(2));
+        assert_eq!(timeline_of("0000001A0000000100000003"), Some(26));
+        assert_eq!(timeline_of("short"), None);
+        assert_eq!(timeline_of("zzzzzzzz0000000000000003"), None);
+    }
+}

@@ -1,0 +1,137 @@
+//! The routing gate inside a relay. On a replica it lets through only units a replica may run;
+//! a unit that needs the primary waits in the client buffer until the replica has answered
+//! everything before it, and then (outside a transaction) the relay hands the server back and
+//! the session routes the rest anew. On the primary it notes whether anything written went
+//! through, which decides whether the client's causal token must move.
+
+use super::units::{self, UnitContext, UNDECIDED_LIMIT};
+use crate::protocol::extended;
+use crate::protocol::frame::peek_header;
+use crate::router::classify::Class;
+use crate::router::route::{ClientRouting, UnitInfo};
+
+/// The gate's state for one relay run.
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    /// The server is a replica.
+    pub on_replica: bool,
+    /// Inside a unit already let through (up to its Sync).
+    unit_open: bool,
+    /// A unit that needs the primary waits at the front of the client buffer.
+    pub held: bool,
+    /// Something that may write went to this server (primary only).
+    pub wrote: bool,
+    /// Whether to look for writes at all (on the primary).
+    track_writes: bool,
+}
+
+/// What the gate needs to know about the moment.
+pub(crate) struct Moment<'a> {
+    /// Classification context.
+    pub ctx: UnitContext<'a>,
+    /// The client's routing state.
+    pub client: ClientRouting,
+    /// The server is inside a transaction (a unit there stays with it).
+    pub in_transaction: bool,
+    /// Replies are still owed by the server.
+    pub busy: bool,
+}
+
+impl Gate {
+    /// A gate for a relay on a replica or on the primary.
+    pub fn new(on_replica: bool, track_writes: bool) -> Gate {
+        Gate {
+            on_replica,
+            track_writes,
+            ..Gate::default()
+        }
+    }
+
+    /// How many bytes of `buf` may go to the server now. `buf[skip..]` starts at a message
+    /// boundary (the first `skip` bytes are the rest of a CopyData streaming through).
+    pub fn admit(&mut self, buf: &[u8], skip: usize, max: usize, now: &Moment<'_>) -> usize {
+        if self.on_replica {
+            self.admit_on_replica(buf, skip, max, now)
+        } else {
+            if self.track_writes {
+                self.note_writes(&buf[skip.min(buf.len())..], max, now);
+            }
+            buf.len()
+        }
+    }
+
+    fn admit_on_replica(&mut self, buf: &[u8], skip: usize, max: usize, now: &Moment<'_>) -> usize {
+        self.held = false;
+        let mut pos = skip.min(buf.len());
+        while pos < buf.len() {
+            let h = match peek_header(&buf[pos..], max) {
+                Ok(Some(h)) if buf.len() - pos >= h.frame_len() => h,
+                Ok(_) => return pos,
+                // route_client reports the violation.
+                Err(_) => return buf.len(),
+            };
+            let end = pos + h.frame_len();
+            if self.unit_open || h.tag == b'X' {
+                if h.tag == b'S' {
+                    self.unit_open = false;
+                }
+                pos = end;
+                continue;
+            }
+            let unit = units::scan(&buf[pos..], max, &now.ctx);
+            let (len, info) = match unit.len {
+                Some(len) => (len, unit.info),
+                None if buf.len() - pos > UNDECIDED_LIMIT => (buf.len() - pos, UnitInfo::write()),
+                None => return pos,
+            };
+            let stays = now.in_transaction && !now.busy;
+            if !info.replica_ok(&now.client) && !stays {
+                // Held until the replica is done: then either a transaction holds the client
+                // here (and the unit follows it), or the session routes it anew.
+                self.held = true;
+                return pos;
+            }
+            // A unit cut at a Flush continues, on this server, up to its Sync.
+            self.unit_open = unit.flushed;
+            pos += len;
+        }
+        pos
+    }
+
+    /// On the primary: notes whether any message may write.
+    fn note_writes(&mut self, buf: &[u8], max: usize, now: &Moment<'_>) {
+        if self.wrote {
+            return;
+        }
+        let mut pos = 0;
+        while let Ok(Some(h)) = peek_header(&buf[pos..], max) {
+            if buf.len() - pos < h.frame_len() {
+                return;
+            }
+            let body = &buf[pos + 5..pos + h.frame_len()];
+            let writes = match h.tag {
+                b'Q' => {
+                    let sql = body.strip_suffix(&[0]).unwrap_or(body);
+                    now.ctx.classifier.classify(sql).class == Class::Write
+                }
+                b'P' => extended::parse(body)
+                    .and_then(|p| extended::split_cstr(p.rest))
+                    .is_none_or(|(sql, _)| now.ctx.classifier.classify(sql).class == Class::Write),
+                // An unnamed statement's Parse was looked at when it went through.
+                b'B' => extended::bind(body).is_none_or(|b| {
+                    !b.statement.is_empty()
+                        && now.ctx.statements.get(b.statement).is_none_or(|s| {
+                            s.info(|sql| now.ctx.sql_info(sql)).class == Class::Write
+                        })
+                }),
+                b'F' => true,
+                _ => false,
+            };
+            if writes {
+                self.wrote = true;
+                return;
+            }
+            pos += h.frame_len();
+        }
+    }
+}

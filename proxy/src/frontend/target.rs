@@ -1,0 +1,142 @@
+//! Checking out a server for one unit of work, where the router sends it: a replica that is
+//! known (or, asked, proves) to have replayed the client's causal token, else the primary.
+
+use std::time::Duration;
+
+use thiserror::Error;
+use tracing::{debug, warn};
+
+use crate::backend::{Checkout, PoolError, Upstream};
+use crate::cluster::{InFlight, Lsn};
+use crate::router::route::{Choice, Router, Target};
+
+/// Longest wait for a replica to report its replay position.
+const REPLAY_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A server checked out for one transaction.
+#[derive(Debug)]
+pub(crate) struct Serving {
+    /// The connection.
+    pub server: Checkout,
+    /// Node id.
+    pub node: usize,
+    /// The node is a replica.
+    pub on_replica: bool,
+    /// Counts the request against the node while it runs.
+    _in_flight: InFlight,
+}
+
+/// Why no server was checked out.
+#[derive(Debug, Error)]
+pub(crate) enum TargetError {
+    /// The pool could not give a connection.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// No node is known to accept writes.
+    #[error("pgtier: no primary is available for database \"{database}\" (waited {waited:?}, primary_wait_timeout)")]
+    NoPrimary {
+        /// The database.
+        database: String,
+        /// How long the client waited.
+        waited: Duration,
+    },
+}
+
+/// Checks out a server for `target`.
+pub(crate) async fn checkout(
+    router: &Router,
+    upstream: &Upstream,
+    database: &str,
+    target: Target,
+) -> Result<Serving, TargetError> {
+    if let Target::Replica { min_lsn } = target {
+        // One retry on another replica if the first refuses.
+        for _ in 0..2 {
+            match router.choose(min_lsn) {
+                Choice::Primary => break,
+                Choice::Node(i) => match upstream.node(i).checkout().await {
+                    Ok(server) => return Ok(serving(router, server, i, true)),
+                    Err(e) => failed(router, upstream, i, &e),
+                },
+                Choice::Check(i) => match upstream.node(i).checkout().await {
+                    Ok(mut server) => {
+                        let wait = router.settings().causal_read_wait;
+                        match caught_up(&mut server, min_lsn, wait).await {
+                            Some(lsn) if lsn >= min_lsn => {
+                                router.topology().observe_replay(i, lsn);
+                                return Ok(serving(router, server, i, true));
+                            }
+                            Some(lsn) => {
+                                router.topology().observe_replay(i, lsn);
+                                debug!(node = %upstream.node(i).node(), replayed = %lsn, wanted = %min_lsn, "replica behind the client's causal token: reading from the primary");
+                                server.release();
+                            }
+                            // Not in recovery any more, or the check failed: not this one.
+                            None => drop(server),
+                        }
+                        break;
+                    }
+                    Err(e) => failed(router, upstream, i, &e),
+                },
+            }
+        }
+    }
+    let waited = router.settings().primary_wait_timeout;
+    let Some(i) = router.topology().wait_for_primary(waited).await else {
+        return Err(TargetError::NoPrimary {
+            database: database.to_owned(),
+            waited,
+        });
+    };
+    match upstream.node(i).checkout().await {
+        Ok(server) => Ok(serving(router, server, i, false)),
+        Err(e) => {
+            if matches!(e, PoolError::Connect(_)) {
+                router.topology().report_failure(i);
+            }
+            Err(e.into())
+        }
+    }
+}
+
+fn serving(router: &Router, server: Checkout, node: usize, on_replica: bool) -> Serving {
+    Serving {
+        server,
+        node,
+        on_replica,
+        _in_flight: router.topology().begin(node),
+    }
+}
+
+fn failed(router: &Router, upstream: &Upstream, node: usize, e: &PoolError) {
+    warn!(node = %upstream.node(node).node(), error = %e, "replica unavailable, trying elsewhere");
+    if matches!(e, PoolError::Connect(_)) {
+        router.topology().report_failure(node);
+    }
+}
+
+/// Asks a replica how far it has replayed, again every millisecond for up to `wait` while it is
+/// behind `min_lsn`; returns the last answer (None: not in recovery, or the check failed).
+async fn caught_up(server: &mut Checkout, min_lsn: Lsn, wait: Duration) -> Option<Lsn> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let lsn = replayed(server).await?;
+        let now = tokio::time::Instant::now();
+        if lsn >= min_lsn || now >= deadline {
+            return Some(lsn);
+        }
+        tokio::time::sleep((deadline - now).min(Duration::from_millis(1))).await;
+    }
+}
+
+/// Asks a replica connection how far it has replayed (None: not in recovery, or failed).
+async fn replayed(server: &mut Checkout) -> Option<Lsn> {
+    server
+        .conn()
+        .query_value("SELECT pg_last_wal_replay_lsn()", REPLAY_CHECK_TIMEOUT)
+        .await
+        .ok()
+        .flatten()?
+        .parse()
+        .ok()
+}

@@ -1,0 +1,250 @@
+//! Units of client work, the granularity of routing: one Query or FunctionCall message, or
+//! extended-protocol messages up to Sync (or up to a Flush, after which the client waits for
+//! replies before it goes on). Each unit is classified as a whole: any write sends it to the
+//! primary.
+
+use super::prepared::ClientStatements;
+use crate::backend::params::{lookup, tracked};
+use crate::protocol::extended;
+use crate::protocol::frame::peek_header;
+use crate::router::classify::{Class, Classifier};
+use crate::router::route::UnitInfo;
+use crate::router::session_state::pins;
+
+/// What classifying client units needs.
+pub(crate) struct UnitContext<'a> {
+    /// The database's classifier.
+    pub classifier: &'a Classifier,
+    /// The client's named statements (a Bind takes its statement's class).
+    pub statements: &'a ClientStatements,
+    /// Parameters the server reports (SETs of those do not pin).
+    pub reported: &'a [(String, String)],
+}
+
+impl UnitContext<'_> {
+    /// What one SQL text needs.
+    pub fn sql_info(&self, sql: &[u8]) -> UnitInfo {
+        let mut info = UnitInfo::default();
+        self.add_sql(sql, &mut info);
+        info
+    }
+
+    /// Adds what one SQL text needs to `info`.
+    fn add_sql(&self, sql: &[u8], info: &mut UnitInfo) {
+        info.add(&self.classifier.classify(sql));
+        let reported = self.reported;
+        let pinning = pins(sql, |name| {
+            std::str::from_utf8(name)
+                .ok()
+                .and_then(tracked)
+                .is_some_and(|n| lookup(reported, n).is_some())
+        });
+        if pinning.is_some() {
+            info.pins = true;
+        }
+    }
+}
+
+/// A scanned unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unit {
+    /// Bytes from the start of the buffer to the end of the unit; None if it is not all there.
+    pub len: Option<usize>,
+    /// What it needs (for an incomplete unit: what the messages seen so far need).
+    pub info: UnitInfo,
+    /// It ended at a Flush: its remaining messages up to Sync follow on the same server.
+    pub flushed: bool,
+}
+
+/// Whether a message type belongs to the extended query protocol.
+fn is_extended(tag: u8) -> bool {
+    matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S')
+}
+
+/// A unit larger than this that has not reached its Sync is routed without waiting for the
+/// rest (to the primary, since it cannot be classified whole).
+pub(crate) const UNDECIDED_LIMIT: usize = 1 << 20;
+
+/// Whether the unit starting at `buf[0]` is all there (or too large to wait for).
+pub(crate) fn complete(buf: &[u8], max: usize) -> bool {
+    if buf.len() >= UNDECIDED_LIMIT {
+        return true;
+    }
+    let mut pos = 0;
+    loop {
+        match peek_header(&buf[pos..], max) {
+            Ok(Some(h)) if buf.len() - pos >= h.frame_len() => {
+                if !is_extended(h.tag) || matches!(h.tag, b'S' | b'H') {
+                    return true;
+                }
+                pos += h.frame_len();
+            }
+            Ok(_) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Scans the unit that starts at `buf[0]` (which must be a message boundary).
+pub(crate) fn scan(buf: &[u8], max: usize, ctx: &UnitContext<'_>) -> Unit {
+    let mut info = UnitInfo::default();
+    // Statements parsed earlier in this unit.
+    let mut parsed: Vec<(&[u8], UnitInfo)> = Vec::new();
+    let mut pos = 0;
+    loop {
+        let h = match peek_header(&buf[pos..], max) {
+            Ok(Some(h)) if buf.len() - pos >= h.frame_len() => h,
+            Ok(_) => {
+                return Unit {
+                    len: None,
+                    info,
+                    flushed: false,
+                }
+            }
+            Err(_) => {
+                return Unit {
+                    len: None,
+                    info: UnitInfo::write(),
+                    flushed: false,
+                }
+            }
+        };
+        let body = &buf[pos + 5..pos + h.frame_len()];
+        let end = pos + h.frame_len();
+        match h.tag {
+            b'Q' if pos == 0 => {
+                ctx.add_sql(body.strip_suffix(&[0]).unwrap_or(body), &mut info);
+                return Unit {
+                    len: Some(end),
+                    info,
+                    flushed: false,
+                };
+            }
+            b'P' => match extended::parse(body) {
+                Some(p) => {
+                    let sql = extended::split_cstr(p.rest).map_or(&[][..], |(q, _)| q);
+                    let one = ctx.sql_info(sql);
+                    info.merge(&one);
+                    parsed.retain(|(n, _)| *n != p.name);
+                    parsed.push((p.name, one));
+                }
+                None => info.add_class(Class::Write),
+            },
+            b'B' => {
+                let one = extended::bind(body).map_or(UnitInfo::write(), |b| {
+                    match parsed.iter().rev().find(|(n, _)| *n == b.statement) {
+                        Some((_, i)) => *i,
+                        // An unnamed statement parsed in another unit may be on another server.
+                        None if b.statement.is_empty() => UnitInfo::write(),
+                        None => ctx
+                            .statements
+                            .get(b.statement)
+                            .map_or(UnitInfo::write(), |s| s.info(|sql| ctx.sql_info(sql))),
+                    }
+                });
+                info.merge(&one);
+            }
+            b'S' | b'H' => {
+                return Unit {
+                    len: Some(end),
+                    info,
+                    flushed: h.tag == b'H',
+                }
+            }
+            t if is_extended(t) => {}
+            // FunctionCall, stray COPY messages, anything else: the primary.
+            _ => {
+                info.add_class(Class::Write);
+                if pos == 0 {
+                    return Unit {
+                        len: Some(end),
+                        info,
+                        flushed: false,
+                    };
+                }
+            }
+        }
+        pos = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::test_frame as frame;
+    use crate::router::classify::FunctionTable;
+
+    fn scan_bytes(buf: &[u8], statements: &ClientStatements) -> Unit {
+        let classifier = Classifier::new(FunctionTable::builtin(), 100);
+        scan(
+            buf,
+            1 << 20,
+            &UnitContext {
+                classifier: &classifier,
+                statements,
+                reported: &[],
+            },
+        )
+    }
+
+    fn parse(name: &str, sql: &str) -> Vec<u8> {
+        frame(b'P', format!("{name}\0{sql}\0\0\0").as_bytes())
+    }
+
+    fn bind(stmt: &str) -> Vec<u8> {
+        frame(b'B', format!("\0{stmt}\0\0\0\0\0\0\0").as_bytes())
+    }
+
+    #[test]
+    fn a_query_is_one_unit() {
+        let mut buf = frame(b'Q', b"SELECT 1\0");
+        let first = buf.len();
+        buf.extend(frame(b'Q', b"INSERT INTO t VALUES (1)\0"));
+        let u = scan_bytes(&buf, &ClientStatements::default());
+        assert_eq!(u.len, Some(first));
+        assert_eq!(u.info.class, Class::Read);
+        let u = scan_bytes(&buf[first..], &ClientStatements::default());
+        assert_eq!(u.info.class, Class::Write);
+    }
+
+    #[test]
+    fn extended_units_end_at_sync_and_any_write_wins() {
+        let mut buf = parse("", "SELECT 1");
+        buf.extend(bind(""));
+        buf.extend(frame(b'E', b"\0\0\0\0\0"));
+        let partial = scan_bytes(&buf, &ClientStatements::default());
+        assert_eq!(partial.len, None);
+        buf.extend(parse("w", "UPDATE t SET a = 1"));
+        buf.extend(bind("w"));
+        buf.extend(frame(b'S', b""));
+        let u = scan_bytes(&buf, &ClientStatements::default());
+        assert_eq!(u.len, Some(buf.len()));
+        assert_eq!(u.info.class, Class::Write);
+    }
+
+    #[test]
+    fn bind_takes_the_class_of_its_statement() {
+        let mut statements = ClientStatements::default();
+        let rest = b"SELECT * FROM t\0\0\0";
+        statements.insert(
+            b"s1",
+            std::sync::Arc::new(super::super::prepared::Prepared::new(rest)),
+        );
+        let mut buf = bind("s1");
+        buf.extend(frame(b'S', b""));
+        assert_eq!(scan_bytes(&buf, &statements).info.class, Class::Read);
+        let mut buf = bind("unknown");
+        buf.extend(frame(b'S', b""));
+        assert_eq!(scan_bytes(&buf, &statements).info.class, Class::Write);
+        // An unnamed statement from an earlier unit may live on another server.
+        let mut buf = bind("");
+        buf.extend(frame(b'S', b""));
+        assert_eq!(scan_bytes(&buf, &statements).info.class, Class::Write);
+    }
+
+    #[test]
+    fn pinning_statements_are_flagged() {
+        let buf = frame(b'Q', b"SET work_mem = '1GB'\0");
+        assert!(scan_bytes(&buf, &ClientStatements::default()).info.pins);
+    }
+}

@@ -1,0 +1,227 @@
+//! A bounded, sharded cache of classifications by statement text.
+//!
+//! Texts are hashed once with a fast keyed hash (random seed per cache, so clients cannot
+//! aim collisions at one bucket); the hash picks a shard and is the map key, and the full
+//! text is compared on lookup. Each shard is a `Mutex<HashMap>` held for a lookup or an
+//! insert only; when a shard is full, an arbitrary entry (the first in the map's iteration
+//! order, which is effectively random) is evicted. A generation number invalidates all
+//! entries at once when the function knowledge changes.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use super::Classification;
+
+/// Texts longer than this are never cached (they are rare and costly to hash and keep).
+pub const MAX_CACHED_TEXT: usize = 16 * 1024;
+
+const SHARDS: usize = 16;
+
+/// The map's hasher: keys are already well-mixed keyed hashes.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+struct Entry {
+    text: Box<[u8]>,
+    generation: u64,
+    value: Classification,
+}
+
+type Shard = HashMap<u64, Entry, BuildHasherDefault<IdHasher>>;
+
+pub(super) struct Cache {
+    shards: Box<[Mutex<Shard>]>,
+    per_shard: usize,
+    seed: u64,
+    generation: AtomicU64,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("shards", &self.shards.len())
+            .field("per_shard", &self.per_shard)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl Cache {
+    /// A cache of at most `capacity` entries (0 disables it).
+    pub fn new(capacity: usize) -> Cache {
+        let shards = if capacity >= SHARDS * 4 { SHARDS } else { 1 };
+        let per_shard = capacity / shards;
+        let seed = {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64)
+        };
+        Cache {
+            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+            per_shard,
+            seed,
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, h: u64) -> MutexGuard<'_, Shard> {
+        let s = &self.shards[(h >> 32) as usize % self.shards.len()];
+        // A panic while holding the lock cannot leave a map half-updated in a way that
+        // matters here: recover the guard.
+        s.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current generation, to pass back to `insert` (captured before classifying).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn get(&self, text: &[u8]) -> Option<Classification> {
+        if self.per_shard == 0 || text.len() > MAX_CACHED_TEXT {
+            return None;
+        }
+        let h = hash(self.seed, text);
+        let gen = self.generation();
+        let shard = self.shard(h);
+        match shard.get(&h) {
+            Some(e) if e.generation == gen && *e.text == *text => Some(e.value.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn insert(&self, text: &[u8], value: Classification, generation: u64) {
+        if self.per_shard == 0 || text.len() > MAX_CACHED_TEXT || generation != self.generation() {
+            return;
+        }
+        let h = hash(self.seed, text);
+        let mut shard = self.shard(h);
+        if shard.len() >= self.per_shard && !shard.contains_key(&h) {
+            if let Some(&victim) = shard.keys().next() {
+                shard.remove(&victim);
+            }
+        }
+        shard.insert(
+            h,
+            Entry {
+                text: text.into(),
+                generation,
+                value,
+            },
+        );
+    }
+
+    /// Drops every entry and makes in-flight inserts of older generations no-ops.
+    pub fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for s in self.shards.iter() {
+            s.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
+    /// The most entries the cache holds.
+    pub fn capacity(&self) -> usize {
+        self.per_shard * self.shards.len()
+    }
+}
+
+const K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// A fast keyed hash (8 bytes per step, multiply-xorshift mixing).
+fn hash(seed: u64, b: &[u8]) -> u64 {
+    let mut h = seed ^ (b.len() as u64).wrapping_mul(K);
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        h ^= h >> 31;
+    }
+    let rem = chunks.remainder();
+    if !rem.is_empty() {
+        let mut w = [0u8; 8];
+        w[..rem.len()].copy_from_slice(rem);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    }
+    h ^= h >> 32;
+    h = h.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    h ^ (h >> 29)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Class, Reason};
+    use super::*;
+    use std::sync::Arc;
+
+    fn value(class: Class) -> Classification {
+        Classification {
+            class,
+            reason: Reason::ReadOnly,
+            hint: None,
+            min_lsn: None,
+            tables: Arc::from(Vec::new()),
+            bad_hint: None,
+        }
+    }
+
+    #[test]
+    fn bounded_and_exact() {
+        let c = Cache::new(100);
+        for i in 0..1000 {
+            let t = format!("SELECT {i}");
+            c.insert(t.as_bytes(), value(Class::Read), c.generation());
+        }
+        assert!(c.len() <= 100, "{}", c.len());
+        assert!(c.capacity() <= 100);
+        c.insert(b"SELECT x", value(Class::Write), c.generation());
+        assert_eq!(c.get(b"SELECT x").unwrap().class, Class::Write);
+        assert!(c.get(b"SELECT y").is_none());
+        let long = vec![b'x'; MAX_CACHED_TEXT + 1];
+        c.insert(&long, value(Class::Read), c.generation());
+        assert!(c.get(&long).is_none());
+    }
+
+    #[test]
+    fn clear_invalidates_in_flight_inserts() {
+        let c = Cache::new(10);
+        let gen = c.generation();
+        c.insert(b"a", value(Class::Read), gen);
+        c.clear();
+        assert_eq!(c.len(), 0);
+        c.insert(b"b", value(Class::Read), gen); // classified before the clear
+        assert!(c.get(b"b").is_none());
+        let zero = Cache::new(0);
+        zero.insert(b"a", value(Class::Read), zero.generation());
+        assert!(zero.get(b"a").is_none());
+    }
+
+    #[test]
+    fn hash_spreads() {
+        let a = hash(1, b"SELECT 1");
+        assert_ne!(a, hash(1, b"SELECT 2"));
+        assert_ne!(a, hash(2, b"SELECT 1"));
+        assert_ne!(hash(1, b""), hash(1, b"\0"));
+    }
+}

@@ -1,0 +1,186 @@
+//! End-to-end tests of the classifier (fast path, deep check, cache, hints together).
+
+use super::*;
+
+fn c() -> Classifier {
+    Classifier::new(FunctionTable::builtin(), 1000)
+}
+
+fn class(sql: &str) -> (Class, Reason) {
+    let r = c().classify(sql.as_bytes());
+    (r.class, r.reason)
+}
+
+#[track_caller]
+fn read(sql: &str) {
+    let (cl, r) = class(sql);
+    assert_eq!(cl, Class::Read, "{sql}: {r:?}");
+}
+
+#[track_caller]
+fn write(sql: &str, reason: Reason) {
+    assert_eq!(class(sql), (Class::Write, reason), "{sql}");
+}
+
+#[test]
+fn classifier_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Classifier>();
+    check::<Classification>();
+}
+
+#[test]
+fn reads() {
+    for sql in [
+        "SELECT 1",
+        "select * from users where id = $1",
+        "WITH a AS (SELECT * FROM t) SELECT count(*) FROM a",
+        "VALUES (1), (2)",
+        "(SELECT 1) UNION (SELECT 2)",
+        "SELECT now(), random(), gen_random_uuid()",
+        "SELECT * FROM generate_series(1, 10) g",
+        "EXPLAIN SELECT * FROM t",
+        "EXPLAIN INSERT INTO t VALUES (1)",
+        "EXPLAIN (ANALYZE false) DELETE FROM t",
+        "EXPLAIN ANALYZE SELECT * FROM t",
+        "DECLARE c CURSOR FOR SELECT * FROM t",
+        "COPY (SELECT a FROM t) TO STDOUT",
+        "BEGIN READ ONLY; SELECT 1; COMMIT",
+        "SET search_path = app; SELECT 1",
+        "TABLE t",
+        "",
+        "  /* only a comment */ ",
+    ] {
+        read(sql);
+    }
+}
+
+#[test]
+fn writes() {
+    use Reason::*;
+    write("INSERT INTO t VALUES (1)", WriteStatement);
+    write("SELECT * FROM jobs FOR UPDATE SKIP LOCKED", LockingClause);
+    write("SELECT * FROM t FOR NO KEY UPDATE", LockingClause);
+    write("SELECT * FROM (SELECT * FROM t FOR SHARE) s", LockingClause);
+    write(
+        "WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x",
+        WritableCte,
+    );
+    write(
+        "SELECT * FROM (WITH y AS (INSERT INTO t VALUES (1) RETURNING id) SELECT id FROM y) z",
+        WritableCte,
+    );
+    write("SELECT * INTO newtable FROM t", SelectInto);
+    write("SELECT nextval('s')", WriteFunction);
+    write("SELECT pg_advisory_lock(1)", WriteFunction);
+    write("SELECT my_func(1)", WriteFunction);
+    write("SELECT * FROM my_srf(1)", WriteFunction);
+    write("EXPLAIN ANALYZE INSERT INTO t VALUES (1)", ExplainAnalyze);
+    write(
+        "EXPLAIN (ANALYZE, BUFFERS) UPDATE t SET a = 1",
+        ExplainAnalyze,
+    );
+    write("DO $$ BEGIN PERFORM 1; END $$", WriteStatement);
+    write("VACUUM (ANALYZE) t", WriteStatement);
+    write("BEGIN; SELECT 1; COMMIT", TransactionStart);
+    write("SELECT 1; INSERT INTO t VALUES (1)", WriteStatement);
+    write("SELECT 1 FROM", ParseError);
+    write("COPY (SELECT nextval('s')) TO STDOUT", WriteFunction);
+    write(
+        "DECLARE c CURSOR FOR SELECT * FROM t FOR UPDATE",
+        LockingClause,
+    );
+    // sqlparser cannot parse `TABLE t`: alone the fast path reads it, in a list it is a write.
+    write("TABLE t; SELECT 1", ParseError);
+}
+
+#[test]
+fn never_panics_and_deep_nesting_is_a_write() {
+    let n = 10_000;
+    let parens = format!("SELECT {}1{}", "(".repeat(n), ")".repeat(n));
+    write(&parens, Reason::TooDeep);
+    let queries = format!("{}SELECT 1{}", "(".repeat(n), ")".repeat(n));
+    let (cl, _) = class(&queries);
+    assert_eq!(cl, Class::Write);
+    let subqueries = format!("SELECT {}1{}", "(SELECT ".repeat(n), ")".repeat(n));
+    assert_eq!(class(&subqueries).0, Class::Write);
+    // Invalid UTF-8 in a deep statement is a write; the fast path still decides others.
+    let bad = b"SELECT '\xff\xfe'";
+    let cl = c().classify(bad);
+    assert_eq!((cl.class, cl.reason), (Class::Write, Reason::InvalidUtf8));
+    assert_eq!(c().classify(b"SHOW \xff").class, Class::Read);
+    for junk in [
+        &b"\0\0\0"[..],
+        b"select $$",
+        b"select '",
+        b"/*",
+        b"select \"",
+        b"e'",
+        b"select (((",
+        b";;;;",
+        b"copy",
+        b"copy t to",
+        b"table",
+        b"table a.",
+        b"begin",
+    ] {
+        let _ = c().classify(junk);
+    }
+}
+
+#[test]
+fn hints_and_tables() {
+    let r =
+        c().classify(b"/* pgtier:replica */ SELECT * FROM Billing.Payments p JOIN users u ON true");
+    assert_eq!(r.class, Class::Read);
+    assert_eq!(r.hint, Some(Hint::Replica));
+    assert_eq!(&*r.tables, ["billing.payments", "users"]);
+    let r = c().classify(b"SELECT 1 -- pgtier:min_lsn=16/B374D848");
+    assert_eq!(r.min_lsn, Some("16/B374D848".parse().unwrap()));
+    let r = c().classify(b"/* pgtier:min_lsn=zz */ SELECT 1");
+    assert_eq!((r.min_lsn, r.bad_hint.is_some()), (None, true));
+    let r = c().classify(b"/* pgtier:replica */ INSERT INTO a.b VALUES (1)");
+    assert_eq!(r.class, Class::Write, "a hint never makes a write a read");
+    assert_eq!(r.hint, Some(Hint::Replica));
+    assert_eq!(&*r.tables, ["a.b"]);
+    let r = c().classify(b"WITH q AS (SELECT * FROM t) SELECT * FROM q, generate_series(1,2)");
+    assert_eq!(&*r.tables, ["t"]);
+}
+
+#[test]
+fn cache_hits_and_function_swaps() {
+    let cl = Classifier::new(FunctionTable::builtin(), 100);
+    let sql = b"SELECT app.stable_fn(id) FROM t";
+    assert_eq!(cl.classify(sql).class, Class::Write);
+    assert_eq!(cl.classify(sql).class, Class::Write);
+    let s = cl.cache_stats();
+    assert_eq!((s.hits, s.misses, s.entries), (1, 1, 1));
+    // Fast-path texts are not cached.
+    cl.classify(b"INSERT INTO t VALUES (1)");
+    cl.classify(b"SHOW x");
+    assert_eq!(cl.cache_len(), 1);
+    let mut f = FunctionTable::builtin();
+    f.learn_pg_proc([("app".to_string(), "stable_fn".to_string(), 's')]);
+    cl.set_functions(f);
+    assert_eq!(cl.cache_len(), 0);
+    assert_eq!(cl.classify(sql).class, Class::Read);
+    assert!(cl.functions().has_snapshot());
+    // Bounded.
+    for i in 0..1000 {
+        cl.classify(format!("SELECT {i}").as_bytes());
+    }
+    assert!(cl.cache_len() <= 100);
+    // Too long to cache: counted, still classified.
+    let long = format!("SELECT 1 {}", " ".repeat(MAX_CACHED_TEXT));
+    assert_eq!(cl.classify(long.as_bytes()).class, Class::Read);
+    assert_eq!(cl.cache_stats().uncached, 1);
+}
+
+#[test]
+fn reasons_describe_themselves() {
+    assert_eq!(
+        Reason::LockingClause.as_str(),
+        "locking clause (FOR UPDATE/SHARE)"
+    );
+    assert_eq!(Reason::ParseError.to_string(), Reason::ParseError.as_str());
+}

@@ -1,0 +1,238 @@
+//! The classifier against a corpus of realistic statements (tests/corpus/statements.txt).
+//!
+//! Pass 1 uses the built-in function table (no pg_proc), pass 2 a small synthetic pg_proc
+//! snapshot. Each pass classifies every statement twice (cold, then from the warm cache)
+//! and fails listing every mismatch; a statement marked W must never come back Read.
+
+use pgtier::router::classify::{Class, Classifier, FunctionTable};
+
+struct Case {
+    line: usize,
+    builtin: Class,
+    snapshot: Class,
+    sql: String,
+}
+
+fn class(c: char) -> Option<Class> {
+    match c {
+        'R' => Some(Class::Read),
+        'W' => Some(Class::Write),
+        _ => None,
+    }
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('\\') => out.push('\\'),
+            Some(o) => {
+                out.push('\\');
+                out.push(o);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+fn corpus() -> Vec<Case> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus/statements.txt");
+    let text = std::fs::read_to_string(path).expect("read corpus");
+    let mut cases = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (tag, sql) = line
+            .split_once('\t')
+            .unwrap_or_else(|| panic!("line {}: expected `R|W<TAB>SQL`", i + 1));
+        let mut t = tag.chars();
+        let (Some(a), sep, b) = (t.next().and_then(class), t.next(), t.next()) else {
+            panic!("line {}: bad tag {tag:?}", i + 1);
+        };
+        let snapshot = match (sep, b.and_then(class)) {
+            (None, _) => a,
+            (Some('/'), Some(b)) => b,
+            _ => panic!("line {}: bad tag {tag:?}", i + 1),
+        };
+        cases.push(Case {
+            line: i + 1,
+            builtin: a,
+            snapshot,
+            sql: unescape(sql),
+        });
+    }
+    cases
+}
+
+/// A small pg_proc snapshot: the catalog functions the corpus uses (except `initcap`, left
+/// out on purpose: unknown once a snapshot is loaded means the primary), plus an `app`
+/// schema with volatile and stable functions.
+fn synthetic_pg_proc() -> FunctionTable {
+    let stable = [
+        "count",
+        "sum",
+        "max",
+        "min",
+        "avg",
+        "array_agg",
+        "jsonb_agg",
+        "jsonb_build_object",
+        "lower",
+        "upper",
+        "length",
+        "format_type",
+        "pg_get_expr",
+        "pg_get_userbyid",
+        "pg_table_is_visible",
+        "pg_encoding_to_char",
+        "pg_get_constraintdef",
+        "pg_get_indexdef",
+        "pg_size_pretty",
+        "pg_total_relation_size",
+        "current_schemas",
+        "current_schema",
+        "current_database",
+        "current_user",
+        "current_setting",
+        "version",
+        "now",
+        "date_trunc",
+        "extract",
+        "to_char",
+        "percentile_cont",
+        "row_number",
+        "rank",
+        "dense_rank",
+        "lag",
+        "lead",
+        "generate_series",
+        "unnest",
+        "jsonb_each_text",
+    ];
+    let volatile = [
+        "random",
+        "clock_timestamp",
+        "gen_random_uuid",
+        "pg_sleep",
+        "pg_backend_pid",
+        "pg_is_in_recovery",
+        "nextval",
+        "setval",
+        "currval",
+        "set_config",
+        "pg_notify",
+        "txid_current",
+        "pg_advisory_xact_lock",
+    ];
+    let mut rows: Vec<(String, String, char)> = Vec::new();
+    rows.extend(
+        stable
+            .iter()
+            .map(|n| ("pg_catalog".into(), n.to_string(), 's')),
+    );
+    rows.extend(
+        volatile
+            .iter()
+            .map(|n| ("pg_catalog".into(), n.to_string(), 'v')),
+    );
+    for (schema, name, vol) in [
+        ("app", "audit_log", 'v'),
+        ("app", "stable_fn", 's'),
+        ("app", "expire_sessions", 'v'),
+        ("app", "report_rows", 's'),
+        ("public", "calc_total", 'i'),
+    ] {
+        rows.push((schema.into(), name.into(), vol));
+    }
+    let mut f = FunctionTable::builtin();
+    f.learn_pg_proc(rows);
+    f
+}
+
+/// Classifies every case twice; returns the mismatch descriptions.
+fn run(name: &str, classifier: &Classifier, cases: &[Case], snapshot: bool) -> Vec<String> {
+    let mut bad = Vec::new();
+    let mut reads = 0;
+    for round in ["cold", "warm"] {
+        for c in cases {
+            let want = if snapshot { c.snapshot } else { c.builtin };
+            let got = classifier.classify(c.sql.as_bytes());
+            if round == "cold" && got.class == Class::Read {
+                reads += 1;
+            }
+            if got.class != want {
+                bad.push(format!(
+                    "[{name}/{round}] line {}: expected {want:?}, got {:?} ({}): {}",
+                    c.line,
+                    got.class,
+                    got.reason.as_str(),
+                    c.sql.replace('\n', "\\n")
+                ));
+            }
+        }
+    }
+    let stats = classifier.cache_stats();
+    println!(
+        "{name}: {} statements, {reads} read / {} write, {} mismatches; cache {} entries, {} hits, {} misses",
+        cases.len(),
+        cases.len() - reads,
+        bad.len(),
+        stats.entries,
+        stats.hits,
+        stats.misses
+    );
+    bad
+}
+
+#[test]
+fn corpus_is_classified_exactly() {
+    let cases = corpus();
+    assert!(cases.len() >= 150, "corpus has only {} cases", cases.len());
+    let mut bad = run(
+        "builtin",
+        &Classifier::new(FunctionTable::builtin(), 4096),
+        &cases,
+        false,
+    );
+    bad.extend(run(
+        "pg_proc",
+        &Classifier::new(synthetic_pg_proc(), 4096),
+        &cases,
+        true,
+    ));
+    let total = cases.len();
+    for b in &bad {
+        println!("MISMATCH {b}");
+    }
+    println!("{} passed, {} failed", 2 * 2 * total - bad.len(), bad.len());
+    assert!(
+        bad.is_empty(),
+        "{} mismatches:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn writes_are_never_read_even_with_a_tiny_cache() {
+    // Capacity 8: constant eviction; a wrong cache hit would show up as a Read.
+    let cases = corpus();
+    let classifier = Classifier::new(FunctionTable::builtin(), 8);
+    for _ in 0..3 {
+        for c in &cases {
+            if c.builtin == Class::Write {
+                let got = classifier.classify(c.sql.as_bytes());
+                assert_eq!(got.class, Class::Write, "line {}: {}", c.line, c.sql);
+            }
+        }
+    }
+}

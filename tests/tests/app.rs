@@ -1,0 +1,956 @@
+//! The bundled app (pgtier-app) end to end: the app runs in-process, talks to a real pgtier in
+//! transaction mode in front of a real primary + replicas, and every endpoint, the booking
+//! state machine, bad input, /health through a database outage, read-your-writes and a short
+//! load-generator run are checked over HTTP.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pgtier_app::loadgen::client::Method;
+use pgtier_app::loadgen::client::{Http, Resp};
+use pgtier_app::{AppHandle, Config};
+use pgtier_kit::fixture::{scram_role, ConfigBuilder};
+use pgtier_kit::{Cluster, Pgtier, SUPERUSER, SUPERUSER_PASSWORD};
+use serde_json::{json, Value};
+
+const USER: &str = "tutor_app";
+
+fn cluster() -> &'static Cluster {
+    static SETUP: OnceLock<()> = OnceLock::new();
+    let c = Cluster::shared();
+    SETUP.get_or_init(|| scram_role(c, USER, USER).unwrap());
+    c
+}
+
+/// pgtier in transaction mode over `c`, replicas listed.
+fn pgtier_for(c: &Cluster, user: &str) -> Pgtier {
+    let replicas: Vec<String> = c
+        .replicas()
+        .iter()
+        .map(|r| format!("\"{}\"", r.addr()))
+        .collect();
+    ConfigBuilder::new(c)
+        .global("pool_mode = \"transaction\"")
+        .user(user, &format!("password = \"{user}\""))
+        .database(&format!("replicas = [{}]", replicas.join(", ")))
+        .database("pool_size = 10")
+        .start()
+        .unwrap()
+}
+
+fn shared_pgtier() -> &'static Pgtier {
+    static PX: OnceLock<Pgtier> = OnceLock::new();
+    PX.get_or_init(|| pgtier_for(cluster(), USER))
+}
+
+fn app_config(px: &Pgtier, user: &str) -> Config {
+    let mut cfg = Config::new(format!(
+        "postgres://{user}:{user}@127.0.0.1:{}/app?connect_timeout=5",
+        px.port()
+    ));
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.pool_size = 8;
+    cfg.db_timeout = Duration::from_secs(3);
+    cfg.health_timeout = Duration::from_secs(1);
+    cfg
+}
+
+/// The app on a free port, against the shared cluster's pgtier.
+async fn start_app() -> (AppHandle, Http) {
+    let px = tokio::task::block_in_place(shared_pgtier);
+    let app = pgtier_app::serve(app_config(px, USER)).await.unwrap();
+    let http = Http::new(&app.url());
+    (app, http)
+}
+
+/// Asserts the status (printing the body on failure) and returns the JSON body.
+fn expect(r: &Resp, status: u16, what: &str) -> Value {
+    assert_eq!(r.status, status, "{what}: {}", r.text());
+    r.json()
+}
+
+/// Asserts a 4xx/5xx with a JSON `{"error": "..."}` body.
+fn expect_error(r: &Resp, status: u16, what: &str) -> String {
+    let body = expect(r, status, what);
+    let msg = body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no error in {body}"));
+    assert!(!msg.is_empty(), "{what}");
+    assert!(
+        r.header("content-type")
+            .unwrap_or("")
+            .starts_with("application/json"),
+        "{what}: {:?}",
+        r.headers
+    );
+    msg.to_owned()
+}
+
+fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{t:x}-{n}")
+}
+
+fn lsn_ok(s: &str) -> bool {
+    pgtier_app::db::valid_lsn(s)
+}
+
+async fn new_subject(h: &Http) -> i64 {
+    let r = h
+        .post("/subjects", &json!({ "name": unique("subj") }))
+        .await
+        .unwrap();
+    expect(&r, 201, "subject")["id"].as_i64().unwrap()
+}
+
+async fn new_student(h: &Http) -> i64 {
+    let r = h
+        .post(
+            "/students",
+            &json!({ "name": "Sam", "email": format!("{}@example.com", unique("s")) }),
+        )
+        .await
+        .unwrap();
+    expect(&r, 201, "student")["id"].as_i64().unwrap()
+}
+
+async fn new_tutor(h: &Http, subjects: &[i64]) -> i64 {
+    let r = h
+        .post(
+            "/tutors",
+            &json!({ "name": "Ada", "bio": "maths", "hourly_rate_cents": 4000, "subject_ids": subjects }),
+        )
+        .await
+        .unwrap();
+    let t = expect(&r, 201, "tutor")["id"].as_i64().unwrap();
+    let r = h
+        .post(
+            &format!("/tutors/{t}/availability"),
+            &json!({ "starts_at": "2031-01-01T08:00:00Z", "ends_at": "2031-01-01T20:00:00Z" }),
+        )
+        .await
+        .unwrap();
+    expect(&r, 201, "availability");
+    t
+}
+
+/// Every id of a listing, following `next_offset` (other tests add rows concurrently).
+async fn all_ids(h: &Http, path: &str) -> Vec<i64> {
+    let mut ids = Vec::new();
+    let mut offset = 0;
+    loop {
+        let r = h
+            .get(&format!("{path}?limit=100&offset={offset}"))
+            .await
+            .unwrap();
+        let page = expect(&r, 200, path);
+        ids.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["id"].as_i64().unwrap()),
+        );
+        match page["next_offset"].as_i64() {
+            Some(n) => offset = n,
+            None => return ids,
+        }
+    }
+}
+
+async fn book(h: &Http, tutor: i64, student: i64, from: &str, to: &str) -> Resp {
+    h.post(
+        "/bookings",
+        &json!({ "tutor_id": tutor, "student_id": student, "starts_at": from, "ends_at": to }),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_request_ids() {
+    let (_app, h) = start_app().await;
+    let r = h.get("/health").await.unwrap();
+    assert_eq!(expect(&r, 200, "health")["status"], "ok");
+    assert!(r.header("x-request-id").is_some());
+    h.get("/nope").await.unwrap();
+    let m = h.get("/metrics").await.unwrap();
+    assert_eq!(m.status, 200);
+    let text = m.text();
+    assert!(
+        text.contains(r#"app_http_requests_total{method="GET",route="/health",status="200"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"route="unmatched",status="404""#), "{text}");
+    assert!(
+        text.contains("app_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(text.contains("app_db_pool_connections"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subjects_students_tutors_and_availability() {
+    let (_app, h) = start_app().await;
+    // Subjects.
+    let name = unique("Algebra");
+    let r = h.post("/subjects", &json!({ "name": name })).await.unwrap();
+    let s1 = expect(&r, 201, "create subject");
+    assert_eq!(s1["name"], name.as_str());
+    if let Some(l) = r.header("x-causal-lsn") {
+        assert!(lsn_ok(l), "{l}");
+    }
+    let s1 = s1["id"].as_i64().unwrap();
+    expect_error(
+        &h.post("/subjects", &json!({ "name": name })).await.unwrap(),
+        409,
+        "dup subject",
+    );
+    let got = expect(
+        &h.get(&format!("/subjects/{s1}")).await.unwrap(),
+        200,
+        "get subject",
+    );
+    assert_eq!(got["name"], name.as_str());
+    let s2 = new_subject(&h).await;
+    let page = expect(
+        &h.get("/subjects?limit=1").await.unwrap(),
+        200,
+        "list subjects",
+    );
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page["next_offset"], 1);
+    let ids = all_ids(&h, "/subjects").await;
+    assert!(ids.contains(&s1) && ids.contains(&s2), "{ids:?}");
+
+    // Students.
+    let email = format!("{}@example.com", unique("kim"));
+    let r = h
+        .post("/students", &json!({ "name": "Kim", "email": email }))
+        .await
+        .unwrap();
+    let st = expect(&r, 201, "create student")["id"].as_i64().unwrap();
+    expect_error(
+        &h.post("/students", &json!({ "name": "Kim2", "email": email }))
+            .await
+            .unwrap(),
+        409,
+        "dup email",
+    );
+    let got = expect(
+        &h.get(&format!("/students/{st}")).await.unwrap(),
+        200,
+        "get student",
+    );
+    assert_eq!(got["email"], email.as_str());
+    assert!(all_ids(&h, "/students").await.contains(&st));
+
+    // Tutors: create, get, patch, filter by subject and rating.
+    let r = h
+        .post(
+            "/tutors",
+            &json!({ "name": "Grace", "bio": "compilers", "hourly_rate_cents": 5000, "subject_ids": [s1, s2, s1] }),
+        )
+        .await
+        .unwrap();
+    let t = expect(&r, 201, "create tutor");
+    assert_eq!(t["subject_ids"], json!([s1.min(s2), s1.max(s2)]));
+    assert_eq!(t["rating"], 0.0);
+    let t = t["id"].as_i64().unwrap();
+    let got = expect(
+        &h.get(&format!("/tutors/{t}")).await.unwrap(),
+        200,
+        "get tutor",
+    );
+    assert_eq!(got["hourly_rate_cents"], 5000);
+    let r = h
+        .send(
+            Method::PATCH,
+            &format!("/tutors/{t}"),
+            Some(&json!({ "hourly_rate_cents": 6000, "subject_ids": [s2] })),
+            None,
+        )
+        .await
+        .unwrap();
+    let patched = expect(&r, 200, "patch tutor");
+    assert_eq!(patched["hourly_rate_cents"], 6000);
+    assert_eq!(patched["subject_ids"], json!([s2]));
+    assert_eq!(patched["bio"], "compilers");
+    let by_s2 = expect(
+        &h.get(&format!("/tutors?subject_id={s2}")).await.unwrap(),
+        200,
+        "by s2",
+    );
+    assert!(by_s2["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["id"] == t));
+    let by_s1 = expect(
+        &h.get(&format!("/tutors?subject_id={s1}")).await.unwrap(),
+        200,
+        "by s1",
+    );
+    assert!(!by_s1["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["id"] == t));
+    let rated = expect(
+        &h.get("/tutors?min_rating=4.5&limit=100").await.unwrap(),
+        200,
+        "rated",
+    );
+    assert!(rated["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|x| x["rating"].as_f64().unwrap() >= 4.5));
+    assert!(!rated["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["id"] == t));
+    let cheap = expect(
+        &h.get("/tutors?max_rate_cents=5999&limit=100")
+            .await
+            .unwrap(),
+        200,
+        "cheap",
+    );
+    assert!(!cheap["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["id"] == t));
+
+    // Availability.
+    let r = h
+        .post(
+            &format!("/tutors/{t}/availability"),
+            &json!({ "starts_at": "2031-03-01T09:00:00+01:00", "ends_at": "2031-03-01T17:00:00Z" }),
+        )
+        .await
+        .unwrap();
+    let slot = expect(&r, 201, "availability");
+    assert_eq!(slot["starts_at"], "2031-03-01T08:00:00Z");
+    let list = expect(
+        &h.get(&format!("/tutors/{t}/availability")).await.unwrap(),
+        200,
+        "slots",
+    );
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert_eq!(list["items"][0]["ends_at"], "2031-03-01T17:00:00Z");
+    let reviews = expect(
+        &h.get(&format!("/tutors/{t}/reviews")).await.unwrap(),
+        200,
+        "reviews",
+    );
+    assert_eq!(reviews["items"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn booking_state_machine_and_reviews() {
+    let (_app, h) = start_app().await;
+    let subj = new_subject(&h).await;
+    let tutor = new_tutor(&h, &[subj]).await;
+    let student = new_student(&h).await;
+    let (from, to) = ("2031-01-01T10:00:00Z", "2031-01-01T11:30:00Z");
+
+    let r = book(&h, tutor, student, from, to).await;
+    let b = expect(&r, 201, "book");
+    assert_eq!(b["status"], "requested");
+    assert_eq!(b["price_cents"], 6000); // 1.5 h at 40.00
+    let id = b["id"].as_i64().unwrap();
+    // The slot is taken while requested/confirmed; outside availability is 422.
+    expect_error(
+        &book(
+            &h,
+            tutor,
+            student,
+            "2031-01-01T11:00:00Z",
+            "2031-01-01T12:00:00Z",
+        )
+        .await,
+        409,
+        "overlap",
+    );
+    expect_error(
+        &book(
+            &h,
+            tutor,
+            student,
+            "2031-01-02T10:00:00Z",
+            "2031-01-02T11:00:00Z",
+        )
+        .await,
+        422,
+        "unavailable",
+    );
+    expect_error(&book(&h, tutor, student, to, from).await, 422, "reversed");
+
+    let post = |path: String| {
+        let h = h.clone();
+        async move { h.post(&path, &json!({})).await.unwrap() }
+    };
+    let review = |id: i64, rating: i64| {
+        let h = h.clone();
+        async move {
+            h.post(
+                &format!("/bookings/{id}/review"),
+                &json!({ "rating": rating, "comment": "clear" }),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // requested: cannot complete, cannot be reviewed.
+    expect_error(
+        &post(format!("/bookings/{id}/complete")).await,
+        409,
+        "complete requested",
+    );
+    expect_error(&review(id, 5).await, 409, "review requested");
+    let c = expect(
+        &post(format!("/bookings/{id}/confirm")).await,
+        200,
+        "confirm",
+    );
+    assert_eq!(c["status"], "confirmed");
+    expect_error(
+        &post(format!("/bookings/{id}/confirm")).await,
+        409,
+        "confirm twice",
+    );
+    expect_error(&review(id, 5).await, 409, "review confirmed");
+    let c = expect(
+        &post(format!("/bookings/{id}/complete")).await,
+        200,
+        "complete",
+    );
+    assert_eq!(c["status"], "completed");
+    let msg = expect_error(
+        &post(format!("/bookings/{id}/cancel")).await,
+        409,
+        "cancel completed",
+    );
+    assert!(msg.contains("completed"), "{msg}");
+    expect_error(&review(id, 6).await, 422, "rating 6");
+    expect_error(&review(id, 0).await, 422, "rating 0");
+    let rv = expect(&review(id, 4).await, 201, "review");
+    assert_eq!(rv["review"]["rating"], 4);
+    assert_eq!(rv["tutor_rating"], 4.0);
+    assert_eq!(rv["tutor_review_count"], 1);
+    expect_error(&review(id, 5).await, 409, "second review");
+    let t = expect(
+        &h.get(&format!("/tutors/{tutor}")).await.unwrap(),
+        200,
+        "tutor",
+    );
+    assert_eq!(t["rating"], 4.0);
+    assert_eq!(t["review_count"], 1);
+    let rl = expect(
+        &h.get(&format!("/tutors/{tutor}/reviews")).await.unwrap(),
+        200,
+        "reviews",
+    );
+    assert_eq!(rl["items"][0]["booking_id"], id);
+    // The completed booking no longer blocks the slot; a second booking gets cancelled.
+    let b2 = expect(&book(&h, tutor, student, from, to).await, 201, "rebook")["id"]
+        .as_i64()
+        .unwrap();
+    let c = expect(&post(format!("/bookings/{b2}/cancel")).await, 200, "cancel");
+    assert_eq!(c["status"], "cancelled");
+    expect_error(
+        &post(format!("/bookings/{b2}/confirm")).await,
+        409,
+        "confirm cancelled",
+    );
+    expect_error(
+        &post(format!("/bookings/{b2}/cancel")).await,
+        409,
+        "cancel twice",
+    );
+    expect_error(&review(b2, 3).await, 409, "review cancelled");
+    // A second review raises the average in the same transaction as the insert.
+    let b3 = expect(&book(&h, tutor, student, from, to).await, 201, "book 3")["id"]
+        .as_i64()
+        .unwrap();
+    expect(
+        &post(format!("/bookings/{b3}/confirm")).await,
+        200,
+        "confirm 3",
+    );
+    expect(
+        &post(format!("/bookings/{b3}/complete")).await,
+        200,
+        "complete 3",
+    );
+    let rv = expect(&review(b3, 5).await, 201, "review 3");
+    assert_eq!(rv["tutor_rating"], 4.5);
+    let top = expect(
+        &h.get(&format!("/tutors?subject_id={subj}&min_rating=4.5"))
+            .await
+            .unwrap(),
+        200,
+        "search",
+    );
+    assert_eq!(top["items"][0]["id"], tutor);
+    // Unknown bookings are 404 for every transition.
+    for p in ["confirm", "complete", "cancel"] {
+        expect_error(&post(format!("/bookings/999999999/{p}")).await, 404, p);
+    }
+    expect_error(&review(999_999_999, 5).await, 404, "review unknown");
+    // Listing and filters.
+    let got = expect(
+        &h.get(&format!("/bookings/{id}")).await.unwrap(),
+        200,
+        "get booking",
+    );
+    assert_eq!(got["status"], "completed");
+    assert_eq!(got["starts_at"], from);
+    let mine = expect(
+        &h.get(&format!("/bookings?student_id={student}"))
+            .await
+            .unwrap(),
+        200,
+        "mine",
+    );
+    let ids: Vec<i64> = mine["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [b3, b2, id]);
+    let cancelled = expect(
+        &h.get(&format!("/bookings?tutor_id={tutor}&status=cancelled"))
+            .await
+            .unwrap(),
+        200,
+        "cancelled",
+    );
+    assert_eq!(cancelled["items"].as_array().unwrap().len(), 1);
+    assert_eq!(cancelled["items"][0]["id"], b2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_json_4xx() {
+    let (_app, h) = start_app().await;
+    let raw = |m: Method, path: &'static str, ct: Option<&'static str>, body: &'static str| {
+        let h = h.clone();
+        async move {
+            h.raw(m, path, ct, body.as_bytes().to_vec(), &[])
+                .await
+                .unwrap()
+        }
+    };
+    let json_ct = Some("application/json");
+    expect_error(
+        &raw(Method::POST, "/subjects", json_ct, "{\"name\": ").await,
+        400,
+        "malformed",
+    );
+    expect_error(
+        &raw(Method::POST, "/subjects", None, "{\"name\": \"x\"}").await,
+        415,
+        "no content type",
+    );
+    expect_error(
+        &raw(Method::POST, "/subjects", json_ct, "{\"name\": 5}").await,
+        422,
+        "wrong type",
+    );
+    expect_error(
+        &raw(Method::POST, "/subjects", json_ct, "{}").await,
+        422,
+        "missing field",
+    );
+    expect_error(
+        &raw(Method::POST, "/subjects", json_ct, "{\"name\": \"\"}").await,
+        422,
+        "empty name",
+    );
+    expect_error(
+        &raw(
+            Method::POST,
+            "/subjects",
+            json_ct,
+            "{\"name\": \"a\", \"x\": 1}",
+        )
+        .await,
+        422,
+        "unknown field",
+    );
+    let tutor = |rate: i64| json!({ "name": "T", "hourly_rate_cents": rate });
+    expect_error(
+        &h.post("/tutors", &tutor(-1)).await.unwrap(),
+        422,
+        "negative rate",
+    );
+    expect_error(
+        &h.post("/tutors", &tutor(10_000_001)).await.unwrap(),
+        422,
+        "huge rate",
+    );
+    let bad_subject = json!({ "name": "T", "hourly_rate_cents": 1, "subject_ids": [999_999_999] });
+    expect_error(
+        &h.post("/tutors", &bad_subject).await.unwrap(),
+        422,
+        "unknown subject",
+    );
+    expect_error(
+        &h.post("/students", &json!({ "name": "n", "email": "nope" }))
+            .await
+            .unwrap(),
+        422,
+        "email",
+    );
+    for q in [
+        "limit=101",
+        "limit=0",
+        "limit=-1",
+        "offset=-1",
+        "limit=abc",
+        "min_rating=7",
+        "min_rating=-1",
+        "subject_id=x",
+    ] {
+        expect_error(&h.get(&format!("/tutors?{q}")).await.unwrap(), 400, q);
+    }
+    expect_error(
+        &h.get("/bookings?status=lost").await.unwrap(),
+        400,
+        "status filter",
+    );
+    for p in [
+        "/tutors/999999999",
+        "/students/999999999",
+        "/subjects/999999999",
+        "/bookings/999999999",
+        "/tutors/999999999/availability",
+        "/tutors/999999999/reviews",
+        "/no/such/route",
+    ] {
+        expect_error(&h.get(p).await.unwrap(), 404, p);
+    }
+    expect_error(&h.get("/tutors/abc").await.unwrap(), 400, "non-numeric id");
+    expect_error(&h.get("/tutors/-3").await.unwrap(), 400, "negative id");
+    let r = h
+        .raw(Method::DELETE, "/tutors", None, Vec::new(), &[])
+        .await
+        .unwrap();
+    expect_error(&r, 405, "method");
+    let slot = json!({ "starts_at": "2031-01-01T10:00:00Z", "ends_at": "2031-01-01T11:00:00Z" });
+    expect_error(
+        &h.post("/tutors/999999999/availability", &slot)
+            .await
+            .unwrap(),
+        404,
+        "slot unknown tutor",
+    );
+    let t = new_tutor(&h, &[]).await;
+    let bad_time = json!({ "starts_at": "yesterday-ish", "ends_at": "2031-01-01T11:00:00Z" });
+    expect_error(
+        &h.post(&format!("/tutors/{t}/availability"), &bad_time)
+            .await
+            .unwrap(),
+        422,
+        "bad time",
+    );
+    let reversed =
+        json!({ "starts_at": "2031-01-01T11:00:00Z", "ends_at": "2031-01-01T10:00:00Z" });
+    expect_error(
+        &h.post(&format!("/tutors/{t}/availability"), &reversed)
+            .await
+            .unwrap(),
+        422,
+        "reversed slot",
+    );
+    let s = new_student(&h).await;
+    expect_error(
+        &book(
+            &h,
+            999_999_999,
+            s,
+            "2031-01-01T10:00:00Z",
+            "2031-01-01T11:00:00Z",
+        )
+        .await,
+        404,
+        "unknown tutor",
+    );
+    expect_error(
+        &book(
+            &h,
+            t,
+            999_999_999,
+            "2031-01-01T10:00:00Z",
+            "2031-01-01T11:00:00Z",
+        )
+        .await,
+        404,
+        "unknown student",
+    );
+    expect_error(
+        &book(&h, t, s, "2031-01-01T08:00:00Z", "2031-01-01T19:00:00Z").await,
+        422,
+        "too long",
+    );
+    let r = h
+        .send(
+            Method::PATCH,
+            "/tutors/999999999",
+            Some(&json!({ "bio": "x" })),
+            None,
+        )
+        .await
+        .unwrap();
+    expect_error(&r, 404, "patch unknown");
+    let r = h
+        .send(
+            Method::PATCH,
+            &format!("/tutors/{t}"),
+            Some(&json!({ "hourly_rate_cents": -5 })),
+            None,
+        )
+        .await
+        .unwrap();
+    expect_error(&r, 422, "patch negative rate");
+    for bad in ["nonsense", "0/", "1/2/3", "0/1'; DROP TABLE tutors; --"] {
+        let r = h
+            .send(Method::GET, "/subjects", None, Some(bad))
+            .await
+            .unwrap();
+        expect_error(&r, 400, bad);
+    }
+}
+
+/// Resumes a replica's replay when the test ends, even on panic.
+struct Resume<'a>(&'a pgtier_kit::Node);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.resume_replay();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_then_read_200_times_with_a_paused_replica() {
+    // Writes go through one app server and reads through another, as behind a load balancer:
+    // the reader's pgtier connections saw none of the writes, so only the X-Causal-Lsn token
+    // the client carries keeps its reads off a replica that has not replayed them.
+    let (_app, h) = start_app().await;
+    let (_reader, reader) = start_app().await;
+    let c = cluster();
+    tokio::task::block_in_place(|| c.replica(0).pause_replay()).unwrap();
+    let _resume = Resume(c.replica(0));
+    let subj = new_subject(&h).await;
+    let mut tokens = 0;
+    for i in 0..200 {
+        // Alternate resources so both single-statement and multi-statement writes are read back.
+        let (create, read) = if i % 2 == 0 {
+            let body = json!({ "name": format!("S{i}"), "email": format!("{}@example.com", unique("ryw")) });
+            (h.post("/students", &body).await.unwrap(), "/students")
+        } else {
+            let body =
+                json!({ "name": format!("T{i}"), "hourly_rate_cents": i, "subject_ids": [subj] });
+            (h.post("/tutors", &body).await.unwrap(), "/tutors")
+        };
+        let id = expect(&create, 201, "create")["id"].as_i64().unwrap();
+        let lsn = create.header("x-causal-lsn").map(str::to_owned);
+        if let Some(l) = &lsn {
+            assert!(lsn_ok(l), "{l}");
+            tokens += 1;
+        }
+        let r = reader
+            .send(Method::GET, &format!("{read}/{id}"), None, lsn.as_deref())
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status,
+            200,
+            "read {i} of {read}/{id} after creating it: {}",
+            r.text()
+        );
+        assert_eq!(r.json()["id"], id);
+    }
+    // Either pgtier gave a token on every write or (before it supports tokens) on none.
+    assert!(
+        tokens == 0 || tokens == 200,
+        "{tokens} of 200 writes had a causal token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_migrate_once() {
+    let px = tokio::task::block_in_place(shared_pgtier);
+    let starts: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(pgtier_app::serve(app_config(px, USER))))
+        .collect();
+    let mut apps = Vec::new();
+    for s in starts {
+        apps.push(s.await.unwrap().unwrap());
+    }
+    let rows = tokio::task::block_in_place(|| {
+        cluster().primary().psql_db(
+            "app",
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations",
+        )
+    })
+    .unwrap();
+    assert_eq!(rows, "1");
+    for a in apps {
+        let r = Http::new(&a.url()).get("/health").await.unwrap();
+        assert_eq!(r.status, 200);
+        a.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_while_the_database_is_down_and_recovers() {
+    let c = tokio::task::block_in_place(|| {
+        let c = Cluster::start(1).unwrap();
+        c.create_role_and_db("app", "app", "app").unwrap();
+        c
+    });
+    let px = tokio::task::block_in_place(|| pgtier_for(&c, "app"));
+    let app = pgtier_app::serve(app_config(&px, "app")).await.unwrap();
+    let h = Http::new(&app.url());
+    expect(&h.get("/health").await.unwrap(), 200, "health up");
+    let sid = new_subject(&h).await;
+
+    tokio::task::block_in_place(|| {
+        c.replica(0).stop_immediate().unwrap();
+        c.primary().stop_immediate().unwrap();
+    });
+    let until = |want: u16, limit: Duration| {
+        let h = h.clone();
+        async move {
+            let deadline = Instant::now() + limit;
+            loop {
+                let r = h.get("/health").await.unwrap();
+                if r.status == want {
+                    return r;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "/health still {} after {limit:?}: {}",
+                    r.status,
+                    r.text()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let r = until(503, Duration::from_secs(15)).await;
+    assert_eq!(r.json()["status"], "unavailable");
+    // An API call fails as a JSON 5xx with the request id in body and header.
+    let t = Instant::now();
+    let r = h.get(&format!("/subjects/{sid}")).await.unwrap();
+    let body = r.json();
+    assert!(
+        r.status == 503 || r.status == 500,
+        "{} {}",
+        r.status,
+        r.text()
+    );
+    assert!(body["error"].is_string(), "{body}");
+    assert_eq!(
+        body["request_id"].as_str(),
+        r.header("x-request-id"),
+        "{body}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+
+    tokio::task::block_in_place(|| {
+        c.primary().start().unwrap();
+        c.replica(0).start().unwrap();
+    });
+    until(200, Duration::from_secs(30)).await;
+    // A pooled connection whose pgtier session broke during the outage fails once (a JSON
+    // 5xx) and is then replaced; no more failures than pooled connections.
+    let mut failures = Vec::new();
+    loop {
+        let r = h.get(&format!("/subjects/{sid}")).await.unwrap();
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            r.status >= 500 && r.json()["error"].is_string(),
+            "{}",
+            r.text()
+        );
+        failures.push(r.text());
+        assert!(
+            failures.len() <= 8,
+            "reads keep failing after recovery: {failures:?}"
+        );
+    }
+    app.shutdown().await.unwrap();
+    drop(px);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_short_run_has_no_errors() {
+    let (app, _h) = start_app().await;
+    let c = cluster();
+    let mut opts = pgtier_app::loadgen::Options::new(&app.url());
+    opts.users = 8;
+    opts.duration = Duration::from_secs(3);
+    opts.tutors = 10;
+    opts.students = 20;
+    opts.quiet = true;
+    opts.node_dsn = std::iter::once(c.primary())
+        .chain(c.replicas())
+        .map(|n| {
+            format!(
+                "host=127.0.0.1 port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname=app",
+                n.port()
+            )
+        })
+        .collect();
+    let s = pgtier_app::loadgen::run(&opts).await.unwrap();
+    eprintln!("{s}");
+    assert_eq!(s.errors, 0, "{s}");
+    assert_eq!(s.stale_reads, 0, "{s}");
+    assert!(s.requests > 100, "{s}");
+    assert!(s.replica_share.is_some(), "{s}");
+    for op in &s.ops {
+        assert!(op.count > 0, "{} never ran: {s}", op.name);
+    }
+}
+
+/// The numbers for the README: `cargo test -p pgtier-kit --release --test app -- --ignored
+/// --nocapture loadgen_report` (LOADGEN_USERS, LOADGEN_RATE, LOADGEN_SECS).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn loadgen_report() {
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+    let (app, _h) = start_app().await;
+    let c = cluster();
+    let mut opts = pgtier_app::loadgen::Options::new(&app.url());
+    opts.users = env("LOADGEN_USERS", "50").parse().unwrap();
+    opts.rate = Some(env("LOADGEN_RATE", "500").parse().unwrap());
+    opts.duration = Duration::from_secs(env("LOADGEN_SECS", "30").parse().unwrap());
+    opts.node_dsn = std::iter::once(c.primary())
+        .chain(c.replicas())
+        .map(|n| {
+            format!(
+                "host=127.0.0.1 port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname=app",
+                n.port()
+            )
+        })
+        .collect();
+    let s = pgtier_app::loadgen::run(&opts).await.unwrap();
+    println!("{s}");
+}

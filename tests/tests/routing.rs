@@ -1,0 +1,293 @@
+//! Read/write splitting through pgtier on a primary + 2 replicas: where each statement form
+//! lands (checked with `pg_is_in_recovery()` and `inet_server_port()`), transaction stickiness,
+//! hints, `SET pgtier.route`, and read-your-writes with a replica whose replay is paused.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use pgtier_kit::fixture::{connect, scram_role, ConfigBuilder};
+use pgtier_kit::proxy::Pgtier;
+use pgtier_kit::wire;
+use pgtier_kit::Cluster;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const USER: &str = "router";
+const PW: &str = "router-pw";
+
+fn start(cluster: &Cluster, extra: &[&str]) -> Result<Pgtier> {
+    scram_role(cluster, USER, PW)?;
+    let mut b = ConfigBuilder::new(cluster)
+        .global("lag_check_interval = \"50ms\"")
+        .with_replicas(cluster)
+        .user(USER, &format!("password = \"{PW}\""));
+    for line in extra {
+        b = b.global(line);
+    }
+    b.start()
+}
+
+/// (in recovery, server port) of the node that ran `sql` (which must return those two columns).
+async fn where_ran(c: &Client, sql: &str) -> Result<(bool, u16)> {
+    for m in c.simple_query(sql).await? {
+        if let SimpleQueryMessage::Row(r) = m {
+            let rec = r.get(0).unwrap_or("") == "t";
+            let port = r.get(1).unwrap_or("0").parse()?;
+            return Ok((rec, port));
+        }
+    }
+    anyhow::bail!("no row from {sql}")
+}
+
+const WHERE: &str = "SELECT pg_is_in_recovery(), inet_server_port()";
+
+fn replica_ports(cluster: &Cluster) -> Vec<u16> {
+    cluster.replicas().iter().map(|r| r.port()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_spread_over_replicas_and_writes_reach_the_primary() -> Result<()> {
+    let cluster = Cluster::start(2)?;
+    let px = start(&cluster, &[])?;
+    let c = connect(&px, USER, PW).await?;
+    c.batch_execute("CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, v text)")
+        .await?;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..40 {
+        let (rec, port) = where_ran(&c, WHERE).await?;
+        assert!(rec, "a plain read ran on the primary (port {port})");
+        assert!(replica_ports(&cluster).contains(&port));
+        seen.insert(port);
+    }
+    // Least-outstanding choice with one client rotates or sticks; both replicas must be usable.
+    let c2 = connect(&px, USER, PW).await?;
+    let (a, b) = tokio::join!(
+        where_ran(
+            &c,
+            "SELECT pg_is_in_recovery(), inet_server_port() FROM pg_sleep(0.2)"
+        ),
+        where_ran(
+            &c2,
+            "SELECT pg_is_in_recovery(), inet_server_port() FROM pg_sleep(0.2)"
+        )
+    );
+    let (a, b) = (a?, b?);
+    assert!(a.0 && b.0);
+    seen.insert(a.1);
+    seen.insert(b.1);
+    assert_eq!(
+        seen.len(),
+        2,
+        "two concurrent reads should use both replicas: {seen:?}"
+    );
+    // Writes.
+    for sql in [
+        "INSERT INTO items VALUES (1, 'a') ON CONFLICT DO NOTHING RETURNING pg_is_in_recovery(), inet_server_port()",
+        "UPDATE items SET v = 'b' WHERE id = 1 RETURNING pg_is_in_recovery(), inet_server_port()",
+        "WITH w AS (UPDATE items SET v = 'c' WHERE id = 1 RETURNING id) SELECT pg_is_in_recovery(), inet_server_port() FROM w",
+        "SELECT pg_is_in_recovery(), inet_server_port() FROM items WHERE id = 1 FOR UPDATE",
+        "SELECT pg_is_in_recovery(), inet_server_port() FROM items WHERE id = 1 FOR NO KEY UPDATE",
+        "/* pgtier:primary */ SELECT pg_is_in_recovery(), inet_server_port()",
+    ] {
+        let (rec, port) = where_ran(&c, sql).await?;
+        assert!(!rec, "{sql} ran on a replica");
+        assert_eq!(port, cluster.primary().port(), "{sql}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_stay_on_one_server() -> Result<()> {
+    let cluster = Cluster::start(2)?;
+    let px = start(&cluster, &[])?;
+    let c = connect(&px, USER, PW).await?;
+    // A read-write transaction runs on the primary from its BEGIN.
+    c.batch_execute("BEGIN").await?;
+    for _ in 0..3 {
+        let (rec, port) = where_ran(&c, WHERE).await?;
+        assert!(!rec);
+        assert_eq!(port, cluster.primary().port());
+    }
+    c.batch_execute("COMMIT").await?;
+    // A read-only one may run on a replica, and stays on it.
+    c.batch_execute("BEGIN READ ONLY").await?;
+    let (rec, first) = where_ran(&c, WHERE).await?;
+    assert!(rec, "BEGIN READ ONLY should go to a replica");
+    for _ in 0..5 {
+        assert_eq!(where_ran(&c, WHERE).await?, (true, first));
+    }
+    // A write inside it fails as Postgres would: read-only transaction (25006).
+    let err = c
+        .batch_execute("CREATE TABLE nope (a int)")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("25006"), "{err}");
+    c.batch_execute("ROLLBACK").await?;
+    // The session goes on normally.
+    assert!(where_ran(&c, WHERE).await?.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_override_and_pgtier_statements() -> Result<()> {
+    let cluster = Cluster::start(2)?;
+    let px = start(&cluster, &[])?;
+    let c = connect(&px, USER, PW).await?;
+    c.batch_execute("SET pgtier.route = 'primary'").await?;
+    assert!(!where_ran(&c, WHERE).await?.0, "route=primary");
+    let show = c.simple_query("SHOW pgtier.route").await?;
+    let value = show.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(value.as_deref(), Some("primary"));
+    c.batch_execute("RESET pgtier.route").await?;
+    assert!(where_ran(&c, WHERE).await?.0, "route=auto again");
+    let err = c
+        .batch_execute("SET pgtier.route = 'sideways'")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("22023"));
+    let err = c
+        .batch_execute("SET pgtier.min_lsn = 'garbage'")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("22023"));
+    // Not pinned by any of that: reads still spread.
+    assert!(where_ran(&c, WHERE).await?.0);
+    Ok(())
+}
+
+fn first_row_value(msgs: &[SimpleQueryMessage]) -> Option<String> {
+    msgs.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
+/// 1000 autocommit INSERT-then-SELECT iterations with one replica's replay paused: no read may
+/// miss its own write. Reports the share served by replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_with_a_paused_replica() -> Result<()> {
+    let cluster = Cluster::start(2)?;
+    // The kit runs with synchronous_commit off (fast set-up); the production default is on,
+    // which ships each commit to the replicas at once.
+    cluster
+        .primary()
+        .psql("ALTER SYSTEM SET synchronous_commit = on")?;
+    cluster.primary().psql("SELECT pg_reload_conf()")?;
+    let px = start(&cluster, &[])?;
+    let c = connect(&px, USER, PW).await?;
+    c.batch_execute("CREATE TABLE ryw (id int PRIMARY KEY)")
+        .await?;
+    cluster.wait_replicas_caught_up()?;
+    cluster.replica(0).pause_replay()?;
+    let insert = c.prepare("INSERT INTO ryw VALUES ($1)").await?;
+    let select = c
+        .prepare("SELECT count(*), pg_is_in_recovery() FROM ryw WHERE id = $1")
+        .await?;
+    let (mut stale, mut on_replica) = (0, 0);
+    const N: i32 = 1000;
+    for i in 0..N {
+        c.execute(&insert, &[&i]).await?;
+        let row = c.query_one(&select, &[&i]).await?;
+        if row.get::<_, i64>(0) != 1 {
+            stale += 1;
+        }
+        if row.get::<_, bool>(1) {
+            on_replica += 1;
+        }
+    }
+    cluster.replica(0).resume_replay()?;
+    println!(
+        "read-your-writes: {N} iterations, {stale} stale, {on_replica} reads on replicas ({:.0}%)",
+        on_replica as f64 * 100.0 / N as f64
+    );
+    assert_eq!(stale, 0, "reads missed their own writes");
+    assert!(
+        on_replica > 0,
+        "with a healthy replica, some reads after writes should land on it"
+    );
+    Ok(())
+}
+
+/// A token from one connection makes another connection's reads see that write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn causal_token_crosses_connections() -> Result<()> {
+    let cluster = Cluster::start(2)?;
+    let px = start(&cluster, &[])?;
+    let writer = connect(&px, USER, PW).await?;
+    let reader = connect(&px, USER, PW).await?;
+    writer
+        .batch_execute("CREATE TABLE tokens (id int PRIMARY KEY)")
+        .await?;
+    cluster.wait_replicas_caught_up()?;
+    assert_eq!(
+        first_row_value(&writer.simple_query("SHOW pgtier.causal_lsn").await?).as_deref(),
+        first_row_value(&writer.simple_query("SHOW pgtier.causal_lsn").await?).as_deref()
+    );
+    for r in cluster.replicas() {
+        r.pause_replay()?;
+    }
+    writer
+        .batch_execute("INSERT INTO tokens VALUES (7)")
+        .await?;
+    let token = first_row_value(&writer.simple_query("SHOW pgtier.causal_lsn").await?)
+        .expect("a causal token after a write");
+    assert_ne!(token, "0/0");
+    // Without the token the reader may read a paused replica and miss the row; with it, never.
+    reader
+        .batch_execute(&format!("SET pgtier.min_lsn = '{token}'"))
+        .await?;
+    let row = reader
+        .query_one(
+            "SELECT count(*), pg_is_in_recovery() FROM tokens WHERE id = 7",
+            &[],
+        )
+        .await?;
+    assert_eq!(row.get::<_, i64>(0), 1, "the token's write must be visible");
+    assert!(
+        !row.get::<_, bool>(1),
+        "every replica is paused: the primary must serve it"
+    );
+    // The comment form works per statement, too.
+    let fresh = connect(&px, USER, PW).await?;
+    let sql = format!(
+        "/* pgtier:min_lsn={token} */ SELECT count(*)::int, pg_is_in_recovery() FROM tokens WHERE id = 7"
+    );
+    let row = fresh.query_one(sql.as_str(), &[]).await?;
+    assert_eq!(row.get::<_, i32>(0), 1);
+    for r in cluster.replicas() {
+        r.resume_replay()?;
+    }
+    Ok(())
+}
+
+/// After a write transaction the client receives ParameterStatus `pgtier.causal_lsn`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn causal_lsn_is_reported_as_parameter_status() -> Result<()> {
+    let cluster = Cluster::start(2)?;
+    cluster.create_trust_role("pgtier_trust")?;
+    pgtier_kit::fixture::ensure_app_db(&cluster)?;
+    cluster.ddl("app", "GRANT ALL ON SCHEMA public TO pgtier_trust")?;
+    let px = ConfigBuilder::new(&cluster)
+        .with_replicas(&cluster)
+        .user("pgtier_trust", "auth = \"trust\"")
+        .start()?;
+    let (mut s, _) = wire::login_trust(&px.addr(), "pgtier_trust", "app").await?;
+    use tokio::io::AsyncWriteExt;
+    s.write_all(&wire::query("CREATE TABLE ps (a int)")).await?;
+    loop {
+        if wire::read_msg_raw(&mut s, Duration::from_secs(10))
+            .await?
+            .tag
+            == b'Z'
+        {
+            break;
+        }
+    }
+    let status = wire::read_msg_raw(&mut s, Duration::from_secs(5)).await?;
+    assert_eq!(status.tag, b'S', "expected ParameterStatus after the write");
+    let body = String::from_utf8_lossy(&status.body).to_string();
+    assert!(body.starts_with("pgtier.causal_lsn\0"), "{body:?}");
+    Ok(())
+}
