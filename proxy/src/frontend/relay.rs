@@ -21,7 +21,7 @@ use crate::backend::params::{sync_statements, ParamChanges};
 use crate::backend::server::ServerIo;
 use crate::config::{PoolMode, SessionStatePolicy};
 use crate::protocol::frame::peek_header;
-use crate::protocol::messages::TxStatus;
+use crate::protocol::messages::{ends_session, TxStatus};
 use crate::router::classify::Classifier;
 use crate::router::route::ClientRouting;
 use crate::shutdown::{Phase, ShutdownWatch};
@@ -387,6 +387,13 @@ impl Relay<'_> {
         } else {
             &self.server.inbuf[..scan.consumed]
         };
+        // A replica that ends the session (shutdown, crash) before any reply reached the client:
+        // the read can run elsewhere, so its farewell is not passed on.
+        if self.gate.on_replica && !self.replied && !self.more_input && ends_session(batch) {
+            return Some(Outcome::ServerGone(std::io::Error::other(
+                "replica ended the session before replying",
+            )));
+        }
         self.replied |= !batch.is_empty();
         if !batch.is_empty() && self.client.write_all(batch).await.is_err() {
             return Some(Outcome::ClientGone {

@@ -417,7 +417,7 @@ impl Session {
                 return Err("protocol violation");
             }
             Outcome::ServerGone(e) => {
-                warn!(database = %self.database, node = %self.upstream.node(serving.node).node(), error = %e, "server connection lost");
+                warn!(database = %self.database, node = %self.upstream.node(serving.node).node(), error = %e, retryable = end.retryable, on_replica = serving.on_replica, "server connection lost");
                 self.router.topology().report_failure(serving.node);
                 if serving.on_replica && end.retryable {
                     info!(database = %self.database, "read failed on a replica before any reply: retrying it once elsewhere");

@@ -187,6 +187,53 @@ pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: i32, unrecognized: 
     });
 }
 
+/// Whether a batch of whole backend messages announces the end of the session: an
+/// ErrorResponse of severity FATAL or PANIC, or the warning a server sends as it is shut down
+/// immediately or crashes (NoticeResponse 57P01 / 57P02).
+pub fn ends_session(batch: &[u8]) -> bool {
+    let mut pos = 0;
+    while batch.len() - pos >= 5 {
+        let len = u32::from_be_bytes([
+            batch[pos + 1],
+            batch[pos + 2],
+            batch[pos + 3],
+            batch[pos + 4],
+        ]) as usize;
+        let end = (pos + 1 + len).min(batch.len());
+        let body = batch.get(pos + 5..end).unwrap_or(&[]);
+        match batch[pos] {
+            b'E' if matches!(error_severity(body), Some("FATAL" | "PANIC")) => return true,
+            b'N' if matches!(error_fields(body).0, Some("57P01" | "57P02")) => return true,
+            _ => {}
+        }
+        if len < 4 {
+            return false;
+        }
+        pos = end;
+    }
+    false
+}
+
+/// The severity of an ErrorResponse body (the non-localized `V` field, else `S`).
+fn error_severity(body: &[u8]) -> Option<&str> {
+    let mut severity = None;
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let nul = tail.iter().position(|&b| b == 0)?;
+        let value = std::str::from_utf8(&tail[..nul]).ok();
+        match field {
+            b'V' => return value,
+            b'S' => severity = value,
+            _ => {}
+        }
+        rest = &tail[nul + 1..];
+    }
+    severity
+}
+
 /// Reads the SQLSTATE and message fields out of an ErrorResponse body (for logs).
 pub fn error_fields(body: &[u8]) -> (Option<&str>, Option<&str>) {
     let (mut code, mut message) = (None, None);
@@ -212,6 +259,31 @@ pub fn error_fields(body: &[u8]) -> (Option<&str>, Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fatal_errors_are_spotted_in_a_batch() {
+        let mut b = BytesMut::new();
+        command_complete(&mut b, "SELECT 1");
+        error_response(&mut b, Severity::Error, SqlState("42601"), "syntax");
+        assert!(!ends_session(&b));
+        let mut notice = BytesMut::new();
+        error_response(
+            &mut notice,
+            Severity::Error,
+            SqlState("57P01"),
+            "immediate shutdown",
+        );
+        notice[0] = b'N';
+        assert!(ends_session(&notice));
+        error_response(
+            &mut b,
+            Severity::Fatal,
+            SqlState("57P01"),
+            "terminating connection due to immediate shutdown command",
+        );
+        assert!(ends_session(&b));
+        assert!(!ends_session(b"E\0\0"));
+    }
 
     #[test]
     fn error_response_round_trips_fields() {
