@@ -456,3 +456,37 @@ async fn session_state_in_a_locally_answered_parse_still_pins() {
     let r = send(&mut b, &[wire::query("SHOW work_mem")]).await;
     assert_ne!(first_value(&r), "77MB", "the SET leaked");
 }
+
+/// A client's unnamed statement follows it to another server connection (Parse and Bind in
+/// different transactions, as with pgx's describe-exec mode), and a client without one gets
+/// Postgres' 26000 rather than another client's unnamed statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_statement_is_parsed_again_on_another_server() {
+    let px = start(2);
+    let (mut a, _) = wire::login_trust(&px.addr(), "pgtier_trust", "app")
+        .await
+        .unwrap();
+    let (mut b, _) = wire::login_trust(&px.addr(), "pgtier_trust", "app")
+        .await
+        .unwrap();
+    assert_eq!(
+        tags(&send(&mut a, &[parse("", "SELECT 'mine'"), sync()]).await),
+        "1Z"
+    );
+    // B takes the server A just used (most recently released) and leaves an unnamed
+    // statement of its own there, inside an open transaction.
+    let r = send(
+        &mut b,
+        &[wire::query("BEGIN"), parse("", "SELECT 'theirs'"), sync()],
+    )
+    .await;
+    assert_eq!(r.last().unwrap().body, b"T");
+    let r = send(&mut a, &[bind(""), execute(), sync()]).await;
+    assert_eq!(first_value(&r), "mine", "{r:?}");
+    // A simple Query destroys the unnamed statement, as in Postgres.
+    send(&mut a, &[wire::query("SELECT 1")]).await;
+    let r = send(&mut a, &[bind(""), execute(), sync()]).await;
+    assert_eq!(tags(&r), "EZ", "{r:?}");
+    assert_eq!(r[0].field(b'C').as_deref(), Some("26000"));
+    send(&mut b, &[wire::query("COMMIT")]).await;
+}

@@ -57,6 +57,9 @@ impl Prepared {
 #[derive(Debug, Default)]
 pub struct ClientStatements {
     map: HashMap<Box<[u8]>, Arc<Prepared>>,
+    /// The client's unnamed statement (Parse body after the name), for a Bind that runs on
+    /// another server connection than its Parse.
+    unnamed: Option<Bytes>,
 }
 
 impl ClientStatements {
@@ -82,6 +85,17 @@ impl ClientStatements {
     /// Forgets every statement (DEALLOCATE ALL, DISCARD ALL).
     pub fn clear(&mut self) {
         self.map.clear();
+        self.unnamed = None;
+    }
+
+    /// Records the client's unnamed statement (None: a simple Query destroyed it).
+    pub fn set_unnamed(&mut self, rest: Option<&[u8]>) {
+        self.unnamed = rest.map(Bytes::copy_from_slice);
+    }
+
+    /// The client's unnamed statement, if it has one.
+    pub fn unnamed(&self) -> Option<&Bytes> {
+        self.unnamed.as_ref()
     }
 
     /// Removes a statement (Close).

@@ -108,6 +108,7 @@ pub(crate) async fn run(
         limits,
         replied: false,
         more_input: false,
+        unnamed_here: false,
     };
     let outcome = r.run(shutdown).await;
     RunEnd {
@@ -243,6 +244,8 @@ struct Relay<'a> {
     replied: bool,
     /// Client bytes beyond the first request were read.
     more_input: bool,
+    /// The client's unnamed statement is on this server connection.
+    unnamed_here: bool,
 }
 
 impl Relay<'_> {
@@ -308,6 +311,7 @@ impl Relay<'_> {
             &mut ServerSide {
                 registry: self.server.statements,
                 expect: &mut self.expect,
+                unnamed_here: &mut self.unnamed_here,
             },
             &mut self.out,
         );

@@ -91,6 +91,8 @@ pub(crate) struct ServerSide<'a> {
     pub registry: &'a mut ServerStatements,
     /// Replies the server owes.
     pub expect: &'a mut Expectations,
+    /// The client's unnamed statement is on this server connection (parsed during this run).
+    pub unnamed_here: &'a mut bool,
 }
 
 /// Routes the whole messages in `buf` (see the module doc).
@@ -189,6 +191,8 @@ enum Route {
     DescribeStatement(Arc<Prepared>),
     /// Send `DEALLOCATE` of the statement's server name (preparing it here first if needed).
     Deallocate(Arc<Prepared>),
+    /// Send a Parse of the client's unnamed statement (reply dropped), then the message.
+    Reparse(Kind, bytes::Bytes),
     /// Send, instead of the client's query, one that fails with this message (0A000): the
     /// server then aborts a transaction and answers ReadyForQuery exactly as for any error.
     Reject(String),
@@ -221,6 +225,18 @@ impl Route {
                 ensure_prepared(&stmt, out, server);
                 extended::write_target(out, b'D', b'S', stmt.server_name.as_bytes());
                 server.expect.push(reply(Kind::DescribeStatement));
+            }
+            Route::Reparse(kind, rest) => {
+                extended::write_parse(out, b"", &rest);
+                server.expect.push(Entry::Server {
+                    kind: Kind::Parse,
+                    to_client: false,
+                    statement: None,
+                });
+                out.extend_from_slice(&body_frame_tag(kind));
+                out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+                out.extend_from_slice(body);
+                server.expect.push(reply(kind));
             }
             Route::Deallocate(stmt) => {
                 ensure_prepared(&stmt, out, server);
@@ -255,6 +271,9 @@ fn route_one(
     let plain = |k| Route::Forward(Some(k));
     match tag {
         b'Q' => {
+            // A simple Query destroys the unnamed statement (also pgtier's replacements).
+            client.statements.set_unnamed(None);
+            *server.unnamed_here = false;
             let sql = body.strip_suffix(b"\0").unwrap_or(body);
             if let Some(message) = client.check_session_state(sql) {
                 return Route::Reject(message);
@@ -292,6 +311,8 @@ fn route_one(
                     ));
                 }
                 if p.name.is_empty() {
+                    client.statements.set_unnamed(Some(p.rest));
+                    *server.unnamed_here = true;
                     plain(Kind::Parse)
                 } else {
                     route_parse(p, client, server)
@@ -299,11 +320,16 @@ fn route_one(
             }
             None => plain(Kind::Parse),
         },
-        b'B' => match extended::bind(body).and_then(|b| client.statements.get(b.statement)) {
-            Some(stmt) => Route::Bind(stmt.clone()),
+        b'B' => match extended::bind(body) {
+            Some(b) if b.statement.is_empty() => unnamed(Kind::Bind, client, server),
+            Some(b) => match client.statements.get(b.statement) {
+                Some(stmt) => Route::Bind(stmt.clone()),
+                None => plain(Kind::Bind),
+            },
             None => plain(Kind::Bind),
         },
         b'D' => match extended::target(body) {
+            Some((b'S', b"")) => unnamed(Kind::DescribeStatement, client, server),
             Some((b'S', name)) => match client.statements.get(name) {
                 Some(stmt) => Route::DescribeStatement(stmt.clone()),
                 None => plain(Kind::DescribeStatement),
@@ -321,6 +347,28 @@ fn route_one(
         },
         // Flush and COPY messages owe no reply of their own.
         _ => Route::Forward(None),
+    }
+}
+
+/// A Bind or Describe of the client's unnamed statement: if it was parsed on another server
+/// connection, pgtier parses it here first; if the client has none, the answer is Postgres'
+/// 26000 (never another client's unnamed statement).
+fn unnamed(kind: Kind, client: &mut ClientSide<'_>, server: &mut ServerSide<'_>) -> Route {
+    if *server.unnamed_here {
+        return Route::Forward(Some(kind));
+    }
+    match client.statements.unnamed() {
+        Some(rest) => {
+            *server.unnamed_here = true;
+            Route::Reparse(kind, rest.clone())
+        }
+        None => {
+            *client.discard = true;
+            Route::Synthetic(Synthetic::Error(
+                SqlState::INVALID_SQL_STATEMENT_NAME,
+                "unnamed prepared statement does not exist".into(),
+            ))
+        }
     }
 }
 
@@ -349,6 +397,14 @@ fn route_parse(
         return Route::Synthetic(Synthetic::ParseComplete);
     }
     Route::Parse(stmt)
+}
+
+/// The message type byte of a Bind or Describe being re-sent.
+fn body_frame_tag(kind: Kind) -> [u8; 1] {
+    match kind {
+        Kind::Bind => [b'B'],
+        _ => [b'D'],
+    }
 }
 
 /// Closes a pgtier statement on the server (the CloseComplete is pgtier's).
@@ -398,6 +454,7 @@ mod tests {
         pinned: Option<&'static str>,
         registry: ServerStatements,
         expect: Expectations,
+        unnamed_here: bool,
     }
 
     impl Fixture {
@@ -409,6 +466,7 @@ mod tests {
                 pinned: None,
                 registry: ServerStatements::new(100),
                 expect: Expectations::default(),
+                unnamed_here: false,
             }
         }
 
@@ -427,10 +485,52 @@ mod tests {
                 &mut ServerSide {
                     registry: &mut self.registry,
                     expect: &mut self.expect,
+                    unnamed_here: &mut self.unnamed_here,
                 },
                 out,
             )
         }
+    }
+
+    #[test]
+    fn an_unnamed_statement_from_another_checkout_is_parsed_here_first() {
+        let mut f = Fixture::new();
+        let parse = msg(b'P', b"\0SELECT 1\0\0\0");
+        let mut buf = parse.clone();
+        buf.extend(msg(b'S', b""));
+        let mut out = BytesMut::new();
+        f.route(&buf, &mut out).unwrap();
+        // Next checkout: a new server connection.
+        f.unnamed_here = false;
+        let bind = msg(b'B', b"\0\0\0\0\0\0\0\0");
+        let mut buf = bind.clone();
+        buf.extend(msg(b'S', b""));
+        let mut out = BytesMut::new();
+        let scan = f.route(&buf, &mut out).unwrap();
+        assert!(scan.copied);
+        let mut want = parse.clone();
+        want.extend(&buf);
+        assert_eq!(
+            &out[..],
+            &want[..],
+            "Parse of the unnamed statement, then the Bind"
+        );
+        // After a simple Query the client has no unnamed statement: 26000, not another's.
+        let mut out = BytesMut::new();
+        f.route(&msg(b'Q', b"SELECT 2\0"), &mut out).unwrap();
+        f.unnamed_here = false;
+        f.expect = Expectations::default(); // as if the server had answered all of it
+        let mut out = BytesMut::new();
+        f.route(&buf, &mut out).unwrap();
+        assert_eq!(
+            &out[..],
+            &msg(b'S', b"")[..],
+            "the Bind must not reach the server"
+        );
+        let mut reply = BytesMut::new();
+        assert!(f.expect.drain_synthetic(&mut reply));
+        assert_eq!(reply[0], b'E');
+        assert!(reply.windows(6).any(|w| w == b"C26000"), "{reply:?}");
     }
 
     #[test]

@@ -71,7 +71,16 @@ impl<'a> Iterator for Lexer<'a> {
             let next = self.s.get(self.i + 1).copied();
             match c {
                 b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => self.i += 1,
-                b'-' if next == Some(b'-') => self.skip_until(b"\n"),
+                // A `--` comment ends at the end of the line: \n or \r, as in Postgres.
+                b'-' if next == Some(b'-') => {
+                    match self.s[self.i..]
+                        .iter()
+                        .position(|&b| b == b'\n' || b == b'\r')
+                    {
+                        Some(p) => self.i += p + 1,
+                        None => self.i = self.s.len(),
+                    }
+                }
                 b'/' if next == Some(b'*') => {
                     // Comments nest in Postgres.
                     let mut depth = 0usize;

@@ -36,6 +36,18 @@ pub fn pins(sql: &[u8], reported: impl Fn(&[u8]) -> bool) -> Option<&'static str
         if is(prev, "into") && (is(w, "temp") || is(w, "temporary")) {
             return Some("temporary object");
         }
+        // CREATE [OR REPLACE] [LOCAL|GLOBAL] TEMP ..., or anything naming the pg_temp schema.
+        if is(words[0], "create")
+            && (is(w, "temp") || is(w, "temporary"))
+            && ["create", "replace", "local", "global"]
+                .iter()
+                .any(|p| is(prev, p))
+        {
+            return Some("temporary object");
+        }
+        if is(w, "pg_temp") || starts_with_ci(w, b"pg_temp_") {
+            return Some("temporary object");
+        }
         if idx < 3 {
             words[idx] = w;
         }
@@ -44,6 +56,8 @@ pub fn pins(sql: &[u8], reported: impl Fn(&[u8]) -> bool) -> Option<&'static str
             0 if is(w, "prepare") => Some("SQL PREPARE"),
             0 if is(w, "listen") => Some("LISTEN"),
             0 if is(w, "load") => Some("LOAD"),
+            // A DO block may SET, create temp tables or take session locks: pgtier cannot see.
+            0 if is(w, "do") => Some("DO block"),
             1 if is(first, "create") && (is(w, "temp") || is(w, "temporary")) => {
                 Some("temporary object")
             }
@@ -172,6 +186,11 @@ mod tests {
             "LOAD 'auto_explain'",
             "SELECT set_config('work_mem', '1MB', false)",
             "SELECT * INTO TEMP t FROM x",
+            "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
+            "create or replace temporary view v as select 1",
+            "CREATE TABLE pg_temp.t (a int)",
+            "DO $$ BEGIN CREATE TEMP TABLE t (a int); END $$",
+            "SELECT 1; --\rSET work_mem = '1MB'",
             "WITH q AS (SELECT 1) SELECT pg_advisory_lock(1) FROM q",
         ] {
             assert!(check(sql).is_some(), "{sql} should pin");
@@ -207,6 +226,9 @@ mod tests {
             "DECLARE c CURSOR FOR SELECT 1",
             "CREATE TABLE t (a int)",
             "select $$ set role x $$",
+            "INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING",
+            "CREATE OR REPLACE VIEW v AS SELECT 1",
+            "SELECT 'pg_temp.x'",
         ] {
             assert_eq!(check(sql), None, "{sql} should not pin");
         }
