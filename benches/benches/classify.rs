@@ -2,7 +2,9 @@
 //! 1. a cached deep-path SELECT (cache lookup + decision),
 //! 2. a fast-path INSERT (first keyword, no cache),
 //! 3. the same SELECT uncached (lexer + sqlparser + checks),
-//! 4. the whole corpus uncached (cache disabled; per-statement average = time / statements).
+//! 4. the whole corpus uncached (cache disabled; per-statement average = time / statements),
+//! 5. the whole routing decision for a cached read: classification, unit, target, replica
+//!    choice (a primary and two healthy replicas, no monitors).
 //!
 //! `cargo bench -p pgtier-benches --bench classify -- --warm-up-time 1 --measurement-time 3`
 
@@ -10,7 +12,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use pgtier::cluster::{Lsn, Topology};
 use pgtier::router::classify::{Class, Classifier, FunctionTable};
+use pgtier::router::route::{ClientRouting, Router, Target, UnitInfo};
 
 const SELECT: &str = "SELECT \"users\".* FROM \"users\" WHERE \"users\".\"id\" = $1 \
     AND \"users\".\"deleted_at\" IS NULL ORDER BY \"users\".\"created_at\" DESC LIMIT $2";
@@ -56,6 +60,35 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    let settings = pgtier::config::parse_str(
+        "[users.app]\npassword = \"app\"\n[databases.app]\nprimary = \"127.0.0.1:5432\"\n\
+         replicas = [\"127.0.0.1:5433\", \"127.0.0.1:5434\"]\n",
+    )
+    .expect("bench config");
+    let db = &settings.databases["app"];
+    let router = Router::new(
+        Topology::unmonitored(db.cluster.clone()),
+        db.routing.clone(),
+        FunctionTable::builtin(),
+        10_000,
+        true,
+    );
+    let client = ClientRouting::default();
+    c.bench_function("routing decision (cached read)", |b| {
+        b.iter(|| {
+            let classifier = router.classifier();
+            let sql = black_box(SELECT.as_bytes());
+            let mut unit = UnitInfo::default();
+            unit.add_statement(None, sql, &classifier.classify(sql));
+            match router.target(&unit, &client) {
+                Target::Replica { min_lsn, limits } => {
+                    black_box(router.choose(min_lsn.max(Lsn::ZERO), limits.as_ref()))
+                }
+                Target::Primary => unreachable!("a read"),
+            }
+        })
+    });
 }
 
 criterion_group! {

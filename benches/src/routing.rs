@@ -225,6 +225,12 @@ fn main() -> Result<()> {
         split_tps / base,
         med(replica_share) * 100.0
     );
+    // The kit runs with synchronous_commit off (fast set-up); production runs with it on,
+    // which ships each commit to the replicas at once (else up to wal_writer_delay later).
+    cluster
+        .primary()
+        .psql("ALTER SYSTEM SET synchronous_commit = on")?;
+    cluster.primary().psql("SELECT pg_reload_conf()")?;
     let rt = tokio::runtime::Runtime::new()?;
     let (n, stale, on_replica) = rt.block_on(read_after_write(
         split.port(),
@@ -232,7 +238,7 @@ fn main() -> Result<()> {
         Duration::from_secs(o.duration),
     ))?;
     println!(
-        "\n## read-after-write, {} clients, {} s: INSERT then SELECT of that row\n",
+        "\n## read-after-write (synchronous_commit = on), {} clients, {} s: INSERT then SELECT of that row\n",
         o.clients, o.duration
     );
     println!("| iterations | per second | reads on replicas | stale reads |");

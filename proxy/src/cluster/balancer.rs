@@ -1,6 +1,8 @@
 //! Replica choice for one read: the routing hot path (no allocation, no lock).
 //!
-//! Eligible: role `Replica` and state `Healthy`. Among them the best minimises
+//! Eligible: role `Replica` and state `Healthy`; or, for a read with its own lag limits (a
+//! routing rule's, see [`eligible`]), role `Replica`, state `Healthy` or `Lagging`, and a last
+//! measured lag within those limits. Among them the best minimises
 //! `(outstanding + 1) / weight` (compared by cross-multiplication); replicas with weight 0 are
 //! considered only when no replica with a positive weight is eligible (then by outstanding
 //! count). Ties rotate among the tied replicas with every pick, so equal replicas share an idle
@@ -11,21 +13,48 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use super::{Lsn, NodeState, NodeStatus, Pick, Role};
+use super::{LagLimits, Lsn, NodeState, NodeStatus, Pick, Role};
 
-/// Chooses among `nodes` (by id) with per-node outstanding counts and known replay LSNs;
-/// `turn` rotates the tie-breaks.
+/// Whether `node` may serve a read: a `Healthy` replica when `limits` is None (the database's
+/// limits, with the monitor's hysteresis); with `limits`, a `Healthy` or `Lagging` replica
+/// whose last measured lag is within them (tighter or looser than the database's). A replica
+/// never measured is not eligible then; an unknown time lag leaves only the byte limit, as
+/// for the database's limits. `Unknown`, `Banned`, `Down` and `Excluded` nodes never are.
+pub fn eligible(node: &NodeStatus, limits: Option<&LagLimits>) -> bool {
+    if node.role != Role::Replica {
+        return false;
+    }
+    let Some(limits) = limits else {
+        return node.state == NodeState::Healthy;
+    };
+    if !matches!(node.state, NodeState::Healthy | NodeState::Lagging) {
+        return false;
+    }
+    let Some(bytes) = node.byte_lag else {
+        return false;
+    };
+    limits.bytes.is_none_or(|max| bytes <= max)
+        && match (limits.time, node.time_lag) {
+            (Some(max), Some(t)) => t <= max,
+            _ => true,
+        }
+}
+
+/// Chooses among `nodes` (by id) with per-node outstanding counts and known replay LSNs,
+/// eligible by `limits` (see [`eligible`]); `turn` rotates the tie-breaks.
 pub fn choose(
     nodes: &[NodeStatus],
     outstanding: &[AtomicU32],
     known_replay: &[AtomicU64],
     min_lsn: Lsn,
+    limits: Option<&LagLimits>,
     turn: u32,
 ) -> Pick {
+    let cand = |i: usize| candidate(nodes, outstanding, i, limits);
     let mut best = Best::default();
     let mut ready = Best::default();
     for (i, known) in known_replay.iter().enumerate().take(nodes.len()) {
-        let Some(c) = candidate(nodes, outstanding, i) else {
+        let Some(c) = cand(i) else {
             continue;
         };
         best.offer(c);
@@ -37,7 +66,7 @@ pub fn choose(
         b.rotate(
             turn,
             |i| {
-                let c = candidate(nodes, outstanding, i)?;
+                let c = cand(i)?;
                 (!ready_only || known_replay[i].load(Ordering::Relaxed) >= min_lsn.0).then_some(c)
             },
             nodes.len(),
@@ -50,9 +79,14 @@ pub fn choose(
     }
 }
 
-fn candidate(nodes: &[NodeStatus], outstanding: &[AtomicU32], i: usize) -> Option<Candidate> {
+fn candidate(
+    nodes: &[NodeStatus],
+    outstanding: &[AtomicU32],
+    i: usize,
+    limits: Option<&LagLimits>,
+) -> Option<Candidate> {
     let node = &nodes[i];
-    if node.role != Role::Replica || node.state != NodeState::Healthy {
+    if !eligible(node, limits) {
         return None;
     }
     Some(Candidate {
@@ -174,9 +208,9 @@ mod tests {
         let out = atomics32(&[0; 6]);
         let known = atomics64(&[100; 6]);
         for turn in 0..6 {
-            assert_eq!(choose(&nodes, &out, &known, Lsn(1), turn), Pick::None);
+            assert_eq!(choose(&nodes, &out, &known, Lsn(1), None, turn), Pick::None);
         }
-        assert_eq!(choose(&[], &[], &[], Lsn(1), 0), Pick::None);
+        assert_eq!(choose(&[], &[], &[], Lsn(1), None, 0), Pick::None);
     }
 
     #[test]
@@ -188,11 +222,14 @@ mod tests {
         ];
         let known = atomics64(&[0, 100, 100]);
         let out = atomics32(&[0, 3, 1]);
-        assert_eq!(choose(&nodes, &out, &known, Lsn(50), 0), Pick::Ready(2));
+        assert_eq!(
+            choose(&nodes, &out, &known, Lsn(50), None, 0),
+            Pick::Ready(2)
+        );
         // Ties rotate evenly, whatever the positions of ineligible nodes.
         let out = atomics32(&[0, 2, 2]);
         let picks: Vec<Pick> = (0..4)
-            .map(|t| choose(&nodes, &out, &known, Lsn(50), t))
+            .map(|t| choose(&nodes, &out, &known, Lsn(50), None, t))
             .collect();
         assert_eq!(
             picks,
@@ -204,7 +241,7 @@ mod tests {
             ]
         );
         let picks: Vec<Pick> = (0..4)
-            .map(|t| choose(&nodes, &out, &known, Lsn(500), t))
+            .map(|t| choose(&nodes, &out, &known, Lsn(500), None, t))
             .collect();
         assert_eq!(
             picks,
@@ -224,10 +261,16 @@ mod tests {
         let out = atomics32(&[0, 5, 1]); // 6/3 = 2 == 2/1: tie
         let out2 = atomics32(&[0, 4, 1]); // 5/3 < 2/1
         let out3 = atomics32(&[0, 6, 1]); // 7/3 > 2/1
-        assert_eq!(choose(&nodes, &out2, &known, Lsn(0), 0), Pick::Ready(1));
-        assert_eq!(choose(&nodes, &out3, &known, Lsn(0), 0), Pick::Ready(2));
+        assert_eq!(
+            choose(&nodes, &out2, &known, Lsn(0), None, 0),
+            Pick::Ready(1)
+        );
+        assert_eq!(
+            choose(&nodes, &out3, &known, Lsn(0), None, 0),
+            Pick::Ready(2)
+        );
         let picks: Vec<Pick> = (0..2)
-            .map(|t| choose(&nodes, &out, &known, Lsn(0), t))
+            .map(|t| choose(&nodes, &out, &known, Lsn(0), None, t))
             .collect();
         assert_eq!(picks, [Pick::Ready(1), Pick::Ready(2)]);
     }
@@ -239,12 +282,24 @@ mod tests {
         let known = atomics64(&[100, 10]);
         for t in 0..2 {
             // Even needing a check, the weighted replica wins over a ready weight-0 one.
-            assert_eq!(choose(&nodes, &out, &known, Lsn(50), t), Pick::Check(1));
-            assert_eq!(choose(&nodes, &out, &known, Lsn(5), t), Pick::Ready(1));
+            assert_eq!(
+                choose(&nodes, &out, &known, Lsn(50), None, t),
+                Pick::Check(1)
+            );
+            assert_eq!(
+                choose(&nodes, &out, &known, Lsn(5), None, t),
+                Pick::Ready(1)
+            );
         }
         nodes[1].state = Lagging;
-        assert_eq!(choose(&nodes, &out, &known, Lsn(50), 0), Pick::Ready(0));
-        assert_eq!(choose(&nodes, &out, &known, Lsn(500), 1), Pick::Check(0));
+        assert_eq!(
+            choose(&nodes, &out, &known, Lsn(50), None, 0),
+            Pick::Ready(0)
+        );
+        assert_eq!(
+            choose(&nodes, &out, &known, Lsn(500), None, 1),
+            Pick::Check(0)
+        );
     }
 
     #[test]
@@ -257,10 +312,65 @@ mod tests {
         let out = atomics32(&[0, 0, 9]);
         let known = atomics64(&[0, 100, 200]);
         // Best by load (1) is ready.
-        assert_eq!(choose(&nodes, &out, &known, Lsn(100), 0), Pick::Ready(1));
+        assert_eq!(
+            choose(&nodes, &out, &known, Lsn(100), None, 0),
+            Pick::Ready(1)
+        );
         // Best by load is not ready, the other is: take the ready one despite its load.
-        assert_eq!(choose(&nodes, &out, &known, Lsn(150), 0), Pick::Ready(2));
+        assert_eq!(
+            choose(&nodes, &out, &known, Lsn(150), None, 0),
+            Pick::Ready(2)
+        );
         // Neither is ready: check the best by load.
-        assert_eq!(choose(&nodes, &out, &known, Lsn(201), 0), Pick::Check(1));
+        assert_eq!(
+            choose(&nodes, &out, &known, Lsn(201), None, 0),
+            Pick::Check(1)
+        );
+    }
+
+    #[test]
+    fn own_limits_tighten_or_loosen_from_measured_lag() {
+        let lagged = |state, bytes: Option<u64>, ms: Option<u64>| NodeStatus {
+            byte_lag: bytes,
+            time_lag: ms.map(std::time::Duration::from_millis),
+            ..node(Replica, state, 1)
+        };
+        let nodes = [
+            node(Primary, Healthy, 1),
+            lagged(Healthy, Some(10), Some(5)),
+            lagged(Lagging, Some(5_000), Some(3_000)),
+            lagged(Banned, Some(0), Some(0)),
+            lagged(Unknown, Some(0), Some(0)),
+            lagged(Excluded, Some(0), Some(0)),
+            lagged(Healthy, None, None),
+        ];
+        let out = atomics32(&[0; 7]);
+        let known = atomics64(&[100; 7]);
+        let within = |bytes, ms: Option<u64>| LagLimits {
+            bytes,
+            time: ms.map(std::time::Duration::from_millis),
+        };
+        let picks = |l: LagLimits| -> Vec<Pick> {
+            (0..4)
+                .map(|t| choose(&nodes, &out, &known, Lsn(1), Some(&l), t))
+                .collect()
+        };
+        // Looser: the Lagging replica within them shares the reads.
+        let loose = picks(within(Some(10_000), Some(10_000)));
+        assert!(loose.contains(&Pick::Ready(1)) && loose.contains(&Pick::Ready(2)));
+        // Tighter: only the replica within them; the Healthy one over them is out.
+        assert_eq!(picks(within(Some(100), None)), [Pick::Ready(1); 4]);
+        assert_eq!(picks(within(None, Some(1))), [Pick::None; 4]);
+        // Without own limits: Healthy replicas only (the unmeasured one too).
+        let default: Vec<Pick> = (0..4)
+            .map(|t| choose(&nodes, &out, &known, Lsn(1), None, t))
+            .collect();
+        assert!(default
+            .iter()
+            .all(|p| matches!(p, Pick::Ready(1) | Pick::Ready(6))));
+        // An unknown time lag leaves the byte limit.
+        let unknown_time = [node(Primary, Healthy, 1), lagged(Lagging, Some(5), None)];
+        let l = within(Some(10), Some(1));
+        assert!(eligible(&unknown_time[1], Some(&l)));
     }
 }

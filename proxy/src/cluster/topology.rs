@@ -458,6 +458,12 @@ impl Topology {
 
     /// Chooses a replica for a read that must see `min_lsn` (see `balancer`).
     pub fn pick_replica(&self, min_lsn: Lsn) -> Pick {
+        self.pick_replica_within(min_lsn, None)
+    }
+
+    /// Chooses a replica for a read that must see `min_lsn`, among the replicas `limits`
+    /// makes eligible (None: the database's, see [`balancer::eligible`]).
+    pub fn pick_replica_within(&self, min_lsn: Lsn, limits: Option<&LagLimits>) -> Pick {
         let view = self.view.load();
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         balancer::choose(
@@ -465,6 +471,7 @@ impl Topology {
             &self.outstanding,
             &self.known_replay,
             min_lsn,
+            limits,
             turn,
         )
     }

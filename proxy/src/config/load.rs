@@ -186,22 +186,38 @@ impl Validator<'_> {
         });
     }
 
+    /// The 1-based line of `path` (as [`Validator::fail`] would report it).
+    pub(super) fn line_of(&self, path: &[&str]) -> usize {
+        line_col(self.text, self.span_of(path).unwrap_or(0)).0
+    }
+
     fn span_of(&self, path: &[&str]) -> Option<usize> {
         let doc = self.doc.as_ref()?;
         let mut item = doc.as_item();
+        // Inside an entry of an array of tables (`[[databases.app.rules]]`).
+        let mut entry: Option<&toml_edit::Table> = None;
         let mut best = None;
         for seg in path {
-            let next = match seg.parse::<usize>() {
-                Ok(i) => item
-                    .as_array()
-                    .and_then(|a| a.get(i))
-                    .and_then(|v| v.span()),
-                Err(_) => None,
-            };
-            if let Some(span) = next {
-                return Some(span.start);
+            if let Ok(i) = seg.parse::<usize>() {
+                if entry.is_none() {
+                    if let Some(span) = item
+                        .as_array()
+                        .and_then(|a| a.get(i))
+                        .and_then(|v| v.span())
+                    {
+                        return Some(span.start);
+                    }
+                    if let Some(t) = item.as_array_of_tables().and_then(|a| a.get(i)) {
+                        best = t.span().map(|s| s.start).or(best);
+                        entry = Some(t);
+                        continue;
+                    }
+                }
             }
-            let table = item.as_table_like()?;
+            let table: &dyn toml_edit::TableLike = match entry.take() {
+                Some(t) => t,
+                None => item.as_table_like()?,
+            };
             let key_span = table.key(seg).and_then(|k| k.span());
             item = table.get(seg)?;
             best = item.span().or(key_span).map(|s| s.start).or(best);
@@ -368,6 +384,7 @@ impl Validator<'_> {
                 primary_wait_timeout: raw.primary_wait_timeout,
                 causal_read_wait: raw.causal_read_wait,
                 report_causal_lsn: raw.report_causal_lsn,
+                rules: self.rules(raw, name, &d.rules),
             },
             pool: PoolSettings {
                 mode: d.pool_mode.unwrap_or(raw.pool_mode),

@@ -4,9 +4,11 @@
 pub mod duration;
 pub mod load;
 mod nodes;
+pub mod rules;
 pub mod schema;
 pub mod settings;
 
+pub use crate::router::rules::{LagLimit, RuleAction, RuleSet};
 pub use load::{load_file, parse_str, ConfigError, Problem};
 pub use schema::{AuthMethod, NodeRole, PoolMode, PrimaryReads, SessionStatePolicy};
 pub use settings::{ClientAuth, Database, NodeAddr, PoolSettings, RoutingSettings, Settings, User};

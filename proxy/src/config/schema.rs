@@ -249,4 +249,6 @@ pub struct DatabaseConfig {
     pub min_pool_size: Option<u32>,
     /// Overrides the global `pool_mode`.
     pub pool_mode: Option<PoolMode>,
+    /// Routing rules (`[[databases.NAME.rules]]`), checked in order before the classifier.
+    pub rules: Vec<super::rules::RuleConfig>,
 }

@@ -4,11 +4,13 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::schema::{Config, PoolMode, PrimaryReads, SessionStatePolicy};
 use crate::cluster::{ClusterSettings, NodeConfig};
 use crate::protocol::auth::{Md5Secret, ScramSecret};
+use crate::router::rules::RuleSet;
 
 /// A server address, `host:port`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -126,6 +128,8 @@ pub struct RoutingSettings {
     pub causal_read_wait: Duration,
     /// Send ParameterStatus `pgtier.causal_lsn` after write transactions.
     pub report_causal_lsn: bool,
+    /// The DBA's routing rules, in order (empty: the classifier decides alone).
+    pub rules: Arc<RuleSet>,
 }
 
 /// The resolved configuration.

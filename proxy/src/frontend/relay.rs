@@ -24,6 +24,7 @@ use crate::protocol::frame::peek_header;
 use crate::protocol::messages::{ends_session, TxStatus};
 use crate::router::classify::Classifier;
 use crate::router::route::ClientRouting;
+use crate::router::rules::RuleSet;
 use crate::shutdown::{Phase, ShutdownWatch};
 
 /// Read buffer size per direction while a client is active.
@@ -94,6 +95,7 @@ pub(crate) async fn run(
         defaults: state.defaults,
         pinned: state.pinned,
         classifier: state.classifier,
+        rules: state.rules,
         routing: state.routing,
         gate: Gate::new(state.on_replica, state.track_writes),
         server,
@@ -210,6 +212,8 @@ pub(crate) struct ClientState<'a> {
     pub pinned: &'a mut Option<&'static str>,
     /// The database's classifier.
     pub classifier: &'a Classifier,
+    /// The database's routing rules (None: it has none).
+    pub rules: Option<&'a RuleSet>,
     /// The client's routing state.
     pub routing: ClientRouting,
     /// The server is a replica (units that need the primary are held back).
@@ -226,6 +230,7 @@ struct Relay<'a> {
     defaults: &'a [(String, String)],
     pinned: &'a mut Option<&'static str>,
     classifier: &'a Classifier,
+    rules: Option<&'a RuleSet>,
     routing: ClientRouting,
     gate: Gate,
     server: ServerIo<'a>,
@@ -289,6 +294,7 @@ impl Relay<'_> {
             &Moment {
                 ctx: UnitContext {
                     classifier: self.classifier,
+                    rules: self.rules,
                     statements: self.statements,
                     reported: self.defaults,
                 },

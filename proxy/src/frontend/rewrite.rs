@@ -107,7 +107,15 @@ pub(crate) fn route_client(
     let mut pos = (*client.copy_left).min(buf.len());
     *client.copy_left -= pos;
     let mut batch = Batch::new(buf, out);
-    while let Some(h) = peek_header(&buf[pos..], max).map_err(Violation::Frame)? {
+    // CopyData streams through in pieces, so max_message_size does not apply to it.
+    let limit = |at: usize| {
+        if buf.get(at) == Some(&b'd') {
+            i32::MAX as usize
+        } else {
+            max
+        }
+    };
+    while let Some(h) = peek_header(&buf[pos..], limit(pos)).map_err(Violation::Frame)? {
         if !is_frontend_tag(h.tag) {
             return Err(Violation::UnknownType(h.tag));
         }
@@ -614,6 +622,20 @@ mod tests {
         assert_eq!((scan.consumed, f.copy_left), (30, 75));
         let scan = f.route(&data[30..], &mut out).unwrap();
         assert_eq!((scan.consumed, f.copy_left), (75, 0));
+        // CopyData larger than max_message_size (1 MiB here) streams too; a Query that large
+        // does not.
+        let mut big = vec![b'd'];
+        big.extend(((2u32 << 20) + 4).to_be_bytes());
+        big.extend([0u8; 1000]);
+        let scan = f.route(&big, &mut out).unwrap();
+        assert_eq!((scan.consumed, f.copy_left), (1005, (2 << 20) - 1000));
+        f.copy_left = 0;
+        let mut huge_query = vec![b'Q'];
+        huge_query.extend(((2u32 << 20) + 4).to_be_bytes());
+        assert!(matches!(
+            f.route(&huge_query, &mut out),
+            Err(Violation::Frame(FrameError::TooLarge { .. }))
+        ));
         assert_eq!(
             f.route(&msg(b'?', b""), &mut out),
             Err(Violation::UnknownType(b'?'))

@@ -122,12 +122,21 @@ pub async fn handle(
         return;
     }
     drop(welcome);
+    // The rules whose users / application_names match the client (its application_name is
+    // looked at again whenever it is routed).
+    let routing = router.client_routing(
+        &user.name,
+        client_params
+            .get("application_name")
+            .or_else(|| crate::backend::params::lookup(&params, "application_name"))
+            .unwrap_or(""),
+    );
     let session = Session {
         stream,
         upstream,
         router,
         database: db.name.clone(),
-        routing: ClientRouting::default(),
+        routing,
         causal_unknown: false,
         cancel,
         peer,
@@ -289,9 +298,20 @@ impl Session {
     }
 
     /// Where the unit at the start of `first` goes.
-    fn target_of(&self, first: &[u8]) -> Target {
+    fn target_of(&mut self, first: &[u8]) -> Target {
         if !self.router.splits() || self.holds_server() {
             return Target::Primary;
+        }
+        if !self.router.rules().is_empty() {
+            // The client's current application_name (SET tracks it) selects the rules that
+            // apply; the relay's routing gate sees the same through `self.routing`.
+            let app = self
+                .params
+                .get("application_name")
+                .or_else(|| crate::backend::params::lookup(&self.defaults, "application_name"))
+                .unwrap_or("");
+            self.router
+                .refresh_client(&mut self.routing, &self.user, app);
         }
         let classifier = self.router.classifier();
         let unit = units::scan(
@@ -299,6 +319,7 @@ impl Session {
             self.limits.max_message,
             &UnitContext {
                 classifier: &classifier,
+                rules: self.router.rule_set(),
                 statements: &self.statements,
                 reported: &self.defaults,
             },
@@ -377,6 +398,7 @@ impl Session {
                 defaults: &self.defaults,
                 pinned: &mut self.pinned,
                 classifier: &classifier,
+                rules: self.router.rule_set(),
                 routing: self.routing,
                 on_replica: serving.on_replica,
                 track_writes,
@@ -442,9 +464,10 @@ impl Session {
         Err(reason)
     }
 
-    /// Whether each unit is routed on its own (transaction mode, not pinned).
+    /// Whether each unit is routed on its own (replicas to route to, transaction mode, not
+    /// pinned).
     fn routes(&self) -> bool {
-        !self.holds_server()
+        self.router.splits() && !self.holds_server()
     }
 
     /// Whether the client keeps its server between transactions (session mode, or pinned).

@@ -49,10 +49,10 @@ pub(crate) async fn checkout(
     database: &str,
     target: Target,
 ) -> Result<Serving, TargetError> {
-    if let Target::Replica { min_lsn } = target {
+    if let Target::Replica { min_lsn, limits } = target {
         // One retry on another replica if the first refuses.
         for _ in 0..2 {
-            match router.choose(min_lsn) {
+            match router.choose(min_lsn, limits.as_ref()) {
                 Choice::Primary => break,
                 Choice::Node(i) => match upstream.node(i).checkout().await {
                     Ok(server) => return Ok(serving(router, server, i, true)),

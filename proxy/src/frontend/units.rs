@@ -9,12 +9,15 @@ use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
 use crate::router::classify::{Class, Classifier};
 use crate::router::route::UnitInfo;
+use crate::router::rules::RuleSet;
 use crate::router::session_state::pins;
 
 /// What classifying client units needs.
 pub(crate) struct UnitContext<'a> {
     /// The database's classifier.
     pub classifier: &'a Classifier,
+    /// The database's routing rules (None: it has none).
+    pub rules: Option<&'a RuleSet>,
     /// The client's named statements (a Bind takes its statement's class).
     pub statements: &'a ClientStatements,
     /// Parameters the server reports (SETs of those do not pin).
@@ -29,9 +32,11 @@ impl UnitContext<'_> {
         info
     }
 
-    /// Adds what one SQL text needs to `info`.
+    /// Adds what one SQL text needs to `info` (with the routing rules its text and tables
+    /// match, when the database has rules).
     fn add_sql(&self, sql: &[u8], info: &mut UnitInfo) {
-        info.add(&self.classifier.classify(sql));
+        let c = self.classifier.classify(sql);
+        info.add_statement(self.rules, sql, &c);
         let reported = self.reported;
         let pinning = pins(sql, |name| {
             std::str::from_utf8(name)
@@ -181,6 +186,7 @@ mod tests {
             1 << 20,
             &UnitContext {
                 classifier: &classifier,
+                rules: None,
                 statements,
                 reported: &[],
             },

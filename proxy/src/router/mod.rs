@@ -6,4 +6,5 @@ pub mod classify;
 pub mod commands;
 pub mod lexer;
 pub mod route;
+pub mod rules;
 pub mod session_state;

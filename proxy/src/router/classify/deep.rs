@@ -4,6 +4,10 @@
 //! and calls no function that may write (see [`FunctionTable`]). EXPLAIN without ANALYZE is
 //! read-only whatever it explains. Any parse failure is a write.
 //!
+//! Calls of functions `pg_proc` lists as VOLATILE (and that are not known writers) make a text
+//! a write with [`Reason::VolatileFunction`] only when nothing else in it writes: the walk goes
+//! on after such a call, and any other reason found wins.
+//!
 //! sqlparser limits its recursion (depth 50), so deeply nested input is a parse failure, not
 //! a stack overflow; the AST walk is then bounded by the same depth.
 
@@ -17,7 +21,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::{Parser, ParserError};
 
-use super::functions::FunctionTable;
+use super::functions::{Call, FunctionTable};
 use super::{Class, Reason};
 
 /// The deep check's result for a whole text.
@@ -53,8 +57,10 @@ pub(super) fn check(sql: &str, funcs: &FunctionTable) -> Deep {
     // The first query-like statement names a read (`BEGIN READ ONLY; SELECT ...; COMMIT`
     // is a "read-only query"), else the first statement.
     let (mut first, mut main) = (None, None);
+    let mut volatile = false;
     for st in &statements {
         match statement(st, funcs, &mut tables) {
+            Err(Reason::VolatileFunction) => volatile = true,
             Err(reason) => return Deep::write(reason, dedup(tables)),
             Ok((reason, is_main)) => {
                 first.get_or_insert(reason);
@@ -63,6 +69,9 @@ pub(super) fn check(sql: &str, funcs: &FunctionTable) -> Deep {
                 }
             }
         }
+    }
+    if volatile {
+        return Deep::write(Reason::VolatileFunction, dedup(tables));
     }
     Deep {
         class: Class::Read,
@@ -104,16 +113,26 @@ fn statement(
             match statement.as_ref() {
                 Statement::Query(q) => query(q, funcs, tables)
                     .map(|()| (Reason::ReadOnly, true))
-                    .map_err(|_| Reason::ExplainAnalyze),
+                    .map_err(|r| match r {
+                        Reason::VolatileFunction => r,
+                        _ => Reason::ExplainAnalyze,
+                    }),
                 _ => Err(Reason::ExplainAnalyze),
             }
         }
         Statement::Declare { stmts, .. } => {
+            let mut volatile = false;
             for d in stmts {
                 match &d.for_query {
-                    Some(q) => query(q, funcs, tables)?,
+                    Some(q) => match query(q, funcs, tables) {
+                        Err(Reason::VolatileFunction) => volatile = true,
+                        r => r?,
+                    },
                     None => return Err(Reason::NotProvablyReadOnly),
                 }
+            }
+            if volatile {
+                return Err(Reason::VolatileFunction);
             }
             Ok((Reason::ReadOnly, true))
         }
@@ -195,6 +214,7 @@ fn query(q: &Query, funcs: &FunctionTable, tables: &mut Vec<String>) -> Result<(
         tables: Vec::new(),
         ctes: Vec::new(),
         skip_relation: false,
+        volatile: false,
     };
     let flow = q.visit(&mut c);
     let ctes = c.ctes;
@@ -204,6 +224,7 @@ fn query(q: &Query, funcs: &FunctionTable, tables: &mut Vec<String>) -> Result<(
             .filter(|t| !ctes.iter().any(|n| n == t)),
     );
     match flow {
+        ControlFlow::Continue(()) if c.volatile => Err(Reason::VolatileFunction),
         ControlFlow::Continue(()) => Ok(()),
         ControlFlow::Break(r) => Err(r),
     }
@@ -216,10 +237,12 @@ struct Checker<'a> {
     ctes: Vec<String>,
     /// The next relation is the name of a table function (`FROM f(1)`), not a table.
     skip_relation: bool,
+    /// A function `pg_proc` lists as VOLATILE (not a known writer) was called.
+    volatile: bool,
 }
 
 impl Checker<'_> {
-    fn call(&self, name: &ObjectName) -> ControlFlow<Reason> {
+    fn call(&mut self, name: &ObjectName) -> ControlFlow<Reason> {
         let mut parts = Vec::with_capacity(name.0.len());
         for p in &name.0 {
             match p {
@@ -234,10 +257,14 @@ impl Checker<'_> {
             return ControlFlow::Break(Reason::WriteFunction);
         };
         let schema = parts.pop();
-        if self.funcs.call_needs_primary(schema.as_deref(), &fname) {
-            ControlFlow::Break(Reason::WriteFunction)
-        } else {
-            ControlFlow::Continue(())
+        match self.funcs.call(schema.as_deref(), &fname) {
+            Call::Read => ControlFlow::Continue(()),
+            Call::Write => ControlFlow::Break(Reason::WriteFunction),
+            Call::Volatile => {
+                // Not a write by itself: anything else that writes wins.
+                self.volatile = true;
+                ControlFlow::Continue(())
+            }
         }
     }
 }

@@ -49,6 +49,18 @@ impl Volatility {
     }
 }
 
+/// What a call of a function means for routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// Known to be read-only (immutable or stable, built-in lists, `read_only_functions`).
+    Read,
+    /// A known writer (built-in list, `write_functions`) or a function not known at all.
+    Write,
+    /// Listed VOLATILE in `pg_proc`, and not a known writer: not provably read-only, yet a
+    /// routing rule may send it to a replica.
+    Volatile,
+}
+
 /// A possibly schema-qualified function name from config, normalised like Postgres does
 /// (unquoted parts lower-cased, quoted parts exact).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,45 +174,55 @@ impl FunctionTable {
     /// Whether a call of `schema.name` must run on the primary. Names are as Postgres
     /// resolves them: unquoted identifiers already lower-cased by the caller.
     pub fn call_needs_primary(&self, schema: Option<&str>, name: &str) -> bool {
+        self.call(schema, name) != Call::Read
+    }
+
+    /// What a call of `schema.name` is (names as in [`FunctionTable::call_needs_primary`]).
+    pub fn call(&self, schema: Option<&str>, name: &str) -> Call {
         if self.write_overrides.iter().any(|q| q.matches(schema, name)) {
-            return true;
+            return Call::Write;
         }
         if self
             .read_only_overrides
             .iter()
             .any(|q| q.matches(schema, name))
         {
-            return false;
+            return Call::Read;
         }
         if is_builtin_write(name) {
-            return true;
+            return Call::Write;
         }
         // Unqualified names resolve to pg_catalog first (it is implicitly first on the
         // search_path), so the built-in read-only lists apply to them.
         let catalog = schema.is_none_or(|s| s == "pg_catalog");
         if schema.is_none() && sql_syntax().contains(name) {
-            return false;
+            return Call::Read;
         }
         if catalog && read_only_volatile().contains(name) {
-            return false;
+            return Call::Read;
         }
         match &self.snapshot {
             Some(snap) => match snap.get(name) {
-                None => true, // unknown
+                None => Call::Write, // unknown
                 Some(entries) => {
                     let mut found = false;
                     for (s, vol) in entries {
                         if schema.is_none_or(|want| want == s) {
                             found = true;
                             if *vol == Volatility::Volatile {
-                                return true;
+                                return Call::Volatile;
                             }
                         }
                     }
-                    !found
+                    if found {
+                        Call::Read
+                    } else {
+                        Call::Write
+                    }
                 }
             },
-            None => !(catalog && allow_before_snapshot().contains(name)),
+            None if catalog && allow_before_snapshot().contains(name) => Call::Read,
+            None => Call::Write,
         }
     }
 }
@@ -287,6 +309,12 @@ mod tests {
         assert!(f.call_needs_primary(None, "shared"));
         assert!(!f.call_needs_primary(Some("public"), "shared"));
         assert!(f.call_needs_primary(Some("audit"), "shared"));
+        // Volatile in pg_proc vs known writers and unknown names.
+        assert_eq!(f.call(None, "audit_log"), Call::Volatile);
+        assert_eq!(f.call(None, "nextval"), Call::Write);
+        assert_eq!(f.call(None, "count"), Call::Write);
+        assert_eq!(f.call(Some("other"), "stable_fn"), Call::Write);
+        assert_eq!(f.call(None, "stable_fn"), Call::Read);
     }
 
     #[test]

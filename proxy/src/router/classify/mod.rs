@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 
 use crate::cluster::Lsn;
 pub use cache::MAX_CACHED_TEXT;
-pub use functions::{FunctionTable, Volatility, PG_PROC_QUERY};
+pub use functions::{Call, FunctionTable, Volatility, PG_PROC_QUERY};
 
 /// Where a statement may run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +67,12 @@ pub enum Reason {
     WritableCte,
     /// `SELECT ... INTO new_table`.
     SelectInto,
-    /// A call of a function that writes or is not known to be read-only.
+    /// A call of a function that writes (built-in list, `write_functions`) or that pgtier does
+    /// not know.
     WriteFunction,
+    /// A call of a function `pg_proc` lists as VOLATILE that is not a known writer: not
+    /// provably read-only (still `Class::Write`), but a routing rule may send it to a replica.
+    VolatileFunction,
     /// EXPLAIN without ANALYZE (runs nothing).
     Explain,
     /// EXPLAIN ANALYZE of a statement that is not read-only.
@@ -103,7 +107,8 @@ impl Reason {
             Reason::LockingClause => "locking clause (FOR UPDATE/SHARE)",
             Reason::WritableCte => "data-modifying statement inside a query (writable CTE)",
             Reason::SelectInto => "SELECT INTO (creates a table)",
-            Reason::WriteFunction => "call of a function not known to be read-only",
+            Reason::WriteFunction => "call of a function that writes or is not known",
+            Reason::VolatileFunction => "call of a VOLATILE function not known to write",
             Reason::Explain => "EXPLAIN without ANALYZE (does not execute)",
             Reason::ExplainAnalyze => "EXPLAIN ANALYZE of a statement that writes",
             Reason::Execute => "EXECUTE of a prepared statement",

@@ -184,3 +184,44 @@ fn reasons_describe_themselves() {
     );
     assert_eq!(Reason::ParseError.to_string(), Reason::ParseError.as_str());
 }
+
+#[test]
+fn volatile_calls_are_told_from_known_writers() {
+    let mut f = FunctionTable::builtin();
+    f.learn_pg_proc([
+        ("app".to_string(), "report".to_string(), 'v'),
+        ("pg_catalog".to_string(), "nextval".to_string(), 'v'),
+        ("public".to_string(), "t".to_string(), 's'),
+    ]);
+    let cl = Classifier::new(f, 100);
+    let reason = |sql: &str| {
+        let r = cl.classify(sql.as_bytes());
+        (r.class, r.reason, r.tables.to_vec())
+    };
+    use Reason::*;
+    // Only volatile calls: VolatileFunction, with every table seen.
+    assert_eq!(
+        reason("SELECT app.report(1), x FROM payments"),
+        (Class::Write, VolatileFunction, vec!["payments".to_string()])
+    );
+    // Anything else that writes wins, wherever it is.
+    assert_eq!(reason("SELECT report(1), nextval('s')").1, WriteFunction);
+    assert_eq!(reason("SELECT report(1), unknown_fn()").1, WriteFunction);
+    assert_eq!(
+        reason("SELECT report(1) FROM t FOR UPDATE").1,
+        LockingClause
+    );
+    assert_eq!(
+        reason("SELECT report(1); SELECT nextval('s')").1,
+        WriteFunction
+    );
+    assert_eq!(reason("SELECT report(1); SELECT 1").1, VolatileFunction);
+    assert_eq!(
+        reason("EXPLAIN ANALYZE SELECT report(1)").1,
+        VolatileFunction
+    );
+    assert_eq!(
+        reason("EXPLAIN ANALYZE SELECT nextval('s')").1,
+        ExplainAnalyze
+    );
+}
