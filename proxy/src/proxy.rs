@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 use crate::backend::{cancel::send_cancel, Pool, PoolId, Pools, ServerLogin, Upstream};
 use crate::cluster::{ConfiguredRole, Topology};
 use crate::config::{Database, Settings, User};
-use crate::frontend::{self, CancelRegistry, ClientCount};
+use crate::frontend::{self, CancelRegistry, ClientCount, Limits};
 use crate::protocol::startup::CancelKey;
 use crate::router::classify::FunctionTable;
 use crate::router::route::Router;
@@ -30,6 +30,8 @@ pub struct Proxy {
     pools: Pools,
     /// Routing per database (by client-facing name).
     routers: HashMap<String, Arc<Router>>,
+    /// Client limits per database, shared by its sessions.
+    client_limits: HashMap<String, Arc<Limits>>,
     cancels: Arc<CancelRegistry>,
     clients: ClientCount,
     shutdown: Shutdown,
@@ -66,8 +68,14 @@ impl Proxy {
                 (db.name.clone(), router)
             })
             .collect();
+        let client_limits = settings
+            .databases
+            .values()
+            .map(|db| (db.name.clone(), Arc::new(Limits::of(&settings, db))))
+            .collect();
         Arc::new(Proxy {
             routers,
+            client_limits,
             settings: Arc::new(settings),
             pools: Pools::default(),
             cancels: Arc::default(),
@@ -122,6 +130,11 @@ impl Proxy {
             Arc::new(Upstream::new(pools))
         });
         (upstream, self.routers[&db.name].clone())
+    }
+
+    /// The limits of a database's clients.
+    pub(crate) fn client_limits(&self, database: &str) -> Arc<Limits> {
+        self.client_limits[database].clone()
     }
 
     /// Forwards a client's cancel request to the server running its query, if any.

@@ -93,3 +93,37 @@ async fn startup_parameters_apply_on_every_server() {
         assert_eq!(setting(&plain, "application_name").await, "pgtier");
     }
 }
+
+/// A startup parameter value Postgres would refuse at startup ends the session with 22023 and
+/// the server's message at the first request, instead of failing every request.
+#[tokio::test]
+async fn an_invalid_startup_parameter_value_is_refused_like_postgres_would() {
+    use pgtier_kit::wire;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(pgtier().addr())
+        .await
+        .unwrap();
+    let startup = wire::startup_packet(
+        0,
+        &[
+            ("user", "params"),
+            ("database", "app"),
+            ("TimeZone", "Nowhere/Bogus"),
+        ],
+    );
+    s.write_all(&startup).await.unwrap();
+    wire::read_until_ready(&mut s, Duration::from_secs(10))
+        .await
+        .unwrap();
+    s.write_all(&wire::query("SELECT 1")).await.unwrap();
+    let (code, message) = wire::expect_fatal(&mut s, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(code, "22023", "{message}");
+    assert!(message.contains("Nowhere/Bogus"), "{message}");
+    assert!(wire::closed_within(&mut s, Duration::from_secs(5)).await);
+    // The pool's one server connection was not lost to it: others are served.
+    let c = client("").await;
+    assert!(!setting(&c, "TimeZone").await.is_empty());
+}

@@ -364,6 +364,11 @@ impl Upstream {
         }
     }
 
+    /// The client-facing database name.
+    pub fn database(&self) -> &str {
+        &self.pools[0].id().database
+    }
+
     /// The pool of node `node`.
     pub fn node(&self, node: usize) -> &Arc<Pool> {
         &self.pools[node]

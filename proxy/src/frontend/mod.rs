@@ -20,3 +20,4 @@ mod units;
 
 pub use cancel::CancelRegistry;
 pub use listener::{serve, ClientCount};
+pub(crate) use relay::Limits;

@@ -59,7 +59,7 @@ pub struct ClientStatements {
     map: HashMap<Box<[u8]>, Arc<Prepared>>,
     /// The client's unnamed statement (Parse body after the name), for a Bind that runs on
     /// another server connection than its Parse.
-    unnamed: Option<Bytes>,
+    unnamed: Option<Box<[u8]>>,
 }
 
 impl ClientStatements {
@@ -90,12 +90,12 @@ impl ClientStatements {
 
     /// Records the client's unnamed statement (None: a simple Query destroyed it).
     pub fn set_unnamed(&mut self, rest: Option<&[u8]>) {
-        self.unnamed = rest.map(Bytes::copy_from_slice);
+        self.unnamed = rest.map(Box::from);
     }
 
     /// The client's unnamed statement, if it has one.
-    pub fn unnamed(&self) -> Option<&Bytes> {
-        self.unnamed.as_ref()
+    pub fn unnamed(&self) -> Option<&[u8]> {
+        self.unnamed.as_deref()
     }
 
     /// Removes a statement (Close).

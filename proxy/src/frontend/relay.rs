@@ -49,6 +49,8 @@ pub(crate) enum Outcome {
     IdleInTransaction,
     /// Shutdown reached its closing phase.
     Shutdown,
+    /// Bringing the server's parameters in line with the client's failed: (SQLSTATE, message).
+    SyncFailed(String, String),
 }
 
 /// How a relay ended, and what the session needs next.
@@ -76,6 +78,21 @@ pub(crate) struct Limits {
     pub idle_transaction_timeout: Option<Duration>,
     /// Pin or reject statements that leave session state.
     pub session_state: SessionStatePolicy,
+    /// A client idle (outside a transaction) this long is disconnected (None: never).
+    pub client_idle_timeout: Option<Duration>,
+}
+
+impl Limits {
+    /// The limits of `db`'s clients.
+    pub fn of(settings: &crate::config::Settings, db: &crate::config::Database) -> Limits {
+        Limits {
+            mode: db.pool.mode,
+            max_message: settings.raw.max_message_size as usize,
+            idle_transaction_timeout: db.pool.idle_transaction_timeout,
+            session_state: db.pool.session_state,
+            client_idle_timeout: settings.client_idle_timeout,
+        }
+    }
 }
 
 /// Relays between the client and its server until the server is idle (transaction mode) or
@@ -392,6 +409,9 @@ impl Relay<'_> {
             Ok(s) => s,
             Err(e) => return Some(Outcome::ServerGone(std::io::Error::other(e))),
         };
+        if let Some((code, message)) = self.expect.sync_failed.take() {
+            return Some(Outcome::SyncFailed(code, message));
+        }
         let batch = if scan.copied {
             &self.out[..]
         } else {

@@ -91,6 +91,9 @@ pub(crate) struct Expectations {
     /// Queries and FunctionCalls the server skipped after an error (they owe no
     /// ReadyForQuery), not yet reported.
     skipped_ready: u32,
+    /// pgtier's own parameter sync failed (a client's startup value Postgres rejects): the
+    /// server's (SQLSTATE, message). The session ends with it, as Postgres would at startup.
+    pub(crate) sync_failed: Option<(String, String)>,
 }
 
 impl Expectations {
@@ -178,6 +181,16 @@ impl Expectations {
         };
         let (kind, to_client) = (*kind, *to_client);
         if tag == b'E' {
+            if kind == Kind::Query && !to_client {
+                // pgtier's own query (parameter sync) failed: not the client's to see as a
+                // reply; the relay ends the session with it.
+                let (code, message) = error_fields(body);
+                self.sync_failed = Some((
+                    code.unwrap_or("22023").to_owned(),
+                    message.unwrap_or("invalid session parameter").to_owned(),
+                ));
+                return false;
+            }
             if !kind.skipped_after_error() {
                 return true; // a Query's or Sync's error; its ReadyForQuery follows
             }

@@ -368,7 +368,7 @@ fn unnamed(kind: Kind, client: &mut ClientSide<'_>, server: &mut ServerSide<'_>)
     match client.statements.unnamed() {
         Some(rest) => {
             *server.unnamed_here = true;
-            Route::Reparse(kind, rest.clone())
+            Route::Reparse(kind, bytes::Bytes::copy_from_slice(rest))
         }
         None => {
             *client.discard = true;

@@ -135,12 +135,10 @@ pub async fn handle(
         stream,
         upstream,
         router,
-        database: db.name.clone(),
         routing,
         causal_unknown: false,
         cancel,
         peer,
-        user: user.name.clone(),
         _guard: guard,
         statements: ClientStatements::default(),
         params: client_params,
@@ -148,13 +146,8 @@ pub async fn handle(
         // Session mode holds the server anyway: nothing to classify, nothing to reject.
         pinned: (db.pool.mode == PoolMode::Session).then_some("session mode"),
         shutdown: proxy.shutdown_watch(),
-        idle_timeout: settings.client_idle_timeout,
-        limits: Limits {
-            mode: db.pool.mode,
-            max_message: settings.raw.max_message_size as usize,
-            idle_transaction_timeout: db.pool.idle_transaction_timeout,
-            session_state: db.pool.session_state,
-        },
+        // Shared by all clients of the pool: an idle client's state stays small.
+        limits: proxy.client_limits(&db.name),
     };
     // The session runs in a task of its own, so that an idle client costs only the session's
     // state, not what login needed.
@@ -214,15 +207,12 @@ struct Session {
     upstream: Arc<Upstream>,
     /// The database's router.
     router: Arc<Router>,
-    /// Client-facing database name.
-    database: String,
     /// Routing state: override, causal token, borrowed token.
     routing: ClientRouting,
     /// A write transaction's WAL position could not be read: the next read needs it first.
     causal_unknown: bool,
     cancel: CancelHandle,
     peer: SocketAddr,
-    user: String,
     /// Counts the client against `max_client_conn` until the session ends.
     _guard: ClientGuard,
     /// The client's named prepared statements.
@@ -234,15 +224,15 @@ struct Session {
     /// Why the client holds its server until it disconnects (session state on it), if it does.
     pinned: Option<&'static str>,
     shutdown: ShutdownWatch,
-    idle_timeout: Option<Duration>,
-    limits: Limits,
+    /// The pool's limits (shared).
+    limits: Arc<Limits>,
 }
 
 impl Session {
     /// Serves the client until it leaves.
     async fn run(mut self, held: Option<Serving>) {
         let reason = self.serve(held).await;
-        info!(peer = %self.peer, user = %self.user, reason, "client disconnected");
+        info!(peer = %self.peer, user = %self.user(), reason, "client disconnected");
     }
 
     /// Runs until the client leaves; returns why it ended (for the log).
@@ -250,10 +240,11 @@ impl Session {
         // Boxed (session mode only) so that the idle task does not reserve room for it.
         let mut held = held.map(Box::new);
         // Client bytes a relay handed back (a unit that needs another server).
-        let mut pending: Option<BytesMut> = None;
+        // Boxed: it is a local of every idle client's task, and rarely used.
+        let mut pending: Option<Box<BytesMut>> = None;
         loop {
             let first = match pending.take() {
-                Some(buf) => buf,
+                Some(buf) => *buf,
                 // Boxed too: a nested future is laid out twice in its caller's state, and this
                 // one is the state of every idle client. The allocation is small and per request.
                 None => match Box::pin(self.next_request()).await {
@@ -278,7 +269,7 @@ impl Session {
             // Boxed so that an idle client's task does not carry the state of a transaction
             // (pool wait, relay): it is allocated only while one runs.
             match Box::pin(self.transaction(first, held.take().map(|b| *b))).await {
-                Ok(leftover) => pending = leftover,
+                Ok(leftover) => pending = leftover.map(Box::new),
                 Err(reason) => return reason,
             }
         }
@@ -310,8 +301,8 @@ impl Session {
                 .get("application_name")
                 .or_else(|| crate::backend::params::lookup(&self.defaults, "application_name"))
                 .unwrap_or("");
-            self.router
-                .refresh_client(&mut self.routing, &self.user, app);
+            let user = &self.upstream.pools()[0].id().user;
+            self.router.refresh_client(&mut self.routing, user, app);
         }
         let classifier = self.router.classifier();
         let unit = units::scan(
@@ -405,14 +396,14 @@ impl Session {
             },
             server.conn().io(),
             first,
-            self.limits,
+            *self.limits,
             &self.shutdown,
         )
         .await;
         drop(classifier);
         self.cancel.slot.set(None);
         if let (Some(reason), false) = (self.pinned, was_pinned) {
-            info!(peer = %self.peer, user = %self.user, reason, "client pinned to its server connection until it disconnects");
+            info!(peer = %self.peer, user = %self.user(), reason, "client pinned to its server connection until it disconnects");
         }
         let (code, message, reason) = match end.outcome {
             Outcome::Idle => {
@@ -439,10 +430,10 @@ impl Session {
                 return Err("protocol violation");
             }
             Outcome::ServerGone(e) => {
-                warn!(database = %self.database, node = %self.upstream.node(serving.node).node(), error = %e, retryable = end.retryable, on_replica = serving.on_replica, "server connection lost");
+                warn!(database = %self.database(), node = %self.upstream.node(serving.node).node(), error = %e, retryable = end.retryable, on_replica = serving.on_replica, "server connection lost");
                 self.router.topology().report_failure(serving.node);
                 if serving.on_replica && end.retryable {
-                    info!(database = %self.database, "read failed on a replica before any reply: retrying it once elsewhere");
+                    info!(database = %self.database(), "read failed on a replica before any reply: retrying it once elsewhere");
                     return Ok(Ran::RetryRead);
                 }
                 (
@@ -457,11 +448,29 @@ impl Session {
                 "idle_transaction_timeout",
             ),
             Outcome::Shutdown => (SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE, "shutdown"),
+            Outcome::SyncFailed(code, message) => {
+                // Postgres refuses such a value at startup; the client gets the same, late.
+                drop(serving);
+                warn!(database = %self.database(), %code, %message, "a session parameter of the client was rejected by the server");
+                let text = format!("invalid session parameter (from the startup packet or SET): {message}");
+                self.close(SqlState::INVALID_PARAMETER_VALUE, &text).await;
+                return Err("invalid session parameter");
+            }
         };
         // A server in an unknown state is closed, never returned (dropping the checkout does).
         drop(serving);
         self.close(code, message).await;
         Err(reason)
+    }
+
+    /// The client's user name.
+    fn user(&self) -> &str {
+        &self.upstream.pools()[0].id().user
+    }
+
+    /// The client-facing database name.
+    fn database(&self) -> &str {
+        self.upstream.database()
     }
 
     /// Whether each unit is routed on its own (replicas to route to, transaction mode, not
@@ -510,10 +519,10 @@ impl Session {
         let router = self.router.clone();
         let upstream = self.upstream.clone();
         tokio::select! {
-            r = target::checkout(&router, &upstream, &self.database, target) => match r {
+            r = target::checkout(&router, &upstream, self.upstream.database(), target) => match r {
                 Ok(c) => Ok(c),
                 Err(e) => {
-                    warn!(database = %self.database, error = %e, "no server connection for client");
+                    warn!(database = %self.database(), error = %e, "no server connection for client");
                     target_farewell(&mut self.stream, &e).await;
                     Err("no server connection")
                 }
@@ -530,7 +539,10 @@ impl Session {
         let mut buf = BytesMut::new();
         let mut draining = pin!(self.shutdown.reached(Phase::Draining));
         // Only a configured timeout costs memory while idle: its timer is boxed.
-        let mut idle_timer = self.idle_timeout.map(|t| Box::pin(tokio::time::sleep(t)));
+        let mut idle_timer = self
+            .limits
+            .client_idle_timeout
+            .map(|t| Box::pin(tokio::time::sleep(t)));
         loop {
             if self.shutdown.phase() >= Phase::Draining {
                 self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;
@@ -620,7 +632,7 @@ impl Session {
                 "pgtier: too many messages awaiting replies (send Sync)".to_owned(),
             ),
         };
-        warn!(database = %self.database, %message, "client protocol violation");
+        warn!(database = %self.database(), %message, "client protocol violation");
         self.close(code, &message).await;
     }
 

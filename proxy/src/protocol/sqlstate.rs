@@ -27,6 +27,8 @@ impl SqlState {
     pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
     /// 42P05: a prepared statement of that name already exists.
     pub const DUPLICATE_PREPARED_STATEMENT: SqlState = SqlState("42P05");
+    /// 22023: a session parameter value the server rejects.
+    pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
     /// 26000: no such prepared statement.
     pub const INVALID_SQL_STATEMENT_NAME: SqlState = SqlState("26000");
     /// 57P01: pgtier is shutting down.
