@@ -24,13 +24,17 @@ enum Command {
     Check {
         /// The file to check.
         file: PathBuf,
+        /// Also log in to every node and report its role, state and lag (exit 1 if a node
+        /// does not answer or no primary is found).
+        #[arg(long)]
+        connect: bool,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check { file }) => check(&file),
+        Some(Command::Check { file, connect }) => check(&file, connect),
         None => {
             match cli.config {
                 Some(file) => match run(&file) {
@@ -49,7 +53,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(file: &std::path::Path) -> ExitCode {
+fn check(file: &std::path::Path, connect: bool) -> ExitCode {
     match pgtier::config::load_file(file) {
         Ok(s) => {
             println!(
@@ -59,6 +63,9 @@ fn check(file: &std::path::Path) -> ExitCode {
                 s.users.len(),
                 s.listen
             );
+            if connect && !check_nodes(&s) {
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -66,6 +73,56 @@ fn check(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs in to every node of every database (as the lag monitors do) and prints what it found.
+fn check_nodes(settings: &pgtier::config::Settings) -> bool {
+    use pgtier::cluster::probe::probe;
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        eprintln!("pgtier: cannot start a runtime to connect");
+        return false;
+    };
+    let mut ok = true;
+    let mut names: Vec<&String> = settings.databases.keys().collect();
+    names.sort();
+    for name in names {
+        let db = &settings.databases[name];
+        let limit = db
+            .cluster
+            .connect_timeout
+            .min(std::time::Duration::from_secs(10));
+        let report = runtime.block_on(probe(db.cluster.clone(), limit));
+        println!("database {name} (monitor user {}):", db.cluster.login.user);
+        for (i, n) in report.nodes.iter().enumerate() {
+            let lag = match (n.byte_lag, n.time_lag) {
+                (Some(b), Some(t)) => format!(", lag {b} bytes / {t:?}"),
+                (Some(b), None) => format!(", lag {b} bytes"),
+                _ => String::new(),
+            };
+            let primary = if report.primary == Some(i) {
+                " (takes writes)"
+            } else {
+                ""
+            };
+            let error = n
+                .last_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            println!(
+                "  {}: {:?} {:?}{primary}{lag}{error}",
+                n.addr, n.role, n.state
+            );
+        }
+        if report.primary.is_none() {
+            println!("  no primary found: writes would wait (primary_wait_timeout), then fail");
+        }
+        ok &= report.healthy();
+    }
+    ok
 }
 
 fn run(file: &std::path::Path) -> anyhow::Result<()> {

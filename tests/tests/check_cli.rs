@@ -57,3 +57,47 @@ fn problems_are_reported_with_line_and_column_and_exit_1() {
         .unwrap();
     assert_eq!(status.code(), Some(1));
 }
+
+/// `pgtier check --connect` logs in to every node and reports role, state and lag; a node that
+/// does not answer makes it exit 1.
+#[test]
+fn check_connect_reports_every_node() {
+    let cluster = pgtier_kit::Cluster::start(1).unwrap();
+    cluster.create_trust_role("pgtier_trust").unwrap();
+    pgtier_kit::fixture::ensure_app_db(&cluster).unwrap();
+    let text = format!(
+        "[users.pgtier_trust]\nauth = \"trust\"\n[databases.app]\nprimary = \"{}\"\nreplicas = [\"{}\"]\n",
+        cluster.primary().addr(),
+        cluster.replica(0).addr()
+    );
+    let dir = std::env::temp_dir().join(format!("pgtier-check-connect-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pgtier.toml");
+    std::fs::write(&file, text).unwrap();
+    let run = || {
+        let out = Command::new(pgtier_kit::pgtier_bin().unwrap())
+            .args(["check", "--connect"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = run();
+    assert!(ok, "{out}");
+    let primary = format!(
+        "{}: Primary Healthy (takes writes)",
+        cluster.primary().addr()
+    );
+    let replica = format!("{}: Replica Healthy", cluster.replica(0).addr());
+    assert!(out.contains(&primary), "{out}");
+    assert!(out.contains(&replica), "{out}");
+    cluster.replica(0).stop_immediate().unwrap();
+    let (ok, out) = run();
+    assert!(!ok, "{out}");
+    assert!(out.contains("Down"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod lag;
 pub mod lsn;
 mod monitor;
+pub mod probe;
 pub mod topology;
 
 pub use lag::{Lag, LagLimits, Verdict};
