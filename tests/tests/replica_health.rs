@@ -57,9 +57,18 @@ async fn a_lagging_replica_leaves_the_rotation_and_comes_back() -> Result<()> {
             "INSERT INTO filler SELECT g, repeat('x', 100) FROM generate_series(1, 8000) g",
         )
         .await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // A reader with no causal token of its own: only lag keeps it off replica 0.
+    // A reader with no causal token of its own: only lag keeps it off replica 0. The monitor
+    // sees the lag within two check intervals (longer on a loaded machine): wait for a first
+    // read elsewhere, then no read may reach the lagging replica.
     let reader = connect(&px, USER, PW).await?;
+    let written = Instant::now();
+    while read_port(&reader).await? == lagging {
+        assert!(
+            written.elapsed() < Duration::from_secs(3),
+            "reads still reach the lagging replica 3 s after the write"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for _ in 0..30 {
         assert_ne!(
             read_port(&reader).await?,
