@@ -5,6 +5,7 @@
 //! (pools, server connections) for a server and relays frames; `protocol` holds the wire
 //! format; `config` the settings.
 
+pub mod admin;
 pub mod backend;
 pub mod cluster;
 pub mod config;

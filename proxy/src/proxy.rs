@@ -132,6 +132,21 @@ impl Proxy {
         (upstream, self.routers[&db.name].clone())
     }
 
+    /// The settings, borrowed.
+    pub fn settings_ref(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The router of a configured database.
+    pub fn router(&self, database: &str) -> &Arc<Router> {
+        &self.routers[database]
+    }
+
+    /// Every server pool.
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        self.pools.all()
+    }
+
     /// The limits of a database's clients.
     pub(crate) fn client_limits(&self, database: &str) -> Arc<Limits> {
         self.client_limits[database].clone()

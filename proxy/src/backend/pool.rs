@@ -163,6 +163,11 @@ impl Pool {
         st.open = st.open.saturating_sub(1);
     }
 
+    /// Idle connections in the pool.
+    pub fn idle_connections(&self) -> u32 {
+        self.lock().idle.len() as u32
+    }
+
     /// Open connections (idle or in use).
     pub fn open_connections(&self) -> u32 {
         self.lock().open

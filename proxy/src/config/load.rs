@@ -270,6 +270,14 @@ impl Validator<'_> {
         if raw.classify_cache_size == 0 {
             self.fail(&["classify_cache_size"], "must be at least 1");
         }
+        for (i, u) in raw.admin_users.iter().enumerate() {
+            if !raw.users.contains_key(u) {
+                self.fail(
+                    &["admin_users", &i.to_string()],
+                    format!("no [users.{u}] section"),
+                );
+            }
+        }
         if let Some(u) = &raw.monitor_user {
             if !raw.users.contains_key(u) {
                 self.fail(&["monitor_user"], format!("no [users.{u}] section"));

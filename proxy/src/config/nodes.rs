@@ -104,7 +104,13 @@ impl Validator<'_> {
                     return None;
                 }
             },
-            None => match raw.users.iter().next() {
+            // Admin-console users are often not database roles: skip them.
+            None => match raw
+                .users
+                .iter()
+                .find(|(name, _)| !raw.admin_users.contains(name))
+                .or_else(|| raw.users.iter().next())
+            {
                 Some(first) => first,
                 None => {
                     self.fail(

@@ -162,8 +162,11 @@ pub struct Config {
     pub read_only_functions: Vec<String>,
     /// Distinct statement texts whose classification is cached.
     pub classify_cache_size: u32,
-    /// The `[users]` entry whose server credentials the lag monitors use (default: the first).
+    /// The `[users]` entry whose server credentials the lag monitors use (default: the first
+    /// one not in `admin_users`).
     pub monitor_user: Option<String>,
+    /// `[users]` entries that may use the admin console (database `pgtier` or `pgbouncer`).
+    pub admin_users: Vec<String>,
     /// Client users, by name.
     pub users: BTreeMap<String, UserConfig>,
     /// Databases clients may connect to, by the name clients use.
@@ -202,6 +205,7 @@ impl Default for Config {
             read_only_functions: Vec::new(),
             classify_cache_size: 10_000,
             monitor_user: None,
+            admin_users: Vec::new(),
             users: BTreeMap::new(),
             databases: BTreeMap::new(),
         }

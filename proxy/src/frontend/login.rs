@@ -41,6 +41,9 @@ pub enum LoginError {
     /// No such database in the config.
     #[error("database \"{0}\" does not exist")]
     UnknownDatabase(String),
+    /// A user not in `admin_users` asked for the admin console.
+    #[error("user \"{0}\" may not use the pgtier admin console (admin_users)")]
+    NotAdmin(String),
     /// `max_client_conn` reached.
     #[error("sorry, too many clients already (max_client_conn = {0})")]
     TooManyClients(u32),
@@ -69,7 +72,7 @@ impl LoginError {
                 SqlState::PROTOCOL_VIOLATION
             }
             LoginError::UnsupportedProtocol(..) => SqlState::FEATURE_NOT_SUPPORTED,
-            LoginError::NoUser => SqlState::INVALID_AUTHORIZATION,
+            LoginError::NoUser | LoginError::NotAdmin(_) => SqlState::INVALID_AUTHORIZATION,
             LoginError::PasswordFailed(_) => SqlState::INVALID_PASSWORD,
             LoginError::UnknownDatabase(_) => SqlState::INVALID_CATALOG_NAME,
             LoginError::TooManyClients(_) => SqlState::TOO_MANY_CONNECTIONS,
@@ -84,6 +87,11 @@ impl LoginError {
 pub enum Login<'s> {
     /// The connection was a cancel request.
     Cancel(CancelKey),
+    /// An authenticated admin-console user (database `pgtier` or `pgbouncer`).
+    Admin {
+        /// The user.
+        user: &'s User,
+    },
     /// An authenticated client for a configured database.
     Client {
         /// The user.
@@ -130,6 +138,14 @@ async fn login_inner<'s>(
     let db_name = startup.param("database").unwrap_or(user_name);
     let user = settings.users.get(user_name);
     auth::authenticate(stream, user, user_name).await?;
+    if matches!(db_name, "pgtier" | "pgbouncer") && !settings.databases.contains_key(db_name) {
+        let user = user.ok_or_else(|| LoginError::PasswordFailed(user_name.to_owned()))?;
+        if !settings.raw.admin_users.contains(&user.name) {
+            return Err(LoginError::NotAdmin(user.name.clone()));
+        }
+        info!(%peer, user = %user.name, "admin console login");
+        return Ok(Login::Admin { user });
+    }
     let (Some(user), Some(db)) = (user, settings.databases.get(db_name)) else {
         return Err(LoginError::UnknownDatabase(db_name.to_owned()));
     };

@@ -62,6 +62,16 @@ pub async fn handle(
     let (user, db, startup_params) =
         match Box::pin(login(&mut stream, peer, &settings, &guard, proxy.phase())).await {
             Ok(Login::Client { user, db, params }) => (user, db, params),
+            Ok(Login::Admin { user }) => {
+                let mut welcome = BytesMut::with_capacity(64);
+                auth_ok(&mut welcome);
+                ready_for_query(&mut welcome, TxStatus::Idle);
+                if stream.write_all(&welcome).await.is_ok() {
+                    Box::pin(crate::admin::serve(&proxy, &mut stream)).await;
+                }
+                info!(%peer, user = %user.name, "admin console client disconnected");
+                return;
+            }
             Ok(Login::Cancel(key)) => {
                 drop(guard);
                 Box::pin(proxy.forward_cancel(key)).await;
