@@ -15,7 +15,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 const USER: &str = "health";
 const PW: &str = "health-pw";
 
-fn start(cluster: &Cluster, extra: &[&str]) -> Result<Pgtier> {
+async fn start(cluster: &Cluster, extra: &[&str]) -> Result<Pgtier> {
     scram_role(cluster, USER, PW)?;
     let mut b = ConfigBuilder::new(cluster)
         .global("lag_check_interval = \"50ms\"")
@@ -24,7 +24,26 @@ fn start(cluster: &Cluster, extra: &[&str]) -> Result<Pgtier> {
     for line in extra {
         b = b.global(line);
     }
-    b.start()
+    let px = b.start()?;
+    replicas_in_rotation(&px).await?;
+    Ok(px)
+}
+
+/// Waits until the monitors have admitted a replica (reads go to the primary until then).
+async fn replicas_in_rotation(px: &Pgtier) -> Result<()> {
+    let c = connect(px, USER, PW).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = c.query_one("SELECT pg_is_in_recovery()", &[]).await?;
+        if row.get::<_, bool>(0) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no replica entered the read rotation within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The port of the node that ran a plain read.
@@ -43,7 +62,8 @@ async fn a_lagging_replica_leaves_the_rotation_and_comes_back() -> Result<()> {
     let px = start(
         &cluster,
         &["max_replica_lag_bytes = 65536", "max_replica_lag = 0"],
-    )?;
+    )
+    .await?;
     let writer = connect(&px, USER, PW).await?;
     writer
         .batch_execute("CREATE TABLE filler (a int, b text)")
@@ -100,7 +120,7 @@ async fn a_lagging_replica_leaves_the_rotation_and_comes_back() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_stopped_under_read_load_costs_no_errors() -> Result<()> {
     let cluster = Cluster::start(2)?;
-    let px = start(&cluster, &[])?;
+    let px = start(&cluster, &[]).await?;
     let stopped = cluster.replica(0).port();
     let (reads, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let end = Instant::now() + Duration::from_secs(5);

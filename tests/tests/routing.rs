@@ -14,7 +14,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 const USER: &str = "router";
 const PW: &str = "router-pw";
 
-fn start(cluster: &Cluster, extra: &[&str]) -> Result<Pgtier> {
+async fn start(cluster: &Cluster, extra: &[&str]) -> Result<Pgtier> {
     scram_role(cluster, USER, PW)?;
     let mut b = ConfigBuilder::new(cluster)
         .global("lag_check_interval = \"50ms\"")
@@ -23,7 +23,26 @@ fn start(cluster: &Cluster, extra: &[&str]) -> Result<Pgtier> {
     for line in extra {
         b = b.global(line);
     }
-    b.start()
+    let px = b.start()?;
+    replicas_in_rotation(&px).await?;
+    Ok(px)
+}
+
+/// Waits until the monitors have admitted a replica (reads go to the primary until then).
+async fn replicas_in_rotation(px: &Pgtier) -> Result<()> {
+    let c = connect(px, USER, PW).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = c.query_one("SELECT pg_is_in_recovery()", &[]).await?;
+        if row.get::<_, bool>(0) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no replica entered the read rotation within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// (in recovery, server port) of the node that ran `sql` (which must return those two columns).
@@ -47,10 +66,12 @@ fn replica_ports(cluster: &Cluster) -> Vec<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_spread_over_replicas_and_writes_reach_the_primary() -> Result<()> {
     let cluster = Cluster::start(2)?;
-    let px = start(&cluster, &[])?;
+    let px = start(&cluster, &[]).await?;
     let c = connect(&px, USER, PW).await?;
     c.batch_execute("CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, v text)")
         .await?;
+    // The client's own write must be replayed before its reads may use a replica.
+    cluster.wait_replicas_caught_up()?;
     let mut seen = std::collections::HashSet::new();
     for _ in 0..40 {
         let (rec, port) = where_ran(&c, WHERE).await?;
@@ -98,7 +119,7 @@ async fn reads_spread_over_replicas_and_writes_reach_the_primary() -> Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_stay_on_one_server() -> Result<()> {
     let cluster = Cluster::start(2)?;
-    let px = start(&cluster, &[])?;
+    let px = start(&cluster, &[]).await?;
     let c = connect(&px, USER, PW).await?;
     // A read-write transaction runs on the primary from its BEGIN.
     c.batch_execute("BEGIN").await?;
@@ -130,7 +151,7 @@ async fn transactions_stay_on_one_server() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_override_and_pgtier_statements() -> Result<()> {
     let cluster = Cluster::start(2)?;
-    let px = start(&cluster, &[])?;
+    let px = start(&cluster, &[]).await?;
     let c = connect(&px, USER, PW).await?;
     c.batch_execute("SET pgtier.route = 'primary'").await?;
     assert!(!where_ran(&c, WHERE).await?.0, "route=primary");
@@ -175,7 +196,7 @@ async fn read_your_writes_with_a_paused_replica() -> Result<()> {
         .primary()
         .psql("ALTER SYSTEM SET synchronous_commit = on")?;
     cluster.primary().psql("SELECT pg_reload_conf()")?;
-    let px = start(&cluster, &[])?;
+    let px = start(&cluster, &[]).await?;
     let c = connect(&px, USER, PW).await?;
     c.batch_execute("CREATE TABLE ryw (id int PRIMARY KEY)")
         .await?;
@@ -214,7 +235,7 @@ async fn read_your_writes_with_a_paused_replica() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn causal_token_crosses_connections() -> Result<()> {
     let cluster = Cluster::start(2)?;
-    let px = start(&cluster, &[])?;
+    let px = start(&cluster, &[]).await?;
     let writer = connect(&px, USER, PW).await?;
     let reader = connect(&px, USER, PW).await?;
     writer
