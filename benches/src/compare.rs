@@ -5,14 +5,15 @@
 //!
 //! `cargo build --release -p pgtier && cargo run --release -p pgtier-benches --bin compare -- --help`
 
+mod pgbench;
 mod pgbouncer;
 mod procstat;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use pgbench::{field, pgbench};
 use pgtier_kit::{free_port, Cluster, Pgtier};
 
 /// pgbench query modes compared.
@@ -76,34 +77,6 @@ struct Sample {
     tps: f64,
     latency_ms: f64,
     cpu_us_per_tx: Option<f64>,
-}
-
-fn pgbench(port: u16, args: &[&str]) -> Result<String> {
-    let out = Command::new(pgtier_kit::bin_path("pgbench")?)
-        .args(args)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "bench",
-            "bench",
-        ])
-        .env("PGPASSWORD", "bench")
-        .output()?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("pgbench {args:?} on port {port} failed:\n{text}");
-    }
-    Ok(text)
-}
-
-fn field(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix(prefix))
-        .and_then(|v| v.split_whitespace().next()?.split('/').next()?.parse().ok())
 }
 
 fn run(t: &Target, mode: &str, o: &Options) -> Result<Sample> {

@@ -7,13 +7,15 @@
 //!
 //! `cargo build --release -p pgtier && cargo run --release -p pgtier-benches --bin routing -- --help`
 
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use pgtier_kit::{free_port, Cluster, Pgtier};
+
+mod pgbench;
+use pgbench::{field, pgbench};
 
 struct Options {
     rounds: usize,
@@ -55,34 +57,6 @@ impl Options {
         }
         Ok(o)
     }
-}
-
-fn pgbench(port: u16, args: &[&str]) -> Result<String> {
-    let out = Command::new(pgtier_kit::bin_path("pgbench")?)
-        .args(args)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "bench",
-            "bench",
-        ])
-        .env("PGPASSWORD", "bench")
-        .output()?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("pgbench {args:?} on port {port} failed:\n{text}");
-    }
-    Ok(text)
-}
-
-fn field(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix(prefix))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 /// Transactions committed in database `bench` on each node (primary first).

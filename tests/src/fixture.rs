@@ -137,3 +137,41 @@ pub fn server_connections(cluster: &Cluster, user: &str) -> Result<i64> {
     ))?;
     Ok(n.trim().parse()?)
 }
+
+/// Starts pgtier routing to the cluster's replicas (lag checks every 50 ms, `extra` global
+/// lines) for SCRAM user `user`, and waits until a replica is in the read rotation.
+pub async fn start_routing(
+    cluster: &Cluster,
+    user: &str,
+    pw: &str,
+    extra: &[&str],
+) -> Result<Pgtier> {
+    scram_role(cluster, user, pw)?;
+    let mut b = ConfigBuilder::new(cluster)
+        .global("lag_check_interval = \"50ms\"")
+        .with_replicas(cluster)
+        .user(user, &format!("password = \"{pw}\""));
+    for line in extra {
+        b = b.global(line);
+    }
+    let px = b.start()?;
+    replica_in_rotation(&px, user, pw).await?;
+    Ok(px)
+}
+
+/// Waits until the monitors have admitted a replica (reads go to the primary until then).
+pub async fn replica_in_rotation(px: &Pgtier, user: &str, pw: &str) -> Result<()> {
+    let c = connect(px, user, pw).await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let row = c.query_one("SELECT pg_is_in_recovery()", &[]).await?;
+        if row.get::<_, bool>(0) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no replica entered the read rotation within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

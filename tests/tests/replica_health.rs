@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use pgtier_kit::fixture::{connect, scram_role, ConfigBuilder};
+use pgtier_kit::fixture::{connect, scram_role, start_routing};
 use pgtier_kit::proxy::Pgtier;
 use pgtier_kit::Cluster;
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -16,34 +16,7 @@ const USER: &str = "health";
 const PW: &str = "health-pw";
 
 async fn start(cluster: &Cluster, extra: &[&str]) -> Result<Pgtier> {
-    scram_role(cluster, USER, PW)?;
-    let mut b = ConfigBuilder::new(cluster)
-        .global("lag_check_interval = \"50ms\"")
-        .with_replicas(cluster)
-        .user(USER, &format!("password = \"{PW}\""));
-    for line in extra {
-        b = b.global(line);
-    }
-    let px = b.start()?;
-    replicas_in_rotation(&px).await?;
-    Ok(px)
-}
-
-/// Waits until the monitors have admitted a replica (reads go to the primary until then).
-async fn replicas_in_rotation(px: &Pgtier) -> Result<()> {
-    let c = connect(px, USER, PW).await?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let row = c.query_one("SELECT pg_is_in_recovery()", &[]).await?;
-        if row.get::<_, bool>(0) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "no replica entered the read rotation within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    start_routing(cluster, USER, PW, extra).await
 }
 
 /// The port of the node that ran a plain read.

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use pgtier_kit::fixture::{connect, scram_role, ConfigBuilder};
+use pgtier_kit::fixture::{connect, start_routing, ConfigBuilder};
 use pgtier_kit::proxy::Pgtier;
 use pgtier_kit::wire;
 use pgtier_kit::Cluster;
@@ -15,34 +15,7 @@ const USER: &str = "router";
 const PW: &str = "router-pw";
 
 async fn start(cluster: &Cluster, extra: &[&str]) -> Result<Pgtier> {
-    scram_role(cluster, USER, PW)?;
-    let mut b = ConfigBuilder::new(cluster)
-        .global("lag_check_interval = \"50ms\"")
-        .with_replicas(cluster)
-        .user(USER, &format!("password = \"{PW}\""));
-    for line in extra {
-        b = b.global(line);
-    }
-    let px = b.start()?;
-    replicas_in_rotation(&px).await?;
-    Ok(px)
-}
-
-/// Waits until the monitors have admitted a replica (reads go to the primary until then).
-async fn replicas_in_rotation(px: &Pgtier) -> Result<()> {
-    let c = connect(px, USER, PW).await?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let row = c.query_one("SELECT pg_is_in_recovery()", &[]).await?;
-        if row.get::<_, bool>(0) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "no replica entered the read rotation within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    start_routing(cluster, USER, PW, extra).await
 }
 
 /// (in recovery, server port) of the node that ran `sql` (which must return those two columns).

@@ -1,0 +1,178 @@
+//! Tests of `topology`.
+use super::*;
+
+fn settings(roles: &[ConfiguredRole]) -> ClusterSettings {
+    ClusterSettings {
+        nodes: roles
+            .iter()
+            .enumerate()
+            .map(|(i, &role)| NodeConfig {
+                addr: NodeAddr {
+                    host: "127.0.0.1".into(),
+                    port: 1 + i as u16,
+                },
+                role,
+                weight: 1,
+            })
+            .collect(),
+        lag_check_interval: Duration::from_millis(100),
+        max_replica_lag: Some(Duration::from_secs(1)),
+        max_replica_lag_bytes: Some(1000),
+        login: MonitorLogin {
+            user: "u".into(),
+            password: None,
+            dbname: "d".into(),
+        },
+        connect_timeout: Duration::from_secs(1),
+    }
+}
+
+fn primary(lsn: u64, timeline: u32) -> Outcome {
+    Outcome::Checked {
+        check: Check {
+            in_recovery: false,
+            lsn: Lsn(lsn),
+            receive: None,
+            since_last_replayed_xact: None,
+            timeline: Some(timeline),
+        },
+        sent_at: Instant::now(),
+    }
+}
+
+fn replica(lsn: u64) -> Outcome {
+    Outcome::Checked {
+        check: Check {
+            in_recovery: true,
+            lsn: Lsn(lsn),
+            receive: Some(Lsn(lsn)),
+            since_last_replayed_xact: Some(Duration::from_secs(3600)),
+            timeline: None,
+        },
+        sent_at: Instant::now(),
+    }
+}
+
+fn states(t: &Topology) -> Vec<NodeState> {
+    t.view().nodes.iter().map(|n| n.state).collect()
+}
+
+use ConfiguredRole::{Auto, Primary, Replica};
+use NodeState as S;
+
+#[test]
+fn replicas_wait_for_a_primary_measurement() {
+    let t = Topology::new(settings(&[Primary, Replica]));
+    t.record(1, replica(100));
+    assert_eq!(states(&t), [S::Unknown, S::Unknown]);
+    // A configured primary is trusted until a check shows it in recovery.
+    assert_eq!(t.view().primary, Some(0));
+    t.record(0, primary(100, 1));
+    assert_eq!(t.view().primary, Some(0));
+    assert_eq!(
+        states(&t),
+        [S::Healthy, S::Unknown],
+        "verdict at the replica's next check"
+    );
+    t.record(1, replica(100));
+    assert_eq!(states(&t), [S::Healthy, S::Healthy]);
+    let v = t.view();
+    assert_eq!(
+        (v.nodes[1].byte_lag, v.nodes[1].time_lag),
+        (Some(0), Some(Duration::ZERO))
+    );
+    assert_eq!(t.pick_replica(Lsn(100)), Pick::Ready(1));
+    assert_eq!(t.pick_replica(Lsn(101)), Pick::Check(1));
+}
+
+#[test]
+fn configured_roles_are_verified() {
+    let t = Topology::new(settings(&[Primary, Replica]));
+    t.record(0, replica(100));
+    t.record(1, primary(100, 2));
+    assert_eq!(t.view().primary, None, "neither may take writes");
+    assert_eq!(states(&t), [S::Excluded, S::Excluded]);
+    assert_eq!(t.pick_replica(Lsn(0)), Pick::None);
+}
+
+#[test]
+fn auto_follows_the_highest_timeline_and_refuses_ties() {
+    let t = Topology::new(settings(&[Auto, Auto, Auto]));
+    t.record(0, primary(100, 1));
+    t.record(1, replica(100));
+    t.record(2, replica(100));
+    assert_eq!(t.view().primary, Some(0));
+    // Promoted node 1 on timeline 2 while node 0 still answers on timeline 1.
+    t.record(1, primary(120, 2));
+    assert_eq!(t.view().primary, Some(1));
+    assert_eq!(states(&t)[..2], [S::Excluded, S::Healthy]);
+    // Same timeline: no primary.
+    t.record(0, primary(130, 2));
+    assert_eq!(t.view().primary, None);
+    t.record(0, Outcome::Refused("refused".into()));
+    assert_eq!(t.view().primary, Some(1));
+    assert_eq!(states(&t)[0], S::Down);
+}
+
+#[test]
+fn failures_ban_and_the_next_check_readmits() {
+    let t = Topology::new(settings(&[Primary, Replica]));
+    t.record(0, primary(100, 1));
+    t.record(1, replica(100));
+    let g = t.view().generation;
+    t.record(1, replica(100));
+    assert_eq!(t.view().generation, g, "nothing changed: nothing published");
+    t.report_failure(1);
+    assert_eq!(states(&t), [S::Healthy, S::Banned]);
+    assert!(t.take_reconnect(1));
+    assert!(!t.take_reconnect(1));
+    assert_eq!(t.pick_replica(Lsn(0)), Pick::None);
+    t.record(1, replica(100));
+    assert_eq!(states(&t), [S::Healthy, S::Healthy]);
+    t.record(1, Outcome::Failed("timeout".into()));
+    assert_eq!(states(&t), [S::Healthy, S::Banned]);
+    assert_eq!(t.view().nodes[1].last_error.as_deref(), Some("timeout"));
+    // A failing configured primary keeps the writes (they fail with the server's error).
+    t.report_failure(0);
+    assert_eq!(t.view().primary, Some(0));
+    assert_eq!(states(&t)[0], S::Banned);
+}
+
+#[tokio::test]
+async fn wait_for_primary_wakes_on_publication() {
+    let t = Arc::new(Topology::new(settings(&[Auto])));
+    assert_eq!(t.wait_for_primary(Duration::from_millis(30)).await, None);
+    let t2 = t.clone();
+    let waiter = tokio::spawn(async move { t2.wait_for_primary(Duration::from_secs(5)).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    t.record(0, primary(1, 1));
+    assert_eq!(waiter.await.unwrap(), Some(0));
+}
+
+#[test]
+fn in_flight_counts() {
+    let t = Arc::new(Topology::new(settings(&[Primary, Replica])));
+    let a = t.begin(1);
+    let b = t.begin(1);
+    assert_eq!(t.outstanding(1), 2);
+    drop(a);
+    assert_eq!((t.outstanding(1), b.node()), (1, 1));
+    drop(b);
+    assert_eq!(t.outstanding(1), 0);
+}
+
+#[test]
+fn unmonitored_takes_configured_roles() {
+    let t = Topology::unmonitored(settings(&[Primary, Replica, Auto]));
+    let v = t.view();
+    assert_eq!(v.primary, Some(0));
+    assert_eq!(v.nodes[2].role, Role::Replica);
+    assert_eq!(v.nodes[2].addr.port, 3);
+    assert!(v.nodes.iter().all(|n| n.state == S::Healthy));
+}
+
+fn _send_sync<T: Send + Sync>() {}
+#[test]
+fn topology_is_send_and_sync() {
+    _send_sync::<Topology>();
+}
