@@ -7,6 +7,12 @@ scripts/ensure-postgres.sh
 echo "== python drivers (tests/tests/drivers.rs)"
 python3 -m pip install -q -r tests/python/requirements.txt \
   || python3 -m pip install -q --break-system-packages -r tests/python/requirements.txt
+echo "== node-postgres (tests/tests/drivers.rs; skipped there if node is missing)"
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  (cd tests/node && (npm ci --no-audit --no-fund || npm install --no-audit --no-fund))
+else
+  echo "node/npm not installed: the node-postgres test will be skipped"
+fi
 echo "== build"
 cargo build --workspace --bins
 echo "== tests"

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use pgtier::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -131,10 +132,14 @@ fn run(file: &std::path::Path) -> anyhow::Result<()> {
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| EnvFilter::new(&settings.raw.log_level));
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    match settings.raw.log_format {
+        // One object per line, event fields at the top level, for log shippers.
+        LogFormat::Json => log.json().flatten_event(true).init(),
+        LogFormat::Text => log.init(),
+    }
     let runtime = match settings.raw.workers {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -149,6 +154,6 @@ fn run(file: &std::path::Path) -> anyhow::Result<()> {
     }
     .context("starting the tokio runtime")?;
     runtime
-        .block_on(pgtier::proxy::run(settings))
+        .block_on(pgtier::proxy::run(settings, Some(file.to_path_buf())))
         .with_context(|| format!("serving with {}", file.display()))
 }

@@ -1,9 +1,9 @@
-//! Shutdown phases shared by the listener and every client session. The phase is an atomic
-//! (read on hot paths without a lock) and waiters park on a `Notify` (a small future per
-//! waiting client).
+//! Shutdown phases shared by the listener and every client session, and admin wake-ups (KILL,
+//! PAUSE...). The phase and the wake-up count are atomics (read on hot paths without a lock)
+//! and waiters park on one `Notify`: an idle client waits on a single small future for both.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -33,6 +33,8 @@ impl Phase {
 #[derive(Debug, Default)]
 struct Inner {
     phase: AtomicU8,
+    /// Admin wake-ups so far (see [`Shutdown::poke`]).
+    pokes: AtomicU64,
     changed: Notify,
 }
 
@@ -44,6 +46,13 @@ impl Shutdown {
     /// Moves to `phase` (never backwards) and wakes every waiter.
     pub fn advance(&self, phase: Phase) {
         self.0.phase.fetch_max(phase as u8, Ordering::AcqRel);
+        self.0.changed.notify_waiters();
+    }
+
+    /// Wakes every waiter without changing the phase: an admin command changed something
+    /// clients must look at (a KILL, a RESUME).
+    pub fn poke(&self) {
+        self.0.pokes.fetch_add(1, Ordering::AcqRel);
         self.0.changed.notify_waiters();
     }
 
@@ -63,9 +72,24 @@ impl ShutdownWatch {
         Phase::from_u8(self.0.phase.load(Ordering::Acquire))
     }
 
+    /// Admin wake-ups so far: pass it to [`ShutdownWatch::reached_or_poked`].
+    pub fn pokes(&self) -> u64 {
+        self.0.pokes.load(Ordering::Acquire)
+    }
+
     /// Resolves once the phase is at least `phase`. Create it once per wait loop, not per
     /// iteration: each new future registers with the notifier.
     pub fn reached(&self, phase: Phase) -> impl Future<Output = ()> + Send + 'static {
+        self.reached_or_poked(phase, None)
+    }
+
+    /// Resolves once the phase is at least `phase`, or (with `seen`) once an admin wake-up
+    /// came after the count `seen`.
+    pub fn reached_or_poked(
+        &self,
+        phase: Phase,
+        seen: Option<u64>,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let inner = self.0.clone();
         async move {
             loop {
@@ -73,7 +97,9 @@ impl ShutdownWatch {
                 tokio::pin!(notified);
                 // Register before checking, so an advance in between is not missed.
                 notified.as_mut().enable();
-                if inner.phase.load(Ordering::Acquire) >= phase as u8 {
+                if inner.phase.load(Ordering::Acquire) >= phase as u8
+                    || seen.is_some_and(|s| inner.pokes.load(Ordering::Acquire) != s)
+                {
                     return;
                 }
                 notified.await;
@@ -108,6 +134,20 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+        // A poke wakes only those that asked for pokes.
+        let s2 = Shutdown::default();
+        let w2 = s2.watch();
+        let seen = w2.pokes();
+        let poked = tokio::spawn(w2.reached_or_poked(Phase::Closing, Some(seen)));
+        let not_poked = tokio::spawn(w2.reached(Phase::Closing));
+        s2.poke();
+        tokio::time::timeout(Duration::from_secs(1), poked)
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!not_poked.is_finished());
+        not_poked.abort();
         // Already reached: resolves at once.
         tokio::time::timeout(Duration::from_secs(1), w.reached(Phase::Draining))
             .await

@@ -175,3 +175,19 @@ pub async fn replica_in_rotation(px: &Pgtier, user: &str, pw: &str) -> Result<()
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// The rows of a simple query (panics naming the statement if it fails).
+pub async fn simple_rows(
+    c: &tokio_postgres::Client,
+    sql: &str,
+) -> Vec<tokio_postgres::SimpleQueryRow> {
+    c.simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}

@@ -67,6 +67,43 @@ pub fn query(sql: &str) -> Vec<u8> {
 /// The ParameterStatus pgtier sends after each write transaction (read-your-writes token).
 pub const CAUSAL_LSN_STATUS: &[u8] = b"pgtier.causal_lsn\0";
 
+/// A Parse of `sql` as statement `name` (no parameter types).
+pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = format!("{name}\0{sql}\0").into_bytes();
+    b.extend(0i16.to_be_bytes());
+    message(b'P', &b)
+}
+
+/// A Bind of `statement` to the unnamed portal, with no parameters, text results.
+pub fn bind(statement: &str) -> Vec<u8> {
+    let mut b = format!("\0{statement}\0").into_bytes();
+    b.extend(0i16.to_be_bytes()); // parameter formats
+    b.extend(0i16.to_be_bytes()); // parameters
+    b.extend(0i16.to_be_bytes()); // result formats
+    message(b'B', &b)
+}
+
+/// An Execute of the unnamed portal, all rows.
+pub fn execute() -> Vec<u8> {
+    message(b'E', b"\0\0\0\0\0")
+}
+
+/// A Sync.
+pub fn sync() -> Vec<u8> {
+    message(b'S', b"")
+}
+
+/// A Close of statement `name`.
+pub fn close_statement(name: &str) -> Vec<u8> {
+    message(b'C', format!("S{name}\0").as_bytes())
+}
+
+/// Sends the messages in one write and reads the replies up to ReadyForQuery.
+pub async fn send_all(s: &mut TcpStream, parts: &[Vec<u8>], limit: Duration) -> Result<Vec<Msg>> {
+    s.write_all(&parts.concat()).await?;
+    read_until_ready(s, limit).await
+}
+
 /// Reads one backend message, failing after `limit`. Skips pgtier's `pgtier.causal_lsn`
 /// ParameterStatus (tests of other behaviour expect exact message sequences; `read_msg_raw`
 /// sees it).

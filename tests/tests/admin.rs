@@ -5,19 +5,9 @@ use std::time::{Duration, Instant};
 
 use pgtier_kit::fixture::{connect, scram_role, ConfigBuilder};
 use pgtier_kit::Cluster;
-use tokio_postgres::{NoTls, SimpleQueryMessage, SimpleQueryRow};
+use tokio_postgres::NoTls;
 
-async fn rows(c: &tokio_postgres::Client, sql: &str) -> Vec<SimpleQueryRow> {
-    c.simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r),
-            _ => None,
-        })
-        .collect()
-}
+use pgtier_kit::fixture::simple_rows as rows;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_console_shows_databases_pools_replicas_and_routes() {
@@ -140,7 +130,7 @@ async fn admin_console_shows_databases_pools_replicas_and_routes() {
     assert_eq!(r.get("destination"), Some("primary"));
     assert!(r.get("explanation").unwrap().contains("hint"));
 
-    // What is not implemented says so.
-    let err = admin.simple_query("SHOW STATS").await.unwrap_err();
+    // What does not exist says so.
+    let err = admin.simple_query("SHOW FDS").await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("0A000"));
 }

@@ -51,6 +51,17 @@ fn problems_are_reported_with_line_and_column_and_exit_1() {
         "{out}"
     );
 
+    let (ok, out) = check(
+        "metrics_listen = \"localhost\"\nlog_format = \"yaml\"\n[databases.app]\nprimary = \"db:5432\"\n",
+    );
+    assert!(!ok);
+    assert!(out.contains("FILE:2:14"), "{out}");
+    let (ok, out) = check(
+        "metrics_listen = \"localhost\"\nslow_query_threshold = \"2s\"\n[users.app]\npassword = \"x\"\n[databases.app]\nprimary = \"db:5432\"\n",
+    );
+    assert!(!ok);
+    assert!(out.contains("FILE:1:18: metrics_listen:"), "{out}");
+
     let status = Command::new(pgtier_kit::pgtier_bin().unwrap())
         .args(["check", "/nonexistent/pgtier.toml"])
         .status()

@@ -654,3 +654,44 @@ fn pick_replica_honours_min_lsn_and_spreads_load() {
     assert_eq!(topo.pick_replica(lsn), Pick::Ready(1));
     drop(busy);
 }
+
+/// An administrator's ban holds across live checks (reads and, for the primary, writes stay
+/// away from the node) and the unban re-admits it at the next check.
+#[test]
+fn admin_bans_hold_until_unban() {
+    let f = Fixture::new(1);
+    let topo = f.start(f.settings(&[Primary, Replica], None, Some(1 << 20)));
+    f.wait(&topo, Duration::from_secs(2), "all healthy", all_healthy);
+    let replica = topo.node_index(&f.cluster.replica(0).addr()).unwrap();
+    assert_eq!(replica, 1);
+    assert_eq!(topo.node_index(&f.cluster.primary().addr()), Some(0));
+
+    topo.admin_ban(replica);
+    assert_eq!(topo.view().nodes[1].state, NodeState::Banned);
+    // Several monitor checks later it is still out.
+    std::thread::sleep(5 * INTERVAL);
+    let v = topo.view();
+    assert_eq!(states(&v), [NodeState::Healthy, NodeState::Banned]);
+    assert_eq!(
+        v.nodes[1].last_error.as_deref(),
+        Some(pgtier::cluster::ADMIN_BAN_ERROR)
+    );
+    assert_eq!(topo.pick_replica(Lsn::ZERO), Pick::None);
+
+    topo.admin_ban(0);
+    std::thread::sleep(3 * INTERVAL);
+    assert_eq!(
+        topo.view().primary,
+        None,
+        "writes stop while the primary is banned"
+    );
+    assert_eq!(topo.bans_total(), 2);
+
+    topo.admin_unban(0);
+    topo.admin_unban(replica);
+    let (_, took) = f.wait(&topo, Duration::from_secs(2), "re-admitted", all_healthy);
+    eprintln!("cluster: unbanned nodes re-admitted in {took:?}");
+    assert_eq!(topo.view().primary, Some(0));
+    assert_eq!(topo.pick_replica(Lsn::ZERO), Pick::Ready(1));
+    assert_eq!(topo.bans_total(), 2);
+}

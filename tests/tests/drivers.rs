@@ -1,7 +1,8 @@
 //! Real non-Rust drivers through pgtier in transaction mode: asyncpg (its statement cache is
-//! the classic breaker of transaction pooling) and psycopg 3 with `prepare=True`. The scripts
-//! live in tests/python/; CI installs the drivers with
-//! `python3 -m pip install -r tests/python/requirements.txt` (scripts/test.sh does it).
+//! the classic breaker of transaction pooling), psycopg 3 with `prepare=True` and node-postgres
+//! named queries. The scripts live in tests/python/ and tests/node/; CI installs the drivers
+//! with `python3 -m pip install -r tests/python/requirements.txt` and `npm ci` in tests/node
+//! (scripts/test.sh does both).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -43,18 +44,28 @@ fn require(module: &str) {
     );
 }
 
+fn node_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node")
+}
+
 /// Runs tests/python/SCRIPT against pgtier (killed after 180 s); returns its stdout.
 fn run_script(px: &Pgtier, script: &str, extra: &[&str]) -> String {
+    run_with(px, "python3", &python_dir().join(script), extra)
+}
+
+/// Runs `interpreter path` against pgtier (killed after 180 s); returns its stdout.
+fn run_with(px: &Pgtier, interpreter: &str, path: &std::path::Path, extra: &[&str]) -> String {
+    let script = path.file_name().unwrap().to_string_lossy().into_owned();
     let t0 = Instant::now();
     let port = px.port().to_string();
     let out = Command::new("timeout")
-        .args(["-s", "KILL", "180", "python3"])
-        .arg(python_dir().join(script))
+        .args(["-s", "KILL", "180", interpreter])
+        .arg(path)
         .args(["127.0.0.1", &port, "drivers", "app"])
         .args(extra)
         .env("PYTHONUNBUFFERED", "1")
         .output()
-        .expect("running python3");
+        .unwrap_or_else(|e| panic!("running {interpreter}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     eprintln!(
@@ -94,6 +105,30 @@ fn psycopg3_prepared_statements_8_connections_on_a_pool_of_4() {
     let out = run_script(&px, "psycopg_driver.py", &["8", "200"]);
     assert!(
         out.contains("psycopg OK") && out.contains("8 connections x 200 iterations"),
+        "{out}"
+    );
+    let log = px.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn node_postgres_named_queries_8_connections_on_a_pool_of_4() {
+    // Skipped (with a notice) only where Node.js itself is missing; a missing `pg` package
+    // fails the test.
+    if Command::new("node").arg("--version").output().is_err() {
+        eprintln!("NOTICE: node is not installed: node-postgres test skipped");
+        return;
+    }
+    let module = node_dir().join("node_modules").join("pg");
+    assert!(
+        module.is_dir(),
+        "npm package `pg` is missing: run `npm ci` in {} (scripts/test.sh and CI do)",
+        node_dir().display()
+    );
+    let px = start();
+    let out = run_with(&px, "node", &node_dir().join("pg_driver.js"), &["8", "200"]);
+    assert!(
+        out.contains("node-postgres OK") && out.contains("8 connections x 200 iterations"),
         "{out}"
     );
     let log = px.log();

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use pgtier_kit::fixture::{connect, scram_role, ConfigBuilder};
-use pgtier_kit::wire::{first_value, tags};
+use pgtier_kit::wire::{bind, close_statement, execute, first_value, parse, sync, tags};
 use pgtier_kit::{wire, Cluster, Pgtier};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -37,35 +37,8 @@ fn start(pool_size: u32) -> Pgtier {
         .unwrap()
 }
 
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    let mut b = format!("{name}\0{sql}\0").into_bytes();
-    b.extend(0i16.to_be_bytes());
-    wire::message(b'P', &b)
-}
-
-fn bind(statement: &str) -> Vec<u8> {
-    let mut b = format!("\0{statement}\0").into_bytes();
-    b.extend(0i16.to_be_bytes()); // parameter formats
-    b.extend(0i16.to_be_bytes()); // parameters
-    b.extend(0i16.to_be_bytes()); // result formats
-    wire::message(b'B', &b)
-}
-
-fn execute() -> Vec<u8> {
-    wire::message(b'E', b"\0\0\0\0\0")
-}
-
-fn sync() -> Vec<u8> {
-    wire::message(b'S', b"")
-}
-
-fn close_statement(name: &str) -> Vec<u8> {
-    wire::message(b'C', format!("S{name}\0").as_bytes())
-}
-
 async fn send(s: &mut TcpStream, parts: &[Vec<u8>]) -> Vec<wire::Msg> {
-    s.write_all(&parts.concat()).await.unwrap();
-    wire::read_until_ready(s, LIMIT).await.unwrap()
+    wire::send_all(s, parts, LIMIT).await.unwrap()
 }
 
 #[test]

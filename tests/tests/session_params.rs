@@ -127,3 +127,94 @@ async fn an_invalid_startup_parameter_value_is_refused_like_postgres_would() {
     let c = client("").await;
     assert!(!setting(&c, "TimeZone").await.is_empty());
 }
+
+/// A pgtier syncing two unreported parameters on one server connection; waiting for it fails
+/// fast (a pinned client would hold the only server).
+fn pgtier_with_extras() -> &'static Pgtier {
+    static PX: OnceLock<Pgtier> = OnceLock::new();
+    PX.get_or_init(|| {
+        let c = Cluster::shared();
+        scram_role(c, "extras", "extras").unwrap();
+        ConfigBuilder::new(c)
+            .global("track_extra_params = [\"work_mem\", \"Statement_Timeout\"]")
+            .global("query_wait_timeout = \"3s\"")
+            .user("extras", "auth = \"trust\"\nserver_password = \"extras\"")
+            .database("pool_size = 1")
+            .start()
+            .unwrap()
+    })
+}
+
+async fn extras_client() -> Client {
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=extras dbname=app",
+        pgtier_with_extras().port()
+    );
+    let (c, conn) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c
+}
+
+/// (SHOW work_mem, SHOW statement_timeout, backend pid).
+async fn extras(c: &Client) -> (String, String, String) {
+    let rows = c
+        .simple_query("SHOW work_mem; SHOW statement_timeout; SELECT pg_backend_pid()::text")
+        .await
+        .unwrap();
+    let v: Vec<String> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_owned()),
+            _ => None,
+        })
+        .collect();
+    (v[0].clone(), v[1].clone(), v[2].clone())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn track_extra_params_sync_without_pinning() {
+    // pool_size = 1: all three clients share one server connection, so none may be pinned.
+    let a = extras_client().await;
+    let b = extras_client().await;
+    let c = extras_client().await;
+    let (mem0, timeout0, pid) = extras(&c).await;
+    a.batch_execute("SET work_mem = '1234kB'").await.unwrap();
+    a.batch_execute("SET SESSION statement_timeout TO '4s'")
+        .await
+        .unwrap();
+    b.batch_execute("set work_mem to 2345").await.unwrap();
+    // A value the server rejects changes nothing.
+    assert!(b.batch_execute("SET work_mem = 'lots'").await.is_err());
+    for _ in 0..5 {
+        let (m, t, p) = extras(&a).await;
+        assert_eq!((m.as_str(), t.as_str(), &p), ("1234kB", "4s", &pid));
+        let (m, t, p) = extras(&b).await;
+        assert_eq!((m.as_str(), &t, &p), ("2345kB", &timeout0, &pid));
+        assert_eq!(
+            extras(&c).await,
+            (mem0.clone(), timeout0.clone(), pid.clone())
+        );
+    }
+    // RESET and SET ... TO DEFAULT go back to the server's default.
+    a.batch_execute("RESET work_mem").await.unwrap();
+    a.batch_execute("SET statement_timeout TO DEFAULT")
+        .await
+        .unwrap();
+    assert_eq!(
+        extras(&a).await,
+        (mem0.clone(), timeout0.clone(), pid.clone())
+    );
+    assert_eq!(extras(&b).await.0, "2345kB");
+    // RESET ALL too.
+    b.batch_execute("RESET ALL").await.unwrap();
+    assert_eq!(
+        extras(&b).await,
+        (mem0.clone(), timeout0.clone(), pid.clone())
+    );
+    // Still no client pinned: every statement ran on the one server connection.
+    assert!(
+        !pgtier_with_extras().log().contains("pinned"),
+        "{}",
+        pgtier_with_extras().log()
+    );
+}

@@ -158,3 +158,59 @@ async fn reject_policy_fails_such_statements_with_0a000() {
     assert_ne!(mem, "3MB");
     assert!(!px.log().contains("pinned"), "nothing was pinned");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_analyze_of_temp_ddl_pins_like_the_ddl_itself() {
+    let px = start("", 2);
+    let a = client(&px).await;
+    let b = client(&px).await;
+    // EXPLAIN ANALYZE runs the CREATE: the temp table exists on a's server from now on.
+    a.batch_execute("EXPLAIN (ANALYZE, COSTS off) CREATE TEMP TABLE explained AS SELECT 1 AS v")
+        .await
+        .unwrap();
+    // b holds a server in a transaction: were a not pinned, b could take a's server (the most
+    // recently released) and a would land on the other one, without its table.
+    b.batch_execute("BEGIN").await.unwrap();
+    let n: i64 = a
+        .query_one("SELECT count(*) FROM explained", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    let err = b
+        .batch_execute("SELECT * FROM explained")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backslash_strings_are_read_with_the_clients_standard_conforming_strings() {
+    let px = start("", 2);
+    let a = client(&px).await;
+    let b = client(&px).await;
+    // Reported, so synced (not pinned); from now on `\'` escapes a quote in a's strings.
+    a.batch_execute("SET standard_conforming_strings = off")
+        .await
+        .unwrap();
+    // Read with scs on this would be one string running to the end; with scs off the LISTEN is
+    // a statement of its own, and it must pin a.
+    let rows = a
+        .simple_query(r"SELECT 'a\'', pg_backend_pid()::text; LISTEN scs_chan; --'")
+        .await
+        .unwrap();
+    let pid = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(1).unwrap().to_owned()),
+            _ => None,
+        })
+        .expect("a row");
+    b.batch_execute("BEGIN").await.unwrap();
+    let (_, pid_again) = probe(&a, "work_mem").await;
+    assert_eq!(pid_again, pid, "a was not pinned after its LISTEN");
+    b.batch_execute("COMMIT").await.unwrap();
+}

@@ -1,8 +1,10 @@
 //! The load generator: seeds the API, drives N virtual users for a fixed time (optionally at a
 //! fixed total rate), prints a progress line a second, then throughput, latency percentiles,
-//! errors and the share of database transactions served by replicas.
+//! errors and the share of database reads pgtier served from replicas (from pgtier's
+//! `/metrics`; per-node `pg_stat_database` transaction counts as a secondary measure).
 
 pub mod client;
+pub mod pgtier_metrics;
 pub mod seed;
 pub mod stats;
 pub mod workload;
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use self::client::Http;
+use self::pgtier_metrics::RoutedReads;
 use self::stats::{ms, percentile};
 use self::workload::{run_user, Shared, OPS};
 
@@ -33,8 +36,16 @@ pub struct Options {
     /// Total requests per second to aim for (default: as fast as the users can go).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// A Postgres node's DSN (repeat for the primary and each replica) to measure the replica
-    /// share from pg_stat_database; "n/a" without.
+    /// pgtier's Prometheus endpoint (its `metrics_listen`), e.g.
+    /// http://127.0.0.1:9930/metrics: scraped before and after the run for the share of reads
+    /// served by replicas.
+    #[arg(long = "pgtier-metrics", value_name = "URL")]
+    pub pgtier_metrics: Option<String>,
+    /// Only count this database's transactions in --pgtier-metrics (default: every database).
+    #[arg(long = "pgtier-database", value_name = "NAME")]
+    pub pgtier_database: Option<String>,
+    /// A Postgres node's DSN (repeat for the primary and each replica) for a secondary
+    /// measure: the replica share of all transactions in pg_stat_database (writes included).
     #[arg(long = "node-dsn")]
     pub node_dsn: Vec<String>,
     /// Tutors to create for this run.
@@ -56,6 +67,8 @@ impl Options {
             users: 50,
             duration: Duration::from_secs(30),
             rate: None,
+            pgtier_metrics: None,
+            pgtier_database: None,
             node_dsn: Vec::new(),
             tutors: 100,
             students: 200,
@@ -120,7 +133,11 @@ pub struct Summary {
     pub conflicts: u64,
     /// Reads that missed the user's own write.
     pub stale_reads: u64,
-    /// Share of database transactions on replicas, when node DSNs were given.
+    /// What pgtier routed during the run, when `--pgtier-metrics` was given (`Err`: the
+    /// scrape after the run failed; the rest of the report still stands).
+    pub pgtier_reads: Option<Result<RoutedReads, String>>,
+    /// Share of all database transactions (writes included) run on replicas, from
+    /// `pg_stat_database`, when node DSNs were given.
     pub replica_share: Option<f64>,
     /// By operation.
     pub ops: Vec<OpStats>,
@@ -150,13 +167,36 @@ impl fmt::Display for Summary {
             "errors {}  stale reads {}  conflicts (expected 409) {}",
             self.errors, self.stale_reads, self.conflicts
         )?;
-        match self.replica_share {
-            Some(s) => writeln!(
+        match &self.pgtier_reads {
+            Some(Ok(r)) => {
+                let share = r
+                    .share()
+                    .map_or("n/a".to_owned(), |s| format!("{:.1}%", s * 100.0));
+                write!(
+                    f,
+                    "replica share of routed reads {share} (pgtier: {} reads served by replicas, \
+                     {} fell back to the primary; {} writes on the primary",
+                    r.replica_reads, r.primary_fallbacks, r.primary_writes
+                )?;
+                if r.primary_other > 0 {
+                    write!(f, ", {} other primary", r.primary_other)?;
+                }
+                writeln!(f, ")")?;
+            }
+            Some(Err(e)) => writeln!(f, "replica share of routed reads n/a: {e}")?,
+            None if self.replica_share.is_none() => writeln!(
                 f,
-                "replica share {:.1}% of database transactions",
-                s * 100.0
+                "replica share n/a (pass --pgtier-metrics http://PGTIER:PORT/metrics)"
             )?,
-            None => writeln!(f, "replica share n/a (pass --node-dsn for each node)")?,
+            None => {}
+        }
+        if let Some(s) = self.replica_share {
+            writeln!(
+                f,
+                "node replica share {:.1}% of all database transactions, writes included \
+                 (pg_stat_database)",
+                s * 100.0
+            )?;
         }
         for o in &self.ops {
             writeln!(f, "  {:<14} {:>7}  p95 {}", o.name, o.count, ms(o.p95))?;
@@ -205,6 +245,13 @@ pub async fn run(opts: &Options) -> Result<Summary> {
         );
     }
     let world = Arc::new(world);
+    let pgtier_db = opts.pgtier_database.as_deref();
+    // Taken after seeding so only the run's own requests count; failing here, before any
+    // load, is cheap, so a wrong URL stops the run.
+    let routing_before = match &opts.pgtier_metrics {
+        Some(url) => Some(pgtier_metrics::scrape(url, pgtier_db).await?),
+        None => None,
+    };
     let before = if opts.node_dsn.is_empty() {
         None
     } else {
@@ -247,6 +294,23 @@ pub async fn run(opts: &Options) -> Result<Summary> {
     if let Some(p) = progress {
         p.abort();
     }
+    let pgtier_reads = match (&opts.pgtier_metrics, routing_before) {
+        (Some(url), Some(before)) => Some({
+            // pgtier may count a transaction just after relaying its last reply.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            match pgtier_metrics::scrape(url, pgtier_db).await {
+                Ok(after) if after.series == 0 => Err(format!(
+                    "no {} samples{} at {url} (is it pgtier's metrics_listen?)",
+                    pgtier_metrics::TRANSACTIONS,
+                    pgtier_db.map_or(String::new(), |d| format!(" for database {d:?}"))
+                )),
+                Ok(after) => Ok(RoutedReads::between(&before, &after)),
+                // After a whole run, keep the report rather than fail it.
+                Err(e) => Err(format!("{e:#}")),
+            }
+        }),
+        _ => None,
+    };
     let replica_share = match before {
         Some(before) => {
             // Postgres publishes a backend's counters within about a second of its last
@@ -290,6 +354,7 @@ pub async fn run(opts: &Options) -> Result<Summary> {
         errors: shared.errors.load(Ordering::Relaxed),
         conflicts: shared.conflicts.load(Ordering::Relaxed),
         stale_reads: shared.stale_reads.load(Ordering::Relaxed),
+        pgtier_reads,
         replica_share,
         ops,
         first_errors,

@@ -2,11 +2,16 @@
 //! one of `admin_users` get SHOW commands over the simple query protocol, with PgBouncer's
 //! column names where the concept matches.
 //!
-//! Implemented so far: SHOW HELP, VERSION, DATABASES, POOLS, REPLICAS, ROUTE. The rest of
-//! PgBouncer's console (STATS, SERVERS, CLIENTS, CONFIG, PAUSE/RESUME, RELOAD...) answers
-//! 0A000 naming the command.
+//! - `show`: SHOW HELP, VERSION, DATABASES, POOLS, REPLICAS, ROUTE.
+//! - `lists`: SHOW STATS, SERVERS, CLIENTS, CONFIG.
+//! - `commands`: PAUSE, RESUME, RELOAD, RECONNECT, KILL, SHUTDOWN, BAN, UNBAN.
+//!
+//! Anything else answers 0A000 naming the command.
 
+mod commands;
+mod lists;
 mod show;
+mod table;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,6 +21,7 @@ use crate::protocol::frame::peek_header;
 use crate::protocol::messages::{error_response, ready_for_query, Severity, TxStatus};
 use crate::protocol::SqlState;
 use crate::proxy::Proxy;
+use crate::shutdown::Phase;
 
 /// Largest admin command accepted.
 const MAX_COMMAND: usize = 64 * 1024;
@@ -23,12 +29,26 @@ const MAX_COMMAND: usize = 64 * 1024;
 /// Serves one admin client until it leaves.
 pub async fn serve(proxy: &Proxy, stream: &mut TcpStream) {
     let mut buf = BytesMut::with_capacity(1024);
+    // Admin sessions end when shutdown begins (they would hold the drain up otherwise).
+    let draining = proxy.shutdown_watch().reached(Phase::Draining);
+    tokio::pin!(draining);
     loop {
         let h = match peek_header(&buf, MAX_COMMAND) {
             Ok(Some(h)) if buf.len() >= h.frame_len() => h,
-            Ok(_) => match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
+            Ok(_) => tokio::select! {
+                r = stream.read_buf(&mut buf) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                },
+                _ = &mut draining => {
+                    farewell(
+                        stream,
+                        SqlState::ADMIN_SHUTDOWN,
+                        "terminating connection due to administrator command (pgtier is shutting down)",
+                    )
+                    .await;
+                    return;
+                }
             },
             Err(e) => {
                 farewell(
@@ -46,7 +66,7 @@ pub async fn serve(proxy: &Proxy, stream: &mut TcpStream) {
             b'Q' => {
                 let body = &frame[5..];
                 let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
-                match show::run(proxy, sql.trim().trim_end_matches(';').trim()) {
+                match run(proxy, sql.trim().trim_end_matches(';').trim()).await {
                     Ok(reply) => out.extend_from_slice(&reply),
                     Err((code, message)) => {
                         error_response(&mut out, Severity::Error, code, &message)
@@ -68,6 +88,19 @@ pub async fn serve(proxy: &Proxy, stream: &mut TcpStream) {
         if stream.write_all(&out).await.is_err() {
             return;
         }
+    }
+}
+
+/// Runs one admin command; returns its reply (without ReadyForQuery).
+async fn run(proxy: &Proxy, command: &str) -> Result<BytesMut, table::Failure> {
+    let (verb, rest) = table::split(command);
+    let verb = verb.to_ascii_lowercase();
+    if verb == "show" {
+        return show::run(proxy, command, rest);
+    }
+    match commands::run(proxy, &verb, rest).await {
+        Some(r) => r,
+        None => Err(table::unsupported(command)),
     }
 }
 

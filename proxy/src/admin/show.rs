@@ -2,20 +2,15 @@
 
 use bytes::BytesMut;
 
-use crate::protocol::messages::{command_complete, data_row, row_description};
+use super::table::{split, table, unsupported, Failure};
+use crate::frontend::ClientState;
 use crate::protocol::SqlState;
-use crate::proxy::Proxy;
-use crate::router::route::{Choice, ClientRouting};
+use crate::proxy::{Proxy, Snapshot};
+use crate::router::route::{Choice, ClientRouting, Router};
+use std::sync::Arc;
 
-/// A command's error: SQLSTATE and message.
-pub type Failure = (SqlState, String);
-
-/// Runs one admin command; returns its reply (without ReadyForQuery).
-pub fn run(proxy: &Proxy, command: &str) -> Result<BytesMut, Failure> {
-    let (verb, rest) = split(command);
-    if !verb.eq_ignore_ascii_case("show") {
-        return Err(unsupported(command));
-    }
+/// Runs one SHOW command (`rest`: what follows SHOW); returns its reply.
+pub fn run(proxy: &Proxy, command: &str, rest: &str) -> Result<BytesMut, Failure> {
     let (what, rest) = split(rest);
     match what.to_ascii_lowercase().as_str() {
         "help" => Ok(table(
@@ -25,8 +20,21 @@ pub fn run(proxy: &Proxy, command: &str) -> Result<BytesMut, Failure> {
                 "SHOW VERSION",
                 "SHOW DATABASES",
                 "SHOW POOLS",
+                "SHOW STATS",
+                "SHOW SERVERS",
+                "SHOW CLIENTS",
+                "SHOW CONFIG",
+                "SHOW LISTS",
                 "SHOW REPLICAS",
                 "SHOW ROUTE [database] <sql>",
+                "PAUSE [database]",
+                "RESUME [database]",
+                "RELOAD",
+                "RECONNECT [database]",
+                "KILL <database>",
+                "SHUTDOWN",
+                "BAN <host:port>",
+                "UNBAN <host:port>",
             ]
             .iter()
             .map(|c| vec![c.to_string()]),
@@ -41,48 +49,31 @@ pub fn run(proxy: &Proxy, command: &str) -> Result<BytesMut, Failure> {
         "pools" => Ok(pools(proxy)),
         "replicas" => Ok(replicas(proxy)),
         "route" => route(proxy, rest),
+        "stats" => Ok(super::lists::stats(proxy)),
+        "servers" => Ok(super::lists::servers(proxy)),
+        "clients" => Ok(super::lists::clients(proxy)),
+        "config" => Ok(super::lists::config(proxy)),
+        "lists" => Ok(super::lists::lists(proxy)),
         _ => Err(unsupported(command)),
     }
 }
 
-fn unsupported(command: &str) -> Failure {
-    (
-        SqlState::FEATURE_NOT_SUPPORTED,
-        format!(
-            "pgtier admin console: \"{}\" is not supported (see SHOW HELP)",
-            command.chars().take(60).collect::<String>()
-        ),
-    )
-}
-
-fn split(s: &str) -> (&str, &str) {
-    let s = s.trim_start();
-    let end = s.find(char::is_whitespace).unwrap_or(s.len());
-    (&s[..end], s[end..].trim_start())
-}
-
-/// A result set of text columns.
-fn table(columns: &[&str], rows: impl IntoIterator<Item = Vec<String>>, tag: &str) -> BytesMut {
-    let mut out = BytesMut::new();
-    row_description(&mut out, columns);
-    for row in rows {
-        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
-        data_row(&mut out, &cells);
-    }
-    command_complete(&mut out, tag);
-    out
-}
-
-/// Databases in name order.
-fn sorted_databases(proxy: &Proxy) -> Vec<&crate::config::Database> {
-    let mut dbs: Vec<_> = proxy.settings_ref().databases.values().collect();
-    dbs.sort_by(|a, b| a.name.cmp(&b.name));
+/// Databases in name order, each with its router.
+fn sorted_databases(snapshot: &Snapshot) -> Vec<(&crate::config::Database, &Arc<Router>)> {
+    let mut dbs: Vec<_> = snapshot
+        .settings
+        .databases
+        .values()
+        .filter_map(|db| Some((db, &snapshot.databases.get(&db.name)?.router)))
+        .collect();
+    dbs.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     dbs
 }
 
 fn databases(proxy: &Proxy) -> BytesMut {
-    let rows = sorted_databases(proxy).into_iter().map(|db| {
-        let router = proxy.router(&db.name);
+    let snapshot = proxy.snapshot();
+    let pools = proxy.pools();
+    let rows = sorted_databases(&snapshot).into_iter().map(|(db, router)| {
         let view = router.topology().view();
         let (host, port) = view
             .primary
@@ -91,8 +82,7 @@ fn databases(proxy: &Proxy) -> BytesMut {
                 (a.host.clone(), a.port.to_string())
             })
             .unwrap_or_default();
-        let current: u32 = proxy
-            .pools()
+        let current: u32 = pools
             .iter()
             .filter(|p| p.id().database == db.name)
             .map(|p| p.open_connections())
@@ -107,8 +97,15 @@ fn databases(proxy: &Proxy) -> BytesMut {
             format!("{:?}", db.pool.mode).to_lowercase(),
             current.to_string(),
             db.nodes().len().to_string(),
+            i32::from(snapshot.databases[&db.name].control.is_paused()).to_string(),
+            String::new(),
+            "0".into(),
+            "0".into(),
+            "0".into(),
         ]
     });
+    // force_user, reserve_pool, max_connections and disabled: PgBouncer's columns, which
+    // pgtier has no setting for (pgbouncer_exporter reads them by name).
     table(
         &[
             "name",
@@ -120,43 +117,96 @@ fn databases(proxy: &Proxy) -> BytesMut {
             "pool_mode",
             "current_connections",
             "nodes",
+            "paused",
+            "force_user",
+            "reserve_pool",
+            "max_connections",
+            "disabled",
         ],
         rows,
         "SHOW",
     )
 }
 
+/// One row per (database, user, node), PgBouncer's columns plus `node` and `pool_size`.
+/// Clients count on the row of the node serving them; idle and waiting clients on the row of
+/// the primary (where a client that runs nothing belongs), so the rows add up to the total.
 fn pools(proxy: &Proxy) -> BytesMut {
-    let mut pools = proxy.pools();
-    pools.sort_by(|a, b| {
-        (&a.id().database, &a.id().user, a.node().to_string()).cmp(&(
-            &b.id().database,
-            &b.id().user,
-            b.node().to_string(),
-        ))
-    });
-    let rows = pools.iter().map(|p| {
-        let open = p.open_connections();
-        let idle = p.idle_connections();
-        vec![
-            p.id().database.clone(),
-            p.id().user.clone(),
-            p.node().to_string(),
-            open.saturating_sub(idle).to_string(),
-            idle.to_string(),
-            p.settings().size.to_string(),
-            format!("{:?}", p.settings().mode).to_lowercase(),
-        ]
-    });
+    let snapshot = proxy.snapshot();
+    let clients = proxy.client_registry().all();
+    let now = crate::clock::unix_micros();
+    let mut upstreams = proxy.upstreams();
+    upstreams
+        .sort_by(|a, b| (&a.id().database, &a.id().user).cmp(&(&b.id().database, &b.id().user)));
+    let mut rows = Vec::new();
+    for u in &upstreams {
+        let id = u.id();
+        let home = snapshot
+            .databases
+            .get(&id.database)
+            .and_then(|rt| rt.router.topology().view().primary)
+            .unwrap_or(0);
+        for (i, p) in u.pools().iter().enumerate() {
+            let (mut cl_active, mut cl_waiting, mut maxwait_us) = (0u32, 0u32, 0u64);
+            for (_, c) in &clients {
+                if *c.database != id.database || *c.user != id.user {
+                    continue;
+                }
+                let (state, since) = c.state();
+                if c.node().unwrap_or(home) != i {
+                    continue;
+                }
+                if state == ClientState::Waiting {
+                    cl_waiting += 1;
+                    maxwait_us = maxwait_us.max(now.saturating_sub(since));
+                } else {
+                    cl_active += 1;
+                }
+            }
+            let active = p.active_connections();
+            let idle = p.idle_connections();
+            rows.push(vec![
+                id.database.clone(),
+                id.user.clone(),
+                p.node().to_string(),
+                cl_active.to_string(),
+                cl_waiting.to_string(),
+                "0".into(),
+                "0".into(),
+                active.to_string(),
+                "0".into(),
+                "0".into(),
+                idle.to_string(),
+                "0".into(),
+                "0".into(),
+                "0".into(),
+                (maxwait_us / 1_000_000).to_string(),
+                (maxwait_us % 1_000_000).to_string(),
+                format!("{:?}", p.settings().mode).to_lowercase(),
+                p.settings().size.to_string(),
+            ]);
+        }
+    }
     table(
         &[
             "database",
             "user",
             "node",
+            "cl_active",
+            "cl_waiting",
+            "cl_active_cancel_req",
+            "cl_waiting_cancel_req",
             "sv_active",
+            "sv_active_cancel",
+            "sv_being_canceled",
             "sv_idle",
-            "pool_size",
+            "sv_used",
+            "sv_tested",
+            "sv_login",
+            "maxwait",
+            "maxwait_us",
             "pool_mode",
+            "pool_size",
         ],
         rows,
         "SHOW",
@@ -164,9 +214,9 @@ fn pools(proxy: &Proxy) -> BytesMut {
 }
 
 fn replicas(proxy: &Proxy) -> BytesMut {
+    let snapshot = proxy.snapshot();
     let mut rows = Vec::new();
-    for db in sorted_databases(proxy) {
-        let router = proxy.router(&db.name);
+    for (db, router) in sorted_databases(&snapshot) {
         let topology = router.topology();
         let view = topology.view();
         for (i, n) in view.nodes.iter().enumerate() {
@@ -205,9 +255,10 @@ fn replicas(proxy: &Proxy) -> BytesMut {
 }
 
 fn route(proxy: &Proxy, rest: &str) -> Result<BytesMut, Failure> {
-    let dbs = sorted_databases(proxy);
+    let snapshot = proxy.snapshot();
+    let dbs = sorted_databases(&snapshot);
     let (first, after) = split(rest);
-    let (db, sql) = match dbs.iter().find(|d| d.name == first) {
+    let (db, sql) = match dbs.iter().find(|d| d.0.name == first) {
         Some(d) => (*d, after),
         None if dbs.len() == 1 => (dbs[0], rest),
         None => {
@@ -219,11 +270,11 @@ fn route(proxy: &Proxy, rest: &str) -> Result<BytesMut, Failure> {
     };
     if sql.is_empty() {
         return Err((
-            SqlState("42601"),
+            SqlState::SYNTAX_ERROR,
             "pgtier admin console: SHOW ROUTE needs a statement".into(),
         ));
     }
-    let router = proxy.router(&db.name);
+    let (db, router) = db;
     let client = ClientRouting::default();
     let explanation = router.explain(sql.as_bytes(), &client);
     // Where it would run now (for a client with no causal token).

@@ -9,4 +9,4 @@ pub mod statements;
 
 pub use cancel::CancelTarget;
 pub use pool::{Checkout, Pool, PoolError, PoolId, Pools, Upstream};
-pub use server::{BackendError, QueryFailed, ServerConn, ServerLogin};
+pub use server::{BackendError, QueryFailed, ServerConn, ServerLogin, ServerSummary};

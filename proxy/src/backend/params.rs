@@ -1,7 +1,13 @@
 //! Session parameters pgtier keeps in line in transaction mode: those Postgres reports with
 //! ParameterStatus (so every change is visible in the stream without parsing SQL) and that a
-//! client may set. A client's values and a server connection's values are both kept as
-//! differences from a baseline, usually none, so an idle client pays nothing for them.
+//! client may set, plus the configured `track_extra_params` (not reported: pgtier records the
+//! client's own `SET` statement once the server accepted it, and replays it). A client's values
+//! and a server connection's values are both kept as differences from a baseline, usually
+//! none, so an idle client pays nothing for them.
+
+use std::sync::{Mutex, OnceLock};
+
+use crate::router::lexer::StringSyntax;
 
 /// Reported parameters that are synced from a client to whichever server serves it.
 pub const TRACKED: &[&str] = &[
@@ -22,31 +28,134 @@ pub fn tracked(name: &str) -> Option<&'static str> {
         .find(|t| t.eq_ignore_ascii_case(name))
 }
 
+/// The configured extra parameters (`track_extra_params`, lower case): a cheap copyable
+/// handle, interned once per distinct list (lists come from config loads, so this is bounded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExtraParams(&'static [Box<str>]);
+
+impl ExtraParams {
+    /// The handle for these names (case-insensitive; duplicates and reported parameters,
+    /// which are synced anyway, are dropped).
+    pub fn intern(names: &[String]) -> ExtraParams {
+        let mut list: Vec<Box<str>> = Vec::new();
+        for n in names {
+            let n = n.trim().to_ascii_lowercase();
+            if !n.is_empty() && tracked(&n).is_none() && !list.iter().any(|l| **l == n) {
+                list.push(n.into());
+            }
+        }
+        if list.is_empty() {
+            return ExtraParams::default();
+        }
+        static INTERNED: OnceLock<Mutex<Vec<&'static [Box<str>]>>> = OnceLock::new();
+        let mut all = INTERNED
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = all.iter().find(|l| ***l == *list) {
+            return ExtraParams(found);
+        }
+        let leaked: &'static [Box<str>] = Box::leak(list.into_boxed_slice());
+        all.push(leaked);
+        ExtraParams(leaked)
+    }
+
+    /// The configured name equal to `name` (case-insensitive), if any.
+    pub fn find(&self, name: &str) -> Option<&'static str> {
+        self.0
+            .iter()
+            .find(|n| n.eq_ignore_ascii_case(name))
+            .map(|n| &**n)
+    }
+
+    /// Whether no extra parameter is configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A client's change of extra parameters, applied once the server accepted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtraUpdate {
+    /// `SET name ...`: the statement (as the client wrote it) that sets it.
+    Set(&'static str, Box<str>),
+    /// `RESET name` or `SET name TO DEFAULT`.
+    Reset(&'static str),
+    /// `RESET ALL` or `DISCARD ALL`.
+    ResetAll,
+}
+
+impl ExtraUpdate {
+    /// Applies the change to a list of values (a client's or a server's).
+    pub fn apply(&self, changes: &mut ParamChanges) {
+        match self {
+            ExtraUpdate::Set(name, sql) => changes.set_extra(name, Some(sql)),
+            ExtraUpdate::Reset(name) => changes.set_extra(name, None),
+            ExtraUpdate::ResetAll => changes.extra.clear(),
+        }
+    }
+}
+
 /// Values that differ from a baseline list of (name, value).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ParamChanges(Vec<(&'static str, Box<str>)>);
+pub struct ParamChanges {
+    /// Reported parameters: (name, value as reported).
+    reported: Vec<(&'static str, Box<str>)>,
+    /// Extra parameters: (name, the SET statement that set it); absent: the server default.
+    extra: Vec<(&'static str, Box<str>)>,
+}
 
 impl ParamChanges {
     /// Records `name = value` (a tracked name); a value equal to the baseline clears the entry.
     pub fn set(&mut self, baseline: &[(String, String)], name: &'static str, value: &str) {
-        self.0.retain(|(n, _)| *n != name);
+        self.reported.retain(|(n, _)| *n != name);
         if lookup(baseline, name) != Some(value) {
-            self.0.push((name, value.into()));
+            self.reported.push((name, value.into()));
         }
     }
 
     /// The changed value of `name`, if it differs from the baseline.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| &**v)
+        self.reported
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| &**v)
+    }
+
+    /// Records the statement that set extra parameter `name` (None: back to its default).
+    pub fn set_extra(&mut self, name: &'static str, sql: Option<&str>) {
+        self.extra.retain(|(n, _)| *n != name);
+        if let Some(sql) = sql {
+            self.extra.push((name, sql.into()));
+        }
+    }
+
+    /// The statement that set extra parameter `name`, if it is not at its default.
+    pub fn extra(&self, name: &str) -> Option<&str> {
+        self.extra
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| &**v)
+    }
+
+    /// How plain string literals read in this session (its `standard_conforming_strings`,
+    /// else the baseline's).
+    pub fn string_syntax(&self, baseline: &[(String, String)]) -> StringSyntax {
+        let name = "standard_conforming_strings";
+        StringSyntax::from_setting(self.get(name).or_else(|| lookup(baseline, name)))
     }
 
     /// Whether nothing differs from the baseline.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.reported.is_empty() && self.extra.is_empty()
     }
 
     fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.0.iter().map(|(n, _)| *n)
+        self.reported.iter().map(|(n, _)| *n)
+    }
+
+    fn extra_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.extra.iter().map(|(n, _)| *n)
     }
 }
 
@@ -86,7 +195,39 @@ pub fn sync_statements(
             ));
         }
     }
+    // Extra parameters: the client's own SET replayed (after the reported ones, so it reads
+    // with the client's standard_conforming_strings), or RESET where the client has the default.
+    let mut done: Vec<&str> = Vec::new();
+    for name in client.extra_names().chain(server.extra_names()) {
+        if done.contains(&name) {
+            continue;
+        }
+        done.push(name);
+        match (client.extra(name), server.extra(name)) {
+            (want, have) if want == have => {}
+            (Some(want), _) => {
+                sql.push_str(want);
+                sql.push(';');
+            }
+            (None, _) => sql.push_str(&format!("RESET \"{}\";", name.replace('"', "\"\""))),
+        }
+    }
     (!sql.is_empty()).then_some(sql)
+}
+
+/// [`sync_statements`], recording the extra parameters as set on the server (they are not
+/// reported back): the caller sends the statements ahead of the client's request.
+pub fn bring_in_line(
+    defaults: &[(String, String)],
+    client: &ParamChanges,
+    server_login: &[(String, String)],
+    server: &mut ParamChanges,
+) -> Option<String> {
+    let sql = sync_statements(defaults, client, server_login, server);
+    if sql.is_some() {
+        server.extra = client.extra.clone();
+    }
+    sql
 }
 
 #[cfg(test)]
@@ -130,5 +271,31 @@ mod tests {
         assert_eq!(sync_statements(&b, &client, &b, &server), None);
         assert_eq!(tracked("timezone"), Some("TimeZone"));
         assert_eq!(tracked("work_mem"), None);
+    }
+
+    #[test]
+    fn extra_parameters_replay_the_clients_set_or_reset() {
+        let b = base();
+        let extras = ExtraParams::intern(&["Work_Mem".into(), "TimeZone".into()]);
+        assert_eq!(extras, ExtraParams::intern(&["work_mem".into()]));
+        let wm = extras.find("WORK_MEM").unwrap();
+        assert_eq!(
+            extras.find("timezone"),
+            None,
+            "reported ones are synced anyway"
+        );
+        let mut client = ParamChanges::default();
+        let mut server = ParamChanges::default();
+        ExtraUpdate::Set(wm, "SET work_mem = '1MB'".into()).apply(&mut client);
+        let sql = bring_in_line(&b, &client, &b, &mut server).unwrap();
+        assert_eq!(sql, "SET work_mem = '1MB';");
+        assert_eq!(bring_in_line(&b, &client, &b, &mut server), None);
+        // Another client with the default: the server's value is reset.
+        let other = ParamChanges::default();
+        let sql = bring_in_line(&b, &other, &b, &mut server).unwrap();
+        assert_eq!(sql, "RESET \"work_mem\";");
+        assert!(server.is_empty());
+        ExtraUpdate::ResetAll.apply(&mut client);
+        assert!(client.is_empty());
     }
 }

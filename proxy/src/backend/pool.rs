@@ -13,7 +13,7 @@ use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
-use super::server::{BackendError, ServerConn, ServerLogin};
+use super::server::{BackendError, ServerConn, ServerLogin, ServerSummary};
 use crate::config::{NodeAddr, PoolSettings};
 
 /// ParameterStatus name/value pairs a server reported at login.
@@ -63,6 +63,22 @@ struct PoolState {
     idle: VecDeque<ServerConn>,
     /// Open connections, idle or checked out (never above `size`).
     open: u32,
+    /// Checked-out connections by server pid, for SHOW SERVERS (bounded by `size`).
+    active: HashMap<i32, ServerSummary>,
+    /// Bumped by RECONNECT and retirement: connections checked out before are closed when
+    /// released.
+    epoch: u64,
+    /// Replaced by a reload (or its database removed): nothing is pooled any more.
+    retired: bool,
+}
+
+/// A server connection as SHOW SERVERS lists it.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerInfo {
+    /// Checked out (true) or idle.
+    pub active: bool,
+    /// Details.
+    pub summary: ServerSummary,
 }
 
 /// A pool of server connections to one node.
@@ -83,6 +99,8 @@ pub struct Pool {
 pub struct Checkout {
     conn: Option<ServerConn>,
     pool: Arc<Pool>,
+    /// The pool's epoch at checkout.
+    epoch: u64,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -102,18 +120,25 @@ impl Checkout {
             .is_some_and(|l| conn.age() >= l)
         {
             debug!(pool = %self.pool.id, "server connection reached server_lifetime, closing");
-            self.pool.forget_one();
+            self.pool.forget_one(Some(conn.summary().pid));
             return;
         }
         conn.touch();
-        self.pool.lock().idle.push_back(conn);
+        let mut st = self.pool.lock();
+        st.active.remove(&conn.summary().pid);
+        if st.epoch != self.epoch || st.retired {
+            // RECONNECT or a reload asked for fresh connections: close this one.
+            st.open = st.open.saturating_sub(1);
+            return;
+        }
+        st.idle.push_back(conn);
     }
 }
 
 impl Drop for Checkout {
     fn drop(&mut self) {
-        if self.conn.take().is_some() {
-            self.pool.forget_one();
+        if let Some(conn) = self.conn.take() {
+            self.pool.forget_one(Some(conn.summary().pid));
         }
     }
 }
@@ -154,13 +179,67 @@ impl Pool {
         &self.settings
     }
 
+    /// How it logs in to its node.
+    pub fn login(&self) -> &ServerLogin {
+        &self.login
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn forget_one(&self) {
+    fn forget_one(&self, pid: Option<i32>) {
         let mut st = self.lock();
         st.open = st.open.saturating_sub(1);
+        if let Some(pid) = pid {
+            st.active.remove(&pid);
+        }
+    }
+
+    /// Closes every idle connection now and every checked-out one when it is released (admin
+    /// RECONNECT): later transactions get fresh connections.
+    pub fn reconnect(&self) {
+        let closed: Vec<ServerConn> = {
+            let mut st = self.lock();
+            st.epoch += 1;
+            let closed: Vec<ServerConn> = st.idle.drain(..).collect();
+            st.open = st.open.saturating_sub(closed.len() as u32);
+            closed
+        };
+        debug!(pool = %self.id, node = %self.node, closed = closed.len(), "reconnect: idle server connections closed");
+    }
+
+    /// Takes the pool out of service (a reload replaced it): idle connections close now,
+    /// checked-out ones when released.
+    pub fn retire(&self) {
+        self.lock().retired = true;
+        self.reconnect();
+    }
+
+    /// Whether a reload took the pool out of service.
+    pub fn is_retired(&self) -> bool {
+        self.lock().retired
+    }
+
+    /// Connections checked out now.
+    pub fn active_connections(&self) -> u32 {
+        self.lock().active.len() as u32
+    }
+
+    /// Every connection: checked out, then idle.
+    pub fn servers(&self) -> Vec<ServerInfo> {
+        let st = self.lock();
+        st.active
+            .values()
+            .map(|s| ServerInfo {
+                active: true,
+                summary: *s,
+            })
+            .chain(st.idle.iter().map(|c| ServerInfo {
+                active: false,
+                summary: c.summary(),
+            }))
+            .collect()
     }
 
     /// Idle connections in the pool.
@@ -189,40 +268,52 @@ impl Pool {
             }
         };
         loop {
-            let reuse = {
+            let (reuse, epoch) = {
                 let mut st = self.lock();
-                match st.idle.pop_back() {
-                    Some(c) => Some(c),
+                let reuse = match st.idle.pop_back() {
+                    Some(c) if c.is_alive() => {
+                        let s = c.summary();
+                        st.active.insert(s.pid, s);
+                        Some(Ok(c))
+                    }
+                    Some(c) => {
+                        st.open = st.open.saturating_sub(1);
+                        Some(Err(c))
+                    }
                     None => {
                         st.open += 1;
                         None
                     }
-                }
+                };
+                (reuse, st.epoch)
             };
             match reuse {
-                Some(c) if c.is_alive() => {
+                Some(Ok(c)) => {
                     return Ok(Checkout {
                         conn: Some(c),
                         pool: self.clone(),
+                        epoch,
                         _permit: permit,
                     })
                 }
-                Some(_) => {
+                Some(Err(_closed)) => {
                     debug!(pool = %self.id, "idle server connection was closed by the server, discarding");
-                    self.forget_one();
                 }
                 None => {
                     // Boxed: login state is large and only needed when a connection is made.
                     let conn = match Box::pin(self.connect()).await {
                         Ok(c) => c,
                         Err(e) => {
-                            self.forget_one();
+                            self.forget_one(None);
                             return Err(e.into());
                         }
                     };
+                    let s = conn.summary();
+                    self.lock().active.insert(s.pid, s);
                     return Ok(Checkout {
                         conn: Some(conn),
                         pool: self.clone(),
+                        epoch,
                         _permit: permit,
                     });
                 }
@@ -289,7 +380,7 @@ impl Pool {
             debug!(pool = %self.id, closed = expired.len(), "closed idle server connections");
         }
         drop(expired);
-        while self.open_connections() < self.settings.min_size {
+        while self.open_connections() < self.settings.min_size && !self.is_retired() {
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                 return;
             };
@@ -300,15 +391,17 @@ impl Pool {
                 }
                 st.open += 1;
             }
+            let epoch = self.lock().epoch;
             match self.connect().await {
                 Ok(c) => Checkout {
                     conn: Some(c),
                     pool: self.clone(),
+                    epoch,
                     _permit: permit,
                 }
                 .release(),
                 Err(e) => {
-                    self.forget_one();
+                    self.forget_one(None);
                     warn!(pool = %self.id, error = %e, "cannot open min_pool_size connection");
                     return;
                 }
@@ -344,6 +437,26 @@ impl Pools {
         map.entry(id.clone()).or_insert_with(|| make(id)).clone()
     }
 
+    /// Every (database, user)'s pools.
+    pub fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Replaces (Some) or removes (None) the pools of `id` (on reload); the caller retires
+    /// pools no longer used.
+    pub fn set(&self, id: PoolId, upstream: Option<Arc<Upstream>>) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match upstream {
+            Some(u) => map.insert(id, u),
+            None => map.remove(&id),
+        };
+    }
+
     /// Every pool.
     pub fn all(&self) -> Vec<Arc<Pool>> {
         self.map
@@ -372,6 +485,11 @@ impl Upstream {
     /// The client-facing database name.
     pub fn database(&self) -> &str {
         &self.pools[0].id().database
+    }
+
+    /// The pools' identity.
+    pub fn id(&self) -> &PoolId {
+        self.pools[0].id()
     }
 
     /// The pool of node `node`.

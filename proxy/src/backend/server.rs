@@ -112,10 +112,29 @@ pub struct ServerConn {
     /// Tracked parameters now differing from their values at login.
     changed: ParamChanges,
     peer: SocketAddr,
+    /// pgtier's end of the socket (for SHOW SERVERS).
+    local: Option<SocketAddr>,
     key: CancelKey,
     params: Vec<(String, String)>,
     created: Instant,
+    /// Login time in µs since the Unix epoch (for SHOW SERVERS).
+    connected_at: u64,
     last_used: Instant,
+}
+
+/// What SHOW SERVERS shows of a server connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerSummary {
+    /// The server backend's process id.
+    pub pid: i32,
+    /// The server's address.
+    pub peer: SocketAddr,
+    /// pgtier's end of the socket.
+    pub local: Option<SocketAddr>,
+    /// Login time (µs since the Unix epoch).
+    pub connected_at: u64,
+    /// Statements pgtier prepared on it.
+    pub prepared: usize,
 }
 
 impl ServerConn {
@@ -247,7 +266,10 @@ impl ServerConn {
         }
         let now = Instant::now();
         inbuf.clear();
+        let local = stream.local_addr().ok();
         Ok(ServerConn {
+            local,
+            connected_at: crate::clock::unix_micros(),
             stream,
             inbuf,
             statements: ServerStatements::new(login.max_prepared_statements),
@@ -268,6 +290,17 @@ impl ServerConn {
             statements: &mut self.statements,
             login_params: &self.params,
             changed: &mut self.changed,
+        }
+    }
+
+    /// What SHOW SERVERS shows of it.
+    pub fn summary(&self) -> ServerSummary {
+        ServerSummary {
+            pid: self.key.pid,
+            peer: self.peer,
+            local: self.local,
+            connected_at: self.connected_at,
+            prepared: self.statements.len(),
         }
     }
 

@@ -1,5 +1,10 @@
 //! Which pgtier-named prepared statements exist on one server connection. Bounded: past the
-//! limit the least recently used one is evicted (and closed on the server by the relay).
+//! limit the least recently used ones are evicted (and closed on the server by the relay).
+//!
+//! The registry may believe a statement is absent while the server still has it (an evicting
+//! Close the server skipped after an error): the relay therefore always sends a Close of the
+//! name right before preparing it, which Postgres accepts whether or not it exists, so a
+//! pgtier Parse can never fail with 42P05.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,9 +13,6 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct ServerStatements {
     used: HashMap<Arc<str>, u64>,
-    /// Statements still on the server but unusable (their plan's result type changed): closed
-    /// before they are prepared again.
-    stale: Vec<Arc<str>>,
     tick: u64,
     limit: usize,
 }
@@ -20,7 +22,6 @@ impl ServerStatements {
     pub fn new(limit: usize) -> ServerStatements {
         ServerStatements {
             used: HashMap::new(),
-            stale: Vec::new(),
             tick: 0,
             limit: limit.max(1),
         }
@@ -38,25 +39,35 @@ impl ServerStatements {
         }
     }
 
-    /// Records a statement as prepared; returns the least recently used one to close if the
-    /// registry is over its limit.
-    pub fn insert(&mut self, name: Arc<str>) -> Option<Arc<str>> {
+    /// Records a statement as prepared; returns the least recently used ones to close while
+    /// the registry is over its limit (never `name` itself).
+    pub fn insert(&mut self, name: Arc<str>) -> Vec<Arc<str>> {
         self.tick += 1;
         self.used.insert(name.clone(), self.tick);
-        if self.used.len() <= self.limit {
-            return None;
+        let mut victims = Vec::new();
+        while self.used.len() > self.limit {
+            let Some(victim) = self
+                .used
+                .iter()
+                .filter(|(n, _)| **n != name)
+                .min_by_key(|(_, t)| **t)
+                .map(|(n, _)| n.clone())
+            else {
+                break;
+            };
+            self.used.remove(&victim);
+            victims.push(victim);
         }
-        let (victim, _) = self
-            .used
-            .iter()
-            .filter(|(n, _)| **n != name)
-            .min_by_key(|(_, t)| **t)
-            .map(|(n, t)| (n.clone(), *t))?;
-        self.used.remove(&victim);
-        Some(victim)
+        victims
     }
 
-    /// Forgets a statement (its Parse failed or it was closed).
+    /// Records again a statement whose evicting Close the server skipped: it is still there
+    /// (as least recently used, so it goes first at the next eviction).
+    pub fn restore(&mut self, name: Arc<str>) {
+        self.used.entry(name).or_insert(0);
+    }
+
+    /// Forgets a statement (its Parse failed or was skipped, or it was closed).
     pub fn remove(&mut self, name: &str) {
         self.used.remove(name);
     }
@@ -64,21 +75,12 @@ impl ServerStatements {
     /// Forgets every statement (the server dropped them all).
     pub fn clear(&mut self) {
         self.used.clear();
-        self.stale.clear();
     }
 
-    /// Marks a statement unusable: it must be closed on the server before it is prepared again.
-    pub fn mark_stale(&mut self, name: &Arc<str>) {
-        if self.used.remove(name).is_some() && self.stale.len() < self.limit {
-            self.stale.push(name.clone());
-        }
-    }
-
-    /// Whether `name` is stale (and forgets that: the caller closes it now).
-    pub fn take_stale(&mut self, name: &str) -> bool {
-        let before = self.stale.len();
-        self.stale.retain(|n| &**n != name);
-        self.stale.len() != before
+    /// Marks a statement unusable (its plan's result type changed): it is prepared again (after
+    /// a Close) at its next use.
+    pub fn mark_stale(&mut self, name: &str) {
+        self.used.remove(name);
     }
 
     /// Number of statements prepared.
@@ -99,11 +101,18 @@ mod tests {
     #[test]
     fn evicts_least_recently_used() {
         let mut s = ServerStatements::new(2);
-        assert_eq!(s.insert("a".into()), None);
-        assert_eq!(s.insert("b".into()), None);
+        assert!(s.insert("a".into()).is_empty());
+        assert!(s.insert("b".into()).is_empty());
         assert!(s.touch("a"));
-        assert_eq!(s.insert("c".into()).as_deref(), Some("b"));
+        assert_eq!(s.insert("c".into()), vec![Arc::<str>::from("b")]);
         assert!(!s.touch("b"));
+        assert_eq!(s.len(), 2);
+        // A restored statement goes over the limit until the next insert evicts it first.
+        s.restore("b".into());
+        assert_eq!(s.len(), 3);
+        let mut v = s.insert("d".into());
+        v.sort();
+        assert_eq!(v, vec![Arc::<str>::from("a"), Arc::<str>::from("b")]);
         assert_eq!(s.len(), 2);
     }
 }

@@ -124,6 +124,11 @@ impl LagState {
         self.verdict
     }
 
+    /// Takes the replica as within limits without a measurement (unmonitored topologies).
+    pub(crate) fn assume_healthy(&mut self) {
+        self.verdict = Some(Verdict::Healthy);
+    }
+
     /// Forgets the verdict and the staleness bound (the node failed or was restarted).
     pub fn reset(&mut self) {
         *self = LagState::default();

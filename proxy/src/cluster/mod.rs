@@ -1,7 +1,9 @@
 //! Topology: the primary and replicas of each database, their health and replication lag,
 //! watched by monitors and published for the routing hot path.
 //!
-//! - `topology`: the published [`View`], node states, roles, primary choice, the public API.
+//! - `topology`: node states and roles, what monitors report, administrator bans, the public
+//!   API.
+//! - `view`: the published [`View`]: node states, primary choice, publication.
 //! - `monitor`: one task per node checking it on its own tokio-postgres connection.
 //! - `lag`: lag measurement and the Healthy/Lagging hysteresis (pure).
 //! - `balancer`: replica choice for a read (pure, lock- and allocation-free).
@@ -14,11 +16,12 @@ pub mod lsn;
 mod monitor;
 pub mod probe;
 pub mod topology;
+mod view;
 
 pub use lag::{Lag, LagLimits, Verdict};
 pub use lsn::Lsn;
 pub use monitor::{BACKOFF_MAX, BACKOFF_START};
 pub use topology::{
     ClusterSettings, ConfiguredRole, InFlight, MonitorLogin, NodeConfig, NodeState, NodeStatus,
-    Pick, Role, Topology, View,
+    Pick, Role, Topology, View, ADMIN_BAN_ERROR,
 };

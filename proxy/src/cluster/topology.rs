@@ -40,6 +40,16 @@
 //!
 //! Byte and time lag of replicas are measured against the latest sample of `View::primary`
 //! (kept while the primary is unreachable, so replicas keep serving reads).
+//!
+//! # Administrator bans (`BAN` / `UNBAN` in the admin console)
+//! [`Topology::admin_ban`] takes a node out of rotation whatever its monitor reports: state
+//! `Banned` (last error "banned by an administrator (BAN)"), never chosen for reads, and if it
+//! is the primary, `View::primary` is None until [`Topology::admin_unban`]: banning the primary
+//! stops writes (they wait `primary_wait_timeout`, then fail), which is what an operator asks
+//! for. Its monitor keeps checking it (replica lag is still measured against a banned primary).
+//! After the unban the next successful check re-admits it.
+//!
+//! The view itself (node states, primary choice, publication) is built in `view`.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -50,6 +60,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use super::lag::{Lag, LagLimits, LagState, PrimarySample, ReplicaSample, Verdict};
+pub use super::view::{NodeState, NodeStatus, Role, View, ADMIN_BAN_ERROR};
 use super::{balancer, monitor, Lsn};
 use crate::config::NodeAddr;
 
@@ -119,80 +130,6 @@ impl ClusterSettings {
     }
 }
 
-/// The role a node was last seen in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Accepts writes.
-    Primary,
-    /// In recovery (streaming replica).
-    Replica,
-    /// Not measured yet, or unreachable.
-    Unknown,
-}
-
-/// Whether a node may serve traffic now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeState {
-    /// Not measured yet: no verdict.
-    Unknown,
-    /// In rotation.
-    Healthy,
-    /// Replica over a lag limit: out of rotation until back under.
-    Lagging,
-    /// Failed a check or a connection: out of rotation with backoff.
-    Banned,
-    /// Refuses connections.
-    Down,
-    /// Answers, but in a role pgtier does not use: a configured primary in recovery, a
-    /// configured replica out of recovery, or one of several primaries it cannot choose
-    /// between. No traffic.
-    Excluded,
-}
-
-/// One node as last seen.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeStatus {
-    /// Address.
-    pub addr: NodeAddr,
-    /// Role last seen.
-    pub role: Role,
-    /// Rotation state.
-    pub state: NodeState,
-    /// Last replay LSN measured by the monitor (replicas; the current LSN for primaries).
-    pub replay_lsn: Lsn,
-    /// Primary LSN − replay LSN at the last check (replicas).
-    pub byte_lag: Option<u64>,
-    /// Time lag at the last check (replicas; 0 when fully replayed).
-    pub time_lag: Option<Duration>,
-    /// Configured weight.
-    pub weight: u32,
-    /// WAL timeline (primaries).
-    pub timeline: Option<u32>,
-    /// Why the node is Down or Banned.
-    pub last_error: Option<String>,
-}
-
-/// A consistent picture of the database's nodes.
-#[derive(Debug, Clone)]
-pub struct View {
-    /// Index of the node that accepts writes, if one is known.
-    pub primary: Option<usize>,
-    /// The primary's WAL position at the last check.
-    pub primary_lsn: Lsn,
-    /// Every node, by id.
-    pub nodes: Arc<[NodeStatus]>,
-    /// Incremented at every publication.
-    pub generation: u64,
-}
-
-impl View {
-    fn same(&self, other: &View) -> bool {
-        self.primary == other.primary
-            && self.primary_lsn == other.primary_lsn
-            && self.nodes == other.nodes
-    }
-}
-
 /// A replica chosen for a read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pick {
@@ -208,8 +145,8 @@ pub enum Pick {
 /// Live state of one database's nodes.
 #[derive(Debug)]
 pub struct Topology {
-    settings: ClusterSettings,
-    view: ArcSwap<View>,
+    pub(super) settings: ClusterSettings,
+    pub(super) view: ArcSwap<View>,
     /// Highest replay LSN known per node (monitor or on-demand checks).
     known_replay: Box<[AtomicU64]>,
     /// Reads in flight per node (for least-outstanding choice).
@@ -219,7 +156,11 @@ pub struct Topology {
     /// What the monitors know (never taken on the hot path).
     state: Mutex<State>,
     /// Bumped at every publication of a new view.
-    published: watch::Sender<u64>,
+    pub(super) published: watch::Sender<u64>,
+    /// Times a node entered `Banned` (automatic or administrator), for metrics.
+    pub(super) bans: AtomicU64,
+    /// Whether monitors check the nodes (false: `unmonitored`, nothing ever re-checks a node).
+    monitored: bool,
     /// Per node: wakes its monitor (report_failure, drop).
     wake: Box<[Arc<Notify>]>,
     /// Per node: the monitor must open a new connection before its next check.
@@ -253,7 +194,7 @@ pub(crate) enum Outcome {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Health {
+pub(super) enum Health {
     Unchecked,
     Up,
     Banned,
@@ -261,22 +202,25 @@ enum Health {
 }
 
 #[derive(Debug)]
-struct NodeRt {
-    health: Health,
-    last_error: Option<String>,
+pub(super) struct NodeRt {
+    pub(super) health: Health,
+    pub(super) last_error: Option<String>,
     /// Last successful check and when it was sent.
-    seen: Option<(Check, Instant)>,
-    lag: LagState,
-    last_lag: Option<Lag>,
+    pub(super) seen: Option<(Check, Instant)>,
+    pub(super) lag: LagState,
+    pub(super) last_lag: Option<Lag>,
+    /// Banned by an administrator: out of rotation whatever the checks say.
+    pub(super) admin_banned: bool,
 }
 
 #[derive(Debug)]
-struct State {
-    nodes: Vec<NodeRt>,
-    primary: Option<usize>,
-    primary_sample: Option<PrimarySample>,
+pub(super) struct State {
+    pub(super) nodes: Vec<NodeRt>,
+    /// The node the checks found accepting writes (even while an administrator bans it).
+    pub(super) primary: Option<usize>,
+    pub(super) primary_sample: Option<PrimarySample>,
     /// Warned about several primaries (until resolved).
-    split_warned: bool,
+    pub(super) split_warned: bool,
 }
 
 impl Topology {
@@ -315,6 +259,7 @@ impl Topology {
                         seen: None,
                         lag: LagState::default(),
                         last_lag: None,
+                        admin_banned: false,
                     })
                     .collect(),
                 primary: None,
@@ -322,6 +267,8 @@ impl Topology {
                 split_warned: false,
             }),
             published: watch::Sender::new(0),
+            bans: AtomicU64::new(0),
+            monitored: true,
             wake: (0..n).map(|_| Arc::new(Notify::new())).collect(),
             reconnect: (0..n).map(|_| AtomicBool::new(false)).collect(),
             settings,
@@ -347,29 +294,28 @@ impl Topology {
     /// A topology without monitors that takes every node at its configured role (Auto as a
     /// replica) and reports it healthy: for tests and tools that need no live cluster.
     pub fn unmonitored(settings: ClusterSettings) -> Arc<Topology> {
-        let topology = Topology::new(settings);
-        let nodes: Arc<[NodeStatus]> = topology
-            .view
-            .load()
-            .nodes
-            .iter()
-            .zip(&topology.settings.nodes)
-            .map(|(s, n)| NodeStatus {
-                role: match n.role {
-                    ConfiguredRole::Primary => Role::Primary,
-                    _ => Role::Replica,
-                },
-                state: NodeState::Healthy,
-                ..s.clone()
-            })
-            .collect();
-        let primary = nodes.iter().position(|n| n.role == Role::Primary);
-        topology.view.store(Arc::new(View {
-            primary,
-            primary_lsn: Lsn::ZERO,
-            nodes,
-            generation: 1,
-        }));
+        let mut topology = Topology::new(settings);
+        topology.monitored = false;
+        {
+            // As if every node had answered one check in its configured role, so that the view
+            // is built (and admin bans applied) the same way as for monitored topologies.
+            let mut st = topology.lock();
+            let now = Instant::now();
+            for (rt, cfg) in st.nodes.iter_mut().zip(&topology.settings.nodes) {
+                let check = Check {
+                    in_recovery: cfg.role != ConfiguredRole::Primary,
+                    lsn: Lsn::ZERO,
+                    receive: None,
+                    since_last_replayed_xact: None,
+                    timeline: None,
+                };
+                rt.health = Health::Up;
+                rt.seen = Some((check, now));
+                rt.lag.assume_healthy();
+            }
+            let view = topology.build_view(&mut st, 1);
+            topology.view.store(Arc::new(view));
+        }
         Arc::new(topology)
     }
 
@@ -426,6 +372,65 @@ impl Topology {
         }
         self.reconnect[node].store(true, Ordering::Relaxed);
         self.wake[node].notify_one();
+    }
+
+    /// The node whose address is `addr` (`"host:port"`, IPv6 as `"[::1]:5432"`).
+    pub fn node_index(&self, addr: &str) -> Option<usize> {
+        let addr = NodeAddr::parse(addr)?;
+        self.settings
+            .nodes
+            .iter()
+            .position(|n| n.addr.port == addr.port && n.addr.host.eq_ignore_ascii_case(&addr.host))
+    }
+
+    /// Bans `node` on an administrator's request: out of rotation (state `Banned`) until
+    /// [`Topology::admin_unban`], whatever its monitor reports. Banning the primary stops
+    /// writes (`View::primary` is None meanwhile). Out-of-range nodes are ignored.
+    pub fn admin_ban(&self, node: usize) {
+        if node >= self.node_count() {
+            return;
+        }
+        let mut st = self.lock();
+        if !st.nodes[node].admin_banned {
+            warn!(node = %self.settings.nodes[node].addr, "banned by an administrator: out of rotation until UNBAN");
+            st.nodes[node].admin_banned = true;
+        }
+        self.refresh(&mut st);
+    }
+
+    /// Lifts an administrator's ban: the node is re-admitted at its next successful check (at
+    /// once for an unmonitored topology, which has no checks). No-op if it is not banned so.
+    pub fn admin_unban(&self, node: usize) {
+        if node >= self.node_count() {
+            return;
+        }
+        {
+            let mut st = self.lock();
+            let rt = &mut st.nodes[node];
+            if !rt.admin_banned {
+                return;
+            }
+            info!(node = %self.settings.nodes[node].addr, "unbanned by an administrator: back at its next successful check");
+            rt.admin_banned = false;
+            // What the monitor saw during the ban is not a fresh check: wait for the next one
+            // (a Down or never-checked node stays as it is).
+            if self.monitored && rt.health == Health::Up {
+                rt.health = Health::Banned;
+                rt.last_error = Some(
+                    "unbanned by an administrator: waiting for the next successful check".into(),
+                );
+                rt.seen = None;
+                rt.lag.reset();
+                rt.last_lag = None;
+            }
+            self.refresh(&mut st);
+        }
+        self.wake[node].notify_one();
+    }
+
+    /// How many times a node of this topology entered `Banned` (automatic or administrator).
+    pub fn bans_total(&self) -> u64 {
+        self.bans.load(Ordering::Relaxed)
     }
 
     /// Waits up to `timeout` for a primary to be known; returns its index.
@@ -571,142 +576,6 @@ impl Topology {
         rt.seen = None;
         rt.lag.reset();
         rt.last_lag = None;
-    }
-
-    /// The primary from the nodes' last checks (see the module docs).
-    fn choose_primary(&self, st: &mut State) -> Option<usize> {
-        // A node configured as the primary is trusted until a check shows it in recovery: a
-        // monitor that cannot log in, or a node that is down, does not stop writes from being
-        // tried there (they fail with the server's own error, as without pgtier).
-        if let Some(i) = self
-            .settings
-            .nodes
-            .iter()
-            .position(|n| n.role == ConfiguredRole::Primary)
-        {
-            let rt = &st.nodes[i];
-            let disproven = rt.health == Health::Up && rt.seen.is_some_and(|(c, _)| c.in_recovery);
-            return (!disproven).then_some(i);
-        }
-        let mut best: Option<(usize, Option<u32>)> = None;
-        let mut tie = false;
-        let mut candidates = 0;
-        for (i, rt) in st.nodes.iter().enumerate() {
-            let Some((check, _)) = rt.seen else { continue };
-            if rt.health != Health::Up
-                || check.in_recovery
-                || self.settings.nodes[i].role == ConfiguredRole::Replica
-            {
-                continue;
-            }
-            candidates += 1;
-            match best {
-                None => best = Some((i, check.timeline)),
-                Some((_, tl)) => match (check.timeline, tl) {
-                    (Some(a), Some(b)) if a > b => {
-                        best = Some((i, check.timeline));
-                        tie = false;
-                    }
-                    (Some(a), Some(b)) if a < b => {}
-                    _ => tie = true,
-                },
-            }
-        }
-        if tie {
-            if !st.split_warned {
-                warn!(
-                    candidates,
-                    "several nodes accept writes on the same timeline: no primary until one is left"
-                );
-                st.split_warned = true;
-            }
-            return None;
-        }
-        st.split_warned = false;
-        best.map(|(i, _)| i)
-    }
-
-    /// Rebuilds the view from `st` and publishes it if it changed.
-    fn refresh(&self, st: &mut State) {
-        let primary = self.choose_primary(st);
-        st.primary = primary;
-        let old = self.view.load();
-        if primary != old.primary {
-            match primary {
-                Some(p) => info!(node = %self.settings.nodes[p].addr, "primary"),
-                None => warn!("no primary: writes wait"),
-            }
-        }
-        let nodes: Arc<[NodeStatus]> = st
-            .nodes
-            .iter()
-            .zip(&self.settings.nodes)
-            .enumerate()
-            .map(|(i, (rt, cfg))| self.status(i, rt, cfg, primary))
-            .collect();
-        let primary_lsn = st.primary_sample.map_or(Lsn::ZERO, |s| s.lsn);
-        let view = View {
-            primary,
-            primary_lsn,
-            nodes,
-            generation: old.generation + 1,
-        };
-        if view.same(&old) {
-            return;
-        }
-        for (new, was) in view.nodes.iter().zip(old.nodes.iter()) {
-            if (new.role, new.state) != (was.role, was.state) {
-                info!(node = %new.addr, role = ?new.role, state = ?new.state, was = ?was.state, "node state");
-            }
-        }
-        drop(old);
-        self.view.store(Arc::new(view));
-        self.published.send_modify(|g| *g += 1);
-    }
-
-    fn status(
-        &self,
-        i: usize,
-        rt: &NodeRt,
-        cfg: &NodeConfig,
-        primary: Option<usize>,
-    ) -> NodeStatus {
-        let (role, state) = match (rt.health, rt.seen) {
-            (Health::Down, _) => (Role::Unknown, NodeState::Down),
-            (Health::Banned, _) => (Role::Unknown, NodeState::Banned),
-            (Health::Unchecked, _) | (Health::Up, None) => (Role::Unknown, NodeState::Unknown),
-            (Health::Up, Some((check, _))) if !check.in_recovery => (
-                Role::Primary,
-                if primary == Some(i) {
-                    NodeState::Healthy
-                } else {
-                    NodeState::Excluded
-                },
-            ),
-            (Health::Up, Some(_)) if cfg.role == ConfiguredRole::Primary => {
-                (Role::Replica, NodeState::Excluded)
-            }
-            (Health::Up, Some(_)) => (
-                Role::Replica,
-                match rt.lag.verdict() {
-                    None => NodeState::Unknown,
-                    Some(Verdict::Healthy) => NodeState::Healthy,
-                    Some(Verdict::Lagging) => NodeState::Lagging,
-                },
-            ),
-        };
-        let seen = rt.seen.map(|(c, _)| c);
-        NodeStatus {
-            addr: cfg.addr.clone(),
-            role,
-            state,
-            replay_lsn: seen.map_or(Lsn::ZERO, |c| c.lsn),
-            byte_lag: rt.last_lag.map(|l| l.bytes),
-            time_lag: rt.last_lag.and_then(|l| l.time),
-            weight: cfg.weight,
-            timeline: seen.and_then(|c| c.timeline),
-            last_error: rt.last_error.clone(),
-        }
     }
 }
 

@@ -176,3 +176,140 @@ fn _send_sync<T: Send + Sync>() {}
 fn topology_is_send_and_sync() {
     _send_sync::<Topology>();
 }
+
+#[test]
+fn admin_ban_holds_whatever_the_monitor_reports() {
+    let t = Topology::new(settings(&[Primary, Replica, Replica]));
+    t.record(0, primary(100, 1));
+    t.record(1, replica(100));
+    t.record(2, replica(100));
+    assert_eq!(t.bans_total(), 0);
+    t.admin_ban(1);
+    assert_eq!(states(&t), [S::Healthy, S::Banned, S::Healthy]);
+    assert_eq!(
+        t.view().nodes[1].last_error.as_deref(),
+        Some(ADMIN_BAN_ERROR)
+    );
+    assert_eq!(t.view().nodes[1].role, Role::Replica, "role stays visible");
+    assert_eq!(t.bans_total(), 1);
+    for _ in 0..5 {
+        t.record(1, replica(100));
+        assert_eq!(
+            t.pick_replica(Lsn(0)),
+            Pick::Ready(2),
+            "never chosen for reads"
+        );
+    }
+    assert_eq!(states(&t)[1], S::Banned);
+    // A failure while banned is no new ban; banning twice counts once.
+    t.record(1, Outcome::Failed("timeout".into()));
+    t.admin_ban(1);
+    assert_eq!(t.bans_total(), 1);
+    assert_eq!(
+        t.view().nodes[1].last_error.as_deref(),
+        Some(ADMIN_BAN_ERROR)
+    );
+    t.record(1, replica(100));
+    t.admin_unban(1);
+    // Not re-admitted on what it saw during the ban: at the next successful check.
+    assert_eq!(states(&t)[1], S::Banned);
+    assert_eq!(t.pick_replica(Lsn(0)), Pick::Ready(2));
+    t.record(1, replica(100));
+    assert_eq!(states(&t), [S::Healthy, S::Healthy, S::Healthy]);
+    assert_eq!(t.bans_total(), 1);
+    // Unbanning a node that is not banned changes nothing.
+    let g = t.view().generation;
+    t.admin_unban(1);
+    t.admin_unban(7);
+    t.admin_ban(7);
+    assert_eq!(t.view().generation, g);
+}
+
+#[test]
+fn banning_the_primary_stops_writes_until_unban() {
+    let t = Topology::new(settings(&[Primary, Replica]));
+    t.record(0, primary(100, 1));
+    t.record(1, replica(100));
+    t.admin_ban(0);
+    assert_eq!(
+        t.view().primary,
+        None,
+        "writes must not go to a banned primary"
+    );
+    assert_eq!(states(&t), [S::Banned, S::Healthy]);
+    // Its monitor keeps reporting; replica lag is still measured against it.
+    t.record(0, primary(5000, 1));
+    t.record(1, replica(100));
+    assert_eq!(t.view().primary, None);
+    assert_eq!(t.view().nodes[1].byte_lag, Some(4900));
+    t.admin_unban(0);
+    assert_eq!(
+        t.view().primary,
+        Some(0),
+        "a configured primary is trusted until disproven"
+    );
+    assert_eq!(states(&t)[0], S::Banned, "state back at its next check");
+    t.record(0, primary(5000, 1));
+    assert_eq!(states(&t)[0], S::Healthy);
+    assert_eq!(
+        t.bans_total(),
+        1,
+        "banned from the ban until the next check: once"
+    );
+}
+
+#[test]
+fn banning_an_auto_primary_stops_writes() {
+    let t = Topology::new(settings(&[Auto, Auto]));
+    t.record(0, primary(100, 1));
+    t.record(1, replica(100));
+    assert_eq!(t.view().primary, Some(0));
+    t.admin_ban(0);
+    assert_eq!(t.view().primary, None);
+    t.record(0, primary(100, 1));
+    assert_eq!(t.view().primary, None);
+    t.admin_unban(0);
+    t.record(0, primary(100, 1));
+    assert_eq!(t.view().primary, Some(0));
+}
+
+#[test]
+fn automatic_bans_are_counted() {
+    let t = Topology::new(settings(&[Primary, Replica]));
+    t.record(0, primary(100, 1));
+    t.record(1, Outcome::Failed("boom".into()));
+    t.record(1, Outcome::Failed("boom".into()));
+    assert_eq!(t.bans_total(), 1, "still banned: one ban");
+    t.record(1, replica(100));
+    t.report_failure(1);
+    assert_eq!(t.bans_total(), 2);
+    t.record(1, Outcome::Refused("refused".into()));
+    assert_eq!(states(&t)[1], S::Down);
+    assert_eq!(t.bans_total(), 2, "Down is not Banned");
+}
+
+#[test]
+fn unmonitored_bans_and_unbans_at_once() {
+    let t = Topology::unmonitored(settings(&[Primary, Replica]));
+    let before = t.view().nodes.to_vec();
+    t.admin_ban(0);
+    assert_eq!(t.view().primary, None);
+    assert_eq!(states(&t), [S::Banned, S::Healthy]);
+    t.admin_unban(0);
+    assert_eq!(t.view().primary, Some(0));
+    assert_eq!(&t.view().nodes[..], &before[..], "back to what it was");
+}
+
+#[test]
+fn node_index_by_address() {
+    let mut s = settings(&[Primary, Replica]);
+    s.nodes[1].addr = NodeAddr {
+        host: "::1".into(),
+        port: 5433,
+    };
+    let t = Topology::new(s);
+    assert_eq!(t.node_index("127.0.0.1:1"), Some(0));
+    assert_eq!(t.node_index("[::1]:5433"), Some(1));
+    assert_eq!(t.node_index("127.0.0.1:2"), None);
+    assert_eq!(t.node_index("nonsense"), None);
+}

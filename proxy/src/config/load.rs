@@ -230,6 +230,17 @@ impl Validator<'_> {
             self.fail(&["listen"], "expected an address like \"127.0.0.1:6432\"");
             SocketAddr::from(([127, 0, 0, 1], 6432))
         });
+        // Empty disables the endpoint; anything else must be an address to bind.
+        let metrics_listen = match raw.metrics_listen.as_str() {
+            "" => None,
+            addr => addr.parse::<SocketAddr>().map(Some).unwrap_or_else(|_| {
+                self.fail(
+                    &["metrics_listen"],
+                    "expected an address like \"127.0.0.1:9930\" (or \"\" to disable)",
+                );
+                None
+            }),
+        };
         if raw.max_client_conn == 0 {
             self.fail(&["max_client_conn"], "must be at least 1");
         }
@@ -301,6 +312,8 @@ impl Validator<'_> {
             .collect::<HashMap<_, _>>();
         Settings {
             client_idle_timeout: nonzero(raw.client_idle_timeout),
+            metrics_listen,
+            slow_query_threshold: nonzero(raw.slow_query_threshold),
             raw,
             listen,
             users,
@@ -484,6 +497,37 @@ pool_size = 20
         let p = parse_str(&text).unwrap_err();
         assert_eq!(p[0].key, "users.app.password");
         assert_eq!(p[0].line, 5);
+    }
+
+    #[test]
+    fn metrics_listen_must_be_an_address() {
+        let s = parse_str(GOOD).unwrap();
+        assert_eq!(s.metrics_listen, None);
+        let text = format!("metrics_listen = \"0.0.0.0:9930\"\n{GOOD}");
+        assert_eq!(
+            parse_str(&text).unwrap().metrics_listen,
+            Some("0.0.0.0:9930".parse().unwrap())
+        );
+        let text = format!("log_format = \"json\"\nmetrics_listen = \"localhost\"\n{GOOD}");
+        let p = parse_str(&text).unwrap_err();
+        assert_eq!(
+            (p[0].key.as_str(), p[0].line, p[0].column),
+            ("metrics_listen", 2, 18)
+        );
+    }
+
+    #[test]
+    fn log_format_and_slow_query_threshold() {
+        let text = format!("log_format = \"json\"\nslow_query_threshold = \"250ms\"\n{GOOD}");
+        let s = parse_str(&text).unwrap();
+        assert_eq!(s.raw.log_format, crate::config::LogFormat::Json);
+        assert_eq!(
+            s.slow_query_threshold,
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(parse_str(GOOD).unwrap().slow_query_threshold, None);
+        let p = parse_str(&format!("log_format = \"xml\"\n{GOOD}")).unwrap_err();
+        assert_eq!((p[0].line, p[0].column), (1, 14));
     }
 
     #[test]

@@ -1,14 +1,19 @@
 //! Configuration: the TOML schema (`schema`), loading and validation with line/column errors
-//! (`load`), and the resolved settings the rest of pgtier reads (`settings`).
+//! (`load`), the resolved settings the rest of pgtier reads (`settings`), `SHOW CONFIG` rows
+//! (`show`) and what a reload cannot apply (`diff`).
 
+pub mod diff;
 pub mod duration;
 pub mod load;
 mod nodes;
 pub mod rules;
 pub mod schema;
 pub mod settings;
+pub mod show;
 
 pub use crate::router::rules::{LagLimit, RuleAction, RuleSet};
+pub use diff::restart_required;
 pub use load::{load_file, parse_str, ConfigError, Problem};
-pub use schema::{AuthMethod, NodeRole, PoolMode, PrimaryReads, SessionStatePolicy};
+pub use schema::{AuthMethod, LogFormat, NodeRole, PoolMode, PrimaryReads, SessionStatePolicy};
 pub use settings::{ClientAuth, Database, NodeAddr, PoolSettings, RoutingSettings, Settings, User};
+pub use show::ConfigEntry;

@@ -1,11 +1,11 @@
 //! The TOML schema, key by key. `config/pgtier.toml` documents every key with its default.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// When a server connection goes back to its pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     /// Held by one client until it disconnects.
@@ -17,7 +17,7 @@ pub enum PoolMode {
 
 /// What transaction pooling does with statements that leave session state on a server
 /// (SET of unreported parameters, SQL PREPARE, LISTEN, temp tables, session advisory locks...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionStatePolicy {
     /// The client keeps its server connection until it disconnects.
@@ -28,7 +28,7 @@ pub enum SessionStatePolicy {
 }
 
 /// Whether the primary serves reads that a replica could serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PrimaryReads {
     /// Only when no replica is eligible.
@@ -36,6 +36,17 @@ pub enum PrimaryReads {
     Fallback,
     /// Always a candidate, alongside the replicas.
     Include,
+}
+
+/// How log lines are written to stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
 }
 
 /// A node's configured role.
@@ -87,8 +98,9 @@ pub enum AuthMethod {
     Trust,
 }
 
-/// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+/// The whole file. `Serialize` gives the top-level keys (`SHOW CONFIG`); users and databases
+/// (with their passwords) are never serialized.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address the client listener binds.
@@ -97,6 +109,16 @@ pub struct Config {
     pub pool_mode: PoolMode,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
     pub log_level: String,
+    /// Log line format: `text` or `json`.
+    pub log_format: LogFormat,
+    /// Address of the Prometheus `/metrics` endpoint (empty: disabled).
+    pub metrics_listen: String,
+    /// Queries slower than this are logged at warn with the node that served them (0: off).
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
+    pub slow_query_threshold: Duration,
     /// Threads serving clients: 1 runs everything on one thread (like PgBouncer), 0 uses one
     /// per CPU core.
     pub workers: u32,
@@ -111,48 +133,88 @@ pub struct Config {
     /// Prepared statements kept per server connection in transaction mode; the least recently
     /// used beyond it is closed on the server.
     pub max_prepared_statements: u32,
+    /// Parameters Postgres does not report that transaction mode still tracks per client
+    /// (from a client's `SET` outside a transaction) and sets on each server before the
+    /// client's transactions, instead of pinning the client.
+    pub track_extra_params: Vec<String>,
     /// Largest client message pgtier buffers, in bytes (COPY data streams through regardless).
     pub max_message_size: u32,
     /// How long a client waits for a server connection before FATAL 53300.
-    #[serde(deserialize_with = "super::duration::deserialize")]
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
     pub query_wait_timeout: Duration,
     /// Limit on connecting and logging in to a server.
-    #[serde(deserialize_with = "super::duration::deserialize")]
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
     pub server_connect_timeout: Duration,
     /// Idle server connections above `min_pool_size` are closed after this long (0: never).
-    #[serde(deserialize_with = "super::duration::deserialize")]
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
     pub server_idle_timeout: Duration,
     /// Server connections are closed when released after living this long (0: never).
-    #[serde(deserialize_with = "super::duration::deserialize")]
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
     pub server_lifetime: Duration,
     /// Clients idle (outside a transaction) this long are disconnected (0: never).
-    #[serde(deserialize_with = "super::duration::deserialize")]
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
     pub client_idle_timeout: Duration,
     /// Clients idle inside a transaction this long are disconnected (0: never).
-    #[serde(deserialize_with = "super::duration::deserialize")]
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
     pub idle_transaction_timeout: Duration,
     /// Limit on a client's startup and authentication.
-    #[serde(deserialize_with = "super::duration::deserialize")]
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
     pub client_login_timeout: Duration,
     /// On SIGTERM/SIGINT, how long running transactions may finish before clients are closed.
-    #[serde(deserialize_with = "super::duration::deserialize")]
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
     pub shutdown_timeout: Duration,
     /// How often each node's role and replication lag are checked.
-    #[serde(deserialize_with = "super::duration::deserialize")]
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
     pub lag_check_interval: Duration,
     /// A replica whose replay is this far behind in time leaves the read rotation (0: no limit).
-    #[serde(deserialize_with = "super::duration::deserialize")]
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
     pub max_replica_lag: Duration,
     /// A replica this many WAL bytes behind the primary leaves the read rotation (0: no limit).
     pub max_replica_lag_bytes: u64,
     /// Whether the primary serves reads only as a fallback or always alongside replicas.
     pub primary_reads: PrimaryReads,
     /// How long a write waits for a primary to be known (after a failover) before failing.
-    #[serde(deserialize_with = "super::duration::deserialize")]
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
     pub primary_wait_timeout: Duration,
     /// How long a read after a write may wait for a replica to replay that write before it
     /// goes to the primary instead (0: do not wait).
-    #[serde(deserialize_with = "super::duration::deserialize")]
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
     pub causal_read_wait: Duration,
     /// Send ParameterStatus `pgtier.causal_lsn` to the client after each write transaction.
     pub report_causal_lsn: bool,
@@ -164,12 +226,15 @@ pub struct Config {
     pub classify_cache_size: u32,
     /// The `[users]` entry whose server credentials the lag monitors use (default: the first
     /// one not in `admin_users`).
+    #[serde(serialize_with = "super::show::serialize_opt_string")]
     pub monitor_user: Option<String>,
     /// `[users]` entries that may use the admin console (database `pgtier` or `pgbouncer`).
     pub admin_users: Vec<String>,
     /// Client users, by name.
+    #[serde(skip_serializing)]
     pub users: BTreeMap<String, UserConfig>,
     /// Databases clients may connect to, by the name clients use.
+    #[serde(skip_serializing)]
     pub databases: BTreeMap<String, DatabaseConfig>,
 }
 
@@ -179,12 +244,16 @@ impl Default for Config {
             listen: "127.0.0.1:6432".into(),
             pool_mode: PoolMode::Transaction,
             log_level: "info".into(),
+            log_format: LogFormat::Text,
+            metrics_listen: String::new(),
+            slow_query_threshold: Duration::ZERO,
             workers: 1,
             max_client_conn: 1000,
             pool_size: 20,
             min_pool_size: 0,
             session_state: SessionStatePolicy::Pin,
             max_prepared_statements: 500,
+            track_extra_params: Vec::new(),
             max_message_size: 64 * 1024 * 1024,
             query_wait_timeout: Duration::from_secs(120),
             server_connect_timeout: Duration::from_secs(15),

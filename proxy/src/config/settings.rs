@@ -145,6 +145,10 @@ pub struct Settings {
     pub databases: HashMap<String, Database>,
     /// Client idle timeout (None: never).
     pub client_idle_timeout: Option<Duration>,
+    /// Address of the Prometheus endpoint (None: disabled).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Queries slower than this are logged at warn (None: off).
+    pub slow_query_threshold: Option<Duration>,
 }
 
 /// Zero means "disabled" for optional timeouts.

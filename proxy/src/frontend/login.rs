@@ -143,13 +143,14 @@ async fn login_inner<'s>(
         if !settings.raw.admin_users.contains(&user.name) {
             return Err(LoginError::NotAdmin(user.name.clone()));
         }
-        info!(%peer, user = %user.name, "admin console login");
+        info!(%peer, user = %user.name, database = db_name, "admin console client connected");
         return Ok(Login::Admin { user });
     }
     let (Some(user), Some(db)) = (user, settings.databases.get(db_name)) else {
         return Err(LoginError::UnknownDatabase(db_name.to_owned()));
     };
-    info!(%peer, user = %user.name, database = %db.name, "client authenticated");
+    // Paired with "client disconnected" in `session` (same peer, user and database fields).
+    info!(%peer, user = %user.name, database = %db.name, "client connected");
     Ok(Login::Client {
         user,
         db,

@@ -4,11 +4,13 @@
 pub mod auth;
 mod batch;
 pub mod cancel;
+pub mod clients;
 mod farewell;
 mod gate;
 pub mod listener;
 mod local;
 pub mod login;
+mod observe;
 mod prepared;
 mod relay;
 mod responses;
@@ -18,6 +20,6 @@ pub mod startup;
 mod target;
 mod units;
 
-pub use cancel::CancelRegistry;
+pub use clients::{ClientEntry, ClientRegistry, ClientState};
 pub use listener::{serve, ClientCount};
 pub(crate) use relay::Limits;

@@ -53,6 +53,11 @@ impl Prepared {
     }
 }
 
+/// A client's statements as they were before DEALLOCATE ALL or DISCARD ALL (put back if the
+/// server does not run it).
+#[derive(Debug)]
+pub struct Saved(HashMap<Box<[u8]>, Arc<Prepared>>);
+
 /// A client's statements by the client's names.
 #[derive(Debug, Default)]
 pub struct ClientStatements {
@@ -82,12 +87,6 @@ impl ClientStatements {
         true
     }
 
-    /// Forgets every statement (DEALLOCATE ALL, DISCARD ALL).
-    pub fn clear(&mut self) {
-        self.map.clear();
-        self.unnamed = None;
-    }
-
     /// Records the client's unnamed statement (None: a simple Query destroyed it).
     pub fn set_unnamed(&mut self, rest: Option<&[u8]>) {
         self.unnamed = rest.map(Box::from);
@@ -98,9 +97,45 @@ impl ClientStatements {
         self.unnamed.as_deref()
     }
 
-    /// Removes a statement (Close).
-    pub fn remove(&mut self, name: &[u8]) {
-        self.map.remove(name);
+    /// Removes a statement (Close); returns it.
+    pub fn remove(&mut self, name: &[u8]) -> Option<Arc<Prepared>> {
+        self.map.remove(name)
+    }
+
+    /// Removes `name` if it is still `stmt` (its Parse failed or was skipped).
+    pub fn remove_if(&mut self, name: &[u8], stmt: &Arc<Prepared>) {
+        if self.map.get(name).is_some_and(|s| Arc::ptr_eq(s, stmt)) {
+            self.map.remove(name);
+        }
+    }
+
+    /// Puts back a statement whose Close was skipped (unless the name was taken since).
+    pub fn put_back(&mut self, name: &[u8], stmt: Arc<Prepared>) {
+        if !self.map.contains_key(name) && self.map.len() < MAX_PER_CLIENT {
+            self.map.insert(name.into(), stmt);
+        }
+    }
+
+    /// Forgets every named statement (DEALLOCATE ALL, DISCARD ALL), returning them.
+    pub fn take_all(&mut self) -> Saved {
+        self.unnamed = None;
+        Saved(std::mem::take(&mut self.map))
+    }
+
+    /// Forgets what each statement was classified as (a reload changed the classifier: e.g.
+    /// `write_functions`): each is classified again at its next use. Only between
+    /// transactions, when no reply that may undo a change is pending.
+    pub fn reclassify(&mut self) {
+        for stmt in self.map.values_mut() {
+            *stmt = Arc::new(Prepared::new(&stmt.rest));
+        }
+    }
+
+    /// Puts back statements taken by [`ClientStatements::take_all`] (names taken since win).
+    pub fn restore(&mut self, saved: Saved) {
+        for (name, stmt) in saved.0 {
+            self.put_back(&name, stmt);
+        }
     }
 }
 
@@ -126,8 +161,11 @@ pub(crate) fn answer_parse_batch(
             b'P' => {
                 let p = extended::parse(&buf[pos + 5..end])?;
                 // A statement that may leave session state goes the normal way, where it pins
-                // (or is rejected); here it would run unclassified at its first Bind.
-                if p.name.is_empty() || pins(p.rest, |_| false).is_some() {
+                // (or is rejected); here it would run unclassified at its first Bind. So does
+                // one with a backslash: only the normal way reads its strings with the client's
+                // standard_conforming_strings.
+                if p.name.is_empty() || p.rest.contains(&b'\\') || pins(p.rest, |_| false).is_some()
+                {
                     return None;
                 }
                 names.push((p.name, p.rest));
@@ -195,6 +233,9 @@ mod tests {
         with_describe.extend(msg(b'D', b"Ss3\0"));
         with_describe.extend(msg(b'S', b""));
         assert!(answer_parse_batch(&with_describe, &mut st).is_none());
+        let mut backslash = msg(b'P', b"s4\0select 'a\\'\0\0\0");
+        backslash.extend(msg(b'S', b""));
+        assert!(answer_parse_batch(&backslash, &mut st).is_none());
     }
 
     #[test]

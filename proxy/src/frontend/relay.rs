@@ -12,12 +12,13 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::gate::{Gate, Moment};
+use super::observe::Observer;
 use super::prepared::ClientStatements;
 use super::responses::{route_server, Entry, Expectations, Kind, ParamSync, Streaming};
 pub(crate) use super::rewrite::Violation;
 use super::rewrite::{route_client, ClientSide, ServerSide};
 use super::units::UnitContext;
-use crate::backend::params::{sync_statements, ParamChanges};
+use crate::backend::params::{bring_in_line, ExtraParams, ParamChanges};
 use crate::backend::server::ServerIo;
 use crate::config::{PoolMode, SessionStatePolicy};
 use crate::protocol::frame::peek_header;
@@ -49,6 +50,8 @@ pub(crate) enum Outcome {
     IdleInTransaction,
     /// Shutdown reached its closing phase.
     Shutdown,
+    /// An admin KILLed the client's database.
+    Killed,
     /// Bringing the server's parameters in line with the client's failed: (SQLSTATE, message).
     SyncFailed(String, String),
 }
@@ -65,6 +68,8 @@ pub(crate) struct RunEnd {
     /// Nothing reached the client and nothing beyond the first request reached the server:
     /// a read that failed like this may run again elsewhere.
     pub retryable: bool,
+    /// What the run did (queries, bytes, query time).
+    pub tally: crate::metrics::Tally,
 }
 
 /// Limits the relay applies.
@@ -78,8 +83,12 @@ pub(crate) struct Limits {
     pub idle_transaction_timeout: Option<Duration>,
     /// Pin or reject statements that leave session state.
     pub session_state: SessionStatePolicy,
+    /// Parameters synced per client although not reported (`track_extra_params`).
+    pub extra_params: ExtraParams,
     /// A client idle (outside a transaction) this long is disconnected (None: never).
     pub client_idle_timeout: Option<Duration>,
+    /// Queries slower than this are logged (None: no slow-query log).
+    pub slow_query: Option<Duration>,
 }
 
 impl Limits {
@@ -90,7 +99,9 @@ impl Limits {
             max_message: settings.raw.max_message_size as usize,
             idle_transaction_timeout: db.pool.idle_transaction_timeout,
             session_state: db.pool.session_state,
+            extra_params: ExtraParams::intern(&settings.raw.track_extra_params),
             client_idle_timeout: settings.client_idle_timeout,
+            slow_query: settings.slow_query_threshold,
         }
     }
 }
@@ -128,6 +139,8 @@ pub(crate) async fn run(
         replied: false,
         more_input: false,
         unnamed_here: false,
+        observer: state.observer,
+        killed: state.killed,
     };
     let outcome = r.run(shutdown).await;
     RunEnd {
@@ -135,6 +148,7 @@ pub(crate) async fn run(
         leftover: std::mem::take(&mut r.cbuf),
         wrote: r.gate.wrote,
         retryable: !r.replied && !r.more_input,
+        tally: r.observer.tally,
     }
 }
 
@@ -142,11 +156,12 @@ impl Relay<'_> {
     async fn run(&mut self, shutdown: &ShutdownWatch) -> Outcome {
         let r = self;
         let limits = r.limits;
-        let closing = shutdown.reached(Phase::Closing);
+        // Admin wake-ups (KILL) end the run too if they concern this client.
+        let closing = shutdown.reached_or_poked(Phase::Closing, Some(shutdown.pokes()));
         let draining = shutdown.reached(Phase::Draining);
         tokio::pin!(closing, draining);
         // Bring the server's session parameters in line with the client's, ahead of its request.
-        if let Some(sql) = sync_statements(
+        if let Some(sql) = bring_in_line(
             r.defaults,
             r.params,
             r.server.login_params,
@@ -157,11 +172,7 @@ impl Relay<'_> {
             r.out.put_u8(b'Q');
             r.out.put_u32(body.len() as u32 + 4);
             r.out.put_slice(&body);
-            r.expect.push(Entry::Server {
-                kind: Kind::Query,
-                to_client: false,
-                statement: None,
-            });
+            r.expect.push(Entry::own(Kind::Query));
         }
         // Forward what the session already read.
         if let Some(end) = r.on_client_bytes().await {
@@ -211,7 +222,15 @@ impl Relay<'_> {
                 },
                 _ = sleep_until_opt(idle_deadline) => return Outcome::IdleInTransaction,
                 _ = &mut draining, if drain_when_idle => return Outcome::Idle,
-                _ = &mut closing => return Outcome::Shutdown,
+                _ = &mut closing => {
+                    if shutdown.phase() >= Phase::Closing {
+                        return Outcome::Shutdown;
+                    }
+                    if (r.killed)() {
+                        return Outcome::Killed;
+                    }
+                    closing.set(shutdown.reached_or_poked(Phase::Closing, Some(shutdown.pokes())));
+                }
             }
         }
     }
@@ -237,6 +256,10 @@ pub(crate) struct ClientState<'a> {
     pub on_replica: bool,
     /// Note whether anything that may write goes through (read-your-writes needs to know).
     pub track_writes: bool,
+    /// Measures the run.
+    pub observer: Observer<'a>,
+    /// Whether an admin KILLed the client's database (asked when an admin wakes sessions).
+    pub killed: &'a (dyn Fn() -> bool + Sync),
 }
 
 /// The relay's state for one run.
@@ -268,6 +291,8 @@ struct Relay<'a> {
     more_input: bool,
     /// The client's unnamed statement is on this server connection.
     unnamed_here: bool,
+    observer: Observer<'a>,
+    killed: &'a (dyn Fn() -> bool + Sync),
 }
 
 impl Relay<'_> {
@@ -330,6 +355,9 @@ impl Relay<'_> {
                 pinned: self.pinned,
                 reported: self.defaults,
                 policy: self.limits.session_state,
+                strings: self.params.string_syntax(self.defaults),
+                extras: self.limits.extra_params,
+                in_transaction: self.status != TxStatus::Idle,
             },
             &mut ServerSide {
                 registry: self.server.statements,
@@ -356,6 +384,12 @@ impl Relay<'_> {
                 return Some(Outcome::ServerGone(e));
             }
         }
+        self.observer.sent(
+            &self.cbuf[..scan.consumed],
+            batch.len(),
+            (self.owed, self.owed + scan.syncs),
+            self.statements,
+        );
         self.out.clear();
         self.cbuf.advance(scan.consumed);
         self.owed += scan.syncs;
@@ -398,6 +432,7 @@ impl Relay<'_> {
             &mut self.streaming,
             &mut self.expect,
             self.server.statements,
+            self.statements,
             &mut ParamSync {
                 defaults: self.defaults,
                 client: self.params,
@@ -425,6 +460,7 @@ impl Relay<'_> {
             )));
         }
         self.replied |= !batch.is_empty();
+        let batch_len = batch.len();
         if !batch.is_empty() && self.client.write_all(batch).await.is_err() {
             return Some(Outcome::ClientGone {
                 server_clean: false,
@@ -433,6 +469,10 @@ impl Relay<'_> {
         self.out.clear();
         self.server.inbuf.advance(scan.consumed);
         self.owed = self.owed.saturating_sub(scan.ready + scan.ignored_syncs);
+        self.observer.answered(batch_len, scan.ready, self.owed);
+        for code in &scan.errors {
+            self.observer.error(code);
+        }
         if let Some(s) = scan.status {
             self.status = s;
         }

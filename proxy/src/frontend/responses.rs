@@ -10,7 +10,8 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::batch::Batch;
-use crate::backend::params::{tracked, ParamChanges};
+use super::prepared::{ClientStatements, Prepared, Saved};
+use crate::backend::params::{tracked, ExtraUpdate, ParamChanges};
 use crate::backend::statements::ServerStatements;
 use crate::protocol::frame::{peek_header, FrameError};
 use crate::protocol::messages::{error_fields, error_response, Severity, TxStatus};
@@ -60,22 +61,113 @@ pub(crate) enum Synthetic {
     Error(SqlState, String),
 }
 
+/// A change made when a message was routed (to the client's statement names or to the
+/// server's registry) that must be undone if the server skips or fails that message: Postgres
+/// only creates or drops a statement when its Parse or Close succeeds.
+#[derive(Debug)]
+pub(crate) enum Undo {
+    /// The client's Parse of this name, answered by pgtier (the server has the statement):
+    /// the name is free again.
+    ClientParse(Box<[u8]>, Arc<Prepared>),
+    /// The client's Parse of this name, sent to the server: the name is free again, and the
+    /// statement is not on the server.
+    ClientPrepare(Box<[u8]>, Arc<Prepared>),
+    /// The client's Close (or DEALLOCATE) of this name: the statement is back.
+    ClientClose(Box<[u8]>, Arc<Prepared>),
+    /// The client's DEALLOCATE ALL or DISCARD ALL: its statements are back.
+    ClientClear(Saved),
+    /// pgtier's Close evicting this statement: it is still on the server.
+    Evict(Arc<str>),
+    /// pgtier's Parse of this statement: it is not on the server.
+    Prepare(Arc<str>),
+}
+
+impl Undo {
+    fn apply(self, registry: &mut ServerStatements, statements: &mut ClientStatements) {
+        match self {
+            Undo::ClientParse(name, stmt) => statements.remove_if(&name, &stmt),
+            Undo::ClientPrepare(name, stmt) => {
+                registry.remove(&stmt.server_name);
+                statements.remove_if(&name, &stmt);
+            }
+            Undo::ClientClose(name, stmt) => statements.put_back(&name, stmt),
+            Undo::ClientClear(saved) => statements.restore(saved),
+            Undo::Evict(name) => registry.restore(name),
+            Undo::Prepare(name) => registry.remove(&name),
+        }
+    }
+}
+
 /// One expected reply.
 #[derive(Debug)]
 pub(crate) enum Entry {
-    /// The server owes replies to a message; `to_client` says where they go. A Parse or Bind
-    /// of a pgtier-named statement carries its name: a failed or skipped Parse is forgotten
-    /// from the registry, and a Bind failing with 0A000 (DDL changed the plan's result type)
-    /// marks the statement stale, to be re-prepared at its next use.
+    /// The server owes replies to a message; `to_client` says where they go (`quiet`: not
+    /// even its error, for a pgtier message whose failure the next one reports). A Bind of a
+    /// pgtier-named statement carries its name: failing with 0A000 (DDL changed the plan's
+    /// result type) marks the statement stale, to be re-prepared at its next use. `undo` is
+    /// applied if the message fails or is skipped.
     Server {
         kind: Kind,
         to_client: bool,
+        quiet: bool,
         statement: Option<Arc<str>>,
+        undo: Option<Undo>,
     },
-    /// pgtier answers itself when this reaches the front.
-    Synthetic(Synthetic),
+    /// pgtier answers itself when this reaches the front (`undo`: if it is skipped instead).
+    Synthetic(Synthetic, Option<Undo>),
     /// The client ended a COPY FROM STDIN here (CopyDone or CopyFail); no reply of its own.
     CopyEnd,
+}
+
+impl Entry {
+    /// The replies to a client's message.
+    pub(crate) fn client(kind: Kind) -> Entry {
+        Entry::Server {
+            kind,
+            to_client: true,
+            quiet: false,
+            statement: None,
+            undo: None,
+        }
+    }
+
+    /// The replies to a message pgtier sends on its own (dropped; errors still go through).
+    pub(crate) fn own(kind: Kind) -> Entry {
+        Entry::Server {
+            kind,
+            to_client: false,
+            quiet: false,
+            statement: None,
+            undo: None,
+        }
+    }
+
+    /// The same entry with a statement name and an undo action.
+    pub(crate) fn with(self, name: Option<Arc<str>>, action: Option<Undo>) -> Entry {
+        match self {
+            Entry::Server {
+                kind,
+                to_client,
+                quiet,
+                ..
+            } => Entry::Server {
+                kind,
+                to_client,
+                quiet,
+                statement: name,
+                undo: action,
+            },
+            other => other,
+        }
+    }
+
+    /// The same (pgtier) entry with its error dropped too.
+    pub(crate) fn quietly(mut self) -> Entry {
+        if let Entry::Server { quiet, .. } = &mut self {
+            *quiet = true;
+        }
+        self
+    }
 }
 
 /// The queue of expected replies for one server connection.
@@ -94,6 +186,9 @@ pub(crate) struct Expectations {
     /// pgtier's own parameter sync failed (a client's startup value Postgres rejects): the
     /// server's (SQLSTATE, message). The session ends with it, as Postgres would at startup.
     pub(crate) sync_failed: Option<(String, String)>,
+    /// A change of extra parameters by the client's next Query (the only one in flight),
+    /// recorded for the client and the server once that Query completes.
+    pub(crate) param_update: Option<ExtraUpdate>,
 }
 
 impl Expectations {
@@ -109,9 +204,35 @@ impl Expectations {
         self.q.len()
     }
 
+    /// Whether everything in flight is pgtier's own (nothing of the client's is before a
+    /// message routed now).
+    pub(crate) fn only_own(&self) -> bool {
+        self.q.iter().all(|e| {
+            matches!(
+                e,
+                Entry::Server {
+                    to_client: false,
+                    ..
+                }
+            )
+        })
+    }
+
+    /// Whether the next reply is to a client's Query.
+    fn client_query_first(&self) -> bool {
+        matches!(
+            self.q.front(),
+            Some(Entry::Server {
+                kind: Kind::Query,
+                to_client: true,
+                ..
+            })
+        )
+    }
+
     /// Whether a reply pgtier gives itself (or a COPY end marker) is next.
     fn synthetic_first(&self) -> bool {
-        matches!(self.q.front(), Some(Entry::Synthetic(_) | Entry::CopyEnd))
+        matches!(self.q.front(), Some(Entry::Synthetic(..) | Entry::CopyEnd))
     }
 
     /// Writes the synthetic replies now at the front; returns whether it wrote any.
@@ -119,7 +240,7 @@ impl Expectations {
         let mut wrote = false;
         loop {
             match self.q.front() {
-                Some(Entry::Synthetic(s)) => {
+                Some(Entry::Synthetic(s, _)) => {
                     match s {
                         Synthetic::ParseComplete => out.extend_from_slice(b"1\0\0\0\x04"),
                         Synthetic::CloseComplete => out.extend_from_slice(b"3\0\0\0\x04"),
@@ -168,18 +289,27 @@ impl Expectations {
 
     /// Accounts for one server message (`body` is given for ErrorResponse); returns whether it
     /// goes to the client.
-    fn on_message(&mut self, tag: u8, body: &[u8], registry: &mut ServerStatements) -> bool {
+    fn on_message(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        registry: &mut ServerStatements,
+        statements: &mut ClientStatements,
+    ) -> bool {
         // Asynchronous messages can come at any time and are always the client's.
         if matches!(tag, b'N' | b'A' | b'S') {
             return true;
         }
         let Some(Entry::Server {
-            kind, to_client, ..
-        }) = self.q.front()
+            kind,
+            to_client,
+            quiet,
+            ..
+        }) = self.q.front_mut()
         else {
             return true;
         };
-        let (kind, to_client) = (*kind, *to_client);
+        let (kind, to_client, quiet) = (*kind, *to_client, *quiet);
         if tag == b'E' {
             if kind == Kind::Query && !to_client {
                 // pgtier's own query (parameter sync) failed: not the client's to see as a
@@ -192,7 +322,14 @@ impl Expectations {
                 return false;
             }
             if !kind.skipped_after_error() {
-                return true; // a Query's or Sync's error; its ReadyForQuery follows
+                // A Query's or Sync's error; its ReadyForQuery follows. A failed DEALLOCATE
+                // (or DISCARD ALL) leaves the client's statements as they were.
+                if let Some(Entry::Server { undo, .. }) = self.q.front_mut() {
+                    if let Some(u) = undo.take() {
+                        u.apply(registry, statements);
+                    }
+                }
+                return true;
             }
             if let Some(Entry::Server {
                 kind: Kind::Bind,
@@ -204,36 +341,41 @@ impl Expectations {
                     registry.mark_stale(name);
                 }
             }
-            // The server now skips everything up to the next Sync.
-            while let Some(e) = self.q.front() {
-                if let Entry::Server {
-                    kind: Kind::Query | Kind::Function,
-                    ..
-                } = e
-                {
-                    self.skipped_ready += 1;
-                }
-                match e {
-                    Entry::Server {
-                        kind: Kind::Sync, ..
-                    } => break,
-                    Entry::Server {
-                        kind: Kind::Parse,
-                        statement: Some(name),
-                        ..
-                    } => registry.remove(name),
-                    _ => {}
-                }
-                self.q.pop_front();
-            }
-            // Errors always reach the client, even for pgtier's own messages: the client's
-            // later messages were skipped, and this says why.
-            return true;
+            self.skip_to_sync(registry, statements);
+            // Errors reach the client, even for pgtier's own messages: the client's later
+            // messages were skipped, and this says why (unless the next message says it).
+            return !quiet;
         }
         if kind.ends_with(tag) {
             self.q.pop_front();
         }
         to_client
+    }
+
+    /// After an error the server skips everything up to the next Sync: so does the queue,
+    /// undoing (latest first) what routing the skipped messages did.
+    fn skip_to_sync(&mut self, registry: &mut ServerStatements, statements: &mut ClientStatements) {
+        let mut undo = Vec::new();
+        while let Some(e) = self.q.front() {
+            match e {
+                Entry::Server {
+                    kind: Kind::Sync, ..
+                } => break,
+                Entry::Server {
+                    kind: Kind::Query | Kind::Function,
+                    ..
+                } => self.skipped_ready += 1,
+                _ => {}
+            }
+            if let Some(Entry::Server { undo: Some(u), .. } | Entry::Synthetic(_, Some(u))) =
+                self.q.pop_front()
+            {
+                undo.push(u);
+            }
+        }
+        for u in undo.into_iter().rev() {
+            u.apply(registry, statements);
+        }
     }
 }
 
@@ -250,6 +392,8 @@ pub(crate) struct ServerScan {
     pub status: Option<TxStatus>,
     /// Syncs the client sent that Postgres ignored (sent during COPY FROM STDIN).
     pub ignored_syncs: u32,
+    /// SQLSTATEs of the errors forwarded to the client (rare: allocates only then).
+    pub errors: Vec<String>,
 }
 
 /// Passing bytes through a message whose body is still arriving.
@@ -300,6 +444,7 @@ pub(crate) fn route_server(
     streaming: &mut Streaming,
     exp: &mut Expectations,
     registry: &mut ServerStatements,
+    statements: &mut ClientStatements,
     params: &mut ParamSync<'_>,
     out: &mut BytesMut,
 ) -> Result<ServerScan, FrameError> {
@@ -325,13 +470,32 @@ pub(crate) fn route_server(
                 exp.drain_synthetic(o);
             });
         }
-        let forward = exp.on_message(h.tag, body, registry);
+        if exp.param_update.is_some() && exp.client_query_first() {
+            // The client's SET/RESET of extra parameters: done once it completed, void if it
+            // failed.
+            match h.tag {
+                b'C' => {
+                    let update = exp.param_update.take().expect("checked");
+                    update.apply(params.client);
+                    update.apply(params.server);
+                }
+                b'E' | b'Z' => exp.param_update = None,
+                _ => {}
+            }
+        }
+        let forward = exp.on_message(h.tag, body, registry, statements);
         if h.tag == b'S' {
             params.observe(body, forward);
         }
         // A client's DISCARD ALL or DEALLOCATE ALL drops statements pgtier prepared here too.
         if h.tag == b'C' && (body == b"DISCARD ALL\0" || body == b"DEALLOCATE ALL\0") {
             registry.clear();
+        }
+        if h.tag == b'E' && forward {
+            // Counted by SQLSTATE class in the metrics.
+            if let Some(code) = error_fields(body).0 {
+                scan.errors.push(code.to_owned());
+            }
         }
         if h.tag == b'Z' {
             // Only the client's ReadyForQuery count against what the client is owed.
@@ -363,133 +527,5 @@ pub(crate) fn route_server(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    macro_rules! no_params {
-        () => {
-            ParamSync {
-                defaults: &[],
-                client: &mut ParamChanges::default(),
-                server_login: &[],
-                server: &mut ParamChanges::default(),
-            }
-        };
-    }
-
-    use crate::protocol::frame::test_frame as msg;
-
-    fn server(kind: Kind, to_client: bool) -> Entry {
-        Entry::Server {
-            kind,
-            to_client,
-            statement: None,
-        }
-    }
-
-    #[test]
-    fn drops_pgtier_replies_and_inserts_synthetic_ones_in_order() {
-        let mut exp = Expectations::default();
-        let mut reg = ServerStatements::new(10);
-        exp.push(server(Kind::Parse, false)); // injected Parse
-        exp.push(server(Kind::Bind, true));
-        exp.push(Entry::Synthetic(Synthetic::CloseComplete));
-        exp.push(server(Kind::Execute, true));
-        exp.push(server(Kind::Sync, true));
-        let mut input = msg(b'1', b"");
-        input.extend(msg(b'2', b""));
-        input.extend(msg(b'D', b"\0\0"));
-        input.extend(msg(b'C', b"SELECT 1\0"));
-        input.extend(msg(b'Z', b"I"));
-        let mut out = BytesMut::new();
-        let scan = route_server(
-            &input,
-            &mut Streaming::default(),
-            &mut exp,
-            &mut reg,
-            &mut no_params!(),
-            &mut out,
-        )
-        .unwrap();
-        assert!(scan.copied);
-        assert_eq!(scan.consumed, input.len());
-        assert_eq!((scan.ready, scan.status), (1, Some(TxStatus::Idle)));
-        let mut want = msg(b'2', b"");
-        want.extend(msg(b'3', b""));
-        want.extend(msg(b'D', b"\0\0"));
-        want.extend(msg(b'C', b"SELECT 1\0"));
-        want.extend(msg(b'Z', b"I"));
-        assert_eq!(&out[..], &want[..]);
-        assert!(exp.is_empty());
-    }
-
-    #[test]
-    fn plain_traffic_is_not_copied() {
-        let mut exp = Expectations::default();
-        exp.push(server(Kind::Query, true));
-        let mut input = msg(b'T', b"x");
-        input.extend(msg(b'D', &[0u8; 100]));
-        input.extend(msg(b'C', b"SELECT 1\0"));
-        input.extend(msg(b'Z', b"I"));
-        let mut out = BytesMut::new();
-        let mut st = Streaming::default();
-        let mut reg = ServerStatements::new(10);
-        let scan = route_server(
-            &input[..20],
-            &mut st,
-            &mut exp,
-            &mut reg,
-            &mut no_params!(),
-            &mut out,
-        )
-        .unwrap();
-        assert_eq!((scan.consumed, scan.copied), (20, false));
-        let scan = route_server(
-            &input[20..],
-            &mut st,
-            &mut exp,
-            &mut reg,
-            &mut no_params!(),
-            &mut out,
-        )
-        .unwrap();
-        assert_eq!(
-            (scan.consumed, scan.copied, scan.ready),
-            (input.len() - 20, false, 1)
-        );
-        assert!(out.is_empty() && exp.is_empty());
-    }
-
-    #[test]
-    fn error_skips_to_sync_and_forgets_failed_parses() {
-        let mut exp = Expectations::default();
-        let mut reg = ServerStatements::new(10);
-        reg.insert("pgtier_a".into());
-        exp.push(Entry::Server {
-            kind: Kind::Parse,
-            to_client: false,
-            statement: Some("pgtier_a".into()),
-        });
-        exp.push(server(Kind::Bind, true));
-        exp.push(Entry::Synthetic(Synthetic::ParseComplete));
-        exp.push(server(Kind::Sync, true));
-        let mut input = msg(b'E', b"Cxx\0\0");
-        input.extend(msg(b'Z', b"I"));
-        let mut out = BytesMut::new();
-        let scan = route_server(
-            &input,
-            &mut Streaming::default(),
-            &mut exp,
-            &mut reg,
-            &mut no_params!(),
-            &mut out,
-        )
-        .unwrap();
-        assert!(
-            !scan.copied,
-            "the error and ReadyForQuery both go to the client"
-        );
-        assert!(exp.is_empty());
-        assert!(!reg.touch("pgtier_a"));
-    }
-}
+#[path = "responses_tests.rs"]
+mod tests;

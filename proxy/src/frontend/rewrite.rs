@@ -9,14 +9,17 @@ use bytes::BytesMut;
 
 use super::batch::Batch;
 use super::prepared::{ClientStatements, Prepared, MAX_PER_CLIENT};
-use super::responses::{Entry, Expectations, Kind, Synthetic, MAX_IN_FLIGHT};
-use crate::backend::params::{lookup, tracked};
+use super::responses::{Entry, Expectations, Kind, Synthetic, Undo, MAX_IN_FLIGHT};
+use crate::backend::params::{lookup, tracked, ExtraParams, ExtraUpdate};
 use crate::backend::statements::ServerStatements;
 use crate::config::SessionStatePolicy;
 use crate::protocol::extended;
 use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
 use crate::protocol::SqlState;
-use crate::router::session_state::{pins, session_command, SessionCommand};
+use crate::router::lexer::StringSyntax;
+use crate::router::session_state::{
+    param_command, pins_in, resets_all, session_command, ParamCommand, SessionCommand,
+};
 
 /// A client protocol violation.
 #[derive(Debug, PartialEq, Eq)]
@@ -57,6 +60,12 @@ pub(crate) struct ClientSide<'a> {
     pub reported: &'a [(String, String)],
     /// Pin the client, or reject the statement.
     pub policy: SessionStatePolicy,
+    /// How the client's plain string literals read (its standard_conforming_strings).
+    pub strings: StringSyntax,
+    /// Parameters tracked per client although not reported (`track_extra_params`).
+    pub extras: ExtraParams,
+    /// The client is inside a transaction block (the last ReadyForQuery was not idle).
+    pub in_transaction: bool,
 }
 
 impl ClientSide<'_> {
@@ -67,11 +76,17 @@ impl ClientSide<'_> {
             return None;
         }
         let reported = self.reported;
-        let reason = pins(sql, |name| {
+        let reason = pins_in(sql, self.strings, |name| {
             std::str::from_utf8(name)
                 .ok()
                 .and_then(tracked)
                 .is_some_and(|n| lookup(reported, n).is_some())
+        })
+        .or_else(|| {
+            // RESET ALL also resets extra parameters, which pgtier can only follow when it is
+            // a statement of its own outside a transaction (see `extra_update`).
+            (!self.extras.is_empty() && resets_all(sql, self.strings))
+                .then_some("RESET ALL of tracked extra parameters inside a transaction")
         })?;
         match self.policy {
             SessionStatePolicy::Pin => {
@@ -152,30 +167,27 @@ pub(crate) fn route_client(
         }
         // During an extended-protocol COPY FROM STDIN Postgres ignores Sync and Flush.
         let route = match h.tag {
-            b'S' | b'H' if server.expect.copy_in => Route::Forward(None),
+            b'S' | b'H' if server.expect.copy_in => Route::Forward(None, None),
             b'c' | b'f' => {
                 server.expect.copy_in = false;
                 server.expect.push(Entry::CopyEnd);
-                Route::Forward(None)
+                Route::Forward(None, None)
             }
             _ => route_one(h.tag, body, client, server),
         };
         match route {
-            Route::Forward(kind) => {
+            Route::Forward(kind, undo) => {
                 if let Some(kind) = kind {
                     if matches!(kind, Kind::Query | Kind::Sync | Kind::Function) {
                         scan.syncs += 1;
                     }
-                    server.expect.push(Entry::Server {
-                        kind,
-                        to_client: true,
-                        statement: None,
-                    });
+                    server.expect.push(Entry::client(kind).with(None, undo));
                 }
             }
             replace => {
                 // A DEALLOCATE sent in place of the client's is a Query: it owes ReadyForQuery.
-                scan.syncs += u32::from(matches!(replace, Route::Deallocate(_) | Route::Reject(_)));
+                scan.syncs +=
+                    u32::from(matches!(replace, Route::Deallocate(..) | Route::Reject(_)));
                 batch.drop_range(pos, end);
                 batch.insert(end, |out| replace.write(body, out, server));
             }
@@ -189,45 +201,40 @@ pub(crate) fn route_client(
 
 /// What to do with one client message.
 enum Route {
-    /// Send it unchanged; it owes replies of this kind (if any).
-    Forward(Option<Kind>),
-    /// Send a Parse under the statement's server name (the client asked for it).
-    Parse(Arc<Prepared>),
+    /// Send it unchanged; it owes replies of this kind (if any), and what to undo if it fails.
+    Forward(Option<Kind>, Option<Undo>),
+    /// Send a Parse under the statement's server name (the client asked for it; the undo
+    /// frees the client's name if it fails).
+    Parse(Arc<Prepared>, Undo),
     /// Send the Bind with the statement's server name, preparing it here first if needed.
     Bind(Arc<Prepared>),
     /// Send Describe with the statement's server name, preparing it here first if needed.
     DescribeStatement(Arc<Prepared>),
-    /// Send `DEALLOCATE` of the statement's server name (preparing it here first if needed).
-    Deallocate(Arc<Prepared>),
+    /// Send `DEALLOCATE` of the statement's server name (the client's name and statement).
+    Deallocate(Box<[u8]>, Arc<Prepared>),
     /// Send a Parse of the client's unnamed statement (reply dropped), then the message.
     Reparse(Kind, bytes::Bytes),
     /// Send, instead of the client's query, one that fails with this message (0A000): the
     /// server then aborts a transaction and answers ReadyForQuery exactly as for any error.
     Reject(String),
-    /// Send nothing; pgtier answers in order.
-    Synthetic(Synthetic),
+    /// Send nothing; pgtier answers in order (the undo applies if the server skips it).
+    Synthetic(Synthetic, Option<Undo>),
 }
 
 impl Route {
     /// Writes what replaces the client's message and records the replies it owes.
     fn write(self, body: &[u8], out: &mut BytesMut, server: &mut ServerSide<'_>) {
-        let reply = |kind| Entry::Server {
-            kind,
-            to_client: true,
-            statement: None,
-        };
+        let reply = Entry::client;
         match self {
-            Route::Forward(_) => unreachable!("forwarded messages are not rewritten"),
-            Route::Parse(stmt) => prepare(&stmt, out, server, true),
+            Route::Forward(..) => unreachable!("forwarded messages are not rewritten"),
+            Route::Parse(stmt, undo) => prepare(&stmt, out, server, Some(undo)),
             Route::Bind(stmt) => {
                 let b = extended::bind(body).expect("checked when routed");
                 ensure_prepared(&stmt, out, server);
                 extended::write_bind(out, b.portal, stmt.server_name.as_bytes(), b.rest);
-                server.expect.push(Entry::Server {
-                    kind: Kind::Bind,
-                    to_client: true,
-                    statement: Some(stmt.server_name.clone()),
-                });
+                server
+                    .expect
+                    .push(reply(Kind::Bind).with(Some(stmt.server_name.clone()), None));
             }
             Route::DescribeStatement(stmt) => {
                 ensure_prepared(&stmt, out, server);
@@ -236,24 +243,37 @@ impl Route {
             }
             Route::Reparse(kind, rest) => {
                 extended::write_parse(out, b"", &rest);
-                server.expect.push(Entry::Server {
-                    kind: Kind::Parse,
-                    to_client: false,
-                    statement: None,
-                });
+                server.expect.push(Entry::own(Kind::Parse));
                 out.extend_from_slice(&body_frame_tag(kind));
                 out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
                 out.extend_from_slice(body);
                 server.expect.push(reply(kind));
             }
-            Route::Deallocate(stmt) => {
-                ensure_prepared(&stmt, out, server);
-                let sql = format!("DEALLOCATE \"{}\"\0", stmt.server_name);
+            Route::Deallocate(name, stmt) => {
+                let server_name = stmt.server_name.clone();
+                if !server.registry.touch(&server_name) {
+                    // Not prepared here: a placeholder under its name lets the server answer
+                    // the DEALLOCATE as Postgres would (the client's text might not even
+                    // parse). Only an aborted transaction makes these fail, and then the
+                    // DEALLOCATE gives Postgres' answer (25P02): their errors are dropped, and
+                    // pgtier's Sync ends the skipping they cause.
+                    extended::write_target(out, b'C', b'S', server_name.as_bytes());
+                    server.expect.push(Entry::own(Kind::Close).quietly());
+                    extended::write_parse(out, server_name.as_bytes(), b"SELECT NULL\0\0\0");
+                    server.expect.push(Entry::own(Kind::Parse).quietly());
+                    out.extend_from_slice(b"S\0\0\0\x04");
+                    server.expect.push(Entry::own(Kind::Sync));
+                }
+                let sql = format!("DEALLOCATE \"{server_name}\"\0");
                 out.extend_from_slice(b"Q");
                 out.extend_from_slice(&(sql.len() as u32 + 4).to_be_bytes());
                 out.extend_from_slice(sql.as_bytes());
-                server.registry.remove(&stmt.server_name);
-                server.expect.push(reply(Kind::Query));
+                server.registry.remove(&server_name);
+                // If it fails (an aborted transaction), the client keeps the statement.
+                let undo = Undo::ClientClose(name, stmt);
+                server
+                    .expect
+                    .push(reply(Kind::Query).with(None, Some(undo)));
             }
             Route::Reject(message) => {
                 let sql = format!(
@@ -265,7 +285,7 @@ impl Route {
                 out.extend_from_slice(sql.as_bytes());
                 server.expect.push(reply(Kind::Query));
             }
-            Route::Synthetic(s) => server.expect.push(Entry::Synthetic(s)),
+            Route::Synthetic(s, undo) => server.expect.push(Entry::Synthetic(s, undo)),
         }
     }
 }
@@ -276,32 +296,34 @@ fn route_one(
     client: &mut ClientSide<'_>,
     server: &mut ServerSide<'_>,
 ) -> Route {
-    let plain = |k| Route::Forward(Some(k));
+    let plain = |k| Route::Forward(Some(k), None);
     match tag {
         b'Q' => {
             // A simple Query destroys the unnamed statement (also pgtier's replacements).
             client.statements.set_unnamed(None);
             *server.unnamed_here = false;
             let sql = body.strip_suffix(b"\0").unwrap_or(body);
-            if let Some(message) = client.check_session_state(sql) {
-                return Route::Reject(message);
+            match extra_update(sql, client, server.expect) {
+                Some(update) => server.expect.param_update = Some(update),
+                None => {
+                    if let Some(message) = client.check_session_state(sql) {
+                        return Route::Reject(message);
+                    }
+                }
             }
             match session_command(sql) {
-                // The client's own protocol-level statement: drop it where it is prepared (it
-                // is prepared here first, so the server answers DEALLOCATE as Postgres would).
-                Some(SessionCommand::Deallocate(name)) => match client.statements.get(name) {
-                    Some(stmt) => {
-                        let stmt = stmt.clone();
-                        client.statements.remove(name);
-                        Route::Deallocate(stmt)
-                    }
+                // The client's own protocol-level statement: drop it on the server (see
+                // Route::Deallocate); if that fails the client keeps it, as in Postgres.
+                Some(SessionCommand::Deallocate(name)) => match client.statements.remove(name) {
+                    Some(stmt) => Route::Deallocate(name.into(), stmt),
                     None => plain(Kind::Query),
                 },
                 // These drop every statement on the server, which pgtier notices from the
-                // command tag; the client's own names are forgotten here.
+                // command tag; the client's own names are forgotten here (and come back if
+                // the server does not run it, e.g. DISCARD ALL inside a transaction block).
                 Some(SessionCommand::DeallocateAll | SessionCommand::DiscardAll) => {
-                    client.statements.clear();
-                    plain(Kind::Query)
+                    let saved = client.statements.take_all();
+                    Route::Forward(Some(Kind::Query), Some(Undo::ClientClear(saved)))
                 }
                 None => plain(Kind::Query),
             }
@@ -313,10 +335,10 @@ fn route_one(
             Some(p) => {
                 if let Some(message) = client.check_session_state(p.rest) {
                     *client.discard = true;
-                    return Route::Synthetic(Synthetic::Error(
-                        SqlState::FEATURE_NOT_SUPPORTED,
-                        message,
-                    ));
+                    return Route::Synthetic(
+                        Synthetic::Error(SqlState::FEATURE_NOT_SUPPORTED, message),
+                        None,
+                    );
                 }
                 if p.name.is_empty() {
                     client.statements.set_unnamed(Some(p.rest));
@@ -346,15 +368,19 @@ fn route_one(
         },
         b'C' => match extended::target(body) {
             // Closing a named statement only forgets the client's name: the server-side
-            // statement may be shared, and closing an unknown name is not an error.
+            // statement may be shared, and closing an unknown name is not an error. Skipped
+            // after an error in the pipeline, it leaves the statement, as in Postgres.
             Some((b'S', name)) if !name.is_empty() => {
-                client.statements.remove(name);
-                Route::Synthetic(Synthetic::CloseComplete)
+                let undo = client
+                    .statements
+                    .remove(name)
+                    .map(|stmt| Undo::ClientClose(name.into(), stmt));
+                Route::Synthetic(Synthetic::CloseComplete, undo)
             }
             _ => plain(Kind::Close),
         },
         // Flush and COPY messages owe no reply of their own.
-        _ => Route::Forward(None),
+        _ => Route::Forward(None, None),
     }
 }
 
@@ -363,7 +389,7 @@ fn route_one(
 /// 26000 (never another client's unnamed statement).
 fn unnamed(kind: Kind, client: &mut ClientSide<'_>, server: &mut ServerSide<'_>) -> Route {
     if *server.unnamed_here {
-        return Route::Forward(Some(kind));
+        return Route::Forward(Some(kind), None);
     }
     match client.statements.unnamed() {
         Some(rest) => {
@@ -372,10 +398,13 @@ fn unnamed(kind: Kind, client: &mut ClientSide<'_>, server: &mut ServerSide<'_>)
         }
         None => {
             *client.discard = true;
-            Route::Synthetic(Synthetic::Error(
-                SqlState::INVALID_SQL_STATEMENT_NAME,
-                "unnamed prepared statement does not exist".into(),
-            ))
+            Route::Synthetic(
+                Synthetic::Error(
+                    SqlState::INVALID_SQL_STATEMENT_NAME,
+                    "unnamed prepared statement does not exist".into(),
+                ),
+                None,
+            )
         }
     }
 }
@@ -388,23 +417,60 @@ fn route_parse(
     if client.statements.contains(p.name) {
         *client.discard = true;
         let name = String::from_utf8_lossy(p.name);
-        return Route::Synthetic(Synthetic::Error(
-            SqlState::DUPLICATE_PREPARED_STATEMENT,
-            format!("prepared statement \"{name}\" already exists"),
-        ));
+        return Route::Synthetic(
+            Synthetic::Error(
+                SqlState::DUPLICATE_PREPARED_STATEMENT,
+                format!("prepared statement \"{name}\" already exists"),
+            ),
+            None,
+        );
     }
     let stmt = Arc::new(Prepared::new(p.rest));
     if !client.statements.insert(p.name, stmt.clone()) {
         *client.discard = true;
-        return Route::Synthetic(Synthetic::Error(
-            SqlState::PROGRAM_LIMIT_EXCEEDED,
-            format!("pgtier: too many prepared statements for one client (limit {MAX_PER_CLIENT})"),
-        ));
+        return Route::Synthetic(
+            Synthetic::Error(
+                SqlState::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "pgtier: too many prepared statements for one client (limit {MAX_PER_CLIENT})"
+                ),
+            ),
+            None,
+        );
     }
+    // The name is the client's from now on for routing what follows in the pipeline; if the
+    // Parse fails (or is skipped after an earlier error) it is free again, as in Postgres.
     if server.registry.touch(&stmt.server_name) {
-        return Route::Synthetic(Synthetic::ParseComplete);
+        let undo = Undo::ClientParse(p.name.into(), stmt);
+        return Route::Synthetic(Synthetic::ParseComplete, Some(undo));
     }
-    Route::Parse(stmt)
+    Route::Parse(stmt.clone(), Undo::ClientPrepare(p.name.into(), stmt))
+}
+
+/// A Query that is exactly one SET/RESET of extra parameters (or RESET ALL, DISCARD ALL) with
+/// nothing of the client's before it and outside a transaction block: its effect is final once
+/// it completes, so pgtier can follow it instead of pinning the client.
+fn extra_update(sql: &[u8], client: &ClientSide<'_>, expect: &Expectations) -> Option<ExtraUpdate> {
+    if client.extras.is_empty()
+        || client.in_transaction
+        || client.pinned.is_some()
+        || expect.unsynced
+        || !expect.only_own()
+    {
+        return None;
+    }
+    if session_command(sql) == Some(SessionCommand::DiscardAll) {
+        return Some(ExtraUpdate::ResetAll);
+    }
+    let name = |n: &[u8]| client.extras.find(std::str::from_utf8(n).ok()?);
+    match param_command(sql, client.strings)? {
+        ParamCommand::Set(n, text) => Some(ExtraUpdate::Set(
+            name(n)?,
+            std::str::from_utf8(text).ok()?.into(),
+        )),
+        ParamCommand::Reset(n) => Some(ExtraUpdate::Reset(name(n)?)),
+        ParamCommand::ResetAll => Some(ExtraUpdate::ResetAll),
+    }
 }
 
 /// The message type byte of a Bind or Describe being re-sent.
@@ -416,37 +482,44 @@ fn body_frame_tag(kind: Kind) -> [u8; 1] {
 }
 
 /// Closes a pgtier statement on the server (the CloseComplete is pgtier's).
-fn close_on_server(name: &str, out: &mut BytesMut, server: &mut ServerSide<'_>) {
+fn close_on_server(
+    name: &str,
+    out: &mut BytesMut,
+    server: &mut ServerSide<'_>,
+    undo: Option<Undo>,
+) {
     extended::write_target(out, b'C', b'S', name.as_bytes());
-    server.expect.push(Entry::Server {
-        kind: Kind::Close,
-        to_client: false,
-        statement: None,
-    });
+    server.expect.push(Entry::own(Kind::Close).with(None, undo));
 }
 
 /// Prepares `stmt` on this server if it is not there yet (the reply is pgtier's).
 fn ensure_prepared(stmt: &Prepared, out: &mut BytesMut, server: &mut ServerSide<'_>) {
     if !server.registry.touch(&stmt.server_name) {
-        prepare(stmt, out, server, false);
+        prepare(stmt, out, server, None);
     }
 }
 
-/// Writes a Parse for `stmt` under its server name, evicting the least recently used
-/// statement if the registry is full.
-fn prepare(stmt: &Prepared, out: &mut BytesMut, server: &mut ServerSide<'_>, to_client: bool) {
-    if server.registry.take_stale(&stmt.server_name) {
-        close_on_server(&stmt.server_name, out, server);
-    }
-    if let Some(victim) = server.registry.insert(stmt.server_name.clone()) {
-        close_on_server(&victim, out, server);
+/// Writes a Parse for `stmt` under its server name (the client's Parse when `client` says
+/// what to undo if it fails), evicting the least recently used statements if the registry is
+/// full.
+fn prepare(stmt: &Prepared, out: &mut BytesMut, server: &mut ServerSide<'_>, client: Option<Undo>) {
+    // The server may have the name although the registry does not (an evicting Close that
+    // was skipped after an error, a statement gone stale): closing a name that does not exist
+    // is no error, so the Parse can never fail with 42P05.
+    close_on_server(&stmt.server_name, out, server, None);
+    for victim in server.registry.insert(stmt.server_name.clone()) {
+        // If this Close is skipped the statement is still there: the registry takes it back.
+        close_on_server(&victim, out, server, Some(Undo::Evict(victim.clone())));
     }
     extended::write_parse(out, stmt.server_name.as_bytes(), &stmt.rest);
-    server.expect.push(Entry::Server {
-        kind: Kind::Parse,
-        to_client,
-        statement: Some(stmt.server_name.clone()),
-    });
+    let entry = match client {
+        Some(undo) => Entry::client(Kind::Parse).with(None, Some(undo)),
+        None => {
+            let undo = Undo::Prepare(stmt.server_name.clone());
+            Entry::own(Kind::Parse).with(None, Some(undo))
+        }
+    };
+    server.expect.push(entry);
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ struct Fixture {
     registry: ServerStatements,
     expect: Expectations,
     unnamed_here: bool,
+    extras: ExtraParams,
 }
 
 impl Fixture {
@@ -23,6 +24,7 @@ impl Fixture {
             registry: ServerStatements::new(100),
             expect: Expectations::default(),
             unnamed_here: false,
+            extras: ExtraParams::default(),
         }
     }
 
@@ -37,6 +39,9 @@ impl Fixture {
                 pinned: &mut self.pinned,
                 reported: &[],
                 policy: SessionStatePolicy::Pin,
+                strings: StringSyntax::Standard,
+                extras: self.extras,
+                in_transaction: false,
             },
             &mut ServerSide {
                 registry: &mut self.registry,
@@ -104,6 +109,22 @@ fn unnamed_statements_pass_through_without_copying() {
     assert_eq!(f.expect.len(), 4);
 }
 
+/// The (tag, body) of each message in `buf`.
+fn frames(buf: &[u8]) -> Vec<(u8, &[u8])> {
+    let mut v = Vec::new();
+    let mut pos = 0;
+    while pos < buf.len() {
+        let len = u32::from_be_bytes(buf[pos + 1..pos + 5].try_into().unwrap()) as usize;
+        v.push((buf[pos], &buf[pos + 5..pos + 1 + len]));
+        pos += 1 + len;
+    }
+    v
+}
+
+fn tags(buf: &[u8]) -> String {
+    frames(buf).iter().map(|(t, _)| *t as char).collect()
+}
+
 #[test]
 fn named_statements_are_renamed_and_prepared_where_missing() {
     let mut f = Fixture::new();
@@ -113,8 +134,14 @@ fn named_statements_are_renamed_and_prepared_where_missing() {
     let scan = f.route(&buf, &mut out).unwrap();
     assert!(scan.copied);
     let server_name = f.statements.get(b"s1").unwrap().server_name.clone();
-    let parse = extended::parse(&out[5..]).unwrap();
-    assert_eq!(parse.name, server_name.as_bytes());
+    // A Close of the name first: the server may still have it (see backend::statements).
+    assert_eq!(tags(&out), "CPS");
+    let fr = frames(&out);
+    assert_eq!(&fr[0].1[1..], format!("{server_name}\0").as_bytes());
+    assert_eq!(
+        extended::parse(fr[1].1).unwrap().name,
+        server_name.as_bytes()
+    );
 
     // Another server connection: the Bind is preceded by a Parse pgtier owns.
     f.registry = ServerStatements::new(100);
@@ -122,19 +149,167 @@ fn named_statements_are_renamed_and_prepared_where_missing() {
     let bind = msg(b'B', b"\0s1\0\0\0\0\0\0\0");
     out.clear();
     f.route(&bind, &mut out).unwrap();
-    assert_eq!(out[0], b'P');
-    let plen = u32::from_be_bytes(out[1..5].try_into().unwrap()) as usize + 1;
-    assert_eq!(out[plen], b'B');
+    assert_eq!(tags(&out), "CPB");
     assert_eq!(
-        extended::bind(&out[plen + 5..]).unwrap().statement,
+        extended::bind(frames(&out)[2].1).unwrap().statement,
         server_name.as_bytes()
     );
-    assert_eq!(f.expect.len(), 2);
+    assert_eq!(f.expect.len(), 3);
 
     // Same connection again: just the renamed Bind.
     out.clear();
     f.route(&bind, &mut out).unwrap();
-    assert_eq!(out[0], b'B');
+    assert_eq!(tags(&out), "B");
+}
+
+/// Feeds server replies to the fixture's expectations; returns what reaches the client.
+fn reply(f: &mut Fixture, server: &[u8]) -> BytesMut {
+    let mut out = BytesMut::new();
+    let scan = super::super::responses::route_server(
+        server,
+        &mut Default::default(),
+        &mut f.expect,
+        &mut f.registry,
+        &mut f.statements,
+        &mut super::super::responses::ParamSync {
+            defaults: &[],
+            client: &mut Default::default(),
+            server_login: &[],
+            server: &mut Default::default(),
+        },
+        &mut out,
+    )
+    .unwrap();
+    if !scan.copied {
+        out.extend_from_slice(&server[..scan.consumed]);
+    }
+    out
+}
+
+fn error(code: &str) -> Vec<u8> {
+    msg(b'E', format!("SERROR\0C{code}\0Mx\0\0").as_bytes())
+}
+
+#[test]
+fn a_failed_parse_leaves_the_name_free_and_a_skipped_close_keeps_it() {
+    let mut f = Fixture::new();
+    let mut out = BytesMut::new();
+    // P(good) S: the server confirms it.
+    let mut buf = msg(b'P', b"good\0select 1\0\0\0");
+    buf.extend(msg(b'S', b""));
+    f.route(&buf, &mut out).unwrap();
+    let mut srv = msg(b'3', b"");
+    srv.extend(msg(b'1', b""));
+    srv.extend(msg(b'Z', b"I"));
+    assert_eq!(tags(&reply(&mut f, &srv)), "1Z");
+    // P(bad) C(good) P(bad2) S: the first Parse fails; Postgres skips the rest.
+    let mut buf = msg(b'P', b"bad\0selec 1\0\0\0");
+    buf.extend(msg(b'C', b"Sgood\0"));
+    buf.extend(msg(b'P', b"bad2\0select 2\0\0\0"));
+    buf.extend(msg(b'S', b""));
+    out.clear();
+    f.route(&buf, &mut out).unwrap();
+    assert!(!f.statements.contains(b"good"), "routing sees the Close");
+    let mut srv = msg(b'3', b""); // pgtier's Close before the Parse
+    srv.extend(error("42601"));
+    srv.extend(msg(b'Z', b"I"));
+    assert_eq!(tags(&reply(&mut f, &srv)), "EZ");
+    assert!(f.expect.is_empty());
+    assert!(!f.statements.contains(b"bad") && !f.statements.contains(b"bad2"));
+    assert!(
+        f.statements.contains(b"good"),
+        "the skipped Close did nothing"
+    );
+    let bad2 = Prepared::new(b"select 2\0\0\0");
+    assert!(
+        !f.registry.touch(&bad2.server_name),
+        "a skipped Parse prepared nothing"
+    );
+    // The failed name can be prepared again.
+    out.clear();
+    f.route(&msg(b'P', b"bad\0select 3\0\0\0"), &mut out)
+        .unwrap();
+    assert_eq!(tags(&out), "CP");
+}
+
+#[test]
+fn a_skipped_evicting_close_keeps_the_statement_known() {
+    let mut f = Fixture::new();
+    f.registry = ServerStatements::new(1);
+    let mut out = BytesMut::new();
+    let mut buf = msg(b'P', b"a\0select 1\0\0\0");
+    buf.extend(msg(b'S', b""));
+    f.route(&buf, &mut out).unwrap();
+    let mut srv = msg(b'3', b"");
+    srv.extend(msg(b'1', b""));
+    srv.extend(msg(b'Z', b"I"));
+    reply(&mut f, &srv);
+    let a = f.statements.get(b"a").unwrap().server_name.clone();
+    // An error before pgtier's Close of `a` (evicted for `b`): the Close is skipped.
+    let mut buf = msg(b'B', b"\0nope\0\0\0\0\0\0\0");
+    buf.extend(msg(b'P', b"b\0select 2\0\0\0"));
+    buf.extend(msg(b'S', b""));
+    out.clear();
+    f.route(&buf, &mut out).unwrap();
+    assert_eq!(
+        tags(&out),
+        "BCCPS",
+        "Bind, Close b, Close a (evicted), Parse b"
+    );
+    let mut srv = error("26000");
+    srv.extend(msg(b'Z', b"I"));
+    assert_eq!(tags(&reply(&mut f, &srv)), "EZ");
+    assert!(f.registry.touch(&a), "still on the server");
+    assert!(!f.statements.contains(b"b"));
+}
+
+#[test]
+fn deallocate_of_a_statement_not_on_this_server_cannot_hang() {
+    let mut f = Fixture::new();
+    let mut out = BytesMut::new();
+    // Answered without a server (see prepared::answer_parse_batch), as a client would see it.
+    let stmt = Arc::new(Prepared::new(b"selec 1\0\0\0"));
+    f.statements.insert(b"bad", stmt.clone());
+    f.route(&msg(b'Q', b"DEALLOCATE bad\0"), &mut out).unwrap();
+    assert_eq!(tags(&out), "CPSQ");
+    assert_eq!(
+        extended::parse(frames(&out)[1].1).unwrap().rest,
+        b"SELECT NULL\0\0\0",
+        "a placeholder, not the client's text"
+    );
+    assert!(!f.statements.contains(b"bad"));
+    // In an aborted transaction everything fails: one error (the DEALLOCATE's) and one
+    // ReadyForQuery reach the client, and the client keeps its statement.
+    let mut srv = error("25P02");
+    srv.extend(msg(b'Z', b"E"));
+    srv.extend(error("25P02"));
+    srv.extend(msg(b'Z', b"E"));
+    assert_eq!(tags(&reply(&mut f, &srv)), "EZ");
+    assert!(f.statements.contains(b"bad"));
+    assert!(f.expect.is_empty());
+}
+
+#[test]
+fn extra_parameters_are_followed_outside_transactions_and_pin_inside() {
+    let mut f = Fixture::new();
+    f.extras = ExtraParams::intern(&["work_mem".into()]);
+    let mut out = BytesMut::new();
+    f.route(&msg(b'Q', b"SET work_mem = '2MB'\0"), &mut out)
+        .unwrap();
+    assert_eq!(f.pinned, None);
+    assert!(matches!(
+        f.expect.param_update,
+        Some(ExtraUpdate::Set("work_mem", _))
+    ));
+    // Behind another query of the client's (it may open a transaction): pinned.
+    f.route(&msg(b'Q', b"SET work_mem = '3MB'\0"), &mut out)
+        .unwrap();
+    assert!(f.pinned.is_some());
+    // Not configured: pinned, as before.
+    let mut f = Fixture::new();
+    f.route(&msg(b'Q', b"SET work_mem = '2MB'\0"), &mut out)
+        .unwrap();
+    assert!(f.pinned.is_some() && f.expect.param_update.is_none());
 }
 
 #[test]

@@ -19,6 +19,12 @@ impl SqlState {
     pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
     /// 28000: authorization rejected.
     pub const INVALID_AUTHORIZATION: SqlState = SqlState("28000");
+    /// 42601: syntax error (admin console).
+    pub const SYNTAX_ERROR: SqlState = SqlState("42601");
+    /// 42704: no such object (admin console: unknown node).
+    pub const UNDEFINED_OBJECT: SqlState = SqlState("42704");
+    /// F0000: config file error (admin RELOAD rejected the file).
+    pub const CONFIG_FILE_ERROR: SqlState = SqlState("F0000");
     /// 3D000: unknown database.
     pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
     /// 53300: too many connections (clients or pool exhausted).

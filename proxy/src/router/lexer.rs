@@ -1,6 +1,30 @@
 //! A fast SQL lexer: words and statement separators, skipping whitespace, comments
 //! (`--`, nested `/* */`), string literals (`'...'`, `E'...'`), quoted identifiers and
 //! dollar-quoted strings. It never allocates and never fails: unterminated input just ends.
+//! Whether a backslash escapes a quote in a plain `'...'` string depends on the session's
+//! `standard_conforming_strings` ([`StringSyntax`]), as in Postgres' own lexer.
+
+/// How plain `'...'` string literals are read (the session's `standard_conforming_strings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StringSyntax {
+    /// `standard_conforming_strings = on` (the default): a backslash is an ordinary character
+    /// in `'...'`; only `E'...'` strings have escapes.
+    #[default]
+    Standard,
+    /// `standard_conforming_strings = off`: a backslash escapes the next character in `'...'`
+    /// too, so `'a\'...` does not end at the second quote.
+    BackslashEscapes,
+}
+
+impl StringSyntax {
+    /// The syntax for a `standard_conforming_strings` value (None: the default, on).
+    pub fn from_setting(value: Option<&str>) -> StringSyntax {
+        match value {
+            Some(v) if v.eq_ignore_ascii_case("off") => StringSyntax::BackslashEscapes,
+            _ => StringSyntax::Standard,
+        }
+    }
+}
 
 /// One token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,12 +42,28 @@ pub enum Token<'a> {
 pub struct Lexer<'a> {
     s: &'a [u8],
     i: usize,
+    strings: StringSyntax,
 }
 
 impl<'a> Lexer<'a> {
-    /// A lexer over `sql` (bytes; Postgres statements may be in any server encoding).
+    /// A lexer over `sql` (bytes; Postgres statements may be in any server encoding), with
+    /// standard-conforming strings.
     pub fn new(sql: &'a [u8]) -> Lexer<'a> {
-        Lexer { s: sql, i: 0 }
+        Lexer::with_syntax(sql, StringSyntax::Standard)
+    }
+
+    /// A lexer over `sql` reading plain strings as `strings` says.
+    pub fn with_syntax(sql: &'a [u8], strings: StringSyntax) -> Lexer<'a> {
+        Lexer {
+            s: sql,
+            i: 0,
+            strings,
+        }
+    }
+
+    /// Bytes of the input consumed so far (the end of the last token returned).
+    pub fn offset(&self) -> usize {
+        self.i
     }
 
     fn skip_until(&mut self, end: &[u8]) {
@@ -105,7 +145,8 @@ impl<'a> Iterator for Lexer<'a> {
                 }
                 b'\'' => {
                     self.i += 1;
-                    self.skip_quoted(b'\'', false);
+                    let escapes = self.strings == StringSyntax::BackslashEscapes;
+                    self.skip_quoted(b'\'', escapes);
                     return Some(Token::Other);
                 }
                 b'"' => {
@@ -183,5 +224,46 @@ mod tests {
             ["select", "?", "from", "t", "where", "a", "?", "?"]
         );
         assert_eq!(words("select 'unterminated"), ["select", "?"]);
+    }
+
+    fn words_with(sql: &str, strings: StringSyntax) -> Vec<String> {
+        Lexer::with_syntax(sql.as_bytes(), strings)
+            .map(|t| match t {
+                Token::Word(w) => String::from_utf8_lossy(w).into_owned(),
+                Token::Semicolon => ";".into(),
+                Token::Other => "?".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn backslashes_in_plain_strings_follow_standard_conforming_strings() {
+        use StringSyntax::*;
+        // scs on: `'a\'` is a whole string, and what follows is SQL.
+        let sql = r"SELECT 'a\'; SET search_path = x; --'";
+        assert_eq!(
+            words_with(sql, Standard),
+            ["SELECT", "?", ";", "SET", "search_path", "?", "x", ";"]
+        );
+        // scs off: `\'` escapes the quote, so everything up to the last quote is one string.
+        assert_eq!(words_with(sql, BackslashEscapes), ["SELECT", "?"]);
+        // The reverse trap: `'a\''` is `a\` plus a doubled quote with scs on (one string that
+        // runs to the end), but an escaped quote then a closing one with scs off.
+        let sql = r"SELECT 'a\'', 1; LISTEN x; --'";
+        assert_eq!(words_with(sql, Standard), ["SELECT", "?"]);
+        assert_eq!(
+            words_with(sql, BackslashEscapes),
+            ["SELECT", "?", "?", "?", ";", "LISTEN", "x", ";"]
+        );
+        // E'' strings have escapes whatever the setting.
+        for s in [Standard, BackslashEscapes] {
+            assert_eq!(
+                words_with(r"SELECT E'\'; x'; y", s),
+                ["SELECT", "?", ";", "y"]
+            );
+        }
+        assert_eq!(StringSyntax::from_setting(Some("off")), BackslashEscapes);
+        assert_eq!(StringSyntax::from_setting(Some("on")), Standard);
+        assert_eq!(StringSyntax::from_setting(None), Standard);
     }
 }

@@ -1,15 +1,79 @@
 //! Statements that leave state on the server connection that pgtier cannot carry to another
 //! one: the client must keep that server (it is pinned) until it disconnects.
 
-use super::lexer::{Lexer, Token};
+use super::lexer::{Lexer, StringSyntax, Token};
 
-/// Why a statement pins its client to the server, if it does. `reported` says whether a
-/// parameter's changes are reported by the server (those are synced instead of pinned).
+/// Why a statement pins its client to the server, if it does, with standard-conforming
+/// strings. `reported` says whether a parameter's changes are reported by the server (those
+/// are synced instead of pinned).
 pub fn pins(sql: &[u8], reported: impl Fn(&[u8]) -> bool) -> Option<&'static str> {
+    pins_in(sql, StringSyntax::Standard, reported)
+}
+
+/// Where a statement is in an `EXPLAIN` prefix: the explained statement is what runs (with
+/// ANALYZE), so it is checked as if it came alone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Explain {
+    /// Not in an EXPLAIN prefix.
+    No,
+    /// After EXPLAIN and its bare options (ANALYZE, VERBOSE).
+    Options,
+    /// Inside `EXPLAIN ( ... )` at this parenthesis depth.
+    Parens(u32),
+}
+
+/// [`pins`] for a session whose plain strings follow `strings` (its
+/// `standard_conforming_strings`): with it off, `'a\'; SET x = 1; --'` is one string.
+pub fn pins_in(
+    sql: &[u8],
+    strings: StringSyntax,
+    reported: impl Fn(&[u8]) -> bool,
+) -> Option<&'static str> {
     let mut idx = 0usize;
     let mut words: [&[u8]; 3] = [b""; 3];
     let mut prev: &[u8] = b"";
-    for tok in Lexer::new(sql) {
+    let mut explain = Explain::No;
+    let mut lx = Lexer::with_syntax(sql, strings);
+    while let Some(tok) = lx.next() {
+        let is = |a: &[u8], b: &str| a.eq_ignore_ascii_case(b.as_bytes());
+        // Skip `EXPLAIN [ANALYZE] [VERBOSE]` or `EXPLAIN (...)`, so that the statement after
+        // it starts at word 0 (EXPLAIN ANALYZE CREATE TEMP TABLE ... AS runs the CREATE).
+        // An `Other` token that is one parenthesis ends just before the lexer's position.
+        let paren = match tok {
+            Token::Other => sql.get(lx.offset().wrapping_sub(1)).copied(),
+            _ => None,
+        };
+        explain = match (explain, tok, paren) {
+            (Explain::No, Token::Word(w), _) if idx == 0 && is(w, "explain") => {
+                explain = Explain::Options;
+                continue;
+            }
+            (Explain::No, ..) => Explain::No,
+            (_, Token::Semicolon, _) => Explain::No,
+            (Explain::Options, Token::Word(w), _)
+                if ["analyze", "analyse", "verbose"].iter().any(|o| is(w, o)) =>
+            {
+                continue;
+            }
+            (Explain::Options, Token::Other, Some(b'(')) => {
+                explain = Explain::Parens(1);
+                continue;
+            }
+            (Explain::Options, ..) => Explain::No,
+            (Explain::Parens(d), _, Some(b'(')) => {
+                explain = Explain::Parens(d + 1);
+                continue;
+            }
+            (Explain::Parens(1), _, Some(b')')) => {
+                explain = Explain::Options;
+                continue;
+            }
+            (Explain::Parens(d), _, Some(b')')) => {
+                explain = Explain::Parens(d - 1);
+                continue;
+            }
+            (Explain::Parens(_), ..) => continue,
+        };
         let w = match tok {
             Token::Semicolon => {
                 idx = 0;
@@ -22,7 +86,6 @@ pub fn pins(sql: &[u8], reported: impl Fn(&[u8]) -> bool) -> Option<&'static str
             }
             Token::Word(w) => w,
         };
-        let is = |a: &[u8], b: &str| a.eq_ignore_ascii_case(b.as_bytes());
         if starts_with_ci(w, b"pg_advisory_lock") || starts_with_ci(w, b"pg_try_advisory_lock") {
             return Some("session advisory lock");
         }
@@ -154,6 +217,123 @@ fn deallocate(name: &[u8]) -> SessionCommand<'_> {
     }
 }
 
+/// A query that is exactly one change of one session parameter.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParamCommand<'a> {
+    /// `SET [SESSION] name {TO | =} value`: the name, and the statement's text (from SET to
+    /// its last token: no trailing semicolon or comment).
+    Set(&'a [u8], &'a [u8]),
+    /// `RESET name`, or `SET name TO DEFAULT`.
+    Reset(&'a [u8]),
+    /// `RESET ALL`.
+    ResetAll,
+}
+
+/// Recognises a query that is exactly one `SET`/`RESET` of one parameter (see
+/// [`ParamCommand`]); None for anything else, including `SET LOCAL` and several statements.
+pub fn param_command(sql: &[u8], strings: StringSyntax) -> Option<ParamCommand<'_>> {
+    let is = |a: &[u8], b: &str| a.eq_ignore_ascii_case(b.as_bytes());
+    // Where a word starts in `sql` (words are slices of it; a quoted one starts after its quote).
+    let at = |w: &[u8]| w.as_ptr() as usize - sql.as_ptr() as usize;
+    let mut lx = Lexer::with_syntax(sql, strings);
+    let Some(Token::Word(first)) = lx.next() else {
+        return None;
+    };
+    let reset = is(first, "reset");
+    if !reset && !is(first, "set") {
+        return None;
+    }
+    let mut tok = lx.next()?;
+    if let (false, Token::Word(w)) = (reset, tok) {
+        if is(w, "session") {
+            tok = lx.next()?;
+        }
+    }
+    let Token::Word(w) = tok else {
+        return None;
+    };
+    let mut name = w;
+    let mut tok = lx.next();
+    // A dotted (custom) name: `myapp.tenant`, unquoted.
+    while tok == Some(Token::Other) && sql.get(lx.offset() - 1) == Some(&b'.') {
+        let Some(Token::Word(part)) = lx.next() else {
+            return None;
+        };
+        if sql.get(at(part).wrapping_sub(1)) == Some(&b'"')
+            || sql.get(at(name).wrapping_sub(1)) == Some(&b'"')
+        {
+            return None;
+        }
+        name = &sql[at(name)..at(part) + part.len()];
+        tok = lx.next();
+    }
+    let mut end = lx.offset();
+    let mut value_words = 0usize;
+    let mut value_default = false;
+    if !reset {
+        match tok {
+            Some(Token::Word(w)) if is(w, "to") => {}
+            Some(Token::Other) if sql.get(lx.offset() - 1) == Some(&b'=') => {}
+            _ => return None,
+        }
+        tok = lx.next();
+        while let Some(t) = tok {
+            if t == Token::Semicolon {
+                break;
+            }
+            value_words += 1;
+            value_default = matches!(t, Token::Word(w) if is(w, "default"));
+            end = lx.offset();
+            tok = lx.next();
+        }
+        if value_words == 0 {
+            return None;
+        }
+    }
+    // Nothing but semicolons may follow.
+    while let Some(t) = tok {
+        if t != Token::Semicolon {
+            return None;
+        }
+        tok = lx.next();
+    }
+    Some(match (reset, value_words == 1 && value_default) {
+        (true, _) if is(name, "all") => ParamCommand::ResetAll,
+        (true, _) | (false, true) => ParamCommand::Reset(name),
+        (false, false) => ParamCommand::Set(name, &sql[at(first)..end]),
+    })
+}
+
+/// Whether any statement in `sql` is `RESET ALL` or `DISCARD ALL` (they reset every parameter).
+pub fn resets_all(sql: &[u8], strings: StringSyntax) -> bool {
+    let mut first: Option<&[u8]> = None;
+    let mut at_start = true;
+    for tok in Lexer::with_syntax(sql, strings) {
+        match tok {
+            Token::Semicolon => {
+                first = None;
+                at_start = true;
+                continue;
+            }
+            Token::Word(w) if at_start => match first {
+                None => {
+                    first = Some(w);
+                    continue;
+                }
+                Some(f) => {
+                    let is = |a: &[u8], b: &str| a.eq_ignore_ascii_case(b.as_bytes());
+                    if (is(f, "reset") || is(f, "discard")) && is(w, "all") {
+                        return true;
+                    }
+                }
+            },
+            _ => {}
+        }
+        at_start = false;
+    }
+    false
+}
+
 fn starts_with_ci(w: &[u8], prefix: &[u8]) -> bool {
     w.len() >= prefix.len() && w[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
@@ -192,6 +372,12 @@ mod tests {
             "DO $$ BEGIN CREATE TEMP TABLE t (a int); END $$",
             "SELECT 1; --\rSET work_mem = '1MB'",
             "WITH q AS (SELECT 1) SELECT pg_advisory_lock(1) FROM q",
+            "EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1",
+            "explain analyse verbose create temporary table t as select 1",
+            "EXPLAIN (ANALYZE, FORMAT JSON) CREATE TEMP TABLE t AS SELECT 1",
+            "EXPLAIN (ANALYZE true, BUFFERS (on)) CREATE LOCAL TEMP TABLE t AS SELECT 1",
+            "SELECT 1; EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1",
+            "EXPLAIN ANALYZE CREATE TABLE pg_temp.t AS SELECT 1",
         ] {
             assert!(check(sql).is_some(), "{sql} should pin");
         }
@@ -212,6 +398,43 @@ mod tests {
     }
 
     #[test]
+    fn param_commands() {
+        use ParamCommand::*;
+        let pc = |sql: &'static str| param_command(sql.as_bytes(), StringSyntax::Standard);
+        assert_eq!(
+            pc("  SET work_mem = '64MB'; -- bye"),
+            Some(Set(b"work_mem", b"SET work_mem = '64MB'"))
+        );
+        assert_eq!(
+            pc("set session statement_timeout to 5000"),
+            Some(Set(
+                b"statement_timeout",
+                b"set session statement_timeout to 5000"
+            ))
+        );
+        assert_eq!(
+            pc("SET myapp.tenant = 'a'"),
+            Some(Set(b"myapp.tenant", b"SET myapp.tenant = 'a'"))
+        );
+        assert_eq!(pc("SET \"work_mem\" TO DEFAULT"), Some(Reset(b"work_mem")));
+        assert_eq!(pc("RESET work_mem;"), Some(Reset(b"work_mem")));
+        assert_eq!(pc("reset all"), Some(ResetAll));
+        let ra = |sql: &str| resets_all(sql.as_bytes(), StringSyntax::Standard);
+        assert!(ra("BEGIN; RESET ALL; COMMIT") && ra("discard all"));
+        assert!(!ra("SELECT 'reset all'") && !ra("RESET work_mem") && !ra("SELECT reset, all"));
+        for sql in [
+            "SET LOCAL work_mem = '1MB'",
+            "SET work_mem = '1MB'; SELECT 1",
+            "SET work_mem",
+            "SELECT 1",
+            "SET TIME ZONE 'UTC'",
+            "RESET work_mem, x",
+        ] {
+            assert_eq!(pc(sql), None, "{sql}");
+        }
+    }
+
+    #[test]
     fn statements_that_do_not_pin() {
         for sql in [
             "SELECT 1",
@@ -229,8 +452,30 @@ mod tests {
             "INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING",
             "CREATE OR REPLACE VIEW v AS SELECT 1",
             "SELECT 'pg_temp.x'",
+            "EXPLAIN ANALYZE SELECT 1",
+            "EXPLAIN (ANALYZE, COSTS off) SELECT temp FROM t",
+            "EXPLAIN CREATE TABLE t AS SELECT 1",
         ] {
             assert_eq!(check(sql), None, "{sql} should not pin");
+        }
+    }
+
+    #[test]
+    fn backslash_strings_follow_the_clients_standard_conforming_strings() {
+        use StringSyntax::*;
+        let check_in = |sql: &str, s| pins_in(sql.as_bytes(), s, |_| false);
+        // With scs off, `\'` is an escaped quote: the SET is inside the string.
+        let hidden = r"SELECT 'a\'; SET search_path = x; --'";
+        assert!(check_in(hidden, Standard).is_some());
+        assert_eq!(check_in(hidden, BackslashEscapes), None);
+        // And the reverse: a LISTEN that only scs off shows outside the string.
+        let shown = r"SELECT 'a\'', 1; LISTEN x; --'";
+        assert_eq!(check_in(shown, Standard), None);
+        assert_eq!(check_in(shown, BackslashEscapes), Some("LISTEN"));
+        // E'' strings escape whatever the setting.
+        for s in [Standard, BackslashEscapes] {
+            assert_eq!(check_in(r"SELECT E'\'; LISTEN x; --'", s), None);
+            assert_eq!(check_in(r"SELECT E'\\'; LISTEN x; --'", s), Some("LISTEN"));
         }
     }
 }

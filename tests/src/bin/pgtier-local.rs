@@ -1,9 +1,11 @@
 //! The local demo, nothing to configure: a primary + 2 streaming replicas (the test kit),
-//! pgtier in front of them (transaction mode, reads routed to the replicas), the bundled app
-//! (`pgtier_app::serve`, in-process, through pgtier) and a short load run against it. Prints
-//! where everything listens and the load summary, then runs until Ctrl-C or --duration.
+//! pgtier in front of them (transaction mode, reads routed to the replicas, Prometheus metrics
+//! on a free port, an admin console user), the bundled app (`pgtier_app::serve`, in-process,
+//! through pgtier) and a short load run against it. Prints where everything listens and the
+//! load summary (with the share of reads pgtier served from replicas, from its metrics), then
+//! runs until Ctrl-C or --duration.
 //!
-//! `cargo run --release -p pgtier-kit --bin pgtier-local -- [--port 6432] [--duration SECS]
+//! `cargo run --release -p pgtier-kit --bin pgtier-local -- [--port 6432] [--duration 60s]
 //! [--no-load] [--load-secs 10]`
 
 use std::net::SocketAddr;
@@ -17,15 +19,16 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 const USAGE: &str =
-    "usage: pgtier-local [--port 6432] [--duration SECS] [--no-load] [--load-secs 10]
+    "usage: pgtier-local [--port 6432] [--duration 60s] [--no-load] [--load-secs 10]
   --port N        pgtier's port (default 6432 if free, else a free one)
-  --duration S    stop S seconds after everything is up, load run included (default: Ctrl-C)
+  --duration D    stop D (e.g. 90, 90s, 2m) after everything is up, load run included
+                  (default: Ctrl-C)
   --no-load       skip the load run
   --load-secs N   length of the load run (default 10; 20 users at 300 req/s)";
 
 struct Args {
     port: Option<u16>,
-    duration: Option<u64>,
+    duration: Option<Duration>,
     no_load: bool,
     load_secs: u64,
 }
@@ -54,7 +57,9 @@ fn parse_args() -> Result<Args> {
         match (a.as_str(), value) {
             ("--port", Some(v)) => out.port = Some(v.parse().context("--port takes a number")?),
             ("--duration", Some(v)) => {
-                out.duration = Some(v.parse().context("--duration takes seconds")?)
+                out.duration = Some(
+                    loadgen::parse_duration(&v).map_err(|e| anyhow::anyhow!("--duration: {e}"))?,
+                )
             }
             ("--load-secs", Some(v)) => {
                 out.load_secs = v
@@ -104,6 +109,7 @@ fn main() -> Result<()> {
         None if std::net::TcpListener::bind("127.0.0.1:6432").is_ok() => 6432,
         None => free_port()?,
     };
+    let metrics_port = free_port()?;
     eprintln!("starting a primary and 2 streaming replicas...");
     let cluster = Cluster::start(2)?;
     cluster.create_role_and_db("app", "app", "app")?;
@@ -112,9 +118,13 @@ fn main() -> Result<()> {
         .iter()
         .map(|r| format!("\"{}\"", r.addr()))
         .collect();
+    // "admin" is a console-only user (no database role): the lag monitors log in as app.
     let config = format!(
         "listen = \"127.0.0.1:{port}\"\npool_mode = \"transaction\"\n\
+         metrics_listen = \"127.0.0.1:{metrics_port}\"\n\
+         admin_users = [\"admin\"]\nmonitor_user = \"app\"\n\
          [users.app]\npassword = \"app\"\n\
+         [users.admin]\npassword = \"admin\"\n\
          [databases.app]\nprimary = \"{}\"\nreplicas = [{}]\npool_size = 20\n",
         cluster.primary().addr(),
         replicas.join(", ")
@@ -126,7 +136,8 @@ fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let result = rt.block_on(demo(&args, &cluster, &pgtier));
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let result = rt.block_on(demo(&args, &cluster, &pgtier, &metrics_url));
     // Anything still running on the runtime (there should be nothing) is cancelled here.
     rt.shutdown_timeout(Duration::from_secs(5));
 
@@ -143,7 +154,7 @@ fn main() -> Result<()> {
 
 /// Starts the app, prints the addresses, runs the load and waits for the stop; always stops
 /// the app before returning.
-async fn demo(args: &Args, cluster: &Cluster, pgtier: &Pgtier) -> Result<()> {
+async fn demo(args: &Args, cluster: &Cluster, pgtier: &Pgtier, metrics_url: &str) -> Result<()> {
     let mut stop = watch_signals()?;
     let database_url = format!("postgres://app:app@{}/app", pgtier.addr());
     eprintln!("starting the app (migrations run through pgtier)...");
@@ -152,10 +163,8 @@ async fn demo(args: &Args, cluster: &Cluster, pgtier: &Pgtier) -> Result<()> {
         _ = stop.wait_for(|s| *s) => return Ok(()),
     };
     let url = app.url();
-    let deadline = args
-        .duration
-        .map(|s| Instant::now() + Duration::from_secs(s));
-    print_addresses(cluster, pgtier, &database_url, &url);
+    let deadline = args.duration.map(|d| Instant::now() + d);
+    print_addresses(cluster, pgtier, &database_url, &url, metrics_url);
 
     let mut stopped = false;
     if !args.no_load {
@@ -163,7 +172,7 @@ async fn demo(args: &Args, cluster: &Cluster, pgtier: &Pgtier) -> Result<()> {
             "\nload run: {} s, 20 users, 300 req/s target, through the app and pgtier...",
             args.load_secs
         );
-        let opts = load_options(&url, cluster, args.load_secs);
+        let opts = load_options(&url, cluster, metrics_url, args.load_secs);
         tokio::select! {
             r = loadgen::run(&opts) => match r {
                 Ok(s) => println!("\nload summary:\n{s}"),
@@ -173,7 +182,7 @@ async fn demo(args: &Args, cluster: &Cluster, pgtier: &Pgtier) -> Result<()> {
         }
     }
     if !stopped {
-        println!("app: {url}   pgtier: psql \"{database_url}\"");
+        println!("app: {url}   pgtier: psql \"{database_url}\"   pgtier metrics: {metrics_url}");
         match deadline {
             Some(d) => println!(
                 "stopping in {} s (or Ctrl-C).",
@@ -241,14 +250,17 @@ async fn start_app(database_url: &str) -> Result<pgtier_app::AppHandle> {
     }
 }
 
-/// 20 users at 300 req/s for `secs`, with every node's DSN so the replica share is measured.
-fn load_options(url: &str, cluster: &Cluster, secs: u64) -> loadgen::Options {
+/// 20 users at 300 req/s for `secs`; pgtier's metrics give the replica share of reads, every
+/// node's DSN the secondary share of all transactions.
+fn load_options(url: &str, cluster: &Cluster, metrics_url: &str, secs: u64) -> loadgen::Options {
     let mut opts = loadgen::Options::new(url);
     opts.users = 20;
     opts.rate = Some(300.0);
     opts.duration = Duration::from_secs(secs);
     opts.tutors = 40;
     opts.students = 80;
+    opts.pgtier_metrics = Some(metrics_url.to_owned());
+    opts.pgtier_database = Some("app".to_owned());
     opts.node_dsn = std::iter::once(cluster.primary())
         .chain(cluster.replicas())
         .map(|n| {
@@ -262,11 +274,22 @@ fn load_options(url: &str, cluster: &Cluster, secs: u64) -> loadgen::Options {
     opts
 }
 
-fn print_addresses(cluster: &Cluster, pgtier: &Pgtier, database_url: &str, url: &str) {
+fn print_addresses(
+    cluster: &Cluster,
+    pgtier: &Pgtier,
+    database_url: &str,
+    url: &str,
+    metrics_url: &str,
+) {
     let n = cluster.replicas().len();
     println!();
     println!("pgtier-local is up.");
     println!("  pgtier:     psql \"{database_url}\"   (transaction mode, reads on {n} replicas)");
+    println!("  pgtier metrics: {metrics_url}   (Prometheus: routing, pools, replica lag)");
+    println!(
+        "  admin:      psql \"postgres://admin:admin@{}/pgtier\" -c 'SHOW POOLS'",
+        pgtier.addr()
+    );
     println!("  app:        {url}   (pgtier-app in-process, DATABASE_URL={database_url})");
     println!("                curl -s {url}/health");
     println!("                curl -s '{url}/tutors?limit=3'");
@@ -274,7 +297,7 @@ fn print_addresses(cluster: &Cluster, pgtier: &Pgtier, database_url: &str, url: 
         "                curl -s -X POST {url}/subjects -H 'content-type: application/json' \
          -d '{{\"name\":\"Chess\"}}'"
     );
-    println!("  metrics:    {url}/metrics");
+    println!("  app metrics: {url}/metrics");
     println!(
         "  primary:    {}   (direct, superuser {SUPERUSER}/{SUPERUSER_PASSWORD})",
         cluster.primary().addr()

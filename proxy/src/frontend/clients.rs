@@ -1,0 +1,225 @@
+//! Every logged-in client, by its pgtier-issued cancel key: where its query runs (for
+//! CancelRequest), and what the admin console and the metrics show about it (SHOW CLIENTS,
+//! cl_* columns of SHOW POOLS). State changes are relaxed atomic stores: nothing is locked on
+//! the data path except at login and logout.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rand::RngExt;
+
+use super::cancel::CancelSlot;
+use crate::backend::CancelTarget;
+use crate::clock::unix_micros;
+use crate::protocol::startup::CancelKey;
+
+/// What a client is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ClientState {
+    /// Between transactions, holding no server (transaction mode).
+    Idle = 0,
+    /// Waiting for a server connection.
+    Waiting = 1,
+    /// Running a transaction on a server (or holding one: session mode, pinned).
+    Active = 2,
+}
+
+impl ClientState {
+    fn from_u8(v: u8) -> ClientState {
+        match v {
+            1 => ClientState::Waiting,
+            2 => ClientState::Active,
+            _ => ClientState::Idle,
+        }
+    }
+
+    /// The name SHOW CLIENTS and the metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientState::Idle => "idle",
+            ClientState::Waiting => "waiting",
+            ClientState::Active => "active",
+        }
+    }
+}
+
+/// One client as the registry knows it.
+#[derive(Debug)]
+pub struct ClientEntry {
+    /// Where its query runs now, for cancel requests.
+    pub cancel: CancelSlot,
+    /// Its address.
+    pub peer: SocketAddr,
+    /// Client-facing user name.
+    pub user: Box<str>,
+    /// Client-facing database name.
+    pub database: Box<str>,
+    /// `application_name` from its startup packet.
+    pub application_name: Box<str>,
+    /// When it logged in (µs since the epoch).
+    pub connected_at: u64,
+    state: AtomicU8,
+    /// When the state last changed (µs since the epoch).
+    since: AtomicU64,
+    /// Pinned to its server (1) or not (0), see [`ClientEntry::set_pinned`].
+    pinned: AtomicU8,
+    /// Node id of the server serving it now (`NO_NODE`: none).
+    node: AtomicU8,
+}
+
+/// `ClientEntry::node` when no server serves the client.
+const NO_NODE: u8 = u8::MAX;
+
+impl ClientEntry {
+    /// What it is doing, and since when (µs since the epoch).
+    pub fn state(&self) -> (ClientState, u64) {
+        (
+            ClientState::from_u8(self.state.load(Ordering::Relaxed)),
+            self.since.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Records a state change.
+    pub fn set_state(&self, state: ClientState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+        self.since.store(unix_micros(), Ordering::Relaxed);
+    }
+
+    /// Records that the client holds its server until it disconnects.
+    pub fn set_pinned(&self) {
+        self.pinned.store(1, Ordering::Relaxed);
+    }
+
+    /// Whether the client is pinned to its server.
+    pub fn pinned(&self) -> bool {
+        self.pinned.load(Ordering::Relaxed) != 0
+    }
+
+    /// Records the server now serving the client (None when it has none): where cancels go,
+    /// and its node id (SHOW POOLS counts the client on that node's row).
+    pub fn set_server(&self, target: Option<(CancelTarget, usize)>) {
+        self.cancel.set(target.map(|t| t.0));
+        let node = target.map_or(NO_NODE, |t| t.1.min(usize::from(NO_NODE - 1)) as u8);
+        self.node.store(node, Ordering::Relaxed);
+    }
+
+    /// The node id of the server serving it now.
+    pub fn node(&self) -> Option<usize> {
+        let n = self.node.load(Ordering::Relaxed);
+        (n != NO_NODE).then_some(usize::from(n))
+    }
+}
+
+/// Who a new client is, for [`ClientRegistry::register`].
+#[derive(Debug)]
+pub struct NewClient<'a> {
+    /// Its address.
+    pub peer: SocketAddr,
+    /// Client-facing user name.
+    pub user: &'a str,
+    /// Client-facing database name.
+    pub database: &'a str,
+    /// `application_name` from its startup packet.
+    pub application_name: &'a str,
+}
+
+/// All logged-in clients.
+#[derive(Debug, Default)]
+pub struct ClientRegistry {
+    map: Mutex<HashMap<CancelKey, Arc<ClientEntry>>>,
+}
+
+/// A registered client; unregisters on drop.
+#[derive(Debug)]
+pub struct ClientHandle {
+    registry: Arc<ClientRegistry>,
+    /// The cancel key given to the client.
+    pub key: CancelKey,
+    /// What the registry knows about it.
+    pub entry: Arc<ClientEntry>,
+}
+
+impl Drop for ClientHandle {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.key);
+    }
+}
+
+impl ClientRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CancelKey, Arc<ClientEntry>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a new client under a fresh random cancel key.
+    pub fn register(self: &Arc<Self>, who: NewClient<'_>) -> ClientHandle {
+        let now = unix_micros();
+        let entry = Arc::new(ClientEntry {
+            cancel: CancelSlot::default(),
+            peer: who.peer,
+            user: who.user.into(),
+            database: who.database.into(),
+            application_name: who.application_name.into(),
+            connected_at: now,
+            state: AtomicU8::new(ClientState::Idle as u8),
+            since: AtomicU64::new(now),
+            pinned: AtomicU8::new(0),
+            node: AtomicU8::new(NO_NODE),
+        });
+        let mut rng = rand::rng();
+        let mut map = self.lock();
+        let key = loop {
+            let key = CancelKey {
+                pid: rng.random_range(1..i32::MAX),
+                secret: rng.random(),
+            };
+            if !map.contains_key(&key) {
+                break key;
+            }
+        };
+        map.insert(key, entry.clone());
+        ClientHandle {
+            registry: self.clone(),
+            key,
+            entry,
+        }
+    }
+
+    /// Where a cancel with this key should go, if the client is running a query.
+    pub fn cancel_target(&self, key: &CancelKey) -> Option<CancelTarget> {
+        self.lock().get(key)?.cancel.get()
+    }
+
+    /// Every client with its cancel key's pid (the `ptr` SHOW CLIENTS prints).
+    pub fn all(&self) -> Vec<(i32, Arc<ClientEntry>)> {
+        self.lock()
+            .iter()
+            .map(|(k, e)| (k.pid, e.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_register_change_state_and_leave() {
+        let r = Arc::new(ClientRegistry::default());
+        let h = r.register(NewClient {
+            peer: "127.0.0.1:5000".parse().unwrap(),
+            user: "u",
+            database: "d",
+            application_name: "app",
+        });
+        assert_eq!(r.all().len(), 1);
+        assert_eq!(h.entry.state().0, ClientState::Idle);
+        h.entry.set_state(ClientState::Waiting);
+        assert_eq!(r.all()[0].1.state().0, ClientState::Waiting);
+        assert!(r.cancel_target(&h.key).is_none());
+        drop(h);
+        assert!(r.all().is_empty());
+    }
+}

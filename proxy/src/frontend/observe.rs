@@ -1,0 +1,171 @@
+//! What the relay measures while it runs: bytes each way, queries answered, the time each
+//! query waited for its ReadyForQuery (histogram, and the slow-query log above
+//! `slow_query_threshold`). Two clock reads per query; the statement text is kept only while
+//! the slow-query log is on, truncated, and never with its parameters.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::prepared::ClientStatements;
+use crate::metrics::{DbMetrics, RoleLabel, Tally};
+use crate::protocol::frame::peek_header;
+
+/// Longest statement text the slow-query log prints.
+const SLOW_TEXT: usize = 200;
+
+/// Who and where, for the slow-query log.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Context<'a> {
+    /// Client-facing database.
+    pub database: &'a str,
+    /// Client-facing user.
+    pub user: &'a str,
+    /// The serving node.
+    pub node: &'a crate::config::NodeAddr,
+}
+
+/// Measures one relay run.
+pub(crate) struct Observer<'a> {
+    metrics: &'a DbMetrics,
+    role: RoleLabel,
+    slow: Option<Duration>,
+    context: Context<'a>,
+    /// When the oldest unanswered query was sent.
+    started: Option<Instant>,
+    /// Its text (slow-query log on only).
+    text: Option<String>,
+    /// What the run did so far.
+    pub tally: Tally,
+}
+
+impl<'a> Observer<'a> {
+    /// An observer for a run on a node of `role`.
+    pub fn new(
+        metrics: &'a DbMetrics,
+        role: RoleLabel,
+        slow: Option<Duration>,
+        context: Context<'a>,
+    ) -> Observer<'a> {
+        Observer {
+            metrics,
+            role,
+            slow,
+            context,
+            started: None,
+            text: None,
+            tally: Tally::default(),
+        }
+    }
+
+    /// Client bytes went to the server: `client` as the client sent them (before renaming),
+    /// `forwarded` bytes in all; `owed_before`/`owed_after`: replies owed before and after.
+    pub fn sent(
+        &mut self,
+        client: &[u8],
+        forwarded: usize,
+        (owed_before, owed_after): (u32, u32),
+        statements: &ClientStatements,
+    ) {
+        self.tally.received += forwarded as u64;
+        if owed_before == 0 && owed_after > 0 {
+            self.started = Some(Instant::now());
+            if self.slow.is_some() {
+                self.text = statement_text(client, statements);
+            }
+        }
+    }
+
+    /// Server bytes went to the client; `ready`: ReadyForQuery among them; `owed`: replies
+    /// still owed after them.
+    pub fn answered(&mut self, bytes: usize, ready: u32, owed: u32) {
+        self.tally.sent += bytes as u64;
+        if ready == 0 {
+            return;
+        }
+        self.tally.queries += u64::from(ready);
+        let Some(start) = self.started else { return };
+        let now = Instant::now();
+        let took = now - start;
+        self.tally.query_time += took;
+        self.metrics.query(self.role, took);
+        if self.slow.is_some_and(|t| took >= t) {
+            warn!(
+                database = self.context.database,
+                user = self.context.user,
+                node = %self.context.node,
+                duration_ms = took.as_secs_f64() * 1000.0,
+                statement = self.text.as_deref().unwrap_or("(unknown)"),
+                "slow query"
+            );
+        }
+        // The next query in a pipeline is timed from here.
+        self.started = (owed > 0).then_some(now);
+    }
+
+    /// The server sent an error with this SQLSTATE.
+    pub fn error(&self, sqlstate: &str) {
+        self.metrics.error(sqlstate);
+    }
+}
+
+/// The first statement in a batch of client messages, for the slow-query log: a Query's text,
+/// a Parse's text, or the text of the prepared statement a Bind executes (parameters are never
+/// read).
+fn statement_text(batch: &[u8], statements: &ClientStatements) -> Option<String> {
+    let h = peek_header(batch, usize::MAX).ok()??;
+    let body = batch.get(5..h.frame_len().min(batch.len()))?;
+    let prepared;
+    let text = match h.tag {
+        b'Q' => body.split(|&b| b == 0).next()?,
+        b'P' => body.split(|&b| b == 0).nth(1)?,
+        b'B' => {
+            let name = body.split(|&b| b == 0).nth(1)?;
+            let rest = if name.is_empty() {
+                statements.unnamed()
+            } else {
+                statements.get(name).map(|p| &p.rest[..])
+            };
+            let Some(rest) = rest else {
+                let name = String::from_utf8_lossy(name);
+                return Some(format!("(execute prepared statement \"{name}\")"));
+            };
+            prepared = rest;
+            prepared.split(|&b| b == 0).next()?
+        }
+        _ => return None,
+    };
+    let text = String::from_utf8_lossy(text);
+    let mut end = text.len().min(SLOW_TEXT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(text[..end].to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::test_frame;
+
+    #[test]
+    fn statement_text_reads_query_parse_and_bind_but_not_parameters() {
+        let none = ClientStatements::default();
+        let q = test_frame(b'Q', b"SELECT 1\0");
+        assert_eq!(statement_text(&q, &none).as_deref(), Some("SELECT 1"));
+        let p = test_frame(b'P', b"s1\0SELECT $1\0\0\0");
+        assert_eq!(statement_text(&p, &none).as_deref(), Some("SELECT $1"));
+        let b = test_frame(b'B', b"\0s1\0\0\0\0\x01\0\0\0\x06secret\0\0");
+        let text = statement_text(&b, &none).unwrap();
+        assert!(text.contains("s1") && !text.contains("secret"), "{text}");
+        let mut known = ClientStatements::default();
+        known.insert(
+            b"s1",
+            std::sync::Arc::new(crate::frontend::prepared::Prepared::new(b"SELECT $1\0\0\0")),
+        );
+        assert_eq!(statement_text(&b, &known).as_deref(), Some("SELECT $1"));
+        let long = test_frame(b'Q', format!("SELECT '{}'\0", "é".repeat(300)).as_bytes());
+        assert!(statement_text(&long, &none).unwrap().len() <= SLOW_TEXT);
+    }
+}

@@ -1,0 +1,282 @@
+//! One client from accept to close: login, the welcome (ParameterStatus, BackendKeyData,
+//! ReadyForQuery), then the loop that waits for a request, checks out a server (transaction
+//! mode: per transaction; session mode: once) and relays.
+//!
+//! - `open`: from accept to a logged-in session (login, welcome, registration).
+//! - `routing`: where each unit goes, server checkout (PAUSE, pool wait), the causal token.
+//! - `run`: one relay run on a server and what its end means for client and server.
+//! - `wait`: the idle wait for the client's next request.
+
+mod open;
+mod routing;
+mod run;
+mod wait;
+
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+use crate::backend::params::ParamChanges;
+use crate::backend::pool::ServerParams;
+use crate::backend::{PoolError, Upstream};
+use crate::cluster::Lsn;
+use crate::config::PoolMode;
+use crate::frontend::clients::{ClientHandle, ClientState, NewClient};
+use crate::frontend::farewell::{farewell, pool_farewell};
+use crate::frontend::listener::ClientGuard;
+use crate::frontend::login::{login, Login, LoginError};
+use crate::frontend::observe::{self, Observer};
+use crate::frontend::prepared::answer_parse_batch;
+use crate::frontend::prepared::ClientStatements;
+use crate::frontend::relay::{self, Limits, Outcome, Violation, BUF_SIZE};
+use crate::frontend::target::{self, Serving, TargetError};
+use crate::frontend::units::{self, UnitContext};
+use crate::metrics::{ReasonLabel, RoleLabel};
+use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
+use crate::protocol::messages::{
+    auth_ok, backend_key_data, parameter_status, ready_for_query, TxStatus,
+};
+use crate::protocol::SqlState;
+use crate::proxy::{DbRuntime, Proxy};
+use crate::router::commands;
+use crate::router::route::{ClientRouting, DecidedBy, Route, Router, Target, UnitInfo};
+use crate::shutdown::{Phase, ShutdownWatch};
+
+pub use open::handle;
+
+/// Longest wait for the DISCARD ALL that resets a server after a session.
+const DISCARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest wait for the primary's WAL position after a write transaction.
+const CAUSAL_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Message for clients closed by shutdown.
+const SHUTDOWN_MESSAGE: &str =
+    "terminating connection due to administrator command (pgtier is shutting down)";
+
+/// Message for clients closed by an admin KILL.
+const KILL_MESSAGE: &str =
+    "terminating connection due to administrator command (pgtier admin KILL of this database)";
+
+/// How a run on one server ended.
+enum Ran {
+    /// The transaction is over; maybe with client bytes to route anew.
+    Done(Option<BytesMut>),
+    /// A read failed on a replica before anything reached the client: run it again.
+    RetryRead,
+}
+
+/// A logged-in client.
+struct Session {
+    stream: TcpStream,
+    /// Pools of the client's (database, user), one per node.
+    upstream: Arc<Upstream>,
+    /// The database's router, limits, counters and admin state (shared by its clients, so
+    /// an idle client's state stays small).
+    runtime: Arc<DbRuntime>,
+    proxy: Arc<Proxy>,
+    /// The config snapshot `upstream` and `runtime` come from.
+    generation: u64,
+    /// The database's KILL count at login: a higher count closes the client.
+    kills_seen: u64,
+    /// Why the current transaction went where it went.
+    reason: ReasonLabel,
+    /// Routing state: override, causal token, borrowed token.
+    routing: ClientRouting,
+    /// A write transaction's WAL position could not be read: the next read needs it first.
+    causal_unknown: bool,
+    /// The client's registry entry and cancel key.
+    client: ClientHandle,
+    /// Counts the client against `max_client_conn` until the session ends.
+    _guard: ClientGuard,
+    /// The client's named prepared statements.
+    statements: ClientStatements,
+    /// The client's tracked parameters, as changes from `defaults`.
+    params: ParamChanges,
+    /// The pool's default parameter values.
+    defaults: ServerParams,
+    /// Why the client holds its server until it disconnects (session state on it), if it does.
+    pinned: Option<&'static str>,
+    shutdown: ShutdownWatch,
+}
+
+impl Session {
+    /// Serves the client until it leaves.
+    async fn run(mut self, held: Option<Serving>) {
+        let reason = self.serve(held).await;
+        info!(peer = %self.client.entry.peer, user = %self.user(), database = %self.database(), reason, "client disconnected");
+    }
+
+    /// Runs until the client leaves; returns why it ended (for the log).
+    async fn serve(&mut self, held: Option<Serving>) -> &'static str {
+        // Boxed (session mode only) so that the idle task does not reserve room for it.
+        let mut held = held.map(Box::new);
+        // Client bytes a relay handed back (a unit that needs another server).
+        // Boxed: it is a local of every idle client's task, and rarely used.
+        let mut pending: Option<Box<BytesMut>> = None;
+        loop {
+            let first = match pending.take() {
+                Some(buf) => *buf,
+                // Boxed too: a nested future is laid out twice in its caller's state, and this
+                // one is the state of every idle client. The allocation is small and per request.
+                None => match Box::pin(self.next_request()).await {
+                    Ok(buf) => buf,
+                    Err(reason) => return reason,
+                },
+            };
+            if held.is_none() {
+                if let Err(reason) = self.refresh().await {
+                    return reason;
+                }
+                if let Some(reply) = answer_parse_batch(&first, &mut self.statements) {
+                    if self.stream.write_all(&reply).await.is_err() {
+                        return "client closed";
+                    }
+                    continue;
+                }
+                if let Some(reply) = self.answer_pgtier_statement(&first) {
+                    if self.stream.write_all(&reply).await.is_err() {
+                        return "client closed";
+                    }
+                    continue;
+                }
+            }
+            // Boxed so that an idle client's task does not carry the state of a transaction
+            // (pool wait, relay): it is allocated only while one runs.
+            match Box::pin(self.transaction(first, held.take().map(|b| *b))).await {
+                Ok(leftover) => pending = leftover.map(Box::new),
+                Err(reason) => return reason,
+            }
+        }
+    }
+
+    /// Answers a query that is exactly one pgtier statement (`SHOW pgtier.causal_lsn`...).
+    fn answer_pgtier_statement(&mut self, buf: &[u8]) -> Option<BytesMut> {
+        let h = peek_header(buf, usize::MAX).ok()??;
+        if h.tag != b'Q' || buf.len() != h.frame_len() {
+            return None;
+        }
+        let body = &buf[5..];
+        let cmd = commands::command(body.strip_suffix(&[0]).unwrap_or(body))?;
+        let mut out = BytesMut::new();
+        super::local::answer(cmd, &mut self.routing, &mut out);
+        Some(out)
+    }
+
+    /// Runs one transaction (session mode: the rest of the session) on a server connection;
+    /// returns client bytes to route anew, if the relay held some back.
+    async fn transaction(
+        &mut self,
+        mut first: BytesMut,
+        mut held: Option<Serving>,
+    ) -> Result<Option<BytesMut>, &'static str> {
+        let mut retried = false;
+        loop {
+            let serving = match held.take() {
+                Some(s) => s,
+                None => self.serve_target(&first).await?,
+            };
+            // A read on a replica may run again elsewhere if that replica fails it before
+            // anything reaches the client: keep its bytes until then.
+            let copy = (serving.on_replica && !retried).then(|| first.clone());
+            match self.run_on(serving, first).await? {
+                Ran::Done(leftover) => return Ok(leftover),
+                Ran::RetryRead => {
+                    retried = true;
+                    first = copy.expect("kept for a retry");
+                }
+            }
+        }
+    }
+
+    /// The client's user name.
+    fn user(&self) -> &str {
+        &self.upstream.pools()[0].id().user
+    }
+
+    /// The client-facing database name.
+    fn database(&self) -> &str {
+        self.upstream.database()
+    }
+
+    /// Whether each unit is routed on its own (replicas to route to, transaction mode, not
+    /// pinned).
+    fn routes(&self) -> bool {
+        self.router().splits() && !self.holds_server()
+    }
+
+    /// Whether the client keeps its server between transactions (session mode, or pinned).
+    fn holds_server(&self) -> bool {
+        self.limits().mode == PoolMode::Session || self.pinned.is_some()
+    }
+
+    /// The database's router.
+    fn router(&self) -> &Arc<Router> {
+        &self.runtime.router
+    }
+
+    /// The limits of the database's clients.
+    fn limits(&self) -> &Limits {
+        &self.runtime.limits
+    }
+
+    /// Between transactions: closes the client if an admin KILLed its database, and moves it
+    /// to the current config snapshot if a reload happened (its pools, router and limits).
+    async fn refresh(&mut self) -> Result<(), &'static str> {
+        if self.runtime.control.kills() != self.kills_seen {
+            self.close(SqlState::ADMIN_SHUTDOWN, KILL_MESSAGE).await;
+            return Err("admin KILL");
+        }
+        if self.proxy.generation() == self.generation {
+            return Ok(());
+        }
+        let snapshot = self.proxy.snapshot();
+        let id = self.upstream.id().clone();
+        let (Some(db), Some(user)) = (
+            snapshot.settings.databases.get(&id.database),
+            snapshot.settings.users.get(&id.user),
+        ) else {
+            let message = format!(
+                "terminating connection: database \"{}\" or user \"{}\" was removed from pgtier's configuration",
+                id.database, id.user
+            );
+            self.close(SqlState::ADMIN_SHUTDOWN, &message).await;
+            return Err("removed by reload");
+        };
+        let Some(runtime) = snapshot.databases.get(&id.database) else {
+            return Err("removed by reload");
+        };
+        self.upstream = self.proxy.upstream_for(db, user);
+        if !Arc::ptr_eq(&self.runtime.router, &runtime.router) {
+            // Its classifier may differ: prepared statements are classified again.
+            self.statements.reclassify();
+        }
+        self.runtime = runtime.clone();
+        self.generation = snapshot.generation;
+        // Rules may have changed: which apply to this client is computed again at routing.
+        self.routing.rules_on = 0;
+        self.routing.rules_primary = 0;
+        let app = self
+            .params
+            .get("application_name")
+            .or_else(|| crate::backend::params::lookup(&self.defaults, "application_name"))
+            .unwrap_or("")
+            .to_owned();
+        let router = self.runtime.router.clone();
+        router.refresh_client(&mut self.routing, &id.user, &app);
+        Ok(())
+    }
+
+    async fn close(&mut self, code: SqlState, message: &str) {
+        // Boxed: rare, and it keeps the idle task small.
+        Box::pin(farewell(&mut self.stream, code, message)).await;
+    }
+}

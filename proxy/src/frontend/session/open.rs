@@ -1,0 +1,184 @@
+//! From accept to a logged-in session: login (or the admin console, or a cancel request), the
+//! welcome (ParameterStatus, BackendKeyData, ReadyForQuery), registration, and the session's
+//! own task.
+
+use super::*;
+
+/// Serves one accepted connection to the end.
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    guard: ClientGuard,
+) {
+    let _ = stream.set_nodelay(true);
+    let settings = proxy.settings();
+    // Boxed, like the first server connection below: their state is large and freed once they
+    // are done, so an idle client's task stays small.
+    let (user, db, startup_params) =
+        match Box::pin(login(&mut stream, peer, &settings, &guard, proxy.phase())).await {
+            Ok(Login::Client { user, db, params }) => (user, db, params),
+            Ok(Login::Admin { user }) => {
+                let mut welcome = BytesMut::with_capacity(64);
+                auth_ok(&mut welcome);
+                ready_for_query(&mut welcome, TxStatus::Idle);
+                if stream.write_all(&welcome).await.is_ok() {
+                    Box::pin(crate::admin::serve(&proxy, &mut stream)).await;
+                }
+                info!(%peer, user = %user.name, "admin console client disconnected");
+                return;
+            }
+            Ok(Login::Cancel(key)) => {
+                drop(guard);
+                Box::pin(proxy.forward_cancel(key)).await;
+                return;
+            }
+            Err(LoginError::Io(_)) => return,
+            Err(e) => {
+                info!(%peer, error = %e, "login refused");
+                Box::pin(farewell(&mut stream, e.sqlstate(), &e.to_string())).await;
+                return;
+            }
+        };
+    let Some(runtime) = proxy.database(&db.name) else {
+        // Removed by a reload while this client logged in.
+        Box::pin(farewell(
+            &mut stream,
+            SqlState::INVALID_CATALOG_NAME,
+            &format!("database \"{}\" is not configured in pgtier", db.name),
+        ))
+        .await;
+        return;
+    };
+    let generation = settings_generation(&proxy, &settings);
+    let upstream = proxy.upstream_for(db, user);
+    let router = runtime.router.clone();
+    let params = match Box::pin(welcome_params(&upstream, &router)).await {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(%peer, database = %db.name, error = %e, "no server connection");
+            Box::pin(pool_farewell(&mut stream, &e)).await;
+            return;
+        }
+    };
+    // Session mode holds one server (on the primary) for the whole session, taken now.
+    let held = match db.pool.mode {
+        PoolMode::Session => {
+            match Box::pin(target::checkout(
+                &router,
+                &upstream,
+                &db.name,
+                Target::Primary,
+            ))
+            .await
+            {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    warn!(%peer, database = %db.name, error = %e, "no server connection");
+                    Box::pin(target_farewell(&mut stream, &e)).await;
+                    return;
+                }
+            }
+        }
+        PoolMode::Transaction => None,
+    };
+    let app_name = startup_params
+        .iter()
+        .find(|(k, _)| *k == "application_name")
+        .map_or("", |(_, v)| v.as_str());
+    let client = proxy.client_registry().register(NewClient {
+        peer,
+        user: &user.name,
+        database: &db.name,
+        application_name: app_name,
+    });
+    if held.is_some() {
+        client.entry.set_state(ClientState::Active);
+    }
+    let mut welcome = BytesMut::with_capacity(512);
+    auth_ok(&mut welcome);
+    // The client's startup values of tracked parameters are its session's values: shown now,
+    // and set on every server that serves it.
+    let mut client_params = ParamChanges::default();
+    for (k, v) in &startup_params {
+        client_params.set(&params, k, v);
+    }
+    for (k, v) in params.iter() {
+        parameter_status(&mut welcome, k, client_params.get(k).unwrap_or(v));
+    }
+    backend_key_data(&mut welcome, client.key.pid, client.key.secret);
+    ready_for_query(&mut welcome, TxStatus::Idle);
+    if stream.write_all(&welcome).await.is_err() {
+        return;
+    }
+    drop(welcome);
+    // The rules whose users / application_names match the client (its application_name is
+    // looked at again whenever it is routed).
+    let routing = router.client_routing(
+        &user.name,
+        client_params
+            .get("application_name")
+            .or_else(|| crate::backend::params::lookup(&params, "application_name"))
+            .unwrap_or(""),
+    );
+    let kills_seen = runtime.control.kills();
+    let session = Session {
+        stream,
+        upstream,
+        runtime,
+        proxy: proxy.clone(),
+        generation,
+        kills_seen,
+        reason: ReasonLabel::Unrouted,
+        routing,
+        causal_unknown: false,
+        client,
+        _guard: guard,
+        statements: ClientStatements::default(),
+        params: client_params,
+        defaults: params,
+        // Session mode holds the server anyway: nothing to classify, nothing to reject.
+        pinned: (db.pool.mode == PoolMode::Session).then_some("session mode"),
+        shutdown: proxy.shutdown_watch(),
+    };
+    // The session runs in a task of its own, so that an idle client costs only the session's
+    // state, not what login needed.
+    tokio::spawn(session.run(held));
+}
+
+/// The parameters shown to a new client: those of the primary's pool, else of any node.
+async fn welcome_params(upstream: &Upstream, router: &Router) -> Result<ServerParams, PoolError> {
+    let primary = router.topology().view().primary;
+    let order = primary
+        .into_iter()
+        .chain((0..upstream.pools().len()).filter(|&i| Some(i) != primary));
+    let mut last = None;
+    for i in order {
+        match upstream.node(i).server_params().await {
+            Ok(p) => return Ok(p),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("a database has at least one node"))
+}
+
+/// Tells the client why it gets no server, then closes.
+pub(super) async fn target_farewell(stream: &mut TcpStream, e: &TargetError) {
+    match e {
+        TargetError::Pool(e) => pool_farewell(stream, e).await,
+        TargetError::NoPrimary { .. } => {
+            farewell(stream, SqlState::NO_PRIMARY, &e.to_string()).await
+        }
+    }
+}
+
+/// The generation of the snapshot `settings` came from (a reload may have happened since;
+/// then the session refreshes at its first request).
+fn settings_generation(proxy: &Proxy, settings: &Arc<crate::config::Settings>) -> u64 {
+    let snapshot = proxy.snapshot();
+    if Arc::ptr_eq(&snapshot.settings, settings) {
+        snapshot.generation
+    } else {
+        u64::MAX
+    }
+}

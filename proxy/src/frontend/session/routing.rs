@@ -1,0 +1,165 @@
+//! Where each unit of a client goes, checking out its server (after any admin PAUSE, counting
+//! the pool wait), and the client's causal token after write transactions.
+
+use super::open::target_farewell;
+use super::*;
+
+impl Session {
+    /// Where the unit at the start of `first` goes, and why.
+    pub(super) fn target_of(&mut self, first: &[u8]) -> Route {
+        if !self.router().splits() || self.holds_server() {
+            return Route {
+                target: Target::Primary,
+                by: DecidedBy::Default,
+            };
+        }
+        if !self.router().rules().is_empty() {
+            // The client's current application_name (SET tracks it) selects the rules that
+            // apply; the relay's routing gate sees the same through `self.routing`.
+            let app = self
+                .params
+                .get("application_name")
+                .or_else(|| crate::backend::params::lookup(&self.defaults, "application_name"))
+                .unwrap_or("");
+            let user = &self.upstream.pools()[0].id().user;
+            self.router()
+                .clone()
+                .refresh_client(&mut self.routing, user, app);
+        }
+        let classifier = self.router().classifier();
+        let unit = units::scan(
+            first,
+            self.limits().max_message,
+            &UnitContext {
+                classifier: &classifier,
+                rules: self.router().rule_set(),
+                statements: &self.statements,
+                reported: &self.defaults,
+            },
+        );
+        let info = if unit.len.is_some() {
+            unit.info
+        } else {
+            UnitInfo::write()
+        };
+        self.router().route(&info, &self.routing)
+    }
+
+    /// Checks out a server for the unit at the start of `first`.
+    pub(super) async fn serve_target(&mut self, first: &[u8]) -> Result<Serving, &'static str> {
+        let mut route = self.target_of(first);
+        if self.causal_unknown && matches!(route.target, Target::Replica { .. }) {
+            self.refresh_causal().await?;
+            route = self.target_of(first);
+            if self.causal_unknown {
+                route.target = Target::Primary;
+            }
+        }
+        let serving = self.checkout(route.target).await?;
+        self.reason = if !self.routes() {
+            ReasonLabel::Unrouted
+        } else if matches!(route.target, Target::Replica { .. }) && !serving.on_replica {
+            ReasonLabel::Fallback
+        } else {
+            match route.by {
+                DecidedBy::CertainWrite | DecidedBy::TooManyStatements => ReasonLabel::Write,
+                DecidedBy::SessionState => ReasonLabel::SessionState,
+                DecidedBy::Hint(_) => ReasonLabel::Hint,
+                DecidedBy::RouteMode(_) => ReasonLabel::RouteMode,
+                DecidedBy::Rule(_) => ReasonLabel::Rule,
+                DecidedBy::Default => ReasonLabel::Classified,
+            }
+        };
+        Ok(serving)
+    }
+
+    /// Learns the primary's current WAL position, when the one after the client's last write
+    /// could not be read (any later position covers that write).
+    pub(super) async fn refresh_causal(&mut self) -> Result<(), &'static str> {
+        let mut serving = self.checkout(Target::Primary).await?;
+        if let Some(lsn) = wal_insert_lsn(&mut serving).await {
+            self.routing.causal = self.routing.causal.max(lsn);
+            self.causal_unknown = false;
+            serving.server.release();
+        }
+        Ok(())
+    }
+
+    /// After a write transaction: the primary's WAL position becomes the client's causal token,
+    /// reported to the client as ParameterStatus `pgtier.causal_lsn`.
+    pub(super) async fn advance_causal(
+        &mut self,
+        serving: &mut Serving,
+    ) -> Result<(), &'static str> {
+        let Some(lsn) = wal_insert_lsn(serving).await else {
+            // The connection is in doubt (it is closed below); the next read asks again.
+            self.causal_unknown = true;
+            return Ok(());
+        };
+        self.routing.causal = self.routing.causal.max(lsn);
+        if self.router().settings().report_causal_lsn {
+            let mut msg = BytesMut::with_capacity(40);
+            parameter_status(
+                &mut msg,
+                "pgtier.causal_lsn",
+                &self.routing.causal.to_string(),
+            );
+            if self.stream.write_all(&msg).await.is_err() {
+                return Err("client closed");
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn checkout(&mut self, target: Target) -> Result<Serving, &'static str> {
+        let router = self.router().clone();
+        let upstream = self.upstream.clone();
+        let runtime = self.runtime.clone();
+        let entry = self.client.entry.clone();
+        entry.set_state(ClientState::Waiting);
+        let started = tokio::time::Instant::now();
+        let wait = upstream.node(0).settings().query_wait_timeout;
+        if runtime.control.is_paused() && !runtime.control.wait_resumed(wait).await {
+            entry.set_state(ClientState::Idle);
+            let message = format!(
+                "pgtier: database \"{}\" is paused (admin PAUSE) and was not resumed within query_wait_timeout ({wait:?})",
+                self.database()
+            );
+            self.close(SqlState::TOO_MANY_CONNECTIONS, &message).await;
+            return Err("paused");
+        }
+        let result = tokio::select! {
+            r = target::checkout(&router, &upstream, self.upstream.database(), target) => match r {
+                Ok(c) => Ok(c),
+                Err(e) => {
+                    warn!(database = %self.database(), error = %e, "no server connection for client");
+                    target_farewell(&mut self.stream, &e).await;
+                    Err("no server connection")
+                }
+            },
+            _ = self.shutdown.reached(Phase::Closing) => {
+                self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;
+                Err("shutdown")
+            }
+        };
+        runtime.metrics.pool_wait(started.elapsed());
+        entry.set_state(if result.is_ok() {
+            ClientState::Active
+        } else {
+            ClientState::Idle
+        });
+        result
+    }
+}
+
+/// The primary's WAL insert position, read on the connection that just committed (None if the
+/// query failed: the connection must then be closed, not released).
+async fn wal_insert_lsn(serving: &mut Serving) -> Option<Lsn> {
+    let value = serving
+        .server
+        .conn()
+        .query_value("SELECT pg_current_wal_insert_lsn()", CAUSAL_PROBE_TIMEOUT)
+        .await
+        .ok()??;
+    value.parse().ok()
+}

@@ -1,0 +1,145 @@
+//! One relay run on a server connection, and what its end means: release, retry a read
+//! elsewhere, or close the client with the right error.
+
+use super::*;
+
+impl Session {
+    /// Relays on `serving` until its transaction ends.
+    pub(super) async fn run_on(
+        &mut self,
+        mut serving: Serving,
+        first: BytesMut,
+    ) -> Result<Ran, &'static str> {
+        let started = tokio::time::Instant::now();
+        let server = &mut serving.server;
+        let entry = self.client.entry.clone();
+        entry.set_server(Some((server.conn().cancel_target(), serving.node)));
+        entry.set_state(ClientState::Active);
+        let was_pinned = self.pinned.is_some();
+        let runtime = self.runtime.clone();
+        let classifier = runtime.router.classifier();
+        let track_writes = runtime.router.splits() && !self.holds_server();
+        let role = if serving.on_replica {
+            RoleLabel::Replica
+        } else {
+            RoleLabel::Primary
+        };
+        let node = self.upstream.node(serving.node).clone();
+        let upstream = self.upstream.clone();
+        let kills_seen = self.kills_seen;
+        let killed = || runtime.control.kills() != kills_seen;
+        let observer = Observer::new(
+            &runtime.metrics,
+            role,
+            runtime.limits.slow_query,
+            observe::Context {
+                database: upstream.database(),
+                user: &upstream.id().user,
+                node: node.node(),
+            },
+        );
+        let end = relay::run(
+            &mut self.stream,
+            relay::ClientState {
+                statements: &mut self.statements,
+                params: &mut self.params,
+                defaults: &self.defaults,
+                pinned: &mut self.pinned,
+                classifier: &classifier,
+                rules: runtime.router.rule_set(),
+                routing: self.routing,
+                on_replica: serving.on_replica,
+                track_writes,
+                observer,
+                killed: &killed,
+            },
+            server.conn().io(),
+            first,
+            *runtime.limits,
+            &self.shutdown,
+        )
+        .await;
+        drop(classifier);
+        entry.set_server(None);
+        runtime
+            .metrics
+            .transaction(role, self.reason, &end.tally, started.elapsed());
+        if let (Some(reason), false) = (self.pinned, was_pinned) {
+            entry.set_pinned();
+            self.proxy
+                .metrics()
+                .pins
+                .with_label_values(&[self.database()])
+                .inc();
+            info!(peer = %entry.peer, user = %self.user(), reason, "client pinned to its server connection until it disconnects");
+        }
+        if !self.holds_server() {
+            entry.set_state(ClientState::Idle);
+        }
+        let (code, message, reason) = match end.outcome {
+            Outcome::Idle => {
+                if end.wrote && !serving.on_replica && self.router().splits() && !self.holds_server() {
+                    self.advance_causal(&mut serving).await?;
+                }
+                if self.shutdown.phase() < Phase::Draining {
+                    serving.server.release();
+                    return Ok(Ran::Done((!end.leftover.is_empty()).then_some(end.leftover)));
+                }
+                self.give_back(serving).await;
+                self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;
+                return Err("shutdown");
+            }
+            Outcome::ClientGone { server_clean } => {
+                if server_clean {
+                    self.give_back(serving).await;
+                }
+                return Err("client closed");
+            }
+            Outcome::ClientViolation(v) => {
+                drop(serving);
+                self.violation(v).await;
+                return Err("protocol violation");
+            }
+            Outcome::ServerGone(e) => {
+                warn!(database = %self.database(), node = %self.upstream.node(serving.node).node(), error = %e, retryable = end.retryable, on_replica = serving.on_replica, "server connection lost");
+                self.router().topology().report_failure(serving.node);
+                if serving.on_replica && end.retryable {
+                    info!(database = %self.database(), "read failed on a replica before any reply: retrying it once elsewhere");
+                    return Ok(Ran::RetryRead);
+                }
+                (
+                    SqlState::CONNECTION_FAILURE,
+                    "pgtier: server connection lost",
+                    "server connection lost",
+                )
+            }
+            Outcome::IdleInTransaction => (
+                SqlState::IDLE_IN_TRANSACTION_TIMEOUT,
+                "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)",
+                "idle_transaction_timeout",
+            ),
+            Outcome::Shutdown => (SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE, "shutdown"),
+            Outcome::Killed => (SqlState::ADMIN_SHUTDOWN, KILL_MESSAGE, "admin KILL"),
+            Outcome::SyncFailed(code, message) => {
+                // Postgres refuses such a value at startup; the client gets the same, late.
+                drop(serving);
+                warn!(database = %self.database(), %code, %message, "a session parameter of the client was rejected by the server");
+                let text = format!("invalid session parameter (from the startup packet or SET): {message}");
+                self.close(SqlState::INVALID_PARAMETER_VALUE, &text).await;
+                return Err("invalid session parameter");
+            }
+        };
+        // A server in an unknown state is closed, never returned (dropping the checkout does).
+        drop(serving);
+        self.close(code, message).await;
+        Err(reason)
+    }
+
+    /// Returns a clean server at the end of the session; one that held session state (session
+    /// mode, or a pinned client) is reset with DISCARD ALL first, or closed if that fails.
+    pub(super) async fn give_back(&mut self, mut serving: Serving) {
+        if !self.holds_server() || serving.server.conn().discard_all(DISCARD_TIMEOUT).await {
+            serving.server.release();
+        }
+    }
+}

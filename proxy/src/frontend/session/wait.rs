@@ -1,0 +1,133 @@
+//! The idle wait for a client's next request: one hand-polled future (shutdown and admin
+//! wake-ups, idle timeout, socket readiness), so an idle client's task stays small.
+
+use super::*;
+
+/// What ended an idle wait.
+enum Wake {
+    /// The client sent something.
+    Readable,
+    /// The socket failed.
+    Closed,
+    /// `client_idle_timeout` expired.
+    IdleTimeout,
+    /// Shutdown began.
+    Draining,
+}
+
+impl Session {
+    /// Waits (holding no buffer) until the client sends a whole message, and returns the bytes.
+    pub(super) async fn next_request(&mut self) -> Result<BytesMut, &'static str> {
+        let mut buf = BytesMut::new();
+        let mut draining = pin!(self
+            .shutdown
+            .reached_or_poked(Phase::Draining, Some(self.shutdown.pokes())));
+        // Only a configured timeout costs memory while idle: its timer is boxed.
+        let mut idle_timer = self
+            .limits()
+            .client_idle_timeout
+            .map(|t| Box::pin(tokio::time::sleep(t)));
+        loop {
+            if self.shutdown.phase() >= Phase::Draining {
+                self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;
+                return Err("shutdown");
+            }
+            if self.runtime.control.kills() != self.kills_seen {
+                self.close(SqlState::ADMIN_SHUTDOWN, KILL_MESSAGE).await;
+                return Err("admin KILL");
+            }
+            // One hand-polled wait instead of a select!: an idle client's task stays small.
+            let wake = poll_fn(|cx| {
+                if draining.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Draining);
+                }
+                if let Some(t) = idle_timer.as_mut() {
+                    if t.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::IdleTimeout);
+                    }
+                }
+                self.stream.poll_read_ready(cx).map(|r| match r {
+                    Ok(()) => Wake::Readable,
+                    Err(_) => Wake::Closed,
+                })
+            })
+            .await;
+            match wake {
+                Wake::Readable => {}
+                Wake::Draining => {
+                    // A shutdown or an admin wake-up: look again (above) with a fresh wait.
+                    draining.set(
+                        self.shutdown
+                            .reached_or_poked(Phase::Draining, Some(self.shutdown.pokes())),
+                    );
+                    continue;
+                }
+                Wake::Closed => return Err("client closed"),
+                Wake::IdleTimeout => {
+                    self.close(
+                        SqlState::IDLE_SESSION_TIMEOUT,
+                        "terminating connection due to idle-session timeout (client_idle_timeout)",
+                    )
+                    .await;
+                    return Err("client_idle_timeout");
+                }
+            }
+            if buf.capacity() == 0 {
+                buf.reserve(BUF_SIZE);
+            }
+            // A poll-based read (unlike try_read) clears readiness on a short read, which saves
+            // the relay a wasted EAGAIN read per transaction. Polled once: a spurious wake-up
+            // goes back to the wait above.
+            let read = {
+                let mut read = pin!(self.stream.read_buf(&mut buf));
+                poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
+            };
+            match read {
+                Poll::Pending => continue,
+                Poll::Ready(Ok(0) | Err(_)) => return Err("client closed"),
+                Poll::Ready(Ok(_)) => {}
+            }
+            match peek_header(&buf, self.limits().max_message) {
+                Ok(None) => {}
+                Ok(Some(h)) if !is_frontend_tag(h.tag) => {
+                    self.violation(Violation::UnknownType(h.tag)).await;
+                    return Err("protocol violation");
+                }
+                Ok(Some(h)) if h.tag == b'X' => return Err("client closed"),
+                // Routing looks at a whole unit: extended messages up to Sync.
+                Ok(Some(h))
+                    if self.routes()
+                        && buf.len() >= h.frame_len()
+                        && !units::complete(&buf, self.limits().max_message) =>
+                {
+                    buf.reserve(BUF_SIZE)
+                }
+                Ok(Some(h)) if buf.len() >= h.frame_len() || h.tag == b'd' => return Ok(buf),
+                Ok(Some(h)) => buf.reserve(h.frame_len() - buf.len()),
+                Err(e) => {
+                    self.violation(Violation::Frame(e)).await;
+                    return Err("protocol violation");
+                }
+            }
+        }
+    }
+
+    pub(super) async fn violation(&mut self, v: Violation) {
+        let (code, message) = match v {
+            Violation::UnknownType(t) => (
+                SqlState::PROTOCOL_VIOLATION,
+                format!("invalid frontend message type {t}"),
+            ),
+            Violation::Frame(e @ FrameError::TooLarge { .. }) => {
+                (SqlState::PROGRAM_LIMIT_EXCEEDED, format!("pgtier: {e}"))
+            }
+            Violation::Frame(e) => (SqlState::PROTOCOL_VIOLATION, format!("pgtier: {e}")),
+            Violation::TooManyInFlight => (
+                SqlState::PROGRAM_LIMIT_EXCEEDED,
+                "pgtier: too many messages awaiting replies (send Sync)".to_owned(),
+            ),
+        };
+        warn!(database = %self.database(), %message, "client protocol violation");
+        self.close(code, &message).await;
+    }
+}

@@ -1,0 +1,323 @@
+//! The running proxy: shared state every client task sees (the current config snapshot,
+//! pools, clients, metrics, admin state), startup of the listeners, live reload, and the
+//! shutdown sequence (drain, then close).
+
+mod reload;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::backend::{cancel::send_cancel, Pool, PoolId, Pools, Upstream};
+use crate::config::{ConfigError, Database, Settings, User};
+use crate::control::{Control, DbControl};
+use crate::frontend::{self, ClientCount, ClientRegistry, Limits};
+use crate::metrics::{DbMetrics, Metrics};
+use crate::protocol::startup::CancelKey;
+use crate::router::route::Router;
+use crate::shutdown::{Phase, Shutdown, ShutdownWatch};
+
+/// Why a reload changed nothing.
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    /// pgtier was started without a config file.
+    #[error("pgtier was not started with a config file: nothing to reload")]
+    NoFile,
+    /// The file cannot be read or is invalid (problems with line and column).
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+/// How long a forwarded cancel may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// After `shutdown_timeout`, how long clients get to receive their 57P01 before exit.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// What one database runs with under one config snapshot.
+#[derive(Debug)]
+pub struct DbRuntime {
+    /// Routing (classifier, rules, topology).
+    pub router: Arc<Router>,
+    /// Limits its clients' relays apply.
+    pub(crate) limits: Arc<Limits>,
+    /// Its hot-path counters (kept across reloads).
+    pub metrics: Arc<DbMetrics>,
+    /// Its admin state (kept across reloads).
+    pub control: Arc<DbControl>,
+}
+
+/// One loaded config and everything built from it. Clients that started on a snapshot finish
+/// their transaction on it; their next one uses the current snapshot.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The settings.
+    pub settings: Arc<Settings>,
+    /// Bumped by every successful reload.
+    pub generation: u64,
+    /// Per database (by client-facing name).
+    pub databases: HashMap<String, Arc<DbRuntime>>,
+}
+
+/// State shared by all client tasks.
+#[derive(Debug)]
+pub struct Proxy {
+    current: ArcSwap<Snapshot>,
+    /// `current.generation`, readable with one atomic load.
+    generation: AtomicU64,
+    pools: Pools,
+    clients: Arc<ClientRegistry>,
+    count: ClientCount,
+    shutdown: Shutdown,
+    metrics: Arc<Metrics>,
+    control: Control,
+    /// The file reloads read (None: settings given directly, nothing to reload).
+    config_path: Option<PathBuf>,
+    /// One reload at a time.
+    reloading: Mutex<()>,
+}
+
+impl Proxy {
+    /// A proxy for these settings (nothing is listening yet). Starts each database's node
+    /// monitors, so it must run inside a tokio runtime. `config_path` is what RELOAD and
+    /// SIGHUP read.
+    pub fn new(settings: Settings, config_path: Option<PathBuf>) -> Arc<Proxy> {
+        let metrics = Arc::new(Metrics::new());
+        tokio::spawn(stats_period(Arc::downgrade(&metrics)));
+        let control = Control::default();
+        let databases = reload::build_databases(&settings, None, &metrics, &control);
+        Arc::new(Proxy {
+            current: ArcSwap::from_pointee(Snapshot {
+                settings: Arc::new(settings),
+                generation: 0,
+                databases,
+            }),
+            generation: AtomicU64::new(0),
+            pools: Pools::default(),
+            clients: Arc::default(),
+            count: ClientCount::default(),
+            shutdown: Shutdown::default(),
+            metrics,
+            control,
+            config_path,
+            reloading: Mutex::new(()),
+        })
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// The current snapshot's generation (one atomic load: sessions compare it with theirs).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The current settings.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.current.load().settings.clone()
+    }
+
+    /// Open client connections.
+    pub fn clients(&self) -> &ClientCount {
+        &self.count
+    }
+
+    /// Every logged-in client (cancel keys, SHOW CLIENTS).
+    pub fn client_registry(&self) -> &Arc<ClientRegistry> {
+        &self.clients
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Admin state (PAUSE, KILL, SHUTDOWN).
+    pub fn control(&self) -> &Control {
+        &self.control
+    }
+
+    /// Wakes idle clients so they look at admin state (KILL, RESUME).
+    pub fn poke_clients(&self) {
+        self.shutdown.poke();
+    }
+
+    /// The current shutdown phase.
+    pub fn phase(&self) -> Phase {
+        self.shutdown.watch().phase()
+    }
+
+    /// A handle to wait on shutdown phases.
+    pub fn shutdown_watch(&self) -> ShutdownWatch {
+        self.shutdown.watch()
+    }
+
+    /// The pools (one per node) of a (database, user) pair, under the current snapshot.
+    pub fn upstream_for(&self, db: &Database, user: &User) -> Arc<Upstream> {
+        let id = PoolId {
+            database: db.name.clone(),
+            user: user.name.clone(),
+        };
+        self.pools.get_or_create(id, |id| {
+            let login = reload::server_login(db, user);
+            let pools = db
+                .nodes()
+                .iter()
+                .map(|n| Pool::new(id.clone(), n.addr.clone(), login.clone(), db.pool.clone()))
+                .collect();
+            Arc::new(Upstream::new(pools))
+        })
+    }
+
+    /// A database's runtime under the current snapshot (None: not configured).
+    pub fn database(&self, name: &str) -> Option<Arc<DbRuntime>> {
+        self.current.load().databases.get(name).cloned()
+    }
+
+    /// Every server pool.
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        self.pools.all()
+    }
+
+    /// Every (database, user)'s pools.
+    pub fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        self.pools.upstreams()
+    }
+
+    /// Re-reads the config file and switches to it: unchanged pools keep their connections,
+    /// changed or removed ones drain, routers are rebuilt where their settings changed. An
+    /// invalid file changes nothing. Returns the keys that changed but need a restart.
+    pub fn reload(&self) -> Result<Vec<&'static str>, ReloadError> {
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(path) = &self.config_path else {
+            return Err(ReloadError::NoFile);
+        };
+        let settings = match crate::config::load_file(path) {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.reloads_failed.inc();
+                warn!(error = %e, "reload rejected: the running config stays");
+                return Err(ReloadError::Invalid(e));
+            }
+        };
+        let old = self.current.load_full();
+        let restart = reload::restart_required(&old.settings, &settings);
+        let databases =
+            reload::build_databases(&settings, Some(&old), &self.metrics, &self.control);
+        reload::reconcile_pools(&self.pools, &settings);
+        let generation = old.generation + 1;
+        self.current.store(Arc::new(Snapshot {
+            settings: Arc::new(settings),
+            generation,
+            databases,
+        }));
+        self.generation.store(generation, Ordering::Release);
+        self.metrics.reloads_ok.inc();
+        if restart.is_empty() {
+            info!(generation, "config reloaded");
+        } else {
+            warn!(generation, needs_restart = ?restart, "config reloaded; some changed keys only take effect after a restart");
+        }
+        Ok(restart)
+    }
+
+    /// Forwards a client's cancel request to the server running its query, if any.
+    pub async fn forward_cancel(&self, key: CancelKey) {
+        let Some(target) = self.clients.cancel_target(&key) else {
+            debug!("cancel request for a client with no running query");
+            return;
+        };
+        if let Err(e) = send_cancel(target, CANCEL_TIMEOUT).await {
+            warn!(server = %target.addr, error = %e, "forwarding cancel failed");
+        }
+    }
+
+    /// Graceful shutdown: stop accepting, let transactions finish up to `shutdown_timeout`
+    /// (or until `hurry` resolves), then close every client with 57P01.
+    pub async fn drain(&self, hurry: impl Future<Output = ()>) {
+        self.shutdown.advance(Phase::Draining);
+        let limit = self.settings().raw.shutdown_timeout;
+        info!(clients = self.count.get(), timeout = ?limit, "draining");
+        tokio::select! {
+            _ = self.until_no_clients(limit) => {}
+            _ = hurry => info!("second signal: closing clients now"),
+        }
+        self.shutdown.advance(Phase::Closing);
+        self.until_no_clients(CLOSE_GRACE).await;
+        info!(remaining = self.count.get(), "shutdown complete");
+    }
+
+    async fn until_no_clients(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            while self.count.get() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+}
+
+/// Samples the SHOW STATS averages every period while the metrics exist.
+async fn stats_period(metrics: std::sync::Weak<Metrics>) {
+    let mut tick = tokio::time::interval(crate::metrics::STATS_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(m) = metrics.upgrade() else { return };
+        m.tick_period();
+    }
+}
+
+/// Binds the listener (and the metrics endpoint, if configured) and serves until SIGTERM,
+/// SIGINT or admin SHUTDOWN, then shuts down gracefully (a second signal skips the wait for
+/// running transactions). SIGHUP reloads `config_path`.
+pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let listener = TcpListener::bind(settings.listen).await?;
+    info!(listen = %settings.listen, "pgtier listening");
+    let metrics_listener = match settings.metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await?;
+            info!(listen = %addr, "metrics endpoint listening (GET /metrics)");
+            Some(l)
+        }
+        None => None,
+    };
+    let proxy = Proxy::new(settings, config_path);
+    tokio::spawn(frontend::serve(proxy.clone(), listener));
+    if let Some(l) = metrics_listener {
+        tokio::spawn(crate::metrics::http::serve(proxy.clone(), l));
+    }
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break }
+            _ = proxy.control().shutdown_requested() => { info!("admin SHUTDOWN: shutting down"); break }
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading the config");
+                // Errors are logged (with line and column) by reload itself.
+                let _ = proxy.reload();
+            }
+        }
+    }
+    let again = async {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    };
+    proxy.drain(again).await;
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! Building what each database runs with from a config, reusing what a reload did not change:
+//! a router whose settings are the same (its monitors, learned functions and cache stay), a
+//! topology whose nodes are the same, and pools whose node, login and limits are the same
+//! (their server connections stay). Pools no longer used are retired: idle connections close
+//! at once, busy ones when their transaction ends.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tracing::info;
+
+use super::{DbRuntime, Snapshot};
+use crate::backend::{Pool, Pools, ServerLogin, Upstream};
+use crate::cluster::{ConfiguredRole, Topology};
+use crate::config::{Database, Settings, User};
+use crate::control::Control;
+use crate::frontend::Limits;
+use crate::metrics::Metrics;
+use crate::router::classify::FunctionTable;
+use crate::router::route::Router;
+
+pub(super) use crate::config::diff::restart_required;
+
+/// How pgtier logs in to `db`'s servers for `user`.
+pub(super) fn server_login(db: &Database, user: &User) -> ServerLogin {
+    ServerLogin {
+        user: user.server_user.clone(),
+        password: user.server_password.clone(),
+        dbname: db.dbname.clone(),
+        max_prepared_statements: db.pool.max_prepared_statements,
+    }
+}
+
+/// The runtime of every database of `settings`, reusing `old`'s routers where nothing they
+/// depend on changed.
+pub(super) fn build_databases(
+    settings: &Settings,
+    old: Option<&Snapshot>,
+    metrics: &Metrics,
+    control: &Control,
+) -> HashMap<String, Arc<DbRuntime>> {
+    settings
+        .databases
+        .values()
+        .map(|db| {
+            let previous = old.and_then(|o| Some((&o.settings, o.databases.get(&db.name)?)));
+            let router = match previous {
+                Some((old_settings, rt)) => reuse_router(settings, db, old_settings, &rt.router),
+                None => new_router(settings, db, None),
+            };
+            let runtime = DbRuntime {
+                router,
+                limits: Arc::new(Limits::of(settings, db)),
+                metrics: metrics.database(&db.name),
+                control: control.database(&db.name),
+            };
+            (db.name.clone(), Arc::new(runtime))
+        })
+        .collect()
+}
+
+/// Function knowledge and classifier cache size are global settings every router uses.
+fn same_classifier_settings(a: &Settings, b: &Settings) -> bool {
+    a.raw.write_functions == b.raw.write_functions
+        && a.raw.read_only_functions == b.raw.read_only_functions
+        && a.raw.classify_cache_size == b.raw.classify_cache_size
+}
+
+fn reuse_router(
+    settings: &Settings,
+    db: &Database,
+    old_settings: &Settings,
+    old: &Arc<Router>,
+) -> Arc<Router> {
+    let same_cluster = old.topology().settings() == &db.cluster;
+    if same_cluster
+        && old.settings() == &db.routing
+        && same_classifier_settings(settings, old_settings)
+    {
+        return old.clone();
+    }
+    info!(database = %db.name, nodes_changed = !same_cluster, "routing settings changed: new router");
+    new_router(settings, db, same_cluster.then(|| old.topology().clone()))
+}
+
+/// A router for `db`; on `topology` if given (same nodes), else on a new one whose monitors
+/// start now (a new replica joins the rotation after its first lag check).
+fn new_router(settings: &Settings, db: &Database, topology: Option<Arc<Topology>>) -> Arc<Router> {
+    // A lone configured primary needs no monitor (nothing to route between): no extra server
+    // connection, as with PgBouncer.
+    let watch = db.nodes().iter().any(|n| n.role != ConfiguredRole::Primary);
+    let topology = topology.unwrap_or_else(|| {
+        if watch {
+            Topology::start(db.cluster.clone())
+        } else {
+            Topology::unmonitored(db.cluster.clone())
+        }
+    });
+    let functions = FunctionTable::builtin().with_overrides(
+        &settings.raw.write_functions,
+        &settings.raw.read_only_functions,
+    );
+    let router = Arc::new(Router::new(
+        topology,
+        db.routing.clone(),
+        functions,
+        settings.raw.classify_cache_size as usize,
+        watch,
+    ));
+    router.learn_functions();
+    router
+}
+
+/// Brings the pools in line with `settings`: per (database, user) in use, every node's pool is
+/// kept if its node, login and limits are unchanged, else replaced; pools of removed
+/// databases or users, and replaced pools, are retired.
+pub(super) fn reconcile_pools(pools: &Pools, settings: &Settings) {
+    for upstream in pools.upstreams() {
+        let id = upstream.id().clone();
+        let (Some(db), Some(user)) = (
+            settings.databases.get(&id.database),
+            settings.users.get(&id.user),
+        ) else {
+            info!(pool = %id, "database or user removed: its pools drain");
+            pools.set(id, None);
+            upstream.pools().iter().for_each(|p| p.retire());
+            continue;
+        };
+        let login = server_login(db, user);
+        let mut reused = 0;
+        let wanted: Vec<Arc<Pool>> = db
+            .nodes()
+            .iter()
+            .map(|n| {
+                let same = upstream.pools().iter().find(|p| {
+                    p.node() == &n.addr && p.login() == &login && p.settings() == &db.pool
+                });
+                match same {
+                    Some(p) => {
+                        reused += 1;
+                        p.clone()
+                    }
+                    None => Pool::new(id.clone(), n.addr.clone(), login.clone(), db.pool.clone()),
+                }
+            })
+            .collect();
+        let unchanged = reused == wanted.len()
+            && wanted.len() == upstream.pools().len()
+            && wanted
+                .iter()
+                .zip(upstream.pools())
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        if unchanged {
+            continue;
+        }
+        for old in upstream.pools() {
+            if !wanted.iter().any(|p| Arc::ptr_eq(p, old)) {
+                info!(pool = %id, node = %old.node(), "pool changed or removed: it drains");
+                old.retire();
+            }
+        }
+        pools.set(id, Some(Arc::new(Upstream::new(wanted))));
+    }
+}

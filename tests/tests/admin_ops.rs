@@ -1,0 +1,264 @@
+//! The admin console's lists (SHOW STATS, SERVERS, CLIENTS, CONFIG, POOLS' cl_* columns) and
+//! its commands (PAUSE, RESUME, RECONNECT, KILL, BAN, UNBAN, RELOAD, SHUTDOWN) against a primary
+//! and 2 replicas.
+
+use std::time::Duration;
+
+use pgtier_kit::fixture::{connect, replica_in_rotation, scram_role, ConfigBuilder};
+use pgtier_kit::{Cluster, Pgtier};
+use tokio_postgres::{NoTls, SimpleQueryMessage, SimpleQueryRow};
+
+use pgtier_kit::fixture::simple_rows as rows;
+
+async fn admin(px: &Pgtier) -> tokio_postgres::Client {
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=admin password=admin-pw dbname=pgtier",
+        px.port()
+    );
+    let (c, conn) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c
+}
+
+fn builder(cluster: &Cluster) -> ConfigBuilder {
+    ConfigBuilder::new(cluster)
+        .global("admin_users = [\"admin\"]")
+        .global("lag_check_interval = \"50ms\"")
+        .global("query_wait_timeout = \"20s\"")
+        .with_replicas(cluster)
+        .user("admin", "password = \"admin-pw\"")
+        .user("appuser", "password = \"app-pw\"")
+}
+
+fn col<'a>(r: &'a SimpleQueryRow, name: &str) -> &'a str {
+    r.get(name)
+        .unwrap_or_else(|| panic!("column {name} missing or NULL"))
+}
+
+/// The primary backend serving the next transaction (simple protocol: no statement left to
+/// close afterwards).
+async fn primary_pid(c: &tokio_postgres::Client) -> i32 {
+    let rows = rows(c, "/* pgtier:primary */ SELECT pg_backend_pid()").await;
+    rows[0].get(0).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_lists_and_commands() {
+    let cluster = Cluster::start(2).unwrap();
+    scram_role(&cluster, "appuser", "app-pw").unwrap();
+    let px = builder(&cluster).start().unwrap();
+    replica_in_rotation(&px, "appuser", "app-pw").await.unwrap();
+    let adm = admin(&px).await;
+    let app = connect(&px, "appuser", "app-pw").await.unwrap();
+    for _ in 0..5 {
+        app.simple_query("SELECT 1").await.unwrap();
+    }
+    let pid = primary_pid(&app).await;
+
+    // SHOW STATS counts what ran, with PgBouncer's columns.
+    let stats = rows(&adm, "SHOW STATS").await;
+    let app_stats = stats.iter().find(|r| col(r, "database") == "app").unwrap();
+    let n = |k: &str| col(app_stats, k).parse::<u64>().unwrap();
+    assert!(n("total_xact_count") >= 6, "{}", n("total_xact_count"));
+    assert!(n("total_query_count") >= 6);
+    assert!(n("total_received") > 0 && n("total_sent") > 0);
+    assert!(n("total_xact_time") > 0 && n("total_query_time") > 0);
+    assert!(n("total_replica_xact_count") >= 1);
+    for c in ["avg_xact_count", "avg_query_time", "total_wait_time"] {
+        col(app_stats, c);
+    }
+
+    // SHOW SERVERS lists the primary backend that just served us, idle now.
+    let servers = rows(&adm, "SHOW SERVERS").await;
+    let ours = servers
+        .iter()
+        .find(|r| col(r, "remote_pid") == pid.to_string())
+        .unwrap_or_else(|| panic!("backend {pid} not in SHOW SERVERS"));
+    assert_eq!(col(ours, "type"), "S");
+    assert_eq!(col(ours, "state"), "idle");
+    assert_eq!(col(ours, "user"), "appuser");
+    assert_eq!(col(ours, "port"), cluster.primary().port().to_string());
+
+    // SHOW CLIENTS lists the app client (idle) and the admin is not a pooled client.
+    let clients = rows(&adm, "SHOW CLIENTS").await;
+    let c = clients
+        .iter()
+        .find(|r| col(r, "user") == "appuser")
+        .unwrap();
+    assert_eq!(col(c, "database"), "app");
+    assert_eq!(col(c, "state"), "active");
+    assert_eq!(col(c, "activity"), "idle");
+    assert_eq!(col(c, "pinned"), "0");
+
+    // SHOW POOLS has the client on the primary's row.
+    let pools = rows(&adm, "SHOW POOLS").await;
+    let cl: u32 = pools
+        .iter()
+        .filter(|r| col(r, "user") == "appuser")
+        .map(|r| col(r, "cl_active").parse::<u32>().unwrap())
+        .sum();
+    assert_eq!(cl, 1);
+    for r in &pools {
+        col(r, "maxwait_us");
+        col(r, "sv_idle");
+    }
+
+    // SHOW CONFIG: keys with values and defaults, never passwords.
+    let config = rows(&adm, "SHOW CONFIG").await;
+    let pool_size = config
+        .iter()
+        .find(|r| col(r, "key") == "pool_size")
+        .unwrap();
+    assert_eq!(col(pool_size, "default"), "20");
+    assert_eq!(col(pool_size, "changeable"), "yes");
+    let listen = config.iter().find(|r| col(r, "key") == "listen").unwrap();
+    assert_eq!(col(listen, "changeable"), "no");
+    assert!(config
+        .iter()
+        .all(|r| !format!("{:?}", r.get(1)).contains("app-pw")));
+
+    // SHOW LISTS counts (pgbouncer_exporter reads it).
+    let lists = rows(&adm, "SHOW LISTS").await;
+    let item = |k: &str| {
+        let r = lists.iter().find(|r| col(r, "list") == k).unwrap();
+        col(r, "items").parse::<u64>().unwrap()
+    };
+    assert_eq!(item("databases"), 1);
+    assert_eq!(item("users"), 2);
+    assert!(item("free_servers") >= 1);
+
+    // RECONNECT: the next transaction gets a new server connection.
+    rows(&adm, "RECONNECT app").await;
+    let pid2 = primary_pid(&app).await;
+    assert_ne!(pid, pid2, "RECONNECT must close the pooled connection");
+
+    // PAUSE holds new transactions; RESUME lets them run.
+    rows(&adm, "PAUSE app").await;
+    let dbs = rows(&adm, "SHOW DATABASES").await;
+    assert_eq!(col(&dbs[0], "paused"), "1");
+    let waiting = tokio::spawn(async move {
+        let r = app.simple_query("SELECT 1").await.map(|_| ());
+        (app, r)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if waiting.is_finished() {
+        let (_, r) = waiting.await.unwrap();
+        panic!("a query ran during PAUSE: {r:?}");
+    }
+    let pools = rows(&adm, "SHOW POOLS").await;
+    let cl_waiting: u32 = pools
+        .iter()
+        .map(|r| col(r, "cl_waiting").parse::<u32>().unwrap())
+        .sum();
+    assert_eq!(cl_waiting, 1);
+    rows(&adm, "RESUME app").await;
+    let (app, r) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("RESUME lets the query run")
+        .unwrap();
+    r.unwrap();
+
+    // BAN both replicas: reads go to the primary; UNBAN: back on a replica.
+    for r in cluster.replicas() {
+        rows(&adm, &format!("BAN {}", r.addr())).await;
+    }
+    let reps = rows(&adm, "SHOW REPLICAS").await;
+    for r in cluster.replicas() {
+        let row = reps.iter().find(|x| col(x, "node") == r.addr()).unwrap();
+        assert_eq!(col(row, "state"), "banned");
+        assert!(col(row, "last_error").contains("BAN"));
+    }
+    for _ in 0..20 {
+        let row = app
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .unwrap();
+        assert!(!row.get::<_, bool>(0), "a read went to a banned replica");
+    }
+    for r in cluster.replicas() {
+        rows(&adm, &format!("UNBAN {}", r.addr())).await;
+    }
+    replica_in_rotation(&px, "appuser", "app-pw").await.unwrap();
+    let err = adm.simple_query("BAN 127.0.0.1:1").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42704"));
+
+    // KILL closes the database's clients and pauses it until RESUME.
+    rows(&adm, "KILL app").await;
+    let err = app.simple_query("SELECT 1").await.unwrap_err();
+    assert!(
+        err.code().map(|c| c.code()) == Some("57P01") || err.is_closed(),
+        "{err}"
+    );
+    let late = connect(&px, "appuser", "app-pw").await.unwrap();
+    let held = tokio::spawn(async move { late.simple_query("SELECT 1").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "KILL must pause the database");
+    rows(&adm, "RESUME app").await;
+    tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    // Unknown commands and databases get clear errors.
+    let err = adm.simple_query("PAUSE nosuchdb").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("3D000"));
+    let err = adm.simple_query("FROBNICATE").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("0A000"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_changes_rejects_bad_files_and_shutdown_stops() {
+    let cluster = Cluster::start(1).unwrap();
+    scram_role(&cluster, "appuser", "app-pw").unwrap();
+    let b = builder(&cluster);
+    let mut px = b.start().unwrap();
+    let adm = admin(&px).await;
+    let app = connect(&px, "appuser", "app-pw").await.unwrap();
+    app.simple_query("SELECT 1").await.unwrap();
+    let config = std::fs::read_to_string(px.config_path()).unwrap();
+
+    // An invalid file: F0000 with line and column; the running config stays.
+    std::fs::write(px.config_path(), format!("{config}\npool_sise = 3\n")).unwrap();
+    let err = adm.simple_query("RELOAD").await.unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "F0000");
+    assert!(db.message().contains("pool_sise"), "{}", db.message());
+    assert!(db.message().contains("did you mean"), "{}", db.message());
+    app.simple_query("SELECT 1").await.unwrap();
+
+    // A valid change applies to SHOW DATABASES; a changed listen is reported, not applied.
+    let changed = config
+        .replace(
+            &format!("listen = \"127.0.0.1:{}\"", px.port()),
+            "listen = \"127.0.0.1:1\"",
+        )
+        .replacen("[users.", "pool_size = 7\n[users.", 1);
+    std::fs::write(px.config_path(), changed).unwrap();
+    let reply = adm.simple_query("RELOAD").await.unwrap();
+    let restart: Vec<String> = reply
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get("key").map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(restart, vec!["listen".to_owned()]);
+    let dbs = rows(&adm, "SHOW DATABASES").await;
+    assert_eq!(col(&dbs[0], "pool_size"), "7");
+    // The existing client moves to the new pools at its next transaction.
+    app.simple_query("SELECT 1").await.unwrap();
+    let pools = rows(&adm, "SHOW POOLS").await;
+    assert!(pools
+        .iter()
+        .filter(|r| col(r, "user") == "appuser")
+        .all(|r| col(r, "pool_size") == "7"));
+
+    // SHUTDOWN stops the process.
+    rows(&adm, "SHUTDOWN").await;
+    assert!(
+        px.wait_exit(Duration::from_secs(10)).is_some(),
+        "pgtier still running after SHUTDOWN:\n{}",
+        px.log()
+    );
+}

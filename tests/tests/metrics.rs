@@ -1,0 +1,186 @@
+//! Prometheus `/metrics` on `metrics_listen`: the text parses, values move when queries run,
+//! replicas report lag and state; and the slow-query log names the node and hides parameters.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use pgtier_kit::fixture::{connect, replica_in_rotation, scram_role, ConfigBuilder};
+use pgtier_kit::{free_port, Cluster};
+
+/// GETs `path` from 127.0.0.1:`port`; returns (status line, body).
+fn get(port: u16, path: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+/// Samples by full series name (`name{labels}`), checking every line parses.
+fn parse(body: &str) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for line in body.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line}"));
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
+        out.insert(series.to_owned(), v);
+    }
+    out
+}
+
+/// Sum of the samples of `name` whose labels contain every `labels` pair.
+fn sum(m: &HashMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
+    m.iter()
+        .filter(|(k, _)| {
+            let (n, rest) = k.split_once('{').unwrap_or((k, ""));
+            n == name
+                && labels
+                    .iter()
+                    .all(|(l, v)| rest.contains(&format!("{l}=\"{v}\"")))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_queries_and_report_replicas() {
+    let cluster = Cluster::start(2).unwrap();
+    scram_role(&cluster, "appuser", "app-pw").unwrap();
+    let mport = free_port().unwrap();
+    let px = ConfigBuilder::new(&cluster)
+        .global("lag_check_interval = \"50ms\"")
+        .global(&format!("metrics_listen = \"127.0.0.1:{mport}\""))
+        .global("slow_query_threshold = \"50ms\"")
+        .with_replicas(&cluster)
+        .user("appuser", "password = \"app-pw\"")
+        .start()
+        .unwrap();
+    replica_in_rotation(&px, "appuser", "app-pw").await.unwrap();
+    let app = connect(&px, "appuser", "app-pw").await.unwrap();
+
+    let (status, body) = get(mport, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    let before = parse(&body);
+    let tx = |m: &HashMap<String, f64>, role: &str| {
+        sum(
+            m,
+            "pgtier_transactions_total",
+            &[("database", "app"), ("role", role)],
+        )
+    };
+
+    app.batch_execute("CREATE TABLE IF NOT EXISTS m (a int)")
+        .await
+        .unwrap();
+    for i in 0..10 {
+        app.execute("INSERT INTO m VALUES ($1)", &[&i])
+            .await
+            .unwrap();
+    }
+    cluster.wait_replicas_caught_up().unwrap();
+    for _ in 0..20 {
+        app.simple_query("SELECT count(*) FROM m").await.unwrap();
+    }
+    let err = app.simple_query("SELECT * FROM no_such_table").await;
+    assert!(err.is_err());
+    // Slow: logged with the node, and never with parameter values.
+    app.query("SELECT pg_sleep(0.1), $1::text", &[&"secret-param"])
+        .await
+        .unwrap();
+
+    let after = parse(&get(mport, "/metrics").1);
+    assert!(tx(&after, "primary") >= tx(&before, "primary") + 10.0);
+    assert!(
+        tx(&after, "replica") >= tx(&before, "replica") + 1.0,
+        "no replica transactions counted"
+    );
+    assert!(
+        sum(&after, "pgtier_queries_total", &[("database", "app")])
+            > sum(&before, "pgtier_queries_total", &[("database", "app")])
+    );
+    assert!(
+        sum(
+            &after,
+            "pgtier_transactions_total",
+            &[("reason", "write"), ("role", "primary")]
+        ) >= 10.0
+    );
+    assert!(
+        sum(
+            &after,
+            "pgtier_query_duration_seconds_count",
+            &[("database", "app")]
+        ) >= 30.0
+    );
+    assert!(
+        sum(
+            &after,
+            "pgtier_pool_wait_seconds_count",
+            &[("database", "app")]
+        ) >= 30.0
+    );
+    assert!(sum(&after, "pgtier_client_received_bytes_total", &[]) > 0.0);
+    assert_eq!(
+        sum(
+            &after,
+            "pgtier_errors_total",
+            &[("database", "app"), ("class", "42")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(&after, "pgtier_client_connections", &[("user", "appuser")]),
+        1.0,
+        "one client (idle, or closing its last statement)"
+    );
+    assert!(
+        sum(
+            &after,
+            "pgtier_server_connections",
+            &[("database", "app"), ("state", "idle")]
+        ) >= 1.0
+    );
+    for r in cluster.replicas() {
+        let node = r.addr();
+        assert_eq!(
+            sum(
+                &after,
+                "pgtier_node_state",
+                &[("node", &node), ("state", "healthy")]
+            ),
+            1.0,
+            "replica {node} not healthy in metrics"
+        );
+        assert!(
+            after
+                .keys()
+                .any(|k| k.starts_with("pgtier_replica_lag_bytes") && k.contains(&node)),
+            "no lag for {node}"
+        );
+    }
+    assert_eq!(sum(&after, "pgtier_info", &[]), 1.0);
+
+    let log = px.log();
+    let slow = log
+        .lines()
+        .find(|l| l.contains("slow query"))
+        .unwrap_or_else(|| panic!("no slow-query line:\n{log}"));
+    assert!(slow.contains("pg_sleep"), "{slow}");
+    assert!(slow.contains("node="), "{slow}");
+    assert!(
+        !log.contains("secret-param"),
+        "a parameter value reached the log"
+    );
+
+    let (status, _) = get(mport, "/nope");
+    assert!(status.contains("404"), "{status}");
+}
