@@ -200,6 +200,29 @@ async fn admin_lists_and_commands() {
         .unwrap()
         .unwrap();
 
+    // A reload that removes a replica keeps what is known of the other nodes, a BAN too.
+    let (r0, r1) = (cluster.replica(0).addr(), cluster.replica(1).addr());
+    rows(&adm, &format!("BAN {r0}")).await;
+    let text = std::fs::read_to_string(px.config_path())
+        .unwrap()
+        .replace(&format!(", \"{r1}\""), "");
+    std::fs::write(px.config_path(), text).unwrap();
+    rows(&adm, "RELOAD").await;
+    let reps = rows(&adm, "SHOW REPLICAS").await;
+    assert_eq!(
+        reps.len(),
+        2,
+        "the primary and one replica after the reload"
+    );
+    let r0_row = reps.iter().find(|x| col(x, "node") == r0).unwrap();
+    assert_eq!(col(r0_row, "state"), "banned");
+    let primary_row = reps
+        .iter()
+        .find(|x| col(x, "node") == cluster.primary().addr())
+        .unwrap();
+    assert_eq!(col(primary_row, "state"), "healthy");
+    rows(&adm, &format!("UNBAN {r0}")).await;
+
     // Unknown commands and databases get clear errors.
     let err = adm.simple_query("PAUSE nosuchdb").await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("3D000"));

@@ -218,3 +218,34 @@ async fn track_extra_params_sync_without_pinning() {
         pgtier_with_extras().log()
     );
 }
+
+/// A `track_extra_params` value from the startup packet (asyncpg's `server_settings`, JDBC
+/// options) is the client's value on every server, and not another client's.
+#[tokio::test(flavor = "multi_thread")]
+async fn startup_values_of_extra_params_follow_the_client() {
+    use pgtier_kit::wire;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    let limit = Duration::from_secs(10);
+    let mut s = tokio::net::TcpStream::connect(pgtier_with_extras().addr())
+        .await
+        .unwrap();
+    let startup = wire::startup_packet(
+        0,
+        &[
+            ("user", "extras"),
+            ("database", "app"),
+            ("work_mem", "3210kB"),
+        ],
+    );
+    s.write_all(&startup).await.unwrap();
+    wire::read_until_ready(&mut s, limit).await.unwrap();
+    let other = extras_client().await;
+    let (default_mem, _, _) = extras(&other).await;
+    for _ in 0..3 {
+        s.write_all(&wire::query("SHOW work_mem")).await.unwrap();
+        let reply = wire::read_until_ready(&mut s, limit).await.unwrap();
+        assert_eq!(wire::first_value(&reply), "3210kB");
+        assert_eq!(extras(&other).await.0, default_mem);
+    }
+}

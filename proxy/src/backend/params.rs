@@ -166,6 +166,15 @@ pub fn lookup<'a>(list: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// A statement that sets `name` to `value` for the session. set_config takes the value
+/// verbatim (as the startup packet does), whatever its quoting (search_path lists) and whatever
+/// standard_conforming_strings is.
+pub fn set_config_sql(name: &str, value: &str) -> String {
+    let value = value.replace('\\', "\\\\").replace('\'', "''");
+    let name = name.replace('\'', "''");
+    format!("SELECT pg_catalog.set_config('{name}', E'{value}', false)")
+}
+
 /// SET statements that bring a server (its login values plus its changes) in line with a
 /// client (the pool's defaults plus the client's changes); None when they already agree.
 pub fn sync_statements(
@@ -187,12 +196,8 @@ pub fn sync_statements(
         let want = client.get(name).or_else(|| lookup(defaults, name));
         let have = server.get(name).or_else(|| lookup(server_login, name));
         if let Some(want) = want.filter(|w| Some(*w) != have) {
-            // set_config takes the value verbatim (as the startup packet does), whatever its
-            // quoting (search_path lists) and whatever standard_conforming_strings is.
-            let value = want.replace('\\', "\\\\").replace('\'', "''");
-            sql.push_str(&format!(
-                "SELECT pg_catalog.set_config('{name}', E'{value}', false);"
-            ));
+            sql.push_str(&set_config_sql(name, want));
+            sql.push(';');
         }
     }
     // Extra parameters: the client's own SET replayed (after the reported ones, so it reads

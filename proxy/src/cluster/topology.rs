@@ -291,6 +291,52 @@ impl Topology {
         topology
     }
 
+    /// Like [`Topology::start`], but nodes that `previous` also has (same address and
+    /// configured role) start from what it knew, admin bans included: a reload that adds or
+    /// removes a replica does not take the others out of rotation until their next check.
+    pub fn start_after(settings: ClusterSettings, previous: &Topology) -> Arc<Topology> {
+        let topology = Topology::new(settings);
+        {
+            let old = previous.lock();
+            let mut st = topology.lock();
+            for (i, cfg) in topology.settings.nodes.iter().enumerate() {
+                let Some(j) = previous
+                    .settings
+                    .nodes
+                    .iter()
+                    .position(|o| o.addr == cfg.addr && o.role == cfg.role)
+                else {
+                    continue;
+                };
+                let o = &old.nodes[j];
+                st.nodes[i] = NodeRt {
+                    health: o.health,
+                    last_error: o.last_error.clone(),
+                    seen: o.seen,
+                    lag: o.lag.clone(),
+                    last_lag: o.last_lag,
+                    admin_banned: o.admin_banned,
+                };
+                topology.known_replay[i].store(
+                    previous.known_replay[j].load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
+            }
+            st.primary_sample = old.primary_sample;
+            topology.refresh(&mut st);
+        }
+        let topology = Arc::new(topology);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                for node in 0..topology.node_count() {
+                    monitor::spawn(&rt, &topology, node);
+                }
+            }
+            Err(_) => warn!("cluster topology started outside a tokio runtime: no node monitors"),
+        }
+        topology
+    }
+
     /// A topology without monitors that takes every node at its configured role (Auto as a
     /// replica) and reports it healthy: for tests and tools that need no live cluster.
     pub fn unmonitored(settings: ClusterSettings) -> Arc<Topology> {

@@ -11,7 +11,7 @@ use tracing::info;
 use super::auth;
 use super::listener::ClientGuard;
 use super::startup::{negotiate, Opening};
-use crate::backend::params::tracked;
+use crate::backend::params::{tracked, ExtraParams};
 use crate::config::{Database, Settings, User};
 use crate::protocol::startup::{CancelKey, StartupError};
 use crate::protocol::SqlState;
@@ -149,6 +149,8 @@ async fn login_inner<'s>(
     let (Some(user), Some(db)) = (user, settings.databases.get(db_name)) else {
         return Err(LoginError::UnknownDatabase(db_name.to_owned()));
     };
+    // Startup values of `track_extra_params` are the client's too (set on every server).
+    let extras = ExtraParams::intern(&settings.raw.track_extra_params);
     // Paired with "client disconnected" in `session` (same peer, user and database fields).
     info!(%peer, user = %user.name, database = %db.name, "client connected");
     Ok(Login::Client {
@@ -157,7 +159,7 @@ async fn login_inner<'s>(
         params: startup
             .params
             .iter()
-            .filter_map(|(k, v)| Some((tracked(k)?, v.clone())))
+            .filter_map(|(k, v)| Some((tracked(k).or_else(|| extras.find(k))?, v.clone())))
             .collect(),
     })
 }

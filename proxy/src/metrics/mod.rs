@@ -74,7 +74,8 @@ impl ReasonLabel {
         ReasonLabel::Unrouted,
     ];
 
-    fn as_str(self) -> &'static str {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
         match self {
             ReasonLabel::Classified => "classified",
             ReasonLabel::Write => "write",

@@ -80,11 +80,19 @@ fn reuse_router(
         return old.clone();
     }
     info!(database = %db.name, nodes_changed = !same_cluster, "routing settings changed: new router");
-    new_router(settings, db, same_cluster.then(|| old.topology().clone()))
+    let topology = if same_cluster {
+        old.topology().clone()
+    } else if db.nodes().iter().any(|n| n.role != ConfiguredRole::Primary) {
+        // Nodes it keeps start from what the old topology knew (rotation, lag, bans).
+        Topology::start_after(db.cluster.clone(), old.topology())
+    } else {
+        Topology::unmonitored(db.cluster.clone())
+    };
+    new_router(settings, db, Some(topology))
 }
 
-/// A router for `db`; on `topology` if given (same nodes), else on a new one whose monitors
-/// start now (a new replica joins the rotation after its first lag check).
+/// A router for `db`; on `topology` if given, else on a new one whose monitors start now (a new
+/// replica joins the rotation after its first lag check).
 fn new_router(settings: &Settings, db: &Database, topology: Option<Arc<Topology>>) -> Arc<Router> {
     // A lone configured primary needs no monitor (nothing to route between): no extra server
     // connection, as with PgBouncer.

@@ -56,7 +56,7 @@ pub async fn handle(
     let params = match Box::pin(welcome_params(&upstream, &router)).await {
         Ok(p) => p,
         Err(e) => {
-            warn!(%peer, database = %db.name, error = %e, "no server connection");
+            warn!(%peer, user = %user.name, database = %db.name, error = %e, "no server connection: client closed");
             Box::pin(pool_farewell(&mut stream, &e)).await;
             return;
         }
@@ -74,7 +74,7 @@ pub async fn handle(
             {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    warn!(%peer, database = %db.name, error = %e, "no server connection");
+                    warn!(%peer, user = %user.name, database = %db.name, error = %e, "no server connection: client closed");
                     Box::pin(target_farewell(&mut stream, &e)).await;
                     return;
                 }
@@ -101,7 +101,12 @@ pub async fn handle(
     // and set on every server that serves it.
     let mut client_params = ParamChanges::default();
     for (k, v) in &startup_params {
-        client_params.set(&params, k, v);
+        if crate::backend::params::tracked(k).is_some() {
+            client_params.set(&params, k, v);
+        } else {
+            // A `track_extra_params` value: replayed like the client's own SET.
+            client_params.set_extra(k, Some(&crate::backend::params::set_config_sql(k, v)));
+        }
     }
     for (k, v) in params.iter() {
         parameter_status(&mut welcome, k, client_params.get(k).unwrap_or(v));

@@ -70,6 +70,14 @@ impl Session {
                 DecidedBy::Default => ReasonLabel::Classified,
             }
         };
+        tracing::debug!(
+            database = %self.database(),
+            node = %self.upstream.node(serving.node).node(),
+            replica = serving.on_replica,
+            decided_by = ?route.by,
+            reason = self.reason.as_str(),
+            "routed"
+        );
         Ok(serving)
     }
 
