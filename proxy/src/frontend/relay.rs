@@ -339,6 +339,7 @@ impl Relay<'_> {
                     rules: self.rules,
                     statements: self.statements,
                     reported: self.defaults,
+                    strings: self.params.string_syntax(self.defaults),
                 },
                 client: self.routing,
                 in_transaction: self.status != TxStatus::Idle,

@@ -8,9 +8,10 @@ use crate::backend::params::{lookup, tracked};
 use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
 use crate::router::classify::{Class, Classifier};
+use crate::router::lexer::StringSyntax;
 use crate::router::route::UnitInfo;
 use crate::router::rules::RuleSet;
-use crate::router::session_state::pins;
+use crate::router::session_state::pins_in;
 
 /// What classifying client units needs.
 pub(crate) struct UnitContext<'a> {
@@ -22,6 +23,8 @@ pub(crate) struct UnitContext<'a> {
     pub statements: &'a ClientStatements,
     /// Parameters the server reports (SETs of those do not pin).
     pub reported: &'a [(String, String)],
+    /// How the client's `'...'` strings read (its `standard_conforming_strings`).
+    pub strings: StringSyntax,
 }
 
 impl UnitContext<'_> {
@@ -37,8 +40,13 @@ impl UnitContext<'_> {
     fn add_sql(&self, sql: &[u8], info: &mut UnitInfo) {
         let c = self.classifier.classify(sql);
         info.add_statement(self.rules, sql, &c);
+        if self.strings == StringSyntax::BackslashEscapes && sql.contains(&b'\\') {
+            // The classifier reads strings the standard way; with backslash escapes a write
+            // can hide behind what looks like a string to it: the primary, to be sure.
+            info.merge(&UnitInfo::write());
+        }
         let reported = self.reported;
-        let pinning = pins(sql, |name| {
+        let pinning = pins_in(sql, self.strings, |name| {
             std::str::from_utf8(name)
                 .ok()
                 .and_then(tracked)
@@ -188,6 +196,7 @@ mod tests {
                 classifier: &classifier,
                 rules: None,
                 statements,
+                strings: StringSyntax::Standard,
                 reported: &[],
             },
         )
@@ -199,6 +208,32 @@ mod tests {
 
     fn bind(stmt: &str) -> Vec<u8> {
         frame(b'B', format!("\0{stmt}\0\0\0\0\0\0\0").as_bytes())
+    }
+
+    #[test]
+    fn backslash_strings_go_to_the_primary_when_they_escape() {
+        // With standard_conforming_strings off, this is a string then a DELETE; read the
+        // standard way it looks like two strings around nothing.
+        let sql = b"SELECT 'a\\''; DELETE FROM t; -- '\0";
+        let classifier = Classifier::new(FunctionTable::builtin(), 100);
+        let none = ClientStatements::default();
+        let ctx = |strings| UnitContext {
+            classifier: &classifier,
+            rules: None,
+            statements: &none,
+            strings,
+            reported: &[],
+        };
+        let off = scan(
+            &frame(b'Q', sql),
+            1 << 20,
+            &ctx(StringSyntax::BackslashEscapes),
+        );
+        assert_eq!(off.info.class, Class::Write);
+        // A plain read with no backslash stays a read either way.
+        let plain = frame(b'Q', b"SELECT 'a''b'\0");
+        let r = scan(&plain, 1 << 20, &ctx(StringSyntax::BackslashEscapes));
+        assert_eq!(r.info.class, Class::Read);
     }
 
     #[test]

@@ -35,6 +35,7 @@ impl Session {
                 rules: self.router().rule_set(),
                 statements: &self.statements,
                 reported: &self.defaults,
+                strings: self.params.string_syntax(&self.defaults),
             },
         );
         let info = if unit.len.is_some() {
