@@ -15,6 +15,9 @@ use crate::backend::CancelTarget;
 use crate::clock::unix_micros;
 use crate::protocol::startup::CancelKey;
 
+/// Distinct application names the registry shares between clients (others are per client).
+const MAX_SHARED_APP_NAMES: usize = 256;
+
 /// What a client is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -53,12 +56,12 @@ pub struct ClientEntry {
     pub cancel: CancelSlot,
     /// Its address.
     pub peer: SocketAddr,
-    /// Client-facing user name.
-    pub user: Box<str>,
-    /// Client-facing database name.
-    pub database: Box<str>,
-    /// `application_name` from its startup packet.
-    pub application_name: Box<str>,
+    /// Client-facing user name (interned: shared by the user's clients).
+    pub user: Arc<str>,
+    /// Client-facing database name (interned).
+    pub database: Arc<str>,
+    /// `application_name` from its startup packet (interned while few are in use).
+    pub application_name: Arc<str>,
     /// When it logged in (µs since the epoch).
     pub connected_at: u64,
     state: AtomicU8,
@@ -130,6 +133,11 @@ pub struct NewClient<'a> {
 #[derive(Debug, Default)]
 pub struct ClientRegistry {
     map: Mutex<HashMap<CancelKey, Arc<ClientEntry>>>,
+    /// User and database names, and the first application names seen, shared by the entries
+    /// (configured names, and at most `MAX_SHARED_APP_NAMES` others: bounded).
+    names: Mutex<Vec<Arc<str>>>,
+    /// Application names in `names`.
+    app_names: std::sync::atomic::AtomicUsize,
 }
 
 /// A registered client; unregisters on drop.
@@ -153,15 +161,32 @@ impl ClientRegistry {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The shared copy of a name (an idle client then costs no allocation for it). Client-chosen
+    /// names (`configured` false) are shared only up to `MAX_SHARED_APP_NAMES` distinct ones.
+    fn intern(&self, name: &str, configured: bool) -> Arc<str> {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = names.iter().find(|n| ***n == *name) {
+            return n.clone();
+        }
+        let n: Arc<str> = name.into();
+        if configured || self.app_names.load(Ordering::Relaxed) < MAX_SHARED_APP_NAMES {
+            if !configured {
+                self.app_names.fetch_add(1, Ordering::Relaxed);
+            }
+            names.push(n.clone());
+        }
+        n
+    }
+
     /// Registers a new client under a fresh random cancel key.
     pub fn register(self: &Arc<Self>, who: NewClient<'_>) -> ClientHandle {
         let now = unix_micros();
         let entry = Arc::new(ClientEntry {
             cancel: CancelSlot::default(),
             peer: who.peer,
-            user: who.user.into(),
-            database: who.database.into(),
-            application_name: who.application_name.into(),
+            user: self.intern(who.user, true),
+            database: self.intern(who.database, true),
+            application_name: self.intern(who.application_name, false),
             connected_at: now,
             state: AtomicU8::new(ClientState::Idle as u8),
             since: AtomicU64::new(now),

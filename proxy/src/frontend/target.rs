@@ -6,8 +6,9 @@ use std::time::Duration;
 use thiserror::Error;
 use tracing::{debug, warn};
 
-use crate::backend::{Checkout, PoolError, Upstream};
+use crate::backend::{BackendError, Checkout, PoolError, Upstream};
 use crate::cluster::{InFlight, Lsn};
+use crate::protocol::SqlState;
 use crate::router::route::{Choice, Router, Target};
 
 /// Longest wait for a replica to report its replay position.
@@ -40,6 +41,18 @@ pub(crate) enum TargetError {
         /// How long the client waited.
         waited: Duration,
     },
+}
+
+impl TargetError {
+    /// The SQLSTATE the client gets (a server's own refusal is passed on with its code).
+    pub(crate) fn sqlstate(&self) -> &str {
+        match self {
+            TargetError::Pool(PoolError::Connect(BackendError::Refused { code, .. })) => code,
+            TargetError::Pool(PoolError::WaitTimeout { .. }) => SqlState::TOO_MANY_CONNECTIONS.0,
+            TargetError::Pool(PoolError::Connect(_)) => SqlState::CANNOT_CONNECT.0,
+            TargetError::NoPrimary { .. } => SqlState::NO_PRIMARY.0,
+        }
+    }
 }
 
 /// Checks out a server for `target`.

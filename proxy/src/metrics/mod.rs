@@ -256,7 +256,7 @@ impl Metrics {
             ),
             errors: counter_vec(
                 "errors_total",
-                "Errors sent to clients, by database and SQLSTATE class (first two characters).",
+                "Errors sent to logged-in clients (the servers' and pgtier's own), by database and SQLSTATE class (first two characters).",
                 &["database", "class"],
             ),
             gauges: scrape::Gauges::new(),

@@ -133,8 +133,12 @@ impl Session {
                 },
             };
             if held.is_none() {
-                if let Err(reason) = self.refresh().await {
-                    return reason;
+                // Boxed and only when needed: its state would otherwise sit in every idle
+                // client's task.
+                if self.needs_refresh() {
+                    if let Err(reason) = Box::pin(self.refresh()).await {
+                        return reason;
+                    }
                 }
                 if let Some(reply) = answer_parse_batch(&first, &mut self.statements) {
                     if self.stream.write_all(&reply).await.is_err() {
@@ -228,6 +232,12 @@ impl Session {
         &self.runtime.limits
     }
 
+    /// Whether an admin KILL or a reload happened since the client last looked.
+    fn needs_refresh(&self) -> bool {
+        self.runtime.control.kills() != self.kills_seen
+            || self.proxy.generation() != self.generation
+    }
+
     /// Between transactions: closes the client if an admin KILLed its database, and moves it
     /// to the current config snapshot if a reload happened (its pools, router and limits).
     async fn refresh(&mut self) -> Result<(), &'static str> {
@@ -276,6 +286,7 @@ impl Session {
     }
 
     async fn close(&mut self, code: SqlState, message: &str) {
+        self.runtime.metrics.error(code.0);
         // Boxed: rare, and it keeps the idle task small.
         Box::pin(farewell(&mut self.stream, code, message)).await;
     }

@@ -142,6 +142,7 @@ impl Session {
                 Ok(c) => Ok(c),
                 Err(e) => {
                     warn!(database = %self.database(), error = %e, "no server connection for client");
+                    self.runtime.metrics.error(e.sqlstate());
                     target_farewell(&mut self.stream, &e).await;
                     Err("no server connection")
                 }

@@ -14,7 +14,6 @@ impl Session {
         let server = &mut serving.server;
         let entry = self.client.entry.clone();
         entry.set_server(Some((server.conn().cancel_target(), serving.node)));
-        entry.set_state(ClientState::Active);
         let was_pinned = self.pinned.is_some();
         let runtime = self.runtime.clone();
         let classifier = runtime.router.classifier();
