@@ -249,3 +249,46 @@ async fn startup_values_of_extra_params_follow_the_client() {
         assert_eq!(extras(&other).await.0, default_mem);
     }
 }
+
+/// Two clients with different `search_path` (tracked, so neither is pinned) share one server
+/// connection and one server-side statement (same text): each still reads its own schema's
+/// table, because Postgres re-parses a prepared statement whose search_path changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_shared_by_text_follows_each_clients_search_path() {
+    let c = Cluster::shared();
+    scram_role(c, "paths", "paths").unwrap();
+    c.ddl(
+        "app",
+        "CREATE SCHEMA IF NOT EXISTS sp_a; CREATE SCHEMA IF NOT EXISTS sp_b;
+         DROP TABLE IF EXISTS sp_a.sp_t, sp_b.sp_t;
+         CREATE TABLE sp_a.sp_t (v text); INSERT INTO sp_a.sp_t VALUES ('a');
+         CREATE TABLE sp_b.sp_t (v text); INSERT INTO sp_b.sp_t VALUES ('b');
+         GRANT USAGE ON SCHEMA sp_a, sp_b TO paths;
+         GRANT SELECT ON sp_a.sp_t, sp_b.sp_t TO paths;",
+    )
+    .unwrap();
+    let px = ConfigBuilder::new(c)
+        .global("track_extra_params = [\"search_path\"]")
+        .global("query_wait_timeout = \"3s\"")
+        .user("paths", "auth = \"trust\"\nserver_password = \"paths\"")
+        .database("pool_size = 1")
+        .start()
+        .unwrap();
+    let connect = || async {
+        let dsn = format!("host=127.0.0.1 port={} user=paths dbname=app", px.port());
+        let (client, conn) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client
+    };
+    let (a, b) = (connect().await, connect().await);
+    a.batch_execute("SET search_path = sp_a").await.unwrap();
+    b.batch_execute("SET search_path = sp_b").await.unwrap();
+    let sa = a.prepare("SELECT v FROM sp_t").await.unwrap();
+    let sb = b.prepare("SELECT v FROM sp_t").await.unwrap();
+    for _ in 0..5 {
+        let va: String = a.query_one(&sa, &[]).await.unwrap().get(0);
+        let vb: String = b.query_one(&sb, &[]).await.unwrap().get(0);
+        assert_eq!((va.as_str(), vb.as_str()), ("a", "b"));
+    }
+    assert!(!px.log().contains("pinned"), "{}", px.log());
+}

@@ -35,12 +35,16 @@ pub struct ExtraParams(&'static [Box<str>]);
 
 impl ExtraParams {
     /// The handle for these names (case-insensitive; duplicates and reported parameters,
-    /// which are synced anyway, are dropped).
+    /// which are synced anyway, are dropped, except search_path, reported only since
+    /// Postgres 18).
     pub fn intern(names: &[String]) -> ExtraParams {
         let mut list: Vec<Box<str>> = Vec::new();
         for n in names {
             let n = n.trim().to_ascii_lowercase();
-            if !n.is_empty() && tracked(&n).is_none() && !list.iter().any(|l| **l == n) {
+            // search_path is reported only by Postgres 18 and later: before that it can be
+            // synced only as an extra parameter.
+            let reported = tracked(&n).is_some() && n != "search_path";
+            if !n.is_empty() && !reported && !list.iter().any(|l| **l == n) {
                 list.push(n.into());
             }
         }
