@@ -95,51 +95,68 @@ impl ExtraUpdate {
         match self {
             ExtraUpdate::Set(name, sql) => changes.set_extra(name, Some(sql)),
             ExtraUpdate::Reset(name) => changes.set_extra(name, None),
-            ExtraUpdate::ResetAll => changes.extra.clear(),
+            ExtraUpdate::ResetAll => changes.entries.retain(|e| e.0 != Kind::Extra),
         }
     }
 }
 
-/// Values that differ from a baseline list of (name, value).
+/// Which list an entry of [`ParamChanges`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A reported parameter: the value as reported.
+    Reported,
+    /// An extra parameter: the SET statement that set it (absent: the server default).
+    Extra,
+}
+
+/// Values that differ from a baseline list of (name, value). One list for both kinds: every
+/// client and server connection has one, mostly empty.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ParamChanges {
-    /// Reported parameters: (name, value as reported).
-    reported: Vec<(&'static str, Box<str>)>,
-    /// Extra parameters: (name, the SET statement that set it); absent: the server default.
-    extra: Vec<(&'static str, Box<str>)>,
+    entries: Vec<(Kind, &'static str, Box<str>)>,
 }
 
 impl ParamChanges {
+    fn find(&self, kind: Kind, name: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(k, n, _)| *k == kind && *n == name)
+            .map(|(_, _, v)| &**v)
+    }
+
+    fn put(&mut self, kind: Kind, name: &'static str, value: Option<&str>) {
+        self.entries.retain(|(k, n, _)| !(*k == kind && *n == name));
+        if let Some(v) = value {
+            self.entries.push((kind, name, v.into()));
+        }
+    }
+
     /// Records `name = value` (a tracked name); a value equal to the baseline clears the entry.
     pub fn set(&mut self, baseline: &[(String, String)], name: &'static str, value: &str) {
-        self.reported.retain(|(n, _)| *n != name);
-        if lookup(baseline, name) != Some(value) {
-            self.reported.push((name, value.into()));
-        }
+        let changed = lookup(baseline, name) != Some(value);
+        self.put(Kind::Reported, name, changed.then_some(value));
     }
 
     /// The changed value of `name`, if it differs from the baseline.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.reported
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| &**v)
+        self.find(Kind::Reported, name)
     }
 
     /// Records the statement that set extra parameter `name` (None: back to its default).
     pub fn set_extra(&mut self, name: &'static str, sql: Option<&str>) {
-        self.extra.retain(|(n, _)| *n != name);
-        if let Some(sql) = sql {
-            self.extra.push((name, sql.into()));
-        }
+        self.put(Kind::Extra, name, sql);
     }
 
     /// The statement that set extra parameter `name`, if it is not at its default.
     pub fn extra(&self, name: &str) -> Option<&str> {
-        self.extra
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| &**v)
+        self.find(Kind::Extra, name)
+    }
+
+    /// Takes `other`'s extra parameters as its own.
+    fn copy_extra_from(&mut self, other: &ParamChanges) {
+        self.entries.retain(|e| e.0 != Kind::Extra);
+        self.entries
+            .extend(other.entries.iter().filter(|e| e.0 == Kind::Extra).cloned());
     }
 
     /// How plain string literals read in this session (its `standard_conforming_strings`,
@@ -151,15 +168,21 @@ impl ParamChanges {
 
     /// Whether nothing differs from the baseline.
     pub fn is_empty(&self) -> bool {
-        self.reported.is_empty() && self.extra.is_empty()
+        self.entries.is_empty()
     }
 
     fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.reported.iter().map(|(n, _)| *n)
+        self.entries
+            .iter()
+            .filter(|e| e.0 == Kind::Reported)
+            .map(|e| e.1)
     }
 
     fn extra_names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.extra.iter().map(|(n, _)| *n)
+        self.entries
+            .iter()
+            .filter(|e| e.0 == Kind::Extra)
+            .map(|e| e.1)
     }
 }
 
@@ -234,7 +257,7 @@ pub fn bring_in_line(
 ) -> Option<String> {
     let sql = sync_statements(defaults, client, server_login, server);
     if sql.is_some() {
-        server.extra = client.extra.clone();
+        server.copy_extra_from(client);
     }
     sql
 }

@@ -58,9 +58,13 @@ impl Prepared {
 #[derive(Debug)]
 pub struct Saved(HashMap<Box<[u8]>, Arc<Prepared>>);
 
-/// A client's statements by the client's names.
+/// A client's statements by the client's names. Allocated on first use: a client that
+/// prepares nothing carries one pointer.
 #[derive(Debug, Default)]
-pub struct ClientStatements {
+pub struct ClientStatements(Option<Box<Statements>>);
+
+#[derive(Debug, Default)]
+struct Statements {
     map: HashMap<Box<[u8]>, Arc<Prepared>>,
     /// The client's unnamed statement (Parse body after the name), for a Bind that runs on
     /// another server connection than its Parse.
@@ -68,66 +72,88 @@ pub struct ClientStatements {
 }
 
 impl ClientStatements {
+    fn inner_mut(&mut self) -> &mut Statements {
+        self.0.get_or_insert_with(Box::default)
+    }
+
     /// The statement the client calls `name`.
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Prepared>> {
-        self.map.get(name)
+        self.0.as_ref()?.map.get(name)
     }
 
     /// Whether the client has a statement called `name`.
     pub fn contains(&self, name: &[u8]) -> bool {
-        self.map.contains_key(name)
+        self.0.as_ref().is_some_and(|s| s.map.contains_key(name))
     }
 
     /// Adds a statement; false if the client is at its limit.
     pub fn insert(&mut self, name: &[u8], p: Arc<Prepared>) -> bool {
-        if self.map.len() >= MAX_PER_CLIENT {
+        let s = self.inner_mut();
+        if s.map.len() >= MAX_PER_CLIENT {
             return false;
         }
-        self.map.insert(name.into(), p);
+        s.map.insert(name.into(), p);
         true
     }
 
     /// Records the client's unnamed statement (None: a simple Query destroyed it).
     pub fn set_unnamed(&mut self, rest: Option<&[u8]>) {
-        self.unnamed = rest.map(Box::from);
+        match rest {
+            Some(rest) => self.inner_mut().unnamed = Some(Box::from(rest)),
+            None => {
+                if let Some(s) = self.0.as_mut() {
+                    s.unnamed = None;
+                    if s.map.is_empty() {
+                        self.0 = None;
+                    }
+                }
+            }
+        }
     }
 
     /// The client's unnamed statement, if it has one.
     pub fn unnamed(&self) -> Option<&[u8]> {
-        self.unnamed.as_deref()
+        self.0.as_ref()?.unnamed.as_deref()
     }
 
     /// Removes a statement (Close); returns it.
     pub fn remove(&mut self, name: &[u8]) -> Option<Arc<Prepared>> {
-        self.map.remove(name)
+        self.0.as_mut()?.map.remove(name)
     }
 
     /// Removes `name` if it is still `stmt` (its Parse failed or was skipped).
     pub fn remove_if(&mut self, name: &[u8], stmt: &Arc<Prepared>) {
-        if self.map.get(name).is_some_and(|s| Arc::ptr_eq(s, stmt)) {
-            self.map.remove(name);
+        if let Some(s) = self.0.as_mut() {
+            if s.map.get(name).is_some_and(|p| Arc::ptr_eq(p, stmt)) {
+                s.map.remove(name);
+            }
         }
     }
 
     /// Puts back a statement whose Close was skipped (unless the name was taken since).
     pub fn put_back(&mut self, name: &[u8], stmt: Arc<Prepared>) {
-        if !self.map.contains_key(name) && self.map.len() < MAX_PER_CLIENT {
-            self.map.insert(name.into(), stmt);
+        let s = self.inner_mut();
+        if !s.map.contains_key(name) && s.map.len() < MAX_PER_CLIENT {
+            s.map.insert(name.into(), stmt);
         }
     }
 
     /// Forgets every named statement (DEALLOCATE ALL, DISCARD ALL), returning them.
     pub fn take_all(&mut self) -> Saved {
-        self.unnamed = None;
-        Saved(std::mem::take(&mut self.map))
+        match self.0.take() {
+            Some(s) => Saved(s.map),
+            None => Saved(HashMap::new()),
+        }
     }
 
     /// Forgets what each statement was classified as (a reload changed the classifier: e.g.
     /// `write_functions`): each is classified again at its next use. Only between
     /// transactions, when no reply that may undo a change is pending.
     pub fn reclassify(&mut self) {
-        for stmt in self.map.values_mut() {
-            *stmt = Arc::new(Prepared::new(&stmt.rest));
+        if let Some(s) = self.0.as_mut() {
+            for stmt in s.map.values_mut() {
+                *stmt = Arc::new(Prepared::new(&stmt.rest));
+            }
         }
     }
 
