@@ -8,6 +8,7 @@ use std::time::Duration;
 use pgtier_kit::fixture::{scram_role, ConfigBuilder};
 use pgtier_kit::wire::{bind, close_statement as close, execute, first_value, parse, sync, tags};
 use pgtier_kit::{wire, Cluster, Pgtier};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -246,4 +247,49 @@ async fn deallocate_always_gets_an_answer() {
     assert_eq!(tags(&r), "CZ", "{r:?}");
     let r = send(&mut a, &[bind("keep"), execute(), sync()]).await;
     assert_eq!(summary(&r), "EZ 26000");
+}
+
+/// A Parse that arrives alone (psycopg's pipeline mode flushes it before the rest) of a
+/// statement the server connection already has is answered by pgtier alone: the client's own
+/// name must never reach the server (it did, and a second client's identical Parse then got
+/// Postgres' 42P05 for that name).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lone_parse_answered_by_pgtier_sends_nothing_to_the_server() {
+    let px = start(1, 100);
+    // Client A puts "SELECT 4242" on the pool's only server connection.
+    let (mut a, _) = wire::login_trust(&px.addr(), "pgtier_trust", "app")
+        .await
+        .unwrap();
+    let r = send(
+        &mut a,
+        &[parse("s", "SELECT 4242"), bind("s"), execute(), sync()],
+    )
+    .await;
+    assert_eq!(tags(&r), "12DCZ", "{r:?}");
+    for client in ["b", "c"] {
+        let (mut s, _) = wire::login_trust(&px.addr(), "pgtier_trust", "app")
+            .await
+            .unwrap();
+        // The same statement under the client's own name, in a pipeline: the Parse alone in
+        // its own write (pgtier answers it at once), the rest later.
+        s.write_all(&parse("lone", "SELECT 4242")).await.unwrap();
+        let first = wire::read_msg(&mut s, LIMIT).await.unwrap();
+        assert_eq!(first.tag, b'1', "{client}: {first:?}");
+        let r = send(&mut s, &[bind("lone"), execute(), sync()]).await;
+        assert_eq!(tags(&r), "2DCZ", "{client}: {r:?}");
+        assert_eq!(first_value(&r), "4242");
+        // Only pgtier's names are on the server.
+        let r = send(
+            &mut s,
+            &[wire::query(
+                "SELECT count(*) FROM pg_prepared_statements WHERE name NOT LIKE 'pgtier%'",
+            )],
+        )
+        .await;
+        assert_eq!(
+            first_value(&r),
+            "0",
+            "{client}: a client's name reached the server"
+        );
+    }
 }

@@ -375,10 +375,13 @@ impl Relay<'_> {
         if !scan.copied && !self.out.is_empty() {
             self.out.extend_from_slice(&self.cbuf[..scan.consumed]);
         }
-        let batch = if self.out.is_empty() {
-            &self.cbuf[..scan.consumed]
-        } else {
+        // A rebuilt batch may be empty (everything answered by pgtier, e.g. a lone Parse of a
+        // statement this server already has): then nothing goes to the server, never the
+        // client's original bytes.
+        let batch = if scan.copied || !self.out.is_empty() {
             &self.out[..]
+        } else {
+            &self.cbuf[..scan.consumed]
         };
         if !batch.is_empty() {
             if let Err(e) = self.server.stream.write_all(batch).await {
