@@ -10,6 +10,20 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+/// Resolves once `done()` holds, checked now and whenever `notify` wakes its waiters.
+async fn until(notify: &Notify, done: impl Fn() -> bool) {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        // Registered before checking, so a wake-up in between is not missed.
+        notified.as_mut().enable();
+        if done() {
+            return;
+        }
+        notified.await;
+    }
+}
+
 /// Admin state of one database (kept across reloads).
 #[derive(Debug, Default)]
 pub struct DbControl {
@@ -48,18 +62,9 @@ impl DbControl {
 
     /// Waits up to `limit` while the database is paused; false if it still is.
     pub async fn wait_resumed(&self, limit: Duration) -> bool {
-        let wait = async {
-            loop {
-                let notified = self.resumed.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if !self.is_paused() {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(limit, wait).await.is_ok()
+        tokio::time::timeout(limit, until(&self.resumed, || !self.is_paused()))
+            .await
+            .is_ok()
     }
 }
 
@@ -90,15 +95,10 @@ impl Control {
 
     /// Resolves when SHUTDOWN was requested.
     pub async fn shutdown_requested(&self) {
-        loop {
-            let notified = self.shutdown.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.shutdown_requested.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
+        until(&self.shutdown, || {
+            self.shutdown_requested.load(Ordering::Acquire)
+        })
+        .await
     }
 }
 

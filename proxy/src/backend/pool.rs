@@ -120,12 +120,12 @@ impl Checkout {
             .is_some_and(|l| conn.age() >= l)
         {
             debug!(pool = %self.pool.id, "server connection reached server_lifetime, closing");
-            self.pool.forget_one(Some(conn.summary().pid));
+            self.pool.forget_one(Some(conn.pid()));
             return;
         }
         conn.touch();
         let mut st = self.pool.lock();
-        st.active.remove(&conn.summary().pid);
+        st.active.remove(&conn.pid());
         if st.epoch != self.epoch || st.retired {
             // RECONNECT or a reload asked for fresh connections: close this one.
             st.open = st.open.saturating_sub(1);
@@ -138,7 +138,7 @@ impl Checkout {
 impl Drop for Checkout {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.pool.forget_one(Some(conn.summary().pid));
+            self.pool.forget_one(Some(conn.pid()));
         }
     }
 }

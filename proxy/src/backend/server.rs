@@ -293,10 +293,15 @@ impl ServerConn {
         }
     }
 
+    /// The server backend's process id.
+    pub fn pid(&self) -> i32 {
+        self.key.pid
+    }
+
     /// What SHOW SERVERS shows of it.
     pub fn summary(&self) -> ServerSummary {
         ServerSummary {
-            pid: self.key.pid,
+            pid: self.pid(),
             peer: self.peer,
             local: self.local,
             connected_at: self.connected_at,

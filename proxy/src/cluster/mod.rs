@@ -1,8 +1,8 @@
 //! Topology: the primary and replicas of each database, their health and replication lag,
 //! watched by monitors and published for the routing hot path.
 //!
-//! - `topology`: node states and roles, what monitors report, administrator bans, the public
-//!   API.
+//! - `topology`: node states and roles, what monitors report, the public API.
+//! - `bans`: administrator bans (BAN / UNBAN).
 //! - `view`: the published [`View`]: node states, primary choice, publication.
 //! - `monitor`: one task per node checking it on its own tokio-postgres connection.
 //! - `lag`: lag measurement and the Healthy/Lagging hysteresis (pure).
@@ -10,6 +10,7 @@
 //! - `catalog`: reading `pg_proc` on the primary for the classifier.
 
 pub mod balancer;
+mod bans;
 pub mod catalog;
 pub mod lag;
 pub mod lsn;

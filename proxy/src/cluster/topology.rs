@@ -160,9 +160,9 @@ pub struct Topology {
     /// Times a node entered `Banned` (automatic or administrator), for metrics.
     pub(super) bans: AtomicU64,
     /// Whether monitors check the nodes (false: `unmonitored`, nothing ever re-checks a node).
-    monitored: bool,
+    pub(super) monitored: bool,
     /// Per node: wakes its monitor (report_failure, drop).
-    wake: Box<[Arc<Notify>]>,
+    pub(super) wake: Box<[Arc<Notify>]>,
     /// Per node: the monitor must open a new connection before its next check.
     reconnect: Box<[AtomicBool]>,
 }
@@ -279,7 +279,11 @@ impl Topology {
     /// runtime (they end when the topology is dropped). Every node is `Unknown` until its first
     /// check. Outside a runtime no monitor runs (logged) and nothing ever becomes eligible.
     pub fn start(settings: ClusterSettings) -> Arc<Topology> {
-        let topology = Arc::new(Topology::new(settings));
+        Topology::spawn_monitors(Arc::new(Topology::new(settings)))
+    }
+
+    /// One monitor task per node on the current tokio runtime (none outside one, logged).
+    fn spawn_monitors(topology: Arc<Topology>) -> Arc<Topology> {
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 for node in 0..topology.node_count() {
@@ -325,16 +329,7 @@ impl Topology {
             st.primary_sample = old.primary_sample;
             topology.refresh(&mut st);
         }
-        let topology = Arc::new(topology);
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                for node in 0..topology.node_count() {
-                    monitor::spawn(&rt, &topology, node);
-                }
-            }
-            Err(_) => warn!("cluster topology started outside a tokio runtime: no node monitors"),
-        }
-        topology
+        Topology::spawn_monitors(Arc::new(topology))
     }
 
     /// A topology without monitors that takes every node at its configured role (Auto as a
@@ -420,65 +415,6 @@ impl Topology {
         self.wake[node].notify_one();
     }
 
-    /// The node whose address is `addr` (`"host:port"`, IPv6 as `"[::1]:5432"`).
-    pub fn node_index(&self, addr: &str) -> Option<usize> {
-        let addr = NodeAddr::parse(addr)?;
-        self.settings
-            .nodes
-            .iter()
-            .position(|n| n.addr.port == addr.port && n.addr.host.eq_ignore_ascii_case(&addr.host))
-    }
-
-    /// Bans `node` on an administrator's request: out of rotation (state `Banned`) until
-    /// [`Topology::admin_unban`], whatever its monitor reports. Banning the primary stops
-    /// writes (`View::primary` is None meanwhile). Out-of-range nodes are ignored.
-    pub fn admin_ban(&self, node: usize) {
-        if node >= self.node_count() {
-            return;
-        }
-        let mut st = self.lock();
-        if !st.nodes[node].admin_banned {
-            warn!(node = %self.settings.nodes[node].addr, "banned by an administrator: out of rotation until UNBAN");
-            st.nodes[node].admin_banned = true;
-        }
-        self.refresh(&mut st);
-    }
-
-    /// Lifts an administrator's ban: the node is re-admitted at its next successful check (at
-    /// once for an unmonitored topology, which has no checks). No-op if it is not banned so.
-    pub fn admin_unban(&self, node: usize) {
-        if node >= self.node_count() {
-            return;
-        }
-        {
-            let mut st = self.lock();
-            let rt = &mut st.nodes[node];
-            if !rt.admin_banned {
-                return;
-            }
-            info!(node = %self.settings.nodes[node].addr, "unbanned by an administrator: back at its next successful check");
-            rt.admin_banned = false;
-            // What the monitor saw during the ban is not a fresh check: wait for the next one
-            // (a Down or never-checked node stays as it is).
-            if self.monitored && rt.health == Health::Up {
-                rt.health = Health::Banned;
-                rt.last_error = Some(
-                    "unbanned by an administrator: waiting for the next successful check".into(),
-                );
-                rt.seen = None;
-                rt.lag.reset();
-                rt.last_lag = None;
-            }
-            self.refresh(&mut st);
-        }
-        self.wake[node].notify_one();
-    }
-
-    /// How many times a node of this topology entered `Banned` (automatic or administrator).
-    pub fn bans_total(&self) -> u64 {
-        self.bans.load(Ordering::Relaxed)
-    }
-
     /// Waits up to `timeout` for a primary to be known; returns its index.
     pub async fn wait_for_primary(&self, timeout: Duration) -> Option<usize> {
         self.wait_until(timeout, |v| v.primary.is_some())
@@ -547,7 +483,7 @@ impl Topology {
         self.reconnect[node].swap(false, Ordering::Relaxed)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -278,10 +278,10 @@ impl Session {
             .params
             .get("application_name")
             .or_else(|| crate::backend::params::lookup(&self.defaults, "application_name"))
-            .unwrap_or("")
-            .to_owned();
-        let router = self.runtime.router.clone();
-        router.refresh_client(&mut self.routing, &id.user, &app);
+            .unwrap_or("");
+        self.runtime
+            .router
+            .refresh_client(&mut self.routing, &id.user, app);
         Ok(())
     }
 

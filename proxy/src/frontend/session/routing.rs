@@ -22,8 +22,8 @@ impl Session {
                 .or_else(|| crate::backend::params::lookup(&self.defaults, "application_name"))
                 .unwrap_or("");
             let user = &self.upstream.pools()[0].id().user;
-            self.router()
-                .clone()
+            self.runtime
+                .router
                 .refresh_client(&mut self.routing, user, app);
         }
         let classifier = self.router().classifier();
@@ -121,7 +121,7 @@ impl Session {
     }
 
     pub(super) async fn checkout(&mut self, target: Target) -> Result<Serving, &'static str> {
-        let router = self.router().clone();
+        // Held across awaits that also borrow `self` (closing the client on failure).
         let upstream = self.upstream.clone();
         let runtime = self.runtime.clone();
         let entry = self.client.entry.clone();
@@ -138,7 +138,7 @@ impl Session {
             return Err("paused");
         }
         let result = tokio::select! {
-            r = target::checkout(&router, &upstream, self.upstream.database(), target) => match r {
+            r = target::checkout(&runtime.router, &upstream, self.upstream.database(), target) => match r {
                 Ok(c) => Ok(c),
                 Err(e) => {
                     warn!(database = %self.database(), error = %e, "no server connection for client");
