@@ -26,6 +26,12 @@ struct Options {
     pool: u32,
     idle: usize,
     scale: u32,
+    /// pgtier's `workers` setting.
+    workers: u32,
+    /// Targets to run (all by default): direct, pgtier, pgbouncer.
+    targets: Vec<String>,
+    /// pgbench modes to run (all by default).
+    modes: Vec<String>,
 }
 
 impl Options {
@@ -37,9 +43,35 @@ impl Options {
             pool: 20,
             idle: 1000,
             scale: 10,
+            workers: 1,
+            targets: vec!["direct".into(), "pgtier".into(), "pgbouncer".into()],
+            modes: MODES.iter().map(|m| m.to_string()).collect(),
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
+            let mut list = |known: &[&str]| -> Result<Vec<String>> {
+                let v: Vec<String> = args
+                    .next()
+                    .context("missing value")?
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect();
+                match v.iter().find(|x| !known.contains(&x.as_str())) {
+                    Some(x) => bail!("unknown value {x} (known: {})", known.join(",")),
+                    None => Ok(v),
+                }
+            };
+            match a.as_str() {
+                "--targets" => {
+                    o.targets = list(&["direct", "pgtier", "pgbouncer"])?;
+                    continue;
+                }
+                "--modes" => {
+                    o.modes = list(&MODES)?;
+                    continue;
+                }
+                _ => {}
+            }
             let mut val = || -> Result<u64> {
                 args.next()
                     .context("missing value")?
@@ -53,8 +85,9 @@ impl Options {
                 "--pool" => o.pool = val()? as u32,
                 "--idle" => o.idle = val()? as usize,
                 "--scale" => o.scale = val()? as u32,
+                "--workers" => o.workers = val()? as u32,
                 "-h" | "--help" => {
-                    println!("compare [--rounds 3] [--duration 10] [--clients 32] [--pool 20] [--idle 1000] [--scale 10]");
+                    println!("compare [--rounds 3] [--duration 10] [--clients 32] [--pool 20] [--idle 1000] [--scale 10] [--workers 1] [--targets direct,pgtier,pgbouncer] [--modes simple,extended,prepared]");
                     std::process::exit(0);
                 }
                 other => bail!("unknown argument {other}"),
@@ -77,10 +110,12 @@ struct Sample {
     tps: f64,
     latency_ms: f64,
     cpu_us_per_tx: Option<f64>,
+    /// The part of `cpu_us_per_tx` spent in the kernel.
+    sys_us_per_tx: Option<f64>,
 }
 
 fn run(t: &Target, mode: &str, o: &Options) -> Result<Sample> {
-    let cpu0 = t.pid.map(procstat::cpu_us).transpose()?;
+    let cpu0 = t.pid.map(procstat::cpu).transpose()?;
     let out = pgbench(
         t.port,
         &[
@@ -96,7 +131,7 @@ fn run(t: &Target, mode: &str, o: &Options) -> Result<Sample> {
             &o.duration.to_string(),
         ],
     )?;
-    let cpu1 = t.pid.map(procstat::cpu_us).transpose()?;
+    let cpu1 = t.pid.map(procstat::cpu).transpose()?;
     let tx = field(&out, "number of transactions actually processed:").context("no tx count")?;
     let failed = field(&out, "number of failed transactions:").unwrap_or(0.0);
     if failed > 0.0 {
@@ -105,13 +140,23 @@ fn run(t: &Target, mode: &str, o: &Options) -> Result<Sample> {
     Ok(Sample {
         tps: field(&out, "tps =").context("no tps")?,
         latency_ms: field(&out, "latency average =").context("no latency")?,
-        cpu_us_per_tx: cpu0.zip(cpu1).map(|(a, b)| (b - a) as f64 / tx),
+        cpu_us_per_tx: cpu0
+            .zip(cpu1)
+            .map(|(a, b)| (b.total_us() - a.total_us()) as f64 / tx),
+        sys_us_per_tx: cpu0
+            .zip(cpu1)
+            .map(|(a, b)| (b.sys_us - a.sys_us) as f64 / tx),
     })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    let n = v.len();
+    if n % 2 == 0 {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    } else {
+        v[n / 2]
+    }
 }
 
 /// Opens `n` idle logged-in clients and returns the proxy's RSS growth per client, in KiB.
@@ -156,9 +201,9 @@ fn main() -> Result<()> {
     let pgtier_port = free_port()?;
     let config = format!(
         "listen = \"127.0.0.1:{pgtier_port}\"\nlog_level = \"warn\"\npool_mode = \"transaction\"\n\
-         max_client_conn = 5000\n[users.bench]\npassword = \"bench\"\n\
+         max_client_conn = 5000\nworkers = {}\n[users.bench]\npassword = \"bench\"\n\
          [databases.bench]\nprimary = \"127.0.0.1:{primary}\"\npool_size = {}\n",
-        o.pool
+        o.workers, o.pool
     );
     let pgtier = Pgtier::start(pgtier_port, &config)?;
     let bouncer_dir =
@@ -189,7 +234,10 @@ fn main() -> Result<()> {
             port: bouncer.port,
             pid: Some(bouncer.pid()),
         },
-    ];
+    ]
+    .into_iter()
+    .filter(|t| o.targets.iter().any(|n| n == t.name))
+    .collect::<Vec<_>>();
     eprintln!(
         "pgbench -S, {} clients, pool {}, {} s per run, {} rounds, interleaved",
         o.clients, o.pool, o.duration, o.rounds
@@ -213,7 +261,7 @@ fn main() -> Result<()> {
     let mut samples: BTreeMap<(&str, &str), Vec<Sample>> = BTreeMap::new();
     let mut failures: BTreeMap<(&str, &str), String> = BTreeMap::new();
     for round in 1..=o.rounds {
-        for mode in MODES {
+        for mode in o.modes.iter().map(String::as_str) {
             for t in &targets {
                 let s = match run(t, mode, &o) {
                     Ok(s) => s,
@@ -235,7 +283,9 @@ fn main() -> Result<()> {
                     t.name,
                     s.tps,
                     s.latency_ms,
-                    s.cpu_us_per_tx.map_or("-".into(), |c| format!("{c:.1} us"))
+                    s.cpu_us_per_tx
+                        .zip(s.sys_us_per_tx)
+                        .map_or("-".into(), |(c, k)| format!("{c:.1} us (kernel {k:.1})"))
                 );
                 samples.entry((mode, t.name)).or_default().push(s);
             }
@@ -246,9 +296,9 @@ fn main() -> Result<()> {
         "\n## pgbench -S, {} clients, pool {}, medians of {} interleaved runs of {} s\n",
         o.clients, o.pool, o.rounds, o.duration
     );
-    println!("| mode | target | TPS | avg latency ms | proxy CPU us/tx | TPS vs PgBouncer | CPU vs PgBouncer |");
-    println!("|---|---|---|---|---|---|---|");
-    for mode in MODES {
+    println!("| mode | target | TPS | avg latency ms | proxy CPU us/tx | of it kernel | TPS vs PgBouncer | CPU vs PgBouncer |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for mode in o.modes.iter().map(String::as_str) {
         let med = |name: &str, f: fn(&Sample) -> Option<f64>| -> Option<f64> {
             let v: Vec<f64> = samples.get(&(mode, name))?.iter().filter_map(f).collect();
             (!v.is_empty()).then(|| median(v))
@@ -257,20 +307,22 @@ fn main() -> Result<()> {
         let pgb_cpu = med("pgbouncer", |s| s.cpu_us_per_tx);
         for t in &targets {
             if let Some(why) = failures.get(&(mode, t.name)) {
-                println!("| {mode} | {} | failed: {why} | | | | |", t.name);
+                println!("| {mode} | {} | failed: {why} | | | | | |", t.name);
                 continue;
             }
             let tps = med(t.name, |s| Some(s.tps)).unwrap_or(0.0);
             let lat = med(t.name, |s| Some(s.latency_ms)).unwrap_or(0.0);
             let cpu = med(t.name, |s| s.cpu_us_per_tx);
+            let sys = med(t.name, |s| s.sys_us_per_tx);
             let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
                 (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
                 _ => "-".into(),
             };
             println!(
-                "| {mode} | {} | {tps:.0} | {lat:.3} | {} | {} | {} |",
+                "| {mode} | {} | {tps:.0} | {lat:.3} | {} | {} | {} | {} |",
                 t.name,
                 cpu.map_or("-".into(), |c| format!("{c:.1}")),
+                sys.map_or("-".into(), |c| format!("{c:.1}")),
                 ratio(Some(tps), pgb_tps),
                 ratio(cpu, pgb_cpu),
             );

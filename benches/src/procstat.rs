@@ -2,8 +2,22 @@
 
 use anyhow::{Context, Result};
 
-/// User + system CPU time of `pid`, in microseconds.
-pub fn cpu_us(pid: u32) -> Result<u64> {
+/// CPU time of a process: user and system, in microseconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu {
+    pub user_us: u64,
+    pub sys_us: u64,
+}
+
+impl Cpu {
+    /// User + system.
+    pub fn total_us(self) -> u64 {
+        self.user_us + self.sys_us
+    }
+}
+
+/// User and system CPU time of `pid` so far.
+pub fn cpu(pid: u32) -> Result<Cpu> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
@@ -13,7 +27,10 @@ pub fn cpu_us(pid: u32) -> Result<u64> {
     let stime: u64 = fields[12].parse()?;
     // SAFETY: sysconf has no preconditions.
     let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok((utime + stime) * 1_000_000 / tick)
+    Ok(Cpu {
+        user_us: utime * 1_000_000 / tick,
+        sys_us: stime * 1_000_000 / tick,
+    })
 }
 
 /// Resident set size of `pid`, in KiB.
