@@ -4,6 +4,9 @@
 //! microseconds per transaction (from /proc), and RSS per idle client.
 //!
 //! `cargo build --release -p pgtier && cargo run --release -p pgtier-benches --bin compare -- --help`
+//!
+//! `PGTIER_BASELINE_BIN=path` adds another pgtier build as the target `baseline`, interleaved
+//! with the others (A/B of two builds in one run).
 
 mod pgbench;
 mod pgbouncer;
@@ -152,7 +155,7 @@ fn run(t: &Target, mode: &str, o: &Options) -> Result<Sample> {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     } else {
         v[n / 2]
@@ -206,6 +209,15 @@ fn main() -> Result<()> {
         o.workers, o.pool
     );
     let pgtier = Pgtier::start(pgtier_port, &config)?;
+    // Another build of pgtier, run as the target "baseline" (A/B of two builds in one run).
+    let baseline = match std::env::var_os("PGTIER_BASELINE_BIN") {
+        Some(bin) => {
+            let port = free_port()?;
+            let config = config.replace(&format!(":{pgtier_port}\""), &format!(":{port}\""));
+            Some(Pgtier::start_bin(bin.into(), port, &config)?)
+        }
+        None => None,
+    };
     let bouncer_dir =
         std::env::temp_dir().join(format!("pgtier-bench-pgbouncer-{}", std::process::id()));
     let bouncer = pgbouncer::PgBouncer::start(
@@ -236,7 +248,12 @@ fn main() -> Result<()> {
         },
     ]
     .into_iter()
-    .filter(|t| o.targets.iter().any(|n| n == t.name))
+    .chain(baseline.as_ref().map(|b| Target {
+        name: "baseline",
+        port: b.port(),
+        pid: Some(b.pid()),
+    }))
+    .filter(|t| t.name == "baseline" || o.targets.iter().any(|n| n == t.name))
     .collect::<Vec<_>>();
     eprintln!(
         "pgbench -S, {} clients, pool {}, {} s per run, {} rounds, interleaved",
@@ -343,6 +360,7 @@ fn main() -> Result<()> {
         }
     }
     drop(bouncer);
+    drop(baseline);
     drop(pgtier);
     drop(cluster);
     Ok(())

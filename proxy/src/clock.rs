@@ -1,12 +1,25 @@
 //! Wall-clock time as the admin console shows it.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Microseconds since the Unix epoch, now.
 pub fn unix_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Microseconds since the Unix epoch at `at`, from a monotonic reading the caller already has
+/// (hot paths read the clock once per step). Anchored once per process; wall-clock steps
+/// after that are not followed, which is fine for SHOW CLIENTS' request times.
+pub fn unix_micros_at(at: Instant) -> u64 {
+    static ANCHOR: OnceLock<(Instant, u64)> = OnceLock::new();
+    let &(base, base_unix) = ANCHOR.get_or_init(|| (Instant::now(), unix_micros()));
+    match at.checked_duration_since(base) {
+        Some(d) => base_unix + d.as_micros() as u64,
+        None => base_unix.saturating_sub(base.duration_since(at).as_micros() as u64),
+    }
 }
 
 /// `YYYY-MM-DD HH:MM:SS UTC` for µs since the Unix epoch (as SHOW CLIENTS prints times).
@@ -33,6 +46,22 @@ pub fn format_utc(micros: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn monotonic_readings_map_to_wall_clock() {
+        let before = super::unix_micros();
+        let now = std::time::Instant::now();
+        let at = super::unix_micros_at(now);
+        let after = super::unix_micros();
+        // Anchored in this call or earlier: within the readings around it (1 ms slack).
+        assert!(
+            at + 1000 >= before && at <= after + 1000,
+            "{before} {at} {after}"
+        );
+        let later = super::unix_micros_at(now + std::time::Duration::from_secs(2));
+        // Truncation to whole µs on either side of the anchor: off by at most one.
+        assert!((later - at).abs_diff(2_000_000) <= 1, "{}", later - at);
+    }
+
     #[test]
     fn formats_utc() {
         assert_eq!(super::format_utc(0), "1970-01-01 00:00:00 UTC");

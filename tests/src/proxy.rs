@@ -24,7 +24,11 @@ impl Pgtier {
     /// Writes `config` (which must listen on 127.0.0.1:`port`, see [`crate::free_port`]) to a
     /// fresh file, runs `pgtier --config FILE` and waits (20 s) until it accepts connections.
     pub fn start(port: u16, config: &str) -> Result<Pgtier> {
-        let bin = pgtier_bin()?;
+        Pgtier::start_bin(pgtier_bin()?, port, config)
+    }
+
+    /// [`Pgtier::start`] with another pgtier binary (A/B benchmarks of two builds).
+    pub fn start_bin(bin: std::path::PathBuf, port: u16, config: &str) -> Result<Pgtier> {
         let bin = std::fs::canonicalize(&bin).unwrap_or(bin);
         let dir = make_temp_dir("pgtier-run")?;
         let config_path = dir.join("pgtier.toml");

@@ -214,12 +214,10 @@ pub fn sync_statements(
         return None; // the common case: nobody changed anything
     }
     let mut sql = String::new();
-    let mut done: Vec<&str> = Vec::new();
-    for name in client.names().chain(server.names()) {
-        if done.contains(&name) {
-            continue;
-        }
-        done.push(name);
+    // The client's names, then the server's that the client does not change (no list of names
+    // seen: this runs before every transaction of a client with changes).
+    let server_only = server.names().filter(|n| client.get(n).is_none());
+    for name in client.names().chain(server_only) {
         let want = client.get(name).or_else(|| lookup(defaults, name));
         let have = server.get(name).or_else(|| lookup(server_login, name));
         if let Some(want) = want.filter(|w| Some(*w) != have) {
@@ -229,12 +227,8 @@ pub fn sync_statements(
     }
     // Extra parameters: the client's own SET replayed (after the reported ones, so it reads
     // with the client's standard_conforming_strings), or RESET where the client has the default.
-    let mut done: Vec<&str> = Vec::new();
-    for name in client.extra_names().chain(server.extra_names()) {
-        if done.contains(&name) {
-            continue;
-        }
-        done.push(name);
+    let server_only = server.extra_names().filter(|n| client.extra(n).is_none());
+    for name in client.extra_names().chain(server_only) {
         match (client.extra(name), server.extra(name)) {
             (want, have) if want == have => {}
             (Some(want), _) => {

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -111,19 +111,24 @@ impl Checkout {
     }
 
     /// Returns a clean (idle, ReadyForQuery 'I') connection to the pool.
-    pub fn release(mut self) {
+    pub fn release(self) {
+        self.release_at(Instant::now());
+    }
+
+    /// [`Checkout::release`] with the caller's clock reading of when the work ended.
+    pub fn release_at(mut self, now: Instant) {
         let mut conn = self.conn.take().expect("present until release");
         if self
             .pool
             .settings
             .server_lifetime
-            .is_some_and(|l| conn.age() >= l)
+            .is_some_and(|l| conn.age_at(now) >= l)
         {
             debug!(pool = %self.pool.id, "server connection reached server_lifetime, closing");
             self.pool.forget_one(Some(conn.pid()));
             return;
         }
-        conn.touch();
+        conn.touch_at(now);
         let mut st = self.pool.lock();
         st.active.remove(&conn.pid());
         if st.epoch != self.epoch || st.retired {
@@ -256,7 +261,13 @@ impl Pool {
     /// opens a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
         let wait = self.settings.query_wait_timeout;
-        let permit = match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
+        // A free permit is taken without arming a timer. Fairness holds: released permits go
+        // to queued waiters first, so one is free only when nobody waits.
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => Ok(Ok(p)),
+            Err(_) => tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await,
+        };
+        let permit = match permit {
             Ok(Ok(p)) => p,
             _ => {
                 return Err(PoolError::WaitTimeout {

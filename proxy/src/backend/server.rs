@@ -386,14 +386,19 @@ impl ServerConn {
         self.created.elapsed()
     }
 
+    /// Age since login at `now`.
+    pub fn age_at(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.created)
+    }
+
     /// Time since it was last returned to the pool.
     pub fn idle_for(&self) -> Duration {
         self.last_used.elapsed()
     }
 
-    /// Marks the connection as just returned to the pool.
-    pub fn touch(&mut self) {
-        self.last_used = Instant::now();
+    /// Marks the connection as returned to the pool at `now`.
+    pub fn touch_at(&mut self, now: Instant) {
+        self.last_used = now;
     }
 
     /// False if the server closed the socket or sent something unprompted (e.g. a FATAL after

@@ -12,7 +12,7 @@ use rand::RngExt;
 
 use super::cancel::CancelSlot;
 use crate::backend::CancelTarget;
-use crate::clock::unix_micros;
+use crate::clock::{unix_micros, unix_micros_at};
 use crate::protocol::startup::CancelKey;
 
 /// Distinct application names the registry shares between clients (others are per client).
@@ -86,13 +86,16 @@ impl ClientEntry {
         )
     }
 
-    /// Records a state change; a new wait for a server (a new request) also records the time
-    /// (SHOW CLIENTS `request_time`, `wait`): one clock read per transaction, not three.
+    /// Records a state change.
     pub fn set_state(&self, state: ClientState) {
-        if state == ClientState::Waiting {
-            self.since.store(unix_micros(), Ordering::Relaxed);
-        }
         self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Records that a new request began waiting for a server at `at` (SHOW CLIENTS
+    /// `request_time`, `wait`): the caller's own clock reading, so no extra one.
+    pub fn set_waiting(&self, at: std::time::Instant) {
+        self.since.store(unix_micros_at(at), Ordering::Relaxed);
+        self.set_state(ClientState::Waiting);
     }
 
     /// Records that the client holds its server until it disconnects.
@@ -245,7 +248,7 @@ mod tests {
         });
         assert_eq!(r.all().len(), 1);
         assert_eq!(h.entry.state().0, ClientState::Idle);
-        h.entry.set_state(ClientState::Waiting);
+        h.entry.set_waiting(std::time::Instant::now());
         assert_eq!(r.all()[0].1.state().0, ClientState::Waiting);
         assert!(r.cancel_target(&h.key).is_none());
         drop(h);

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
+use std::time::Instant;
 use tracing::warn;
 
 use super::prepared::ClientStatements;
@@ -34,6 +34,10 @@ pub(crate) struct Observer<'a> {
     context: Context<'a>,
     /// When the oldest unanswered query was sent.
     started: Option<Instant>,
+    /// When the run began: the first query is timed from there (saves a clock read).
+    run_started: Option<Instant>,
+    /// When the last ReadyForQuery was answered.
+    pub last_reply: Option<Instant>,
     /// Its text (slow-query log on only).
     text: Option<String>,
     /// What the run did so far.
@@ -45,6 +49,7 @@ impl<'a> Observer<'a> {
     pub fn new(
         metrics: &'a DbMetrics,
         role: RoleLabel,
+        run_started: Instant,
         slow: Option<Duration>,
         context: Context<'a>,
     ) -> Observer<'a> {
@@ -54,6 +59,8 @@ impl<'a> Observer<'a> {
             slow,
             context,
             started: None,
+            run_started: Some(run_started),
+            last_reply: None,
             text: None,
             tally: Tally::default(),
         }
@@ -69,8 +76,11 @@ impl<'a> Observer<'a> {
         statements: &ClientStatements,
     ) {
         self.tally.received += forwarded as u64;
+        // The run's start stands for the first send only (later ones may follow client think
+        // time).
+        let run_started = self.run_started.take();
         if owed_before == 0 && owed_after > 0 {
-            self.started = Some(Instant::now());
+            self.started = Some(run_started.unwrap_or_else(Instant::now));
             if self.slow.is_some() {
                 self.text = statement_text(client, statements);
             }
@@ -87,7 +97,8 @@ impl<'a> Observer<'a> {
         self.tally.queries += u64::from(ready);
         let Some(start) = self.started else { return };
         let now = Instant::now();
-        let took = now - start;
+        self.last_reply = Some(now);
+        let took = now.saturating_duration_since(start);
         self.tally.query_time += took;
         self.metrics.query(self.role, took);
         if self.slow.is_some_and(|t| took >= t) {

@@ -99,7 +99,13 @@ impl ClientStatements {
     /// Records the client's unnamed statement (None: a simple Query destroyed it).
     pub fn set_unnamed(&mut self, rest: Option<&[u8]>) {
         match rest {
-            Some(rest) => self.inner_mut().unnamed = Some(Box::from(rest)),
+            Some(rest) => {
+                let inner = self.inner_mut();
+                // Drivers parse the same unnamed text again and again: keep the copy then.
+                if inner.unnamed.as_deref() != Some(rest) {
+                    inner.unnamed = Some(Box::from(rest));
+                }
+            }
             None => {
                 if let Some(s) = self.0.as_mut() {
                     s.unnamed = None;

@@ -70,6 +70,8 @@ pub(crate) struct RunEnd {
     pub retryable: bool,
     /// What the run did (queries, bytes, query time).
     pub tally: crate::metrics::Tally,
+    /// When the last ReadyForQuery reached the client.
+    pub last_reply: Option<std::time::Instant>,
 }
 
 /// Limits the relay applies.
@@ -149,6 +151,7 @@ pub(crate) async fn run(
         wrote: r.gate.wrote,
         retryable: !r.replied && !r.more_input,
         tally: r.observer.tally,
+        last_reply: r.observer.last_reply,
     }
 }
 
@@ -329,6 +332,7 @@ impl Relay<'_> {
     }
 
     async fn forward_client_bytes(&mut self) -> Option<Outcome> {
+        let strings = self.params.string_syntax(self.defaults);
         let admitted = self.gate.admit(
             &self.cbuf,
             self.copy_left,
@@ -339,7 +343,7 @@ impl Relay<'_> {
                     rules: self.rules,
                     statements: self.statements,
                     reported: self.defaults,
-                    strings: self.params.string_syntax(self.defaults),
+                    strings,
                 },
                 client: self.routing,
                 in_transaction: self.status != TxStatus::Idle,
@@ -356,7 +360,7 @@ impl Relay<'_> {
                 pinned: self.pinned,
                 reported: self.defaults,
                 policy: self.limits.session_state,
-                strings: self.params.string_syntax(self.defaults),
+                strings,
                 extras: self.limits.extra_params,
                 in_transaction: self.status != TxStatus::Idle,
             },

@@ -23,6 +23,8 @@ pub(crate) struct Serving {
     pub node: usize,
     /// The node is a replica.
     pub on_replica: bool,
+    /// When it was checked out (the pool wait ends and the run's timing starts here).
+    pub since: std::time::Instant,
     /// Counts the request against the node while it runs.
     _in_flight: InFlight,
 }
@@ -117,6 +119,7 @@ fn serving(router: &Router, server: Checkout, node: usize, on_replica: bool) -> 
         server,
         node,
         on_replica,
+        since: std::time::Instant::now(),
         _in_flight: router.topology().begin(node),
     }
 }

@@ -55,17 +55,18 @@ pub fn command(sql: &[u8]) -> Option<Result<Command, CommandError>> {
     let text = skip_comments(text).trim_end();
     let text = text.strip_suffix(';').unwrap_or(text).trim_end();
     let (verb, rest) = split_word(text);
-    let verb = verb.to_ascii_lowercase();
-    if !matches!(verb.as_str(), "show" | "set" | "reset") {
-        return None;
-    }
+    // Runs on every simple Query: decide without allocating.
+    let verb = ["show", "set", "reset"]
+        .into_iter()
+        .find(|v| verb.eq_ignore_ascii_case(v))?;
     let (mut name, mut rest) = split_name(rest);
     if verb == "set" && name.eq_ignore_ascii_case("session") {
         (name, rest) = split_name(rest);
     }
-    let lower = name.to_ascii_lowercase();
-    let var_name = lower.strip_prefix("pgtier.")?;
-    let var = match var_name {
+    name.get(..7)
+        .filter(|p| p.eq_ignore_ascii_case("pgtier."))?;
+    let var_name = name[7..].to_ascii_lowercase();
+    let var = match var_name.as_str() {
         "causal_lsn" => Var::CausalLsn,
         "min_lsn" => Var::MinLsn,
         "route" => Var::Route,
@@ -78,7 +79,7 @@ pub fn command(sql: &[u8]) -> Option<Result<Command, CommandError>> {
             }))
         }
     };
-    match verb.as_str() {
+    match verb {
         "show" if rest.is_empty() => Some(Ok(Command::Show(var))),
         "reset" if rest.is_empty() => Some(Ok(Command::Reset(var))),
         "set" => Some(set(var, rest)),

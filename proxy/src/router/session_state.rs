@@ -192,16 +192,24 @@ pub enum SessionCommand<'a> {
 
 /// Recognises a query that is exactly one DEALLOCATE or DISCARD ALL statement.
 pub fn session_command(sql: &[u8]) -> Option<SessionCommand<'_>> {
-    let mut words = Vec::with_capacity(4);
+    let is = |w: &[u8], k: &str| w.eq_ignore_ascii_case(k.as_bytes());
+    // At most three words; runs on every simple Query, so it stops at the first that cannot be.
+    let mut words: [&[u8]; 3] = [b""; 3];
+    let mut n = 0;
     for tok in Lexer::new(sql) {
         match tok {
-            Token::Word(w) if words.len() < 4 => words.push(w),
+            Token::Word(w) if n < 3 => {
+                if n == 0 && !is(w, "discard") && !is(w, "deallocate") {
+                    return None;
+                }
+                words[n] = w;
+                n += 1;
+            }
             Token::Semicolon => {}
             _ => return None,
         }
     }
-    let is = |w: &[u8], k: &str| w.eq_ignore_ascii_case(k.as_bytes());
-    match words.as_slice() {
+    match &words[..n] {
         [d, a] if is(d, "discard") && is(a, "all") => Some(SessionCommand::DiscardAll),
         [d, p, n] if is(d, "deallocate") && is(p, "prepare") => Some(deallocate(n)),
         [d, n] if is(d, "deallocate") => Some(deallocate(n)),

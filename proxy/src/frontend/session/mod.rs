@@ -110,15 +110,15 @@ struct Session {
 
 impl Session {
     /// Serves the client until it leaves.
-    async fn run(mut self, held: Option<Serving>) {
+    /// Boxed, with its held server boxed: an async fn keeps its arguments twice in its state
+    /// (as captured and as moved in), and this state is every idle client's task.
+    async fn run(mut self: Box<Self>, held: Option<Box<Serving>>) {
         let reason = self.serve(held).await;
         info!(peer = %self.client.entry.peer, user = %self.user(), database = %self.database(), reason, "client disconnected");
     }
 
     /// Runs until the client leaves; returns why it ended (for the log).
-    async fn serve(&mut self, held: Option<Serving>) -> &'static str {
-        // Boxed (session mode only) so that the idle task does not reserve room for it.
-        let mut held = held.map(Box::new);
+    async fn serve(&mut self, mut held: Option<Box<Serving>>) -> &'static str {
         // Client bytes a relay handed back (a unit that needs another server).
         // Boxed: it is a local of every idle client's task, and rarely used.
         let mut pending: Option<Box<BytesMut>> = None;

@@ -148,7 +148,7 @@ pub async fn handle(
     };
     // The session runs in a task of its own, so that an idle client costs only the session's
     // state, not what login needed.
-    tokio::spawn(session.run(held));
+    tokio::spawn(Box::new(session).run(held.map(Box::new)));
 }
 
 /// The parameters shown to a new client: those of the primary's pool, else of any node.

@@ -125,8 +125,8 @@ impl Session {
         let upstream = self.upstream.clone();
         let runtime = self.runtime.clone();
         let entry = self.client.entry.clone();
-        entry.set_state(ClientState::Waiting);
-        let started = tokio::time::Instant::now();
+        let started = std::time::Instant::now();
+        entry.set_waiting(started);
         let wait = upstream.node(0).settings().query_wait_timeout;
         if runtime.control.is_paused() && !runtime.control.wait_resumed(wait).await {
             entry.set_state(ClientState::Idle);
@@ -137,22 +137,49 @@ impl Session {
             self.close(SqlState::TOO_MANY_CONNECTIONS, &message).await;
             return Err("paused");
         }
-        let result = tokio::select! {
-            r = target::checkout(&runtime.router, &upstream, self.upstream.database(), target) => match r {
-                Ok(c) => Ok(c),
-                Err(e) => {
-                    warn!(database = %self.database(), error = %e, "no server connection for client");
-                    self.runtime.metrics.error(e.sqlstate());
-                    target_farewell(&mut self.stream, &e).await;
-                    Err("no server connection")
+        let got = {
+            let mut checkout = pin!(target::checkout(
+                &runtime.router,
+                &upstream,
+                upstream.database(),
+                target
+            ));
+            // Only a checkout that has to wait listens for shutdown: registering a waiter
+            // costs a lock, and most checkouts find a free server at once.
+            let mut closing = None;
+            let shutdown = &self.shutdown;
+            poll_fn(|cx| {
+                if let Poll::Ready(r) = checkout.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
                 }
-            },
-            _ = self.shutdown.reached(Phase::Closing) => {
+                closing
+                    .get_or_insert_with(|| Box::pin(shutdown.reached(Phase::Closing)))
+                    .as_mut()
+                    .poll(cx)
+                    .map(|()| None)
+            })
+            .await
+        };
+        let result = match got {
+            Some(Ok(c)) => Ok(c),
+            Some(Err(e)) => {
+                warn!(database = %self.database(), error = %e, "no server connection for client");
+                self.runtime.metrics.error(e.sqlstate());
+                target_farewell(&mut self.stream, &e).await;
+                Err("no server connection")
+            }
+            None => {
                 self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;
                 Err("shutdown")
             }
         };
-        runtime.metrics.pool_wait(started.elapsed());
+        // A checkout carries its own clock reading: the pool wait ends there.
+        let ended = result
+            .as_ref()
+            .map_or_else(|_| std::time::Instant::now(), |s| s.since);
+        runtime
+            .metrics
+            .pool_wait(ended.saturating_duration_since(started));
         entry.set_state(if result.is_ok() {
             ClientState::Active
         } else {

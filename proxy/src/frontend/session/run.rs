@@ -10,7 +10,7 @@ impl Session {
         mut serving: Serving,
         first: BytesMut,
     ) -> Result<Ran, &'static str> {
-        let started = tokio::time::Instant::now();
+        let started = serving.since;
         let server = &mut serving.server;
         let entry = self.client.entry.clone();
         entry.set_server(Some((server.conn().cancel_target(), serving.node)));
@@ -30,6 +30,7 @@ impl Session {
         let observer = Observer::new(
             &runtime.metrics,
             role,
+            started,
             runtime.limits.slow_query,
             observe::Context {
                 database: upstream.database(),
@@ -60,9 +61,14 @@ impl Session {
         .await;
         drop(classifier);
         entry.set_server(None);
-        runtime
-            .metrics
-            .transaction(role, self.reason, &end.tally, started.elapsed());
+        // The last reply's clock reading ends the transaction (and dates the release).
+        let ended = end.last_reply.unwrap_or_else(std::time::Instant::now);
+        runtime.metrics.transaction(
+            role,
+            self.reason,
+            &end.tally,
+            ended.saturating_duration_since(started),
+        );
         if let (Some(reason), false) = (self.pinned, was_pinned) {
             entry.set_pinned();
             self.proxy
@@ -81,7 +87,7 @@ impl Session {
                     self.advance_causal(&mut serving).await?;
                 }
                 if self.shutdown.phase() < Phase::Draining {
-                    serving.server.release();
+                    serving.server.release_at(ended);
                     return Ok(Ran::Done((!end.leftover.is_empty()).then_some(end.leftover)));
                 }
                 self.give_back(serving).await;
