@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pgtier::config::LogFormat;
-use tracing_subscriber::EnvFilter;
+use pgtier::proxy::LogLevelHook;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter};
 
 #[derive(Parser)]
 #[command(name = "pgtier", version, about = "PostgreSQL database-tier proxy")]
@@ -128,18 +131,27 @@ fn check_nodes(settings: &pgtier::config::Settings) -> bool {
 
 fn run(file: &std::path::Path) -> anyhow::Result<()> {
     let settings = pgtier::config::load_file(file)?;
-    let filter = std::env::var("RUST_LOG")
+    let from_env = std::env::var("RUST_LOG")
         .ok()
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .unwrap_or_else(|| EnvFilter::new(&settings.raw.log_level));
-    let log = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false);
+        .and_then(|v| EnvFilter::try_new(v).ok());
+    let env_wins = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(&settings.raw.log_level));
+    // The filter sits behind a reload handle so that a RELOAD or SIGHUP can change log_level.
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(false);
     match settings.raw.log_format {
         // One object per line, event fields at the top level, for log shippers.
-        LogFormat::Json => log.json().flatten_event(true).init(),
-        LogFormat::Text => log.init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
+        LogFormat::Text => registry.with(fmt).init(),
     }
+    let log_level = LogLevelHook(Box::new(move |level: &str| {
+        if env_wins {
+            return Err("RUST_LOG is set and overrides log_level".into());
+        }
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    }));
     let runtime = match settings.raw.workers {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -154,6 +166,10 @@ fn run(file: &std::path::Path) -> anyhow::Result<()> {
     }
     .context("starting the tokio runtime")?;
     runtime
-        .block_on(pgtier::proxy::run(settings, Some(file.to_path_buf())))
+        .block_on(pgtier::proxy::run(
+            settings,
+            Some(file.to_path_buf()),
+            Some(log_level),
+        ))
         .with_context(|| format!("serving with {}", file.display()))
 }

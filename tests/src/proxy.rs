@@ -35,13 +35,22 @@ impl Pgtier {
         std::fs::write(&config_path, config)
             .with_context(|| format!("writing {}", config_path.display()))?;
         let log = std::fs::File::create(dir.join("pgtier.log"))?;
-        let child = Command::new(&bin)
-            .arg("--config")
-            .arg(&config_path)
-            .env(
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--config").arg(&config_path);
+        // A config with its own log_level decides (RUST_LOG would override it); else the
+        // caller's RUST_LOG, or info.
+        if config
+            .lines()
+            .any(|l| l.trim_start().starts_with("log_level"))
+        {
+            cmd.env_remove("RUST_LOG");
+        } else {
+            cmd.env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            );
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

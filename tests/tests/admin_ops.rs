@@ -79,7 +79,9 @@ async fn admin_lists_and_commands() {
     assert_eq!(col(ours, "user"), "appuser");
     assert_eq!(col(ours, "port"), cluster.primary().port().to_string());
 
-    // SHOW CLIENTS lists the app client (idle) and the admin is not a pooled client.
+    // SHOW CLIENTS lists the app client (idle, with the statement it prepared) and the admin
+    // is not a pooled client.
+    let _statement = app.prepare("SELECT 1").await.unwrap();
     let clients = rows(&adm, "SHOW CLIENTS").await;
     let c = clients
         .iter()
@@ -89,6 +91,7 @@ async fn admin_lists_and_commands() {
     assert_eq!(col(c, "state"), "active");
     assert_eq!(col(c, "activity"), "idle");
     assert_eq!(col(c, "pinned"), "0");
+    assert_eq!(col(c, "prepared_statements"), "1");
 
     // SHOW POOLS has the client on the primary's row.
     let pools = rows(&adm, "SHOW POOLS").await;
@@ -234,11 +237,17 @@ async fn admin_lists_and_commands() {
 async fn reload_applies_changes_rejects_bad_files_and_shutdown_stops() {
     let cluster = Cluster::start(1).unwrap();
     scram_role(&cluster, "appuser", "app-pw").unwrap();
-    let b = builder(&cluster);
+    // The config's log_level decides (the kit then starts pgtier without RUST_LOG).
+    let b = builder(&cluster).global("log_level = \"warn\"");
     let mut px = b.start().unwrap();
     let adm = admin(&px).await;
     let app = connect(&px, "appuser", "app-pw").await.unwrap();
     app.simple_query("SELECT 1").await.unwrap();
+    assert!(
+        !px.log().contains("client connected"),
+        "info lines at log_level warn:\n{}",
+        px.log()
+    );
     let config = std::fs::read_to_string(px.config_path()).unwrap();
 
     // An invalid file: F0000 with line and column; the running config stays.
@@ -250,12 +259,14 @@ async fn reload_applies_changes_rejects_bad_files_and_shutdown_stops() {
     assert!(db.message().contains("did you mean"), "{}", db.message());
     app.simple_query("SELECT 1").await.unwrap();
 
-    // A valid change applies to SHOW DATABASES; a changed listen is reported, not applied.
+    // A valid change applies to SHOW DATABASES and to the log level; a changed listen is
+    // reported, not applied.
     let changed = config
         .replace(
             &format!("listen = \"127.0.0.1:{}\"", px.port()),
             "listen = \"127.0.0.1:1\"",
         )
+        .replace("log_level = \"warn\"", "log_level = \"info\"")
         .replacen("[users.", "pool_size = 7\n[users.", 1);
     std::fs::write(px.config_path(), changed).unwrap();
     let reply = adm.simple_query("RELOAD").await.unwrap();
@@ -269,6 +280,20 @@ async fn reload_applies_changes_rejects_bad_files_and_shutdown_stops() {
     assert_eq!(restart, vec!["listen".to_owned()]);
     let dbs = rows(&adm, "SHOW DATABASES").await;
     assert_eq!(col(&dbs[0], "pool_size"), "7");
+    let later = connect(&px, "appuser", "app-pw").await.unwrap();
+    later.simple_query("SELECT 1").await.unwrap();
+    assert!(
+        px.log().contains("client connected"),
+        "no info line after RELOAD set log_level = info:\n{}",
+        px.log()
+    );
+    let log_level = rows(&adm, "SHOW CONFIG")
+        .await
+        .into_iter()
+        .find(|r| col(r, "key") == "log_level")
+        .expect("log_level in SHOW CONFIG");
+    assert_eq!(col(&log_level, "value"), "info");
+    assert_eq!(col(&log_level, "changeable"), "yes");
     // The existing client moves to the new pools at its next transaction.
     app.simple_query("SELECT 1").await.unwrap();
     let pools = rows(&adm, "SHOW POOLS").await;

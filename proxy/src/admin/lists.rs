@@ -161,7 +161,7 @@ pub(super) fn clients(proxy: &Proxy) -> BytesMut {
             ptr.to_string(),
             String::new(),
             c.application_name.to_string(),
-            "0".into(),
+            c.prepared().to_string(),
             state.as_str().into(),
             i32::from(c.pinned()).to_string(),
         ]

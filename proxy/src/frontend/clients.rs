@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rand::RngExt;
@@ -72,6 +72,8 @@ pub struct ClientEntry {
     pinned: AtomicU8,
     /// Node id of the server serving it now (`NO_NODE`: none).
     node: AtomicU8,
+    /// Its named prepared statements (as of its last request).
+    prepared: AtomicU32,
 }
 
 /// `ClientEntry::node` when no server serves the client.
@@ -114,6 +116,17 @@ impl ClientEntry {
         self.cancel.set(target.map(|t| t.0));
         let node = target.map_or(NO_NODE, |t| t.1.min(usize::from(NO_NODE - 1)) as u8);
         self.node.store(node, Ordering::Relaxed);
+    }
+
+    /// Records how many named prepared statements it has.
+    pub fn set_prepared(&self, n: usize) {
+        self.prepared
+            .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+
+    /// How many named prepared statements it has (SHOW CLIENTS `prepared_statements`).
+    pub fn prepared(&self) -> u32 {
+        self.prepared.load(Ordering::Relaxed)
     }
 
     /// The node id of the server serving it now.
@@ -199,6 +212,7 @@ impl ClientRegistry {
             since: AtomicU64::new(now),
             pinned: AtomicU8::new(0),
             node: AtomicU8::new(NO_NODE),
+            prepared: AtomicU32::new(0),
         });
         let mut rng = rand::rng();
         let mut map = self.lock();

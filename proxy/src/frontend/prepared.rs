@@ -81,6 +81,11 @@ impl ClientStatements {
         self.0.as_ref()?.map.get(name)
     }
 
+    /// How many named statements the client has.
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |s| s.map.len())
+    }
+
     /// Whether the client has a statement called `name`.
     pub fn contains(&self, name: &[u8]) -> bool {
         self.0.as_ref().is_some_and(|s| s.map.contains_key(name))

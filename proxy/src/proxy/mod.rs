@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -82,6 +82,20 @@ pub struct Proxy {
     config_path: Option<PathBuf>,
     /// One reload at a time.
     reloading: Mutex<()>,
+    /// Applies a new `log_level` (set by the binary, which owns the log subscriber).
+    log_level: OnceLock<LogLevelHook>,
+}
+
+/// Applies a `log_level` filter to the running log subscriber; Err: why it was not applied.
+pub struct LogLevelHook(pub Box<SetLogLevel>);
+
+/// What a [`LogLevelHook`] runs.
+pub type SetLogLevel = dyn Fn(&str) -> Result<(), String> + Send + Sync;
+
+impl std::fmt::Debug for LogLevelHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogLevelHook")
+    }
 }
 
 impl Proxy {
@@ -108,6 +122,7 @@ impl Proxy {
             control,
             config_path,
             reloading: Mutex::new(()),
+            log_level: OnceLock::new(),
         })
     }
 
@@ -210,7 +225,23 @@ impl Proxy {
             }
         };
         let old = self.current.load_full();
-        let restart = reload::restart_required(&old.settings, &settings);
+        let mut restart = reload::restart_required(&old.settings, &settings);
+        if old.settings.raw.log_level != settings.raw.log_level {
+            match self
+                .log_level
+                .get()
+                .map(|hook| (hook.0)(&settings.raw.log_level))
+            {
+                Some(Ok(())) => {
+                    info!(log_level = %settings.raw.log_level, "log level changed")
+                }
+                Some(Err(why)) => {
+                    warn!(why, "log_level not applied");
+                    restart.push("log_level");
+                }
+                None => restart.push("log_level"),
+            }
+        }
         let databases =
             reload::build_databases(&settings, Some(&old), &self.metrics, &self.control);
         reload::reconcile_pools(&self.pools, &settings);
@@ -279,8 +310,12 @@ async fn stats_period(metrics: std::sync::Weak<Metrics>) {
 
 /// Binds the listener (and the metrics endpoint, if configured) and serves until SIGTERM,
 /// SIGINT or admin SHUTDOWN, then shuts down gracefully (a second signal skips the wait for
-/// running transactions). SIGHUP reloads `config_path`.
-pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> std::io::Result<()> {
+/// running transactions). SIGHUP reloads `config_path`; `log_level` applies a changed `log_level` (None: it needs a restart).
+pub async fn run(
+    settings: Settings,
+    config_path: Option<PathBuf>,
+    log_level: Option<LogLevelHook>,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -296,6 +331,9 @@ pub async fn run(settings: Settings, config_path: Option<PathBuf>) -> std::io::R
         None => None,
     };
     let proxy = Proxy::new(settings, config_path);
+    if let Some(hook) = log_level {
+        let _ = proxy.log_level.set(hook);
+    }
     tokio::spawn(frontend::serve(proxy.clone(), listener));
     if let Some(l) = metrics_listener {
         tokio::spawn(crate::metrics::http::serve(proxy.clone(), l));

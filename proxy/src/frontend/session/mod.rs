@@ -123,6 +123,8 @@ impl Session {
         // Boxed: it is a local of every idle client's task, and rarely used.
         let mut pending: Option<Box<BytesMut>> = None;
         loop {
+            // For SHOW CLIENTS: statements change only while a request is handled.
+            self.client.entry.set_prepared(self.statements.len());
             let first = match pending.take() {
                 Some(buf) => *buf,
                 // Boxed too: a nested future is laid out twice in its caller's state, and this
