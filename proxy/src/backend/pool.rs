@@ -63,8 +63,9 @@ struct PoolState {
     idle: VecDeque<ServerConn>,
     /// Open connections, idle or checked out (never above `size`).
     open: u32,
-    /// Checked-out connections by server pid, for SHOW SERVERS (bounded by `size`).
-    active: HashMap<i32, ServerSummary>,
+    /// Checked-out connections, for SHOW SERVERS (bounded by `size`; a list, not a map: a
+    /// short scan costs less than hashing on every checkout and release).
+    active: Vec<ServerSummary>,
     /// Bumped by RECONNECT and retirement: connections checked out before are closed when
     /// released.
     epoch: u64,
@@ -104,6 +105,15 @@ pub struct Checkout {
     _permit: OwnedSemaphorePermit,
 }
 
+impl PoolState {
+    /// Forgets a checked-out connection.
+    fn remove_active(&mut self, pid: i32) {
+        if let Some(i) = self.active.iter().position(|s| s.pid == pid) {
+            self.active.swap_remove(i);
+        }
+    }
+}
+
 impl Checkout {
     /// The connection.
     pub fn conn(&mut self) -> &mut ServerConn {
@@ -130,7 +140,7 @@ impl Checkout {
         }
         conn.touch_at(now);
         let mut st = self.pool.lock();
-        st.active.remove(&conn.pid());
+        st.remove_active(conn.pid());
         if st.epoch != self.epoch || st.retired {
             // RECONNECT or a reload asked for fresh connections: close this one.
             st.open = st.open.saturating_sub(1);
@@ -197,7 +207,7 @@ impl Pool {
         let mut st = self.lock();
         st.open = st.open.saturating_sub(1);
         if let Some(pid) = pid {
-            st.active.remove(&pid);
+            st.remove_active(pid);
         }
     }
 
@@ -235,7 +245,7 @@ impl Pool {
     pub fn servers(&self) -> Vec<ServerInfo> {
         let st = self.lock();
         st.active
-            .values()
+            .iter()
             .map(|s| ServerInfo {
                 active: true,
                 summary: *s,
@@ -284,7 +294,7 @@ impl Pool {
                 let reuse = match st.idle.pop_back() {
                     Some(c) if c.is_alive() => {
                         let s = c.summary();
-                        st.active.insert(s.pid, s);
+                        st.active.push(s);
                         Some(Ok(c))
                     }
                     Some(c) => {
@@ -320,7 +330,7 @@ impl Pool {
                         }
                     };
                     let s = conn.summary();
-                    self.lock().active.insert(s.pid, s);
+                    self.lock().active.push(s);
                     return Ok(Checkout {
                         conn: Some(conn),
                         pool: self.clone(),
