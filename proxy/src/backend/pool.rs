@@ -60,7 +60,7 @@ pub enum PoolError {
 #[derive(Debug, Default)]
 struct PoolState {
     /// Idle connections; most recently used at the back.
-    idle: VecDeque<ServerConn>,
+    idle: VecDeque<Box<ServerConn>>,
     /// Open connections, idle or checked out (never above `size`).
     open: u32,
     /// Checked-out connections, for SHOW SERVERS (bounded by `size`; a list, not a map: a
@@ -98,7 +98,9 @@ pub struct Pool {
 /// A checked-out server connection. `release` returns it; dropping it closes the connection.
 #[derive(Debug)]
 pub struct Checkout {
-    conn: Option<ServerConn>,
+    /// Boxed: a checkout moves through several futures per transaction, and a pointer is
+    /// cheaper to move than the connection.
+    conn: Option<Box<ServerConn>>,
     pool: Arc<Pool>,
     /// The pool's epoch at checkout.
     epoch: u64,
@@ -214,10 +216,10 @@ impl Pool {
     /// Closes every idle connection now and every checked-out one when it is released (admin
     /// RECONNECT): later transactions get fresh connections.
     pub fn reconnect(&self) {
-        let closed: Vec<ServerConn> = {
+        let closed: Vec<Box<ServerConn>> = {
             let mut st = self.lock();
             st.epoch += 1;
-            let closed: Vec<ServerConn> = st.idle.drain(..).collect();
+            let closed: Vec<Box<ServerConn>> = st.idle.drain(..).collect();
             st.open = st.open.saturating_sub(closed.len() as u32);
             closed
         };
@@ -342,7 +344,7 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<ServerConn, BackendError> {
+    async fn connect(&self) -> Result<Box<ServerConn>, BackendError> {
         let conn = ServerConn::connect(
             &self.node,
             &self.login,
@@ -354,7 +356,7 @@ impl Pool {
         if params.is_none() {
             *params = Some(conn.params().into());
         }
-        Ok(conn)
+        Ok(Box::new(conn))
     }
 
     /// ParameterStatus values to show new clients; connects once if none is known yet.
@@ -378,7 +380,7 @@ impl Pool {
     /// Closes idle connections past `server_idle_timeout` or `server_lifetime` (keeping
     /// `min_pool_size`), then tops the pool up to `min_pool_size`.
     async fn maintain(self: &Arc<Self>) {
-        let expired: Vec<ServerConn> = {
+        let expired: Vec<Box<ServerConn>> = {
             let mut st = self.lock();
             let mut out = Vec::new();
             let s = &self.settings;

@@ -1,0 +1,230 @@
+//! The bundled app through trouble and load: read-your-writes with a paused replica, concurrent
+//! starts migrating once, /health through a database outage, and load-generator runs.
+
+mod app_support;
+
+use app_support::*;
+
+/// Resumes a replica's replay when the test ends, even on panic.
+struct Resume<'a>(&'a pgtier_kit::Node);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.resume_replay();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_then_read_200_times_with_a_paused_replica() {
+    // Writes go through one app server and reads through another, as behind a load balancer:
+    // the reader's pgtier connections saw none of the writes, so only the X-Causal-Lsn token
+    // the client carries keeps its reads off a replica that has not replayed them.
+    let (_app, h) = start_app().await;
+    let (_reader, reader) = start_app().await;
+    let c = cluster();
+    tokio::task::block_in_place(|| c.replica(0).pause_replay()).unwrap();
+    let _resume = Resume(c.replica(0));
+    let subj = new_subject(&h).await;
+    let mut tokens = 0;
+    for i in 0..200 {
+        // Alternate resources so both single-statement and multi-statement writes are read back.
+        let (create, read) = if i % 2 == 0 {
+            let body = json!({ "name": format!("S{i}"), "email": format!("{}@example.com", unique("ryw")) });
+            (h.post("/students", &body).await.unwrap(), "/students")
+        } else {
+            let body =
+                json!({ "name": format!("T{i}"), "hourly_rate_cents": i, "subject_ids": [subj] });
+            (h.post("/tutors", &body).await.unwrap(), "/tutors")
+        };
+        let id = expect(&create, 201, "create")["id"].as_i64().unwrap();
+        let lsn = create.header("x-causal-lsn").map(str::to_owned);
+        if let Some(l) = &lsn {
+            assert!(lsn_ok(l), "{l}");
+            tokens += 1;
+        }
+        let r = reader
+            .send(Method::GET, &format!("{read}/{id}"), None, lsn.as_deref())
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status,
+            200,
+            "read {i} of {read}/{id} after creating it: {}",
+            r.text()
+        );
+        assert_eq!(r.json()["id"], id);
+    }
+    // Either pgtier gave a token on every write or (before it supports tokens) on none.
+    assert!(
+        tokens == 0 || tokens == 200,
+        "{tokens} of 200 writes had a causal token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_migrate_once() {
+    let px = tokio::task::block_in_place(shared_pgtier);
+    let starts: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(pgtier_app::serve(app_config(px, USER))))
+        .collect();
+    let mut apps = Vec::new();
+    for s in starts {
+        apps.push(s.await.unwrap().unwrap());
+    }
+    let rows = tokio::task::block_in_place(|| {
+        cluster().primary().psql_db(
+            "app",
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations",
+        )
+    })
+    .unwrap();
+    assert_eq!(rows, "1");
+    for a in apps {
+        let r = Http::new(&a.url()).get("/health").await.unwrap();
+        assert_eq!(r.status, 200);
+        a.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_while_the_database_is_down_and_recovers() {
+    let c = tokio::task::block_in_place(|| {
+        let c = Cluster::start(1).unwrap();
+        c.create_role_and_db("app", "app", "app").unwrap();
+        c
+    });
+    let px = tokio::task::block_in_place(|| pgtier_for(&c, "app"));
+    let app = pgtier_app::serve(app_config(&px, "app")).await.unwrap();
+    let h = Http::new(&app.url());
+    expect(&h.get("/health").await.unwrap(), 200, "health up");
+    let sid = new_subject(&h).await;
+
+    tokio::task::block_in_place(|| {
+        c.replica(0).stop_immediate().unwrap();
+        c.primary().stop_immediate().unwrap();
+    });
+    let until = |want: u16, limit: Duration| {
+        let h = h.clone();
+        async move {
+            let deadline = Instant::now() + limit;
+            loop {
+                let r = h.get("/health").await.unwrap();
+                if r.status == want {
+                    return r;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "/health still {} after {limit:?}: {}",
+                    r.status,
+                    r.text()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let r = until(503, Duration::from_secs(15)).await;
+    assert_eq!(r.json()["status"], "unavailable");
+    // An API call fails as a JSON 5xx with the request id in body and header.
+    let t = Instant::now();
+    let r = h.get(&format!("/subjects/{sid}")).await.unwrap();
+    let body = r.json();
+    assert!(
+        r.status == 503 || r.status == 500,
+        "{} {}",
+        r.status,
+        r.text()
+    );
+    assert!(body["error"].is_string(), "{body}");
+    assert_eq!(
+        body["request_id"].as_str(),
+        r.header("x-request-id"),
+        "{body}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+
+    tokio::task::block_in_place(|| {
+        c.primary().start().unwrap();
+        c.replica(0).start().unwrap();
+    });
+    until(200, Duration::from_secs(30)).await;
+    // A pooled connection whose pgtier session broke during the outage fails once (a JSON
+    // 5xx) and is then replaced; no more failures than pooled connections.
+    let mut failures = Vec::new();
+    loop {
+        let r = h.get(&format!("/subjects/{sid}")).await.unwrap();
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            r.status >= 500 && r.json()["error"].is_string(),
+            "{}",
+            r.text()
+        );
+        failures.push(r.text());
+        assert!(
+            failures.len() <= 8,
+            "reads keep failing after recovery: {failures:?}"
+        );
+    }
+    app.shutdown().await.unwrap();
+    drop(px);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_short_run_has_no_errors() {
+    let (app, _h) = start_app().await;
+    let c = cluster();
+    let mut opts = pgtier_app::loadgen::Options::new(&app.url());
+    opts.users = 8;
+    opts.duration = Duration::from_secs(3);
+    opts.tutors = 10;
+    opts.students = 20;
+    opts.quiet = true;
+    opts.node_dsn = std::iter::once(c.primary())
+        .chain(c.replicas())
+        .map(|n| {
+            format!(
+                "host=127.0.0.1 port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname=app",
+                n.port()
+            )
+        })
+        .collect();
+    let s = pgtier_app::loadgen::run(&opts).await.unwrap();
+    eprintln!("{s}");
+    assert_eq!(s.errors, 0, "{s}");
+    assert_eq!(s.stale_reads, 0, "{s}");
+    assert!(s.requests > 100, "{s}");
+    assert!(s.replica_share.is_some(), "{s}");
+    for op in &s.ops {
+        assert!(op.count > 0, "{} never ran: {s}", op.name);
+    }
+}
+
+/// The numbers for the README: `cargo test -p pgtier-kit --release --test app -- --ignored
+/// --nocapture loadgen_report` (LOADGEN_USERS, LOADGEN_RATE, LOADGEN_SECS).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn loadgen_report() {
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+    let (app, _h) = start_app().await;
+    let c = cluster();
+    let mut opts = pgtier_app::loadgen::Options::new(&app.url());
+    opts.users = env("LOADGEN_USERS", "50").parse().unwrap();
+    opts.rate = Some(env("LOADGEN_RATE", "500").parse().unwrap());
+    opts.duration = Duration::from_secs(env("LOADGEN_SECS", "30").parse().unwrap());
+    opts.node_dsn = std::iter::once(c.primary())
+        .chain(c.replicas())
+        .map(|n| {
+            format!(
+                "host=127.0.0.1 port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname=app",
+                n.port()
+            )
+        })
+        .collect();
+    let s = pgtier_app::loadgen::run(&opts).await.unwrap();
+    println!("{s}");
+}
