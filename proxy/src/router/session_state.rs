@@ -29,6 +29,9 @@ pub fn pins_in(
     strings: StringSyntax,
     reported: impl Fn(&[u8]) -> bool,
 ) -> Option<&'static str> {
+    if !may_pin(sql) {
+        return None;
+    }
     let mut idx = 0usize;
     let mut words: [&[u8]; 3] = [b""; 3];
     let mut prev: &[u8] = b"";
@@ -145,6 +148,31 @@ pub fn pins_in(
         idx += 1;
     }
     None
+}
+
+/// Whether `sql` contains, anywhere, a piece of a word that can pin (checked below): a byte scan
+/// that lets most statements skip the lexer. It may say yes wrongly (`random` has `do`), never
+/// no wrongly: every pinning word contains one of these.
+fn may_pin(sql: &[u8]) -> bool {
+    let at = |i: usize, needle: &[u8]| {
+        sql.get(i..i + needle.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(needle))
+    };
+    (0..sql.len()).any(|i| match sql[i] | 0x20 {
+        // pg_advisory_lock, pg_try_advisory_lock, pg_temp; PREPARE
+        b'p' => at(i, b"pg_") || at(i, b"prepare"),
+        // SET, RESET, set_config
+        b's' => at(i, b"set"),
+        // dblink_connect; DO
+        b'd' => at(i, b"dblink") || at(i, b"do"),
+        // TEMP, TEMPORARY
+        b't' => at(i, b"temp"),
+        // LISTEN, LOAD
+        b'l' => at(i, b"listen") || at(i, b"load"),
+        // DECLARE ... WITH HOLD
+        b'h' => at(i, b"hold"),
+        _ => false,
+    })
 }
 
 /// Whether word `idx` of a SET/RESET names what is set (`SET x`, `SET SESSION x`).
@@ -388,6 +416,37 @@ mod tests {
             "EXPLAIN ANALYZE CREATE TABLE pg_temp.t AS SELECT 1",
         ] {
             assert!(check(sql).is_some(), "{sql} should pin");
+        }
+    }
+
+    #[test]
+    fn the_byte_scan_lets_plain_statements_skip_the_lexer_and_catches_every_pinning_word() {
+        assert!(!may_pin(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 42;"
+        ));
+        assert!(!may_pin(
+            b"INSERT INTO t (a, b) VALUES ($1, $2) RETURNING id"
+        ));
+        for sql in [
+            "SET x = 1",
+            "reset x",
+            "SELECT set_config('a', 'b', false)",
+            "SELECT pg_advisory_lock(1)",
+            "SELECT pg_try_advisory_lock(1)",
+            "CREATE TEMP TABLE t (a int)",
+            "create temporary table t (a int)",
+            "SELECT * INTO TEMP t FROM u",
+            "SELECT * FROM pg_temp.t",
+            "PREPARE p AS SELECT 1",
+            "LISTEN ch",
+            "LOAD 'x'",
+            "DO $$ BEGIN END $$",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "SELECT dblink_connect('x')",
+        ] {
+            assert!(may_pin(sql.as_bytes()), "{sql}");
+            // The scan only ever sends statements on to the full check.
+            assert!(pins(sql.as_bytes(), |_| false).is_some(), "{sql}");
         }
     }
 
