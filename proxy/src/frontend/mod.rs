@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod batch;
+mod buffers;
 pub mod cancel;
 pub mod clients;
 mod farewell;

@@ -130,7 +130,9 @@ pub(crate) async fn run(
         gate: Gate::new(state.on_replica, state.track_writes),
         server,
         cbuf,
-        out: BytesMut::new(),
+        // Rebuilt batches (renamed statements) are common with prepared statements: a cached
+        // buffer saves their allocations.
+        out: super::buffers::take(),
         expect: Expectations::default(),
         copy_left: 0,
         discard: false,
@@ -145,6 +147,7 @@ pub(crate) async fn run(
         killed: state.killed,
     };
     let outcome = r.run(shutdown).await;
+    super::buffers::give(std::mem::take(&mut r.out));
     RunEnd {
         outcome,
         leftover: std::mem::take(&mut r.cbuf),

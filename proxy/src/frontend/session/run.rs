@@ -88,7 +88,11 @@ impl Session {
                 }
                 if self.shutdown.phase() < Phase::Draining {
                     serving.server.release_at(ended);
-                    return Ok(Ran::Done((!end.leftover.is_empty()).then_some(end.leftover)));
+                    if end.leftover.is_empty() {
+                        crate::frontend::buffers::give(end.leftover);
+                        return Ok(Ran::Done(None));
+                    }
+                    return Ok(Ran::Done(Some(end.leftover)));
                 }
                 self.give_back(serving).await;
                 self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;

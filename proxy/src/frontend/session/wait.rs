@@ -73,7 +73,7 @@ impl Session {
                 }
             }
             if buf.capacity() == 0 {
-                buf.reserve(BUF_SIZE);
+                buf = crate::frontend::buffers::take();
             }
             // A poll-based read (unlike try_read) clears readiness on a short read, which saves
             // the relay a wasted EAGAIN read per transaction. Polled once: a spurious wake-up

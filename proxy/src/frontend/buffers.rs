@@ -1,0 +1,72 @@
+//! A bounded per-thread cache of client read buffers. A request needs a buffer only while it
+//! runs (an idle client holds none), and taking one from here instead of the allocator saves a
+//! 16 KiB malloc and free per transaction.
+
+use std::cell::RefCell;
+
+use bytes::BytesMut;
+
+use super::relay::BUF_SIZE;
+
+/// Most buffers kept per thread (at most 1 MiB): two per client running at once (its read
+/// buffer and the relay's rebuilt batch).
+const KEEP: usize = 64;
+
+/// A buffer grown beyond this (a large message) goes back to the allocator.
+const KEEP_CAPACITY: usize = 4 * BUF_SIZE;
+
+thread_local! {
+    static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer with room for at least `BUF_SIZE` bytes.
+pub(crate) fn take() -> BytesMut {
+    FREE.with(|f| f.borrow_mut().pop())
+        .unwrap_or_else(|| BytesMut::with_capacity(BUF_SIZE))
+}
+
+/// Gives a buffer back (kept if the cache has room and the buffer is of the usual size).
+pub(crate) fn give(mut buf: BytesMut) {
+    buf.clear();
+    // After reads were consumed from its front, room at the front is reclaimed without
+    // allocating (the buffer is empty and not shared).
+    buf.reserve(BUF_SIZE);
+    if buf.capacity() > KEEP_CAPACITY {
+        return;
+    }
+    FREE.with(|f| {
+        let mut f = f.borrow_mut();
+        if f.len() < KEEP {
+            f.push(buf);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Buf;
+
+    #[test]
+    fn buffers_are_reused_with_their_room_and_the_cache_is_bounded() {
+        let mut b = take();
+        assert!(b.is_empty() && b.capacity() >= BUF_SIZE);
+        b.extend_from_slice(&[1u8; 1000]);
+        b.advance(1000);
+        let ptr = b.as_ptr() as usize;
+        give(b);
+        let again = take();
+        assert!(again.is_empty() && again.capacity() >= BUF_SIZE);
+        // The same allocation, its consumed front reclaimed.
+        assert_eq!(again.as_ptr() as usize, ptr - 1000);
+        for _ in 0..KEEP + 10 {
+            give(BytesMut::with_capacity(BUF_SIZE));
+        }
+        assert_eq!(FREE.with(|f| f.borrow().len()), KEEP);
+        // An oversized buffer is not kept.
+        let before = FREE.with(|f| f.borrow().len());
+        FREE.with(|f| f.borrow_mut().clear());
+        give(BytesMut::with_capacity(8 * BUF_SIZE));
+        assert_eq!(FREE.with(|f| f.borrow().len()), 0, "{before}");
+    }
+}
