@@ -184,3 +184,27 @@ async fn metrics_move_with_queries_and_report_replicas() {
     let (status, _) = get(mport, "/nope");
     assert!(status.contains("404"), "{status}");
 }
+
+/// In session mode the server is held from login: a query's time starts when the client sends
+/// it, not at login (a client that waited before its first query is not a slow query).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_times_queries_from_when_they_are_sent() {
+    let cluster = Cluster::start(0).unwrap();
+    scram_role(&cluster, "appuser", "app-pw").unwrap();
+    let px = ConfigBuilder::new(&cluster)
+        .global("pool_mode = \"session\"")
+        .global("slow_query_threshold = \"300ms\"")
+        .user("appuser", "password = \"app-pw\"")
+        .start()
+        .unwrap();
+    let app = connect(&px, "appuser", "app-pw").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    app.simple_query("SELECT 'quick'").await.unwrap();
+    app.simple_query("SELECT pg_sleep(0.4), 'slow'")
+        .await
+        .unwrap();
+    let log = px.log();
+    let slow: Vec<&str> = log.lines().filter(|l| l.contains("slow query")).collect();
+    assert_eq!(slow.len(), 1, "{log}");
+    assert!(slow[0].contains("'slow'"), "{}", slow[0]);
+}

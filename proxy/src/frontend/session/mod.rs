@@ -194,7 +194,11 @@ impl Session {
         let mut retried = false;
         loop {
             let serving = match held.take() {
-                Some(s) => s,
+                // Held since login (session mode): its run, and its first query, start now.
+                Some(mut s) => {
+                    s.since = std::time::Instant::now();
+                    s
+                }
                 None => self.serve_target(&first).await?,
             };
             // A read on a replica may run again elsewhere if that replica fails it before
