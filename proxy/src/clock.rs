@@ -10,6 +10,12 @@ pub fn unix_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// Now, on the timeline of [`unix_micros_at`]: compare it with values from there (a wait
+/// computed from two different clocks would move with every wall-clock step).
+pub fn anchored_now() -> u64 {
+    unix_micros_at(Instant::now())
+}
+
 /// Microseconds since the Unix epoch at `at`, from a monotonic reading the caller already has
 /// (hot paths read the clock once per step). Anchored once per process; wall-clock steps
 /// after that are not followed, which is fine for SHOW CLIENTS' request times.

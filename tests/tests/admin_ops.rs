@@ -310,3 +310,25 @@ async fn reload_applies_changes_rejects_bad_files_and_shutdown_stops() {
         px.log()
     );
 }
+
+/// SHOW CLIENTS counts a session-mode client's prepared statements too (its one relay run lasts
+/// the whole session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_clients_counts_statements_of_session_mode_clients() {
+    let cluster = Cluster::start(0).unwrap();
+    scram_role(&cluster, "appuser", "app-pw").unwrap();
+    let px = builder(&cluster)
+        .global("pool_mode = \"session\"")
+        .start()
+        .unwrap();
+    let adm = admin(&px).await;
+    let app = connect(&px, "appuser", "app-pw").await.unwrap();
+    let _a = app.prepare("SELECT 1").await.unwrap();
+    let _b = app.prepare("SELECT 2").await.unwrap();
+    let clients = rows(&adm, "SHOW CLIENTS").await;
+    let c = clients
+        .iter()
+        .find(|r| col(r, "user") == "appuser")
+        .expect("the app client in SHOW CLIENTS");
+    assert_eq!(col(c, "prepared_statements"), "2");
+}

@@ -4,7 +4,7 @@
 use bytes::BytesMut;
 
 use super::table::table;
-use crate::clock::{format_utc, unix_micros};
+use crate::clock::{anchored_now, format_utc};
 use crate::frontend::ClientState;
 use crate::proxy::Proxy;
 
@@ -125,7 +125,8 @@ const CONNECTION_COLUMNS: [&str; 19] = [
 /// Every logged-in client. `state` has PgBouncer's meaning (`active`: logged in and not
 /// waiting; `waiting`: waiting for a server); `activity` tells idle from running.
 pub(super) fn clients(proxy: &Proxy) -> BytesMut {
-    let now = unix_micros();
+    // Request times are on the anchored timeline: waits are computed on it too.
+    let now = anchored_now();
     let listen = proxy.settings().listen;
     let mut all = proxy.client_registry().all();
     all.sort_by_key(|(_, c)| c.connected_at);

@@ -134,7 +134,8 @@ fn databases(proxy: &Proxy) -> BytesMut {
 fn pools(proxy: &Proxy) -> BytesMut {
     let snapshot = proxy.snapshot();
     let clients = proxy.client_registry().all();
-    let now = crate::clock::unix_micros();
+    // Request times are on the anchored timeline: waits are computed on it too.
+    let now = crate::clock::anchored_now();
     let mut upstreams = proxy.upstreams();
     upstreams
         .sort_by(|a, b| (&a.id().database, &a.id().user).cmp(&(&b.id().database, &b.id().user)));

@@ -12,7 +12,7 @@ use rand::RngExt;
 
 use super::cancel::CancelSlot;
 use crate::backend::CancelTarget;
-use crate::clock::{unix_micros, unix_micros_at};
+use crate::clock::{anchored_now, unix_micros_at};
 use crate::protocol::startup::CancelKey;
 
 /// Distinct application names the registry shares between clients (others are per client).
@@ -200,7 +200,7 @@ impl ClientRegistry {
 
     /// Registers a new client under a fresh random cancel key.
     pub fn register(self: &Arc<Self>, who: NewClient<'_>) -> ClientHandle {
-        let now = unix_micros();
+        let now = anchored_now();
         let entry = Arc::new(ClientEntry {
             cancel: CancelSlot::default(),
             peer: who.peer,

@@ -130,9 +130,7 @@ pub(crate) async fn run(
         gate: Gate::new(state.on_replica, state.track_writes),
         server,
         cbuf,
-        // Rebuilt batches (renamed statements) are common with prepared statements: a cached
-        // buffer saves their allocations.
-        out: super::buffers::take(),
+        out: BytesMut::new(),
         expect: Expectations::default(),
         copy_left: 0,
         discard: false,
@@ -145,9 +143,9 @@ pub(crate) async fn run(
         unnamed_here: false,
         observer: state.observer,
         killed: state.killed,
+        entry: state.entry,
     };
     let outcome = r.run(shutdown).await;
-    super::buffers::give(std::mem::take(&mut r.out));
     RunEnd {
         outcome,
         leftover: std::mem::take(&mut r.cbuf),
@@ -266,6 +264,8 @@ pub(crate) struct ClientState<'a> {
     pub observer: Observer<'a>,
     /// Whether an admin KILLed the client's database (asked when an admin wakes sessions).
     pub killed: &'a (dyn Fn() -> bool + Sync),
+    /// The client's registry entry (SHOW CLIENTS' prepared-statement count).
+    pub entry: &'a super::clients::ClientEntry,
 }
 
 /// The relay's state for one run.
@@ -299,6 +299,7 @@ struct Relay<'a> {
     unnamed_here: bool,
     observer: Observer<'a>,
     killed: &'a (dyn Fn() -> bool + Sync),
+    entry: &'a super::clients::ClientEntry,
 }
 
 impl Relay<'_> {
@@ -486,6 +487,11 @@ impl Relay<'_> {
         }
         if let Some(s) = scan.status {
             self.status = s;
+        }
+        if scan.ready > 0 {
+            // Statements change as the server answers; a session-mode or pinned client never
+            // goes back to the session loop, which records the count too.
+            self.entry.set_prepared(self.statements.len());
         }
         if self.gate.held && !self.busy() && self.server.inbuf.is_empty() {
             // The replica answered everything before a unit that needs the primary.

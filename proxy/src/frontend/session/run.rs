@@ -52,6 +52,7 @@ impl Session {
                 track_writes,
                 observer,
                 killed: &killed,
+                entry: &entry,
             },
             server.conn().io(),
             first,
