@@ -8,6 +8,7 @@
 //! `PGTIER_BASELINE_BIN=path` adds another pgtier build as the target `baseline`, interleaved
 //! with the others (A/B of two builds in one run).
 
+mod args;
 mod pgbench;
 mod pgbouncer;
 mod procstat;
@@ -16,6 +17,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use args::Args;
 use pgbench::{field, pgbench};
 use pgtier_kit::{free_port, Cluster, Pgtier};
 
@@ -39,64 +41,27 @@ struct Options {
 
 impl Options {
     fn parse() -> Result<Options> {
-        let mut o = Options {
-            rounds: 3,
-            duration: 10,
-            clients: 32,
-            pool: 20,
-            idle: 1000,
-            scale: 10,
-            workers: 1,
-            targets: vec!["direct".into(), "pgtier".into(), "pgbouncer".into()],
-            modes: MODES.iter().map(|m| m.to_string()).collect(),
-        };
-        let mut args = std::env::args().skip(1);
-        while let Some(a) = args.next() {
-            let mut list = |known: &[&str]| -> Result<Vec<String>> {
-                let v: Vec<String> = args
-                    .next()
-                    .context("missing value")?
-                    .split(',')
-                    .map(str::to_owned)
-                    .collect();
-                match v.iter().find(|x| !known.contains(&x.as_str())) {
-                    Some(x) => bail!("unknown value {x} (known: {})", known.join(",")),
-                    None => Ok(v),
-                }
-            };
-            match a.as_str() {
-                "--targets" => {
-                    o.targets = list(&["direct", "pgtier", "pgbouncer"])?;
-                    continue;
-                }
-                "--modes" => {
-                    o.modes = list(&MODES)?;
-                    continue;
-                }
-                _ => {}
-            }
-            let mut val = || -> Result<u64> {
-                args.next()
-                    .context("missing value")?
-                    .parse()
-                    .context("not a number")
-            };
-            match a.as_str() {
-                "--rounds" => o.rounds = val()? as usize,
-                "--duration" => o.duration = val()?,
-                "--clients" => o.clients = val()? as u32,
-                "--pool" => o.pool = val()? as u32,
-                "--idle" => o.idle = val()? as usize,
-                "--scale" => o.scale = val()? as u32,
-                "--workers" => o.workers = val()? as u32,
-                "-h" | "--help" => {
-                    println!("compare [--rounds 3] [--duration 10] [--clients 32] [--pool 20] [--idle 1000] [--scale 10] [--workers 1] [--targets direct,pgtier,pgbouncer] [--modes simple,extended,prepared]");
-                    std::process::exit(0);
-                }
-                other => bail!("unknown argument {other}"),
-            }
-        }
-        Ok(o)
+        let a = Args::parse(
+            "compare [--rounds 3] [--duration 10] [--clients 32] [--pool 20] [--idle 1000] \
+             [--scale 10] [--workers 1] [--targets direct,pgtier,pgbouncer] \
+             [--modes simple,extended,prepared]",
+            &[
+                "rounds", "duration", "clients", "pool", "idle", "scale", "workers", "targets",
+                "modes",
+            ],
+        )?;
+        let targets = ["direct", "pgtier", "pgbouncer"];
+        Ok(Options {
+            rounds: a.number("rounds", 3)?,
+            duration: a.number("duration", 10)?,
+            clients: a.number("clients", 32)?,
+            pool: a.number("pool", 20)?,
+            idle: a.number("idle", 1000)?,
+            scale: a.number("scale", 10)?,
+            workers: a.number("workers", 1)?,
+            targets: a.list("targets", &targets, &targets)?,
+            modes: a.list("modes", &MODES, &MODES)?,
+        })
     }
 }
 

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use pgtier_kit::{free_port, Cluster, Pgtier};
 
+mod args;
 mod pgbench;
+use args::Args;
 use pgbench::{field, pgbench};
 
 struct Options {
@@ -27,35 +29,17 @@ struct Options {
 
 impl Options {
     fn parse() -> Result<Options> {
-        let mut o = Options {
-            rounds: 3,
-            duration: 8,
-            clients: 32,
-            pool: 10,
-            scale: 10,
-        };
-        let mut args = std::env::args().skip(1);
-        while let Some(a) = args.next() {
-            let mut val = || -> Result<u64> {
-                args.next()
-                    .context("missing value")?
-                    .parse()
-                    .context("not a number")
-            };
-            match a.as_str() {
-                "--rounds" => o.rounds = val()? as usize,
-                "--duration" => o.duration = val()?,
-                "--clients" => o.clients = val()? as u32,
-                "--pool" => o.pool = val()? as u32,
-                "--scale" => o.scale = val()? as u32,
-                "-h" | "--help" => {
-                    println!("routing [--rounds 3] [--duration 8] [--clients 32] [--pool 10] [--scale 10]");
-                    std::process::exit(0);
-                }
-                other => bail!("unknown argument {other}"),
-            }
-        }
-        Ok(o)
+        let a = Args::parse(
+            "routing [--rounds 3] [--duration 8] [--clients 32] [--pool 10] [--scale 10]",
+            &["rounds", "duration", "clients", "pool", "scale"],
+        )?;
+        Ok(Options {
+            rounds: a.number("rounds", 3)?,
+            duration: a.number("duration", 8)?,
+            clients: a.number("clients", 32)?,
+            pool: a.number("pool", 10)?,
+            scale: a.number("scale", 10)?,
+        })
     }
 }
 
