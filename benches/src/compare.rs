@@ -80,10 +80,13 @@ struct Sample {
     cpu_us_per_tx: Option<f64>,
     /// The part of `cpu_us_per_tx` spent in the kernel.
     sys_us_per_tx: Option<f64>,
+    /// CPU the whole machine spent per transaction (pgbench, Postgres, the proxy, the rest).
+    machine_us_per_tx: f64,
 }
 
 fn run(t: &Target, mode: &str, o: &Options) -> Result<Sample> {
     let cpu0 = t.pid.map(procstat::cpu).transpose()?;
+    let machine0 = procstat::machine_busy_us()?;
     let out = pgbench(
         t.port,
         &[
@@ -100,6 +103,7 @@ fn run(t: &Target, mode: &str, o: &Options) -> Result<Sample> {
         ],
     )?;
     let cpu1 = t.pid.map(procstat::cpu).transpose()?;
+    let machine1 = procstat::machine_busy_us()?;
     let tx = field(&out, "number of transactions actually processed:").context("no tx count")?;
     let failed = field(&out, "number of failed transactions:").unwrap_or(0.0);
     if failed > 0.0 {
@@ -114,6 +118,7 @@ fn run(t: &Target, mode: &str, o: &Options) -> Result<Sample> {
         sys_us_per_tx: cpu0
             .zip(cpu1)
             .map(|(a, b)| (b.sys_us - a.sys_us) as f64 / tx),
+        machine_us_per_tx: machine1.saturating_sub(machine0) as f64 / tx,
     })
 }
 
@@ -261,10 +266,11 @@ fn main() -> Result<()> {
                     }
                 };
                 eprintln!(
-                    "round {round} {mode:8} {:9} tps {:9.0}  latency {:6.3} ms  cpu/tx {}",
+                    "round {round} {mode:8} {:9} tps {:9.0}  latency {:6.3} ms  machine {:5.1} us/tx  cpu/tx {}",
                     t.name,
                     s.tps,
                     s.latency_ms,
+                    s.machine_us_per_tx,
                     s.cpu_us_per_tx
                         .zip(s.sys_us_per_tx)
                         .map_or("-".into(), |(c, k)| format!("{c:.1} us (kernel {k:.1})"))
@@ -278,8 +284,8 @@ fn main() -> Result<()> {
         "\n## pgbench -S, {} clients, pool {}, medians of {} interleaved runs of {} s\n",
         o.clients, o.pool, o.rounds, o.duration
     );
-    println!("| mode | target | TPS | avg latency ms | proxy CPU us/tx | of it kernel | TPS vs PgBouncer | CPU vs PgBouncer |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| mode | target | TPS | avg latency ms | machine CPU us/tx | proxy CPU us/tx | of it kernel | TPS vs PgBouncer | CPU vs PgBouncer |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for mode in o.modes.iter().map(String::as_str) {
         let med = |name: &str, f: fn(&Sample) -> Option<f64>| -> Option<f64> {
             let v: Vec<f64> = samples.get(&(mode, name))?.iter().filter_map(f).collect();
@@ -289,19 +295,20 @@ fn main() -> Result<()> {
         let pgb_cpu = med("pgbouncer", |s| s.cpu_us_per_tx);
         for t in &targets {
             if let Some(why) = failures.get(&(mode, t.name)) {
-                println!("| {mode} | {} | failed: {why} | | | | | |", t.name);
+                println!("| {mode} | {} | failed: {why} | | | | | | |", t.name);
                 continue;
             }
             let tps = med(t.name, |s| Some(s.tps)).unwrap_or(0.0);
             let lat = med(t.name, |s| Some(s.latency_ms)).unwrap_or(0.0);
             let cpu = med(t.name, |s| s.cpu_us_per_tx);
             let sys = med(t.name, |s| s.sys_us_per_tx);
+            let machine = med(t.name, |s| Some(s.machine_us_per_tx)).unwrap_or(0.0);
             let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
                 (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
                 _ => "-".into(),
             };
             println!(
-                "| {mode} | {} | {tps:.0} | {lat:.3} | {} | {} | {} | {} |",
+                "| {mode} | {} | {tps:.0} | {lat:.3} | {machine:.1} | {} | {} | {} | {} |",
                 t.name,
                 cpu.map_or("-".into(), |c| format!("{c:.1}")),
                 sys.map_or("-".into(), |c| format!("{c:.1}")),
