@@ -184,15 +184,7 @@ async fn loadgen_short_run_has_no_errors() {
     opts.tutors = 10;
     opts.students = 20;
     opts.quiet = true;
-    opts.node_dsn = std::iter::once(c.primary())
-        .chain(c.replicas())
-        .map(|n| {
-            format!(
-                "host=127.0.0.1 port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname=app",
-                n.port()
-            )
-        })
-        .collect();
+    opts.node_dsn = node_dsns(c);
     let s = pgtier_app::loadgen::run(&opts).await.unwrap();
     eprintln!("{s}");
     assert_eq!(s.errors, 0, "{s}");
@@ -204,7 +196,7 @@ async fn loadgen_short_run_has_no_errors() {
     }
 }
 
-/// The numbers for the README: `cargo test -p pgtier-kit --release --test app -- --ignored
+/// The numbers for the README: `cargo test -p pgtier-kit --release --test app_resilience -- --ignored
 /// --nocapture loadgen_report` (LOADGEN_USERS, LOADGEN_RATE, LOADGEN_SECS).
 #[tokio::test(flavor = "multi_thread")]
 #[ignore]
@@ -216,15 +208,7 @@ async fn loadgen_report() {
     opts.users = env("LOADGEN_USERS", "50").parse().unwrap();
     opts.rate = Some(env("LOADGEN_RATE", "500").parse().unwrap());
     opts.duration = Duration::from_secs(env("LOADGEN_SECS", "30").parse().unwrap());
-    opts.node_dsn = std::iter::once(c.primary())
-        .chain(c.replicas())
-        .map(|n| {
-            format!(
-                "host=127.0.0.1 port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname=app",
-                n.port()
-            )
-        })
-        .collect();
+    opts.node_dsn = node_dsns(c);
     let s = pgtier_app::loadgen::run(&opts).await.unwrap();
     println!("{s}");
 }

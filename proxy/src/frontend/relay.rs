@@ -489,8 +489,7 @@ impl Relay<'_> {
             self.status = s;
         }
         if scan.ready > 0 {
-            // Statements change as the server answers; a session-mode or pinned client never
-            // goes back to the session loop, which records the count too.
+            // Statements change as the server answers (SHOW CLIENTS' count).
             self.entry.set_prepared(self.statements.len());
         }
         if self.gate.held && !self.busy() && self.server.inbuf.is_empty() {

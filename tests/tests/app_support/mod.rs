@@ -171,3 +171,17 @@ pub async fn book(h: &Http, tutor: i64, student: i64, from: &str, to: &str) -> R
     .await
     .unwrap()
 }
+
+/// Direct connection strings of every node's `app` database (primary first), as superuser:
+/// the load generator reads pg_stat_database through them.
+pub fn node_dsns(c: &Cluster) -> Vec<String> {
+    std::iter::once(c.primary())
+        .chain(c.replicas())
+        .map(|n| {
+            format!(
+                "host=127.0.0.1 port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname=app",
+                n.port()
+            )
+        })
+        .collect()
+}

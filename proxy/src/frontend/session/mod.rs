@@ -130,8 +130,6 @@ impl Session {
         // Boxed: it is a local of every idle client's task, and rarely used.
         let mut pending: Option<Box<BytesMut>> = None;
         loop {
-            // For SHOW CLIENTS: statements change only while a request is handled.
-            self.client.entry.set_prepared(self.statements.len());
             let first = match pending.take() {
                 Some(buf) => *buf,
                 // Boxed too: a nested future is laid out twice in its caller's state, and this
@@ -150,6 +148,9 @@ impl Session {
                     }
                 }
                 if let Some(reply) = answer_parse_batch(&first, &mut self.statements) {
+                    // The one place statements change outside a relay (which records the
+                    // count at each ReadyForQuery).
+                    self.client.entry.set_prepared(self.statements.len());
                     if self.stream.write_all(&reply).await.is_err() {
                         return "client closed";
                     }
