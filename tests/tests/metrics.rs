@@ -203,7 +203,16 @@ async fn session_mode_times_queries_from_when_they_are_sent() {
     app.simple_query("SELECT pg_sleep(0.4), 'slow'")
         .await
         .unwrap();
-    let log = px.log();
+    // pgtier logs a slow query after the reply reaches the client: wait for the line. A
+    // 'quick' line, if any, comes before it (its query ended first).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = px.log();
+        if log.contains("'slow'") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let slow: Vec<&str> = log.lines().filter(|l| l.contains("slow query")).collect();
     assert_eq!(slow.len(), 1, "{log}");
     assert!(slow[0].contains("'slow'"), "{}", slow[0]);
