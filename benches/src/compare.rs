@@ -65,6 +65,13 @@ impl Options {
     }
 }
 
+impl Options {
+    /// pgbench threads: 2, or 1 for a single client (pgbench needs clients >= threads).
+    fn threads(&self) -> String {
+        self.clients.clamp(1, 2).to_string()
+    }
+}
+
 /// One endpoint pgbench can talk to.
 struct Target {
     name: &'static str,
@@ -82,11 +89,22 @@ struct Sample {
     sys_us_per_tx: Option<f64>,
     /// CPU the whole machine spent per transaction (pgbench, Postgres, the proxy, the rest).
     machine_us_per_tx: f64,
+    /// Of it, pgbench's.
+    pgbench_us_per_tx: f64,
+    /// Of it, the PostgreSQL processes'.
+    postgres_us_per_tx: f64,
+    /// pgbench's context switches per transaction.
+    pgbench_switches_per_tx: f64,
+    /// Context switches of the live PostgreSQL processes per transaction (backends that exited
+    /// during the run, as in direct runs, are not counted).
+    postgres_switches_per_tx: f64,
 }
 
 fn run(t: &Target, mode: &str, o: &Options) -> Result<Sample> {
     let cpu0 = t.pid.map(procstat::cpu).transpose()?;
     let machine0 = procstat::machine_busy_us()?;
+    let (pgbench0, postgres0) = (procstat::children(), procstat::postgres_us());
+    let pg_switches0 = procstat::postgres_switches();
     let out = pgbench(
         t.port,
         &[
@@ -97,13 +115,15 @@ fn run(t: &Target, mode: &str, o: &Options) -> Result<Sample> {
             "-c",
             &o.clients.to_string(),
             "-j",
-            "2",
+            &o.threads(),
             "-T",
             &o.duration.to_string(),
         ],
     )?;
     let cpu1 = t.pid.map(procstat::cpu).transpose()?;
     let machine1 = procstat::machine_busy_us()?;
+    let (pgbench1, postgres1) = (procstat::children(), procstat::postgres_us());
+    let pg_switches1 = procstat::postgres_switches();
     let tx = field(&out, "number of transactions actually processed:").context("no tx count")?;
     let failed = field(&out, "number of failed transactions:").unwrap_or(0.0);
     if failed > 0.0 {
@@ -119,6 +139,10 @@ fn run(t: &Target, mode: &str, o: &Options) -> Result<Sample> {
             .zip(cpu1)
             .map(|(a, b)| (b.sys_us - a.sys_us) as f64 / tx),
         machine_us_per_tx: machine1.saturating_sub(machine0) as f64 / tx,
+        pgbench_us_per_tx: pgbench1.0.saturating_sub(pgbench0.0) as f64 / tx,
+        pgbench_switches_per_tx: pgbench1.1.saturating_sub(pgbench0.1) as f64 / tx,
+        postgres_switches_per_tx: pg_switches1.saturating_sub(pg_switches0) as f64 / tx,
+        postgres_us_per_tx: postgres1.saturating_sub(postgres0) as f64 / tx,
     })
 }
 
@@ -239,7 +263,7 @@ fn main() -> Result<()> {
                 "-c",
                 &o.clients.to_string(),
                 "-j",
-                "2",
+                &o.threads(),
                 "-T",
                 "2",
             ],
@@ -266,11 +290,15 @@ fn main() -> Result<()> {
                     }
                 };
                 eprintln!(
-                    "round {round} {mode:8} {:9} tps {:9.0}  latency {:6.3} ms  machine {:5.1} us/tx  cpu/tx {}",
+                    "round {round} {mode:8} {:9} tps {:9.0}  latency {:6.3} ms  machine {:5.1} us/tx (pgbench {:4.1}, postgres {:4.1})  switches/tx pgbench {:.2} postgres {:.2}  cpu/tx {}",
                     t.name,
                     s.tps,
                     s.latency_ms,
                     s.machine_us_per_tx,
+                    s.pgbench_us_per_tx,
+                    s.postgres_us_per_tx,
+                    s.pgbench_switches_per_tx,
+                    s.postgres_switches_per_tx,
                     s.cpu_us_per_tx
                         .zip(s.sys_us_per_tx)
                         .map_or("-".into(), |(c, k)| format!("{c:.1} us (kernel {k:.1})"))
@@ -284,8 +312,8 @@ fn main() -> Result<()> {
         "\n## pgbench -S, {} clients, pool {}, medians of {} interleaved runs of {} s\n",
         o.clients, o.pool, o.rounds, o.duration
     );
-    println!("| mode | target | TPS | avg latency ms | machine CPU us/tx | proxy CPU us/tx | of it kernel | TPS vs PgBouncer | CPU vs PgBouncer |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| mode | target | TPS | avg latency ms | machine CPU us/tx | pgbench | postgres | proxy CPU us/tx | of it kernel | TPS vs PgBouncer | CPU vs PgBouncer |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for mode in o.modes.iter().map(String::as_str) {
         let med = |name: &str, f: fn(&Sample) -> Option<f64>| -> Option<f64> {
             let v: Vec<f64> = samples.get(&(mode, name))?.iter().filter_map(f).collect();
@@ -295,7 +323,7 @@ fn main() -> Result<()> {
         let pgb_cpu = med("pgbouncer", |s| s.cpu_us_per_tx);
         for t in &targets {
             if let Some(why) = failures.get(&(mode, t.name)) {
-                println!("| {mode} | {} | failed: {why} | | | | | | |", t.name);
+                println!("| {mode} | {} | failed: {why} | | | | | | | | |", t.name);
                 continue;
             }
             let tps = med(t.name, |s| Some(s.tps)).unwrap_or(0.0);
@@ -303,12 +331,14 @@ fn main() -> Result<()> {
             let cpu = med(t.name, |s| s.cpu_us_per_tx);
             let sys = med(t.name, |s| s.sys_us_per_tx);
             let machine = med(t.name, |s| Some(s.machine_us_per_tx)).unwrap_or(0.0);
+            let bench = med(t.name, |s| Some(s.pgbench_us_per_tx)).unwrap_or(0.0);
+            let postgres = med(t.name, |s| Some(s.postgres_us_per_tx)).unwrap_or(0.0);
             let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
                 (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
                 _ => "-".into(),
             };
             println!(
-                "| {mode} | {} | {tps:.0} | {lat:.3} | {machine:.1} | {} | {} | {} | {} |",
+                "| {mode} | {} | {tps:.0} | {lat:.3} | {machine:.1} | {bench:.1} | {postgres:.1} | {} | {} | {} | {} |",
                 t.name,
                 cpu.map_or("-".into(), |c| format!("{c:.1}")),
                 sys.map_or("-".into(), |c| format!("{c:.1}")),

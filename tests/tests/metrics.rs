@@ -169,7 +169,7 @@ async fn metrics_move_with_queries_and_report_replicas() {
     }
     assert_eq!(sum(&after, "pgtier_info", &[]), 1.0);
 
-    let log = px.log();
+    let log = px.wait_for_log("slow query", Duration::from_secs(5));
     let slow = log
         .lines()
         .find(|l| l.contains("slow query"))
@@ -203,16 +203,8 @@ async fn session_mode_times_queries_from_when_they_are_sent() {
     app.simple_query("SELECT pg_sleep(0.4), 'slow'")
         .await
         .unwrap();
-    // pgtier logs a slow query after the reply reaches the client: wait for the line. A
-    // 'quick' line, if any, comes before it (its query ended first).
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let log = loop {
-        let log = px.log();
-        if log.contains("'slow'") || std::time::Instant::now() > deadline {
-            break log;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // A 'quick' line, if any, comes before the 'slow' one (its query ended first).
+    let log = px.wait_for_log("'slow'", Duration::from_secs(5));
     let slow: Vec<&str> = log.lines().filter(|l| l.contains("slow query")).collect();
     assert_eq!(slow.len(), 1, "{log}");
     assert!(slow[0].contains("'slow'"), "{}", slow[0]);

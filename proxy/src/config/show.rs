@@ -28,6 +28,12 @@ pub struct ConfigEntry {
 
 /// The rows of `SHOW CONFIG` for `settings`, sorted by key.
 pub fn entries(settings: &Settings) -> Vec<ConfigEntry> {
+    // main.rs lets RUST_LOG override log_level for the life of the process.
+    entries_with(settings, std::env::var_os("RUST_LOG").is_some())
+}
+
+/// The rows of `SHOW CONFIG`, given whether `RUST_LOG` pins the log filter.
+fn entries_with(settings: &Settings, rust_log_set: bool) -> Vec<ConfigEntry> {
     let defaults = flatten(&Config::default());
     flatten(&settings.raw)
         .into_iter()
@@ -37,7 +43,8 @@ pub fn entries(settings: &Settings) -> Vec<ConfigEntry> {
                 .find(|(k, _)| *k == key)
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default(),
-            changeable: !RESTART_KEYS.contains(&key.as_str()),
+            changeable: !(RESTART_KEYS.contains(&key.as_str())
+                || (rust_log_set && key == "log_level")),
             key,
             value,
         })
@@ -177,6 +184,13 @@ primary = "127.0.0.1:5432"
         assert_eq!(row(&rows, "log_format").value, "text");
         assert!(!row(&rows, "workers").changeable);
         assert!(!row(&rows, "metrics_listen").changeable);
+    }
+
+    #[test]
+    fn log_level_is_not_changeable_under_rust_log() {
+        let settings = parse_str(BASE).unwrap();
+        assert!(row(&entries_with(&settings, false), "log_level").changeable);
+        assert!(!row(&entries_with(&settings, true), "log_level").changeable);
     }
 
     #[test]
