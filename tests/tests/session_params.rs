@@ -250,6 +250,78 @@ async fn startup_values_of_extra_params_follow_the_client() {
     }
 }
 
+/// (SHOW work_mem, backend pid) over a raw protocol connection.
+async fn show_work_mem(s: &mut tokio::net::TcpStream) -> (String, String) {
+    use pgtier_kit::wire;
+    use tokio::io::AsyncWriteExt;
+    s.write_all(&wire::query("SHOW work_mem; SELECT pg_backend_pid()::text"))
+        .await
+        .unwrap();
+    let reply = wire::read_until_ready(s, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    let values: Vec<String> = reply
+        .iter()
+        .filter(|m| m.tag == b'D')
+        .map(|m| wire::first_value(std::slice::from_ref(m)))
+        .collect();
+    (values[0].clone(), values[1].clone())
+}
+
+/// A SET of a `track_extra_params` parameter sent the way JDBC and psycopg send a plain
+/// statement (unnamed Parse, Bind, Describe, Execute, Sync) is followed like a simple-query SET:
+/// the client keeps its value on the shared server connection, others do not see it, a value
+/// the server rejects changes nothing, and nobody is pinned.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_extended_protocol_set_is_followed_without_pinning() {
+    use pgtier_kit::wire;
+    use std::time::Duration;
+    let limit = Duration::from_secs(10);
+    let (mut s, _) = wire::login_trust(&pgtier_with_extras().addr(), "extras", "app")
+        .await
+        .unwrap();
+    let extended = |sql: &str| {
+        vec![
+            wire::parse("", sql),
+            wire::bind(""),
+            wire::message(b'D', b"P\0"),
+            wire::execute(),
+            wire::sync(),
+        ]
+    };
+    let other = extras_client().await;
+    let (default_mem, _, pid) = extras(&other).await;
+    let reply = wire::send_all(&mut s, &extended("SET work_mem = '4321kB'"), limit)
+        .await
+        .unwrap();
+    assert_eq!(wire::tags(&reply), "12nCZ");
+    for _ in 0..3 {
+        assert_eq!(
+            show_work_mem(&mut s).await,
+            ("4321kB".to_owned(), pid.clone())
+        );
+        assert_eq!(extras(&other).await.0, default_mem);
+    }
+    // A value the server rejects changes nothing.
+    let reply = wire::send_all(&mut s, &extended("SET work_mem = 'lots'"), limit)
+        .await
+        .unwrap();
+    let error = reply.iter().find(|m| m.tag == b'E').expect("an error");
+    assert_eq!(error.field(b'C').as_deref(), Some("22023"));
+    assert_eq!(show_work_mem(&mut s).await.0, "4321kB");
+    assert_eq!(extras(&other).await.0, default_mem);
+    // RESET the same way.
+    wire::send_all(&mut s, &extended("RESET work_mem"), limit)
+        .await
+        .unwrap();
+    assert_eq!(
+        show_work_mem(&mut s).await,
+        (default_mem.clone(), pid.clone())
+    );
+    let log = pgtier_with_extras().log();
+    assert!(!log.contains("pinned"), "{log}");
+}
+
 /// Two clients with different `search_path` (tracked, so neither is pinned) share one server
 /// connection and one server-side statement (same text): each still reads its own schema's
 /// table, because Postgres re-parses a prepared statement whose search_path changed.

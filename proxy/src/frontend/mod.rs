@@ -6,6 +6,7 @@ mod batch;
 mod buffers;
 pub mod cancel;
 pub mod clients;
+mod extra_sets;
 mod farewell;
 mod gate;
 pub mod listener;

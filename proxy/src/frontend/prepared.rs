@@ -69,6 +69,21 @@ struct Statements {
     /// The client's unnamed statement (Parse body after the name), for a Bind that runs on
     /// another server connection than its Parse.
     unnamed: Option<Box<[u8]>>,
+    /// The unnamed statement is a SET of an extra parameter that pgtier followed.
+    unnamed_set: FollowedSet,
+}
+
+/// Whether the client's unnamed statement is a `track_extra_params` SET that pgtier followed
+/// instead of pinning (only its own Bind may run it; any later one runs it unfollowed).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum FollowedSet {
+    /// An ordinary statement.
+    #[default]
+    No,
+    /// Followed; the Bind of the same unit has not come yet.
+    BindPending,
+    /// Followed and bound once: another Bind would run it again unseen.
+    Bound,
 }
 
 impl ClientStatements {
@@ -110,10 +125,12 @@ impl ClientStatements {
                 if inner.unnamed.as_deref() != Some(rest) {
                     inner.unnamed = Some(Box::from(rest));
                 }
+                inner.unnamed_set = FollowedSet::No;
             }
             None => {
                 if let Some(s) = self.0.as_mut() {
                     s.unnamed = None;
+                    s.unnamed_set = FollowedSet::No;
                     if s.map.is_empty() {
                         self.0 = None;
                     }
@@ -125,6 +142,18 @@ impl ClientStatements {
     /// The client's unnamed statement, if it has one.
     pub fn unnamed(&self) -> Option<&[u8]> {
         self.0.as_ref()?.unnamed.as_deref()
+    }
+
+    /// Whether the unnamed statement is a SET pgtier followed (see [`FollowedSet`]).
+    pub fn unnamed_set(&self) -> FollowedSet {
+        self.0.as_ref().map_or(FollowedSet::No, |s| s.unnamed_set)
+    }
+
+    /// Records what [`ClientStatements::unnamed_set`] says (after `set_unnamed`).
+    pub fn mark_unnamed_set(&mut self, state: FollowedSet) {
+        if let Some(s) = self.0.as_mut() {
+            s.unnamed_set = state;
+        }
     }
 
     /// Removes a statement (Close); returns it.

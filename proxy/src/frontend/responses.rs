@@ -186,8 +186,9 @@ pub(crate) struct Expectations {
     /// pgtier's own parameter sync failed (a client's startup value Postgres rejects): the
     /// server's (SQLSTATE, message). The session ends with it, as Postgres would at startup.
     pub(crate) sync_failed: Option<(String, String)>,
-    /// A change of extra parameters by the client's next Query (the only one in flight),
-    /// recorded for the client and the server once that Query completes.
+    /// A change of extra parameters by the client's next statement (a Query, or an Execute
+    /// alone in its unit; the only one in flight), recorded for the client and the server once
+    /// it completes.
     pub(crate) param_update: Option<ExtraUpdate>,
 }
 
@@ -218,15 +219,15 @@ impl Expectations {
         })
     }
 
-    /// Whether the next reply is to a client's Query.
-    fn client_query_first(&self) -> bool {
+    /// Whether the next reply is to a client's message; `statement`: to its Query or Execute.
+    fn client_first(&self, statement: bool) -> bool {
         matches!(
             self.q.front(),
             Some(Entry::Server {
-                kind: Kind::Query,
+                kind,
                 to_client: true,
                 ..
-            })
+            }) if !statement || matches!(kind, Kind::Query | Kind::Execute)
         )
     }
 
@@ -470,16 +471,16 @@ pub(crate) fn route_server(
                 exp.drain_synthetic(o);
             });
         }
-        if exp.param_update.is_some() && exp.client_query_first() {
+        if exp.param_update.is_some() {
             // The client's SET/RESET of extra parameters: done once it completed, void if it
-            // failed.
+            // (or its Parse) failed. pgtier's own statements before it do not count.
             match h.tag {
-                b'C' => {
+                b'C' if exp.client_first(true) => {
                     let update = exp.param_update.take().expect("checked");
                     update.apply(params.client);
                     update.apply(params.server);
                 }
-                b'E' | b'Z' => exp.param_update = None,
+                b'E' | b'Z' if exp.client_first(false) => exp.param_update = None,
                 _ => {}
             }
         }

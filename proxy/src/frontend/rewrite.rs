@@ -8,18 +8,17 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::batch::Batch;
-use super::prepared::{ClientStatements, Prepared, MAX_PER_CLIENT};
+use super::extra_sets::{extra_update, followed_set};
+use super::prepared::{ClientStatements, FollowedSet, Prepared, MAX_PER_CLIENT};
 use super::responses::{Entry, Expectations, Kind, Synthetic, Undo, MAX_IN_FLIGHT};
-use crate::backend::params::{lookup, tracked, ExtraParams, ExtraUpdate};
+use crate::backend::params::{lookup, tracked, ExtraParams};
 use crate::backend::statements::ServerStatements;
 use crate::config::SessionStatePolicy;
 use crate::protocol::extended;
 use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
 use crate::protocol::SqlState;
 use crate::router::lexer::StringSyntax;
-use crate::router::session_state::{
-    param_command, pins_in, resets_all, session_command, ParamCommand, SessionCommand,
-};
+use crate::router::session_state::{pins_in, resets_all, session_command, SessionCommand};
 
 /// A client protocol violation.
 #[derive(Debug, PartialEq, Eq)]
@@ -160,6 +159,8 @@ pub(crate) fn route_client(
                 continue;
             }
         }
+        // A message after a Sync (or none) starts a unit.
+        let unit_start = !server.expect.unsynced;
         match h.tag {
             b'S' => server.expect.unsynced = false,
             b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => server.expect.unsynced = true,
@@ -173,7 +174,7 @@ pub(crate) fn route_client(
                 server.expect.push(Entry::CopyEnd);
                 Route::Forward(None, None)
             }
-            _ => route_one(h.tag, body, client, server),
+            _ => route_one(h.tag, body, &buf[end..], unit_start, client, server),
         };
         match route {
             Route::Forward(kind, undo) => {
@@ -290,9 +291,13 @@ impl Route {
     }
 }
 
+/// Routes one client message; `after` is what the client sent after it, `unit_start` says it
+/// begins a unit (nothing unsynced before it).
 fn route_one(
     tag: u8,
     body: &[u8],
+    after: &[u8],
+    unit_start: bool,
     client: &mut ClientSide<'_>,
     server: &mut ServerSide<'_>,
 ) -> Route {
@@ -303,7 +308,7 @@ fn route_one(
             client.statements.set_unnamed(None);
             *server.unnamed_here = false;
             let sql = body.strip_suffix(b"\0").unwrap_or(body);
-            match extra_update(sql, client, server.expect) {
+            match extra_update(sql, client, server.expect, unit_start) {
                 Some(update) => server.expect.param_update = Some(update),
                 None => {
                     if let Some(message) = client.check_session_state(sql) {
@@ -333,6 +338,15 @@ fn route_one(
         b'E' => plain(Kind::Execute),
         b'P' => match extended::parse(body) {
             Some(p) => {
+                if p.name.is_empty() && unit_start {
+                    if let Some(update) = followed_set(p.rest, after, client, server.expect) {
+                        server.expect.param_update = Some(update);
+                        client.statements.set_unnamed(Some(p.rest));
+                        client.statements.mark_unnamed_set(FollowedSet::BindPending);
+                        *server.unnamed_here = true;
+                        return plain(Kind::Parse);
+                    }
+                }
                 if let Some(message) = client.check_session_state(p.rest) {
                     *client.discard = true;
                     return Route::Synthetic(
@@ -351,7 +365,12 @@ fn route_one(
             None => plain(Kind::Parse),
         },
         b'B' => match extended::bind(body) {
-            Some(b) if b.statement.is_empty() => unnamed(Kind::Bind, client, server),
+            Some(b) if b.statement.is_empty() => {
+                if let Some(rejected) = rebind_followed_set(client) {
+                    return rejected;
+                }
+                unnamed(Kind::Bind, client, server)
+            }
             Some(b) => match client.statements.get(b.statement) {
                 Some(stmt) => Route::Bind(stmt.clone()),
                 None => plain(Kind::Bind),
@@ -447,29 +466,25 @@ fn route_parse(
     Route::Parse(stmt.clone(), Undo::ClientPrepare(p.name.into(), stmt))
 }
 
-/// A Query that is exactly one SET/RESET of extra parameters (or RESET ALL, DISCARD ALL) with
-/// nothing of the client's before it and outside a transaction block: its effect is final once
-/// it completes, so pgtier can follow it instead of pinning the client.
-fn extra_update(sql: &[u8], client: &ClientSide<'_>, expect: &Expectations) -> Option<ExtraUpdate> {
-    if client.extras.is_empty()
-        || client.in_transaction
-        || client.pinned.is_some()
-        || expect.unsynced
-        || !expect.only_own()
-    {
-        return None;
-    }
-    if session_command(sql) == Some(SessionCommand::DiscardAll) {
-        return Some(ExtraUpdate::ResetAll);
-    }
-    let name = |n: &[u8]| client.extras.find(std::str::from_utf8(n).ok()?);
-    match param_command(sql, client.strings)? {
-        ParamCommand::Set(n, text) => Some(ExtraUpdate::Set(
-            name(n)?,
-            std::str::from_utf8(text).ok()?.into(),
-        )),
-        ParamCommand::Reset(n) => Some(ExtraUpdate::Reset(name(n)?)),
-        ParamCommand::ResetAll => Some(ExtraUpdate::ResetAll),
+/// A Bind of the unnamed statement when that is a SET pgtier followed: its own Bind passes; a
+/// later one would run it again unseen, so it goes through the pinning check (under the reject
+/// policy, the answer is the error).
+fn rebind_followed_set(client: &mut ClientSide<'_>) -> Option<Route> {
+    match client.statements.unnamed_set() {
+        FollowedSet::No => None,
+        FollowedSet::BindPending => {
+            client.statements.mark_unnamed_set(FollowedSet::Bound);
+            None
+        }
+        FollowedSet::Bound => {
+            let sql = client.statements.unnamed().map(<[u8]>::to_vec)?;
+            let message = client.check_session_state(&sql)?;
+            *client.discard = true;
+            Some(Route::Synthetic(
+                Synthetic::Error(SqlState::FEATURE_NOT_SUPPORTED, message),
+                None,
+            ))
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Tests of `rewrite`.
 use super::*;
 
+use crate::backend::params::{ExtraUpdate, ParamChanges};
 use crate::protocol::frame::test_frame as msg;
 
 struct Fixture {
@@ -310,6 +311,128 @@ fn extra_parameters_are_followed_outside_transactions_and_pin_inside() {
     f.route(&msg(b'Q', b"SET work_mem = '2MB'\0"), &mut out)
         .unwrap();
     assert!(f.pinned.is_some() && f.expect.param_update.is_none());
+}
+
+/// Feeds server replies like `reply`, keeping the parameter changes: (client's, server's).
+fn reply_params(f: &mut Fixture, server: &[u8]) -> (ParamChanges, ParamChanges) {
+    let (mut client, mut srv) = (ParamChanges::default(), ParamChanges::default());
+    let mut out = BytesMut::new();
+    super::super::responses::route_server(
+        server,
+        &mut Default::default(),
+        &mut f.expect,
+        &mut f.registry,
+        &mut f.statements,
+        &mut super::super::responses::ParamSync {
+            defaults: &[],
+            client: &mut client,
+            server_login: &[],
+            server: &mut srv,
+        },
+        &mut out,
+    )
+    .unwrap();
+    (client, srv)
+}
+
+/// P B [D] E S of one unnamed statement, the unit JDBC and psycopg send for a plain statement.
+fn unit(sql: &str, describe: bool) -> Vec<u8> {
+    let mut buf = msg(b'P', format!("\0{sql}\0\0\0").as_bytes());
+    buf.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+    if describe {
+        buf.extend(msg(b'D', b"P\0"));
+    }
+    buf.extend(msg(b'E', b"\0\0\0\0\0"));
+    buf.extend(msg(b'S', b""));
+    buf
+}
+
+#[test]
+fn an_extended_set_of_an_extra_parameter_alone_in_its_unit_is_followed() {
+    for describe in [false, true] {
+        let mut f = Fixture::new();
+        f.extras = ExtraParams::intern(&["work_mem".into()]);
+        let mut out = BytesMut::new();
+        f.route(&unit("SET work_mem = '2MB'", describe), &mut out)
+            .unwrap();
+        assert_eq!(f.pinned, None);
+        assert!(matches!(
+            f.expect.param_update,
+            Some(ExtraUpdate::Set("work_mem", _))
+        ));
+        // Applied when its Execute completes.
+        let mut srv = msg(b'1', b"");
+        srv.extend(msg(b'2', b""));
+        if describe {
+            srv.extend(msg(b'n', b""));
+        }
+        srv.extend(msg(b'C', b"SET\0"));
+        srv.extend(msg(b'Z', b"I"));
+        let (client, server) = reply_params(&mut f, &srv);
+        assert_eq!(client.extra("work_mem"), Some("SET work_mem = '2MB'"));
+        assert_eq!(server.extra("work_mem"), Some("SET work_mem = '2MB'"));
+        assert!(f.expect.param_update.is_none() && f.expect.is_empty());
+
+        // Running the unnamed SET again (Bind without Parse) would go unseen: that pins.
+        let mut rebind = msg(b'B', b"\0\0\0\0\0\0\0\0");
+        rebind.extend(msg(b'E', b"\0\0\0\0\0"));
+        rebind.extend(msg(b'S', b""));
+        f.route(&rebind, &mut out).unwrap();
+        assert!(f.pinned.is_some(), "a second Bind of the followed SET pins");
+    }
+}
+
+#[test]
+fn a_failed_extended_set_changes_nothing() {
+    let mut f = Fixture::new();
+    f.extras = ExtraParams::intern(&["work_mem".into()]);
+    let mut out = BytesMut::new();
+    f.route(&unit("SET work_mem = 'lots'", false), &mut out)
+        .unwrap();
+    let mut srv = msg(b'1', b"");
+    srv.extend(msg(b'2', b""));
+    srv.extend(error("22023"));
+    srv.extend(msg(b'Z', b"I"));
+    let (client, server) = reply_params(&mut f, &srv);
+    assert_eq!(
+        (client.extra("work_mem"), server.extra("work_mem")),
+        (None, None)
+    );
+    assert!(f.expect.param_update.is_none());
+}
+
+#[test]
+fn an_extended_set_with_company_or_named_pins() {
+    let extras = || ExtraParams::intern(&["work_mem".into()]);
+    // Another statement in the same unit (they share an implicit transaction).
+    let mut f = Fixture::new();
+    f.extras = extras();
+    let mut buf = unit("SET work_mem = '2MB'", false);
+    buf.truncate(buf.len() - 5);
+    buf.extend(unit("SELECT 1", false));
+    f.route(&buf, &mut BytesMut::new()).unwrap();
+    assert!(f.pinned.is_some() && f.expect.param_update.is_none());
+    // A named statement (it may run any number of times later).
+    let mut f = Fixture::new();
+    f.extras = extras();
+    let mut buf = msg(b'P', b"s1\0SET work_mem = '2MB'\0\0\0");
+    buf.extend(msg(b'B', b"\0s1\0\0\0\0\0\0\0"));
+    buf.extend(msg(b'E', b"\0\0\0\0\0"));
+    buf.extend(msg(b'S', b""));
+    f.route(&buf, &mut BytesMut::new()).unwrap();
+    assert!(f.pinned.is_some() && f.expect.param_update.is_none());
+    // The unit not complete in what was read.
+    let mut f = Fixture::new();
+    f.extras = extras();
+    let buf = unit("SET work_mem = '2MB'", false);
+    f.route(&buf[..buf.len() - 5], &mut BytesMut::new())
+        .unwrap();
+    assert!(f.pinned.is_some() && f.expect.param_update.is_none());
+    // A parameter not in track_extra_params.
+    let mut f = Fixture::new();
+    f.route(&unit("SET work_mem = '2MB'", false), &mut BytesMut::new())
+        .unwrap();
+    assert!(f.pinned.is_some());
 }
 
 #[test]
