@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::batch::Batch;
-use super::prepared::{ClientStatements, Prepared, Saved};
+use super::prepared::{ClientStatements, FollowedSet, Prepared, Saved};
 use crate::backend::params::{tracked, ExtraUpdate, ParamChanges};
 use crate::backend::statements::ServerStatements;
 use crate::protocol::frame::{peek_header, FrameError};
@@ -80,6 +80,9 @@ pub(crate) enum Undo {
     Evict(Arc<str>),
     /// pgtier's Parse of this statement: it is not on the server.
     Prepare(Arc<str>),
+    /// The client's Parse or Close of its unnamed statement: the one before is back (its text,
+    /// and whether it is a SET pgtier followed).
+    Unnamed(Option<Box<[u8]>>, FollowedSet),
 }
 
 impl Undo {
@@ -94,6 +97,10 @@ impl Undo {
             Undo::ClientClear(saved) => statements.restore(saved),
             Undo::Evict(name) => registry.restore(name),
             Undo::Prepare(name) => registry.remove(&name),
+            Undo::Unnamed(text, followed) => {
+                statements.set_unnamed(text.as_deref());
+                statements.mark_unnamed_set(followed);
+            }
         }
     }
 }

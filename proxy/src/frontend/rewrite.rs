@@ -355,9 +355,14 @@ fn route_one(
                     );
                 }
                 if p.name.is_empty() {
+                    // Replacing a followed SET: if this Parse is skipped (an earlier error in
+                    // the pipeline), the SET stays the unnamed statement, and re-running it
+                    // must still pin.
+                    let undo = (client.statements.unnamed_set() != FollowedSet::No)
+                        .then(|| unnamed_undo(client.statements));
                     client.statements.set_unnamed(Some(p.rest));
                     *server.unnamed_here = true;
-                    plain(Kind::Parse)
+                    Route::Forward(Some(Kind::Parse), undo)
                 } else {
                     route_parse(p, client, server)
                 }
@@ -395,6 +400,14 @@ fn route_one(
                     .remove(name)
                     .map(|stmt| Undo::ClientClose(name.into(), stmt));
                 Route::Synthetic(Synthetic::CloseComplete, undo)
+            }
+            // The unnamed statement is gone on this server, so the client has none (a Bind
+            // gets 26000, not a re-parse elsewhere); back if the Close is skipped.
+            Some((b'S', _)) => {
+                let undo = unnamed_undo(client.statements);
+                client.statements.set_unnamed(None);
+                *server.unnamed_here = false;
+                Route::Forward(Some(Kind::Close), Some(undo))
             }
             _ => plain(Kind::Close),
         },
@@ -464,6 +477,15 @@ fn route_parse(
         return Route::Synthetic(Synthetic::ParseComplete, Some(undo));
     }
     Route::Parse(stmt.clone(), Undo::ClientPrepare(p.name.into(), stmt))
+}
+
+/// What puts the client's unnamed statement back as it is now (if replacing or closing it
+/// fails or is skipped).
+fn unnamed_undo(statements: &ClientStatements) -> Undo {
+    Undo::Unnamed(
+        statements.unnamed().map(Box::from),
+        statements.unnamed_set(),
+    )
 }
 
 /// A Bind of the unnamed statement when that is a SET pgtier followed: its own Bind passes; a

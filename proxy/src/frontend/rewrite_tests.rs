@@ -383,6 +383,71 @@ fn an_extended_set_of_an_extra_parameter_alone_in_its_unit_is_followed() {
 }
 
 #[test]
+fn a_followed_set_replaced_by_a_skipped_parse_still_pins_when_run_again() {
+    let mut f = Fixture::new();
+    f.extras = ExtraParams::intern(&["work_mem".into()]);
+    let mut out = BytesMut::new();
+    f.route(&unit("SET work_mem = '2MB'", false), &mut out)
+        .unwrap();
+    let mut srv = msg(b'1', b"");
+    srv.extend(msg(b'2', b""));
+    srv.extend(msg(b'C', b"SET\0"));
+    srv.extend(msg(b'Z', b"I"));
+    reply_params(&mut f, &srv);
+    // An Execute that fails makes the server skip the Parse after it: the SET stays the
+    // unnamed statement.
+    let mut buf = msg(b'E', b"nope\0\0\0\0\0");
+    buf.extend(msg(b'P', b"\0SELECT 1\0\0\0"));
+    buf.extend(msg(b'S', b""));
+    f.route(&buf, &mut out).unwrap();
+    let mut srv = error("34000");
+    srv.extend(msg(b'Z', b"I"));
+    reply(&mut f, &srv);
+    assert_eq!(
+        f.statements.unnamed(),
+        Some(&b"SET work_mem = '2MB'\0\0\0"[..])
+    );
+    let mut rebind = msg(b'B', b"\0\0\0\0\0\0\0\0");
+    rebind.extend(msg(b'E', b"\0\0\0\0\0"));
+    rebind.extend(msg(b'S', b""));
+    f.route(&rebind, &mut out).unwrap();
+    assert!(f.pinned.is_some(), "re-running the followed SET pins");
+}
+
+#[test]
+fn closing_the_unnamed_statement_forgets_it_unless_the_close_is_skipped() {
+    let mut f = Fixture::new();
+    let mut out = BytesMut::new();
+    let mut buf = msg(b'P', b"\0SELECT 1\0\0\0");
+    buf.extend(msg(b'S', b""));
+    f.route(&buf, &mut out).unwrap();
+    reply(&mut f, &[msg(b'1', b""), msg(b'Z', b"I")].concat());
+    // Skipped (after a failed Execute): the statement is still there.
+    let mut buf = msg(b'E', b"nope\0\0\0\0\0");
+    buf.extend(msg(b'C', b"S\0"));
+    buf.extend(msg(b'S', b""));
+    f.route(&buf, &mut out).unwrap();
+    assert_eq!(f.statements.unnamed(), None);
+    reply(&mut f, &[error("34000"), msg(b'Z', b"I")].concat());
+    assert_eq!(f.statements.unnamed(), Some(&b"SELECT 1\0\0\0"[..]));
+    // Closed: a Bind on another server connection gets 26000, as on the server.
+    let mut buf = msg(b'C', b"S\0");
+    buf.extend(msg(b'S', b""));
+    f.route(&buf, &mut out).unwrap();
+    reply(&mut f, &[msg(b'3', b""), msg(b'Z', b"I")].concat());
+    assert_eq!(f.statements.unnamed(), None);
+    f.unnamed_here = false;
+    let mut buf = msg(b'B', b"\0\0\0\0\0\0\0\0");
+    buf.extend(msg(b'S', b""));
+    out.clear();
+    f.route(&buf, &mut out).unwrap();
+    assert_eq!(tags(&out), "S", "the Bind must not reach the server");
+    let mut answer = BytesMut::new();
+    assert!(f.expect.drain_synthetic(&mut answer));
+    assert!(answer.windows(6).any(|w| w == b"C26000"), "{answer:?}");
+}
+
+#[test]
 fn a_failed_extended_set_changes_nothing() {
     let mut f = Fixture::new();
     f.extras = ExtraParams::intern(&["work_mem".into()]);
