@@ -319,8 +319,11 @@ fn main() -> Result<()> {
             let v: Vec<f64> = samples.get(&(mode, name))?.iter().filter_map(f).collect();
             (!v.is_empty()).then(|| median(v))
         };
-        let pgb_tps = med("pgbouncer", |s| Some(s.tps));
-        let pgb_cpu = med("pgbouncer", |s| s.cpu_us_per_tx);
+        // No ratios against a PgBouncer that failed some runs of this mode (a lucky run of
+        // `-M prepared` is not a baseline).
+        let pgb_ok = !failures.contains_key(&(mode, "pgbouncer"));
+        let pgb_tps = med("pgbouncer", |s| Some(s.tps)).filter(|_| pgb_ok);
+        let pgb_cpu = med("pgbouncer", |s| s.cpu_us_per_tx).filter(|_| pgb_ok);
         for t in &targets {
             if let Some(why) = failures.get(&(mode, t.name)) {
                 println!("| {mode} | {} | failed: {why} | | | | | | | | |", t.name);
