@@ -213,6 +213,11 @@ pub fn sync_statements(
     if client.is_empty() && server.is_empty() {
         return None; // the common case: nobody changed anything
     }
+    if client == server {
+        // Next most common: the server last served a client with the same changes (every
+        // client of an application sets the same application_name).
+        return None;
+    }
     let mut sql = String::new();
     // The client's names, then the server's that the client does not change (no list of names
     // seen: this runs before every transaction of a client with changes).
@@ -274,6 +279,16 @@ mod tests {
             sync_statements(&b, &ParamChanges::default(), &b, &ParamChanges::default()),
             None
         );
+    }
+
+    #[test]
+    fn nothing_to_do_when_server_and_client_changed_the_same() {
+        let b = base();
+        let mut client = ParamChanges::default();
+        client.set(&b, "application_name", "pgbench");
+        client.set_extra("work_mem", Some("SET work_mem = '2MB'"));
+        let server = client.clone();
+        assert_eq!(sync_statements(&b, &client, &b, &server), None);
     }
 
     #[test]
