@@ -214,3 +214,59 @@ async fn backslash_strings_are_read_with_the_clients_standard_conforming_strings
     assert_eq!(pid_again, pid, "a was not pinned after its LISTEN");
     b.batch_execute("COMMIT").await.unwrap();
 }
+
+/// A session advisory lock taken through the protocol's FunctionCall (fastpath) pins like one
+/// taken in SQL: the next client does not get the server that holds the lock.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fastpath_advisory_lock_pins_the_client() {
+    use pgtier_kit::wire;
+    use std::time::Duration;
+    let px = start("", 2);
+    let limit = Duration::from_secs(10);
+    let (mut s, _) = wire::login_trust(&px.addr(), "pins", "app").await.unwrap();
+    // pg_advisory_lock(bigint) is OID 2880: no format codes (text), one argument, text result.
+    let mut body = 2880u32.to_be_bytes().to_vec();
+    body.extend(0i16.to_be_bytes());
+    body.extend(1i16.to_be_bytes());
+    body.extend(6i32.to_be_bytes());
+    body.extend(b"424242");
+    body.extend(0i16.to_be_bytes());
+    let reply = wire::send_all(&mut s, &[wire::message(b'F', &body)], limit)
+        .await
+        .unwrap();
+    assert_eq!(wire::tags(&reply), "VZ");
+    let pid_of = |reply: &[wire::Msg]| wire::first_value(reply);
+    let ask = wire::query("SELECT pg_backend_pid()::text");
+    let pid = pid_of(
+        &wire::send_all(&mut s, std::slice::from_ref(&ask), limit)
+            .await
+            .unwrap(),
+    );
+    // Without the pin, the server holding the lock would go back to the pool and serve the
+    // next client first (the pool reuses the most recently released server).
+    let b = client(&px).await;
+    for _ in 0..3 {
+        let rows = b
+            .simple_query("SELECT pg_try_advisory_lock(424242)::text, pg_backend_pid()::text")
+            .await
+            .unwrap();
+        let (got, pid_b) = rows
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((r.get(0).unwrap().to_owned(), r.get(1).unwrap().to_owned()))
+                }
+                _ => None,
+            })
+            .expect("a row");
+        assert_ne!(
+            pid_b, pid,
+            "the server holding the lock was lent to another client"
+        );
+        assert_eq!(got, "false", "another client took the pinned client's lock");
+        let again = wire::send_all(&mut s, std::slice::from_ref(&ask), limit)
+            .await
+            .unwrap();
+        assert_eq!(pid_of(&again), pid);
+    }
+}

@@ -18,7 +18,9 @@ use crate::protocol::extended;
 use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
 use crate::protocol::SqlState;
 use crate::router::lexer::StringSyntax;
-use crate::router::session_state::{pins_in, resets_all, session_command, SessionCommand};
+use crate::router::session_state::{
+    function_call_pins, pins_in, resets_all, session_command, SessionCommand,
+};
 
 /// A client protocol violation.
 #[derive(Debug, PartialEq, Eq)]
@@ -87,6 +89,14 @@ impl ClientSide<'_> {
             (!self.extras.is_empty() && resets_all(sql, self.strings))
                 .then_some("RESET ALL of tracked extra parameters inside a transaction")
         })?;
+        self.pin_for(reason)
+    }
+
+    /// Pins the client for `reason`; under the reject policy returns the error message instead.
+    fn pin_for(&mut self, reason: &'static str) -> Option<String> {
+        if self.pinned.is_some() {
+            return None;
+        }
         match self.policy {
             SessionStatePolicy::Pin => {
                 *self.pinned = Some(reason);
@@ -334,7 +344,16 @@ fn route_one(
             }
         }
         b'S' => plain(Kind::Sync),
-        b'F' => plain(Kind::Function),
+        b'F' => {
+            // A fastpath call of a built-in that leaves session state pins like its SQL call.
+            let oid = body.first_chunk().map(|b| u32::from_be_bytes(*b));
+            if let Some(reason) = oid.and_then(function_call_pins) {
+                if let Some(message) = client.pin_for(reason) {
+                    return Route::Reject(message);
+                }
+            }
+            plain(Kind::Function)
+        }
         b'E' => plain(Kind::Execute),
         b'P' => match extended::parse(body) {
             Some(p) => {

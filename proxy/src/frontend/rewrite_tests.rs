@@ -448,6 +448,27 @@ fn closing_the_unnamed_statement_forgets_it_unless_the_close_is_skipped() {
 }
 
 #[test]
+fn a_fastpath_call_of_a_session_state_builtin_pins() {
+    // FunctionCall: function OID, no format codes, one text argument, text result.
+    let call = |oid: u32| {
+        let mut body = oid.to_be_bytes().to_vec();
+        body.extend(0i16.to_be_bytes());
+        body.extend(1i16.to_be_bytes());
+        body.extend(2i32.to_be_bytes());
+        body.extend(b"42");
+        body.extend(0i16.to_be_bytes());
+        msg(b'F', &body)
+    };
+    let mut f = Fixture::new();
+    let mut out = BytesMut::new();
+    let scan = f.route(&call(1317), &mut out).unwrap(); // length(text)
+    assert_eq!((scan.syncs, f.pinned), (1, None));
+    let scan = f.route(&call(2880), &mut out).unwrap(); // pg_advisory_lock(bigint)
+    assert_eq!(f.pinned, Some("session advisory lock"));
+    assert!(!scan.copied, "the call reaches the server as sent");
+}
+
+#[test]
 fn a_failed_extended_set_changes_nothing() {
     let mut f = Fixture::new();
     f.extras = ExtraParams::intern(&["work_mem".into()]);

@@ -150,6 +150,19 @@ pub fn pins_in(
     None
 }
 
+/// What a FunctionCall (the protocol's fastpath) of built-in function `oid` leaves on the
+/// server, like [`pins_in`] for the same functions called in SQL. Built-in OIDs are fixed in
+/// Postgres' catalog (pg_proc.dat) and do not change between versions.
+pub fn function_call_pins(oid: u32) -> Option<&'static str> {
+    match oid {
+        // pg_advisory_lock, pg_advisory_lock_shared, pg_try_advisory_lock,
+        // pg_try_advisory_lock_shared: (bigint) 2880-2883, (int, int) 2886-2889.
+        2880..=2883 | 2886..=2889 => Some("session advisory lock"),
+        2078 => Some("set_config()"),
+        _ => None,
+    }
+}
+
 /// Whether `sql` contains, anywhere, a piece of a word that can pin (checked below): a byte scan
 /// that lets most statements skip the lexer. It may say yes wrongly (`random` has `do`), never
 /// no wrongly: every pinning word contains one of these.
