@@ -156,6 +156,58 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Prints, per mode and target, the median (and range) of each round's ratio to PgBouncer's
+/// run of the same round: runs made seconds apart share most of the machine's noise.
+fn paired_ratios(
+    o: &Options,
+    targets: &[Target],
+    by_round: &BTreeMap<(&str, &str, usize), Sample>,
+    failures: &BTreeMap<(&str, &str), String>,
+) {
+    println!("\n## Per-round ratios to PgBouncer's run of the same round\n");
+    println!(
+        "| mode | target | rounds | TPS ratio median (min-max) | CPU ratio median (min-max) |"
+    );
+    println!("|---|---|---|---|---|");
+    // Not against a PgBouncer that failed some runs of the mode (as in the table above).
+    let modes = o.modes.iter().map(String::as_str);
+    for mode in modes.filter(|m| !failures.contains_key(&(*m, "pgbouncer"))) {
+        for t in targets.iter().filter(|t| t.name != "pgbouncer") {
+            let pairs: Vec<(Sample, Sample)> = (1..=o.rounds)
+                .filter_map(|r| {
+                    Some((
+                        *by_round.get(&(mode, t.name, r))?,
+                        *by_round.get(&(mode, "pgbouncer", r))?,
+                    ))
+                })
+                .collect();
+            if pairs.is_empty() {
+                continue;
+            }
+            let summary = |v: Vec<f64>| {
+                if v.is_empty() {
+                    return "-".to_owned();
+                }
+                let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                format!("{:.2}x ({lo:.2}-{hi:.2})", median(v))
+            };
+            let tps = pairs.iter().map(|(a, b)| a.tps / b.tps).collect();
+            let cpu = pairs
+                .iter()
+                .filter_map(|(a, b)| Some(a.cpu_us_per_tx? / b.cpu_us_per_tx?))
+                .collect();
+            println!(
+                "| {mode} | {} | {} | {} | {} |",
+                t.name,
+                pairs.len(),
+                summary(tps),
+                summary(cpu)
+            );
+        }
+    }
+}
+
 /// Opens `n` idle logged-in clients and returns the proxy's RSS growth per client, in KiB.
 async fn rss_per_idle_client(pid: u32, port: u16, n: usize) -> Result<f64> {
     let dsn = format!("host=127.0.0.1 port={port} user=bench password=bench dbname=bench");
@@ -270,6 +322,8 @@ fn main() -> Result<()> {
         )?;
     }
     let mut samples: BTreeMap<(&str, &str), Vec<Sample>> = BTreeMap::new();
+    // The same samples by round, for ratios of runs made next to each other.
+    let mut by_round: BTreeMap<(&str, &str, usize), Sample> = BTreeMap::new();
     let mut failures: BTreeMap<(&str, &str), String> = BTreeMap::new();
     for round in 1..=o.rounds {
         for mode in o.modes.iter().map(String::as_str) {
@@ -304,6 +358,7 @@ fn main() -> Result<()> {
                         .map_or("-".into(), |(c, k)| format!("{c:.1} us (kernel {k:.1})"))
                 );
                 samples.entry((mode, t.name)).or_default().push(s);
+                by_round.insert((mode, t.name, round), s);
             }
         }
     }
@@ -350,6 +405,8 @@ fn main() -> Result<()> {
             );
         }
     }
+
+    paired_ratios(&o, &targets, &by_round, &failures);
 
     if o.idle > 0 {
         let rt = tokio::runtime::Runtime::new()?;
