@@ -103,8 +103,7 @@ struct Sample {
 fn run(t: &Target, mode: &str, o: &Options) -> Result<Sample> {
     let cpu0 = t.pid.map(procstat::cpu).transpose()?;
     let machine0 = procstat::machine_busy_us()?;
-    let (pgbench0, postgres0) = (procstat::children(), procstat::postgres_us());
-    let pg_switches0 = procstat::postgres_switches();
+    let (pgbench0, postgres0) = (procstat::children(), procstat::postgres());
     let out = pgbench(
         t.port,
         &[
@@ -122,9 +121,9 @@ fn run(t: &Target, mode: &str, o: &Options) -> Result<Sample> {
     )?;
     let cpu1 = t.pid.map(procstat::cpu).transpose()?;
     let machine1 = procstat::machine_busy_us()?;
-    let (pgbench1, postgres1) = (procstat::children(), procstat::postgres_us());
-    let pg_switches1 = procstat::postgres_switches();
+    let (pgbench1, postgres1) = (procstat::children(), procstat::postgres());
     let tx = field(&out, "number of transactions actually processed:").context("no tx count")?;
+    let per_tx = |before: u64, after: u64| after.saturating_sub(before) as f64 / tx;
     let failed = field(&out, "number of failed transactions:").unwrap_or(0.0);
     if failed > 0.0 {
         bail!("{failed} failed transactions via {}:\n{out}", t.name);
@@ -138,11 +137,11 @@ fn run(t: &Target, mode: &str, o: &Options) -> Result<Sample> {
         sys_us_per_tx: cpu0
             .zip(cpu1)
             .map(|(a, b)| (b.sys_us - a.sys_us) as f64 / tx),
-        machine_us_per_tx: machine1.saturating_sub(machine0) as f64 / tx,
-        pgbench_us_per_tx: pgbench1.0.saturating_sub(pgbench0.0) as f64 / tx,
-        pgbench_switches_per_tx: pgbench1.1.saturating_sub(pgbench0.1) as f64 / tx,
-        postgres_switches_per_tx: pg_switches1.saturating_sub(pg_switches0) as f64 / tx,
-        postgres_us_per_tx: postgres1.saturating_sub(postgres0) as f64 / tx,
+        machine_us_per_tx: per_tx(machine0, machine1),
+        pgbench_us_per_tx: per_tx(pgbench0.0, pgbench1.0),
+        pgbench_switches_per_tx: per_tx(pgbench0.1, pgbench1.1),
+        postgres_us_per_tx: per_tx(postgres0.0, postgres1.0),
+        postgres_switches_per_tx: per_tx(postgres0.1, postgres1.1),
     })
 }
 
@@ -321,8 +320,7 @@ fn main() -> Result<()> {
             ],
         )?;
     }
-    let mut samples: BTreeMap<(&str, &str), Vec<Sample>> = BTreeMap::new();
-    // The same samples by round, for ratios of runs made next to each other.
+    // Samples by (mode, target, round): the round pairs runs made next to each other.
     let mut by_round: BTreeMap<(&str, &str, usize), Sample> = BTreeMap::new();
     let mut failures: BTreeMap<(&str, &str), String> = BTreeMap::new();
     for round in 1..=o.rounds {
@@ -357,7 +355,6 @@ fn main() -> Result<()> {
                         .zip(s.sys_us_per_tx)
                         .map_or("-".into(), |(c, k)| format!("{c:.1} us (kernel {k:.1})"))
                 );
-                samples.entry((mode, t.name)).or_default().push(s);
                 by_round.insert((mode, t.name, round), s);
             }
         }
@@ -371,7 +368,11 @@ fn main() -> Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for mode in o.modes.iter().map(String::as_str) {
         let med = |name: &str, f: fn(&Sample) -> Option<f64>| -> Option<f64> {
-            let v: Vec<f64> = samples.get(&(mode, name))?.iter().filter_map(f).collect();
+            let v: Vec<f64> = by_round
+                .iter()
+                .filter(|((m, n, _), _)| *m == mode && *n == name)
+                .filter_map(|(_, s)| f(s))
+                .collect();
             (!v.is_empty()).then(|| median(v))
         };
         // No ratios against a PgBouncer that failed some runs of this mode (a lucky run of

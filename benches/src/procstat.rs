@@ -25,11 +25,9 @@ pub fn cpu(pid: u32) -> Result<Cpu> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: u64 = fields[11].parse()?;
     let stime: u64 = fields[12].parse()?;
-    // SAFETY: sysconf has no preconditions.
-    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Ok(Cpu {
-        user_us: utime * 1_000_000 / tick,
-        sys_us: stime * 1_000_000 / tick,
+        user_us: ticks_to_us(utime),
+        sys_us: ticks_to_us(stime),
     })
 }
 
@@ -58,9 +56,7 @@ pub fn machine_busy_us() -> Result<u64> {
         .iter()
         .map(|&i| f.get(i).copied().unwrap_or(0))
         .sum::<u64>();
-    // SAFETY: sysconf has no preconditions.
-    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(busy * 1_000_000 / tick)
+    Ok(ticks_to_us(busy))
 }
 
 /// CPU time (microseconds) and context switches of this process's terminated and reaped
@@ -77,54 +73,45 @@ pub fn children() -> (u64, u64) {
     )
 }
 
-/// Context switches (voluntary and not) of every live process named `postgres` so far.
-pub fn postgres_switches() -> u64 {
+/// PostgreSQL's use so far: CPU time in microseconds (live processes named `postgres`, plus
+/// what their reaped children, exited backends, used) and context switches (voluntary and not,
+/// live processes only).
+pub fn postgres() -> (u64, u64) {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
+        return (0, 0);
     };
-    let mut n = 0;
-    for e in dir.flatten() {
-        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
-            continue;
-        };
-        if status.lines().next() != Some("Name:\tpostgres") {
+    let (mut ticks, mut switches) = (0, 0);
+    for path in dir.flatten().map(|e| e.path()) {
+        if std::fs::read_to_string(path.join("comm")).ok().as_deref() != Some("postgres\n") {
             continue;
         }
-        n += status
-            .lines()
-            .filter(|l| l.contains("ctxt_switches:"))
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum::<u64>();
+        if let Ok(stat) = std::fs::read_to_string(path.join("stat")) {
+            // utime, stime, cutime, cstime are fields 14-17.
+            let after_name = stat
+                .rfind(')')
+                .and_then(|c| stat.get(c + 2..))
+                .unwrap_or("");
+            ticks += after_name
+                .split_whitespace()
+                .skip(11)
+                .take(4)
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        if let Ok(status) = std::fs::read_to_string(path.join("status")) {
+            switches += status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
     }
-    n
+    (ticks_to_us(ticks), switches)
 }
 
-/// CPU time of every PostgreSQL process so far: live processes named `postgres`, plus what
-/// their reaped children (exited backends) used, in microseconds.
-pub fn postgres_us() -> u64 {
+/// Clock ticks (the unit of `/proc` CPU times) in microseconds.
+fn ticks_to_us(ticks: u64) -> u64 {
     // SAFETY: sysconf has no preconditions.
     let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let mut ticks = 0;
-    for e in dir.flatten() {
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        if &stat[open + 1..close] != "postgres" {
-            continue;
-        }
-        // utime, stime, cutime, cstime are fields 14-17.
-        ticks += stat[close + 2..]
-            .split_whitespace()
-            .skip(11)
-            .take(4)
-            .filter_map(|v| v.parse::<u64>().ok())
-            .sum::<u64>();
-    }
     ticks * 1_000_000 / tick
 }

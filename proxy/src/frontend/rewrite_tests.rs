@@ -347,6 +347,21 @@ fn unit(sql: &str, describe: bool) -> Vec<u8> {
     buf
 }
 
+/// Bind of the unnamed statement, Execute, Sync: running it again without a Parse.
+fn rebind() -> Vec<u8> {
+    let mut buf = msg(b'B', b"\0\0\0\0\0\0\0\0");
+    buf.extend(msg(b'E', b"\0\0\0\0\0"));
+    buf.extend(msg(b'S', b""));
+    buf
+}
+
+/// Server replies to `unit`: ParseComplete, BindComplete, then `tail`.
+fn unit_replies(tail: &[Vec<u8>]) -> Vec<u8> {
+    [vec![msg(b'1', b""), msg(b'2', b"")], tail.to_vec()]
+        .concat()
+        .concat()
+}
+
 #[test]
 fn an_extended_set_of_an_extra_parameter_alone_in_its_unit_is_followed() {
     for describe in [false, true] {
@@ -361,23 +376,15 @@ fn an_extended_set_of_an_extra_parameter_alone_in_its_unit_is_followed() {
             Some(ExtraUpdate::Set("work_mem", _))
         ));
         // Applied when its Execute completes.
-        let mut srv = msg(b'1', b"");
-        srv.extend(msg(b'2', b""));
-        if describe {
-            srv.extend(msg(b'n', b""));
-        }
-        srv.extend(msg(b'C', b"SET\0"));
-        srv.extend(msg(b'Z', b"I"));
+        let no_data = if describe { msg(b'n', b"") } else { vec![] };
+        let srv = unit_replies(&[no_data, msg(b'C', b"SET\0"), msg(b'Z', b"I")]);
         let (client, server) = reply_params(&mut f, &srv);
         assert_eq!(client.extra("work_mem"), Some("SET work_mem = '2MB'"));
         assert_eq!(server.extra("work_mem"), Some("SET work_mem = '2MB'"));
         assert!(f.expect.param_update.is_none() && f.expect.is_empty());
 
         // Running the unnamed SET again (Bind without Parse) would go unseen: that pins.
-        let mut rebind = msg(b'B', b"\0\0\0\0\0\0\0\0");
-        rebind.extend(msg(b'E', b"\0\0\0\0\0"));
-        rebind.extend(msg(b'S', b""));
-        f.route(&rebind, &mut out).unwrap();
+        f.route(&rebind(), &mut out).unwrap();
         assert!(f.pinned.is_some(), "a second Bind of the followed SET pins");
     }
 }
@@ -389,11 +396,10 @@ fn a_followed_set_replaced_by_a_skipped_parse_still_pins_when_run_again() {
     let mut out = BytesMut::new();
     f.route(&unit("SET work_mem = '2MB'", false), &mut out)
         .unwrap();
-    let mut srv = msg(b'1', b"");
-    srv.extend(msg(b'2', b""));
-    srv.extend(msg(b'C', b"SET\0"));
-    srv.extend(msg(b'Z', b"I"));
-    reply_params(&mut f, &srv);
+    reply_params(
+        &mut f,
+        &unit_replies(&[msg(b'C', b"SET\0"), msg(b'Z', b"I")]),
+    );
     // An Execute that fails makes the server skip the Parse after it: the SET stays the
     // unnamed statement.
     let mut buf = msg(b'E', b"nope\0\0\0\0\0");
@@ -407,10 +413,7 @@ fn a_followed_set_replaced_by_a_skipped_parse_still_pins_when_run_again() {
         f.statements.unnamed(),
         Some(&b"SET work_mem = '2MB'\0\0\0"[..])
     );
-    let mut rebind = msg(b'B', b"\0\0\0\0\0\0\0\0");
-    rebind.extend(msg(b'E', b"\0\0\0\0\0"));
-    rebind.extend(msg(b'S', b""));
-    f.route(&rebind, &mut out).unwrap();
+    f.route(&rebind(), &mut out).unwrap();
     assert!(f.pinned.is_some(), "re-running the followed SET pins");
 }
 
@@ -475,11 +478,7 @@ fn a_failed_extended_set_changes_nothing() {
     let mut out = BytesMut::new();
     f.route(&unit("SET work_mem = 'lots'", false), &mut out)
         .unwrap();
-    let mut srv = msg(b'1', b"");
-    srv.extend(msg(b'2', b""));
-    srv.extend(error("22023"));
-    srv.extend(msg(b'Z', b"I"));
-    let (client, server) = reply_params(&mut f, &srv);
+    let (client, server) = reply_params(&mut f, &unit_replies(&[error("22023"), msg(b'Z', b"I")]));
     assert_eq!(
         (client.extra("work_mem"), server.extra("work_mem")),
         (None, None)
