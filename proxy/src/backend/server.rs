@@ -99,6 +99,9 @@ pub struct ServerIo<'a> {
     pub login_params: &'a [(String, String)],
     /// Tracked parameters changed since login.
     pub changed: &'a mut ParamChanges,
+    /// A transaction since the last reset may have left sequence state (nextval/setval, which
+    /// currval/lastval read): another client's transaction must not see it.
+    pub sequences_dirty: &'a mut bool,
 }
 
 /// An authenticated server connection, idle at ReadyForQuery.
@@ -111,6 +114,8 @@ pub struct ServerConn {
     statements: ServerStatements,
     /// Tracked parameters now differing from their values at login.
     changed: ParamChanges,
+    /// Sequence state may be on the connection (see [`ServerIo::sequences_dirty`]).
+    sequences_dirty: bool,
     peer: SocketAddr,
     /// pgtier's end of the socket (for SHOW SERVERS).
     local: Option<SocketAddr>,
@@ -274,6 +279,7 @@ impl ServerConn {
             inbuf,
             statements: ServerStatements::new(login.max_prepared_statements),
             changed: ParamChanges::default(),
+            sequences_dirty: false,
             peer,
             key: key.unwrap_or(CancelKey { pid: 0, secret: 0 }),
             params: reported,
@@ -290,6 +296,7 @@ impl ServerConn {
             statements: &mut self.statements,
             login_params: &self.params,
             changed: &mut self.changed,
+            sequences_dirty: &mut self.sequences_dirty,
         }
     }
 
@@ -329,6 +336,7 @@ impl ServerConn {
         if ok {
             self.statements.clear();
             self.changed = ParamChanges::default();
+            self.sequences_dirty = false;
         }
         ok
     }

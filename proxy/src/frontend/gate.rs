@@ -23,6 +23,10 @@ pub(crate) struct Gate {
     pub wrote: bool,
     /// Whether to look for writes at all (on the primary).
     track_writes: bool,
+    /// Whether to look for anything that may change sequence state (nextval, also implicit in
+    /// an INSERT), when writes are not tracked anyway: the server must then be cleaned before
+    /// another transaction uses it.
+    track_sequences: bool,
 }
 
 /// What the gate needs to know about the moment.
@@ -38,11 +42,13 @@ pub(crate) struct Moment<'a> {
 }
 
 impl Gate {
-    /// A gate for a relay on a replica or on the primary.
-    pub fn new(on_replica: bool, track_writes: bool) -> Gate {
+    /// A gate for a relay on a replica or on the primary; `track_sequences` notes writes too,
+    /// skipping the classifier for texts that cannot touch a sequence.
+    pub fn new(on_replica: bool, track_writes: bool, track_sequences: bool) -> Gate {
         Gate {
             on_replica,
             track_writes,
+            track_sequences,
             ..Gate::default()
         }
     }
@@ -53,7 +59,7 @@ impl Gate {
         if self.on_replica {
             self.admit_on_replica(buf, skip, max, now)
         } else {
-            if self.track_writes {
+            if self.track_writes || self.track_sequences {
                 self.note_writes(&buf[skip.min(buf.len())..], max, now);
             }
             buf.len()
@@ -112,11 +118,11 @@ impl Gate {
             let writes = match h.tag {
                 b'Q' => {
                     let sql = body.strip_suffix(&[0]).unwrap_or(body);
-                    now.ctx.classifier.classify(sql).class == Class::Write
+                    self.may_write(sql, now)
                 }
                 b'P' => extended::parse(body)
                     .and_then(|p| extended::split_cstr(p.rest))
-                    .is_none_or(|(sql, _)| now.ctx.classifier.classify(sql).class == Class::Write),
+                    .is_none_or(|(sql, _)| self.may_write(sql, now)),
                 // An unnamed statement's Parse was looked at when it went through.
                 b'B' => extended::bind(body).is_none_or(|b| {
                     !b.statement.is_empty()
@@ -132,6 +138,58 @@ impl Gate {
                 return;
             }
             pos += h.frame_len();
+        }
+    }
+
+    /// Whether `sql` may write. Only sequence state is tracked when routing does not need the
+    /// class: a plain SELECT with no call syntax is then let through without the classifier
+    /// (so pooling without replicas pays no parse per distinct text).
+    fn may_write(&self, sql: &[u8], now: &Moment<'_>) -> bool {
+        if !self.track_writes && plain_select(sql) {
+            return false;
+        }
+        now.ctx.classifier.classify(sql).class == Class::Write
+    }
+}
+
+/// A single SELECT with no parenthesis (no function call, no subquery), no `;` and no INTO:
+/// it cannot call nextval() itself (a view or operator that does is not seen). Conservative:
+/// a `(` or `into` inside a string or comment only sends the text to the classifier.
+fn plain_select(sql: &[u8]) -> bool {
+    let text = sql.trim_ascii_start();
+    let Some(head) = text.get(..7) else {
+        return false;
+    };
+    if !head[..6].eq_ignore_ascii_case(b"select") || !head[6].is_ascii_whitespace() {
+        return false;
+    }
+    if text.iter().any(|b| matches!(b, b'(' | b';')) {
+        return false;
+    }
+    !text.windows(4).any(|w| w.eq_ignore_ascii_case(b"into"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_select;
+
+    #[test]
+    fn plain_selects_cannot_call_functions() {
+        assert!(plain_select(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 12"
+        ));
+        assert!(plain_select(b"  select a, b from t where c = $1 -- note"));
+        for sql in [
+            &b"SELECT nextval('s')"[..],
+            b"SELECT 1; INSERT INTO t VALUES (1)",
+            b"SELECT a INTO t2 FROM t",
+            b"SELECT * FROM t WHERE a IN (1, 2)",
+            b"INSERT INTO t SELECT 1",
+            b"SELECTED",
+            b"SELECT",
+            b"WITH x AS (SELECT 1) SELECT * FROM x",
+        ] {
+            assert!(!plain_select(sql), "{}", String::from_utf8_lossy(sql));
         }
     }
 }

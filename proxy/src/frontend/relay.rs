@@ -31,6 +31,9 @@ use crate::shutdown::{Phase, ShutdownWatch};
 /// Read buffer size per direction while a client is active.
 pub(crate) const BUF_SIZE: usize = 16 * 1024;
 
+/// The Query message that clears a server's sequence state.
+const DISCARD_SEQUENCES: &[u8] = b"Q\0\0\0\x16DISCARD SEQUENCES\0";
+
 /// How a relay ended.
 #[derive(Debug)]
 pub(crate) enum Outcome {
@@ -127,7 +130,7 @@ pub(crate) async fn run(
         classifier: state.classifier,
         rules: state.rules,
         routing: state.routing,
-        gate: Gate::new(state.on_replica, state.track_writes),
+        gate: Gate::new(state.on_replica, state.track_writes, state.track_sequences),
         server,
         cbuf,
         out: BytesMut::new(),
@@ -146,6 +149,9 @@ pub(crate) async fn run(
         entry: state.entry,
     };
     let outcome = r.run(shutdown).await;
+    if r.gate.wrote {
+        *r.server.sequences_dirty = true;
+    }
     RunEnd {
         outcome,
         leftover: std::mem::take(&mut r.cbuf),
@@ -177,6 +183,14 @@ impl Relay<'_> {
             r.out.put_u32(body.len() as u32 + 4);
             r.out.put_slice(&body);
             r.expect.push(Entry::own(Kind::Query));
+        }
+        // Sequence state (currval, lastval) is session state: a transaction starts on a server
+        // with none left by an earlier one, so that no client reads another's (or a stale
+        // value of its own). Sent ahead of the request like the parameter sync: no round trip.
+        if *r.server.sequences_dirty && !r.holds_server() {
+            r.out.put_slice(DISCARD_SEQUENCES);
+            r.expect.push(Entry::own(Kind::Query));
+            *r.server.sequences_dirty = false;
         }
         // Forward what the session already read.
         if let Some(end) = r.on_client_bytes().await {
@@ -260,6 +274,9 @@ pub(crate) struct ClientState<'a> {
     pub on_replica: bool,
     /// Note whether anything that may write goes through (read-your-writes needs to know).
     pub track_writes: bool,
+    /// Note whether anything may change sequence state (transaction pooling: the server is
+    /// then cleaned before the next transaction).
+    pub track_sequences: bool,
     /// Measures the run.
     pub observer: Observer<'a>,
     /// Whether an admin KILLed the client's database (asked when an admin wakes sessions).

@@ -18,6 +18,7 @@ impl Session {
         let runtime = self.runtime.clone();
         let classifier = runtime.router.classifier();
         let track_writes = runtime.router.splits() && !self.holds_server();
+        let track_sequences = !self.holds_server();
         let role = if serving.on_replica {
             RoleLabel::Replica
         } else {
@@ -50,6 +51,7 @@ impl Session {
                 routing: self.routing,
                 on_replica: serving.on_replica,
                 track_writes,
+                track_sequences,
                 observer,
                 killed: &killed,
                 entry: &entry,
