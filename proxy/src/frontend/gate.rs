@@ -152,11 +152,14 @@ impl Gate {
     }
 }
 
-/// A single SELECT with no parenthesis (no function call, no subquery), no `;` and no INTO:
+/// A single SELECT with no parenthesis (no function call, no subquery), no `;` but a last one,
+/// and no INTO:
 /// it cannot call nextval() itself (a view or operator that does is not seen). Conservative:
 /// a `(` or `into` inside a string or comment only sends the text to the classifier.
 fn plain_select(sql: &[u8]) -> bool {
-    let text = sql.trim_ascii_start();
+    // pgbench and psql send a statement's trailing `;`.
+    let text = sql.trim_ascii();
+    let text = text.strip_suffix(b";").unwrap_or(text);
     let Some(head) = text.get(..7) else {
         return false;
     };
@@ -179,6 +182,9 @@ mod tests {
             b"SELECT abalance FROM pgbench_accounts WHERE aid = 12"
         ));
         assert!(plain_select(b"  select a, b from t where c = $1 -- note"));
+        assert!(plain_select(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 7;\n"
+        ));
         for sql in [
             &b"SELECT nextval('s')"[..],
             b"SELECT 1; INSERT INTO t VALUES (1)",
