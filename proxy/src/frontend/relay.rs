@@ -424,6 +424,7 @@ impl Relay<'_> {
         );
         self.out.clear();
         self.cbuf.advance(scan.consumed);
+        self.gate.consumed(scan.consumed);
         self.owed += scan.syncs;
         // Replies pgtier gives itself go out as soon as nothing the server owes is before them.
         if self.expect.drain_synthetic(&mut self.out) {
