@@ -326,6 +326,31 @@ async fn a_unit_held_back_on_a_replica_stops_reading_the_client() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_unit_and_what_follows_it_run_in_order_once_the_replica_answers() {
+    let px = start(&[], true);
+    replica_in_rotation(&px, USER, "").await.unwrap();
+    let (mut s, _) = wire::login_trust(&px.addr(), USER, "app").await.unwrap();
+    let q = |sql: &str| wire::query(sql);
+    s.write_all(
+        &[
+            q("SELECT pg_is_in_recovery() FROM pg_sleep(0.3)"),
+            q("/* pgtier:primary */ SELECT pg_is_in_recovery()"),
+            q("SELECT 'after'"),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    let mut values = Vec::new();
+    for _ in 0..3 {
+        values.push(wire::first_value(
+            &wire::read_until_ready(&mut s, LIMIT).await.unwrap(),
+        ));
+    }
+    assert_eq!(values, ["t", "f", "after"]);
+}
+
 /// `map` on futures of this file's checks, without pulling in futures-util's FutureExt.
 trait MapExt: Future + Sized {
     fn map<T>(self, f: impl FnOnce(Self::Output) -> T) -> impl Future<Output = T> {

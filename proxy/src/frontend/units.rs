@@ -244,6 +244,43 @@ mod tests {
     }
 
     #[test]
+    fn a_unit_scanned_in_pieces_is_scanned_as_a_whole() {
+        let classifier = Classifier::new(FunctionTable::builtin(), 100);
+        let none = ClientStatements::default();
+        let ctx = UnitContext {
+            classifier: &classifier,
+            rules: None,
+            statements: &none,
+            strings: StringSyntax::Standard,
+            reported: &[],
+        };
+        let unit = [
+            parse("s1", "SELECT 1"),
+            bind("s1"),
+            frame(b'E', b"\0\0\0\0\0"),
+            parse("s2", "DELETE FROM t"),
+            parse("s1", "SELECT 2"),
+            bind("s1"),
+            frame(b'S', b""),
+            // The next unit: not part of this one.
+            frame(b'Q', b"SELECT 3\0"),
+        ]
+        .concat();
+        let whole = scan_bytes(&unit, &none);
+        assert_eq!(whole.info.class, Class::Write);
+        assert!(whole.len.unwrap() < unit.len());
+        let mut resumed = UnitScan::default();
+        for end in (0..unit.len()).step_by(7).chain([unit.len()]) {
+            let u = resumed.resume(&unit[..end], 1 << 20, &ctx);
+            if end < whole.len.unwrap() {
+                assert_eq!(u.len, None, "at {end}");
+            } else {
+                assert_eq!(u, whole, "at {end}");
+            }
+        }
+    }
+
+    #[test]
     fn backslash_strings_go_to_the_primary_when_they_escape() {
         // With standard_conforming_strings off, this is a string then a DELETE; read the
         // standard way it looks like two strings around nothing.
