@@ -54,7 +54,9 @@ pub async fn write_all_within<W: AsyncWrite + Unpin>(
     poll_fn(|cx| loop {
         match Pin::new(&mut *w).poll_write(cx, &buf[written..]) {
             Poll::Ready(Ok(0)) => {
-                return Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()))
+                return Poll::Ready(Err(
+                    std::io::Error::from(std::io::ErrorKind::WriteZero).into()
+                ))
             }
             Poll::Ready(Ok(n)) => {
                 written += n;

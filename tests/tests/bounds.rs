@@ -38,7 +38,10 @@ fn start(extra: &[&str], replicas: bool) -> Pgtier {
     let mut b = ConfigBuilder::new(c)
         .global(&format!("admin_users = [\"{ADMIN}\"]"))
         .global("lag_check_interval = \"50ms\"")
-        .user(USER, &format!("auth = \"trust\"\nserver_password = \"{USER}\""))
+        .user(
+            USER,
+            &format!("auth = \"trust\"\nserver_password = \"{USER}\""),
+        )
         .user(ADMIN, "auth = \"trust\"");
     for line in extra {
         b = b.global(line);
@@ -144,7 +147,11 @@ async fn pool_recovered(px: &Pgtier) {
         assert_eq!(app[0].get(col), Some(want), "SHOW POOLS {col}");
     }
     let servers = simple_rows(&admin, "SHOW SERVERS").await;
-    assert_eq!(servers.len(), 1, "SHOW SERVERS: one connection, the new one");
+    assert_eq!(
+        servers.len(),
+        1,
+        "SHOW SERVERS: one connection, the new one"
+    );
     let clients = simple_rows(&admin, "SHOW CLIENTS").await;
     let app_clients = clients
         .iter()
@@ -239,7 +246,9 @@ async fn a_server_that_stops_reading_is_closed_within_server_write_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_admin_console_is_closed_after_admin_idle_timeout() {
     let px = start(&["admin_idle_timeout = \"1s\""], false);
-    let (mut s, _) = wire::login_trust(&px.addr(), ADMIN, "pgtier").await.unwrap();
+    let (mut s, _) = wire::login_trust(&px.addr(), ADMIN, "pgtier")
+        .await
+        .unwrap();
     // Busy for three times the limit: each command starts the idle time again.
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(3) {
@@ -250,12 +259,18 @@ async fn an_idle_admin_console_is_closed_after_admin_idle_timeout() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // A command sent in part does not count as activity.
-    s.write_all(&wire::query("SHOW VERSION")[..3]).await.unwrap();
+    s.write_all(&wire::query("SHOW VERSION")[..3])
+        .await
+        .unwrap();
     let idle = Instant::now();
     let (code, message) = wire::expect_fatal(&mut s, LIMIT).await.unwrap();
     assert_eq!(code, "57P05", "{message}");
     assert!(message.contains("admin_idle_timeout"), "{message}");
-    assert!(idle.elapsed() < Duration::from_secs(5), "{:?}", idle.elapsed());
+    assert!(
+        idle.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        idle.elapsed()
+    );
     assert!(wire::closed_within(&mut s, LIMIT).await);
 }
 

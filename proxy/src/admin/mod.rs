@@ -111,7 +111,10 @@ pub async fn serve(proxy: &Proxy, stream: &mut TcpStream) {
         let limit = proxy.settings().raw.client_write_timeout;
         if let Err(e) = write_all_within(stream, &out, limit).await {
             if e.stalled() {
-                info!(?limit, "admin console client accepted no data for client_write_timeout: closing it");
+                info!(
+                    ?limit,
+                    "admin console client accepted no data for client_write_timeout: closing it"
+                );
             }
             return;
         }

@@ -429,7 +429,8 @@ impl Relay<'_> {
         // Replies pgtier gives itself go out as soon as nothing the server owes is before them.
         if self.expect.drain_synthetic(&mut self.out) {
             self.replied = true;
-            let r = write_all_within(self.client, &self.out, self.limits.client_write_timeout).await;
+            let r =
+                write_all_within(self.client, &self.out, self.limits.client_write_timeout).await;
             if let Err(e) = r {
                 // Nothing the server owes comes before these replies: no server message is
                 // half sent to the client.

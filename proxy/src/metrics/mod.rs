@@ -368,8 +368,10 @@ impl DbMetrics {
             query_us: f.query_us.with_label_values(&[database]),
             wait_us: f.wait_us.with_label_values(&[database]),
             errors: f.errors.clone(),
-            write_timeouts: PeerLabel::ALL
-                .map(|peer| f.write_timeouts.with_label_values(&[database, peer.as_str()])),
+            write_timeouts: PeerLabel::ALL.map(|peer| {
+                f.write_timeouts
+                    .with_label_values(&[database, peer.as_str()])
+            }),
             database: database.to_owned(),
         }
     }
