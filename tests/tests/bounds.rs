@@ -111,6 +111,22 @@ fn pipeline(head: &[Vec<u8>], each: usize, total: usize) -> Vec<u8> {
     out
 }
 
+/// pgtier's `pgtier_write_timeouts_total` for database app and `peer`, from `/metrics`.
+fn write_timeouts(metrics_port: u16, peer: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let series = format!("pgtier_write_timeouts_total{{database=\"app\",peer=\"{peer}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("no {series} in {body}"))
+        .to_owned()
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -162,8 +178,10 @@ async fn pool_recovered(px: &Pgtier) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_loses_its_server_within_client_write_timeout() {
+    let mport = pgtier_kit::free_port().unwrap();
     let px = start(
         &[
+            &format!("metrics_listen = \"127.0.0.1:{mport}\""),
             "client_write_timeout = \"1s\"",
             "query_wait_timeout = \"60s\"",
             "pool_size = 1",
@@ -198,12 +216,16 @@ async fn a_client_that_stops_reading_loses_its_server_within_client_write_timeou
         log.contains("client accepted no data for client_write_timeout"),
         "{log}"
     );
+    assert_eq!(write_timeouts(mport, "client"), "1");
+    assert_eq!(write_timeouts(mport, "server"), "0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_stops_reading_is_closed_within_server_write_timeout() {
+    let mport = pgtier_kit::free_port().unwrap();
     let px = start(
         &[
+            &format!("metrics_listen = \"127.0.0.1:{mport}\""),
             "server_write_timeout = \"1s\"",
             "query_wait_timeout = \"60s\"",
             "pool_size = 1",
@@ -241,6 +263,7 @@ async fn a_server_that_stops_reading_is_closed_within_server_write_timeout() {
         log.contains("server accepted no data for server_write_timeout"),
         "{log}"
     );
+    assert_eq!(write_timeouts(mport, "server"), "1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
