@@ -18,3 +18,4 @@ pub mod protocol;
 pub mod proxy;
 pub mod router;
 pub mod shutdown;
+pub mod write;

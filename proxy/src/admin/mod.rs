@@ -14,14 +14,19 @@ mod show;
 mod table;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::info;
 
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::{error_response, ready_for_query, Severity, TxStatus};
 use crate::protocol::SqlState;
 use crate::proxy::Proxy;
 use crate::shutdown::Phase;
+use crate::write::write_all_within;
 
 /// Largest admin command accepted.
 const MAX_COMMAND: usize = 64 * 1024;
@@ -32,6 +37,14 @@ pub async fn serve(proxy: &Proxy, stream: &mut TcpStream) {
     // Admin sessions end when shutdown begins (they would hold the drain up otherwise).
     let draining = proxy.shutdown_watch().reached(Phase::Draining);
     tokio::pin!(draining);
+    // `admin_idle_timeout` counts from the last command (a half-sent one does not count).
+    // Read at each command, so a RELOAD applies from the next one.
+    let idle = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(idle);
+    let mut idle_limit = idle_timeout(proxy);
+    if let Some(t) = idle_limit {
+        idle.as_mut().reset(Instant::now() + t);
+    }
     loop {
         let h = match peek_header(&buf, MAX_COMMAND) {
             Ok(Some(h)) if buf.len() >= h.frame_len() => h,
@@ -40,6 +53,16 @@ pub async fn serve(proxy: &Proxy, stream: &mut TcpStream) {
                     Ok(0) | Err(_) => return,
                     Ok(_) => continue,
                 },
+                _ = &mut idle, if idle_limit.is_some() => {
+                    info!(limit = ?idle_limit, "admin console client idle for admin_idle_timeout: closing it");
+                    farewell(
+                        stream,
+                        SqlState::IDLE_SESSION_TIMEOUT,
+                        "terminating connection due to idle-session timeout (admin_idle_timeout)",
+                    )
+                    .await;
+                    return;
+                }
                 _ = &mut draining => {
                     farewell(
                         stream,
@@ -85,10 +108,26 @@ pub async fn serve(proxy: &Proxy, stream: &mut TcpStream) {
                 return;
             }
         }
-        if stream.write_all(&out).await.is_err() {
+        let limit = proxy.settings().raw.client_write_timeout;
+        if let Err(e) = write_all_within(stream, &out, limit).await {
+            if e.stalled() {
+                info!(
+                    ?limit,
+                    "admin console client accepted no data for client_write_timeout: closing it"
+                );
+            }
             return;
         }
+        idle_limit = idle_timeout(proxy);
+        if let Some(t) = idle_limit {
+            idle.as_mut().reset(Instant::now() + t);
+        }
     }
+}
+
+/// The admin console's idle limit now (None: never).
+fn idle_timeout(proxy: &Proxy) -> Option<Duration> {
+    crate::config::settings::nonzero(proxy.settings().raw.admin_idle_timeout)
 }
 
 /// Runs one admin command; returns its reply (without ReadyForQuery).
@@ -104,10 +143,7 @@ async fn run(proxy: &Proxy, command: &str) -> Result<BytesMut, table::Failure> {
     }
 }
 
-/// Sends a FATAL error and closes.
+/// Sends a FATAL error (bounded in time) and closes.
 async fn farewell(stream: &mut TcpStream, code: SqlState, message: &str) {
-    let mut out = BytesMut::new();
-    error_response(&mut out, Severity::Fatal, code, message);
-    let _ = stream.write_all(&out).await;
-    let _ = stream.shutdown().await;
+    crate::frontend::farewell::farewell(stream, code, message).await;
 }

@@ -254,6 +254,8 @@ impl Validator<'_> {
             ("query_wait_timeout", raw.query_wait_timeout),
             ("server_connect_timeout", raw.server_connect_timeout),
             ("client_login_timeout", raw.client_login_timeout),
+            ("client_write_timeout", raw.client_write_timeout),
+            ("server_write_timeout", raw.server_write_timeout),
         ] {
             if d.is_zero() {
                 self.fail(&[key], "must be greater than 0 (every wait has a timeout)");
@@ -535,5 +537,15 @@ pool_size = 20
         let text = format!("query_wait_timeout = 0\n{GOOD}");
         let p = parse_str(&text).unwrap_err();
         assert_eq!((p[0].key.as_str(), p[0].line), ("query_wait_timeout", 1));
+    }
+
+    #[test]
+    fn zero_write_timeouts_are_rejected() {
+        for key in ["client_write_timeout", "server_write_timeout"] {
+            let p = parse_str(&format!("{key} = 0\n{GOOD}")).unwrap_err();
+            assert_eq!((p[0].key.as_str(), p[0].line), (key, 1));
+        }
+        let s = parse_str(&format!("admin_idle_timeout = 0\n{GOOD}")).unwrap();
+        assert!(s.raw.admin_idle_timeout.is_zero());
     }
 }

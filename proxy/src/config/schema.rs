@@ -175,6 +175,26 @@ pub struct Config {
         serialize_with = "super::show::serialize_duration"
     )]
     pub idle_transaction_timeout: Duration,
+    /// A client that accepts no data for this long while pgtier writes to it is closed (and
+    /// the server it held is closed, never returned mid-result).
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
+    pub client_write_timeout: Duration,
+    /// A server that accepts no data for this long while pgtier writes to it is closed (and
+    /// its client gets FATAL 08006).
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
+    pub server_write_timeout: Duration,
+    /// Admin console sessions that send no command for this long are closed (0: never).
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
+    pub admin_idle_timeout: Duration,
     /// Limit on a client's startup and authentication.
     #[serde(
         deserialize_with = "super::duration::deserialize",
@@ -261,6 +281,9 @@ impl Default for Config {
             server_lifetime: Duration::from_secs(3600),
             client_idle_timeout: Duration::ZERO,
             idle_transaction_timeout: Duration::ZERO,
+            client_write_timeout: Duration::from_secs(60),
+            server_write_timeout: Duration::from_secs(120),
+            admin_idle_timeout: Duration::from_secs(600),
             client_login_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
             lag_check_interval: Duration::from_millis(100),

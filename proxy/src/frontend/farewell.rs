@@ -25,6 +25,15 @@ pub async fn farewell(stream: &mut TcpStream, code: SqlState, message: &str) {
     .await;
 }
 
+/// Sends a FATAL error only if the socket takes all of it at once (never waits: for a client
+/// that stopped reading); returns whether it went out.
+pub fn farewell_now(stream: &TcpStream, code: SqlState, message: &str) -> bool {
+    let mut buf = BytesMut::new();
+    error_response(&mut buf, Severity::Fatal, code, message);
+    // A partial write leaves a cut frame before the close: the client sees a lost connection.
+    matches!(stream.try_write(&buf), Ok(n) if n == buf.len())
+}
+
 /// Sends a raw ErrorResponse frame from a server (unchanged) and closes.
 pub async fn relay_farewell(stream: &mut TcpStream, frame: &[u8]) {
     let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {

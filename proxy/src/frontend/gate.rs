@@ -4,10 +4,11 @@
 //! the session routes the rest anew. On the primary it notes whether anything written went
 //! through, which decides whether the client's causal token must move.
 
-use super::units::{self, UnitContext, UNDECIDED_LIMIT};
+use super::units::{UnitContext, UnitScan, UNDECIDED_LIMIT};
 use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
 use crate::router::classify::Class;
+use crate::router::lexer::StringSyntax;
 use crate::router::route::{ClientRouting, UnitInfo};
 
 /// The gate's state for one relay run.
@@ -27,6 +28,21 @@ pub(crate) struct Gate {
     /// an INSERT), when writes are not tracked anyway: the server must then be cleaned before
     /// another transaction uses it.
     track_sequences: bool,
+    /// Client bytes consumed before the start of the relay's buffer (a stream position).
+    base: u64,
+    /// The unit at the front of the buffer, as far as it was scanned (on a replica): a unit
+    /// held back or still arriving is not scanned again from its start.
+    front: Option<Front>,
+}
+
+/// A scanned unit at the front of the client buffer.
+#[derive(Debug)]
+struct Front {
+    /// Its stream position.
+    start: u64,
+    /// The string syntax it was scanned with (a SET before it may change it).
+    strings: StringSyntax,
+    scan: UnitScan,
 }
 
 /// What the gate needs to know about the moment.
@@ -66,9 +82,15 @@ impl Gate {
         }
     }
 
+    /// The relay consumed `n` bytes from the front of its buffer.
+    pub fn consumed(&mut self, n: usize) {
+        self.base += n as u64;
+    }
+
     fn admit_on_replica(&mut self, buf: &[u8], skip: usize, max: usize, now: &Moment<'_>) -> usize {
         self.held = false;
-        let mut pos = skip.min(buf.len());
+        let first = skip.min(buf.len());
+        let mut pos = first;
         while pos < buf.len() {
             let h = match peek_header(&buf[pos..], max) {
                 Ok(Some(h)) if buf.len() - pos >= h.frame_len() => h,
@@ -84,17 +106,38 @@ impl Gate {
                 pos = end;
                 continue;
             }
-            let unit = units::scan(&buf[pos..], max, &now.ctx);
+            let start = self.base + pos as u64;
+            let mut front = match self.front.take() {
+                Some(f) if f.start == start && f.strings == now.ctx.strings => f,
+                _ => Front {
+                    start,
+                    strings: now.ctx.strings,
+                    scan: UnitScan::default(),
+                },
+            };
+            let unit = front.scan.resume(&buf[pos..], max, &now.ctx);
+            // A unit that waits is kept scanned, unless messages admitted before it in this
+            // call (not yet routed: a Parse or Close among them) may change what its Binds
+            // mean; it is then at the front next time and scanned once more.
+            let keep = pos == first;
             let (len, info) = match unit.len {
                 Some(len) => (len, unit.info),
                 None if buf.len() - pos > UNDECIDED_LIMIT => (buf.len() - pos, UnitInfo::write()),
-                None => return pos,
+                None => {
+                    if keep {
+                        self.front = Some(front);
+                    }
+                    return pos;
+                }
             };
             let stays = now.in_transaction && !now.busy;
             if !info.replica_ok(&now.client) && !stays {
                 // Held until the replica is done: then either a transaction holds the client
                 // here (and the unit follows it), or the session routes it anew.
                 self.held = true;
+                if keep {
+                    self.front = Some(front);
+                }
                 return pos;
             }
             // A unit cut at a Flush continues, on this server, up to its Sync.

@@ -7,7 +7,7 @@ mod buffers;
 pub mod cancel;
 pub mod clients;
 mod extra_sets;
-mod farewell;
+pub(crate) mod farewell;
 mod gate;
 pub mod listener;
 mod local;

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -27,6 +27,7 @@ use crate::router::classify::Classifier;
 use crate::router::route::ClientRouting;
 use crate::router::rules::RuleSet;
 use crate::shutdown::{Phase, ShutdownWatch};
+use crate::write::{write_all_within, WriteError};
 
 /// Read buffer size per direction while a client is active.
 pub(crate) const BUF_SIZE: usize = 16 * 1024;
@@ -47,6 +48,14 @@ pub(crate) enum Outcome {
     },
     /// The server closed or failed.
     ServerGone(std::io::Error),
+    /// The client accepted no data for `client_write_timeout`: the server is abandoned
+    /// mid-result (closed), the client closed.
+    ClientStalled {
+        /// The client's stream stopped at a message boundary (a FATAL may follow).
+        at_boundary: bool,
+    },
+    /// The server accepted no data for `server_write_timeout`.
+    ServerStalled,
     /// The client broke the protocol.
     ClientViolation(Violation),
     /// The client sat idle inside a transaction past `idle_transaction_timeout`.
@@ -94,6 +103,10 @@ pub(crate) struct Limits {
     pub client_idle_timeout: Option<Duration>,
     /// Queries slower than this are logged (None: no slow-query log).
     pub slow_query: Option<Duration>,
+    /// Longest a client may accept no data while pgtier writes to it.
+    pub client_write_timeout: Duration,
+    /// Longest a server may accept no data while pgtier writes to it.
+    pub server_write_timeout: Duration,
 }
 
 impl Limits {
@@ -107,6 +120,8 @@ impl Limits {
             extra_params: ExtraParams::intern(&settings.raw.track_extra_params),
             client_idle_timeout: settings.client_idle_timeout,
             slow_query: settings.slow_query_threshold,
+            client_write_timeout: settings.raw.client_write_timeout,
+            server_write_timeout: settings.raw.server_write_timeout,
         }
     }
 }
@@ -217,7 +232,9 @@ impl Relay<'_> {
                 r.server.inbuf.reserve(BUF_SIZE);
             }
             tokio::select! {
-                res = r.client.read_buf(&mut r.cbuf) => match res {
+                // Not while a unit is held back: it waits for the server's replies, and reading
+                // on would buffer whatever the client sends meanwhile, without bound.
+                res = r.client.read_buf(&mut r.cbuf), if !r.gate.held => match res {
                     Ok(0) | Err(_) => {
                         let clean = at_rest && r.status == TxStatus::Idle && r.cbuf.is_empty();
                         return Outcome::ClientGone { server_clean: clean };
@@ -408,10 +425,13 @@ impl Relay<'_> {
         } else {
             &self.cbuf[..scan.consumed]
         };
-        if !batch.is_empty() {
-            if let Err(e) = self.server.stream.write_all(batch).await {
-                return Some(Outcome::ServerGone(e));
-            }
+        if let Err(e) =
+            write_all_within(self.server.stream, batch, self.limits.server_write_timeout).await
+        {
+            return Some(match e {
+                WriteError::Stalled { .. } => Outcome::ServerStalled,
+                WriteError::Io(e) => Outcome::ServerGone(e),
+            });
         }
         self.observer.sent(
             &self.cbuf[..scan.consumed],
@@ -421,17 +441,21 @@ impl Relay<'_> {
         );
         self.out.clear();
         self.cbuf.advance(scan.consumed);
+        self.gate.consumed(scan.consumed);
         self.owed += scan.syncs;
         // Replies pgtier gives itself go out as soon as nothing the server owes is before them.
         if self.expect.drain_synthetic(&mut self.out) {
             self.replied = true;
-            let r = self.client.write_all(&self.out).await;
-            self.out.clear();
-            if r.is_err() {
-                return Some(Outcome::ClientGone {
-                    server_clean: false,
-                });
+            let r =
+                write_all_within(self.client, &self.out, self.limits.client_write_timeout).await;
+            if let Err(e) = r {
+                // Nothing the server owes comes before these replies: no server message is
+                // half sent to the client.
+                let end = client_write_failed(&e, &self.out, 0);
+                self.out.clear();
+                return Some(end);
             }
+            self.out.clear();
         }
         if scan.terminate {
             let clean = self.owed == 0
@@ -456,6 +480,8 @@ impl Relay<'_> {
 
     /// Routes and forwards buffered server bytes; returns an outcome if the relay must end.
     async fn on_server_bytes(&mut self, shutdown: &ShutdownWatch) -> Option<Outcome> {
+        // The rest of a message the client is receiving, which this batch starts with.
+        let lead = self.streaming.forwarded_left().min(self.server.inbuf.len());
         let scan = match route_server(
             self.server.inbuf,
             &mut self.streaming,
@@ -490,10 +516,9 @@ impl Relay<'_> {
         }
         self.replied |= !batch.is_empty();
         let batch_len = batch.len();
-        if !batch.is_empty() && self.client.write_all(batch).await.is_err() {
-            return Some(Outcome::ClientGone {
-                server_clean: false,
-            });
+        if let Err(e) = write_all_within(self.client, batch, self.limits.client_write_timeout).await
+        {
+            return Some(client_write_failed(&e, batch, lead));
         }
         self.out.clear();
         self.server.inbuf.advance(scan.consumed);
@@ -530,9 +555,57 @@ impl Relay<'_> {
     }
 }
 
+/// How a failed write to the client ends the relay. `batch` starts with `lead` bytes of an
+/// unfinished message, then whole frames.
+fn client_write_failed(e: &WriteError, batch: &[u8], lead: usize) -> Outcome {
+    match *e {
+        WriteError::Stalled { written, .. } => Outcome::ClientStalled {
+            at_boundary: at_boundary(batch, lead, written),
+        },
+        WriteError::Io(_) => Outcome::ClientGone {
+            server_clean: false,
+        },
+    }
+}
+
+/// Whether `written` bytes of `batch` end at a message boundary (so that another message may
+/// follow them on the client's stream).
+fn at_boundary(batch: &[u8], lead: usize, written: usize) -> bool {
+    if written < lead {
+        return false;
+    }
+    let mut pos = lead;
+    while pos < written {
+        let Some(len) = batch.get(pos + 1..pos + 5) else {
+            return false;
+        };
+        pos += 1 + u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+    }
+    pos == written
+}
+
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::at_boundary;
+
+    #[test]
+    fn boundaries_are_found_after_a_lead_and_whole_frames() {
+        // 3 bytes finishing a message, then a 9-byte frame ('D', length 8), then 6 of a frame.
+        let mut batch = vec![1, 2, 3, b'D', 0, 0, 0, 8, 0, 0, 0, 0];
+        batch.extend_from_slice(&[b'D', 0, 0, 0, 9, 0]);
+        assert!(!at_boundary(&batch, 3, 0));
+        assert!(!at_boundary(&batch, 3, 2));
+        assert!(at_boundary(&batch, 3, 3));
+        assert!(!at_boundary(&batch, 3, 7));
+        assert!(at_boundary(&batch, 3, 12));
+        assert!(!at_boundary(&batch, 3, 14));
+        assert!(at_boundary(&batch[3..], 0, 0));
     }
 }

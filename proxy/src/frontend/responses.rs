@@ -413,6 +413,17 @@ pub(crate) struct Streaming {
     pub forward: bool,
 }
 
+impl Streaming {
+    /// Bytes of an unfinished message still to come that go to the client.
+    pub fn forwarded_left(&self) -> usize {
+        if self.forward {
+            self.left
+        } else {
+            0
+        }
+    }
+}
+
 /// The parameter values on both ends of the relay, updated from ParameterStatus messages.
 pub(crate) struct ParamSync<'a> {
     /// The pool's default values (what a client sees if it changes nothing).

@@ -3,6 +3,8 @@
 //! replies before it goes on). Each unit is classified as a whole: any write sends it to the
 //! primary.
 
+use std::ops::Range;
+
 use super::prepared::ClientStatements;
 use crate::backend::params::{lookup, tracked};
 use crate::protocol::extended;
@@ -100,84 +102,115 @@ pub(crate) fn complete(buf: &[u8], max: usize) -> bool {
 
 /// Scans the unit that starts at `buf[0]` (which must be a message boundary).
 pub(crate) fn scan(buf: &[u8], max: usize, ctx: &UnitContext<'_>) -> Unit {
-    let mut info = UnitInfo::default();
-    // Statements parsed earlier in this unit.
-    let mut parsed: Vec<(&[u8], UnitInfo)> = Vec::new();
-    let mut pos = 0;
-    loop {
-        let h = match peek_header(&buf[pos..], max) {
-            Ok(Some(h)) if buf.len() - pos >= h.frame_len() => h,
-            Ok(_) => {
-                return Unit {
-                    len: None,
-                    info,
-                    flushed: false,
-                }
-            }
-            Err(_) => {
-                return Unit {
-                    len: None,
-                    info: UnitInfo::write(),
-                    flushed: false,
-                }
-            }
-        };
-        let body = &buf[pos + 5..pos + h.frame_len()];
-        let end = pos + h.frame_len();
-        match h.tag {
-            b'Q' if pos == 0 => {
-                ctx.add_sql(body.strip_suffix(&[0]).unwrap_or(body), &mut info);
-                return Unit {
-                    len: Some(end),
-                    info,
-                    flushed: false,
-                };
-            }
-            b'P' => match extended::parse(body) {
-                Some(p) => {
-                    let sql = extended::split_cstr(p.rest).map_or(&[][..], |(q, _)| q);
-                    let one = ctx.sql_info(sql);
-                    info.merge(&one);
-                    parsed.retain(|(n, _)| *n != p.name);
-                    parsed.push((p.name, one));
-                }
-                None => info.add_class(Class::Write),
-            },
-            b'B' => {
-                let one = extended::bind(body).map_or(UnitInfo::write(), |b| {
-                    match parsed.iter().rev().find(|(n, _)| *n == b.statement) {
-                        Some((_, i)) => *i,
-                        // An unnamed statement parsed in another unit may be on another server.
-                        None if b.statement.is_empty() => UnitInfo::write(),
-                        None => ctx
-                            .statements
-                            .get(b.statement)
-                            .map_or(UnitInfo::write(), |s| s.info(|sql| ctx.sql_info(sql))),
-                    }
-                });
-                info.merge(&one);
-            }
-            b'S' | b'H' => {
-                return Unit {
-                    len: Some(end),
-                    info,
-                    flushed: h.tag == b'H',
-                }
-            }
-            t if is_extended(t) => {}
-            // FunctionCall, stray COPY messages, anything else: the primary.
-            _ => {
-                info.add_class(Class::Write);
-                if pos == 0 {
+    UnitScan::default().resume(buf, max, ctx)
+}
+
+/// A unit scanned as far as its bytes have arrived; scanning resumes there when more come
+/// (a large unit arriving in pieces is looked at once, not once per piece).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct UnitScan {
+    /// End of the whole messages scanned so far.
+    pos: usize,
+    /// What the messages scanned so far need.
+    info: UnitInfo,
+    /// The unit is complete: it ends at `pos`.
+    complete: bool,
+    /// It ended at a Flush.
+    flushed: bool,
+    /// Statements parsed earlier in this unit: where the name is in the unit, what it needs.
+    parsed: Vec<(Range<usize>, UnitInfo)>,
+}
+
+impl UnitScan {
+    /// Scans on; `buf` starts at the unit's start and holds at least what the last call had.
+    pub(crate) fn resume(&mut self, buf: &[u8], max: usize, ctx: &UnitContext<'_>) -> Unit {
+        if self.complete {
+            return self.done();
+        }
+        loop {
+            let pos = self.pos;
+            let h = match peek_header(&buf[pos..], max) {
+                Ok(Some(h)) if buf.len() - pos >= h.frame_len() => h,
+                Ok(_) => {
                     return Unit {
-                        len: Some(end),
-                        info,
+                        len: None,
+                        info: self.info,
                         flushed: false,
-                    };
+                    }
+                }
+                Err(_) => {
+                    return Unit {
+                        len: None,
+                        info: UnitInfo::write(),
+                        flushed: false,
+                    }
+                }
+            };
+            let body = &buf[pos + 5..pos + h.frame_len()];
+            self.pos = pos + h.frame_len();
+            match h.tag {
+                b'Q' if pos == 0 => {
+                    ctx.add_sql(body.strip_suffix(&[0]).unwrap_or(body), &mut self.info);
+                    return self.finish(false);
+                }
+                b'P' => match extended::parse(body) {
+                    Some(p) => {
+                        let sql = extended::split_cstr(p.rest).map_or(&[][..], |(q, _)| q);
+                        let one = ctx.sql_info(sql);
+                        self.info.merge(&one);
+                        // The name opens the body.
+                        let name = pos + 5..pos + 5 + p.name.len();
+                        self.parsed.retain(|(n, _)| buf[n.clone()] != *p.name);
+                        self.parsed.push((name, one));
+                    }
+                    None => self.info.add_class(Class::Write),
+                },
+                b'B' => {
+                    let one = extended::bind(body).map_or(UnitInfo::write(), |b| {
+                        match self
+                            .parsed
+                            .iter()
+                            .rev()
+                            .find(|(n, _)| buf[n.clone()] == *b.statement)
+                        {
+                            Some((_, i)) => *i,
+                            // An unnamed statement parsed in another unit may be on another
+                            // server.
+                            None if b.statement.is_empty() => UnitInfo::write(),
+                            None => ctx
+                                .statements
+                                .get(b.statement)
+                                .map_or(UnitInfo::write(), |s| s.info(|sql| ctx.sql_info(sql))),
+                        }
+                    });
+                    self.info.merge(&one);
+                }
+                b'S' | b'H' => return self.finish(h.tag == b'H'),
+                t if is_extended(t) => {}
+                // FunctionCall, stray COPY messages, anything else: the primary.
+                _ => {
+                    self.info.add_class(Class::Write);
+                    if pos == 0 {
+                        return self.finish(false);
+                    }
                 }
             }
         }
-        pos = end;
+    }
+
+    fn finish(&mut self, flushed: bool) -> Unit {
+        self.complete = true;
+        self.flushed = flushed;
+        self.parsed = Vec::new();
+        self.done()
+    }
+
+    fn done(&self) -> Unit {
+        Unit {
+            len: Some(self.pos),
+            info: self.info,
+            flushed: self.flushed,
+        }
     }
 }
 
@@ -208,6 +241,43 @@ mod tests {
 
     fn bind(stmt: &str) -> Vec<u8> {
         frame(b'B', format!("\0{stmt}\0\0\0\0\0\0\0").as_bytes())
+    }
+
+    #[test]
+    fn a_unit_scanned_in_pieces_is_scanned_as_a_whole() {
+        let classifier = Classifier::new(FunctionTable::builtin(), 100);
+        let none = ClientStatements::default();
+        let ctx = UnitContext {
+            classifier: &classifier,
+            rules: None,
+            statements: &none,
+            strings: StringSyntax::Standard,
+            reported: &[],
+        };
+        let unit = [
+            parse("s1", "SELECT 1"),
+            bind("s1"),
+            frame(b'E', b"\0\0\0\0\0"),
+            parse("s2", "DELETE FROM t"),
+            parse("s1", "SELECT 2"),
+            bind("s1"),
+            frame(b'S', b""),
+            // The next unit: not part of this one.
+            frame(b'Q', b"SELECT 3\0"),
+        ]
+        .concat();
+        let whole = scan_bytes(&unit, &none);
+        assert_eq!(whole.info.class, Class::Write);
+        assert!(whole.len.unwrap() < unit.len());
+        let mut resumed = UnitScan::default();
+        for end in (0..unit.len()).step_by(7).chain([unit.len()]) {
+            let u = resumed.resume(&unit[..end], 1 << 20, &ctx);
+            if end < whole.len.unwrap() {
+                assert_eq!(u.len, None, "at {end}");
+            } else {
+                assert_eq!(u, whole, "at {end}");
+            }
+        }
     }
 
     #[test]

@@ -91,6 +91,26 @@ impl ReasonLabel {
 
 const REASONS: usize = ReasonLabel::ALL.len();
 
+/// Which end of a relay stopped accepting data (a label value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerLabel {
+    /// The client (`client_write_timeout`).
+    Client = 0,
+    /// The server (`server_write_timeout`).
+    Server = 1,
+}
+
+impl PeerLabel {
+    const ALL: [PeerLabel; 2] = [PeerLabel::Client, PeerLabel::Server];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            PeerLabel::Client => "client",
+            PeerLabel::Server => "server",
+        }
+    }
+}
+
 /// What one transaction (or, in session mode, one stretch of a session) did, counted by the
 /// relay.
 #[derive(Debug, Clone, Copy, Default)]
@@ -133,6 +153,7 @@ struct Families {
     query_us: IntCounterVec,
     wait_us: IntCounterVec,
     errors: IntCounterVec,
+    write_timeouts: IntCounterVec,
     gauges: scrape::Gauges,
 }
 
@@ -149,6 +170,7 @@ pub struct DbMetrics {
     query_us: IntCounter,
     wait_us: IntCounter,
     errors: IntCounterVec,
+    write_timeouts: [IntCounter; 2],
     database: String,
 }
 
@@ -259,6 +281,11 @@ impl Metrics {
                 "Errors sent to logged-in clients (the servers' and pgtier's own), by database and SQLSTATE class (first two characters).",
                 &["database", "class"],
             ),
+            write_timeouts: counter_vec(
+                "write_timeouts_total",
+                "Connections closed because the peer accepted no data for client_write_timeout or server_write_timeout, by database and peer (client, server).",
+                &["database", "peer"],
+            ),
             gauges: scrape::Gauges::new(),
         };
         let reloads = counter_vec(
@@ -280,6 +307,7 @@ impl Metrics {
             &families.query_us,
             &families.wait_us,
             &families.errors,
+            &families.write_timeouts,
             &reloads,
             &pins,
         ] {
@@ -340,6 +368,10 @@ impl DbMetrics {
             query_us: f.query_us.with_label_values(&[database]),
             wait_us: f.wait_us.with_label_values(&[database]),
             errors: f.errors.clone(),
+            write_timeouts: PeerLabel::ALL.map(|peer| {
+                f.write_timeouts
+                    .with_label_values(&[database, peer.as_str()])
+            }),
             database: database.to_owned(),
         }
     }
@@ -372,6 +404,11 @@ impl DbMetrics {
         self.errors
             .with_label_values(&[&self.database, class])
             .inc();
+    }
+
+    /// Counts a connection closed because `peer` accepted no data in time.
+    pub fn write_timeout(&self, peer: PeerLabel) {
+        self.write_timeouts[peer as usize].inc();
     }
 
     /// Totals since start.

@@ -20,7 +20,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
@@ -30,7 +30,7 @@ use crate::backend::{PoolError, Upstream};
 use crate::cluster::Lsn;
 use crate::config::PoolMode;
 use crate::frontend::clients::{ClientHandle, ClientState, NewClient};
-use crate::frontend::farewell::{farewell, pool_farewell};
+use crate::frontend::farewell::{farewell, farewell_now, pool_farewell};
 use crate::frontend::listener::ClientGuard;
 use crate::frontend::login::{login, Login, LoginError};
 use crate::frontend::observe::{self, Observer};
@@ -39,7 +39,7 @@ use crate::frontend::prepared::ClientStatements;
 use crate::frontend::relay::{self, Limits, Outcome, Violation, BUF_SIZE};
 use crate::frontend::target::{self, Serving, TargetError};
 use crate::frontend::units::{self, UnitContext};
-use crate::metrics::{ReasonLabel, RoleLabel};
+use crate::metrics::{PeerLabel, ReasonLabel, RoleLabel};
 use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
 use crate::protocol::messages::{
     auth_ok, backend_key_data, parameter_status, ready_for_query, TxStatus,
@@ -49,11 +49,15 @@ use crate::proxy::{DbRuntime, Proxy};
 use crate::router::commands;
 use crate::router::route::{ClientRouting, DecidedBy, Route, Router, Target, UnitInfo};
 use crate::shutdown::{Phase, ShutdownWatch};
+use crate::write::write_all_within;
 
 pub use open::handle;
 
 /// Longest wait for the DISCARD ALL that resets a server after a session.
 const DISCARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest wait for a server to take a CancelRequest.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest wait for the primary's WAL position after a write transaction.
 const CAUSAL_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -151,14 +155,15 @@ impl Session {
                     // The one place statements change outside a relay (which records the
                     // count at each ReadyForQuery).
                     self.client.entry.set_prepared(self.statements.len());
-                    if self.stream.write_all(&reply).await.is_err() {
-                        return "client closed";
+                    // Boxed: rare, and it keeps the idle task small.
+                    if let Err(reason) = Box::pin(self.send(&reply)).await {
+                        return reason;
                     }
                     continue;
                 }
                 if let Some(reply) = self.answer_pgtier_statement(&first) {
-                    if self.stream.write_all(&reply).await.is_err() {
-                        return "client closed";
+                    if let Err(reason) = Box::pin(self.send(&reply)).await {
+                        return reason;
                     }
                     continue;
                 }
@@ -297,6 +302,20 @@ impl Session {
             .router
             .refresh_client(&mut self.routing, &id.user, app);
         Ok(())
+    }
+
+    /// Writes to the client within `client_write_timeout`; Err(reason) if the client must go.
+    async fn send(&mut self, buf: &[u8]) -> Result<(), &'static str> {
+        let limit = self.limits().client_write_timeout;
+        match write_all_within(&mut self.stream, buf, limit).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.stalled() => {
+                self.runtime.metrics.write_timeout(PeerLabel::Client);
+                warn!(peer = %self.client.entry.peer, user = %self.user(), database = %self.database(), ?limit, "client accepted no data for client_write_timeout: closing it");
+                Err("client_write_timeout")
+            }
+            Err(_) => Err("client closed"),
+        }
     }
 
     async fn close(&mut self, code: SqlState, message: &str) {

@@ -22,7 +22,8 @@ pub async fn handle(
                 let mut welcome = BytesMut::with_capacity(64);
                 auth_ok(&mut welcome);
                 ready_for_query(&mut welcome, TxStatus::Idle);
-                if stream.write_all(&welcome).await.is_ok() {
+                let limit = settings.raw.client_write_timeout;
+                if write_all_within(&mut stream, &welcome, limit).await.is_ok() {
                     Box::pin(crate::admin::serve(&proxy, &mut stream)).await;
                 }
                 info!(%peer, user = %user.name, "admin console client disconnected");
@@ -113,7 +114,11 @@ pub async fn handle(
     }
     backend_key_data(&mut welcome, client.key.pid, client.key.secret);
     ready_for_query(&mut welcome, TxStatus::Idle);
-    if stream.write_all(&welcome).await.is_err() {
+    // In session mode a server is held already: the write is bounded like the relay's.
+    if write_all_within(&mut stream, &welcome, settings.raw.client_write_timeout)
+        .await
+        .is_err()
+    {
         return;
     }
     drop(welcome);

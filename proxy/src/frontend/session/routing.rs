@@ -113,9 +113,7 @@ impl Session {
                 "pgtier.causal_lsn",
                 &self.routing.causal.to_string(),
             );
-            if self.stream.write_all(&msg).await.is_err() {
-                return Err("client closed");
-            }
+            self.send(&msg).await?;
         }
         Ok(())
     }

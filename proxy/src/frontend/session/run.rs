@@ -125,6 +125,34 @@ impl Session {
                     "server connection lost",
                 )
             }
+            Outcome::ClientStalled { at_boundary } => {
+                // Abandoned mid-result: the server is closed, never returned (its backend
+                // sees the connection reset and ends).
+                drop(serving);
+                let limit = runtime.limits.client_write_timeout;
+                runtime.metrics.write_timeout(PeerLabel::Client);
+                warn!(peer = %entry.peer, user = %self.user(), database = %self.database(), ?limit, "client accepted no data for client_write_timeout: closing it and the server connection it held");
+                if at_boundary {
+                    let message = format!("pgtier: client accepted no data for client_write_timeout ({limit:?})");
+                    runtime.metrics.error(SqlState::CONNECTION_FAILURE.0);
+                    farewell_now(&self.stream, SqlState::CONNECTION_FAILURE, &message);
+                }
+                return Err("client_write_timeout");
+            }
+            Outcome::ServerStalled => {
+                let limit = runtime.limits.server_write_timeout;
+                let node = self.upstream.node(serving.node).node().to_owned();
+                // The server may be running a statement (it reads no more until that ends):
+                // cancel it, then close the connection.
+                let target = serving.server.conn().cancel_target();
+                drop(serving);
+                tokio::spawn(crate::backend::cancel::send_cancel(target, CANCEL_TIMEOUT));
+                runtime.metrics.write_timeout(PeerLabel::Server);
+                warn!(peer = %entry.peer, database = %self.database(), %node, ?limit, "server accepted no data for server_write_timeout: closing the server connection and its client");
+                let message = format!("pgtier: server {node} accepted no data for server_write_timeout ({limit:?}); connection closed");
+                self.close(SqlState::CONNECTION_FAILURE, &message).await;
+                return Err("server_write_timeout");
+            }
             Outcome::IdleInTransaction => (
                 SqlState::IDLE_IN_TRANSACTION_TIMEOUT,
                 "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)",

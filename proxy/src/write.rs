@@ -1,0 +1,140 @@
+//! Writes with a bound on stalls: a peer that accepts no byte for `limit` fails the write.
+//! A write that completes at once costs exactly what `write_all` costs (no timer, no clock
+//! read, no allocation): the timer is created only once the socket pushes back.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::io::AsyncWrite;
+use tokio::time::{Instant, Sleep};
+
+/// Why a bounded write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The peer accepted nothing for `limit`; `written` bytes of the buffer went out.
+    #[error("the peer accepted no data for {limit:?} ({written} of {total} bytes written)")]
+    Stalled {
+        /// Bytes of the buffer written before the stall.
+        written: usize,
+        /// Bytes in the buffer.
+        total: usize,
+        /// The limit that expired.
+        limit: Duration,
+    },
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl WriteError {
+    /// Whether the peer stalled (as opposed to the socket failing).
+    pub fn stalled(&self) -> bool {
+        matches!(self, WriteError::Stalled { .. })
+    }
+}
+
+/// Writes all of `buf`, failing with [`WriteError::Stalled`] once `limit` passes without the
+/// peer accepting a byte (the limit counts from the last progress, so a slow but steady
+/// reader is never cut off).
+pub async fn write_all_within<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    buf: &[u8],
+    limit: Duration,
+) -> Result<(), WriteError> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let mut written = 0;
+    // Boxed and created lazily: most writes never block, and the futures that embed this one
+    // (an idle client's task among them) stay small.
+    let mut timer: Option<Pin<Box<Sleep>>> = None;
+    let mut last_progress: Option<Instant> = None;
+    poll_fn(|cx| loop {
+        match Pin::new(&mut *w).poll_write(cx, &buf[written..]) {
+            Poll::Ready(Ok(0)) => {
+                return Poll::Ready(Err(
+                    std::io::Error::from(std::io::ErrorKind::WriteZero).into()
+                ))
+            }
+            Poll::Ready(Ok(n)) => {
+                written += n;
+                if written == buf.len() {
+                    return Poll::Ready(Ok(()));
+                }
+                // Progress after a stall: the limit counts again from here (read when the
+                // timer fires, so the timer is not re-armed per partial write).
+                if timer.is_some() {
+                    last_progress = Some(Instant::now());
+                }
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+            Poll::Pending => {
+                let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if t.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                match last_progress.take() {
+                    Some(at) if at + limit > Instant::now() => {
+                        t.as_mut().reset(at + limit);
+                        // Polled again by the loop, which registers the new deadline.
+                    }
+                    _ => {
+                        return Poll::Ready(Err(WriteError::Stalled {
+                            written,
+                            total: buf.len(),
+                            limit,
+                        }))
+                    }
+                }
+            }
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn a_reader_that_stops_fails_the_write_after_the_limit() {
+        let (mut a, _b) = tokio::io::duplex(64);
+        let err = write_all_within(&mut a, &[7u8; 1000], Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        match err {
+            WriteError::Stalled { written, total, .. } => assert_eq!((written, total), (64, 1000)),
+            e => panic!("{e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_but_steady_reader_is_not_cut_off() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            let mut chunk = [0u8; 16];
+            while got < 1000 {
+                // Each read comes well within the limit, but the whole takes far longer.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                got += b.read(&mut chunk).await.unwrap();
+            }
+        });
+        // 60 reads 20 ms apart: over a second in all, never 300 ms without progress.
+        write_all_within(&mut a, &[7u8; 1000], Duration::from_millis(300))
+            .await
+            .unwrap();
+        reader.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_immediate_write_needs_no_timer() {
+        let (mut a, _b) = tokio::io::duplex(4096);
+        write_all_within(&mut a, b"hello", Duration::from_nanos(1))
+            .await
+            .unwrap();
+    }
+}
