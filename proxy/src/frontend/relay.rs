@@ -91,6 +91,8 @@ pub(crate) struct Limits {
     pub client_idle_timeout: Option<Duration>,
     /// Queries slower than this are logged (None: no slow-query log).
     pub slow_query: Option<Duration>,
+    /// Bytes a client's named prepared statements may take.
+    pub prepared_bytes: usize,
 }
 
 impl Limits {
@@ -104,6 +106,8 @@ impl Limits {
             extra_params: ExtraParams::intern(&settings.raw.track_extra_params),
             client_idle_timeout: settings.client_idle_timeout,
             slow_query: settings.slow_query_threshold,
+            prepared_bytes: usize::try_from(settings.raw.max_prepared_statement_bytes_per_client)
+                .unwrap_or(usize::MAX),
         }
     }
 }
@@ -367,6 +371,7 @@ impl Relay<'_> {
                 strings,
                 extras: self.limits.extra_params,
                 in_transaction: self.status != TxStatus::Idle,
+                prepared_bytes: self.limits.prepared_bytes,
             },
             &mut ServerSide {
                 registry: self.server.statements,

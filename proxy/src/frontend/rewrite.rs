@@ -9,7 +9,7 @@ use bytes::BytesMut;
 
 use super::batch::Batch;
 use super::extra_sets::{extra_update, followed_set};
-use super::prepared::{ClientStatements, FollowedSet, Prepared, MAX_PER_CLIENT};
+use super::prepared::{ClientStatements, FollowedSet, Prepared};
 use super::responses::{Entry, Expectations, Kind, Synthetic, Undo, MAX_IN_FLIGHT};
 use crate::backend::params::{lookup, tracked, ExtraParams};
 use crate::backend::statements::ServerStatements;
@@ -67,6 +67,8 @@ pub(crate) struct ClientSide<'a> {
     pub extras: ExtraParams,
     /// The client is inside a transaction block (the last ReadyForQuery was not idle).
     pub in_transaction: bool,
+    /// Bytes the client's named statements may take (`max_prepared_statement_bytes_per_client`).
+    pub prepared_bytes: usize,
 }
 
 impl ClientSide<'_> {
@@ -476,19 +478,17 @@ fn route_parse(
             None,
         );
     }
-    let stmt = Arc::new(Prepared::new(p.rest));
-    if !client.statements.insert(p.name, stmt.clone()) {
-        *client.discard = true;
-        return Route::Synthetic(
-            Synthetic::Error(
-                SqlState::PROGRAM_LIMIT_EXCEEDED,
-                format!(
-                    "pgtier: too many prepared statements for one client (limit {MAX_PER_CLIENT})"
-                ),
-            ),
-            None,
-        );
-    }
+    let stmt = match client
+        .statements
+        .insert(p.name, p.rest, client.prepared_bytes)
+    {
+        Ok(stmt) => stmt,
+        // Refused as Postgres refuses a Parse: an error, then the unit is skipped to Sync.
+        Err(e) => {
+            *client.discard = true;
+            return Route::Synthetic(Synthetic::Error(e.sqlstate(), e.to_string()), None);
+        }
+    };
     // The name is the client's from now on for routing what follows in the pipeline; if the
     // Parse fails (or is skipped after an earlier error) it is free again, as in Postgres.
     if server.registry.touch(&stmt.server_name) {

@@ -13,6 +13,7 @@ struct Fixture {
     expect: Expectations,
     unnamed_here: bool,
     extras: ExtraParams,
+    prepared_bytes: usize,
 }
 
 impl Fixture {
@@ -26,6 +27,7 @@ impl Fixture {
             expect: Expectations::default(),
             unnamed_here: false,
             extras: ExtraParams::default(),
+            prepared_bytes: usize::MAX,
         }
     }
 
@@ -43,6 +45,7 @@ impl Fixture {
                 strings: StringSyntax::Standard,
                 extras: self.extras,
                 in_transaction: false,
+                prepared_bytes: self.prepared_bytes,
             },
             &mut ServerSide {
                 registry: &mut self.registry,
@@ -269,8 +272,9 @@ fn deallocate_of_a_statement_not_on_this_server_cannot_hang() {
     let mut f = Fixture::new();
     let mut out = BytesMut::new();
     // Answered without a server (see prepared::answer_parse_batch), as a client would see it.
-    let stmt = Arc::new(Prepared::new(b"selec 1\0\0\0"));
-    f.statements.insert(b"bad", stmt.clone());
+    f.statements
+        .insert(b"bad", b"selec 1\0\0\0", usize::MAX)
+        .unwrap();
     f.route(&msg(b'Q', b"DEALLOCATE bad\0"), &mut out).unwrap();
     assert_eq!(tags(&out), "CPSQ");
     assert_eq!(
