@@ -185,6 +185,7 @@ impl ClientStatements {
     }
 
     /// Bytes of the client's named statements.
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.0.as_ref().map_or(0, |s| s.bytes)
     }

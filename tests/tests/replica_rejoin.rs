@@ -1,0 +1,92 @@
+//! A replica that comes back after a long outage rejoins the read rotation within about a
+//! second of accepting connections, however long it was away (the monitor's retry backoff
+//! once grew to 5 s, leaving reads with the primary alone for seconds).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use pgtier_kit::fixture::{connect, start_routing};
+use pgtier_kit::Cluster;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const USER: &str = "rejoin";
+const PW: &str = "rejoin-pw";
+
+/// Longer than the old backoff needed to reach its 5 s cap (0.1 + 0.2 + ... + 3.2 s = 6.3 s).
+const OUTAGE: Duration = Duration::from_secs(8);
+/// Rejoin allowance: the 1 s, plus a little for a loaded test machine.
+const REJOIN: Duration = Duration::from_millis(1300);
+
+/// The port of the node that ran a plain read, and whether it is in recovery.
+async fn read_node(c: &Client) -> Result<(u16, bool)> {
+    for m in c
+        .simple_query("SELECT inet_server_port(), pg_is_in_recovery()")
+        .await?
+    {
+        if let SimpleQueryMessage::Row(r) = m {
+            return Ok((r.get(0).unwrap_or("0").parse()?, r.get(1) == Some("t")));
+        }
+    }
+    anyhow::bail!("no row")
+}
+
+/// Reads through pgtier until one reaches `port`; how long that took (None after `limit`).
+async fn first_read_on(c: &Client, port: u16, limit: Duration) -> Result<Option<Duration>> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let (p, in_recovery) = read_node(c).await?;
+        if p == port {
+            anyhow::ensure!(in_recovery, "port {port} is not in recovery");
+            return Ok(Some(start.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_back_after_a_long_outage_rejoins_within_a_second() -> Result<()> {
+    let cluster = Cluster::start(2)?;
+    let px = start_routing(&cluster, USER, PW, &[]).await?;
+    let replica = cluster.replica(0);
+    let port = replica.port();
+    let reader = connect(&px, USER, PW).await?;
+    assert!(
+        first_read_on(&reader, port, Duration::from_secs(10))
+            .await?
+            .is_some(),
+        "replica 0 never served a read"
+    );
+    // Two rounds: an old-style 5 s backoff could still happen to retry just in time once.
+    for round in 0..2 {
+        replica.stop_immediate()?;
+        // The outage itself is what is under test: long enough for any backoff to grow.
+        tokio::time::sleep(OUTAGE).await;
+        replica.start()?;
+        // Measured from the first direct connection that succeeds.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let direct = loop {
+            match replica.connect("postgres").await {
+                Ok(c) => break c,
+                Err(e) => {
+                    anyhow::ensure!(Instant::now() < deadline, "replica not back: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        let took = first_read_on(&reader, port, Duration::from_secs(10)).await?;
+        drop(direct);
+        println!("round {round}: first read on the restarted replica after {took:?}");
+        let took = took.unwrap_or_else(|| {
+            panic!(
+                "round {round}: no read reached the restarted replica within 10 s\n{}",
+                px.log()
+            )
+        });
+        assert!(
+            took <= REJOIN,
+            "round {round}: the restarted replica served its first read {took:?} after it accepted connections (allowed {REJOIN:?})"
+        );
+    }
+    Ok(())
+}
