@@ -65,13 +65,29 @@ async fn different_texts_never_share_a_server_statement() {
     // One server connection: every client's statements meet there.
     let px = start(1, &[]);
     let (mut a, mut b, mut c) = (login(&px).await, login(&px).await, login(&px).await);
-    let value = |sql: &str| sql.trim_start_matches("SELECT '").trim_end_matches('\'').to_owned();
-    assert_eq!(run_prepared(&mut a, "s", COLLIDING[0]).await, value(COLLIDING[0]));
+    let value = |sql: &str| {
+        sql.trim_start_matches("SELECT '")
+            .trim_end_matches('\'')
+            .to_owned()
+    };
+    assert_eq!(
+        run_prepared(&mut a, "s", COLLIDING[0]).await,
+        value(COLLIDING[0])
+    );
     // Another text whose old hash name was the same: it must run its own statement.
-    assert_eq!(run_prepared(&mut b, "s", COLLIDING[1]).await, value(COLLIDING[1]));
-    assert_eq!(run_prepared(&mut a, "t", COLLIDING[1]).await, value(COLLIDING[1]));
+    assert_eq!(
+        run_prepared(&mut b, "s", COLLIDING[1]).await,
+        value(COLLIDING[1])
+    );
+    assert_eq!(
+        run_prepared(&mut a, "t", COLLIDING[1]).await,
+        value(COLLIDING[1])
+    );
     // The same text from other clients shares the server's statement.
-    assert_eq!(run_prepared(&mut c, "x", COLLIDING[0]).await, value(COLLIDING[0]));
+    assert_eq!(
+        run_prepared(&mut c, "x", COLLIDING[0]).await,
+        value(COLLIDING[0])
+    );
     assert_eq!(run_prepared(&mut c, "y", "SELECT 'other'").await, "other");
     assert_eq!(run_prepared(&mut b, "z", "SELECT 'other'").await, "other");
     let r = send(
@@ -107,7 +123,12 @@ async fn statement_bytes_are_bounded_per_client() {
     assert_eq!(run_prepared(&mut a, "s1", &big("one", 3000)).await, "one");
     // Over the client's bound: the Parse fails, the rest of the unit is skipped to Sync (as
     // Postgres does after an error), and the client goes on.
-    let unit = [parse("s2", &big("two", 2000)), bind("s2"), execute(), sync()];
+    let unit = [
+        parse("s2", &big("two", 2000)),
+        bind("s2"),
+        execute(),
+        sync(),
+    ];
     let r = send(&mut a, &unit).await;
     assert_eq!(summary(&r), "EZ 54000", "{r:?}");
     let message = r[0].field(b'M').unwrap();

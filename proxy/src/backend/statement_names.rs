@@ -58,7 +58,8 @@ struct Table {
     bytes: usize,
 }
 
-static GLOBAL: LazyLock<StatementNames> = LazyLock::new(|| StatementNames::new(DEFAULT_TOTAL_BYTES));
+static GLOBAL: LazyLock<StatementNames> =
+    LazyLock::new(|| StatementNames::new(DEFAULT_TOTAL_BYTES));
 
 impl StatementNames {
     /// The process's table.
@@ -154,7 +155,11 @@ impl Table {
             steps += 1;
             // Only the table holds it: no client can get it again but through the table,
             // whose lock is held, so it is safe to forget.
-            if self.map.get(&key).is_some_and(|t| Arc::strong_count(t) == 1) {
+            if self
+                .map
+                .get(&key)
+                .is_some_and(|t| Arc::strong_count(t) == 1)
+            {
                 self.map.remove(&key);
                 self.bytes -= key.len() + ENTRY_OVERHEAD;
             } else {

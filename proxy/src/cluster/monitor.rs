@@ -174,8 +174,7 @@ impl Monitor {
         let mut order = std::collections::VecDeque::new();
         loop {
             if order.len() == MAX_CONNECTS {
-                let oldest: tokio::task::AbortHandle =
-                    order.pop_front().expect("MAX_CONNECTS > 0");
+                let oldest: tokio::task::AbortHandle = order.pop_front().expect("MAX_CONNECTS > 0");
                 oldest.abort();
             }
             order.push_back(attempts.spawn(connect(self.pg.clone())));

@@ -408,7 +408,9 @@ mod tests {
         let mut unnamed = msg(b'P', b"\0select 1\0\0\0");
         unnamed.extend(msg(b'S', b""));
         assert!(answer_parse_batch(&unnamed, &mut st, usize::MAX).is_none());
-        assert!(answer_parse_batch(&msg(b'P', b"s2\0select 1\0\0\0"), &mut st, usize::MAX).is_none());
+        assert!(
+            answer_parse_batch(&msg(b'P', b"s2\0select 1\0\0\0"), &mut st, usize::MAX).is_none()
+        );
         let mut with_describe = msg(b'P', b"s3\0select 1\0\0\0");
         with_describe.extend(msg(b'D', b"Ss3\0"));
         with_describe.extend(msg(b'S', b""));
@@ -426,7 +428,10 @@ mod tests {
         assert_eq!(st.bytes(), 1 + text.len());
         let long = b"select 'xxxxxxxxxxxxxxxx'\0\0\0";
         let e = st.insert(b"b", long, 30).unwrap_err();
-        assert!(matches!(e, PrepareError::ClientBytes { limit: 30, .. }), "{e:?}");
+        assert!(
+            matches!(e, PrepareError::ClientBytes { limit: 30, .. }),
+            "{e:?}"
+        );
         assert_eq!(e.sqlstate(), SqlState::PROGRAM_LIMIT_EXCEEDED);
         assert!(!st.contains(b"b"));
         // Closing frees its room; a reclassified statement keeps its server name.

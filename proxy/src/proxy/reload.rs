@@ -40,8 +40,9 @@ pub(super) fn build_databases(
     control: &Control,
 ) -> HashMap<String, Arc<DbRuntime>> {
     // Process-wide, like the statement names it bounds; applies to the next Parse.
-    crate::backend::statement_names::StatementNames::global()
-        .set_limit(usize::try_from(settings.raw.max_prepared_statement_bytes_total).unwrap_or(usize::MAX));
+    crate::backend::statement_names::StatementNames::global().set_limit(
+        usize::try_from(settings.raw.max_prepared_statement_bytes_total).unwrap_or(usize::MAX),
+    );
     settings
         .databases
         .values()
