@@ -192,6 +192,10 @@ mod tests {
             }
         }
         assert!(a.name.starts_with("pgtier_"));
+        // Both were `pgtier_1e9808fd5e7c5f99_28` under the old fixed-key hash naming.
+        let x = names.intern(b"SELECT '6076cfddba5d6719'\0\0\0");
+        let y = names.intern(b"SELECT 'c880b7583b731de4'\0\0\0");
+        assert_ne!(x.name, y.name);
     }
 
     #[test]
