@@ -139,6 +139,14 @@ async fn statement_bytes_are_bounded_per_client() {
     // The same when pgtier answers a Parse-only batch itself.
     let r = send(&mut a, &[parse("s2", &big("two", 2000)), sync()]).await;
     assert_eq!(summary(&r), "EZ 54000");
+    // Inside a transaction block the failed Parse aborts it, as any error does in Postgres.
+    assert_eq!(tags(&send(&mut a, &[query("BEGIN")]).await), "CZ");
+    let r = send(&mut a, &unit).await;
+    assert_eq!(summary(&r), "EZ 54000");
+    assert_eq!(r[1].body, b"E", "transaction status after the error");
+    let r = send(&mut a, &[query("SELECT 1")]).await;
+    assert_eq!(summary(&r), "EZ 25P02");
+    assert_eq!(tags(&send(&mut a, &[query("ROLLBACK")]).await), "CZ");
     // Still usable: s1 runs, s2 does not exist (Postgres' 26000).
     let r = send(&mut a, &[bind("s1"), execute(), sync()]).await;
     assert_eq!(first_value(&r), "one");

@@ -230,6 +230,10 @@ enum Route {
     /// Send, instead of the client's query, one that fails with this message (0A000): the
     /// server then aborts a transaction and answers ReadyForQuery exactly as for any error.
     Reject(String),
+    /// Send, instead of the client's extended-protocol message, an unnamed statement that fails
+    /// with this error: Postgres then aborts a transaction block and skips to Sync exactly as
+    /// for its own error (an error pgtier answered alone would leave the transaction open).
+    Fail(SqlState, String),
     /// Send nothing; pgtier answers in order (the undo applies if the server skips it).
     Synthetic(Synthetic, Option<Undo>),
 }
@@ -297,6 +301,22 @@ impl Route {
                 out.extend_from_slice(&(sql.len() as u32 + 4).to_be_bytes());
                 out.extend_from_slice(sql.as_bytes());
                 server.expect.push(reply(Kind::Query));
+            }
+            Route::Fail(code, message) => {
+                let sql = format!(
+                    "DO $pgtier$ BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = '{}'; END $pgtier$\0\0\0",
+                    message.replace('\'', "''")
+                );
+                // It replaces the unnamed statement and portal here, which the error ends
+                // anyway; the client's unnamed statement is parsed again at its next use.
+                extended::write_parse(out, b"", sql.as_bytes());
+                server.expect.push(Entry::own(Kind::Parse));
+                extended::write_bind(out, b"", b"", b"\0\0\0\0\0\0");
+                server.expect.push(Entry::own(Kind::Bind));
+                out.extend_from_slice(b"E\0\0\0\x09\0\0\0\0\0");
+                // Own replies are dropped, but errors go through: the client sees this one.
+                server.expect.push(Entry::own(Kind::Execute));
+                *server.unnamed_here = false;
             }
             Route::Synthetic(s, undo) => server.expect.push(Entry::Synthetic(s, undo)),
         }
@@ -483,10 +503,11 @@ fn route_parse(
         .insert(p.name, p.rest, client.prepared_bytes)
     {
         Ok(stmt) => stmt,
-        // Refused as Postgres refuses a Parse: an error, then the unit is skipped to Sync.
+        // Refused as Postgres refuses a Parse: an error (raised by the server, so that a
+        // transaction block is aborted too), then the unit is skipped to Sync.
         Err(e) => {
             *client.discard = true;
-            return Route::Synthetic(Synthetic::Error(e.sqlstate(), e.to_string()), None);
+            return Route::Fail(e.sqlstate(), e.to_string());
         }
     };
     // The name is the client's from now on for routing what follows in the pipeline; if the

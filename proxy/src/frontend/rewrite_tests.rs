@@ -268,6 +268,28 @@ fn a_skipped_evicting_close_keeps_the_statement_known() {
 }
 
 #[test]
+fn a_parse_over_the_byte_bound_fails_on_the_server() {
+    let mut f = Fixture::new();
+    f.prepared_bytes = 8;
+    let mut out = BytesMut::new();
+    let mut buf = msg(b'P', b"s1\0select 1\0\0\0");
+    buf.extend(msg(b'B', b"\0s1\0\0\0\0\0\0\0"));
+    buf.extend(msg(b'S', b""));
+    f.route(&buf, &mut out).unwrap();
+    // A failing unnamed statement in place of the Parse (so that the server aborts a
+    // transaction block); the client's Bind is skipped, its Sync forwarded.
+    assert_eq!(tags(&out), "PBES");
+    assert!(String::from_utf8_lossy(frames(&out)[0].1).contains("ERRCODE = '54000'"));
+    assert!(!f.statements.contains(b"s1"));
+    let mut srv = msg(b'1', b"");
+    srv.extend(msg(b'2', b""));
+    srv.extend(error("54000"));
+    srv.extend(msg(b'Z', b"E"));
+    assert_eq!(tags(&reply(&mut f, &srv)), "EZ");
+    assert!(f.expect.is_empty());
+}
+
+#[test]
 fn deallocate_of_a_statement_not_on_this_server_cannot_hang() {
     let mut f = Fixture::new();
     let mut out = BytesMut::new();
