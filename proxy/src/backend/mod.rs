@@ -5,6 +5,7 @@ pub mod cancel;
 pub mod params;
 pub mod pool;
 pub mod server;
+pub mod statement_names;
 pub mod statements;
 
 pub use cancel::CancelTarget;

@@ -7,6 +7,13 @@
 //! (`Topology::report_failure`) makes the next attempt come at most one interval after the
 //! previous one, on a fresh connection.
 //!
+//! [`BACKOFF_MAX`] is short so that a node that is back rejoins within a second however long
+//! it was away (a replica kept out by a long backoff left reads with only the primary): a
+//! refused connect costs next to nothing, and a connect to a node that does not answer at all
+//! (blackholed) is asynchronous and bounded; while one hangs, another starts every
+//! [`BACKOFF_MAX`] (at most [`MAX_CONNECTS`] at once), so a fresh one reaches the node as soon
+//! as it answers again, without waiting for the old one's SYN retransmissions.
+//!
 //! Limits: connect + login within `connect_timeout`; each check within
 //! `ClusterSettings::check_timeout` (a timeout is a failure and drops the connection).
 
@@ -25,8 +32,10 @@ use super::Lsn;
 
 /// First retry delay after a failure.
 pub const BACKOFF_START: Duration = Duration::from_millis(100);
-/// Longest retry delay.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest retry delay (also the spacing of overlapping connects to a silent node).
+pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Most connects to one node in flight at once (the oldest gives way to a new one).
+pub const MAX_CONNECTS: usize = 4;
 
 /// One round trip. `r` is evaluated once (a volatile sub-select is not flattened), so the
 /// branches agree even while the node is being promoted. The timeline of a primary is the first
@@ -158,14 +167,42 @@ impl Monitor {
         }
     }
 
+    /// Connects and logs in; while an attempt hangs, starts another every [`BACKOFF_MAX`]
+    /// (see the module doc). The first to finish decides; the others are dropped with it.
     async fn connect(&self) -> Result<Conn, tokio_postgres::Error> {
-        let (client, connection) = self.pg.connect(NoTls).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let check = client.prepare(CHECK_SQL).await?;
-        Ok(Conn { client, check })
+        let mut attempts = tokio::task::JoinSet::new();
+        let mut order = std::collections::VecDeque::new();
+        loop {
+            if order.len() == MAX_CONNECTS {
+                let oldest: tokio::task::AbortHandle = order.pop_front().expect("MAX_CONNECTS > 0");
+                oldest.abort();
+            }
+            order.push_back(attempts.spawn(connect(self.pg.clone())));
+            let next = tokio::time::sleep(BACKOFF_MAX);
+            tokio::pin!(next);
+            loop {
+                tokio::select! {
+                    done = attempts.join_next() => match done {
+                        Some(Ok(result)) => return result,
+                        // Aborted to make way for a newer attempt.
+                        Some(Err(_)) => {}
+                        None => break,
+                    },
+                    _ = &mut next => break,
+                }
+            }
+        }
     }
+}
+
+/// One connect + login, with the check statement prepared.
+async fn connect(pg: tokio_postgres::Config) -> Result<Conn, tokio_postgres::Error> {
+    let (client, connection) = pg.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let check = client.prepare(CHECK_SQL).await?;
+    Ok(Conn { client, check })
 }
 
 /// Refused (TCP refused, or the server refusing logins while starting or stopping) → Down;

@@ -12,9 +12,10 @@
 //!   shutting down").
 //! - `Banned`: the last connect or check failed otherwise (error, dropped connection, timeout),
 //!   or the proxy called [`Topology::report_failure`].
-//!   Down and Banned nodes are retried with exponential backoff (100 ms doubling to 5 s; a
-//!   `report_failure` makes the monitor reconnect after at most one interval) and re-admitted
-//!   at the first successful check.
+//!   Down and Banned nodes are retried with exponential backoff (100 ms doubling to 500 ms, so
+//!   a node that is back rejoins within a second however long it was away; a `report_failure`
+//!   makes the monitor reconnect after at most one interval) and re-admitted at the first
+//!   successful check.
 //! - `Healthy` / `Lagging`: answered the last check; for replicas see `lag` for the limits and
 //!   the hysteresis (over a limit → Lagging at once; back after 2 checks under 80 % of both).
 //! - `Excluded`: answers, but in a role pgtier will not use (below).

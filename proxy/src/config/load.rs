@@ -247,6 +247,18 @@ impl Validator<'_> {
         if raw.max_prepared_statements == 0 {
             self.fail(&["max_prepared_statements"], "must be at least 1");
         }
+        if raw.max_prepared_statement_bytes_per_client < 1024 {
+            self.fail(
+                &["max_prepared_statement_bytes_per_client"],
+                "must be at least 1024 bytes",
+            );
+        }
+        if raw.max_prepared_statement_bytes_total < raw.max_prepared_statement_bytes_per_client {
+            self.fail(
+                &["max_prepared_statement_bytes_total"],
+                "must be at least max_prepared_statement_bytes_per_client",
+            );
+        }
         if raw.max_message_size < 1024 {
             self.fail(&["max_message_size"], "must be at least 1024 bytes");
         }

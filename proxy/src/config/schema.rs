@@ -133,6 +133,11 @@ pub struct Config {
     /// Prepared statements kept per server connection in transaction mode; the least recently
     /// used beyond it is closed on the server.
     pub max_prepared_statements: u32,
+    /// Bytes (names, query texts, parameter types) of one client's named prepared statements.
+    pub max_prepared_statement_bytes_per_client: u64,
+    /// Bytes of all clients' named prepared statements together; also bounds the table of
+    /// statement texts that gives them their shared server-side names.
+    pub max_prepared_statement_bytes_total: u64,
     /// Parameters Postgres does not report that transaction mode still tracks per client
     /// (from a client's `SET` outside a transaction) and sets on each server before the
     /// client's transactions, instead of pinning the client.
@@ -273,6 +278,8 @@ impl Default for Config {
             min_pool_size: 0,
             session_state: SessionStatePolicy::Pin,
             max_prepared_statements: 500,
+            max_prepared_statement_bytes_per_client: 16 * 1024 * 1024,
+            max_prepared_statement_bytes_total: 256 * 1024 * 1024,
             track_extra_params: Vec::new(),
             max_message_size: 64 * 1024 * 1024,
             query_wait_timeout: Duration::from_secs(120),

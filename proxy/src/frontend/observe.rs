@@ -171,10 +171,7 @@ mod tests {
         let text = statement_text(&b, &none).unwrap();
         assert!(text.contains("s1") && !text.contains("secret"), "{text}");
         let mut known = ClientStatements::default();
-        known.insert(
-            b"s1",
-            std::sync::Arc::new(crate::frontend::prepared::Prepared::new(b"SELECT $1\0\0\0")),
-        );
+        known.insert(b"s1", b"SELECT $1\0\0\0", usize::MAX).unwrap();
         assert_eq!(statement_text(&b, &known).as_deref(), Some("SELECT $1"));
         let long = test_frame(b'Q', format!("SELECT '{}'\0", "é".repeat(300)).as_bytes());
         assert!(statement_text(&long, &none).unwrap().len() <= SLOW_TEXT);

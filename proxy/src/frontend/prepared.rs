@@ -1,14 +1,21 @@
 //! A client's named prepared statements (protocol level). Each maps the client's name to a
-//! pgtier-owned server-side name derived from the statement text and parameter types, so that
-//! clients preparing the same statement share it on a server connection, and no client's name
-//! ever reaches a server (where it could clash with another client's).
+//! pgtier-owned server-side name given to the statement's text (query and parameter types) by
+//! the process-wide [`StatementNames`], so that clients preparing the same statement share it
+//! on a server connection, no two texts ever share a name, and no client's name ever reaches a
+//! server (where it could clash with another client's).
+//!
+//! Bounds: at most [`MAX_PER_CLIENT`] statements per client, and their bytes (name, query and
+//! parameter types) within `max_prepared_statement_bytes_per_client` per client and
+//! `max_prepared_statement_bytes_total` over all clients. A Parse past a bound fails with an
+//! error (see [`PrepareError`]) and the client goes on.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
+use thiserror::Error;
 
+use crate::backend::statement_names::{StatementNames, Text};
 use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::{error_response, ready_for_query, Severity, TxStatus};
@@ -19,29 +26,76 @@ use crate::router::session_state::pins;
 /// Most named statements one client may hold.
 pub const MAX_PER_CLIENT: usize = 10_000;
 
+/// Why a client's Parse of a named statement was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PrepareError {
+    /// The client holds [`MAX_PER_CLIENT`] statements.
+    #[error("pgtier: too many prepared statements for one client (limit {MAX_PER_CLIENT})")]
+    TooMany,
+    /// The client's statements would exceed `max_prepared_statement_bytes_per_client`.
+    #[error("pgtier: prepared statements of this client would take {needed} bytes, over max_prepared_statement_bytes_per_client ({limit}); DEALLOCATE some first")]
+    ClientBytes {
+        /// The client's bytes with this statement.
+        needed: usize,
+        /// The per-client bound.
+        limit: usize,
+    },
+    /// All clients' statements would exceed `max_prepared_statement_bytes_total`.
+    #[error("pgtier: prepared statements of all clients take max_prepared_statement_bytes_total ({limit} bytes); this one ({size} bytes) does not fit now")]
+    TotalBytes {
+        /// The statement's bytes.
+        size: usize,
+        /// The global bound.
+        limit: usize,
+    },
+}
+
+impl PrepareError {
+    /// The SQLSTATE of the error: 54000 (program_limit_exceeded) for the client's own limits,
+    /// which only the client can relieve; 53200 (out_of_memory) for the global bound, a
+    /// shared resource other clients may free (a retry later may succeed).
+    pub fn sqlstate(&self) -> SqlState {
+        match self {
+            PrepareError::TooMany | PrepareError::ClientBytes { .. } => {
+                SqlState::PROGRAM_LIMIT_EXCEEDED
+            }
+            PrepareError::TotalBytes { .. } => SqlState::OUT_OF_MEMORY,
+        }
+    }
+}
+
 /// One statement as the client prepared it.
 #[derive(Debug)]
 pub struct Prepared {
-    /// The name used on servers (`pgtier_<hash>`).
+    /// The name used on servers (`pgtier_<n>`, see [`StatementNames`]).
     pub server_name: Arc<str>,
     /// Query string and parameter types, as in the client's Parse (for re-preparing).
     pub rest: Bytes,
+    /// The shared entry: while held, the text keeps its name in the table.
+    text: Arc<Text>,
     /// What running it needs (class, hints), classified on first use.
     info: OnceLock<UnitInfo>,
 }
 
 impl Prepared {
-    /// A statement for this Parse body remainder (query + parameter types).
+    /// A statement for this Parse body remainder (query + parameter types), named by the
+    /// process's [`StatementNames`].
     pub fn new(rest: &[u8]) -> Prepared {
-        // DefaultHasher::new() has fixed keys: the same statement gets the same name in every
-        // session, which is what lets clients share it.
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        rest.hash(&mut h);
+        Prepared::of(StatementNames::global().intern(rest))
+    }
+
+    fn of(text: Arc<Text>) -> Prepared {
         Prepared {
-            server_name: format!("pgtier_{:016x}_{}", h.finish(), rest.len()).into(),
-            rest: Bytes::copy_from_slice(rest),
+            server_name: text.name.clone(),
+            rest: text.rest.clone(),
+            text,
             info: OnceLock::new(),
         }
+    }
+
+    /// The same statement (same server name), to be classified again.
+    fn unclassified(&self) -> Prepared {
+        Prepared::of(self.text.clone())
     }
 
     /// What running the statement needs, computed by `classify` (given the query text) once.
@@ -51,6 +105,11 @@ impl Prepared {
             classify(sql)
         })
     }
+}
+
+/// Bytes a named statement counts against the bounds.
+fn cost(name: &[u8], stmt: &Prepared) -> usize {
+    name.len() + stmt.rest.len()
 }
 
 /// A client's statements as they were before DEALLOCATE ALL or DISCARD ALL (put back if the
@@ -66,6 +125,8 @@ pub struct ClientStatements(Option<Box<Statements>>);
 #[derive(Debug, Default)]
 struct Statements {
     map: HashMap<Box<[u8]>, Arc<Prepared>>,
+    /// Bytes of the named statements (see [`cost`]), also counted in the global charge.
+    bytes: usize,
     /// The client's unnamed statement (Parse body after the name), for a Bind that runs on
     /// another server connection than its Parse.
     unnamed: Option<Box<[u8]>>,
@@ -84,6 +145,23 @@ pub enum FollowedSet {
     BindPending,
     /// Followed and bound once: another Bind would run it again unseen.
     Bound,
+}
+
+impl Statements {
+    /// Uncounts a statement that left the map.
+    fn release(&mut self, name: &[u8], stmt: &Prepared) {
+        let size = cost(name, stmt);
+        self.bytes -= size;
+        StatementNames::global().release(size);
+    }
+}
+
+impl Drop for ClientStatements {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            StatementNames::global().release(s.bytes);
+        }
+    }
 }
 
 impl ClientStatements {
@@ -106,14 +184,46 @@ impl ClientStatements {
         self.0.as_ref().is_some_and(|s| s.map.contains_key(name))
     }
 
-    /// Adds a statement; false if the client is at its limit.
-    pub fn insert(&mut self, name: &[u8], p: Arc<Prepared>) -> bool {
+    /// Bytes of the client's named statements.
+    #[cfg(test)]
+    pub fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |s| s.bytes)
+    }
+
+    /// Adds a statement `name` for the Parse body remainder `rest` (the name must be free),
+    /// unless that would pass the client's limits (`max_bytes` is its byte bound) or the
+    /// global one.
+    pub fn insert(
+        &mut self,
+        name: &[u8],
+        rest: &[u8],
+        max_bytes: usize,
+    ) -> Result<Arc<Prepared>, PrepareError> {
         let s = self.inner_mut();
         if s.map.len() >= MAX_PER_CLIENT {
-            return false;
+            return Err(PrepareError::TooMany);
         }
-        s.map.insert(name.into(), p);
-        true
+        let size = name.len() + rest.len();
+        let needed = s.bytes + size;
+        if needed > max_bytes {
+            return Err(PrepareError::ClientBytes {
+                needed,
+                limit: max_bytes,
+            });
+        }
+        let global = StatementNames::global();
+        if !global.try_charge(size) {
+            return Err(PrepareError::TotalBytes {
+                size,
+                limit: global.limit(),
+            });
+        }
+        let stmt = Arc::new(Prepared::new(rest));
+        s.bytes += size;
+        if let Some(old) = s.map.insert(name.into(), stmt.clone()) {
+            s.release(name, &old);
+        }
+        Ok(stmt)
     }
 
     /// Records the client's unnamed statement (None: a simple Query destroyed it).
@@ -158,7 +268,10 @@ impl ClientStatements {
 
     /// Removes a statement (Close); returns it.
     pub fn remove(&mut self, name: &[u8]) -> Option<Arc<Prepared>> {
-        self.0.as_mut()?.map.remove(name)
+        let s = self.0.as_mut()?;
+        let stmt = s.map.remove(name)?;
+        s.release(name, &stmt);
+        Some(stmt)
     }
 
     /// Removes `name` if it is still `stmt` (its Parse failed or was skipped).
@@ -166,14 +279,19 @@ impl ClientStatements {
         if let Some(s) = self.0.as_mut() {
             if s.map.get(name).is_some_and(|p| Arc::ptr_eq(p, stmt)) {
                 s.map.remove(name);
+                s.release(name, stmt);
             }
         }
     }
 
-    /// Puts back a statement whose Close was skipped (unless the name was taken since).
+    /// Puts back a statement whose Close was skipped (unless the name was taken since). The
+    /// client still has it as far as Postgres' rules go, so the byte bounds do not refuse it.
     pub fn put_back(&mut self, name: &[u8], stmt: Arc<Prepared>) {
         let s = self.inner_mut();
         if !s.map.contains_key(name) && s.map.len() < MAX_PER_CLIENT {
+            let size = cost(name, &stmt);
+            StatementNames::global().force_charge(size);
+            s.bytes += size;
             s.map.insert(name.into(), stmt);
         }
     }
@@ -181,7 +299,10 @@ impl ClientStatements {
     /// Forgets every named statement (DEALLOCATE ALL, DISCARD ALL), returning them.
     pub fn take_all(&mut self) -> Saved {
         match self.0.take() {
-            Some(s) => Saved(s.map),
+            Some(s) => {
+                StatementNames::global().release(s.bytes);
+                Saved(s.map)
+            }
             None => Saved(HashMap::new()),
         }
     }
@@ -192,7 +313,7 @@ impl ClientStatements {
     pub fn reclassify(&mut self) {
         if let Some(s) = self.0.as_mut() {
             for stmt in s.map.values_mut() {
-                *stmt = Arc::new(Prepared::new(&stmt.rest));
+                *stmt = Arc::new(stmt.unclassified());
             }
         }
     }
@@ -214,6 +335,7 @@ impl ClientStatements {
 pub(crate) fn answer_parse_batch(
     buf: &[u8],
     statements: &mut ClientStatements,
+    max_bytes: usize,
 ) -> Option<BytesMut> {
     let mut pos = 0;
     let mut names: Vec<(&[u8], &[u8])> = Vec::new();
@@ -256,16 +378,8 @@ pub(crate) fn answer_parse_batch(
             );
             break;
         }
-        if !statements.insert(name, Arc::new(Prepared::new(rest))) {
-            let msg = format!(
-                "pgtier: too many prepared statements for one client (limit {MAX_PER_CLIENT})"
-            );
-            error_response(
-                &mut out,
-                Severity::Error,
-                SqlState::PROGRAM_LIMIT_EXCEEDED,
-                &msg,
-            );
+        if let Err(e) = statements.insert(name, rest, max_bytes) {
+            error_response(&mut out, Severity::Error, e.sqlstate(), &e.to_string());
             break;
         }
         out.extend_from_slice(b"1\0\0\0\x04");
@@ -285,23 +399,67 @@ mod tests {
         let mut st = ClientStatements::default();
         let mut buf = msg(b'P', b"s1\0select 1\0\0\0");
         buf.extend(msg(b'S', b""));
-        let out = answer_parse_batch(&buf, &mut st).unwrap();
+        let out = answer_parse_batch(&buf, &mut st, usize::MAX).unwrap();
         assert_eq!(&out[..], b"1\0\0\0\x04Z\0\0\0\x05I");
         assert!(st.contains(b"s1"));
-        let out = answer_parse_batch(&buf, &mut st).unwrap();
+        let out = answer_parse_batch(&buf, &mut st, usize::MAX).unwrap();
         assert!(String::from_utf8_lossy(&out).contains("42P05"));
         // Unnamed statements, other messages or a missing Sync need a server.
         let mut unnamed = msg(b'P', b"\0select 1\0\0\0");
         unnamed.extend(msg(b'S', b""));
-        assert!(answer_parse_batch(&unnamed, &mut st).is_none());
-        assert!(answer_parse_batch(&msg(b'P', b"s2\0select 1\0\0\0"), &mut st).is_none());
+        assert!(answer_parse_batch(&unnamed, &mut st, usize::MAX).is_none());
+        assert!(
+            answer_parse_batch(&msg(b'P', b"s2\0select 1\0\0\0"), &mut st, usize::MAX).is_none()
+        );
         let mut with_describe = msg(b'P', b"s3\0select 1\0\0\0");
         with_describe.extend(msg(b'D', b"Ss3\0"));
         with_describe.extend(msg(b'S', b""));
-        assert!(answer_parse_batch(&with_describe, &mut st).is_none());
+        assert!(answer_parse_batch(&with_describe, &mut st, usize::MAX).is_none());
         let mut backslash = msg(b'P', b"s4\0select 'a\\'\0\0\0");
         backslash.extend(msg(b'S', b""));
-        assert!(answer_parse_batch(&backslash, &mut st).is_none());
+        assert!(answer_parse_batch(&backslash, &mut st, usize::MAX).is_none());
+    }
+
+    #[test]
+    fn byte_bound_per_client() {
+        let mut st = ClientStatements::default();
+        let text = b"select 1\0\0\0";
+        let a = st.insert(b"a", text, 30).unwrap();
+        assert_eq!(st.bytes(), 1 + text.len());
+        let long = b"select 'xxxxxxxxxxxxxxxx'\0\0\0";
+        let e = st.insert(b"b", long, 30).unwrap_err();
+        assert!(
+            matches!(e, PrepareError::ClientBytes { limit: 30, .. }),
+            "{e:?}"
+        );
+        assert_eq!(e.sqlstate(), SqlState::PROGRAM_LIMIT_EXCEEDED);
+        assert!(!st.contains(b"b"));
+        // Closing frees its room; a reclassified statement keeps its server name.
+        st.reclassify();
+        assert_eq!(st.get(b"a").unwrap().server_name, a.server_name);
+        assert!(st.remove(b"a").is_some());
+        assert_eq!(st.bytes(), 0);
+        st.insert(b"b", long, 30).unwrap();
+        // Taken (DEALLOCATE ALL) and put back, it counts again.
+        let saved = st.take_all();
+        assert_eq!(st.bytes(), 0);
+        st.restore(saved);
+        assert_eq!(st.bytes(), 1 + long.len());
+    }
+
+    #[test]
+    fn parse_only_batch_over_the_byte_bound_fails_and_syncs() {
+        let mut st = ClientStatements::default();
+        let mut buf = msg(b'P', b"s1\0select 1\0\0\0");
+        buf.extend(msg(b'P', b"s2\0select 'a long one'\0\0\0"));
+        buf.extend(msg(b'P', b"s3\0select 3\0\0\0"));
+        buf.extend(msg(b'S', b""));
+        let out = answer_parse_batch(&buf, &mut st, 20).unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(out.starts_with(b"1\0\0\0\x04E"), "{text}");
+        assert!(text.contains("54000") && text.contains("max_prepared_statement_bytes_per_client"));
+        assert!(out.ends_with(b"Z\0\0\0\x05I"));
+        assert!(st.contains(b"s1") && !st.contains(b"s2") && !st.contains(b"s3"));
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub(crate) struct Limits {
     pub client_write_timeout: Duration,
     /// Longest a server may accept no data while pgtier writes to it.
     pub server_write_timeout: Duration,
+    /// Bytes a client's named prepared statements may take.
+    pub prepared_bytes: usize,
 }
 
 impl Limits {
@@ -122,6 +124,8 @@ impl Limits {
             slow_query: settings.slow_query_threshold,
             client_write_timeout: settings.raw.client_write_timeout,
             server_write_timeout: settings.raw.server_write_timeout,
+            prepared_bytes: usize::try_from(settings.raw.max_prepared_statement_bytes_per_client)
+                .unwrap_or(usize::MAX),
         }
     }
 }
@@ -401,6 +405,7 @@ impl Relay<'_> {
                 strings,
                 extras: self.limits.extra_params,
                 in_transaction: self.status != TxStatus::Idle,
+                prepared_bytes: self.limits.prepared_bytes,
             },
             &mut ServerSide {
                 registry: self.server.statements,

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 
 use super::batch::Batch;
 use super::extra_sets::{extra_update, followed_set};
-use super::prepared::{ClientStatements, FollowedSet, Prepared, MAX_PER_CLIENT};
+use super::prepared::{ClientStatements, FollowedSet, Prepared};
 use super::responses::{Entry, Expectations, Kind, Synthetic, Undo, MAX_IN_FLIGHT};
 use crate::backend::params::{lookup, tracked, ExtraParams};
 use crate::backend::statements::ServerStatements;
@@ -67,6 +67,8 @@ pub(crate) struct ClientSide<'a> {
     pub extras: ExtraParams,
     /// The client is inside a transaction block (the last ReadyForQuery was not idle).
     pub in_transaction: bool,
+    /// Bytes the client's named statements may take (`max_prepared_statement_bytes_per_client`).
+    pub prepared_bytes: usize,
 }
 
 impl ClientSide<'_> {
@@ -228,6 +230,10 @@ enum Route {
     /// Send, instead of the client's query, one that fails with this message (0A000): the
     /// server then aborts a transaction and answers ReadyForQuery exactly as for any error.
     Reject(String),
+    /// Send, instead of the client's extended-protocol message, an unnamed statement that fails
+    /// with this error: Postgres then aborts a transaction block and skips to Sync exactly as
+    /// for its own error (an error pgtier answered alone would leave the transaction open).
+    Fail(SqlState, String),
     /// Send nothing; pgtier answers in order (the undo applies if the server skips it).
     Synthetic(Synthetic, Option<Undo>),
 }
@@ -295,6 +301,22 @@ impl Route {
                 out.extend_from_slice(&(sql.len() as u32 + 4).to_be_bytes());
                 out.extend_from_slice(sql.as_bytes());
                 server.expect.push(reply(Kind::Query));
+            }
+            Route::Fail(code, message) => {
+                let sql = format!(
+                    "DO $pgtier$ BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = '{}'; END $pgtier$\0\0\0",
+                    message.replace('\'', "''")
+                );
+                // It replaces the unnamed statement and portal here, which the error ends
+                // anyway; the client's unnamed statement is parsed again at its next use.
+                extended::write_parse(out, b"", sql.as_bytes());
+                server.expect.push(Entry::own(Kind::Parse));
+                extended::write_bind(out, b"", b"", b"\0\0\0\0\0\0");
+                server.expect.push(Entry::own(Kind::Bind));
+                out.extend_from_slice(b"E\0\0\0\x09\0\0\0\0\0");
+                // Own replies are dropped, but errors go through: the client sees this one.
+                server.expect.push(Entry::own(Kind::Execute));
+                *server.unnamed_here = false;
             }
             Route::Synthetic(s, undo) => server.expect.push(Entry::Synthetic(s, undo)),
         }
@@ -476,19 +498,18 @@ fn route_parse(
             None,
         );
     }
-    let stmt = Arc::new(Prepared::new(p.rest));
-    if !client.statements.insert(p.name, stmt.clone()) {
-        *client.discard = true;
-        return Route::Synthetic(
-            Synthetic::Error(
-                SqlState::PROGRAM_LIMIT_EXCEEDED,
-                format!(
-                    "pgtier: too many prepared statements for one client (limit {MAX_PER_CLIENT})"
-                ),
-            ),
-            None,
-        );
-    }
+    let stmt = match client
+        .statements
+        .insert(p.name, p.rest, client.prepared_bytes)
+    {
+        Ok(stmt) => stmt,
+        // Refused as Postgres refuses a Parse: an error (raised by the server, so that a
+        // transaction block is aborted too), then the unit is skipped to Sync.
+        Err(e) => {
+            *client.discard = true;
+            return Route::Fail(e.sqlstate(), e.to_string());
+        }
+    };
     // The name is the client's from now on for routing what follows in the pipeline; if the
     // Parse fails (or is skipped after an earlier error) it is free again, as in Postgres.
     if server.registry.touch(&stmt.server_name) {

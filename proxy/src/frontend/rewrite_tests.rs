@@ -13,6 +13,7 @@ struct Fixture {
     expect: Expectations,
     unnamed_here: bool,
     extras: ExtraParams,
+    prepared_bytes: usize,
 }
 
 impl Fixture {
@@ -26,6 +27,7 @@ impl Fixture {
             expect: Expectations::default(),
             unnamed_here: false,
             extras: ExtraParams::default(),
+            prepared_bytes: usize::MAX,
         }
     }
 
@@ -43,6 +45,7 @@ impl Fixture {
                 strings: StringSyntax::Standard,
                 extras: self.extras,
                 in_transaction: false,
+                prepared_bytes: self.prepared_bytes,
             },
             &mut ServerSide {
                 registry: &mut self.registry,
@@ -265,12 +268,35 @@ fn a_skipped_evicting_close_keeps_the_statement_known() {
 }
 
 #[test]
+fn a_parse_over_the_byte_bound_fails_on_the_server() {
+    let mut f = Fixture::new();
+    f.prepared_bytes = 8;
+    let mut out = BytesMut::new();
+    let mut buf = msg(b'P', b"s1\0select 1\0\0\0");
+    buf.extend(msg(b'B', b"\0s1\0\0\0\0\0\0\0"));
+    buf.extend(msg(b'S', b""));
+    f.route(&buf, &mut out).unwrap();
+    // A failing unnamed statement in place of the Parse (so that the server aborts a
+    // transaction block); the client's Bind is skipped, its Sync forwarded.
+    assert_eq!(tags(&out), "PBES");
+    assert!(String::from_utf8_lossy(frames(&out)[0].1).contains("ERRCODE = '54000'"));
+    assert!(!f.statements.contains(b"s1"));
+    let mut srv = msg(b'1', b"");
+    srv.extend(msg(b'2', b""));
+    srv.extend(error("54000"));
+    srv.extend(msg(b'Z', b"E"));
+    assert_eq!(tags(&reply(&mut f, &srv)), "EZ");
+    assert!(f.expect.is_empty());
+}
+
+#[test]
 fn deallocate_of_a_statement_not_on_this_server_cannot_hang() {
     let mut f = Fixture::new();
     let mut out = BytesMut::new();
     // Answered without a server (see prepared::answer_parse_batch), as a client would see it.
-    let stmt = Arc::new(Prepared::new(b"selec 1\0\0\0"));
-    f.statements.insert(b"bad", stmt.clone());
+    f.statements
+        .insert(b"bad", b"selec 1\0\0\0", usize::MAX)
+        .unwrap();
     f.route(&msg(b'Q', b"DEALLOCATE bad\0"), &mut out).unwrap();
     assert_eq!(tags(&out), "CPSQ");
     assert_eq!(

@@ -337,10 +337,7 @@ mod tests {
     fn bind_takes_the_class_of_its_statement() {
         let mut statements = ClientStatements::default();
         let rest = b"SELECT * FROM t\0\0\0";
-        statements.insert(
-            b"s1",
-            std::sync::Arc::new(super::super::prepared::Prepared::new(rest)),
-        );
+        statements.insert(b"s1", rest, usize::MAX).unwrap();
         let mut buf = bind("s1");
         buf.extend(frame(b'S', b""));
         assert_eq!(scan_bytes(&buf, &statements).info.class, Class::Read);

@@ -29,7 +29,9 @@ impl SqlState {
     pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
     /// 53300: too many connections (clients or pool exhausted).
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
-    /// 54000: a message exceeded `max_message_size`.
+    /// 53200: pgtier's memory for a kind of state is used up (all clients' prepared statements).
+    pub const OUT_OF_MEMORY: SqlState = SqlState("53200");
+    /// 54000: a message exceeded `max_message_size`, or a client its prepared-statement limits.
     pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
     /// 42P05: a prepared statement of that name already exists.
     pub const DUPLICATE_PREPARED_STATEMENT: SqlState = SqlState("42P05");

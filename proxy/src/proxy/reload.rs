@@ -39,6 +39,10 @@ pub(super) fn build_databases(
     metrics: &Metrics,
     control: &Control,
 ) -> HashMap<String, Arc<DbRuntime>> {
+    // Process-wide, like the statement names it bounds; applies to the next Parse.
+    crate::backend::statement_names::StatementNames::global().set_limit(
+        usize::try_from(settings.raw.max_prepared_statement_bytes_total).unwrap_or(usize::MAX),
+    );
     settings
         .databases
         .values()

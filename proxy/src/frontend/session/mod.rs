@@ -151,7 +151,8 @@ impl Session {
                         return reason;
                     }
                 }
-                if let Some(reply) = answer_parse_batch(&first, &mut self.statements) {
+                let max_bytes = self.limits().prepared_bytes;
+                if let Some(reply) = answer_parse_batch(&first, &mut self.statements, max_bytes) {
                     // The one place statements change outside a relay (which records the
                     // count at each ReadyForQuery).
                     self.client.entry.set_prepared(self.statements.len());

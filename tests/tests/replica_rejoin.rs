@@ -1,0 +1,189 @@
+//! A replica that comes back after a long outage rejoins the read rotation within about a
+//! second of accepting connections, however long it was away (the monitor's retry backoff
+//! once grew to 5 s, leaving reads with the primary alone for seconds), also when it did not
+//! answer at all meanwhile (a connect attempt hanging then must not delay the rejoin).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use pgtier_kit::fixture::{connect, scram_role, start_routing, ConfigBuilder};
+use pgtier_kit::Cluster;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const USER: &str = "rejoin";
+const PW: &str = "rejoin-pw";
+
+/// Longer than the old backoff needed to reach its 5 s cap (0.1 + 0.2 + ... + 3.2 s = 6.3 s).
+const OUTAGE: Duration = Duration::from_secs(8);
+/// Rejoin allowance: the 1 s, plus a little for a loaded test machine.
+const REJOIN: Duration = Duration::from_millis(1300);
+
+/// The port of the node that ran a plain read, and whether it is in recovery.
+async fn read_node(c: &Client) -> Result<(u16, bool)> {
+    for m in c
+        .simple_query("SELECT inet_server_port(), pg_is_in_recovery()")
+        .await?
+    {
+        if let SimpleQueryMessage::Row(r) = m {
+            return Ok((r.get(0).unwrap_or("0").parse()?, r.get(1) == Some("t")));
+        }
+    }
+    anyhow::bail!("no row")
+}
+
+/// Reads through pgtier until one reaches `port`; how long that took (None after `limit`).
+async fn first_read_on(c: &Client, port: u16, limit: Duration) -> Result<Option<Duration>> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let (p, in_recovery) = read_node(c).await?;
+        if p == port {
+            anyhow::ensure!(in_recovery, "port {port} is not in recovery");
+            return Ok(Some(start.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_back_after_a_long_outage_rejoins_within_a_second() -> Result<()> {
+    let cluster = Cluster::start(2)?;
+    let px = start_routing(&cluster, USER, PW, &[]).await?;
+    let replica = cluster.replica(0);
+    let port = replica.port();
+    let reader = connect(&px, USER, PW).await?;
+    assert!(
+        first_read_on(&reader, port, Duration::from_secs(10))
+            .await?
+            .is_some(),
+        "replica 0 never served a read"
+    );
+    // Two rounds: an old-style 5 s backoff could still happen to retry just in time once.
+    for round in 0..2 {
+        replica.stop_immediate()?;
+        // The outage itself is what is under test: long enough for any backoff to grow.
+        tokio::time::sleep(OUTAGE).await;
+        replica.start()?;
+        // Measured from the first direct connection that succeeds.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let direct = loop {
+            match replica.connect("postgres").await {
+                Ok(c) => break c,
+                Err(e) => {
+                    anyhow::ensure!(Instant::now() < deadline, "replica not back: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        let took = first_read_on(&reader, port, Duration::from_secs(10)).await?;
+        drop(direct);
+        println!("round {round}: first read on the restarted replica after {took:?}");
+        let took = took.unwrap_or_else(|| {
+            panic!(
+                "round {round}: no read reached the restarted replica within 10 s\n{}",
+                px.log()
+            )
+        });
+        assert!(
+            took <= REJOIN,
+            "round {round}: the restarted replica served its first read {took:?} after it accepted connections (allowed {REJOIN:?})"
+        );
+    }
+    Ok(())
+}
+
+/// A TCP forwarder to a node that can go silent: closed, it drops the connections it forwards
+/// and accepts new ones without ever answering (a node that does not respond).
+#[derive(Default)]
+struct Silencer {
+    open: AtomicBool,
+    forwarding: Mutex<Vec<JoinHandle<()>>>,
+    held: Mutex<Vec<TcpStream>>,
+}
+
+impl Silencer {
+    async fn start(target: String) -> Result<(Arc<Silencer>, String)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let s = Arc::new(Silencer::default());
+        s.open.store(true, Ordering::SeqCst);
+        let me = s.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !me.open.load(Ordering::SeqCst) {
+                    me.held.lock().unwrap().push(client);
+                    continue;
+                }
+                let target = target.clone();
+                let h = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                me.forwarding.lock().unwrap().push(h);
+            }
+        });
+        Ok((s, addr))
+    }
+
+    fn silence(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for h in self.forwarding.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_did_not_answer_rejoins_within_a_second() -> Result<()> {
+    let cluster = Cluster::start(1)?;
+    scram_role(&cluster, USER, PW)?;
+    let port = cluster.replica(0).port();
+    let (gate, addr) = Silencer::start(cluster.replica(0).addr()).await?;
+    // server_connect_timeout stays at its 15 s default: a connect to a silent node hangs that
+    // long.
+    let px = ConfigBuilder::new(&cluster)
+        .global("lag_check_interval = \"50ms\"")
+        .database(&format!("replicas = [\"{addr}\"]"))
+        .user(USER, &format!("password = \"{PW}\""))
+        .start()?;
+    let reader = connect(&px, USER, PW).await?;
+    assert!(
+        first_read_on(&reader, port, Duration::from_secs(10))
+            .await?
+            .is_some(),
+        "the replica never served a read"
+    );
+    gate.silence();
+    // Out of the rotation once its monitor noticed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read_node(&reader).await?.0 == port {
+        anyhow::ensure!(Instant::now() < deadline, "still in rotation while silent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The outage is what is under test: the monitor's connects hang meanwhile.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    gate.open.store(true, Ordering::SeqCst);
+    // Measured from the first connection through the forwarder that logs in.
+    let dsn = format!(
+        "host=127.0.0.1 port={} user={USER} password={PW} dbname=app connect_timeout=10",
+        addr.rsplit(':').next().unwrap_or("0")
+    );
+    let (direct, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+    let conn = tokio::spawn(conn);
+    let took = first_read_on(&reader, port, Duration::from_secs(20)).await?;
+    drop(direct);
+    conn.abort();
+    println!("first read on the answering-again replica after {took:?}");
+    let took =
+        took.unwrap_or_else(|| panic!("no read reached the replica within 20 s\n{}", px.log()));
+    assert!(
+        took <= REJOIN,
+        "the replica served its first read {took:?} after it answered again (allowed {REJOIN:?})"
+    );
+    Ok(())
+}
