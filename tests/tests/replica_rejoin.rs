@@ -19,8 +19,9 @@ const PW: &str = "rejoin-pw";
 
 /// Longer than the old backoff needed to reach its 5 s cap (0.1 + 0.2 + ... + 3.2 s = 6.3 s).
 const OUTAGE: Duration = Duration::from_secs(8);
-/// Rejoin allowance: the 1 s, plus a little for a loaded test machine.
-const REJOIN: Duration = Duration::from_millis(1300);
+/// Rejoin allowance: the 1 s (0.2-0.8 s measured here) with room for a CI machine
+/// running tests in parallel on 2 cores (the old 5 s backoff fails it, see the rounds below).
+const REJOIN: Duration = Duration::from_millis(2000);
 
 /// The port of the node that ran a plain read, and whether it is in recovery.
 async fn read_node(c: &Client) -> Result<(u16, bool)> {
@@ -62,8 +63,9 @@ async fn a_replica_back_after_a_long_outage_rejoins_within_a_second() -> Result<
             .is_some(),
         "replica 0 never served a read"
     );
-    // Two rounds: an old-style 5 s backoff could still happen to retry just in time once.
-    for round in 0..2 {
+    // Three rounds: an old-style 5 s backoff retries within the allowance by chance in about
+    // 2 of 5 rounds, in all three in about 1 of 16 runs.
+    for round in 0..3 {
         replica.stop_immediate()?;
         // The outage itself is what is under test: long enough for any backoff to grow.
         tokio::time::sleep(OUTAGE).await;
