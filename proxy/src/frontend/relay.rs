@@ -367,6 +367,8 @@ impl Relay<'_> {
                 strings,
                 extras: self.limits.extra_params,
                 in_transaction: self.status != TxStatus::Idle,
+                startup: self.params.has_startup(),
+                params: self.params,
             },
             &mut ServerSide {
                 registry: self.server.statements,

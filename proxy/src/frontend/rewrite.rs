@@ -11,7 +11,7 @@ use super::batch::Batch;
 use super::extra_sets::{extra_update, followed_set};
 use super::prepared::{ClientStatements, FollowedSet, Prepared, MAX_PER_CLIENT};
 use super::responses::{Entry, Expectations, Kind, Synthetic, Undo, MAX_IN_FLIGHT};
-use crate::backend::params::{lookup, tracked, ExtraParams};
+use crate::backend::params::{lookup, tracked, ExtraParams, ParamChanges};
 use crate::backend::statements::ServerStatements;
 use crate::config::SessionStatePolicy;
 use crate::protocol::extended;
@@ -19,7 +19,7 @@ use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
 use crate::protocol::SqlState;
 use crate::router::lexer::StringSyntax;
 use crate::router::session_state::{
-    function_call_pins, pins_in, resets_all, session_command, SessionCommand,
+    function_call_pins, pins_in, resets, resets_all, session_command, Resets, SessionCommand,
 };
 
 /// A client protocol violation.
@@ -67,6 +67,10 @@ pub(crate) struct ClientSide<'a> {
     pub extras: ExtraParams,
     /// The client is inside a transaction block (the last ReadyForQuery was not idle).
     pub in_transaction: bool,
+    /// The client's parameters, with its startup values (what its RESETs restore).
+    pub params: &'a ParamChanges,
+    /// [`ParamChanges::has_startup`] of `params`: (any startup values, unreported ones).
+    pub startup: (bool, bool),
 }
 
 impl ClientSide<'_> {
@@ -84,12 +88,29 @@ impl ClientSide<'_> {
                 .is_some_and(|n| lookup(reported, n).is_some())
         })
         .or_else(|| {
-            // RESET ALL also resets extra parameters, which pgtier can only follow when it is
-            // a statement of its own outside a transaction (see `extra_update`).
-            (!self.extras.is_empty() && resets_all(sql, self.strings))
+            // RESET ALL also resets extra parameters (and the client's unreported startup
+            // values), which pgtier can only follow when it is a statement of its own outside
+            // a transaction (see `extra_update`).
+            ((!self.extras.is_empty() || self.startup.1) && resets_all(sql, self.strings))
                 .then_some("RESET ALL of tracked extra parameters inside a transaction")
         })?;
         self.pin_for(reason)
+    }
+
+    /// Notes, for a client with startup values, the statements that set those again after
+    /// `sql` (a Query, or the statement of a Bind) reset some of them on the server.
+    fn note_resets(&self, sql: &[u8], expect: &mut Expectations) {
+        if !self.startup.0 {
+            return;
+        }
+        let restore = match resets(sql, self.strings) {
+            None => return,
+            Some(Resets::All) => self.params.restore_sql(None),
+            Some(Resets::Names(names)) => self.params.restore_sql(Some(&names)),
+        };
+        if let Some(sql) = restore {
+            expect.restore.get_or_insert_with(String::new).push_str(&sql);
+        }
     }
 
     /// Pins the client for `reason`; under the reject policy returns the error message instead.
@@ -201,6 +222,20 @@ pub(crate) fn route_client(
                     u32::from(matches!(replace, Route::Deallocate(..) | Route::Reject(_)));
                 batch.drop_range(pos, end);
                 batch.insert(end, |out| replace.write(body, out, server));
+            }
+        }
+        // The client's startup values a Query (or the unit this Sync ends) reset on the
+        // server are set again right after it, before anything else of the client's runs. A
+        // failure (the transaction was aborted, so the reset is undone too) changes nothing.
+        if matches!(h.tag, b'Q' | b'S') && !server.expect.copy_in {
+            if let Some(sql) = server.expect.restore.take() {
+                batch.insert(end, |out| {
+                    out.extend_from_slice(b"Q");
+                    out.extend_from_slice(&(sql.len() as u32 + 5).to_be_bytes());
+                    out.extend_from_slice(sql.as_bytes());
+                    out.extend_from_slice(b"\0");
+                });
+                server.expect.push(Entry::own(Kind::Query).quietly());
             }
         }
         pos = end;
@@ -326,6 +361,7 @@ fn route_one(
                     }
                 }
             }
+            client.note_resets(sql, server.expect);
             match session_command(sql) {
                 // The client's own protocol-level statement: drop it on the server (see
                 // Route::Deallocate); if that fails the client keeps it, as in Postgres.
@@ -389,16 +425,30 @@ fn route_one(
             None => plain(Kind::Parse),
         },
         b'B' => match extended::bind(body) {
-            Some(b) if b.statement.is_empty() => {
-                if let Some(rejected) = rebind_followed_set(client) {
-                    return rejected;
+            Some(b) => {
+                if b.statement.is_empty() {
+                    if let Some(rejected) = rebind_followed_set(client) {
+                        return rejected;
+                    }
                 }
-                unnamed(Kind::Bind, client, server)
+                if client.startup.0 {
+                    let rest = if b.statement.is_empty() {
+                        client.statements.unnamed()
+                    } else {
+                        client.statements.get(b.statement).map(|p| &p.rest[..])
+                    };
+                    if let Some((sql, _)) = rest.and_then(extended::split_cstr) {
+                        client.note_resets(sql, server.expect);
+                    }
+                }
+                if b.statement.is_empty() {
+                    return unnamed(Kind::Bind, client, server);
+                }
+                match client.statements.get(b.statement) {
+                    Some(stmt) => Route::Bind(stmt.clone()),
+                    None => plain(Kind::Bind),
+                }
             }
-            Some(b) => match client.statements.get(b.statement) {
-                Some(stmt) => Route::Bind(stmt.clone()),
-                None => plain(Kind::Bind),
-            },
             None => plain(Kind::Bind),
         },
         b'D' => match extended::target(body) {

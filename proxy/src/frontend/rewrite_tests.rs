@@ -13,6 +13,7 @@ struct Fixture {
     expect: Expectations,
     unnamed_here: bool,
     extras: ExtraParams,
+    params: ParamChanges,
 }
 
 impl Fixture {
@@ -26,6 +27,7 @@ impl Fixture {
             expect: Expectations::default(),
             unnamed_here: false,
             extras: ExtraParams::default(),
+            params: ParamChanges::default(),
         }
     }
 
@@ -43,6 +45,8 @@ impl Fixture {
                 strings: StringSyntax::Standard,
                 extras: self.extras,
                 in_transaction: false,
+                params: &self.params,
+                startup: self.params.has_startup(),
             },
             &mut ServerSide {
                 registry: &mut self.registry,

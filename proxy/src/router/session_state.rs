@@ -383,6 +383,60 @@ pub fn resets_all(sql: &[u8], strings: StringSyntax) -> bool {
     false
 }
 
+/// What statements of a query reset to their reset values (for a client with startup values,
+/// its startup values, which pgtier then sets again).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resets<'a> {
+    /// `RESET ALL` or `DISCARD ALL`: every parameter.
+    All,
+    /// `RESET name` or `SET [SESSION] name TO DEFAULT`: these (as written).
+    Names(Vec<&'a [u8]>),
+}
+
+/// Which parameters the statements of `sql` reset, if any: `RESET name`, `SET [SESSION] name
+/// {TO | =} DEFAULT`, `RESET ALL`, `DISCARD ALL` (each a statement of its own; SET LOCAL
+/// resets only inside the transaction). Cheap for the usual query: one word, or several
+/// statements, are looked at only when the query may be one of these.
+pub fn resets<'a>(sql: &'a [u8], strings: StringSyntax) -> Option<Resets<'a>> {
+    let trimmed = sql
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace() && *b != b';')
+        .map_or(&sql[..0], |end| &sql[..=end]);
+    let several = trimmed.contains(&b';');
+    let first = Lexer::with_syntax(sql, strings).next();
+    let candidate = matches!(first, Some(Token::Word(w))
+        if [&b"reset"[..], b"discard", b"set"].iter().any(|k| w.eq_ignore_ascii_case(k)));
+    if !several && !candidate {
+        return None;
+    }
+    let mut names: Vec<&[u8]> = Vec::new();
+    let mut each = |stmt: &'a [u8]| -> bool {
+        if session_command(stmt) == Some(SessionCommand::DiscardAll) {
+            return true;
+        }
+        match param_command(stmt, strings) {
+            Some(ParamCommand::ResetAll) => return true,
+            Some(ParamCommand::Reset(n)) => names.push(n),
+            _ => {}
+        }
+        false
+    };
+    let mut start = 0;
+    let mut lx = Lexer::with_syntax(sql, strings);
+    while let Some(tok) = lx.next() {
+        if tok == Token::Semicolon {
+            if each(&sql[start..lx.offset() - 1]) {
+                return Some(Resets::All);
+            }
+            start = lx.offset();
+        }
+    }
+    if each(&sql[start..]) {
+        return Some(Resets::All);
+    }
+    (!names.is_empty()).then_some(Resets::Names(names))
+}
+
 fn starts_with_ci(w: &[u8], prefix: &[u8]) -> bool {
     w.len() >= prefix.len() && w[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
@@ -556,6 +610,33 @@ mod tests {
         for s in [Standard, BackslashEscapes] {
             assert_eq!(check_in(r"SELECT E'\'; LISTEN x; --'", s), None);
             assert_eq!(check_in(r"SELECT E'\\'; LISTEN x; --'", s), Some("LISTEN"));
+        }
+    }
+
+    #[test]
+    fn resets_finds_reset_statements_anywhere_in_a_query() {
+        fn r(sql: &str) -> Option<Resets<'_>> {
+            resets(sql.as_bytes(), StringSyntax::Standard)
+        }
+        let names = |v: &[&'static str]| Some(Resets::Names(v.iter().map(|n| n.as_bytes()).collect()));
+        assert_eq!(r("RESET datestyle"), names(&["datestyle"]));
+        assert_eq!(r("SET SESSION work_mem TO DEFAULT;"), names(&["work_mem"]));
+        assert_eq!(r("reset all"), Some(Resets::All));
+        assert_eq!(r("DISCARD ALL"), Some(Resets::All));
+        assert_eq!(
+            r("SELECT 1; RESET TimeZone; SELECT 'RESET ALL'; reset myapp.x"),
+            names(&["TimeZone", "myapp.x"])
+        );
+        assert_eq!(r("SELECT 1; RESET ALL"), Some(Resets::All));
+        for none in [
+            "SELECT 1",
+            "SELECT 'RESET ALL'",
+            "SET work_mem = 1",
+            "SET LOCAL work_mem TO DEFAULT",
+            "SELECT 1; SELECT 2",
+            "/* RESET ALL */ SELECT 1",
+        ] {
+            assert_eq!(r(none), None, "{none}");
         }
     }
 }
