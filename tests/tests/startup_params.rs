@@ -248,6 +248,14 @@ fn reset_restores_startup_values(mode: &str) {
     ];
     let show = "SELECT current_setting('DateStyle') || '|' || current_setting('statement_timeout') || '|' || current_setting('work_mem')";
     let startup = "SQL, DMY|1234ms|3MB";
+    // PGDATESTYLE alone (a startup parameter pgtier already applied): RESET goes back to it.
+    let (ok, out, err) = psql(
+        mode,
+        &env[..1],
+        &["SET DateStyle = 'German'", "RESET DateStyle", "SHOW DateStyle"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "SQL, DMY", "RESET DateStyle after PGDATESTYLE in {mode} mode");
     let set = "SET DateStyle = 'German'";
     let set2 = "SET statement_timeout = 5000";
     for (resets, what) in [
@@ -329,4 +337,32 @@ fn asyncpg_server_settings_follow_the_connection() {
         "{stdout}\n{stderr}\n{}",
         px.log()
     );
+}
+
+/// A RESET ALL over the extended protocol (JDBC's and psycopg's plain statement), with a query
+/// pipelined right after it: that query already sees the startup values, in both modes, and
+/// a named statement that resets does so at each execution.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_extended_protocol_reset_restores_startup_values_before_what_follows() {
+    for mode in ["transaction", "session"] {
+        let mut s = TcpStream::connect(pgtier(mode).addr()).await.unwrap();
+        let u = user(mode);
+        let startup = [("user", u.as_str()), ("database", "app"), ("options", OPTIONS)];
+        s.write_all(&wire::startup_packet(0, &startup)).await.unwrap();
+        wire::read_until_ready(&mut s, LIMIT).await.unwrap();
+        let unit = |name: &str, sql: &str| {
+            [wire::parse(name, sql), wire::bind(name), wire::execute(), wire::sync()].concat()
+        };
+        for reset in [unit("", "RESET ALL"), unit("r", "RESET ALL"), [wire::bind("r"), wire::execute(), wire::sync()].concat()] {
+            s.write_all(&[reset, wire::query(SHOW)].concat()).await.unwrap();
+            let reply = wire::read_until_ready(&mut s, LIMIT).await.unwrap();
+            assert!(!reply.iter().any(|m| m.tag == b'E'), "{reply:?}");
+            let reply = wire::read_until_ready(&mut s, LIMIT).await.unwrap();
+            assert_eq!(wire::first_value(&reply), OPTION_VALUES, "{mode} mode");
+        }
+        drop(s);
+        // The next client of the one server connection has the defaults.
+        let c = client(mode, "").await;
+        assert!(!value(&c, SHOW).await.contains("1234ms"));
+    }
 }
