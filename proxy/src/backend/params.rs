@@ -439,4 +439,68 @@ mod tests {
         ExtraUpdate::ResetAll.apply(&mut client);
         assert!(client.is_empty());
     }
+
+    #[test]
+    fn startup_values_are_the_clients_and_what_reset_restores() {
+        let b = base();
+        let extras = ExtraParams::intern(&["work_mem".into()]);
+        let startup: Vec<(String, String)> = [
+            ("TimeZone", "Asia/Tokyo"),
+            ("application_name", "pgtier"), // the baseline's: nothing to keep
+            ("Statement_Timeout", "1234"),
+            ("search_path", "my'schema"), // not reported by this server (Postgres < 18)
+            ("work_mem", "3MB"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut client = ParamChanges::from_startup(&b, extras, &startup);
+        assert_eq!(client.get("TimeZone"), Some("Asia/Tokyo"));
+        assert_eq!(client.get("application_name"), None);
+        assert_eq!(client.get("search_path"), None);
+        assert_eq!(
+            client.extra("statement_timeout"),
+            Some("SELECT pg_catalog.set_config('statement_timeout', E'1234', false)")
+        );
+        assert_eq!(
+            client.extra("search_path"),
+            Some("SELECT pg_catalog.set_config('search_path', E'my''schema', false)")
+        );
+        assert_eq!(client.has_startup(), (true, true));
+        // Set on a fresh server, then the server agrees (startup values aside).
+        let mut server = ParamChanges::default();
+        let sql = bring_in_line(&b, &client, &b, &mut server).unwrap();
+        assert!(sql.contains("'TimeZone', E'Asia/Tokyo'") && sql.contains("'work_mem'"));
+        server.set(&b, "TimeZone", "Asia/Tokyo"); // as reported back
+        assert_eq!(sync_statements(&b, &client, &b, &server), None);
+        // The next client without them resets every one.
+        let sql = bring_in_line(&b, &ParamChanges::default(), &b, &mut server).unwrap();
+        for reset in ["RESET \"statement_timeout\"", "RESET \"search_path\"", "RESET \"work_mem\""] {
+            assert!(sql.contains(reset), "{sql}");
+        }
+        assert!(sql.contains("'TimeZone', E'UTC'"), "{sql}");
+        // RESET goes back to the startup value; RESET ALL to all of them.
+        let wm = extras.find("work_mem").unwrap();
+        let startup_wm = client.extra(wm).unwrap().to_owned();
+        ExtraUpdate::Set(wm, "SET work_mem = '1MB'".into()).apply(&mut client);
+        ExtraUpdate::Reset(wm).apply(&mut client);
+        assert_eq!(client.extra(wm), Some(startup_wm.as_str()));
+        let all = client.clone();
+        ExtraUpdate::Set(wm, "SET work_mem = '1MB'".into()).apply(&mut client);
+        ExtraUpdate::ResetAll.apply(&mut client);
+        assert!(client.same_values(&all));
+        // What a reset takes is set again, by name (any case) or all.
+        let names: [&[u8]; 2] = [b"timezone", b"STATEMENT_TIMEOUT"];
+        assert_eq!(
+            client.restore_sql(Some(&names)).unwrap(),
+            "SELECT pg_catalog.set_config('TimeZone', E'Asia/Tokyo', false);\
+             SELECT pg_catalog.set_config('statement_timeout', E'1234', false);"
+        );
+        assert_eq!(client.restore_sql(Some(&[b"datestyle"])), None);
+        assert_eq!(client.restore_sql(None).unwrap().matches("set_config").count(), 4);
+        // A client without startup values pays nothing.
+        let plain = ParamChanges::from_startup(&b, extras, &[]);
+        assert!(plain.is_empty() && plain.entries.capacity() == 0);
+        assert_eq!(plain.has_startup(), (false, false));
+    }
 }

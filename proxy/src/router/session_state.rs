@@ -402,10 +402,14 @@ pub fn resets<'a>(sql: &'a [u8], strings: StringSyntax) -> Option<Resets<'a>> {
         .iter()
         .rposition(|b| !b.is_ascii_whitespace() && *b != b';')
         .map_or(&sql[..0], |end| &sql[..=end]);
+    // Runs on every query of a client with startup values (most set application_name): a
+    // look at the first bytes and one memchr decide for the usual query.
     let several = trimmed.contains(&b';');
-    let first = Lexer::with_syntax(sql, strings).next();
-    let candidate = matches!(first, Some(Token::Word(w))
-        if [&b"reset"[..], b"discard", b"set"].iter().any(|k| w.eq_ignore_ascii_case(k)));
+    let head = trimmed.trim_ascii_start();
+    let candidate = matches!(head.first(), Some(b'/' | b'-' | b'('))
+        || [&b"reset"[..], b"discard", b"set"]
+            .iter()
+            .any(|k| starts_with_ci(head, k));
     if !several && !candidate {
         return None;
     }
