@@ -355,6 +355,9 @@ pub fn param_command(sql: &[u8], strings: StringSyntax) -> Option<ParamCommand<'
 
 /// Whether any statement in `sql` is `RESET ALL` or `DISCARD ALL` (they reset every parameter).
 pub fn resets_all(sql: &[u8], strings: StringSyntax) -> bool {
+    if !may_reset(sql) {
+        return false;
+    }
     let mut first: Option<&[u8]> = None;
     let mut at_start = true;
     for tok in Lexer::with_syntax(sql, strings) {
@@ -383,6 +386,23 @@ pub fn resets_all(sql: &[u8], strings: StringSyntax) -> bool {
     false
 }
 
+/// Whether a statement of `sql` may be a RESET, SET ... TO DEFAULT or DISCARD: it starts with
+/// one of those words (or a comment or parenthesis), or `sql` has several statements. It runs
+/// on every query of a client with startup values (most set application_name), so the usual
+/// query is decided by its first bytes and one memchr.
+fn may_reset(sql: &[u8]) -> bool {
+    let trimmed = sql
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace() && *b != b';')
+        .map_or(&sql[..0], |end| &sql[..=end]);
+    let head = trimmed.trim_ascii_start();
+    trimmed.contains(&b';')
+        || matches!(head.first(), Some(b'/' | b'-' | b'('))
+        || [&b"reset"[..], b"discard", b"set"]
+            .iter()
+            .any(|k| starts_with_ci(head, k))
+}
+
 /// What statements of a query reset to their reset values (for a client with startup values,
 /// its startup values, which pgtier then sets again).
 #[derive(Debug, PartialEq, Eq)]
@@ -398,19 +418,7 @@ pub enum Resets<'a> {
 /// resets only inside the transaction). Cheap for the usual query: one word, or several
 /// statements, are looked at only when the query may be one of these.
 pub fn resets<'a>(sql: &'a [u8], strings: StringSyntax) -> Option<Resets<'a>> {
-    let trimmed = sql
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace() && *b != b';')
-        .map_or(&sql[..0], |end| &sql[..=end]);
-    // Runs on every query of a client with startup values (most set application_name): a
-    // look at the first bytes and one memchr decide for the usual query.
-    let several = trimmed.contains(&b';');
-    let head = trimmed.trim_ascii_start();
-    let candidate = matches!(head.first(), Some(b'/' | b'-' | b'('))
-        || [&b"reset"[..], b"discard", b"set"]
-            .iter()
-            .any(|k| starts_with_ci(head, k));
-    if !several && !candidate {
+    if !may_reset(sql) {
         return None;
     }
     let mut names: Vec<&[u8]> = Vec::new();
