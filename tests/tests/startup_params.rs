@@ -17,7 +17,8 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 const LIMIT: Duration = Duration::from_secs(10);
 
 /// What the issue's PGOPTIONS sets.
-const OPTIONS: &str = "-c statement_timeout=1234 -c search_path=myschema -c intervalstyle=postgres_verbose";
+const OPTIONS: &str =
+    "-c statement_timeout=1234 -c search_path=myschema -c intervalstyle=postgres_verbose";
 /// The values it gives on Postgres.
 const OPTION_VALUES: &str = "myschema|1234ms|postgres_verbose";
 /// Reads them back.
@@ -109,7 +110,10 @@ async fn options_apply_and_never_reach_another_client(mode: &str) {
     let (ok, defaults, err) = psql(mode, &[], &[SHOW]);
     assert!(ok, "{err}");
     assert_ne!(defaults, OPTION_VALUES);
-    assert!(!defaults.contains("myschema") && !defaults.contains("1234ms"), "{defaults}");
+    assert!(
+        !defaults.contains("myschema") && !defaults.contains("1234ms"),
+        "{defaults}"
+    );
     if mode == "session" {
         return; // one server connection: the next client waits for this one to leave
     }
@@ -249,7 +253,10 @@ async fn what_cannot_be_applied_is_refused_with_a_fatal_naming_it() {
         &[("PGOPTIONS", "-c log_connections=on")],
         &["SELECT 1"],
     );
-    assert!(!ok && err.contains("FATAL") && err.contains("log_connections"), "{err}");
+    assert!(
+        !ok && err.contains("FATAL") && err.contains("log_connections"),
+        "{err}"
+    );
 }
 
 /// RESET, SET ... TO DEFAULT, RESET ALL and DISCARD ALL go back to the client's startup
@@ -265,16 +272,26 @@ fn reset_restores_startup_values(mode: &str) {
     let (ok, out, err) = psql(
         mode,
         &env[..1],
-        &["SET DateStyle = 'German'", "RESET DateStyle", "SHOW DateStyle"],
+        &[
+            "SET DateStyle = 'German'",
+            "RESET DateStyle",
+            "SHOW DateStyle",
+        ],
     );
     assert!(ok, "{err}");
-    assert_eq!(out, "SQL, DMY", "RESET DateStyle after PGDATESTYLE in {mode} mode");
+    assert_eq!(
+        out, "SQL, DMY",
+        "RESET DateStyle after PGDATESTYLE in {mode} mode"
+    );
     let set = "SET DateStyle = 'German'";
     let set2 = "SET statement_timeout = 5000";
     for (resets, what) in [
         (&["RESET DateStyle", "RESET statement_timeout"][..], "RESET"),
         (
-            &["SET DateStyle TO DEFAULT", "SET statement_timeout TO DEFAULT"][..],
+            &[
+                "SET DateStyle TO DEFAULT",
+                "SET statement_timeout TO DEFAULT",
+            ][..],
             "TO DEFAULT",
         ),
         (&["RESET ALL"][..], "RESET ALL"),
@@ -286,7 +303,11 @@ fn reset_restores_startup_values(mode: &str) {
         let (ok, out, err) = psql(mode, &env, &commands);
         assert!(ok, "{what}: {err}");
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines, ["German, DMY|5s|3MB", startup], "{what} in {mode} mode");
+        assert_eq!(
+            lines,
+            ["German, DMY|5s|3MB", startup],
+            "{what} in {mode} mode"
+        );
     }
 }
 
@@ -316,7 +337,9 @@ async fn reset_all_with_startup_values_is_followed_without_leaking() {
         assert_eq!(value(&b, SHOW).await, defaults, "after {reset}");
     }
     // RESET of a reported parameter: the ParameterStatus the client last got is its value.
-    a.simple_query("SET intervalstyle = 'sql_standard'").await.unwrap();
+    a.simple_query("SET intervalstyle = 'sql_standard'")
+        .await
+        .unwrap();
     a.simple_query("RESET intervalstyle").await.unwrap();
     assert_eq!(value(&a, SHOW).await, OPTION_VALUES);
     assert_eq!(value(&b, SHOW).await, defaults);
@@ -335,12 +358,17 @@ fn asyncpg_server_settings_follow_the_connection() {
         "Python module asyncpg is missing: python3 -m pip install -r tests/python/requirements.txt"
     );
     let px = pgtier("transaction");
-    let script =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/asyncpg_server_settings.py");
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("python/asyncpg_server_settings.py");
     let out = Command::new("timeout")
         .args(["-s", "KILL", "120", "python3"])
         .arg(script)
-        .args(["127.0.0.1", &px.port().to_string(), &user("transaction"), "app"])
+        .args([
+            "127.0.0.1",
+            &px.port().to_string(),
+            &user("transaction"),
+            "app",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -360,14 +388,32 @@ async fn an_extended_protocol_reset_restores_startup_values_before_what_follows(
     for mode in ["transaction", "session"] {
         let mut s = TcpStream::connect(pgtier(mode).addr()).await.unwrap();
         let u = user(mode);
-        let startup = [("user", u.as_str()), ("database", "app"), ("options", OPTIONS)];
-        s.write_all(&wire::startup_packet(0, &startup)).await.unwrap();
+        let startup = [
+            ("user", u.as_str()),
+            ("database", "app"),
+            ("options", OPTIONS),
+        ];
+        s.write_all(&wire::startup_packet(0, &startup))
+            .await
+            .unwrap();
         wire::read_until_ready(&mut s, LIMIT).await.unwrap();
         let unit = |name: &str, sql: &str| {
-            [wire::parse(name, sql), wire::bind(name), wire::execute(), wire::sync()].concat()
+            [
+                wire::parse(name, sql),
+                wire::bind(name),
+                wire::execute(),
+                wire::sync(),
+            ]
+            .concat()
         };
-        for reset in [unit("", "RESET ALL"), unit("r", "RESET ALL"), [wire::bind("r"), wire::execute(), wire::sync()].concat()] {
-            s.write_all(&[reset, wire::query(SHOW)].concat()).await.unwrap();
+        for reset in [
+            unit("", "RESET ALL"),
+            unit("r", "RESET ALL"),
+            [wire::bind("r"), wire::execute(), wire::sync()].concat(),
+        ] {
+            s.write_all(&[reset, wire::query(SHOW)].concat())
+                .await
+                .unwrap();
             let reply = wire::read_until_ready(&mut s, LIMIT).await.unwrap();
             assert!(!reply.iter().any(|m| m.tag == b'E'), "{reply:?}");
             let reply = wire::read_until_ready(&mut s, LIMIT).await.unwrap();

@@ -208,13 +208,11 @@ impl ParamChanges {
     /// Statements that set the client's startup values again after a statement reset them on
     /// the server: those of `names` (case-insensitive), or all of them (`None`: RESET ALL,
     /// DISCARD ALL). None when it has none of them.
-    pub fn restore_sql<'n>(&self, names: Option<&[&'n [u8]]>) -> Option<String> {
+    pub fn restore_sql(&self, names: Option<&[&[u8]]>) -> Option<String> {
         let mut sql = String::new();
         for (_, name, value) in self.entries.iter().filter(|e| e.0.startup()) {
-            let wanted = names.is_none_or(|ns| {
-                ns.iter()
-                    .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
-            });
+            let wanted =
+                names.is_none_or(|ns| ns.iter().any(|n| n.eq_ignore_ascii_case(name.as_bytes())));
             if wanted {
                 sql.push_str(&set_config_sql(name, value));
                 sql.push(';');
@@ -475,7 +473,11 @@ mod tests {
         assert_eq!(sync_statements(&b, &client, &b, &server), None);
         // The next client without them resets every one.
         let sql = bring_in_line(&b, &ParamChanges::default(), &b, &mut server).unwrap();
-        for reset in ["RESET \"statement_timeout\"", "RESET \"search_path\"", "RESET \"work_mem\""] {
+        for reset in [
+            "RESET \"statement_timeout\"",
+            "RESET \"search_path\"",
+            "RESET \"work_mem\"",
+        ] {
             assert!(sql.contains(reset), "{sql}");
         }
         assert!(sql.contains("'TimeZone', E'UTC'"), "{sql}");
@@ -497,7 +499,14 @@ mod tests {
              SELECT pg_catalog.set_config('statement_timeout', E'1234', false);"
         );
         assert_eq!(client.restore_sql(Some(&[b"datestyle"])), None);
-        assert_eq!(client.restore_sql(None).unwrap().matches("set_config").count(), 4);
+        assert_eq!(
+            client
+                .restore_sql(None)
+                .unwrap()
+                .matches("set_config")
+                .count(),
+            4
+        );
         // A client without startup values pays nothing.
         let plain = ParamChanges::from_startup(&b, extras, &[]);
         assert!(plain.is_empty() && plain.entries.capacity() == 0);

@@ -158,9 +158,5 @@ async fn login_inner<'s>(
     let params = startup.session_params()?;
     // Paired with "client disconnected" in `session` (same peer, user and database fields).
     info!(%peer, user = %user.name, database = %db.name, "client connected");
-    Ok(Login::Client {
-        user,
-        db,
-        params,
-    })
+    Ok(Login::Client { user, db, params })
 }

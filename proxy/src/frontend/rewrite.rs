@@ -109,7 +109,10 @@ impl ClientSide<'_> {
             Some(Resets::Names(names)) => self.params.restore_sql(Some(&names)),
         };
         if let Some(sql) = restore {
-            expect.restore.get_or_insert_with(String::new).push_str(&sql);
+            expect
+                .restore
+                .get_or_insert_with(String::new)
+                .push_str(&sql);
         }
     }
 

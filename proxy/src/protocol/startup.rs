@@ -58,7 +58,10 @@ impl StartupMessage {
                 "user" | "database" | "options" => {}
                 // A replication connection cannot become a pooled session.
                 "replication" => {
-                    if !matches!(v.to_ascii_lowercase().as_str(), "false" | "off" | "no" | "0") {
+                    if !matches!(
+                        v.to_ascii_lowercase().as_str(),
+                        "false" | "off" | "no" | "0"
+                    ) {
                         return Err(OptionsError::Replication(v.clone()));
                     }
                 }
@@ -291,11 +294,17 @@ mod tests {
                 .collect(),
         };
         let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
-            v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
         let m = msg(
             "-c statement_timeout=1234 -csearch_path=a,\\ b --lock-timeout=5s",
-            &[("DateStyle", "ISO"), ("_pq_.x", "1"), ("replication", "false")],
+            &[
+                ("DateStyle", "ISO"),
+                ("_pq_.x", "1"),
+                ("replication", "false"),
+            ],
         );
         assert_eq!(
             m.session_params().unwrap(),
@@ -308,8 +317,14 @@ mod tests {
         );
         let err = |options: &str| msg(options, &[]).session_params().unwrap_err();
         assert_eq!(err("-d 5"), OptionsError::Unsupported("-d".into()));
-        assert_eq!(err("-c work_mem"), OptionsError::NeedsValue("-c work_mem".into()));
-        assert_eq!(err("--work_mem"), OptionsError::NeedsValue("--work_mem".into()));
+        assert_eq!(
+            err("-c work_mem"),
+            OptionsError::NeedsValue("-c work_mem".into())
+        );
+        assert_eq!(
+            err("--work_mem"),
+            OptionsError::NeedsValue("--work_mem".into())
+        );
         assert_eq!(err("-c"), OptionsError::NeedsValue("-c".into()));
         assert_eq!(err("--=1"), OptionsError::Unsupported("--=1".into()));
         assert_eq!(err("plain"), OptionsError::Unsupported("plain".into()));

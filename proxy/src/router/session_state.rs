@@ -630,7 +630,8 @@ mod tests {
         fn r(sql: &str) -> Option<Resets<'_>> {
             resets(sql.as_bytes(), StringSyntax::Standard)
         }
-        let names = |v: &[&'static str]| Some(Resets::Names(v.iter().map(|n| n.as_bytes()).collect()));
+        let names =
+            |v: &[&'static str]| Some(Resets::Names(v.iter().map(|n| n.as_bytes()).collect()));
         assert_eq!(r("RESET datestyle"), names(&["datestyle"]));
         assert_eq!(r("SET SESSION work_mem TO DEFAULT;"), names(&["work_mem"]));
         assert_eq!(r("reset all"), Some(Resets::All));

@@ -101,11 +101,8 @@ pub async fn handle(
     // The client's startup values are its session's values: the reported ones shown now, all
     // set on every server that serves it (a value a server refuses ends the session at its
     // first request, with the server's error), and restored by its RESETs.
-    let client_params = ParamChanges::from_startup(
-        &params,
-        runtime.limits.extra_params,
-        &startup_params,
-    );
+    let client_params =
+        ParamChanges::from_startup(&params, runtime.limits.extra_params, &startup_params);
     for (k, v) in params.iter() {
         parameter_status(&mut welcome, k, client_params.get(k).unwrap_or(v));
     }
