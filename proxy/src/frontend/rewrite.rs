@@ -97,6 +97,14 @@ impl ClientSide<'_> {
         self.pin_for(reason)
     }
 
+    /// [`ClientSide::note_resets`] for the statement a Bind runs (`rest`: its Parse body
+    /// after the name).
+    fn note_bound_resets(&self, rest: &[u8], expect: &mut Expectations) {
+        if let Some((sql, _)) = extended::split_cstr(rest) {
+            self.note_resets(sql, expect);
+        }
+    }
+
     /// Notes, for a client with startup values, the statements that set those again after
     /// `sql` (a Query, or the statement of a Bind) reset some of them on the server.
     fn note_resets(&self, sql: &[u8], expect: &mut Expectations) {
@@ -428,30 +436,24 @@ fn route_one(
             None => plain(Kind::Parse),
         },
         b'B' => match extended::bind(body) {
-            Some(b) => {
-                if b.statement.is_empty() {
-                    if let Some(rejected) = rebind_followed_set(client) {
-                        return rejected;
-                    }
+            Some(b) if b.statement.is_empty() => {
+                if let Some(rejected) = rebind_followed_set(client) {
+                    return rejected;
                 }
-                if client.startup.0 {
-                    let rest = if b.statement.is_empty() {
-                        client.statements.unnamed()
-                    } else {
-                        client.statements.get(b.statement).map(|p| &p.rest[..])
-                    };
-                    if let Some((sql, _)) = rest.and_then(extended::split_cstr) {
-                        client.note_resets(sql, server.expect);
-                    }
+                if let Some(rest) = client.statements.unnamed().filter(|_| client.startup.0) {
+                    client.note_bound_resets(rest, server.expect);
                 }
-                if b.statement.is_empty() {
-                    return unnamed(Kind::Bind, client, server);
-                }
-                match client.statements.get(b.statement) {
-                    Some(stmt) => Route::Bind(stmt.clone()),
-                    None => plain(Kind::Bind),
-                }
+                unnamed(Kind::Bind, client, server)
             }
+            Some(b) => match client.statements.get(b.statement) {
+                Some(stmt) => {
+                    if client.startup.0 {
+                        client.note_bound_resets(&stmt.rest, server.expect);
+                    }
+                    Route::Bind(stmt.clone())
+                }
+                None => plain(Kind::Bind),
+            },
             None => plain(Kind::Bind),
         },
         b'D' => match extended::target(body) {
