@@ -251,7 +251,9 @@ async fn startup_values_of_extra_params_follow_the_client() {
     // A followed SET, then RESET: back to the startup value, as on Postgres (still followed,
     // so the other client keeps being served by the one server connection).
     for reset in ["RESET work_mem", "SET work_mem TO DEFAULT", "RESET ALL"] {
-        s.write_all(&wire::query("SET work_mem = '1MB'")).await.unwrap();
+        s.write_all(&wire::query("SET work_mem = '1MB'"))
+            .await
+            .unwrap();
         wire::read_until_ready(&mut s, limit).await.unwrap();
         s.write_all(&wire::query(reset)).await.unwrap();
         wire::read_until_ready(&mut s, limit).await.unwrap();

@@ -425,3 +425,29 @@ async fn an_extended_protocol_reset_restores_startup_values_before_what_follows(
         assert!(!value(&c, SHOW).await.contains("1234ms"));
     }
 }
+
+/// A startup `search_path` (JDBC's `currentSchema`) on Postgres < 18, which does not report
+/// it: it used to be treated as reported, so it was set for the client but never reset for
+/// the next client of the server connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_startup_search_path_never_reaches_another_client() {
+    let mode = "transaction";
+    let mut s = TcpStream::connect(pgtier(mode).addr()).await.unwrap();
+    let u = user(mode);
+    let startup = [
+        ("user", u.as_str()),
+        ("database", "app"),
+        ("search_path", "leaky_schema"),
+    ];
+    s.write_all(&wire::startup_packet(0, &startup))
+        .await
+        .unwrap();
+    wire::read_until_ready(&mut s, LIMIT).await.unwrap();
+    let b = client(mode, "").await;
+    for _ in 0..3 {
+        s.write_all(&wire::query("SHOW search_path")).await.unwrap();
+        let reply = wire::read_until_ready(&mut s, LIMIT).await.unwrap();
+        assert_eq!(wire::first_value(&reply), "leaky_schema");
+        assert_eq!(value(&b, "SHOW search_path").await, "\"$user\", public");
+    }
+}
