@@ -417,35 +417,41 @@ pub enum Resets<'a> {
 
 /// Which parameters the statements of `sql` reset, if any: `RESET name`, `SET [SESSION] name
 /// {TO | =} DEFAULT`, `RESET ALL`, `DISCARD ALL` (each a statement of its own; SET LOCAL
-/// resets only inside the transaction). Cheap for the usual query: one word, or several
-/// statements, are looked at only when the query may be one of these.
+/// resets only inside the transaction); None too when a statement is a COPY. Cheap for the
+/// usual query (see `may_reset`).
 pub fn resets<'a>(sql: &'a [u8], strings: StringSyntax) -> Option<Resets<'a>> {
     if !may_reset(sql) {
         return None;
     }
     let mut names: Vec<&[u8]> = Vec::new();
-    let mut each = |stmt: &'a [u8]| -> bool {
+    let (mut all, mut copy) = (false, false);
+    let mut each = |stmt: &'a [u8]| {
         if session_command(stmt) == Some(SessionCommand::DiscardAll) {
-            return true;
+            all = true;
         }
         match param_command(stmt, strings) {
-            Some(ParamCommand::ResetAll) => return true,
+            Some(ParamCommand::ResetAll) => all = true,
             Some(ParamCommand::Reset(n)) => names.push(n),
             _ => {}
         }
-        false
+        copy |= matches!(Lexer::with_syntax(stmt, strings).next(),
+            Some(Token::Word(w)) if w.eq_ignore_ascii_case(b"copy"));
     };
     let mut start = 0;
     let mut lx = Lexer::with_syntax(sql, strings);
     while let Some(tok) = lx.next() {
         if tok == Token::Semicolon {
-            if each(&sql[start..lx.offset() - 1]) {
-                return Some(Resets::All);
-            }
+            each(&sql[start..lx.offset() - 1]);
             start = lx.offset();
         }
     }
-    if each(&sql[start..]) {
+    each(&sql[start..]);
+    if copy {
+        // A restore sent behind the query would reach the server inside its COPY: left out
+        // (the reset then goes to the server's default, as before).
+        return None;
+    }
+    if all {
         return Some(Resets::All);
     }
     (!names.is_empty()).then_some(Resets::Names(names))
@@ -643,6 +649,7 @@ mod tests {
             names(&["TimeZone", "myapp.x"])
         );
         assert_eq!(r("SELECT 1; RESET ALL"), Some(Resets::All));
+        assert_eq!(r("RESET ALL; COPY t FROM STDIN"), None);
         for none in [
             "SELECT 1",
             "SELECT 'RESET ALL'",
