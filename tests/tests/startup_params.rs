@@ -4,8 +4,9 @@
 //! RESET, RESET ALL and DISCARD ALL bring them back, as on Postgres; what pgtier cannot apply
 //! is refused with a FATAL naming it.
 
+use std::collections::HashMap;
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use pgtier_kit::fixture::{scram_role, ConfigBuilder};
@@ -24,27 +25,35 @@ const OPTION_VALUES: &str = "myschema|1234ms|postgres_verbose";
 /// Reads them back.
 const SHOW: &str = "SELECT current_setting('search_path') || '|' || current_setting('statement_timeout') || '|' || current_setting('intervalstyle')";
 
-/// One pgtier per pool mode, each with one server connection (so that every client shares it,
-/// in session mode one after the other).
-fn pgtier(mode: &str) -> &'static Pgtier {
-    static TX: OnceLock<Pgtier> = OnceLock::new();
-    static SESSION: OnceLock<Pgtier> = OnceLock::new();
-    let cell = if mode == "session" { &SESSION } else { &TX };
-    cell.get_or_init(|| {
+/// One pgtier per name (its pool mode: "session..." or "transaction..."), each with one server
+/// connection, so that every client of it shares that connection (in session mode one after
+/// the other). Tests that end server connections (refusals) have their own, so that "one
+/// server connection serves both" holds for the others.
+fn pgtier(name: &str) -> &'static Pgtier {
+    static ALL: OnceLock<Mutex<HashMap<String, &'static Pgtier>>> = OnceLock::new();
+    let mut all = ALL.get_or_init(Mutex::default).lock().unwrap();
+    all.entry(name.to_owned()).or_insert_with(|| {
         let c = Cluster::shared();
-        let user = user(mode);
+        let user = user(name);
+        let mode = if name.starts_with("session") {
+            "session"
+        } else {
+            "transaction"
+        };
         scram_role(c, &user, &user).unwrap();
-        ConfigBuilder::new(c)
+        let px = ConfigBuilder::new(c)
             .global(&format!("pool_mode = \"{mode}\""))
-            // A pinned client would hold the only server: others fail fast instead of hanging.
-            .global("query_wait_timeout = \"5s\"")
+            // Tests of one binary run at once: a client waits while another (pinned) holds
+            // the only server, never for ever.
+            .global("query_wait_timeout = \"60s\"")
             .user(
                 &user,
                 &format!("auth = \"trust\"\nserver_password = \"{user}\""),
             )
             .database("pool_size = 1")
             .start()
-            .unwrap()
+            .unwrap();
+        Box::leak(Box::new(px))
     })
 }
 
@@ -224,7 +233,7 @@ async fn refused(mode: &str, params: &[(&str, &str)]) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn what_cannot_be_applied_is_refused_with_a_fatal_naming_it() {
-    for mode in ["transaction", "session"] {
+    for mode in ["transaction_refusals", "session_refusals"] {
         // A parameter Postgres takes only at backend start.
         let (code, message) = refused(mode, &[("options", "-c log_connections=on")]).await;
         assert_eq!(code, "55P02", "{message}");
@@ -249,7 +258,7 @@ async fn what_cannot_be_applied_is_refused_with_a_fatal_naming_it() {
     }
     // psql shows the FATAL.
     let (ok, _, err) = psql(
-        "transaction",
+        "transaction_refusals",
         &[("PGOPTIONS", "-c log_connections=on")],
         &["SELECT 1"],
     );
