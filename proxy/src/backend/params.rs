@@ -206,13 +206,23 @@ impl ParamChanges {
     }
 
     /// Statements that set the client's startup values again after a statement reset them on
-    /// the server: those of `names` (case-insensitive), or all of them (`None`: RESET ALL,
-    /// DISCARD ALL). None when it has none of them.
-    pub fn restore_sql(&self, names: Option<&[&[u8]]>) -> Option<String> {
+    /// the server: those of `names` (case-insensitive), or all of them (`None`: DISCARD ALL;
+    /// with `reset_all`, RESET ALL, which leaves those Postgres marks GUC_NO_RESET_ALL). None
+    /// when it has none of them.
+    pub fn restore_sql(&self, names: Option<&[&[u8]]>, reset_all: bool) -> Option<String> {
+        const NO_RESET_ALL: &[&str] = &[
+            "role",
+            "session_authorization",
+            "transaction_isolation",
+            "transaction_read_only",
+            "transaction_deferrable",
+        ];
         let mut sql = String::new();
         for (_, name, value) in self.entries.iter().filter(|e| e.0.startup()) {
-            let wanted =
-                names.is_none_or(|ns| ns.iter().any(|n| n.eq_ignore_ascii_case(name.as_bytes())));
+            let wanted = match names {
+                Some(ns) => ns.iter().any(|n| n.eq_ignore_ascii_case(name.as_bytes())),
+                None => !reset_all || !NO_RESET_ALL.contains(&&**name),
+            };
             if wanted {
                 sql.push_str(&set_config_sql(name, value));
                 sql.push(';');
@@ -494,14 +504,14 @@ mod tests {
         // What a reset takes is set again, by name (any case) or all.
         let names: [&[u8]; 2] = [b"timezone", b"STATEMENT_TIMEOUT"];
         assert_eq!(
-            client.restore_sql(Some(&names)).unwrap(),
+            client.restore_sql(Some(&names), false).unwrap(),
             "SELECT pg_catalog.set_config('TimeZone', E'Asia/Tokyo', false);\
              SELECT pg_catalog.set_config('statement_timeout', E'1234', false);"
         );
-        assert_eq!(client.restore_sql(Some(&[b"datestyle"])), None);
+        assert_eq!(client.restore_sql(Some(&[b"datestyle"]), false), None);
         assert_eq!(
             client
-                .restore_sql(None)
+                .restore_sql(None, false)
                 .unwrap()
                 .matches("set_config")
                 .count(),
@@ -511,5 +521,17 @@ mod tests {
         let plain = ParamChanges::from_startup(&b, extras, &[]);
         assert!(plain.is_empty() && plain.entries.capacity() == 0);
         assert_eq!(plain.has_startup(), (false, false));
+    }
+
+    #[test]
+    fn reset_all_leaves_what_postgres_leaves() {
+        let startup = [("role".to_string(), "tenant".to_string())];
+        let c = ParamChanges::from_startup(&base(), ExtraParams::default(), &startup);
+        assert_eq!(c.restore_sql(None, true), None, "RESET ALL keeps role");
+        assert!(c
+            .restore_sql(None, false)
+            .unwrap()
+            .contains("'role', E'tenant'"));
+        assert!(c.restore_sql(Some(&[b"ROLE"]), false).is_some());
     }
 }
