@@ -88,8 +88,24 @@ pub enum ExtraUpdate {
     Set(&'static str, Box<str>),
     /// `RESET name` or `SET name TO DEFAULT`.
     Reset(&'static str),
-    /// `RESET ALL` or `DISCARD ALL`.
+    /// `RESET ALL`.
     ResetAll,
+    /// `DISCARD ALL`.
+    DiscardAll,
+}
+
+/// Parameters Postgres marks GUC_NO_RESET_ALL: RESET ALL leaves them, and DISCARD ALL's
+/// `SET SESSION AUTHORIZATION DEFAULT` puts role back to none (not to a startup value).
+const NO_RESET_ALL: &[&str] = &[
+    "role",
+    "session_authorization",
+    "transaction_isolation",
+    "transaction_read_only",
+    "transaction_deferrable",
+];
+
+fn no_reset_all(name: &str) -> bool {
+    NO_RESET_ALL.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 impl ExtraUpdate {
@@ -97,23 +113,25 @@ impl ExtraUpdate {
     /// the client's startup value where it has one. The server that ran it gets the same
     /// values ([`ParamChanges::copy_extra_from`]) once pgtier restored the startup values there.
     pub fn apply(&self, changes: &mut ParamChanges) {
-        match self {
-            ExtraUpdate::Set(name, sql) => changes.set_extra(name, Some(sql)),
+        let discard = match self {
+            ExtraUpdate::Set(name, sql) => return changes.set_extra(name, Some(sql)),
             ExtraUpdate::Reset(name) => {
                 let sql = changes.startup_extra(name).map(|v| set_config_sql(name, v));
-                changes.set_extra(name, sql.as_deref());
+                return changes.set_extra(name, sql.as_deref());
             }
-            ExtraUpdate::ResetAll => {
-                changes.entries.retain(|e| e.0 != Kind::Extra);
-                let startup: Vec<_> = changes
-                    .entries
-                    .iter()
-                    .filter(|e| e.0 == Kind::StartupExtra)
-                    .map(|(_, n, v)| (Kind::Extra, n.clone(), set_config_sql(n, v).into()))
-                    .collect();
-                changes.entries.extend(startup);
-            }
-        }
+            ExtraUpdate::ResetAll => false,
+            ExtraUpdate::DiscardAll => true,
+        };
+        changes
+            .entries
+            .retain(|e| e.0 != Kind::Extra || (!discard && no_reset_all(&e.1)));
+        let startup: Vec<_> = changes
+            .entries
+            .iter()
+            .filter(|e| e.0 == Kind::StartupExtra && !no_reset_all(&e.1))
+            .map(|(_, n, v)| (Kind::Extra, n.clone(), set_config_sql(n, v).into()))
+            .collect();
+        changes.entries.extend(startup);
     }
 }
 
@@ -206,22 +224,15 @@ impl ParamChanges {
     }
 
     /// Statements that set the client's startup values again after a statement reset them on
-    /// the server: those of `names` (case-insensitive), or all of them (`None`: DISCARD ALL;
-    /// with `reset_all`, RESET ALL, which leaves those Postgres marks GUC_NO_RESET_ALL). None
-    /// when it has none of them.
-    pub fn restore_sql(&self, names: Option<&[&[u8]]>, reset_all: bool) -> Option<String> {
-        const NO_RESET_ALL: &[&str] = &[
-            "role",
-            "session_authorization",
-            "transaction_isolation",
-            "transaction_read_only",
-            "transaction_deferrable",
-        ];
+    /// the server: those of `names` (case-insensitive), or (`None`: RESET ALL, DISCARD ALL)
+    /// all but those Postgres marks GUC_NO_RESET_ALL (RESET ALL leaves them; DISCARD ALL's
+    /// SET SESSION AUTHORIZATION DEFAULT puts role back to none). None when it has none.
+    pub fn restore_sql(&self, names: Option<&[&[u8]]>) -> Option<String> {
         let mut sql = String::new();
         for (_, name, value) in self.entries.iter().filter(|e| e.0.startup()) {
             let wanted = match names {
                 Some(ns) => ns.iter().any(|n| n.eq_ignore_ascii_case(name.as_bytes())),
-                None => !reset_all || !NO_RESET_ALL.contains(&&**name),
+                None => !no_reset_all(name),
             };
             if wanted {
                 sql.push_str(&set_config_sql(name, value));
@@ -504,14 +515,14 @@ mod tests {
         // What a reset takes is set again, by name (any case) or all.
         let names: [&[u8]; 2] = [b"timezone", b"STATEMENT_TIMEOUT"];
         assert_eq!(
-            client.restore_sql(Some(&names), false).unwrap(),
+            client.restore_sql(Some(&names)).unwrap(),
             "SELECT pg_catalog.set_config('TimeZone', E'Asia/Tokyo', false);\
              SELECT pg_catalog.set_config('statement_timeout', E'1234', false);"
         );
-        assert_eq!(client.restore_sql(Some(&[b"datestyle"]), false), None);
+        assert_eq!(client.restore_sql(Some(&[b"datestyle"])), None);
         assert_eq!(
             client
-                .restore_sql(None, false)
+                .restore_sql(None)
                 .unwrap()
                 .matches("set_config")
                 .count(),
@@ -527,11 +538,12 @@ mod tests {
     fn reset_all_leaves_what_postgres_leaves() {
         let startup = [("role".to_string(), "tenant".to_string())];
         let c = ParamChanges::from_startup(&base(), ExtraParams::default(), &startup);
-        assert_eq!(c.restore_sql(None, true), None, "RESET ALL keeps role");
-        assert!(c
-            .restore_sql(None, false)
-            .unwrap()
-            .contains("'role', E'tenant'"));
-        assert!(c.restore_sql(Some(&[b"ROLE"]), false).is_some());
+        assert_eq!(
+            c.restore_sql(None),
+            None,
+            "RESET ALL and DISCARD ALL leave role"
+        );
+        let sql = c.restore_sql(Some(&[b"ROLE"])).unwrap();
+        assert!(sql.contains("'role', E'tenant'"), "{sql}");
     }
 }

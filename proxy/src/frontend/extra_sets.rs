@@ -32,7 +32,7 @@ pub(super) fn extra_update(
         return None;
     }
     if session_command(sql) == Some(SessionCommand::DiscardAll) {
-        return Some(ExtraUpdate::ResetAll);
+        return Some(ExtraUpdate::DiscardAll);
     }
     let name = |n: &[u8]| client.extras.find(std::str::from_utf8(n).ok()?);
     match param_command(sql, client.strings)? {

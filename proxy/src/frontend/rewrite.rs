@@ -113,8 +113,8 @@ impl ClientSide<'_> {
         }
         let restore = match resets(sql, self.strings) {
             None => return,
-            Some(Resets::All { discard }) => self.params.restore_sql(None, !discard),
-            Some(Resets::Names(names)) => self.params.restore_sql(Some(&names), false),
+            Some(Resets::All) => self.params.restore_sql(None),
+            Some(Resets::Names(names)) => self.params.restore_sql(Some(&names)),
         };
         if let Some(sql) = restore {
             expect

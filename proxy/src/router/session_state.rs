@@ -409,12 +409,9 @@ fn may_reset(sql: &[u8]) -> bool {
 /// its startup values, which pgtier then sets again).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resets<'a> {
-    /// `RESET ALL` or (`discard`) `DISCARD ALL`: every parameter (RESET ALL leaves those
-    /// Postgres marks GUC_NO_RESET_ALL, such as role).
-    All {
-        /// It was DISCARD ALL.
-        discard: bool,
-    },
+    /// `RESET ALL` or `DISCARD ALL`: every parameter (but those Postgres marks
+    /// GUC_NO_RESET_ALL, such as role: DISCARD ALL resets role to none, not to its startup value).
+    All,
     /// `RESET name` or `SET [SESSION] name TO DEFAULT`: these (as written).
     Names(Vec<&'a [u8]>),
 }
@@ -428,10 +425,10 @@ pub fn resets<'a>(sql: &'a [u8], strings: StringSyntax) -> Option<Resets<'a>> {
         return None;
     }
     let mut names: Vec<&[u8]> = Vec::new();
-    let (mut all, mut discard, mut copy) = (false, false, false);
+    let (mut all, mut copy) = (false, false);
     let mut each = |stmt: &'a [u8]| {
         if session_command(stmt) == Some(SessionCommand::DiscardAll) {
-            (all, discard) = (true, true);
+            all = true;
         }
         match param_command(stmt, strings) {
             Some(ParamCommand::ResetAll) => all = true,
@@ -456,7 +453,7 @@ pub fn resets<'a>(sql: &'a [u8], strings: StringSyntax) -> Option<Resets<'a>> {
         return None;
     }
     if all {
-        return Some(Resets::All { discard });
+        return Some(Resets::All);
     }
     (!names.is_empty()).then_some(Resets::Names(names))
 }
@@ -646,16 +643,13 @@ mod tests {
             |v: &[&'static str]| Some(Resets::Names(v.iter().map(|n| n.as_bytes()).collect()));
         assert_eq!(r("RESET datestyle"), names(&["datestyle"]));
         assert_eq!(r("SET SESSION work_mem TO DEFAULT;"), names(&["work_mem"]));
-        assert_eq!(r("reset all"), Some(Resets::All { discard: false }));
-        assert_eq!(r("DISCARD ALL"), Some(Resets::All { discard: true }));
+        assert_eq!(r("reset all"), Some(Resets::All));
+        assert_eq!(r("DISCARD ALL"), Some(Resets::All));
         assert_eq!(
             r("SELECT 1; RESET TimeZone; SELECT 'RESET ALL'; reset myapp.x"),
             names(&["TimeZone", "myapp.x"])
         );
-        assert_eq!(
-            r("SELECT 1; RESET ALL"),
-            Some(Resets::All { discard: false })
-        );
+        assert_eq!(r("SELECT 1; RESET ALL"), Some(Resets::All));
         assert_eq!(r("RESET ALL; COPY t FROM STDIN"), None);
         for none in [
             "SELECT 1",
