@@ -248,6 +248,20 @@ async fn startup_values_of_extra_params_follow_the_client() {
         assert_eq!(wire::first_value(&reply), "3210kB");
         assert_eq!(extras(&other).await.0, default_mem);
     }
+    // A followed SET, then RESET: back to the startup value, as on Postgres (still followed,
+    // so the other client keeps being served by the one server connection).
+    for reset in ["RESET work_mem", "SET work_mem TO DEFAULT", "RESET ALL"] {
+        s.write_all(&wire::query("SET work_mem = '1MB'"))
+            .await
+            .unwrap();
+        wire::read_until_ready(&mut s, limit).await.unwrap();
+        s.write_all(&wire::query(reset)).await.unwrap();
+        wire::read_until_ready(&mut s, limit).await.unwrap();
+        s.write_all(&wire::query("SHOW work_mem")).await.unwrap();
+        let reply = wire::read_until_ready(&mut s, limit).await.unwrap();
+        assert_eq!(wire::first_value(&reply), "3210kB", "after {reset}");
+        assert_eq!(extras(&other).await.0, default_mem);
+    }
 }
 
 /// (SHOW work_mem, backend pid) over a raw protocol connection.

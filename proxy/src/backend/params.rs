@@ -3,8 +3,11 @@
 //! client may set, plus the configured `track_extra_params` (not reported: pgtier records the
 //! client's own `SET` statement once the server accepted it, and replays it). A client's values
 //! and a server connection's values are both kept as differences from a baseline, usually
-//! none, so an idle client pays nothing for them.
+//! none, so an idle client pays nothing for them. A client's startup values (its startup
+//! packet, `options`) are its session's values too, and what RESET, RESET ALL and DISCARD ALL
+//! bring it back to, as in Postgres.
 
+use std::borrow::Cow;
 use std::sync::{Mutex, OnceLock};
 
 use crate::router::lexer::StringSyntax;
@@ -85,18 +88,50 @@ pub enum ExtraUpdate {
     Set(&'static str, Box<str>),
     /// `RESET name` or `SET name TO DEFAULT`.
     Reset(&'static str),
-    /// `RESET ALL` or `DISCARD ALL`.
+    /// `RESET ALL`.
     ResetAll,
+    /// `DISCARD ALL`.
+    DiscardAll,
+}
+
+/// Parameters Postgres marks GUC_NO_RESET_ALL: RESET ALL leaves them, and DISCARD ALL's
+/// `SET SESSION AUTHORIZATION DEFAULT` puts role back to none (not to a startup value).
+const NO_RESET_ALL: &[&str] = &[
+    "role",
+    "session_authorization",
+    "transaction_isolation",
+    "transaction_read_only",
+    "transaction_deferrable",
+];
+
+fn no_reset_all(name: &str) -> bool {
+    NO_RESET_ALL.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 impl ExtraUpdate {
-    /// Applies the change to a list of values (a client's or a server's).
+    /// Applies the change to a client's values: RESET (and RESET ALL, DISCARD ALL) go back to
+    /// the client's startup value where it has one. The server that ran it gets the same
+    /// values ([`ParamChanges::copy_extra_from`]) once pgtier restored the startup values there.
     pub fn apply(&self, changes: &mut ParamChanges) {
-        match self {
-            ExtraUpdate::Set(name, sql) => changes.set_extra(name, Some(sql)),
-            ExtraUpdate::Reset(name) => changes.set_extra(name, None),
-            ExtraUpdate::ResetAll => changes.entries.retain(|e| e.0 != Kind::Extra),
-        }
+        let discard = match self {
+            ExtraUpdate::Set(name, sql) => return changes.set_extra(name, Some(sql)),
+            ExtraUpdate::Reset(name) => {
+                let sql = changes.startup_extra(name).map(|v| set_config_sql(name, v));
+                return changes.set_extra(name, sql.as_deref());
+            }
+            ExtraUpdate::ResetAll => false,
+            ExtraUpdate::DiscardAll => true,
+        };
+        changes
+            .entries
+            .retain(|e| e.0 != Kind::Extra || (!discard && no_reset_all(&e.1)));
+        let startup: Vec<_> = changes
+            .entries
+            .iter()
+            .filter(|e| e.0 == Kind::StartupExtra && !no_reset_all(&e.1))
+            .map(|(_, n, v)| (Kind::Extra, n.clone(), set_config_sql(n, v).into()))
+            .collect();
+        changes.entries.extend(startup);
     }
 }
 
@@ -107,13 +142,25 @@ enum Kind {
     Reported,
     /// An extra parameter: the SET statement that set it (absent: the server default).
     Extra,
+    /// A client's startup value of a reported parameter (where it differs from the baseline):
+    /// what RESET brings it back to. Only clients have these.
+    StartupReported,
+    /// A client's startup value of an unreported parameter.
+    StartupExtra,
 }
 
-/// Values that differ from a baseline list of (name, value). One list for both kinds: every
-/// client and server connection has one, mostly empty.
+impl Kind {
+    fn startup(self) -> bool {
+        matches!(self, Kind::StartupReported | Kind::StartupExtra)
+    }
+}
+
+/// Values that differ from a baseline list of (name, value). One list for every kind: every
+/// client and server connection has one, mostly empty. Names are static (reported, and
+/// `track_extra_params`) except those of other parameters a client gave at startup.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ParamChanges {
-    entries: Vec<(Kind, &'static str, Box<str>)>,
+    entries: Vec<(Kind, Cow<'static, str>, Box<str>)>,
 }
 
 impl ParamChanges {
@@ -124,17 +171,81 @@ impl ParamChanges {
             .map(|(_, _, v)| &**v)
     }
 
-    fn put(&mut self, kind: Kind, name: &'static str, value: Option<&str>) {
+    fn put(&mut self, kind: Kind, name: Cow<'static, str>, value: Option<&str>) {
         self.entries.retain(|(k, n, _)| !(*k == kind && *n == name));
         if let Some(v) = value {
             self.entries.push((kind, name, v.into()));
         }
     }
 
+    /// A client's values from its startup parameters (`options` already split into them,
+    /// later ones winning): reported parameters (those in `baseline`) as changes from it,
+    /// others to be set with `set_config` on every server that serves the client. Each is
+    /// also remembered as the value RESET goes back to.
+    pub fn from_startup(
+        baseline: &[(String, String)],
+        extras: ExtraParams,
+        startup: &[(String, String)],
+    ) -> ParamChanges {
+        let mut c = ParamChanges::default();
+        for (k, v) in startup {
+            if let Some(name) = tracked(k).filter(|n| lookup(baseline, n).is_some()) {
+                c.set(baseline, name, v);
+                let differs = lookup(baseline, name) != Some(v.as_str());
+                c.put(Kind::StartupReported, name.into(), differs.then_some(v));
+                continue;
+            }
+            // Names are case-insensitive: one spelling, so that a later SET or RESET of the
+            // same parameter finds it (a configured extra keeps its static name).
+            let name: Cow<'static, str> = match extras.find(k) {
+                Some(n) => n.into(),
+                None => k.to_ascii_lowercase().into(),
+            };
+            c.put(Kind::Extra, name.clone(), Some(&set_config_sql(&name, v)));
+            c.put(Kind::StartupExtra, name, Some(v));
+        }
+        c
+    }
+
+    /// The client's startup value of unreported parameter `name`, if it gave one.
+    fn startup_extra(&self, name: &str) -> Option<&str> {
+        self.find(Kind::StartupExtra, name)
+    }
+
+    /// Whether the client gave startup values (reported ones that differ from the baseline,
+    /// or unreported ones): then its RESETs restore them. `.1`: unreported ones among them.
+    pub fn has_startup(&self) -> (bool, bool) {
+        let mut any = (false, false);
+        for e in &self.entries {
+            any.0 |= e.0.startup();
+            any.1 |= e.0 == Kind::StartupExtra;
+        }
+        any
+    }
+
+    /// Statements that set the client's startup values again after a statement reset them on
+    /// the server: those of `names` (case-insensitive), or (`None`: RESET ALL, DISCARD ALL)
+    /// all but those Postgres marks GUC_NO_RESET_ALL (RESET ALL leaves them; DISCARD ALL's
+    /// SET SESSION AUTHORIZATION DEFAULT puts role back to none). None when it has none.
+    pub fn restore_sql(&self, names: Option<&[&[u8]]>) -> Option<String> {
+        let mut sql = String::new();
+        for (_, name, value) in self.entries.iter().filter(|e| e.0.startup()) {
+            let wanted = match names {
+                Some(ns) => ns.iter().any(|n| n.eq_ignore_ascii_case(name.as_bytes())),
+                None => !no_reset_all(name),
+            };
+            if wanted {
+                sql.push_str(&set_config_sql(name, value));
+                sql.push(';');
+            }
+        }
+        (!sql.is_empty()).then_some(sql)
+    }
+
     /// Records `name = value` (a tracked name); a value equal to the baseline clears the entry.
     pub fn set(&mut self, baseline: &[(String, String)], name: &'static str, value: &str) {
         let changed = lookup(baseline, name) != Some(value);
-        self.put(Kind::Reported, name, changed.then_some(value));
+        self.put(Kind::Reported, name.into(), changed.then_some(value));
     }
 
     /// The changed value of `name`, if it differs from the baseline.
@@ -144,7 +255,7 @@ impl ParamChanges {
 
     /// Records the statement that set extra parameter `name` (None: back to its default).
     pub fn set_extra(&mut self, name: &'static str, sql: Option<&str>) {
-        self.put(Kind::Extra, name, sql);
+        self.put(Kind::Extra, name.into(), sql);
     }
 
     /// The statement that set extra parameter `name`, if it is not at its default.
@@ -153,7 +264,7 @@ impl ParamChanges {
     }
 
     /// Takes `other`'s extra parameters as its own.
-    fn copy_extra_from(&mut self, other: &ParamChanges) {
+    pub fn copy_extra_from(&mut self, other: &ParamChanges) {
         self.entries.retain(|e| e.0 != Kind::Extra);
         self.entries
             .extend(other.entries.iter().filter(|e| e.0 == Kind::Extra).cloned());
@@ -166,23 +277,31 @@ impl ParamChanges {
         StringSyntax::from_setting(self.get(name).or_else(|| lookup(baseline, name)))
     }
 
-    /// Whether nothing differs from the baseline.
+    /// Whether nothing differs from the baseline (startup values kept for RESET aside).
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.iter().all(|e| e.0.startup())
     }
 
-    fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+    /// Whether both have the same values (startup values kept for RESET aside).
+    fn same_values(&self, other: &ParamChanges) -> bool {
+        fn values(c: &ParamChanges) -> impl Iterator<Item = &(Kind, Cow<'static, str>, Box<str>)> {
+            c.entries.iter().filter(|e| !e.0.startup())
+        }
+        values(self).eq(values(other))
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> + '_ {
         self.entries
             .iter()
             .filter(|e| e.0 == Kind::Reported)
-            .map(|e| e.1)
+            .map(|e| &*e.1)
     }
 
-    fn extra_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+    fn extra_names(&self) -> impl Iterator<Item = &str> + '_ {
         self.entries
             .iter()
             .filter(|e| e.0 == Kind::Extra)
-            .map(|e| e.1)
+            .map(|e| &*e.1)
     }
 }
 
@@ -213,7 +332,7 @@ pub fn sync_statements(
     if client.is_empty() && server.is_empty() {
         return None; // the common case: nobody changed anything
     }
-    if client == server {
+    if client.same_values(server) {
         // Next most common: the server last served a client with the same changes (every
         // client of an application sets the same application_name).
         return None;
@@ -338,5 +457,93 @@ mod tests {
         assert!(server.is_empty());
         ExtraUpdate::ResetAll.apply(&mut client);
         assert!(client.is_empty());
+    }
+
+    #[test]
+    fn startup_values_are_the_clients_and_what_reset_restores() {
+        let b = base();
+        let extras = ExtraParams::intern(&["work_mem".into()]);
+        let startup: Vec<(String, String)> = [
+            ("TimeZone", "Asia/Tokyo"),
+            ("application_name", "pgtier"), // the baseline's: nothing to keep
+            ("Statement_Timeout", "1234"),
+            ("search_path", "my'schema"), // not reported by this server (Postgres < 18)
+            ("work_mem", "3MB"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut client = ParamChanges::from_startup(&b, extras, &startup);
+        assert_eq!(client.get("TimeZone"), Some("Asia/Tokyo"));
+        assert_eq!(client.get("application_name"), None);
+        assert_eq!(client.get("search_path"), None);
+        assert_eq!(
+            client.extra("statement_timeout"),
+            Some("SELECT pg_catalog.set_config('statement_timeout', E'1234', false)")
+        );
+        assert_eq!(
+            client.extra("search_path"),
+            Some("SELECT pg_catalog.set_config('search_path', E'my''schema', false)")
+        );
+        assert_eq!(client.has_startup(), (true, true));
+        // Set on a fresh server, then the server agrees (startup values aside).
+        let mut server = ParamChanges::default();
+        let sql = bring_in_line(&b, &client, &b, &mut server).unwrap();
+        assert!(sql.contains("'TimeZone', E'Asia/Tokyo'") && sql.contains("'work_mem'"));
+        server.set(&b, "TimeZone", "Asia/Tokyo"); // as reported back
+        assert_eq!(sync_statements(&b, &client, &b, &server), None);
+        // The next client without them resets every one.
+        let sql = bring_in_line(&b, &ParamChanges::default(), &b, &mut server).unwrap();
+        for reset in [
+            "RESET \"statement_timeout\"",
+            "RESET \"search_path\"",
+            "RESET \"work_mem\"",
+        ] {
+            assert!(sql.contains(reset), "{sql}");
+        }
+        assert!(sql.contains("'TimeZone', E'UTC'"), "{sql}");
+        // RESET goes back to the startup value; RESET ALL to all of them.
+        let wm = extras.find("work_mem").unwrap();
+        let startup_wm = client.extra(wm).unwrap().to_owned();
+        ExtraUpdate::Set(wm, "SET work_mem = '1MB'".into()).apply(&mut client);
+        ExtraUpdate::Reset(wm).apply(&mut client);
+        assert_eq!(client.extra(wm), Some(startup_wm.as_str()));
+        let all = client.clone();
+        ExtraUpdate::Set(wm, "SET work_mem = '1MB'".into()).apply(&mut client);
+        ExtraUpdate::ResetAll.apply(&mut client);
+        assert!(client.same_values(&all));
+        // What a reset takes is set again, by name (any case) or all.
+        let names: [&[u8]; 2] = [b"timezone", b"STATEMENT_TIMEOUT"];
+        assert_eq!(
+            client.restore_sql(Some(&names)).unwrap(),
+            "SELECT pg_catalog.set_config('TimeZone', E'Asia/Tokyo', false);\
+             SELECT pg_catalog.set_config('statement_timeout', E'1234', false);"
+        );
+        assert_eq!(client.restore_sql(Some(&[b"datestyle"])), None);
+        assert_eq!(
+            client
+                .restore_sql(None)
+                .unwrap()
+                .matches("set_config")
+                .count(),
+            4
+        );
+        // A client without startup values pays nothing.
+        let plain = ParamChanges::from_startup(&b, extras, &[]);
+        assert!(plain.is_empty() && plain.entries.capacity() == 0);
+        assert_eq!(plain.has_startup(), (false, false));
+    }
+
+    #[test]
+    fn reset_all_leaves_what_postgres_leaves() {
+        let startup = [("role".to_string(), "tenant".to_string())];
+        let c = ParamChanges::from_startup(&base(), ExtraParams::default(), &startup);
+        assert_eq!(
+            c.restore_sql(None),
+            None,
+            "RESET ALL and DISCARD ALL leave role"
+        );
+        let sql = c.restore_sql(Some(&[b"ROLE"])).unwrap();
+        assert!(sql.contains("'role', E'tenant'"), "{sql}");
     }
 }

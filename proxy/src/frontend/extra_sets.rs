@@ -20,7 +20,10 @@ pub(super) fn extra_update(
     expect: &Expectations,
     unit_start: bool,
 ) -> Option<ExtraUpdate> {
-    if client.extras.is_empty()
+    // The client's unreported startup values are followed through RESET ALL and DISCARD ALL
+    // like configured extras (a SET or RESET of one of them by name still pins: only
+    // `track_extra_params` names are followed).
+    if (client.extras.is_empty() && !client.startup.1)
         || client.in_transaction
         || client.pinned.is_some()
         || !unit_start
@@ -29,7 +32,7 @@ pub(super) fn extra_update(
         return None;
     }
     if session_command(sql) == Some(SessionCommand::DiscardAll) {
-        return Some(ExtraUpdate::ResetAll);
+        return Some(ExtraUpdate::DiscardAll);
     }
     let name = |n: &[u8]| client.extras.find(std::str::from_utf8(n).ok()?);
     match param_command(sql, client.strings)? {
@@ -53,7 +56,7 @@ pub(super) fn followed_set(
     client: &ClientSide<'_>,
     expect: &Expectations,
 ) -> Option<ExtraUpdate> {
-    if client.extras.is_empty() {
+    if client.extras.is_empty() && !client.startup.1 {
         return None;
     }
     let (sql, _) = extended::split_cstr(rest)?;

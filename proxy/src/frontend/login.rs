@@ -11,9 +11,8 @@ use tracing::info;
 use super::auth;
 use super::listener::ClientGuard;
 use super::startup::{negotiate, Opening};
-use crate::backend::params::{tracked, ExtraParams};
 use crate::config::{Database, Settings, User};
-use crate::protocol::startup::{CancelKey, StartupError};
+use crate::protocol::startup::{CancelKey, OptionsError, StartupError};
 use crate::protocol::SqlState;
 use crate::shutdown::Phase;
 
@@ -53,6 +52,9 @@ pub enum LoginError {
     /// pgtier is shutting down.
     #[error("the database system is shutting down")]
     ShuttingDown,
+    /// A startup parameter pgtier cannot apply to pooled servers.
+    #[error(transparent)]
+    Options(#[from] OptionsError),
 }
 
 impl From<StartupError> for LoginError {
@@ -78,6 +80,8 @@ impl LoginError {
             LoginError::TooManyClients(_) => SqlState::TOO_MANY_CONNECTIONS,
             LoginError::Timeout(_) => SqlState::PROTOCOL_VIOLATION,
             LoginError::ShuttingDown => SqlState::CANNOT_CONNECT_NOW,
+            LoginError::Options(OptionsError::NeedsValue(_)) => SqlState::SYNTAX_ERROR,
+            LoginError::Options(_) => SqlState::FEATURE_NOT_SUPPORTED,
         }
     }
 }
@@ -98,8 +102,8 @@ pub enum Login<'s> {
         user: &'s User,
         /// The database.
         db: &'s Database,
-        /// Tracked parameters from the startup packet (application_name, TimeZone...).
-        params: Vec<(&'static str, String)>,
+        /// The session parameters of the startup packet (`options` split into them).
+        params: Vec<(String, String)>,
     },
 }
 
@@ -149,17 +153,10 @@ async fn login_inner<'s>(
     let (Some(user), Some(db)) = (user, settings.databases.get(db_name)) else {
         return Err(LoginError::UnknownDatabase(db_name.to_owned()));
     };
-    // Startup values of `track_extra_params` are the client's too (set on every server).
-    let extras = ExtraParams::intern(&settings.raw.track_extra_params);
+    // Every session parameter is the client's (set on every server that serves it): what
+    // cannot be is refused now, never ignored.
+    let params = startup.session_params()?;
     // Paired with "client disconnected" in `session` (same peer, user and database fields).
     info!(%peer, user = %user.name, database = %db.name, "client connected");
-    Ok(Login::Client {
-        user,
-        db,
-        params: startup
-            .params
-            .iter()
-            .filter_map(|(k, v)| Some((tracked(k).or_else(|| extras.find(k))?, v.clone())))
-            .collect(),
-    })
+    Ok(Login::Client { user, db, params })
 }

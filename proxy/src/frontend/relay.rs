@@ -406,6 +406,8 @@ impl Relay<'_> {
                 extras: self.limits.extra_params,
                 in_transaction: self.status != TxStatus::Idle,
                 prepared_bytes: self.limits.prepared_bytes,
+                startup: self.params.has_startup(),
+                params: self.params,
             },
             &mut ServerSide {
                 registry: self.server.statements,

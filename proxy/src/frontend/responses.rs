@@ -197,6 +197,9 @@ pub(crate) struct Expectations {
     /// alone in its unit; the only one in flight), recorded for the client and the server once
     /// it completes.
     pub(crate) param_update: Option<ExtraUpdate>,
+    /// Statements that set the client's startup values again, to send after the client's
+    /// Query (or the Sync of its unit) that resets them.
+    pub(crate) restore: Option<String>,
 }
 
 impl Expectations {
@@ -320,6 +323,11 @@ impl Expectations {
         let (kind, to_client, quiet) = (*kind, *to_client, *quiet);
         if tag == b'E' {
             if kind == Kind::Query && !to_client {
+                if quiet {
+                    // pgtier's restore of startup values after a reset, in a transaction the
+                    // client aborted: the reset is undone with it.
+                    return false;
+                }
                 // pgtier's own query (parameter sync) failed: not the client's to see as a
                 // reply; the relay ends the session with it.
                 let (code, message) = error_fields(body);
@@ -494,9 +502,11 @@ pub(crate) fn route_server(
             // (or its Parse) failed. pgtier's own statements before it do not count.
             match h.tag {
                 b'C' if exp.client_first(true) => {
+                    // The server had the client's extra values, and has them again once
+                    // pgtier restored the startup values a reset took (it follows at once).
                     let update = exp.param_update.take().expect("checked");
                     update.apply(params.client);
-                    update.apply(params.server);
+                    params.server.copy_extra_from(params.client);
                 }
                 b'E' | b'Z' if exp.client_first(false) => exp.param_update = None,
                 _ => {}

@@ -11,7 +11,7 @@ use super::batch::Batch;
 use super::extra_sets::{extra_update, followed_set};
 use super::prepared::{ClientStatements, FollowedSet, Prepared};
 use super::responses::{Entry, Expectations, Kind, Synthetic, Undo, MAX_IN_FLIGHT};
-use crate::backend::params::{lookup, tracked, ExtraParams};
+use crate::backend::params::{lookup, tracked, ExtraParams, ParamChanges};
 use crate::backend::statements::ServerStatements;
 use crate::config::SessionStatePolicy;
 use crate::protocol::extended;
@@ -19,7 +19,7 @@ use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
 use crate::protocol::SqlState;
 use crate::router::lexer::StringSyntax;
 use crate::router::session_state::{
-    function_call_pins, pins_in, resets_all, session_command, SessionCommand,
+    function_call_pins, pins_in, resets, resets_all, session_command, Resets, SessionCommand,
 };
 
 /// A client protocol violation.
@@ -69,6 +69,10 @@ pub(crate) struct ClientSide<'a> {
     pub in_transaction: bool,
     /// Bytes the client's named statements may take (`max_prepared_statement_bytes_per_client`).
     pub prepared_bytes: usize,
+    /// The client's parameters, with its startup values (what its RESETs restore).
+    pub params: &'a ParamChanges,
+    /// [`ParamChanges::has_startup`] of `params`: (any startup values, unreported ones).
+    pub startup: (bool, bool),
 }
 
 impl ClientSide<'_> {
@@ -86,12 +90,40 @@ impl ClientSide<'_> {
                 .is_some_and(|n| lookup(reported, n).is_some())
         })
         .or_else(|| {
-            // RESET ALL also resets extra parameters, which pgtier can only follow when it is
-            // a statement of its own outside a transaction (see `extra_update`).
-            (!self.extras.is_empty() && resets_all(sql, self.strings))
+            // RESET ALL also resets extra parameters (and the client's unreported startup
+            // values), which pgtier can only follow when it is a statement of its own outside
+            // a transaction (see `extra_update`).
+            ((!self.extras.is_empty() || self.startup.1) && resets_all(sql, self.strings))
                 .then_some("RESET ALL of tracked extra parameters inside a transaction")
         })?;
         self.pin_for(reason)
+    }
+
+    /// [`ClientSide::note_resets`] for the statement a Bind runs (`rest`: its Parse body
+    /// after the name).
+    fn note_bound_resets(&self, rest: &[u8], expect: &mut Expectations) {
+        if let Some((sql, _)) = extended::split_cstr(rest) {
+            self.note_resets(sql, expect);
+        }
+    }
+
+    /// Notes, for a client with startup values, the statements that set those again after
+    /// `sql` (a Query, or the statement of a Bind) reset some of them on the server.
+    fn note_resets(&self, sql: &[u8], expect: &mut Expectations) {
+        if !self.startup.0 {
+            return;
+        }
+        let restore = match resets(sql, self.strings) {
+            None => return,
+            Some(Resets::All) => self.params.restore_sql(None),
+            Some(Resets::Names(names)) => self.params.restore_sql(Some(&names)),
+        };
+        if let Some(sql) = restore {
+            expect
+                .restore
+                .get_or_insert_with(String::new)
+                .push_str(&sql);
+        }
     }
 
     /// Pins the client for `reason`; under the reject policy returns the error message instead.
@@ -203,6 +235,20 @@ pub(crate) fn route_client(
                     u32::from(matches!(replace, Route::Deallocate(..) | Route::Reject(_)));
                 batch.drop_range(pos, end);
                 batch.insert(end, |out| replace.write(body, out, server));
+            }
+        }
+        // The client's startup values a Query (or the unit this Sync ends) reset on the
+        // server are set again right after it, before anything else of the client's runs. A
+        // failure (the transaction was aborted, so the reset is undone too) changes nothing.
+        if matches!(h.tag, b'Q' | b'S') && !server.expect.copy_in {
+            if let Some(sql) = server.expect.restore.take() {
+                batch.insert(end, |out| {
+                    out.extend_from_slice(b"Q");
+                    out.extend_from_slice(&(sql.len() as u32 + 5).to_be_bytes());
+                    out.extend_from_slice(sql.as_bytes());
+                    out.extend_from_slice(b"\0");
+                });
+                server.expect.push(Entry::own(Kind::Query).quietly());
             }
         }
         pos = end;
@@ -348,6 +394,7 @@ fn route_one(
                     }
                 }
             }
+            client.note_resets(sql, server.expect);
             match session_command(sql) {
                 // The client's own protocol-level statement: drop it on the server (see
                 // Route::Deallocate); if that fails the client keeps it, as in Postgres.
@@ -415,10 +462,18 @@ fn route_one(
                 if let Some(rejected) = rebind_followed_set(client) {
                     return rejected;
                 }
+                if let Some(rest) = client.statements.unnamed().filter(|_| client.startup.0) {
+                    client.note_bound_resets(rest, server.expect);
+                }
                 unnamed(Kind::Bind, client, server)
             }
             Some(b) => match client.statements.get(b.statement) {
-                Some(stmt) => Route::Bind(stmt.clone()),
+                Some(stmt) => {
+                    if client.startup.0 {
+                        client.note_bound_resets(&stmt.rest, server.expect);
+                    }
+                    Route::Bind(stmt.clone())
+                }
                 None => plain(Kind::Bind),
             },
             None => plain(Kind::Bind),

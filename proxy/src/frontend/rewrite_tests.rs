@@ -14,6 +14,7 @@ struct Fixture {
     unnamed_here: bool,
     extras: ExtraParams,
     prepared_bytes: usize,
+    params: ParamChanges,
 }
 
 impl Fixture {
@@ -28,6 +29,7 @@ impl Fixture {
             unnamed_here: false,
             extras: ExtraParams::default(),
             prepared_bytes: usize::MAX,
+            params: ParamChanges::default(),
         }
     }
 
@@ -46,6 +48,8 @@ impl Fixture {
                 extras: self.extras,
                 in_transaction: false,
                 prepared_bytes: self.prepared_bytes,
+                params: &self.params,
+                startup: self.params.has_startup(),
             },
             &mut ServerSide {
                 registry: &mut self.registry,
@@ -602,4 +606,40 @@ fn copy_data_streams_and_bad_input_is_rejected() {
     buf.extend(msg(b'X', b""));
     let scan = f.route(&buf, &mut out).unwrap();
     assert_eq!((scan.consumed, scan.syncs, scan.terminate), (q, 1, true));
+}
+
+#[test]
+fn a_reset_of_startup_values_is_followed_by_their_restore() {
+    let mut f = Fixture::new();
+    let startup = [("work_mem".to_string(), "3MB".to_string())];
+    f.params = ParamChanges::from_startup(&[], ExtraParams::default(), &startup);
+    let mut out = BytesMut::new();
+    // A Query: the restore follows it at once, and its failure (an aborted transaction, which
+    // undoes the reset too) reaches nobody and ends nothing.
+    let scan = f.route(&msg(b'Q', b"RESET work_mem\0"), &mut out).unwrap();
+    assert!(scan.copied && scan.syncs == 1);
+    let sent = frames(&out);
+    assert_eq!(tags(&out), "QQ");
+    assert_eq!(
+        sent[1].1,
+        &b"SELECT pg_catalog.set_config('work_mem', E'3MB', false);\0"[..]
+    );
+    // (A RESET by name of a parameter outside track_extra_params pins, as its SET does.)
+    assert!(f.pinned.is_some());
+    let mut srv = msg(b'C', b"RESET\0");
+    srv.extend(msg(b'Z', b"T"));
+    srv.extend(error("25P02"));
+    srv.extend(msg(b'Z', b"E"));
+    assert_eq!(tags(&reply(&mut f, &srv)), "CZ");
+    assert!(f.expect.is_empty() && f.expect.sync_failed.is_none());
+    // The extended protocol: after the unit's Sync. Other resets and statements: nothing.
+    let mut out = BytesMut::new();
+    let mut buf = msg(b'P', b"\0RESET ALL\0\0\0");
+    buf.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+    buf.extend(msg(b'E', b"\0\0\0\0\0"));
+    buf.extend(msg(b'S', b""));
+    buf.extend(msg(b'Q', b"RESET datestyle\0"));
+    buf.extend(msg(b'Q', b"SELECT 1\0"));
+    f.route(&buf, &mut out).unwrap();
+    assert_eq!(tags(&out), "PBESQQQ");
 }

@@ -51,6 +51,23 @@ impl SqlState {
     pub const NO_PRIMARY: SqlState = SqlState("57P03");
     /// 57014: canceled (login timeout).
     pub const QUERY_CANCELED: SqlState = SqlState("57014");
+    /// 55P02: a parameter that cannot be changed in a running session (e.g. log_connections).
+    pub const CANT_CHANGE_RUNTIME_PARAM: SqlState = SqlState("55P02");
+    /// 42501: a parameter the server's user may not set.
+    pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState("42501");
+
+    /// Why a server refused a client's session parameter (`code` from its error), as one of
+    /// these; other codes read as 22023.
+    pub fn of_parameter_error(code: &str) -> SqlState {
+        [
+            SqlState::CANT_CHANGE_RUNTIME_PARAM,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::UNDEFINED_OBJECT,
+        ]
+        .into_iter()
+        .find(|s| s.0 == code)
+        .unwrap_or(SqlState::INVALID_PARAMETER_VALUE)
+    }
 }
 
 impl fmt::Display for SqlState {

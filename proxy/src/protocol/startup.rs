@@ -42,6 +42,99 @@ impl StartupMessage {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// The session parameters the client asks for, in the order Postgres applies them (later
+    /// ones win): each `-c name=value` / `--name=value` of `options`, then every other
+    /// parameter except `user`, `database`, `replication` (false only) and `_pq_.*`.
+    pub fn session_params(&self) -> Result<Vec<(String, String)>, OptionsError> {
+        let mut out = Vec::new();
+        for (k, v) in &self.params {
+            if k == "options" {
+                parse_options(v, &mut out)?;
+            }
+        }
+        for (k, v) in &self.params {
+            match k.as_str() {
+                "user" | "database" | "options" => {}
+                // A replication connection cannot become a pooled session.
+                "replication" => {
+                    if !matches!(
+                        v.to_ascii_lowercase().as_str(),
+                        "false" | "off" | "no" | "0"
+                    ) {
+                        return Err(OptionsError::Replication(v.clone()));
+                    }
+                }
+                _ if k.starts_with("_pq_.") => {}
+                _ => out.push((k.clone(), v.clone())),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Why a startup packet's session parameters cannot be applied (checked at login).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum OptionsError {
+    /// A switch in `options` other than `-c name=value` and `--name=value` (such as `-d 5`
+    /// or `-e`): Postgres applies those at backend start only.
+    #[error("pgtier cannot apply the startup option \"{0}\" in \"options\": only -c name=value and --name=value are supported")]
+    Unsupported(String),
+    /// `-c name` or `--name` without a value (Postgres' own message).
+    #[error("{0} requires a value")]
+    NeedsValue(String),
+    /// A replication connection (`replication = true | database`).
+    #[error("pgtier does not proxy replication connections (startup parameter \"replication\" = \"{0}\")")]
+    Replication(String),
+}
+
+/// Splits `options` into arguments as Postgres does (`pg_split_opts`): separated by white
+/// space, a backslash makes the next character literal (`\ ` a space, `\\` a backslash).
+pub fn split_options(options: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut chars = options.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_ascii_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return args;
+        }
+        let mut arg = String::new();
+        while let Some(c) = chars.next_if(|c| !c.is_ascii_whitespace()) {
+            match c {
+                '\\' => arg.extend(chars.next()),
+                c => arg.push(c),
+            }
+        }
+        args.push(arg);
+    }
+}
+
+/// Appends the `name = value` pairs of `options` (Postgres' `-c name=value`, `-cname=value`
+/// and `--name=value`; `-` in a name reads as `_`, as in Postgres).
+fn parse_options(options: &str, out: &mut Vec<(String, String)>) -> Result<(), OptionsError> {
+    let mut args = split_options(options).into_iter();
+    while let Some(arg) = args.next() {
+        let (setting, shown) = if arg == "-c" {
+            let Some(next) = args.next() else {
+                return Err(OptionsError::NeedsValue("-c".into()));
+            };
+            (next.clone(), format!("-c {next}"))
+        } else if let Some(rest) = arg.strip_prefix("-c") {
+            (rest.to_owned(), format!("-c {rest}"))
+        } else if let Some(rest) = arg.strip_prefix("--").filter(|r| !r.is_empty()) {
+            (rest.to_owned(), arg.clone())
+        } else {
+            return Err(OptionsError::Unsupported(arg));
+        };
+        let Some((name, value)) = setting.split_once('=') else {
+            return Err(OptionsError::NeedsValue(shown));
+        };
+        if name.is_empty() {
+            return Err(OptionsError::Unsupported(shown));
+        }
+        out.push((name.replace('-', "_"), value.to_owned()));
+    }
+    Ok(())
 }
 
 /// The key a client presents to cancel a query: BackendKeyData's process id and secret.
@@ -183,6 +276,63 @@ mod tests {
         let key = CancelKey { pid: 7, secret: -3 };
         let pkt = key.request_packet();
         assert_eq!(decode(&pkt[4..]).unwrap(), StartupPacket::Cancel(key));
+    }
+
+    #[test]
+    fn options_split_and_parse_like_postgres() {
+        assert_eq!(
+            split_options("  -c a=b\\ c\t--x-y=1 \\\\ "),
+            ["-c", "a=b c", "--x-y=1", "\\"]
+        );
+        let msg = |options: &str, extra: &[(&str, &str)]| StartupMessage {
+            major: 3,
+            minor: 0,
+            params: [("user", "u"), ("options", options)]
+                .iter()
+                .chain(extra)
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let m = msg(
+            "-c statement_timeout=1234 -csearch_path=a,\\ b --lock-timeout=5s",
+            &[
+                ("DateStyle", "ISO"),
+                ("_pq_.x", "1"),
+                ("replication", "false"),
+            ],
+        );
+        assert_eq!(
+            m.session_params().unwrap(),
+            pairs(&[
+                ("statement_timeout", "1234"),
+                ("search_path", "a, b"),
+                ("lock_timeout", "5s"),
+                ("DateStyle", "ISO"),
+            ])
+        );
+        let err = |options: &str| msg(options, &[]).session_params().unwrap_err();
+        assert_eq!(err("-d 5"), OptionsError::Unsupported("-d".into()));
+        assert_eq!(
+            err("-c work_mem"),
+            OptionsError::NeedsValue("-c work_mem".into())
+        );
+        assert_eq!(
+            err("--work_mem"),
+            OptionsError::NeedsValue("--work_mem".into())
+        );
+        assert_eq!(err("-c"), OptionsError::NeedsValue("-c".into()));
+        assert_eq!(err("--=1"), OptionsError::Unsupported("--=1".into()));
+        assert_eq!(err("plain"), OptionsError::Unsupported("plain".into()));
+        let repl = msg("", &[("replication", "database")]);
+        assert!(matches!(
+            repl.session_params(),
+            Err(OptionsError::Replication(_))
+        ));
     }
 
     #[test]

@@ -85,7 +85,8 @@ pub async fn handle(
     };
     let app_name = startup_params
         .iter()
-        .find(|(k, _)| *k == "application_name")
+        .rev()
+        .find(|(k, _)| k.eq_ignore_ascii_case("application_name"))
         .map_or("", |(_, v)| v.as_str());
     let client = proxy.client_registry().register(NewClient {
         peer,
@@ -98,17 +99,11 @@ pub async fn handle(
     }
     let mut welcome = BytesMut::with_capacity(512);
     auth_ok(&mut welcome);
-    // The client's startup values of tracked parameters are its session's values: shown now,
-    // and set on every server that serves it.
-    let mut client_params = ParamChanges::default();
-    for (k, v) in &startup_params {
-        if crate::backend::params::tracked(k).is_some() {
-            client_params.set(&params, k, v);
-        } else {
-            // A `track_extra_params` value: replayed like the client's own SET.
-            client_params.set_extra(k, Some(&crate::backend::params::set_config_sql(k, v)));
-        }
-    }
+    // The client's startup values are its session's values: the reported ones shown now, all
+    // set on every server that serves it (a value a server refuses ends the session at its
+    // first request, with the server's error), and restored by its RESETs.
+    let client_params =
+        ParamChanges::from_startup(&params, runtime.limits.extra_params, &startup_params);
     for (k, v) in params.iter() {
         parameter_status(&mut welcome, k, client_params.get(k).unwrap_or(v));
     }

@@ -164,8 +164,10 @@ impl Session {
                 // Postgres refuses such a value at startup; the client gets the same, late.
                 drop(serving);
                 warn!(database = %self.database(), %code, %message, "a session parameter of the client was rejected by the server");
+                // The server's reason (its message names the parameter): a bad value, an
+                // unknown parameter, one Postgres takes only at backend start (55P02).
                 let text = format!("invalid session parameter (from the startup packet or SET): {message}");
-                self.close(SqlState::INVALID_PARAMETER_VALUE, &text).await;
+                self.close(SqlState::of_parameter_error(&code), &text).await;
                 return Err("invalid session parameter");
             }
         };
