@@ -22,7 +22,8 @@ use crate::backend::params::{bring_in_line, ExtraParams, ParamChanges};
 use crate::backend::server::ServerIo;
 use crate::config::{PoolMode, SessionStatePolicy};
 use crate::protocol::frame::peek_header;
-use crate::protocol::messages::{ends_session, TxStatus};
+use crate::protocol::messages::{ends_session, fatal_sqlstate, TxStatus};
+use crate::protocol::SqlState;
 use crate::router::classify::Classifier;
 use crate::router::route::ClientRouting;
 use crate::router::rules::RuleSet;
@@ -54,6 +55,9 @@ pub(crate) enum Outcome {
     Killed,
     /// Bringing the server's parameters in line with the client's failed: (SQLSTATE, message).
     SyncFailed(String, String),
+    /// The server ended the session over what the client sent (FATAL 08P01), and the client
+    /// has its error: the node is not at fault.
+    ServerRefusedClient,
 }
 
 /// How a relay ended, and what the session needs next.
@@ -402,6 +406,7 @@ impl Relay<'_> {
             (self.owed, self.owed + scan.syncs),
             self.statements,
         );
+        crate::panics::test_trigger(&self.cbuf[..scan.consumed]);
         self.out.clear();
         self.cbuf.advance(scan.consumed);
         self.owed += scan.syncs;
@@ -464,9 +469,18 @@ impl Relay<'_> {
         } else {
             &self.server.inbuf[..scan.consumed]
         };
+        // A server that ends the session over what the client sent (FATAL 08P01) is not
+        // failing: its error is the client's answer, and the unit is not run elsewhere.
+        let refused = !scan.errors.is_empty()
+            && fatal_sqlstate(batch) == Some(SqlState::PROTOCOL_VIOLATION.0);
         // A replica that ends the session (shutdown, crash) before any reply reached the client:
         // the read can run elsewhere, so its farewell is not passed on.
-        if self.gate.on_replica && !self.replied && !self.more_input && ends_session(batch) {
+        if !refused
+            && self.gate.on_replica
+            && !self.replied
+            && !self.more_input
+            && ends_session(batch)
+        {
             return Some(Outcome::ServerGone(std::io::Error::other(
                 "replica ended the session before replying",
             )));
@@ -484,6 +498,9 @@ impl Relay<'_> {
         self.observer.answered(batch_len, scan.ready, self.owed);
         for code in &scan.errors {
             self.observer.error(code);
+        }
+        if refused {
+            return Some(Outcome::ServerRefusedClient);
         }
         if let Some(s) = scan.status {
             self.status = s;

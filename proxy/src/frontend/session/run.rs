@@ -4,11 +4,13 @@
 use super::*;
 
 impl Session {
-    /// Relays on `serving` until its transaction ends.
+    /// Relays on `serving` until its transaction ends. `retry` is a copy of `first` kept for
+    /// running it again elsewhere (None: no retry is allowed).
     pub(super) async fn run_on(
         &mut self,
         mut serving: Serving,
         first: BytesMut,
+        retry: Option<BytesMut>,
     ) -> Result<Ran, &'static str> {
         let started = serving.since;
         let server = &mut serving.server;
@@ -105,6 +107,12 @@ impl Session {
                 }
                 return Err("client closed");
             }
+            Outcome::ServerRefusedClient => {
+                // Closed, not banned: the client broke the protocol and has the server's error.
+                warn!(database = %self.database(), node = %self.upstream.node(serving.node).node(), "the server closed the connection over a client protocol violation (08P01)");
+                drop(serving);
+                return Err("protocol violation (refused by the server)");
+            }
             Outcome::ClientViolation(v) => {
                 drop(serving);
                 self.violation(v).await;
@@ -113,15 +121,22 @@ impl Session {
             Outcome::ServerGone(e) => {
                 warn!(database = %self.database(), node = %self.upstream.node(serving.node).node(), error = %e, retryable = end.retryable, on_replica = serving.on_replica, "server connection lost");
                 self.router().topology().report_failure(serving.node);
-                if serving.on_replica && end.retryable {
-                    info!(database = %self.database(), "read failed on a replica before any reply: retrying it once elsewhere");
-                    return Ok(Ran::RetryRead);
+                match retry {
+                    Some(again) if serving.on_replica && end.retryable => {
+                        info!(database = %self.database(), "read failed on a replica before any reply: retrying it once elsewhere");
+                        return Ok(Ran::RetryRead(again));
+                    }
+                    _ if serving.on_replica && end.retryable => (
+                        SqlState::CONNECTION_FAILURE,
+                        "pgtier: server connection lost: the read failed on two servers before any reply (it is not retried again)",
+                        "server connection lost (read failed twice)",
+                    ),
+                    _ => (
+                        SqlState::CONNECTION_FAILURE,
+                        "pgtier: server connection lost",
+                        "server connection lost",
+                    ),
                 }
-                (
-                    SqlState::CONNECTION_FAILURE,
-                    "pgtier: server connection lost",
-                    "server connection lost",
-                )
             }
             Outcome::IdleInTransaction => (
                 SqlState::IDLE_IN_TRANSACTION_TIMEOUT,

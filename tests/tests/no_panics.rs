@@ -1,0 +1,270 @@
+//! Failures that once panicked a client's or an admin's task (issue 13): a read that fails on
+//! two replicas, KILL racing a RELOAD that removes the database, malformed fixed-layout
+//! messages (which servers closed on, and pgtier banned them for), and a panic in a client's
+//! task (provoked by the debug builds' `PGTIER_TEST_PANIC`), which must end only that client
+//! and close its server.
+
+use std::time::{Duration, Instant};
+
+use pgtier_kit::fixture::{replica_in_rotation, simple_rows as rows, ConfigBuilder};
+use pgtier_kit::{wire, Cluster, Pgtier};
+use tokio::io::AsyncWriteExt;
+use tokio_postgres::NoTls;
+
+const LIMIT: Duration = Duration::from_secs(10);
+const USER: &str = "pgtier_trust";
+
+fn builder(c: &Cluster) -> ConfigBuilder {
+    pgtier_kit::fixture::ensure_app_db(c).unwrap();
+    c.create_trust_role(USER).unwrap();
+    ConfigBuilder::new(c)
+        .global("admin_users = [\"admin\"]")
+        .global("lag_check_interval = \"50ms\"")
+        .user(USER, "auth = \"trust\"")
+        .user("admin", "password = \"admin-pw\"")
+}
+
+async fn admin(px: &Pgtier) -> tokio_postgres::Client {
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=admin password=admin-pw dbname=pgtier",
+        px.port()
+    );
+    let (c, conn) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c
+}
+
+/// SHOW REPLICAS' state of every replica of the cluster.
+async fn replica_states(adm: &tokio_postgres::Client, c: &Cluster) -> Vec<String> {
+    let rows = rows(adm, "SHOW REPLICAS").await;
+    c.replicas()
+        .iter()
+        .map(|n| {
+            let row = rows.iter().find(|r| r.get("node") == Some(n.addr().as_str()));
+            row.and_then(|r| r.get("state")).unwrap_or("?").to_owned()
+        })
+        .collect()
+}
+
+/// A plain query on a fresh client works, outside any transaction.
+async fn still_serves(px: &Pgtier) {
+    let (mut s, _) = wire::login_trust(&px.addr(), USER, "app").await.unwrap();
+    let r = wire::send_all(&mut s, &[wire::query("SELECT 7")], LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(wire::first_value(&r), "7");
+    assert_eq!(r.last().unwrap().body, b"I", "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_failing_on_two_replicas_gets_08006_not_a_dropped_connection() {
+    let c = Cluster::shared();
+    let px = builder(c).with_replicas(c).start().unwrap();
+    replica_in_rotation(&px, USER, "").await.unwrap();
+    let (mut s, _) = wire::login_trust(&px.addr(), USER, "app").await.unwrap();
+    s.write_all(&wire::query("SELECT pg_sleep(60), 'fails-on-two-replicas'"))
+        .await
+        .unwrap();
+    // Wherever the read runs, its backend is terminated before it replies: the first failure
+    // is retried on the other replica, the second must reach the client as an error.
+    let deadline = Instant::now() + 3 * LIMIT;
+    let mut terminated = 0;
+    while terminated < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the read did not reach a replica twice ({terminated} terminated):\n{}",
+            px.log()
+        );
+        for r in c.replicas() {
+            let n = r
+                .psql(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE query LIKE '%''fails-on-two-' || 'replicas''%' AND pid <> pg_backend_pid()",
+                )
+                .unwrap();
+            terminated += n.parse::<u32>().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, message) = wire::expect_fatal(&mut s, LIMIT)
+        .await
+        .unwrap_or_else(|e| panic!("no error before the close ({e}):\n{}", px.log()));
+    assert_eq!(code, "08006", "{message}");
+    assert!(message.contains("failed on two servers"), "{message}");
+    assert!(wire::closed_within(&mut s, LIMIT).await);
+    still_serves(&px).await;
+    assert!(!px.log().contains("panicked"), "{}", px.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_racing_a_reload_that_removes_the_database_answers_every_time() {
+    let c = Cluster::shared();
+    let base = builder(c);
+    let with = base.clone().database(&format!(
+        "[databases.gone]\nprimary = \"{}\"",
+        c.primary().addr()
+    ));
+    let px = with.start().unwrap();
+    let (config_with, config_without) = (with.render(px.port()), base.render(px.port()));
+    let reloader = admin(&px).await;
+    // KILL from several sessions while RELOAD removes and restores `gone`: each KILL answers
+    // (done, or 3D000 once the database is gone) and no admin session is lost.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut killers = Vec::new();
+    for _ in 0..3 {
+        let adm = admin(&px).await;
+        let stop = stop.clone();
+        killers.push(tokio::spawn(async move {
+            let mut answered = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match adm.simple_query("KILL gone").await {
+                    Ok(_) => {}
+                    Err(e) if e.code().map(|c| c.code()) == Some("3D000") => {}
+                    Err(e) => return Err(format!("KILL after {answered} answers: {e:?}")),
+                }
+                answered += 1;
+            }
+            Ok(answered)
+        }));
+    }
+    for i in 0..300 {
+        let text = if i % 2 == 0 {
+            &config_without
+        } else {
+            &config_with
+        };
+        std::fs::write(px.config_path(), text).unwrap();
+        reloader.simple_query("RELOAD").await.unwrap();
+        if killers.iter().any(|k| k.is_finished()) {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for k in killers {
+        let answered = k.await.unwrap().unwrap_or_else(|e| panic!("{e}\n{}", px.log()));
+        assert!(answered > 0);
+    }
+    assert!(!px.log().contains("panicked"), "{}", px.log());
+}
+
+/// `tag` with `body`, a frame whose declared length matches the body.
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    wire::message(tag, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_get_08p01_before_any_server_and_ban_no_replica() {
+    let c = Cluster::shared();
+    let px = builder(c).with_replicas(c).start().unwrap();
+    replica_in_rotation(&px, USER, "").await.unwrap();
+    let adm = admin(&px).await;
+    assert_eq!(replica_states(&adm, c).await, ["healthy", "healthy"]);
+    let bind_overrun = {
+        // Two parameter values announced, none there.
+        let mut b = b"\0\0\0\0\0\x02".to_vec();
+        b.extend(0i16.to_be_bytes());
+        b
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        // The issue's case: a Sync whose length says 65,536 bytes, with that many bytes.
+        ("Sync", frame(b'S', &vec![0; 65_532])),
+        ("Flush", [frame(b'H', b"x"), wire::sync()].concat()),
+        (
+            "Bind",
+            [wire::parse("", "SELECT 1"), frame(b'B', &bind_overrun), wire::sync()].concat(),
+        ),
+        (
+            "Describe",
+            [frame(b'D', &[b'S'; 20_000]), wire::sync()].concat(),
+        ),
+        ("Query", frame(b'Q', b"SELECT 1\0SELECT 2")),
+        (
+            "Execute",
+            [frame(b'E', b"\0\0\0"), wire::sync()].concat(),
+        ),
+    ];
+    for (name, bytes) in cases {
+        let (mut s, _) = wire::login_trust(&px.addr(), USER, "app").await.unwrap();
+        s.write_all(&bytes).await.unwrap();
+        let (code, message) = wire::expect_fatal(&mut s, LIMIT)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: no error ({e}):\n{}", px.log()));
+        assert_eq!(code, "08P01", "{name}: {message}");
+        assert!(
+            message.starts_with(&format!("pgtier: malformed {name} message")),
+            "{name}: {message}"
+        );
+        assert!(wire::closed_within(&mut s, LIMIT).await, "{name}");
+        // No server saw the bytes, so none was failed, retried on or banned.
+        assert_eq!(
+            replica_states(&adm, c).await,
+            ["healthy", "healthy"],
+            "after {name}:\n{}",
+            px.log()
+        );
+    }
+    still_serves(&px).await;
+    assert!(!px.log().contains("panicked"), "{}", px.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_client_task_ends_that_client_only_and_closes_its_server() {
+    const MARK: &str = "pgtier-test-panic-now";
+    let c = Cluster::shared();
+    let px = builder(c)
+        .start_with_env(&[("PGTIER_TEST_PANIC", MARK)])
+        .unwrap();
+    let adm = admin(&px).await;
+    let (mut s, _) = wire::login_trust(&px.addr(), USER, "app").await.unwrap();
+    wire::send_all(&mut s, &[wire::query("BEGIN")], LIMIT)
+        .await
+        .unwrap();
+    let r = wire::send_all(&mut s, &[wire::query("SELECT pg_backend_pid()")], LIMIT)
+        .await
+        .unwrap();
+    let pid = wire::first_value(&r);
+    // The server is inside a transaction when the client's task panics.
+    s.write_all(&wire::query(&format!("SELECT '{MARK}'")))
+        .await
+        .unwrap();
+    let (code, message) = wire::expect_fatal(&mut s, LIMIT).await.unwrap_or_else(|e| {
+        panic!(
+            "no error before the close ({e}); built without debug assertions?\n{}",
+            px.log()
+        )
+    });
+    assert_eq!(code, "XX000", "{message}");
+    assert!(wire::closed_within(&mut s, LIMIT).await);
+    // The server connection was closed, not pooled: its backend leaves Postgres.
+    let deadline = Instant::now() + LIMIT;
+    while c
+        .primary()
+        .psql(&format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"))
+        .unwrap()
+        != "0"
+    {
+        assert!(Instant::now() < deadline, "backend {pid} still there");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Counters: no client and no server left behind.
+    let deadline = Instant::now() + LIMIT;
+    while !rows(&adm, "SHOW CLIENTS").await.is_empty() {
+        assert!(Instant::now() < deadline, "the client stays in SHOW CLIENTS");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for r in rows(&adm, "SHOW POOLS").await {
+        for col in ["cl_active", "cl_waiting", "sv_active"] {
+            assert_eq!(r.get(col), Some("0"), "{col}");
+        }
+    }
+    assert!(rows(&adm, "SHOW SERVERS")
+        .await
+        .iter()
+        .all(|r| r.get("remote_pid") != Some(pid.as_str())));
+    // The process goes on; the next client gets a clean server (not one in a transaction).
+    still_serves(&px).await;
+    let log = px.log();
+    assert!(log.contains("pgtier bug: a task panicked"), "{log}");
+    assert!(log.contains("test panic (PGTIER_TEST_PANIC)"), "{log}");
+    assert!(!log.contains("stack backtrace"), "{log}");
+}
