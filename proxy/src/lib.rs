@@ -12,6 +12,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod fault;
 pub mod frontend;
 pub mod metrics;
 pub mod panics;

@@ -146,7 +146,7 @@ fn run(file: &std::path::Path) -> anyhow::Result<()> {
         LogFormat::Text => registry.with(fmt).init(),
     }
     // Message and location to the log, no backtrace (see pgtier::panics).
-    if !pgtier::panics::keep_default_hook() {
+    if !pgtier::fault::keep_default_hook() {
         pgtier::panics::install_hook();
     }
     let log_level = LogLevelHook(Box::new(move |level: &str| {

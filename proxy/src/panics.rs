@@ -55,37 +55,6 @@ impl<F: Future + Unpin> Future for Contained<F> {
     }
 }
 
-/// Test-only fault injection, compiled into debug builds (and release builds with the
-/// `fault-injection` feature) only: a client Query whose text contains the value of the
-/// environment variable `PGTIER_TEST_PANIC` panics in the relay after it reached the server.
-#[cfg(any(debug_assertions, feature = "fault-injection"))]
-pub(crate) fn test_trigger(sent: &[u8]) {
-    use std::sync::OnceLock;
-    static MARK: OnceLock<Option<Vec<u8>>> = OnceLock::new();
-    let mark = MARK.get_or_init(|| {
-        std::env::var_os("PGTIER_TEST_PANIC")
-            .map(|v| v.into_encoded_bytes())
-            .filter(|v| !v.is_empty())
-    });
-    if let Some(mark) = mark {
-        if sent.windows(mark.len()).any(|w| w == mark) {
-            panic!("test panic (PGTIER_TEST_PANIC)");
-        }
-    }
-}
-
-/// Test-only fault injection: absent from normal builds.
-#[cfg(not(any(debug_assertions, feature = "fault-injection")))]
-#[inline(always)]
-pub(crate) fn test_trigger(_sent: &[u8]) {}
-
-/// Whether the test environment asks to keep std's panic hook (to measure what it costs):
-/// only in builds with fault injection.
-pub fn keep_default_hook() -> bool {
-    cfg!(any(debug_assertions, feature = "fault-injection"))
-        && std::env::var_os("PGTIER_TEST_DEFAULT_PANIC_HOOK").is_some()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -183,7 +183,9 @@ fn kill(proxy: &Proxy, arg: Option<&str>) -> Result<BytesMut, Failure> {
         ));
     };
     // The runtime comes from the snapshot the name was checked in.
-    for (_, rt) in databases(&proxy.snapshot(), Some(db))? {
+    let dbs = databases(&proxy.snapshot(), Some(db))?;
+    crate::fault::reload_point(proxy);
+    for (_, rt) in dbs {
         rt.control.pause();
         rt.control.kill();
     }

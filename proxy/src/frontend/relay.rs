@@ -406,7 +406,7 @@ impl Relay<'_> {
             (self.owed, self.owed + scan.syncs),
             self.statements,
         );
-        crate::panics::test_trigger(&self.cbuf[..scan.consumed]);
+        crate::fault::panic_point(&self.cbuf[..scan.consumed]);
         self.out.clear();
         self.cbuf.advance(scan.consumed);
         self.owed += scan.syncs;

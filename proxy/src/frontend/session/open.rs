@@ -23,7 +23,13 @@ pub async fn handle(
                 auth_ok(&mut welcome);
                 ready_for_query(&mut welcome, TxStatus::Idle);
                 if stream.write_all(&welcome).await.is_ok() {
-                    Box::pin(crate::admin::serve(&proxy, &mut stream)).await;
+                    let served =
+                        Contained(Box::pin(crate::admin::serve(&proxy, &mut stream))).await;
+                    if let Err(panic) = served {
+                        error!(%peer, user = %user.name, panic, "internal error in an admin session: closed");
+                        let message = "pgtier: internal error; the connection is closed (see pgtier's log)";
+                        Box::pin(farewell(&mut stream, SqlState::INTERNAL_ERROR, message)).await;
+                    }
                 }
                 info!(%peer, user = %user.name, "admin console client disconnected");
                 return;
