@@ -33,7 +33,7 @@ pub fn install_hook() {
         tracing::error!(
             panic = message(info.payload()),
             %location,
-            "pgtier bug: a task panicked (the process goes on; see the next lines for what it closed)"
+            "panic in pgtier (a bug): it is caught, the process goes on; the next lines say what it ended"
         );
     }));
 }

@@ -244,7 +244,7 @@ async fn a_panic_in_a_client_task_ends_that_client_only_and_closes_its_server() 
     // The process goes on; the next client gets a clean server (not one in a transaction).
     still_serves(&px).await;
     let log = px.log();
-    assert!(log.contains("pgtier bug: a task panicked"), "{log}");
+    assert!(log.contains("panic in pgtier (a bug)"), "{log}");
     assert!(log.contains("test panic (PGTIER_TEST_PANIC)"), "{log}");
     assert!(!log.contains("stack backtrace"), "{log}");
 }
