@@ -248,3 +248,30 @@ async fn a_panic_in_a_client_task_ends_that_client_only_and_closes_its_server() 
     assert!(log.contains("test panic (PGTIER_TEST_PANIC)"), "{log}");
     assert!(!log.contains("stack backtrace"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_ending_the_session_over_the_clients_doing_is_not_banned() {
+    let c = Cluster::shared();
+    let px = builder(c).with_replicas(c).start().unwrap();
+    replica_in_rotation(&px, USER, "").await.unwrap();
+    let (mut s, _) = wire::login_trust(&px.addr(), USER, "app").await.unwrap();
+    // The client's own idle-in-transaction timeout: the primary ends the session (FATAL 25P03).
+    wire::send_all(
+        &mut s,
+        &[wire::query(
+            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '100ms'",
+        )],
+        LIMIT,
+    )
+    .await
+    .unwrap();
+    let (code, message) = wire::expect_fatal(&mut s, LIMIT).await.unwrap();
+    assert_eq!(code, "25P03", "{message}");
+    // The server's error is the last word (no 08006 of pgtier's after it)...
+    assert!(wire::read_msg(&mut s, LIMIT).await.is_err());
+    // ...and the node was not taken for a failing one.
+    let log = px.log();
+    assert!(!log.contains("connection failure reported"), "{log}");
+    assert!(!log.contains("server connection lost"), "{log}");
+    still_serves(&px).await;
+}

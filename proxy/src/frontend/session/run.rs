@@ -107,11 +107,11 @@ impl Session {
                 }
                 return Err("client closed");
             }
-            Outcome::ServerRefusedClient => {
-                // Closed, not banned: the client broke the protocol and has the server's error.
-                warn!(database = %self.database(), node = %self.upstream.node(serving.node).node(), "the server closed the connection over a client protocol violation (08P01)");
+            Outcome::ServerEndedClient(code) => {
+                // Closed, not banned: the client caused it, and has the server's error.
+                info!(database = %self.database(), node = %self.upstream.node(serving.node).node(), code, "the server ended the session over what the client did: client closed, node not banned");
                 drop(serving);
-                return Err("protocol violation (refused by the server)");
+                return Err("ended by the server (client's doing)");
             }
             Outcome::ClientViolation(v) => {
                 drop(serving);
