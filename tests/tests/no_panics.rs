@@ -275,3 +275,55 @@ async fn a_server_ending_the_session_over_the_clients_doing_is_not_banned() {
     assert!(!log.contains("server connection lost"), "{log}");
     still_serves(&px).await;
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// What a panic costs in RSS, with std's hook and with pgtier's, with and without
+/// RUST_BACKTRACE. A measurement, not a check: run it on a release build with fault injection,
+/// `cargo build --release -p pgtier --features fault-injection` and
+/// `PGTIER_BIN=target/release/pgtier cargo test -p pgtier-kit --test no_panics panic_rss -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; see its doc comment"]
+async fn panic_rss_cost() {
+    const MARK: &str = "pgtier-test-panic-now";
+    let c = Cluster::shared();
+    for (hook, backtrace) in [("std", "0"), ("std", "1"), ("pgtier", "0"), ("pgtier", "1")] {
+        let mut env = vec![("PGTIER_TEST_PANIC", MARK), ("RUST_BACKTRACE", backtrace)];
+        if hook == "std" {
+            env.push(("PGTIER_TEST_DEFAULT_PANIC_HOOK", "1"));
+        }
+        let px = builder(c).start_with_env(&env).unwrap();
+        // Warm up: the same path without the panic.
+        for _ in 0..20 {
+            still_serves(&px).await;
+        }
+        let before = rss_kib(px.pid());
+        let mut after = Vec::new();
+        for i in 1..=3 {
+            let (mut s, _) = wire::login_trust(&px.addr(), USER, "app").await.unwrap();
+            s.write_all(&wire::query(&format!("SELECT '{MARK}'")))
+                .await
+                .unwrap();
+            let (code, _) = wire::expect_fatal(&mut s, LIMIT).await.unwrap();
+            assert_eq!(code, "XX000");
+            let deadline = Instant::now() + LIMIT;
+            while px.log().matches("reason=\"internal error\"").count() < i {
+                assert!(Instant::now() < deadline, "{}", px.log());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            still_serves(&px).await;
+            after.push(rss_kib(px.pid()));
+        }
+        println!(
+            "hook {hook:6} RUST_BACKTRACE={backtrace}: RSS {before} KiB before, after panics 1-3: {after:?} KiB (+{} KiB)",
+            after[2] as i64 - before as i64
+        );
+    }
+}
