@@ -196,6 +196,8 @@ impl Session {
         }
         let body = &buf[5..];
         let cmd = commands::command(body.strip_suffix(&[0]).unwrap_or(body))?;
+        // A malformed one goes the normal way, which refuses it (08P01).
+        crate::protocol::validate::check(h.tag, body).ok()?;
         let mut out = BytesMut::new();
         super::local::answer(cmd, &mut self.routing, &mut out);
         Some(out)
