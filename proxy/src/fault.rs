@@ -34,7 +34,10 @@ mod enabled {
             && !DONE.swap(true, Ordering::Relaxed)
         {
             let result = proxy.reload();
-            tracing::warn!(ok = result.is_ok(), "test reload point (PGTIER_TEST_RELOAD_IN_ADMIN)");
+            tracing::warn!(
+                ok = result.is_ok(),
+                "test reload point (PGTIER_TEST_RELOAD_IN_ADMIN)"
+            );
         }
     }
 

@@ -40,7 +40,9 @@ async fn replica_states(adm: &tokio_postgres::Client, c: &Cluster) -> Vec<String
     c.replicas()
         .iter()
         .map(|n| {
-            let row = rows.iter().find(|r| r.get("node") == Some(n.addr().as_str()));
+            let row = rows
+                .iter()
+                .find(|r| r.get("node") == Some(n.addr().as_str()));
             row.and_then(|r| r.get("state")).unwrap_or("?").to_owned()
         })
         .collect()
@@ -111,9 +113,9 @@ async fn kill_racing_a_reload_that_removes_the_database_answers() {
         .unwrap();
     std::fs::write(px.config_path(), base.render(px.port())).unwrap();
     let adm = admin(&px).await;
-    adm.simple_query("KILL gone").await.unwrap_or_else(|e| {
-        panic!("KILL during a reload: {e:?}\n{}", px.log())
-    });
+    adm.simple_query("KILL gone")
+        .await
+        .unwrap_or_else(|e| panic!("KILL during a reload: {e:?}\n{}", px.log()));
     assert!(
         px.log().contains("test reload point"),
         "built without debug assertions?\n{}",
@@ -151,17 +153,19 @@ async fn malformed_messages_get_08p01_before_any_server_and_ban_no_replica() {
         ("Flush", [frame(b'H', b"x"), wire::sync()].concat()),
         (
             "Bind",
-            [wire::parse("", "SELECT 1"), frame(b'B', &bind_overrun), wire::sync()].concat(),
+            [
+                wire::parse("", "SELECT 1"),
+                frame(b'B', &bind_overrun),
+                wire::sync(),
+            ]
+            .concat(),
         ),
         (
             "Describe",
             [frame(b'D', &[b'S'; 20_000]), wire::sync()].concat(),
         ),
         ("Query", frame(b'Q', b"SELECT 1\0SELECT 2")),
-        (
-            "Execute",
-            [frame(b'E', b"\0\0\0"), wire::sync()].concat(),
-        ),
+        ("Execute", [frame(b'E', b"\0\0\0"), wire::sync()].concat()),
     ];
     for (name, bytes) in cases {
         let (mut s, _) = wire::login_trust(&px.addr(), USER, "app").await.unwrap();
@@ -219,7 +223,9 @@ async fn a_panic_in_a_client_task_ends_that_client_only_and_closes_its_server() 
     let deadline = Instant::now() + LIMIT;
     while c
         .primary()
-        .psql(&format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"))
+        .psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
+        ))
         .unwrap()
         != "0"
     {
@@ -229,7 +235,10 @@ async fn a_panic_in_a_client_task_ends_that_client_only_and_closes_its_server() 
     // Counters: no client and no server left behind.
     let deadline = Instant::now() + LIMIT;
     while !rows(&adm, "SHOW CLIENTS").await.is_empty() {
-        assert!(Instant::now() < deadline, "the client stays in SHOW CLIENTS");
+        assert!(
+            Instant::now() < deadline,
+            "the client stays in SHOW CLIENTS"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for r in rows(&adm, "SHOW POOLS").await {

@@ -370,7 +370,7 @@ impl ServerConn {
                         return Ok::<_, std::io::Error>(
                             // A ReadyForQuery without its status byte is not clean.
                             (clean && frame.get(5) == Some(&b'I')).then(|| value.flatten()),
-                        )
+                        );
                     }
                     _ => {}
                 }

@@ -60,7 +60,11 @@ pub async fn read_functions(
             .iter()
             .map(|r| {
                 let vol: String = r.try_get(2)?;
-                Ok((r.try_get(0)?, r.try_get(1)?, vol.chars().next().unwrap_or('v')))
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    vol.chars().next().unwrap_or('v'),
+                ))
             })
             .collect()
     };

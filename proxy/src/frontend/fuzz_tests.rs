@@ -67,7 +67,10 @@ fn client_corpus() -> Vec<Vec<u8>> {
         msg(b'S', b""),
         msg(b'H', b""),
         // pg_advisory_lock(bigint) through the fastpath.
-        msg(b'F', b"\0\0\x0b\xa6\0\0\0\x01\0\0\0\x08\0\0\0\0\0\0\0\x01\0\0"),
+        msg(
+            b'F',
+            b"\0\0\x0b\xa6\0\0\0\x01\0\0\0\x08\0\0\0\0\0\0\0\x01\0\0",
+        ),
         msg(b'd', b"1\t2\n"),
         msg(b'c', b""),
         msg(b'f', b"oops\0"),
@@ -98,7 +101,10 @@ fn server_corpus() -> Vec<Vec<u8>> {
         msg(b's', b""),
         msg(b'I', b""),
         msg(b't', b"\0\x01\0\0\0\x17"),
-        msg(b'T', b"\0\x01a\0\0\0\0\0\0\0\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0"),
+        msg(
+            b'T',
+            b"\0\x01a\0\0\0\0\0\0\0\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0",
+        ),
         msg(b'D', b"\0\x01\0\0\0\x011"),
         msg(b'C', b"SELECT 1\0"),
         msg(b'C', b"DISCARD ALL\0"),
@@ -205,7 +211,11 @@ fn mutated_client_and_server_bytes_never_panic() {
                 break;
             };
             let _ = validate::check(h.tag, body);
-            let _ = (extended::parse(body), extended::bind(body), extended::target(body));
+            let _ = (
+                extended::parse(body),
+                extended::bind(body),
+                extended::target(body),
+            );
             if round % 2 == 0 {
                 let sql = body.strip_suffix(&[0]).unwrap_or(body);
                 let _ = commands::command(sql);
@@ -242,9 +252,7 @@ fn mutated_client_and_server_bytes_never_panic() {
             assert!(admitted <= batch.len());
         }
         let _ = answer_parse_batch(&batch, &mut st.statements);
-        let registry = st
-            .registry
-            .get_or_insert_with(|| ServerStatements::new(4));
+        let registry = st.registry.get_or_insert_with(|| ServerStatements::new(4));
         let mut out = BytesMut::new();
         let routed = route_client(
             &batch,
@@ -278,7 +286,10 @@ fn mutated_client_and_server_bytes_never_panic() {
         routed_ok += 1;
         // The server's answer, mutated too.
         let answer = sample(&mut rng, &servers);
-        let _ = (messages::ends_session(&answer), messages::fatal_sqlstate(&answer));
+        let _ = (
+            messages::ends_session(&answer),
+            messages::fatal_sqlstate(&answer),
+        );
         let _ = messages::error_fields(&answer);
         let mut out = BytesMut::new();
         let registry = st.registry.get_or_insert_with(|| ServerStatements::new(4));

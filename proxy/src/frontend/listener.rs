@@ -1,8 +1,8 @@
 //! The client listener: accepts connections, counts them against `max_client_conn`, and stops
 //! accepting when shutdown begins.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
