@@ -19,7 +19,7 @@ pub async fn handle(
         match Box::pin(login(&mut stream, peer, &settings, &guard, proxy.phase())).await {
             Ok(Login::Client { user, db, params }) => (user, db, params),
             Ok(Login::Admin { user }) => {
-                Box::pin(admin(&proxy, &mut stream)).await;
+                Box::pin(admin(&proxy, &mut stream, peer)).await;
                 info!(%peer, user = %user.name, "admin console client disconnected");
                 return;
             }
@@ -147,7 +147,7 @@ pub async fn handle(
 }
 
 /// Serves an admin console client; a panic in it closes the client with XX000.
-async fn admin(proxy: &Arc<Proxy>, stream: &mut TcpStream) {
+async fn admin(proxy: &Arc<Proxy>, stream: &mut TcpStream, peer: SocketAddr) {
     let mut welcome = BytesMut::with_capacity(64);
     auth_ok(&mut welcome);
     ready_for_query(&mut welcome, TxStatus::Idle);
@@ -155,7 +155,7 @@ async fn admin(proxy: &Arc<Proxy>, stream: &mut TcpStream) {
         return;
     }
     if let Err(panic) = Contained(Box::pin(crate::admin::serve(proxy, stream))).await {
-        error!(panic, "internal error in an admin session: closed");
+        error!(%peer, panic, "internal error in an admin session: closed");
         let message = "pgtier: internal error; the connection is closed (see pgtier's log)";
         farewell(stream, SqlState::INTERNAL_ERROR, message).await;
     }
