@@ -12,10 +12,17 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod fault;
 pub mod frontend;
 pub mod metrics;
+pub mod panics;
 pub mod protocol;
 pub mod proxy;
 pub mod router;
 pub mod shutdown;
 pub mod write;
+
+// A panic in one client's task must end that client only (see `panics`): with panic = "abort"
+// it would end every client's connection.
+#[cfg(panic = "abort")]
+compile_error!("pgtier must be built with panic = \"unwind\": a panic in one client's task would abort the whole process");

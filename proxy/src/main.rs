@@ -145,6 +145,10 @@ fn run(file: &std::path::Path) -> anyhow::Result<()> {
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
         LogFormat::Text => registry.with(fmt).init(),
     }
+    // Message and location to the log, no backtrace (see pgtier::panics).
+    if !pgtier::fault::keep_default_hook() {
+        pgtier::panics::install_hook();
+    }
     let log_level = LogLevelHook(Box::new(move |level: &str| {
         if env_wins {
             return Err("RUST_LOG is set and overrides log_level".into());

@@ -84,8 +84,13 @@ impl ConfigBuilder {
 
     /// Starts pgtier with this config on a free port.
     pub fn start(&self) -> Result<Pgtier> {
+        self.start_with_env(&[])
+    }
+
+    /// [`ConfigBuilder::start`] with extra environment variables for pgtier.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Result<Pgtier> {
         let port = free_port()?;
-        Pgtier::start(port, &self.render(port))
+        Pgtier::start_with_env(port, &self.render(port), env)
     }
 }
 

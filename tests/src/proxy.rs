@@ -27,8 +27,23 @@ impl Pgtier {
         Pgtier::start_bin(pgtier_bin()?, port, config)
     }
 
+    /// [`Pgtier::start`] with extra environment variables (test-only switches of debug builds,
+    /// such as `PGTIER_TEST_PANIC`).
+    pub fn start_with_env(port: u16, config: &str, env: &[(&str, &str)]) -> Result<Pgtier> {
+        Pgtier::start_bin_env(pgtier_bin()?, port, config, env)
+    }
+
     /// [`Pgtier::start`] with another pgtier binary (A/B benchmarks of two builds).
     pub fn start_bin(bin: std::path::PathBuf, port: u16, config: &str) -> Result<Pgtier> {
+        Pgtier::start_bin_env(bin, port, config, &[])
+    }
+
+    fn start_bin_env(
+        bin: std::path::PathBuf,
+        port: u16,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Pgtier> {
         let bin = std::fs::canonicalize(&bin).unwrap_or(bin);
         let dir = make_temp_dir("pgtier-run")?;
         let config_path = dir.join("pgtier.toml");
@@ -37,6 +52,7 @@ impl Pgtier {
         let log = std::fs::File::create(dir.join("pgtier.log"))?;
         let mut cmd = Command::new(&bin);
         cmd.arg("--config").arg(&config_path);
+        cmd.envs(env.iter().copied());
         // A config with its own log_level decides (RUST_LOG would override it); else the
         // caller's RUST_LOG, or info.
         if config

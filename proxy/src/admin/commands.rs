@@ -1,6 +1,7 @@
 //! The admin console's commands that change things: PAUSE, RESUME, RELOAD, RECONNECT, KILL,
 //! SHUTDOWN, BAN and UNBAN, with PgBouncer's meanings where they exist.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -9,7 +10,7 @@ use tracing::{info, warn};
 use super::table::{split, table, Failure};
 use crate::protocol::messages::command_complete;
 use crate::protocol::SqlState;
-use crate::proxy::{Proxy, ReloadError};
+use crate::proxy::{DbRuntime, Proxy, ReloadError, Snapshot};
 
 /// How often PAUSE looks whether the database's transactions have ended.
 const PAUSE_POLL: Duration = Duration::from_millis(10);
@@ -51,21 +52,36 @@ fn done(tag: &str) -> BytesMut {
     out
 }
 
-/// The databases a command with optional `arg` applies to (all when None).
-fn databases(proxy: &Proxy, arg: Option<&str>) -> Result<Vec<String>, Failure> {
-    let snapshot = proxy.snapshot();
+/// The databases a command with optional `arg` applies to (all when None), with their
+/// runtimes, all from `snapshot`: names checked against one snapshot must not index another
+/// (a RELOAD in between may have removed them).
+fn databases(
+    snapshot: &Snapshot,
+    arg: Option<&str>,
+) -> Result<Vec<(String, Arc<DbRuntime>)>, Failure> {
     match arg {
-        Some(db) if snapshot.databases.contains_key(db) => Ok(vec![db.to_owned()]),
-        Some(db) => Err((
-            SqlState::INVALID_CATALOG_NAME,
-            format!("pgtier admin console: no database \"{db}\""),
-        )),
+        Some(db) => match snapshot.databases.get(db) {
+            Some(rt) => Ok(vec![(db.to_owned(), rt.clone())]),
+            None => Err((
+                SqlState::INVALID_CATALOG_NAME,
+                format!("pgtier admin console: no database \"{db}\""),
+            )),
+        },
         None => {
-            let mut all: Vec<String> = snapshot.databases.keys().cloned().collect();
-            all.sort();
+            let mut all: Vec<_> = snapshot
+                .databases
+                .iter()
+                .map(|(name, rt)| (name.clone(), rt.clone()))
+                .collect();
+            all.sort_by(|a, b| a.0.cmp(&b.0));
             Ok(all)
         }
     }
+}
+
+/// The names of `dbs` (for logs and pool filters).
+fn names(dbs: &[(String, Arc<DbRuntime>)]) -> Vec<&str> {
+    dbs.iter().map(|(name, _)| name.as_str()).collect()
 }
 
 /// Server connections of `database` in use now (checked out, or being opened for a client).
@@ -80,11 +96,12 @@ fn busy_servers(proxy: &Proxy, database: &str) -> u32 {
 
 /// New transactions wait; returns once running ones ended (up to `shutdown_timeout`).
 async fn pause(proxy: &Proxy, arg: Option<&str>) -> Result<BytesMut, Failure> {
-    let dbs = databases(proxy, arg)?;
     let snapshot = proxy.snapshot();
-    for db in &dbs {
-        snapshot.databases[db].control.pause();
+    let dbs = databases(&snapshot, arg)?;
+    for (_, rt) in &dbs {
+        rt.control.pause();
     }
+    let dbs = names(&dbs);
     info!(databases = ?dbs, "admin PAUSE");
     let limit = snapshot.settings.raw.shutdown_timeout;
     let deadline = tokio::time::Instant::now() + limit;
@@ -110,12 +127,11 @@ async fn pause(proxy: &Proxy, arg: Option<&str>) -> Result<BytesMut, Failure> {
 }
 
 fn resume(proxy: &Proxy, arg: Option<&str>) -> Result<BytesMut, Failure> {
-    let dbs = databases(proxy, arg)?;
-    let snapshot = proxy.snapshot();
-    for db in &dbs {
-        snapshot.databases[db].control.resume();
+    let dbs = databases(&proxy.snapshot(), arg)?;
+    for (_, rt) in &dbs {
+        rt.control.resume();
     }
-    info!(databases = ?dbs, "admin RESUME");
+    info!(databases = ?names(&dbs), "admin RESUME");
     Ok(done("RESUME"))
 }
 
@@ -146,9 +162,10 @@ fn reload(proxy: &Proxy) -> Result<BytesMut, Failure> {
 
 /// Closes the database's server connections: idle ones now, busy ones when released.
 fn reconnect(proxy: &Proxy, arg: Option<&str>) -> Result<BytesMut, Failure> {
-    let dbs = databases(proxy, arg)?;
+    let dbs = databases(&proxy.snapshot(), arg)?;
+    let dbs = names(&dbs);
     for pool in proxy.pools() {
-        if dbs.contains(&pool.id().database) {
+        if dbs.contains(&pool.id().database.as_str()) {
             pool.reconnect();
         }
     }
@@ -165,11 +182,13 @@ fn kill(proxy: &Proxy, arg: Option<&str>) -> Result<BytesMut, Failure> {
             "pgtier admin console: KILL needs a database name".into(),
         ));
     };
-    let dbs = databases(proxy, Some(db))?;
-    let snapshot = proxy.snapshot();
-    let control = &snapshot.databases[&dbs[0]].control;
-    control.pause();
-    control.kill();
+    // The runtime comes from the snapshot the name was checked in.
+    let dbs = databases(&proxy.snapshot(), Some(db))?;
+    crate::fault::reload_point(proxy);
+    for (_, rt) in dbs {
+        rt.control.pause();
+        rt.control.kill();
+    }
     proxy.poke_clients();
     for pool in proxy.pools() {
         if pool.id().database == db {

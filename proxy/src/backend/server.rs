@@ -376,8 +376,9 @@ impl ServerConn {
                     b'D' if value.is_none() => value = Some(first_column(&frame[5..])),
                     b'Z' => {
                         return Ok::<_, std::io::Error>(
-                            (clean && frame[5] == b'I').then(|| value.flatten()),
-                        )
+                            // A ReadyForQuery without its status byte is not clean.
+                            (clean && frame.get(5) == Some(&b'I')).then(|| value.flatten()),
+                        );
                     }
                     _ => {}
                 }

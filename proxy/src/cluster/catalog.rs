@@ -55,13 +55,18 @@ pub async fn read_functions(
         let rows = client.query(query, &[]).await;
         drop(client);
         task.abort();
-        Ok(rows?
+        // try_get: a NULL or a type other than text is an error, never a panic.
+        rows?
             .iter()
             .map(|r| {
-                let vol: String = r.get(2);
-                (r.get(0), r.get(1), vol.chars().next().unwrap_or('v'))
+                let vol: String = r.try_get(2)?;
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    vol.chars().next().unwrap_or('v'),
+                ))
             })
-            .collect())
+            .collect()
     };
     match tokio::time::timeout(limit, work).await {
         Ok(Ok(rows)) => Ok(rows),

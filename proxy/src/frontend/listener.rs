@@ -1,14 +1,16 @@
 //! The client listener: accepts connections, counts them against `max_client_conn`, and stops
 //! accepting when shutdown begins.
 
+use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::session;
+use crate::panics::Contained;
 use crate::proxy::Proxy;
 use crate::shutdown::Phase;
 
@@ -62,7 +64,14 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
                 Ok((stream, peer)) => {
                     let limit = proxy.settings().raw.max_client_conn as usize;
                     let guard = proxy.clients().enter(limit);
-                    tokio::spawn(session::handle(proxy.clone(), stream, peer, guard));
+                    let proxy = proxy.clone();
+                    tokio::spawn(async move {
+                        // Login (the session runs in a task of its own, contained there).
+                        let login = pin!(session::handle(proxy, stream, peer, guard));
+                        if let Err(panic) = Contained(login).await {
+                            error!(%peer, panic, "internal error during login: connection closed");
+                        }
+                    });
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.

@@ -22,6 +22,10 @@ pub mod startup;
 mod target;
 mod units;
 
+#[cfg(test)]
+#[path = "fuzz_tests.rs"]
+mod fuzz_tests;
+
 pub use clients::{ClientEntry, ClientRegistry, ClientState};
 pub use listener::{serve, ClientCount};
 pub(crate) use relay::Limits;

@@ -124,7 +124,7 @@ impl<'a> Observer<'a> {
 /// The first statement in a batch of client messages, for the slow-query log: a Query's text,
 /// a Parse's text, or the text of the prepared statement a Bind executes (parameters are never
 /// read).
-fn statement_text(batch: &[u8], statements: &ClientStatements) -> Option<String> {
+pub(super) fn statement_text(batch: &[u8], statements: &ClientStatements) -> Option<String> {
     let h = peek_header(batch, usize::MAX).ok()??;
     let body = batch.get(5..h.frame_len().min(batch.len()))?;
     let prepared;

@@ -347,6 +347,8 @@ pub(crate) fn answer_parse_batch(
         }
         match h.tag {
             b'P' => {
+                // A malformed Parse goes the normal way, which refuses it (08P01).
+                crate::protocol::validate::check(b'P', &buf[pos + 5..end]).ok()?;
                 let p = extended::parse(&buf[pos + 5..end])?;
                 // A statement that may leave session state goes the normal way, where it pins
                 // (or is rejected); here it would run unclassified at its first Bind. So does

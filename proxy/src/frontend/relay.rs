@@ -22,12 +22,17 @@ use crate::backend::params::{bring_in_line, ExtraParams, ParamChanges};
 use crate::backend::server::ServerIo;
 use crate::config::{PoolMode, SessionStatePolicy};
 use crate::protocol::frame::peek_header;
-use crate::protocol::messages::{ends_session, TxStatus};
+use crate::protocol::messages::{ends_session, fatal_sqlstate, TxStatus};
 use crate::router::classify::Classifier;
 use crate::router::route::ClientRouting;
 use crate::router::rules::RuleSet;
 use crate::shutdown::{Phase, ShutdownWatch};
 use crate::write::{write_all_within, WriteError};
+
+/// SQLSTATEs of the FATAL errors with which a server ends a session over what its client did:
+/// a protocol violation, or the client's own idle-in-transaction, transaction or idle-session
+/// timeout. The node is healthy: it is neither banned nor given the unit again.
+const CLIENT_CAUSED: [&str; 4] = ["08P01", "25P03", "25P04", "57P05"];
 
 /// Read buffer size per direction while a client is active.
 pub(crate) const BUF_SIZE: usize = 16 * 1024;
@@ -66,6 +71,9 @@ pub(crate) enum Outcome {
     Killed,
     /// Bringing the server's parameters in line with the client's failed: (SQLSTATE, message).
     SyncFailed(String, String),
+    /// The server ended the session over what the client did (a FATAL with one of
+    /// `CLIENT_CAUSED`, this SQLSTATE), and the client has its error: the node is not at fault.
+    ServerEndedClient(&'static str),
 }
 
 /// How a relay ended, and what the session needs next.
@@ -446,6 +454,7 @@ impl Relay<'_> {
             (self.owed, self.owed + scan.syncs),
             self.statements,
         );
+        crate::fault::panic_point(&self.cbuf[..scan.consumed]);
         self.out.clear();
         self.cbuf.advance(scan.consumed);
         self.gate.consumed(scan.consumed);
@@ -514,9 +523,21 @@ impl Relay<'_> {
         } else {
             &self.server.inbuf[..scan.consumed]
         };
+        // A server that ends the session over what the client did is not failing: its error
+        // is the client's answer, and the unit is not run elsewhere.
+        let refused = if scan.errors.is_empty() {
+            None
+        } else {
+            fatal_sqlstate(batch).and_then(|c| CLIENT_CAUSED.into_iter().find(|&k| k == c))
+        };
         // A replica that ends the session (shutdown, crash) before any reply reached the client:
         // the read can run elsewhere, so its farewell is not passed on.
-        if self.gate.on_replica && !self.replied && !self.more_input && ends_session(batch) {
+        if refused.is_none()
+            && self.gate.on_replica
+            && !self.replied
+            && !self.more_input
+            && ends_session(batch)
+        {
             return Some(Outcome::ServerGone(std::io::Error::other(
                 "replica ended the session before replying",
             )));
@@ -533,6 +554,9 @@ impl Relay<'_> {
         self.observer.answered(batch_len, scan.ready, self.owed);
         for code in &scan.errors {
             self.observer.error(code);
+        }
+        if let Some(code) = refused {
+            return Some(Outcome::ServerEndedClient(code));
         }
         if let Some(s) = scan.status {
             self.status = s;

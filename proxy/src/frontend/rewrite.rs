@@ -16,6 +16,7 @@ use crate::backend::statements::ServerStatements;
 use crate::config::SessionStatePolicy;
 use crate::protocol::extended;
 use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
+use crate::protocol::validate::{self, Malformed};
 use crate::protocol::SqlState;
 use crate::router::lexer::StringSyntax;
 use crate::router::session_state::{
@@ -31,6 +32,9 @@ pub(crate) enum Violation {
     UnknownType(u8),
     /// More unanswered messages than pgtier tracks.
     TooManyInFlight,
+    /// A message whose fields do not fill its length exactly (or a fixed one of another
+    /// length): refused before a server sees it.
+    Malformed(Malformed),
 }
 
 /// What routing one batch of client bytes produced.
@@ -177,6 +181,7 @@ pub(crate) fn route_client(
         if !is_frontend_tag(h.tag) {
             return Err(Violation::UnknownType(h.tag));
         }
+        validate::check_length(h.tag, h.body_len).map_err(Violation::Malformed)?;
         if server.expect.len() > MAX_IN_FLIGHT {
             return Err(Violation::TooManyInFlight);
         }
@@ -194,6 +199,9 @@ pub(crate) fn route_client(
             break;
         }
         let body = &buf[pos + 5..end];
+        // No server sees a malformed message (one would close the connection, and pgtier
+        // would take the client's fault for the server's).
+        validate::check(h.tag, body).map_err(Violation::Malformed)?;
         if *client.discard {
             if h.tag == b'S' {
                 *client.discard = false;

@@ -214,6 +214,25 @@ pub fn ends_session(batch: &[u8]) -> bool {
     false
 }
 
+/// The SQLSTATE of the first ErrorResponse of severity FATAL or PANIC in a batch of whole
+/// backend messages.
+pub fn fatal_sqlstate(batch: &[u8]) -> Option<&str> {
+    let mut rest = batch;
+    while let Some(len) = rest.get(1..5) {
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let end = len.checked_add(1)?.min(rest.len());
+        let body = rest.get(5..end).unwrap_or(&[]);
+        if rest[0] == b'E' && matches!(error_severity(body), Some("FATAL" | "PANIC")) {
+            return error_fields(body).0;
+        }
+        if len < 4 {
+            return None;
+        }
+        rest = &rest[end..];
+    }
+    None
+}
+
 /// The severity of an ErrorResponse body (the non-localized `V` field, else `S`).
 fn error_severity(body: &[u8]) -> Option<&str> {
     let mut severity = None;
@@ -283,6 +302,10 @@ mod tests {
         );
         assert!(ends_session(&b));
         assert!(!ends_session(b"E\0\0"));
+        assert_eq!(fatal_sqlstate(&b), Some("57P01"));
+        assert_eq!(fatal_sqlstate(&notice), None);
+        assert_eq!(fatal_sqlstate(b"E\0\0\0\x02"), None);
+        assert_eq!(fatal_sqlstate(b"E\xff\xff\xff\xffS"), None);
     }
 
     #[test]

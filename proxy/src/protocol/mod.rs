@@ -7,6 +7,7 @@ pub mod frame;
 pub mod messages;
 pub mod sqlstate;
 pub mod startup;
+pub mod validate;
 
 pub use frame::{Header, HEADER_LEN};
 pub use sqlstate::SqlState;

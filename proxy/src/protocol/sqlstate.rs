@@ -49,6 +49,8 @@ impl SqlState {
     pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState("25P03");
     /// 57P03 as well: no primary is known for a write (after `primary_wait_timeout`).
     pub const NO_PRIMARY: SqlState = SqlState("57P03");
+    /// XX000: internal error (a bug in pgtier ended the client's task).
+    pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
     /// 57014: canceled (login timeout).
     pub const QUERY_CANCELED: SqlState = SqlState("57014");
     /// 55P02: a parameter that cannot be changed in a running session (e.g. log_connections).

@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::backend::params::ParamChanges;
 use crate::backend::pool::ServerParams;
@@ -40,6 +40,7 @@ use crate::frontend::relay::{self, Limits, Outcome, Violation, BUF_SIZE};
 use crate::frontend::target::{self, Serving, TargetError};
 use crate::frontend::units::{self, UnitContext};
 use crate::metrics::{PeerLabel, ReasonLabel, RoleLabel};
+use crate::panics::Contained;
 use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
 use crate::protocol::messages::{
     auth_ok, backend_key_data, parameter_status, ready_for_query, TxStatus,
@@ -74,8 +75,9 @@ const KILL_MESSAGE: &str =
 enum Ran {
     /// The transaction is over; maybe with client bytes to route anew.
     Done(Option<BytesMut>),
-    /// A read failed on a replica before anything reached the client: run it again.
-    RetryRead,
+    /// A read failed on a replica before anything reached the client: run these bytes (the
+    /// copy kept for it) again elsewhere.
+    RetryRead(BytesMut),
 }
 
 /// A logged-in client.
@@ -123,8 +125,22 @@ impl Session {
     /// Serves the client until it leaves.
     /// Boxed, with its held server boxed: an async fn keeps its arguments twice in its state
     /// (as captured and as moved in), and this state is every idle client's task.
+    /// A panic in serving is contained here: the server it held was dropped with it (closed,
+    /// never returned), and the client gets XX000 before it is closed.
     async fn run(mut self: Box<Self>, held: Option<Box<Serving>>) {
-        let reason = self.serve(held).await;
+        let served = Contained(pin!(self.serve(held))).await;
+        let reason = match served {
+            Ok(reason) => reason,
+            Err(panic) => {
+                error!(peer = %self.client.entry.peer, user = %self.user(), database = %self.database(), panic, "internal error while serving a client: client closed, its server connection closed");
+                self.close(
+                    SqlState::INTERNAL_ERROR,
+                    "pgtier: internal error; the connection is closed (see pgtier's log)",
+                )
+                .await;
+                "internal error"
+            }
+        };
         info!(peer = %self.client.entry.peer, user = %self.user(), database = %self.database(), reason, "client disconnected");
     }
 
@@ -186,6 +202,8 @@ impl Session {
         }
         let body = &buf[5..];
         let cmd = commands::command(body.strip_suffix(&[0]).unwrap_or(body))?;
+        // A malformed one goes the normal way, which refuses it (08P01).
+        crate::protocol::validate::check(h.tag, body).ok()?;
         let mut out = BytesMut::new();
         super::local::answer(cmd, &mut self.routing, &mut out);
         Some(out)
@@ -198,6 +216,8 @@ impl Session {
         mut first: BytesMut,
         mut held: Option<Serving>,
     ) -> Result<Option<BytesMut>, &'static str> {
+        // One retry at most: a read that fails on two servers before any reply is more likely
+        // the cause than a victim, and is not sent to a third (the primary).
         let mut retried = false;
         loop {
             let serving = match held.take() {
@@ -211,11 +231,11 @@ impl Session {
             // A read on a replica may run again elsewhere if that replica fails it before
             // anything reaches the client: keep its bytes until then.
             let copy = (serving.on_replica && !retried).then(|| first.clone());
-            match self.run_on(serving, first).await? {
+            match self.run_on(serving, first, copy).await? {
                 Ran::Done(leftover) => return Ok(leftover),
-                Ran::RetryRead => {
+                Ran::RetryRead(again) => {
                     retried = true;
-                    first = copy.expect("kept for a retry");
+                    first = again;
                 }
             }
         }

@@ -19,13 +19,7 @@ pub async fn handle(
         match Box::pin(login(&mut stream, peer, &settings, &guard, proxy.phase())).await {
             Ok(Login::Client { user, db, params }) => (user, db, params),
             Ok(Login::Admin { user }) => {
-                let mut welcome = BytesMut::with_capacity(64);
-                auth_ok(&mut welcome);
-                ready_for_query(&mut welcome, TxStatus::Idle);
-                let limit = settings.raw.client_write_timeout;
-                if write_all_within(&mut stream, &welcome, limit).await.is_ok() {
-                    Box::pin(crate::admin::serve(&proxy, &mut stream)).await;
-                }
+                Box::pin(admin(&proxy, &mut stream, peer)).await;
                 info!(%peer, user = %user.name, "admin console client disconnected");
                 return;
             }
@@ -149,6 +143,22 @@ pub async fn handle(
     // The session runs in a task of its own, so that an idle client costs only the session's
     // state, not what login needed.
     tokio::spawn(Box::new(session).run(held.map(Box::new)));
+}
+
+/// Serves an admin console client; a panic in it closes the client with XX000.
+async fn admin(proxy: &Arc<Proxy>, stream: &mut TcpStream, peer: SocketAddr) {
+    let mut welcome = BytesMut::with_capacity(64);
+    auth_ok(&mut welcome);
+    ready_for_query(&mut welcome, TxStatus::Idle);
+    let limit = proxy.settings().raw.client_write_timeout;
+    if write_all_within(stream, &welcome, limit).await.is_err() {
+        return;
+    }
+    if let Err(panic) = Contained(Box::pin(crate::admin::serve(proxy, stream))).await {
+        error!(%peer, panic, "internal error in an admin session: closed");
+        let message = "pgtier: internal error; the connection is closed (see pgtier's log)";
+        farewell(stream, SqlState::INTERNAL_ERROR, message).await;
+    }
 }
 
 /// The parameters shown to a new client: those of the primary's pool, else of any node.

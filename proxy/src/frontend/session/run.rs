@@ -4,11 +4,13 @@
 use super::*;
 
 impl Session {
-    /// Relays on `serving` until its transaction ends.
+    /// Relays on `serving` until its transaction ends. `retry` is a copy of `first` kept for
+    /// running it again elsewhere (None: no retry is allowed).
     pub(super) async fn run_on(
         &mut self,
         mut serving: Serving,
         first: BytesMut,
+        retry: Option<BytesMut>,
     ) -> Result<Ran, &'static str> {
         let started = serving.since;
         let server = &mut serving.server;
@@ -107,6 +109,12 @@ impl Session {
                 }
                 return Err("client closed");
             }
+            Outcome::ServerEndedClient(code) => {
+                // Closed, not banned: the client caused it, and has the server's error.
+                info!(database = %self.database(), node = %self.upstream.node(serving.node).node(), code, "the server ended the session over what the client did: client closed, node not banned");
+                drop(serving);
+                return Err("ended by the server (client's doing)");
+            }
             Outcome::ClientViolation(v) => {
                 drop(serving);
                 self.violation(v).await;
@@ -115,15 +123,22 @@ impl Session {
             Outcome::ServerGone(e) => {
                 warn!(database = %self.database(), node = %self.upstream.node(serving.node).node(), error = %e, retryable = end.retryable, on_replica = serving.on_replica, "server connection lost");
                 self.router().topology().report_failure(serving.node);
-                if serving.on_replica && end.retryable {
-                    info!(database = %self.database(), "read failed on a replica before any reply: retrying it once elsewhere");
-                    return Ok(Ran::RetryRead);
+                match retry {
+                    Some(again) if serving.on_replica && end.retryable => {
+                        info!(database = %self.database(), "read failed on a replica before any reply: retrying it once elsewhere");
+                        return Ok(Ran::RetryRead(again));
+                    }
+                    _ if serving.on_replica && end.retryable => (
+                        SqlState::CONNECTION_FAILURE,
+                        "pgtier: server connection lost: the read failed on two servers before any reply (it is not retried again)",
+                        "server connection lost (read failed twice)",
+                    ),
+                    _ => (
+                        SqlState::CONNECTION_FAILURE,
+                        "pgtier: server connection lost",
+                        "server connection lost",
+                    ),
                 }
-                (
-                    SqlState::CONNECTION_FAILURE,
-                    "pgtier: server connection lost",
-                    "server connection lost",
-                )
             }
             Outcome::ClientStalled { at_boundary } => {
                 // Abandoned mid-result: the server is closed, never returned (its backend

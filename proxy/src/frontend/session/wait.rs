@@ -2,6 +2,7 @@
 //! wake-ups, idle timeout, socket readiness), so an idle client's task stays small.
 
 use super::*;
+use crate::protocol::validate;
 
 /// What ended an idle wait.
 enum Wake {
@@ -87,7 +88,15 @@ impl Session {
                 Poll::Ready(Ok(0) | Err(_)) => return Err("client closed"),
                 Poll::Ready(Ok(_)) => {}
             }
-            match peek_header(&buf, self.limits().max_message) {
+            let header = peek_header(&buf, self.limits().max_message);
+            // A Sync claiming 64 KiB is refused now, not after waiting for its body.
+            if let Ok(Some(h)) = &header {
+                if let Err(e) = validate::check_length(h.tag, h.body_len) {
+                    self.violation(Violation::Malformed(e)).await;
+                    return Err("protocol violation");
+                }
+            }
+            match header {
                 Ok(None) => {}
                 Ok(Some(h)) if !is_frontend_tag(h.tag) => {
                     self.violation(Violation::UnknownType(h.tag)).await;
@@ -122,6 +131,7 @@ impl Session {
                 (SqlState::PROGRAM_LIMIT_EXCEEDED, format!("pgtier: {e}"))
             }
             Violation::Frame(e) => (SqlState::PROTOCOL_VIOLATION, format!("pgtier: {e}")),
+            Violation::Malformed(e) => (SqlState::PROTOCOL_VIOLATION, format!("pgtier: {e}")),
             Violation::TooManyInFlight => (
                 SqlState::PROGRAM_LIMIT_EXCEEDED,
                 "pgtier: too many messages awaiting replies (send Sync)".to_owned(),
