@@ -248,10 +248,10 @@ fn mutated_client_and_server_bytes_never_panic() {
             busy: round % 5 == 0,
         };
         for on_replica in [true, false] {
-            let admitted = Gate::new(on_replica, true).admit(&batch, 0, max, &moment);
+            let admitted = Gate::new(on_replica, true, true).admit(&batch, 0, max, &moment);
             assert!(admitted <= batch.len());
         }
-        let _ = answer_parse_batch(&batch, &mut st.statements);
+        let _ = answer_parse_batch(&batch, &mut st.statements, 1 << 20);
         let registry = st.registry.get_or_insert_with(|| ServerStatements::new(4));
         let mut out = BytesMut::new();
         let routed = route_client(
@@ -271,6 +271,9 @@ fn mutated_client_and_server_bytes_never_panic() {
                 strings: StringSyntax::Standard,
                 extras: ExtraParams::intern(&["search_path".to_owned()]),
                 in_transaction: round % 3 == 0,
+                prepared_bytes: 1 << 20,
+                startup: st.params.has_startup(),
+                params: &st.params,
             },
             &mut ServerSide {
                 registry,
