@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::causal::{self, Causal};
 use super::gate::{Gate, Moment};
 use super::observe::Observer;
 use super::prepared::ClientStatements;
@@ -54,6 +55,9 @@ pub(crate) enum Outcome {
     Killed,
     /// Bringing the server's parameters in line with the client's failed: (SQLSTATE, message).
     SyncFailed(String, String),
+    /// The transaction's replies all reached the client, but the server failed or timed out
+    /// on the causal probe after it (`failed`: it closed or broke): close the server only.
+    ProbeLost { failed: bool },
 }
 
 /// How a relay ended, and what the session needs next.
@@ -63,8 +67,12 @@ pub(crate) struct RunEnd {
     pub outcome: Outcome,
     /// Client bytes not sent (a unit held back for another server).
     pub leftover: BytesMut,
-    /// Something that may write went to the server (the causal token must move).
-    pub wrote: bool,
+    /// The client's causal token after the run (moved by the probes that succeeded).
+    pub causal: crate::cluster::Lsn,
+    /// A probe succeeded in the run.
+    pub causal_learned: bool,
+    /// A write is not covered by a probe that succeeded (the token is unknown).
+    pub causal_uncovered: bool,
     /// Nothing reached the client and nothing beyond the first request reached the server:
     /// a read that failed like this may run again elsewhere.
     pub retryable: bool,
@@ -131,7 +139,11 @@ pub(crate) async fn run(
         server,
         cbuf,
         out: BytesMut::new(),
-        expect: Expectations::default(),
+        expect: Expectations::with(Causal::new(
+            state.track_writes && !state.on_replica,
+            state.report_causal,
+            state.routing.causal,
+        )),
         copy_left: 0,
         discard: false,
         streaming: Streaming::default(),
@@ -149,7 +161,9 @@ pub(crate) async fn run(
     RunEnd {
         outcome,
         leftover: std::mem::take(&mut r.cbuf),
-        wrote: r.gate.wrote,
+        causal: r.expect.causal.token,
+        causal_learned: r.expect.causal.learned,
+        causal_uncovered: r.expect.causal.uncovered || r.gate.wrote,
         retryable: !r.replied && !r.more_input,
         tally: r.observer.tally,
         last_reply: r.observer.last_reply,
@@ -216,8 +230,8 @@ impl Relay<'_> {
                     }
                 },
                 res = r.server.stream.read_buf(r.server.inbuf) => match res {
-                    Ok(0) => return Outcome::ServerGone(std::io::ErrorKind::UnexpectedEof.into()),
-                    Err(e) => return Outcome::ServerGone(e),
+                    Ok(0) => return r.server_lost(std::io::ErrorKind::UnexpectedEof.into()).await,
+                    Err(e) => return r.server_lost(e).await,
                     Ok(_) => {
                         if let Some(end) = r.on_server_bytes(shutdown).await {
                             return end;
@@ -225,6 +239,9 @@ impl Relay<'_> {
                     }
                 },
                 _ = sleep_until_opt(idle_deadline) => return Outcome::IdleInTransaction,
+                _ = sleep_until_opt(r.expect.causal.deadline()) => {
+                    return r.server_lost(std::io::ErrorKind::TimedOut.into()).await;
+                }
                 _ = &mut draining, if drain_when_idle => return Outcome::Idle,
                 _ = &mut closing => {
                     if shutdown.phase() >= Phase::Closing {
@@ -260,6 +277,8 @@ pub(crate) struct ClientState<'a> {
     pub on_replica: bool,
     /// Note whether anything that may write goes through (read-your-writes needs to know).
     pub track_writes: bool,
+    /// Report the causal token as ParameterStatus (`report_causal_lsn`).
+    pub report_causal: bool,
     /// Measures the run.
     pub observer: Observer<'a>,
     /// Whether an admin KILLed the client's database (asked when an admin wakes sessions).
@@ -354,6 +373,16 @@ impl Relay<'_> {
                 busy: self.busy(),
             },
         );
+        // Whether the server's transaction status is known before this batch (nothing of the
+        // client's in flight), as the causal probe needs.
+        let settled = self.owed == 0
+            && self.expect.only_own()
+            && !self.expect.unsynced
+            && !self.expect.copy_in
+            && self.copy_left == 0
+            && !self.discard;
+        let queued = self.expect.len();
+        self.expect.causal.uncovered |= std::mem::take(&mut self.gate.wrote);
         let scan = route_client(
             &self.cbuf[..admitted],
             self.limits.max_message,
@@ -382,6 +411,12 @@ impl Relay<'_> {
         // `out` may already hold statements pgtier sends first (parameter sync).
         if !scan.copied && !self.out.is_empty() {
             self.out.extend_from_slice(&self.cbuf[..scan.consumed]);
+        }
+        if settled && self.probe_pipelines(scan.consumed, queued) {
+            if !scan.copied && self.out.is_empty() {
+                self.out.extend_from_slice(&self.cbuf[..scan.consumed]);
+            }
+            self.queue_probe();
         }
         // A rebuilt batch may be empty (everything answered by pgtier, e.g. a lone Parse of a
         // statement this server already has): then nothing goes to the server, never the
@@ -459,6 +494,15 @@ impl Relay<'_> {
         if let Some((code, message)) = self.expect.sync_failed.take() {
             return Some(Outcome::SyncFailed(code, message));
         }
+        if std::mem::take(&mut self.expect.causal.send_now) {
+            // The transaction ended after a write the pipelined probe did not cover.
+            let mut probe = BytesMut::new();
+            causal::write_probe(&mut probe);
+            self.unnamed_here = false;
+            if let Err(e) = self.server.stream.write_all(&probe).await {
+                return Some(self.server_lost(e).await);
+            }
+        }
         let batch = if scan.copied {
             &self.out[..]
         } else {
@@ -510,6 +554,66 @@ impl Relay<'_> {
             && self.cbuf.is_empty();
         let release = !self.holds_server() || shutdown.phase() >= Phase::Draining;
         (done && release).then_some(Outcome::Idle)
+    }
+}
+
+impl Relay<'_> {
+    /// After a batch of `consumed` client bytes (its entries from `queued` on): whether the
+    /// causal probe goes right behind it, because it may write (or follows writes not covered)
+    /// and certainly ends the transaction.
+    fn probe_pipelines(&mut self, consumed: usize, queued: usize) -> bool {
+        let c = &self.expect.causal;
+        if !c.enabled || !c.uncovered || self.pinned.is_some() {
+            return false;
+        }
+        self.expect.ends_with_client_ready()
+            && !self.expect.unsynced
+            && !self.expect.copy_in
+            && self.copy_left == 0
+            && !self.discard
+            && !self.expect.answers_error_since(queued)
+            && causal::ends_idle(
+                &self.cbuf[..consumed],
+                self.status != TxStatus::Idle,
+                &UnitContext {
+                    classifier: self.classifier,
+                    rules: self.rules,
+                    statements: self.statements,
+                    reported: self.defaults,
+                    strings: self.params.string_syntax(self.defaults),
+                },
+            )
+    }
+
+    /// Appends the probe to the batch in `out`; its reply covers every write before it.
+    fn queue_probe(&mut self) {
+        causal::write_probe(&mut self.out);
+        self.expect.push(Entry::Probe);
+        self.expect.causal.uncovered = false;
+        // A simple Query destroys the unnamed statement on the server.
+        self.unnamed_here = false;
+    }
+
+    /// The server closed, failed, or did not answer the probe in time. If only the probe was
+    /// in flight, the client's transaction is complete: its held ReadyForQuery goes out
+    /// (without a token) and the client stays.
+    async fn server_lost(&mut self, e: std::io::Error) -> Outcome {
+        let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
+        let mut out = BytesMut::new();
+        if !self.expect.causal.lose(&mut out) {
+            return Outcome::ServerGone(e);
+        }
+        self.replied = true;
+        if self.client.write_all(&out).await.is_err() {
+            return Outcome::ClientGone {
+                server_clean: false,
+            };
+        }
+        self.owed = self.owed.saturating_sub(1);
+        if self.owed == 0 && self.expect.len() == 1 {
+            return Outcome::ProbeLost { failed: !timed_out };
+        }
+        Outcome::ServerGone(e)
     }
 }
 
