@@ -302,28 +302,37 @@ async fn copy_and_pipelined_units_get_the_token_before_their_last_ready_for_quer
     Ok(())
 }
 
-#[test]
-fn psycopg_and_libpq_read_the_new_token_after_each_write() {
-    let (_cluster, px) = start("ct_drivers").unwrap();
+/// Runs tests/python/causal_token.py for `driver` against pgtier; returns its output.
+fn run_script(table: &str, driver: &str) -> String {
+    let (_cluster, px) = start(table).unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/causal_token.py");
     let out = Command::new("timeout")
         .args(["-s", "KILL", "120", "python3"])
         .arg(&script)
-        .args([
-            "127.0.0.1",
-            &px.port().to_string(),
-            USER,
-            "app",
-            "ct_drivers",
-        ])
+        .args(["127.0.0.1", &px.port().to_string(), USER, "app", table, driver])
         .env("PYTHONUNBUFFERED", "1")
         .output()
         .expect("running python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && stdout.contains("causal_token OK"),
-        "causal_token.py failed ({}):\n{stdout}\n{stderr}",
+        "causal_token.py {driver} failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
+    eprintln!("{stdout}");
+    stdout
+}
+
+/// psycopg 3: `conn.info.parameter_status` (and `pgconn.parameter_status`, libpq's
+/// PQparameterStatus) right after each write gives its new token.
+#[test]
+fn psycopg_reads_the_new_token_after_each_write() {
+    run_script("ct_psycopg", "psycopg");
+}
+
+/// libpq itself (the system's libpq.so.5 through ctypes): PQexec, then PQparameterStatus.
+#[test]
+fn libpq_pqparameterstatus_reads_the_new_token_after_each_write() {
+    run_script("ct_libpq", "libpq");
 }
