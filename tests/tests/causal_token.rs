@@ -309,7 +309,14 @@ fn run_script(table: &str, driver: &str) -> String {
     let out = Command::new("timeout")
         .args(["-s", "KILL", "120", "python3"])
         .arg(&script)
-        .args(["127.0.0.1", &px.port().to_string(), USER, "app", table, driver])
+        .args([
+            "127.0.0.1",
+            &px.port().to_string(),
+            USER,
+            "app",
+            table,
+            driver,
+        ])
         .env("PYTHONUNBUFFERED", "1")
         .output()
         .expect("running python3");

@@ -70,16 +70,34 @@ impl Causal {
         }
     }
 
+    /// At the client's ReadyForQuery (`status`): holds it if the probe is next in the queue
+    /// (pipelined), or if it ends a transaction after a write no probe covers and nothing else
+    /// is owed (then the caller queues a probe and the relay sends it: `send_now`).
+    pub fn hold_ready(
+        &mut self,
+        status: u8,
+        probe_next: bool,
+        nothing_owed: impl FnOnce() -> bool,
+    ) -> bool {
+        if self.held.is_some() {
+            return false;
+        }
+        if !probe_next {
+            if !(self.enabled && self.uncovered && status == b'I' && nothing_owed()) {
+                return false;
+            }
+            self.uncovered = false;
+            self.send_now = true;
+        }
+        self.hold(status);
+        true
+    }
+
     /// Holds the client's ReadyForQuery (its status byte) until the probe's reply.
-    pub fn hold(&mut self, status: u8) {
+    fn hold(&mut self, status: u8) {
         self.held = Some(status);
         self.held_at = Some(Instant::now());
         self.value = None;
-    }
-
-    /// Whether a ReadyForQuery is held.
-    pub fn holding(&self) -> bool {
-        self.held.is_some()
     }
 
     /// When the wait for the probe's reply gives up.

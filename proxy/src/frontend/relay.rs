@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::causal::{self, Causal};
+use super::causal::Causal;
 use super::gate::{Gate, Moment};
 use super::observe::Observer;
 use super::prepared::ClientStatements;
@@ -28,6 +28,10 @@ use crate::router::classify::Classifier;
 use crate::router::route::ClientRouting;
 use crate::router::rules::RuleSet;
 use crate::shutdown::{Phase, ShutdownWatch};
+
+// The causal probe's part of the relay (pipelining it, sending it late, losing it).
+#[path = "relay_causal.rs"]
+mod probe;
 
 /// Read buffer size per direction while a client is active.
 pub(crate) const BUF_SIZE: usize = 16 * 1024;
@@ -412,7 +416,11 @@ impl Relay<'_> {
         if !scan.copied && !self.out.is_empty() {
             self.out.extend_from_slice(&self.cbuf[..scan.consumed]);
         }
-        if settled && self.probe_pipelines(scan.consumed, queued) {
+        if self.pinned.is_some() {
+            // The client keeps this server from now on: its reads no longer need a token.
+            self.expect.causal.enabled = false;
+        }
+        if settled && scan.consumed > 0 && self.probe_pipelines(scan.consumed, queued) {
             if !scan.copied && self.out.is_empty() {
                 self.out.extend_from_slice(&self.cbuf[..scan.consumed]);
             }
@@ -494,14 +502,8 @@ impl Relay<'_> {
         if let Some((code, message)) = self.expect.sync_failed.take() {
             return Some(Outcome::SyncFailed(code, message));
         }
-        if std::mem::take(&mut self.expect.causal.send_now) {
-            // The transaction ended after a write the pipelined probe did not cover.
-            let mut probe = BytesMut::new();
-            causal::write_probe(&mut probe);
-            self.unnamed_here = false;
-            if let Err(e) = self.server.stream.write_all(&probe).await {
-                return Some(self.server_lost(e).await);
-            }
+        if let Some(end) = self.send_due_probe().await {
+            return Some(end);
         }
         let batch = if scan.copied {
             &self.out[..]
@@ -554,66 +556,6 @@ impl Relay<'_> {
             && self.cbuf.is_empty();
         let release = !self.holds_server() || shutdown.phase() >= Phase::Draining;
         (done && release).then_some(Outcome::Idle)
-    }
-}
-
-impl Relay<'_> {
-    /// After a batch of `consumed` client bytes (its entries from `queued` on): whether the
-    /// causal probe goes right behind it, because it may write (or follows writes not covered)
-    /// and certainly ends the transaction.
-    fn probe_pipelines(&mut self, consumed: usize, queued: usize) -> bool {
-        let c = &self.expect.causal;
-        if !c.enabled || !c.uncovered || self.pinned.is_some() {
-            return false;
-        }
-        self.expect.ends_with_client_ready()
-            && !self.expect.unsynced
-            && !self.expect.copy_in
-            && self.copy_left == 0
-            && !self.discard
-            && !self.expect.answers_error_since(queued)
-            && causal::ends_idle(
-                &self.cbuf[..consumed],
-                self.status != TxStatus::Idle,
-                &UnitContext {
-                    classifier: self.classifier,
-                    rules: self.rules,
-                    statements: self.statements,
-                    reported: self.defaults,
-                    strings: self.params.string_syntax(self.defaults),
-                },
-            )
-    }
-
-    /// Appends the probe to the batch in `out`; its reply covers every write before it.
-    fn queue_probe(&mut self) {
-        causal::write_probe(&mut self.out);
-        self.expect.push(Entry::Probe);
-        self.expect.causal.uncovered = false;
-        // A simple Query destroys the unnamed statement on the server.
-        self.unnamed_here = false;
-    }
-
-    /// The server closed, failed, or did not answer the probe in time. If only the probe was
-    /// in flight, the client's transaction is complete: its held ReadyForQuery goes out
-    /// (without a token) and the client stays.
-    async fn server_lost(&mut self, e: std::io::Error) -> Outcome {
-        let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
-        let mut out = BytesMut::new();
-        if !self.expect.causal.lose(&mut out) {
-            return Outcome::ServerGone(e);
-        }
-        self.replied = true;
-        if self.client.write_all(&out).await.is_err() {
-            return Outcome::ClientGone {
-                server_clean: false,
-            };
-        }
-        self.owed = self.owed.saturating_sub(1);
-        if self.owed == 0 && self.expect.len() == 1 {
-            return Outcome::ProbeLost { failed: !timed_out };
-        }
-        Outcome::ServerGone(e)
     }
 }
 

@@ -260,27 +260,17 @@ impl Expectations {
             .any(|e| matches!(e, Entry::Synthetic(Synthetic::Error(..), _)))
     }
 
-    /// At the client's ReadyForQuery (`status`): whether to hold it until a probe's reply, the
-    /// probe queued right behind it, or (a write not covered yet, nothing else in flight, the
-    /// transaction over) one queued now, for the relay to send.
+    /// At the client's ReadyForQuery (`status`): whether it waits for a causal probe's reply
+    /// (see `Causal::hold_ready`); a probe it needs now is queued here, sent by the relay.
     fn hold_ready(&mut self, status: u8) -> bool {
-        if self.causal.holding() {
-            return false;
-        }
-        if matches!(self.q.front(), Some(Entry::Probe)) {
-            self.causal.hold(status);
-            return true;
-        }
+        let probe_next = matches!(self.q.front(), Some(Entry::Probe));
         // A COPY's end marker may still be queued: it owes nothing.
         let nothing_owed = || self.q.iter().all(|e| matches!(e, Entry::CopyEnd));
-        if self.causal.enabled && self.causal.uncovered && status == b'I' && nothing_owed() {
+        let held = self.causal.hold_ready(status, probe_next, nothing_owed);
+        if held && !probe_next {
             self.q.push_back(Entry::Probe);
-            self.causal.uncovered = false;
-            self.causal.send_now = true;
-            self.causal.hold(status);
-            return true;
         }
-        false
+        held
     }
 
     /// Whether the next reply is to a client's message; `statement`: to its Query or Execute.
