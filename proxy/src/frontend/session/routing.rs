@@ -1,5 +1,5 @@
 //! Where each unit of a client goes, checking out its server (after any admin PAUSE, counting
-//! the pool wait), and and the client's causal token when a write's position is unknown.
+//! the pool wait), and the client's causal token when a write's position is unknown.
 
 use super::open::target_farewell;
 use super::*;
