@@ -370,6 +370,27 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_probe_releases_the_held_ready_for_query_without_a_token() {
+        let mut c = Causal::new(true, true, Lsn(7));
+        c.uncovered = true;
+        assert!(c.hold_ready(b'I', false, || true));
+        assert!(c.send_now && !c.uncovered && c.deadline().is_some());
+        // One hold at a time.
+        assert!(!c.hold_ready(b'I', true, || true));
+        let mut out = BytesMut::new();
+        assert!(c.lose(&mut out));
+        assert_eq!(&out[..], b"Z\0\0\0\x05I");
+        assert!(c.uncovered && c.deadline().is_none() && c.token == Lsn(7));
+        assert!(!c.lose(&mut BytesMut::new()));
+        // Nothing to hold for: a read, or a transaction still open.
+        let mut c = Causal::new(true, true, Lsn(7));
+        assert!(!c.hold_ready(b'I', false, || true));
+        c.uncovered = true;
+        assert!(!c.hold_ready(b'T', false, || true));
+        assert!(!c.hold_ready(b'I', false, || false));
+    }
+
+    #[test]
     fn the_probe_row_is_read() {
         let mut row = vec![0, 1];
         row.extend(9i32.to_be_bytes());
