@@ -55,7 +55,8 @@ pub use open::handle;
 /// Longest wait for the DISCARD ALL that resets a server after a session.
 const DISCARD_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Longest wait for the primary's WAL position after a write transaction.
+/// Longest wait for the primary's WAL position when a write's position is unknown (the pipelined
+/// probe has its own, `causal::PROBE_TIMEOUT`).
 const CAUSAL_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Message for clients closed by shutdown.
