@@ -256,7 +256,8 @@ async fn causal_token_crosses_connections() -> Result<()> {
     Ok(())
 }
 
-/// After a write transaction the client receives ParameterStatus `pgtier.causal_lsn`.
+/// After a write transaction the client receives ParameterStatus `pgtier.causal_lsn`, before
+/// the transaction's ReadyForQuery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn causal_lsn_is_reported_as_parameter_status() -> Result<()> {
     let cluster = Cluster::start(2)?;
@@ -270,17 +271,20 @@ async fn causal_lsn_is_reported_as_parameter_status() -> Result<()> {
     let (mut s, _) = wire::login_trust(&px.addr(), "pgtier_trust", "app").await?;
     use tokio::io::AsyncWriteExt;
     s.write_all(&wire::query("CREATE TABLE ps (a int)")).await?;
+    // Right before the ReadyForQuery that ends the write (tests/tests/causal_token.rs has more).
+    let mut last = None;
     loop {
-        if wire::read_msg_raw(&mut s, Duration::from_secs(10))
-            .await?
-            .tag
-            == b'Z'
-        {
+        let m = wire::read_msg_raw(&mut s, Duration::from_secs(10)).await?;
+        if m.tag == b'Z' {
             break;
         }
+        last = Some(m);
     }
-    let status = wire::read_msg_raw(&mut s, Duration::from_secs(5)).await?;
-    assert_eq!(status.tag, b'S', "expected ParameterStatus after the write");
+    let status = last.expect("replies before ReadyForQuery");
+    assert_eq!(
+        status.tag, b'S',
+        "expected ParameterStatus before ReadyForQuery"
+    );
     let body = String::from_utf8_lossy(&status.body).to_string();
     assert!(body.starts_with("pgtier.causal_lsn\0"), "{body:?}");
     Ok(())

@@ -5,6 +5,7 @@ pub mod auth;
 mod batch;
 mod buffers;
 pub mod cancel;
+mod causal;
 pub mod clients;
 mod extra_sets;
 pub(crate) mod farewell;

@@ -11,6 +11,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::causal::Causal;
 use super::gate::{Gate, Moment};
 use super::observe::Observer;
 use super::prepared::ClientStatements;
@@ -33,6 +34,10 @@ use crate::write::{write_all_within, WriteError};
 /// a protocol violation, or the client's own idle-in-transaction, transaction or idle-session
 /// timeout. The node is healthy: it is neither banned nor given the unit again.
 const CLIENT_CAUSED: [&str; 4] = ["08P01", "25P03", "25P04", "57P05"];
+
+// The causal probe's part of the relay (pipelining it, sending it late, losing it).
+#[path = "relay_causal.rs"]
+mod probe;
 
 /// Read buffer size per direction while a client is active.
 pub(crate) const BUF_SIZE: usize = 16 * 1024;
@@ -74,6 +79,9 @@ pub(crate) enum Outcome {
     /// The server ended the session over what the client did (a FATAL with one of
     /// `CLIENT_CAUSED`, this SQLSTATE), and the client has its error: the node is not at fault.
     ServerEndedClient(&'static str),
+    /// The transaction's replies all reached the client, but the server failed or timed out
+    /// on the causal probe after it (`failed`: it closed or broke): close the server only.
+    ProbeLost { failed: bool },
 }
 
 /// How a relay ended, and what the session needs next.
@@ -83,8 +91,12 @@ pub(crate) struct RunEnd {
     pub outcome: Outcome,
     /// Client bytes not sent (a unit held back for another server).
     pub leftover: BytesMut,
-    /// Something that may write went to the server (the causal token must move).
-    pub wrote: bool,
+    /// The client's causal token after the run (moved by the probes that succeeded).
+    pub causal: crate::cluster::Lsn,
+    /// A probe succeeded in the run.
+    pub causal_learned: bool,
+    /// A write is not covered by a probe that succeeded (the token is unknown).
+    pub causal_uncovered: bool,
     /// Nothing reached the client and nothing beyond the first request reached the server:
     /// a read that failed like this may run again elsewhere.
     pub retryable: bool,
@@ -161,7 +173,11 @@ pub(crate) async fn run(
         server,
         cbuf,
         out: BytesMut::new(),
-        expect: Expectations::default(),
+        expect: Expectations::with(Causal::new(
+            state.track_writes && !state.on_replica,
+            state.report_causal,
+            state.routing.causal,
+        )),
         copy_left: 0,
         discard: false,
         streaming: Streaming::default(),
@@ -182,7 +198,9 @@ pub(crate) async fn run(
     RunEnd {
         outcome,
         leftover: std::mem::take(&mut r.cbuf),
-        wrote: r.gate.wrote,
+        causal: r.expect.causal.token,
+        causal_learned: r.expect.causal.learned,
+        causal_uncovered: r.expect.causal.uncovered || r.gate.wrote,
         retryable: !r.replied && !r.more_input,
         tally: r.observer.tally,
         last_reply: r.observer.last_reply,
@@ -259,8 +277,8 @@ impl Relay<'_> {
                     }
                 },
                 res = r.server.stream.read_buf(r.server.inbuf) => match res {
-                    Ok(0) => return Outcome::ServerGone(std::io::ErrorKind::UnexpectedEof.into()),
-                    Err(e) => return Outcome::ServerGone(e),
+                    Ok(0) => return r.server_lost(std::io::ErrorKind::UnexpectedEof.into()).await,
+                    Err(e) => return r.server_lost(e).await,
                     Ok(_) => {
                         if let Some(end) = r.on_server_bytes(shutdown).await {
                             return end;
@@ -268,6 +286,9 @@ impl Relay<'_> {
                     }
                 },
                 _ = sleep_until_opt(idle_deadline) => return Outcome::IdleInTransaction,
+                _ = sleep_until_opt(r.expect.causal.deadline()) => {
+                    return r.server_lost(std::io::ErrorKind::TimedOut.into()).await;
+                }
                 _ = &mut draining, if drain_when_idle => return Outcome::Idle,
                 _ = &mut closing => {
                     if shutdown.phase() >= Phase::Closing {
@@ -306,6 +327,8 @@ pub(crate) struct ClientState<'a> {
     /// Note whether anything may change sequence state (transaction pooling: the server is
     /// then cleaned before the next transaction).
     pub track_sequences: bool,
+    /// Report the causal token as ParameterStatus (`report_causal_lsn`).
+    pub report_causal: bool,
     /// Measures the run.
     pub observer: Observer<'a>,
     /// Whether an admin KILLed the client's database (asked when an admin wakes sessions).
@@ -400,6 +423,16 @@ impl Relay<'_> {
                 busy: self.busy(),
             },
         );
+        // Whether the server's transaction status is known before this batch (nothing of the
+        // client's in flight), as the causal probe needs.
+        let settled = self.owed == 0
+            && self.expect.only_own()
+            && !self.expect.unsynced
+            && !self.expect.copy_in
+            && self.copy_left == 0
+            && !self.discard;
+        let queued = self.expect.len();
+        self.expect.causal.uncovered |= std::mem::take(&mut self.gate.wrote);
         let scan = route_client(
             &self.cbuf[..admitted],
             self.limits.max_message,
@@ -431,6 +464,16 @@ impl Relay<'_> {
         // `out` may already hold statements pgtier sends first (parameter sync).
         if !scan.copied && !self.out.is_empty() {
             self.out.extend_from_slice(&self.cbuf[..scan.consumed]);
+        }
+        if self.pinned.is_some() {
+            // The client keeps this server from now on: its reads no longer need a token.
+            self.expect.causal.enabled = false;
+        }
+        if settled && scan.consumed > 0 && self.probe_pipelines(scan.consumed, queued) {
+            if !scan.copied && self.out.is_empty() {
+                self.out.extend_from_slice(&self.cbuf[..scan.consumed]);
+            }
+            self.queue_probe();
         }
         // A rebuilt batch may be empty (everything answered by pgtier, e.g. a lone Parse of a
         // statement this server already has): then nothing goes to the server, never the
@@ -517,6 +560,9 @@ impl Relay<'_> {
         };
         if let Some((code, message)) = self.expect.sync_failed.take() {
             return Some(Outcome::SyncFailed(code, message));
+        }
+        if let Some(end) = self.send_due_probe().await {
+            return Some(end);
         }
         let batch = if scan.copied {
             &self.out[..]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::batch::Batch;
+use super::causal::Causal;
 use super::prepared::{ClientStatements, FollowedSet, Prepared, Saved};
 use crate::backend::params::{tracked, ExtraUpdate, ParamChanges};
 use crate::backend::statements::ServerStatements;
@@ -124,6 +125,8 @@ pub(crate) enum Entry {
     Synthetic(Synthetic, Option<Undo>),
     /// The client ended a COPY FROM STDIN here (CopyDone or CopyFail); no reply of its own.
     CopyEnd,
+    /// pgtier's causal probe (a Query): its reply is the client's token, none of it is sent.
+    Probe,
 }
 
 impl Entry {
@@ -200,9 +203,19 @@ pub(crate) struct Expectations {
     /// Statements that set the client's startup values again, to send after the client's
     /// Query (or the Sync of its unit) that resets them.
     pub(crate) restore: Option<String>,
+    /// The client's causal token and the probe that reads it.
+    pub(crate) causal: Causal,
 }
 
 impl Expectations {
+    /// An empty queue with the client's causal state.
+    pub(crate) fn with(causal: Causal) -> Expectations {
+        Expectations {
+            causal,
+            ..Expectations::default()
+        }
+    }
+
     pub(crate) fn push(&mut self, e: Entry) {
         self.q.push_back(e);
     }
@@ -224,9 +237,43 @@ impl Expectations {
                 Entry::Server {
                     to_client: false,
                     ..
-                }
+                } | Entry::Probe
             )
         })
+    }
+
+    /// Whether the last message queued owes the client a ReadyForQuery.
+    pub(crate) fn ends_with_client_ready(&self) -> bool {
+        matches!(
+            self.q.back(),
+            Some(Entry::Server {
+                kind: Kind::Query | Kind::Sync | Kind::Function,
+                to_client: true,
+                ..
+            })
+        )
+    }
+
+    /// Whether pgtier answers an error itself among the entries from `from` on (the client's
+    /// messages after it, up to Sync, never reach the server).
+    pub(crate) fn answers_error_since(&self, from: usize) -> bool {
+        self.q
+            .iter()
+            .skip(from)
+            .any(|e| matches!(e, Entry::Synthetic(Synthetic::Error(..), _)))
+    }
+
+    /// At the client's ReadyForQuery (`status`): whether it waits for a causal probe's reply
+    /// (see `Causal::hold_ready`); a probe it needs now is queued here, sent by the relay.
+    fn hold_ready(&mut self, status: u8) -> bool {
+        let probe_next = matches!(self.q.front(), Some(Entry::Probe));
+        // A COPY's end marker may still be queued: it owes nothing.
+        let nothing_owed = || self.q.iter().all(|e| matches!(e, Entry::CopyEnd));
+        let held = self.causal.hold_ready(status, probe_next, nothing_owed);
+        if held && !probe_next {
+            self.q.push_back(Entry::Probe);
+        }
+        held
     }
 
     /// Whether the next reply is to a client's message; `statement`: to its Query or Execute.
@@ -310,6 +357,13 @@ impl Expectations {
         // Asynchronous messages can come at any time and are always the client's.
         if matches!(tag, b'N' | b'A' | b'S') {
             return true;
+        }
+        if let Some(Entry::Probe) = self.q.front() {
+            self.causal.on_reply(tag, body);
+            if tag == b'Z' {
+                self.q.pop_front();
+            }
+            return false;
         }
         let Some(Entry::Server {
             kind,
@@ -484,7 +538,9 @@ pub(crate) fn route_server(
     }
     while let Some(h) = peek_header(&buf[pos..], i32::MAX as usize)? {
         let end = pos + h.frame_len();
-        if matches!(h.tag, b'Z' | b'S' | b'E' | b'C') && end > buf.len() {
+        let read = matches!(h.tag, b'Z' | b'S' | b'E' | b'C')
+            || h.tag == b'D' && matches!(exp.q.front(), Some(Entry::Probe));
+        if read && end > buf.len() {
             break; // these few bodies are read: wait for the rest
         }
         let body = &buf[(pos + 5).min(buf.len())..end.min(buf.len())];
@@ -512,7 +568,7 @@ pub(crate) fn route_server(
                 _ => {}
             }
         }
-        let forward = exp.on_message(h.tag, body, registry, statements);
+        let mut forward = exp.on_message(h.tag, body, registry, statements);
         if h.tag == b'S' {
             params.observe(body, forward);
         }
@@ -527,6 +583,8 @@ pub(crate) fn route_server(
             }
         }
         if h.tag == b'Z' {
+            // The client's ReadyForQuery may wait for the causal probe's reply (after it).
+            forward = forward && !exp.hold_ready(buf[end - 1]);
             // Only the client's ReadyForQuery count against what the client is owed.
             scan.ready += u32::from(forward);
             scan.status = Some(TxStatus::from_byte(buf[end - 1]));
@@ -534,6 +592,11 @@ pub(crate) fn route_server(
         let cut = end.min(buf.len());
         if !forward {
             batch.drop_range(pos, cut);
+        }
+        if exp.causal.answered {
+            // The probe replied: the token, then the client's ReadyForQuery held for it.
+            let causal = &mut exp.causal;
+            batch.insert(cut, |o| scan.ready += u32::from(causal.release(o)));
         }
         pos = cut;
         if end > buf.len() {

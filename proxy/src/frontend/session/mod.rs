@@ -60,7 +60,8 @@ const DISCARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for a server to take a CancelRequest.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Longest wait for the primary's WAL position after a write transaction.
+/// Longest wait for the primary's WAL position when a write's position is unknown (the pipelined
+/// probe has its own, `causal::PROBE_TIMEOUT`).
 const CAUSAL_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Message for clients closed by shutdown.

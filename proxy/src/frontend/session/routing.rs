@@ -1,5 +1,5 @@
 //! Where each unit of a client goes, checking out its server (after any admin PAUSE, counting
-//! the pool wait), and the client's causal token after write transactions.
+//! the pool wait), and the client's causal token when a write's position is unknown.
 
 use super::open::target_farewell;
 use super::*;
@@ -94,30 +94,6 @@ impl Session {
         Ok(())
     }
 
-    /// After a write transaction: the primary's WAL position becomes the client's causal token,
-    /// reported to the client as ParameterStatus `pgtier.causal_lsn`.
-    pub(super) async fn advance_causal(
-        &mut self,
-        serving: &mut Serving,
-    ) -> Result<(), &'static str> {
-        let Some(lsn) = wal_insert_lsn(serving).await else {
-            // The connection is in doubt (it is closed below); the next read asks again.
-            self.causal_unknown = true;
-            return Ok(());
-        };
-        self.routing.causal = self.routing.causal.max(lsn);
-        if self.router().settings().report_causal_lsn {
-            let mut msg = BytesMut::with_capacity(40);
-            parameter_status(
-                &mut msg,
-                "pgtier.causal_lsn",
-                &self.routing.causal.to_string(),
-            );
-            self.send(&msg).await?;
-        }
-        Ok(())
-    }
-
     pub(super) async fn checkout(&mut self, target: Target) -> Result<Serving, &'static str> {
         // Held across awaits that also borrow `self` (closing the client on failure).
         let upstream = self.upstream.clone();
@@ -187,13 +163,16 @@ impl Session {
     }
 }
 
-/// The primary's WAL insert position, read on the connection that just committed (None if the
-/// query failed: the connection must then be closed, not released).
+/// The primary's WAL insert position (None if the query failed: the connection must then be
+/// closed, not released).
 async fn wal_insert_lsn(serving: &mut Serving) -> Option<Lsn> {
     let value = serving
         .server
         .conn()
-        .query_value("SELECT pg_current_wal_insert_lsn()", CAUSAL_PROBE_TIMEOUT)
+        .query_value(
+            "SELECT pg_catalog.pg_current_wal_insert_lsn()",
+            CAUSAL_PROBE_TIMEOUT,
+        )
         .await
         .ok()??;
     value.parse().ok()

@@ -54,6 +54,7 @@ impl Session {
                 on_replica: serving.on_replica,
                 track_writes,
                 track_sequences,
+                report_causal: runtime.router.settings().report_causal_lsn,
                 observer,
                 killed: &killed,
                 entry: &entry,
@@ -86,11 +87,11 @@ impl Session {
         if !self.holds_server() {
             entry.set_state(ClientState::Idle);
         }
+        if track_writes && !serving.on_replica {
+            self.note_causal(&end);
+        }
         let (code, message, reason) = match end.outcome {
             Outcome::Idle => {
-                if end.wrote && !serving.on_replica && self.router().splits() && !self.holds_server() {
-                    self.advance_causal(&mut serving).await?;
-                }
                 if self.shutdown.phase() < Phase::Draining {
                     serving.server.release_at(ended);
                     if end.leftover.is_empty() {
@@ -102,6 +103,15 @@ impl Session {
                 self.give_back(serving).await;
                 self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;
                 return Err("shutdown");
+            }
+            Outcome::ProbeLost { failed } => {
+                // The client has all its replies; only the server is in doubt (closed here).
+                warn!(database = %self.database(), node = %self.upstream.node(serving.node).node(), "no reply to the causal probe after a write transaction: closing the server connection");
+                if failed {
+                    self.router().topology().report_failure(serving.node);
+                }
+                drop(serving);
+                return Ok(Ran::Done((!end.leftover.is_empty()).then_some(end.leftover)));
             }
             Outcome::ClientGone { server_clean } => {
                 if server_clean {
@@ -190,6 +200,18 @@ impl Session {
         drop(serving);
         self.close(code, message).await;
         Err(reason)
+    }
+
+    /// The client's causal token after a run on the primary: moved by the probes that
+    /// succeeded; unknown while a write is not covered by one (the next replica read asks).
+    fn note_causal(&mut self, end: &relay::RunEnd) {
+        self.routing.causal = self.routing.causal.max(end.causal);
+        if end.causal_uncovered {
+            self.causal_unknown = true;
+        } else if end.causal_learned {
+            // A later position covers every earlier write.
+            self.causal_unknown = false;
+        }
     }
 
     /// Returns a clean server at the end of the session; one that held session state (session
