@@ -20,8 +20,11 @@ pub(crate) struct Gate {
     unit_open: bool,
     /// A unit that needs the primary waits at the front of the client buffer.
     pub held: bool,
-    /// Something that may write went to this server (primary only).
+    /// Something that may write went to this server (primary only; the causal probe takes it
+    /// when it covers the write).
     pub wrote: bool,
+    /// Something that may write went to this server in this run (kept: sequence state).
+    pub wrote_in_run: bool,
     /// Whether to look for writes at all (on the primary).
     track_writes: bool,
     /// Whether to look for anything that may change sequence state (nextval, also implicit in
@@ -178,6 +181,7 @@ impl Gate {
             };
             if writes {
                 self.wrote = true;
+                self.wrote_in_run = true;
                 return;
             }
             pos += h.frame_len();

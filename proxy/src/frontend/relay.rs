@@ -192,7 +192,7 @@ pub(crate) async fn run(
         entry: state.entry,
     };
     let outcome = r.run(shutdown).await;
-    if r.gate.wrote {
+    if r.gate.wrote_in_run {
         *r.server.sequences_dirty = true;
     }
     RunEnd {
