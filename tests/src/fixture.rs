@@ -135,6 +135,19 @@ pub async fn connect(px: &Pgtier, user: &str, pw: &str) -> Result<tokio_postgres
     Ok(client)
 }
 
+/// Connects to pgtier's admin console as `user` (the connection task is spawned).
+pub async fn admin_console(px: &Pgtier, user: &str, pw: &str) -> tokio_postgres::Client {
+    let dsn = format!(
+        "host=127.0.0.1 port={} user={user} password={pw} dbname=pgtier",
+        px.port()
+    );
+    let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+        .await
+        .expect("admin console login");
+    tokio::spawn(conn);
+    c
+}
+
 /// Server connections the pool holds for `user` right now, counted by Postgres itself.
 pub fn server_connections(cluster: &Cluster, user: &str) -> Result<i64> {
     let n = cluster.primary().psql(&format!(

@@ -6,18 +6,12 @@ use std::time::Duration;
 
 use pgtier_kit::fixture::{connect, replica_in_rotation, scram_role, ConfigBuilder};
 use pgtier_kit::{Cluster, Pgtier};
-use tokio_postgres::{NoTls, SimpleQueryMessage, SimpleQueryRow};
+use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow};
 
 use pgtier_kit::fixture::simple_rows as rows;
 
 async fn admin(px: &Pgtier) -> tokio_postgres::Client {
-    let dsn = format!(
-        "host=127.0.0.1 port={} user=admin password=admin-pw dbname=pgtier",
-        px.port()
-    );
-    let (c, conn) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    c
+    pgtier_kit::fixture::admin_console(px, "admin", "admin-pw").await
 }
 
 fn builder(cluster: &Cluster) -> ConfigBuilder {

@@ -12,6 +12,7 @@ use pgtier_kit::fixture::{
     ensure_app_db, replica_in_rotation, scram_role, simple_rows, ConfigBuilder,
 };
 use pgtier_kit::node::Node;
+use pgtier_kit::pids::rss_kib;
 use pgtier_kit::{wire, Cluster, Pgtier};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -125,15 +126,6 @@ fn write_timeouts(metrics_port: u16, peer: &str) -> String {
         .find_map(|l| l.strip_prefix(&series))
         .unwrap_or_else(|| panic!("no {series} in {body}"))
         .to_owned()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
 }
 
 /// After a stall, the pool of size 1 serves another client, and the admin console counts one

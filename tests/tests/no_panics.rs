@@ -7,9 +7,9 @@
 use std::time::{Duration, Instant};
 
 use pgtier_kit::fixture::{replica_in_rotation, simple_rows as rows, ConfigBuilder};
+use pgtier_kit::pids::rss_kib;
 use pgtier_kit::{wire, Cluster, Pgtier};
 use tokio::io::AsyncWriteExt;
-use tokio_postgres::NoTls;
 
 const LIMIT: Duration = Duration::from_secs(10);
 const USER: &str = "pgtier_trust";
@@ -25,13 +25,7 @@ fn builder(c: &Cluster) -> ConfigBuilder {
 }
 
 async fn admin(px: &Pgtier) -> tokio_postgres::Client {
-    let dsn = format!(
-        "host=127.0.0.1 port={} user=admin password=admin-pw dbname=pgtier",
-        px.port()
-    );
-    let (c, conn) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    c
+    pgtier_kit::fixture::admin_console(px, "admin", "admin-pw").await
 }
 
 /// SHOW REPLICAS' state of every replica of the cluster.
@@ -283,15 +277,6 @@ async fn a_server_ending_the_session_over_the_clients_doing_is_not_banned() {
     assert!(!log.contains("connection failure reported"), "{log}");
     assert!(!log.contains("server connection lost"), "{log}");
     still_serves(&px).await;
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
 }
 
 /// What a panic costs in RSS, with std's hook and with pgtier's, with and without

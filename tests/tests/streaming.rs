@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use pgtier_kit::pids::rss_kib;
 use pgtier_kit::wire;
 use pgtier_kit::wire::first_value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,15 +30,6 @@ async fn copy_out(c: &Client, sql: &str) -> Vec<u8> {
 struct RssSampler {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<u64>,
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
 }
 
 impl RssSampler {
