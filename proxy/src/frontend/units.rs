@@ -1,7 +1,7 @@
 //! Units of client work, the granularity of routing: one Query or FunctionCall message, or
 //! extended-protocol messages up to Sync (or up to a Flush, after which the client waits for
 //! replies before it goes on). Each unit is classified as a whole: any write sends it to the
-//! primary.
+//! primary, and so does a unit cut at a Flush (its rest, unseen, may write).
 
 use std::ops::Range;
 
@@ -185,7 +185,16 @@ impl UnitScan {
                     });
                     self.info.merge(&one);
                 }
-                b'S' | b'H' => return self.finish(h.tag == b'H'),
+                b'S' => return self.finish(false),
+                // A Flush that opens the unit (psycopg sends one after its pipeline's Sync)
+                // cuts nothing: there is no extended work for the next messages to continue.
+                b'H' if pos == 0 => return self.finish(false),
+                b'H' => {
+                    // What follows up to Sync runs on the same server and is only seen once
+                    // it is there: a replica cannot be proven to suffice, so the primary.
+                    self.info.merge(&UnitInfo::write());
+                    return self.finish(true);
+                }
                 t if is_extended(t) => {}
                 // FunctionCall, stray COPY messages, anything else: the primary.
                 _ => {
