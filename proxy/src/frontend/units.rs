@@ -360,6 +360,26 @@ mod tests {
     }
 
     #[test]
+    fn a_unit_cut_at_a_flush_needs_the_primary_but_a_lone_flush_is_nothing() {
+        let none = ClientStatements::default();
+        // Parse/Describe/Flush (asyncpg), or rows fetched mid-pipeline (psycopg): the rest,
+        // up to Sync, follows on the same server unseen.
+        let mut buf = parse("", "SELECT 1");
+        buf.extend(frame(b'D', b"S\0"));
+        buf.extend(frame(b'H', b""));
+        let u = scan_bytes(&buf, &none);
+        assert_eq!((u.len, u.flushed), (Some(buf.len()), true));
+        assert_eq!(u.info.class, Class::Write);
+        // psycopg's Flush after a pipeline's Sync: no extended work for anything to continue.
+        let mut buf = frame(b'H', b"");
+        let lone = buf.len();
+        buf.extend(parse("w", "INSERT INTO t VALUES (1)"));
+        let u = scan_bytes(&buf, &none);
+        assert_eq!((u.len, u.flushed), (Some(lone), false));
+        assert_eq!(u.info.class, Class::Read);
+    }
+
+    #[test]
     fn pinning_statements_are_flagged() {
         let buf = frame(b'Q', b"SET work_mem = '1GB'\0");
         assert!(scan_bytes(&buf, &ClientStatements::default()).info.pins);
