@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use pgtier_kit::fixture::{scram_role, ConfigBuilder};
@@ -62,6 +63,10 @@ fn node_dir() -> PathBuf {
 
 /// Runs tests/python/SCRIPT against pgtier (killed after 180 s); returns its stdout.
 fn run_script(px: &Pgtier, script: &str, extra: &[&str]) -> String {
+    // A script drops and creates its own tables in the shared cluster: one script at a time
+    // (each runs with and without replicas).
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     run_with(px, "python3", &python_dir().join(script), extra)
 }
 
