@@ -432,7 +432,11 @@ impl Relay<'_> {
             && self.copy_left == 0
             && !self.discard;
         let queued = self.expect.len();
-        self.expect.causal.uncovered |= std::mem::take(&mut self.gate.wrote);
+        // Taken per batch for the causal token; the server's sequence state must be cleared
+        // at the end of the run all the same.
+        let wrote = std::mem::take(&mut self.gate.wrote);
+        self.expect.causal.uncovered |= wrote;
+        *self.server.sequences_dirty |= wrote;
         let scan = route_client(
             &self.cbuf[..admitted],
             self.limits.max_message,
