@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use pgtier_kit::fixture::{scram_role, ConfigBuilder};
@@ -14,6 +15,20 @@ use pgtier_kit::{Cluster, Pgtier};
 const POOL: u32 = 4;
 
 fn start() -> Pgtier {
+    builder().start().unwrap()
+}
+
+/// The same pgtier, reading from the cluster's replicas: a write a driver pipelines with its
+/// reads must still reach the primary.
+fn start_with_replicas() -> Pgtier {
+    builder()
+        .with_replicas(Cluster::shared())
+        .global("log_level = \"debug\"")
+        .start()
+        .unwrap()
+}
+
+fn builder() -> ConfigBuilder {
     let c = Cluster::shared();
     scram_role(c, "drivers", "drivers").unwrap();
     ConfigBuilder::new(c)
@@ -21,8 +36,6 @@ fn start() -> Pgtier {
         .global("query_wait_timeout = \"30s\"")
         .user("drivers", "auth = \"trust\"\nserver_password = \"drivers\"")
         .database(&format!("pool_size = {POOL}"))
-        .start()
-        .unwrap()
 }
 
 fn python_dir() -> PathBuf {
@@ -50,6 +63,10 @@ fn node_dir() -> PathBuf {
 
 /// Runs tests/python/SCRIPT against pgtier (killed after 180 s); returns its stdout.
 fn run_script(px: &Pgtier, script: &str, extra: &[&str]) -> String {
+    // A script drops and creates its own tables in the shared cluster: one script at a time
+    // (each runs with and without replicas).
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     run_with(px, "python3", &python_dir().join(script), extra)
 }
 
@@ -109,6 +126,29 @@ fn psycopg3_prepared_statements_8_connections_on_a_pool_of_4() {
     );
     let log = px.log();
     assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn psycopg3_pipelines_and_executemany_with_replicas() {
+    require("psycopg");
+    let px = start_with_replicas();
+    let out = run_script(&px, "psycopg_driver.py", &["4", "60"]);
+    assert!(out.contains("psycopg OK"), "{out}");
+    let log = px.log();
+    assert!(!log.contains("panicked"), "{log}");
+    // The debug log's routing lines: reads did use the replicas.
+    assert!(log.contains("replica=true"), "no read went to a replica");
+}
+
+#[test]
+fn asyncpg_with_replicas() {
+    require("asyncpg");
+    let px = start_with_replicas();
+    let out = run_script(&px, "asyncpg_driver.py", &["4", "60"]);
+    assert!(out.contains("asyncpg OK"), "{out}");
+    let log = px.log();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("replica=true"), "no read went to a replica");
 }
 
 #[test]

@@ -289,3 +289,150 @@ async fn causal_lsn_is_reported_as_parameter_status() -> Result<()> {
     assert!(body.starts_with("pgtier.causal_lsn\0"), "{body:?}");
     Ok(())
 }
+
+/// A pgtier on the shared cluster with a trust user, for raw-protocol pipelines; returns the
+/// login socket once a replica serves reads.
+async fn pipeline_client(
+    cluster: &Cluster,
+    table: &str,
+) -> Result<(Pgtier, tokio::net::TcpStream)> {
+    use tokio::io::AsyncWriteExt;
+    cluster.create_trust_role("pgtier_trust")?;
+    pgtier_kit::fixture::ensure_app_db(cluster)?;
+    cluster.ddl("app", "GRANT ALL ON SCHEMA public TO pgtier_trust")?;
+    let px = ConfigBuilder::new(cluster)
+        .global("lag_check_interval = \"50ms\"")
+        .with_replicas(cluster)
+        .user("pgtier_trust", "auth = \"trust\"")
+        .start()?;
+    let (mut s, _) = wire::login_trust(&px.addr(), "pgtier_trust", "app").await?;
+    let create = format!("DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (v int)");
+    s.write_all(&wire::query(&create)).await?;
+    let msgs = wire::read_until_ready(&mut s, Duration::from_secs(10)).await?;
+    assert!(!wire::tags(&msgs).contains('E'), "{msgs:?}");
+    cluster.wait_replicas_caught_up()?;
+    Ok((px, s))
+}
+
+/// `(in recovery, port)` from the first DataRow of `msgs` (two text columns).
+fn row_where(msgs: &[wire::Msg]) -> (bool, u16) {
+    let row = msgs.iter().find(|m| m.tag == b'D').expect("a row");
+    let mut at = 2;
+    let mut col = || {
+        let len = i32::from_be_bytes(row.body[at..at + 4].try_into().unwrap()) as usize;
+        let v = String::from_utf8_lossy(&row.body[at + 4..at + 4 + len]).into_owned();
+        at += 4 + len;
+        v
+    };
+    let rec = col() == "t";
+    (rec, col().parse().unwrap())
+}
+
+fn no_error(msgs: &[wire::Msg]) {
+    if let Some(e) = msgs.iter().find(|m| m.tag == b'E') {
+        panic!("error {:?}: {:?}", e.field(b'C'), e.field(b'M'));
+    }
+}
+
+/// psycopg ends a pipeline with Sync then Flush, and its next pipeline (executemany) follows
+/// without a Sync between rows: the lone Flush reached a replica on its own, and the INSERTs
+/// after it were let through there as if they continued it (25006 read-only transaction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_pipelined_after_a_lone_flush_reaches_the_primary() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let cluster = Cluster::shared();
+    let (_px, mut s) = pipeline_client(cluster, "pipelined_after_flush").await?;
+    let limit = Duration::from_secs(10);
+    // A read pipeline, ended by Sync (and the Flush psycopg sends after it).
+    let read = [
+        wire::parse("r", WHERE),
+        wire::bind("r"),
+        wire::execute(),
+        wire::bind("r"),
+        wire::execute(),
+        wire::sync(),
+    ];
+    let msgs = wire::send_all(&mut s, &read, limit).await?;
+    no_error(&msgs);
+    let (rec, port) = row_where(&msgs);
+    assert!(rec, "a pipelined read ran on the primary (port {port})");
+    // The Flush arrives once the client has its replies: a unit of its own.
+    s.write_all(&wire::message(b'H', b"")).await?;
+    // executemany: one Parse, then Bind/Execute per row, one Sync.
+    let insert = "INSERT INTO pipelined_after_flush SELECT 1 RETURNING pg_is_in_recovery(), inet_server_port()";
+    let write = [
+        wire::parse("w", insert),
+        wire::bind("w"),
+        wire::execute(),
+        wire::bind("w"),
+        wire::execute(),
+        wire::sync(),
+        wire::message(b'H', b""),
+    ];
+    let msgs = wire::send_all(&mut s, &write, limit).await?;
+    no_error(&msgs);
+    assert_eq!(
+        row_where(&msgs),
+        (false, cluster.primary().port()),
+        "the INSERT did not run on the primary"
+    );
+    assert_eq!(wire::tags(&msgs).matches('C').count(), 2, "{msgs:?}");
+    // And reads pipelined after that still use a replica once it has the rows.
+    cluster.wait_replicas_caught_up()?;
+    let count =
+        "SELECT pg_is_in_recovery(), inet_server_port(), count(*) FROM pipelined_after_flush";
+    let msgs = wire::send_all(
+        &mut s,
+        &[
+            wire::parse("", count),
+            wire::bind(""),
+            wire::execute(),
+            wire::sync(),
+        ],
+        limit,
+    )
+    .await?;
+    no_error(&msgs);
+    assert!(
+        row_where(&msgs).0,
+        "the read after the write ran on the primary"
+    );
+    Ok(())
+}
+
+/// A unit cut at a Flush (psycopg fetching mid-pipeline, asyncpg's Parse/Describe/Flush)
+/// continues on its server up to Sync, and what follows the Flush is unknown when it is
+/// routed: a write there must not find itself on a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_after_a_flush_in_the_same_pipeline_reaches_the_primary() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let cluster = Cluster::shared();
+    let (_px, mut s) = pipeline_client(cluster, "written_after_flush").await?;
+    let limit = Duration::from_secs(10);
+    let head = [
+        wire::parse("", WHERE),
+        wire::bind(""),
+        wire::execute(),
+        wire::message(b'H', b""),
+    ];
+    s.write_all(&head.concat()).await?;
+    // The client waits for the read's rows before it goes on.
+    let mut first = Vec::new();
+    while first.last().is_none_or(|m: &wire::Msg| m.tag != b'C') {
+        first.push(wire::read_msg(&mut s, limit).await?);
+        no_error(&first);
+    }
+    let insert = "INSERT INTO written_after_flush SELECT 1 RETURNING pg_is_in_recovery(), inet_server_port()";
+    let rest = [
+        wire::parse("", insert),
+        wire::bind(""),
+        wire::execute(),
+        wire::sync(),
+    ];
+    let msgs = wire::send_all(&mut s, &rest, limit).await?;
+    no_error(&msgs);
+    assert_eq!(row_where(&msgs), (false, cluster.primary().port()));
+    // The read before it ran on the same server, in the same implicit transaction.
+    assert_eq!(row_where(&first), (false, cluster.primary().port()));
+    Ok(())
+}

@@ -215,7 +215,9 @@ pub(crate) fn route_client(
         let unit_start = !server.expect.unsynced;
         match h.tag {
             b'S' => server.expect.unsynced = false,
-            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => server.expect.unsynced = true,
+            // A Flush does no work: after a Sync (psycopg ends its pipelines with Sync,
+            // Flush) the server is still at rest.
+            b'P' | b'B' | b'D' | b'E' | b'C' => server.expect.unsynced = true,
             _ => {}
         }
         // During an extended-protocol COPY FROM STDIN Postgres ignores Sync and Flush.

@@ -643,3 +643,20 @@ fn a_reset_of_startup_values_is_followed_by_their_restore() {
     f.route(&buf, &mut out).unwrap();
     assert_eq!(tags(&out), "PBESQQQ");
 }
+
+#[test]
+fn a_flush_after_a_sync_leaves_the_server_at_rest() {
+    let mut f = Fixture::new();
+    let mut out = BytesMut::new();
+    // psycopg ends each pipeline so; the server may go back to its pool.
+    f.route(&[msg(b'S', b""), msg(b'H', b"")].concat(), &mut out)
+        .unwrap();
+    assert!(!f.expect.unsynced);
+    // Inside extended work a Flush changes nothing: a Sync still owes the end.
+    f.route(
+        &[msg(b'P', b"\0SELECT 1\0\0\0"), msg(b'H', b"")].concat(),
+        &mut out,
+    )
+    .unwrap();
+    assert!(f.expect.unsynced);
+}

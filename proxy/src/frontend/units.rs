@@ -1,7 +1,7 @@
 //! Units of client work, the granularity of routing: one Query or FunctionCall message, or
 //! extended-protocol messages up to Sync (or up to a Flush, after which the client waits for
 //! replies before it goes on). Each unit is classified as a whole: any write sends it to the
-//! primary.
+//! primary, and so does a unit cut at a Flush (its rest, unseen, may write).
 
 use std::ops::Range;
 
@@ -185,7 +185,16 @@ impl UnitScan {
                     });
                     self.info.merge(&one);
                 }
-                b'S' | b'H' => return self.finish(h.tag == b'H'),
+                b'S' => return self.finish(false),
+                // A Flush that opens the unit (psycopg sends one after its pipeline's Sync)
+                // cuts nothing: there is no extended work for the next messages to continue.
+                b'H' if pos == 0 => return self.finish(false),
+                b'H' => {
+                    // What follows up to Sync runs on the same server and is only seen once
+                    // it is there: a replica cannot be proven to suffice, so the primary.
+                    self.info.merge(&UnitInfo::write());
+                    return self.finish(true);
+                }
                 t if is_extended(t) => {}
                 // FunctionCall, stray COPY messages, anything else: the primary.
                 _ => {
@@ -348,6 +357,26 @@ mod tests {
         let mut buf = bind("");
         buf.extend(frame(b'S', b""));
         assert_eq!(scan_bytes(&buf, &statements).info.class, Class::Write);
+    }
+
+    #[test]
+    fn a_unit_cut_at_a_flush_needs_the_primary_but_a_lone_flush_is_nothing() {
+        let none = ClientStatements::default();
+        // Parse/Describe/Flush (asyncpg), or rows fetched mid-pipeline (psycopg): the rest,
+        // up to Sync, follows on the same server unseen.
+        let mut buf = parse("", "SELECT 1");
+        buf.extend(frame(b'D', b"S\0"));
+        buf.extend(frame(b'H', b""));
+        let u = scan_bytes(&buf, &none);
+        assert_eq!((u.len, u.flushed), (Some(buf.len()), true));
+        assert_eq!(u.info.class, Class::Write);
+        // psycopg's Flush after a pipeline's Sync: no extended work for anything to continue.
+        let mut buf = frame(b'H', b"");
+        let lone = buf.len();
+        buf.extend(parse("w", "INSERT INTO t VALUES (1)"));
+        let u = scan_bytes(&buf, &none);
+        assert_eq!((u.len, u.flushed), (Some(lone), false));
+        assert_eq!(u.info.class, Class::Read);
     }
 
     #[test]
