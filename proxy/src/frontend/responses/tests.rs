@@ -1,4 +1,5 @@
 //! Tests of `responses`.
+use super::route::ServerScan;
 use super::*;
 
 macro_rules! no_params {
