@@ -241,3 +241,132 @@ async fn a_primary_reset_mid_transaction_fails_the_commit_and_nothing_is_retried
     );
     Ok(())
 }
+
+/// An echo server for the proxy's own test: it returns whatever it reads.
+async fn echo_server() -> Result<(String, tokio::task::JoinHandle<()>)> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?.to_string();
+    let h = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    Ok((addr, h))
+}
+
+/// Writes `b"ping"` and reads up to 4 bytes back within `limit`: the bytes, or the error.
+async fn ping(s: &mut tokio::net::TcpStream, limit: Duration) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"ping").await?;
+    let mut buf = vec![0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match tokio::time::timeout(limit, s.read(&mut buf[got..])).await {
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(Ok(n)) => got += n,
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+    Ok(buf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fault_proxy_applies_each_mode_and_closes_everything_when_dropped() -> Result<()> {
+    use std::io::ErrorKind;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+    let (echo, server) = echo_server().await?;
+    let fp = FaultProxy::start(&echo).await?;
+    let short = Duration::from_millis(300);
+    let mut a = TcpStream::connect(fp.addr()).await?;
+    assert_eq!(ping(&mut a, short).await?, b"ping", "pass");
+
+    fp.latency(Duration::from_millis(200));
+    let t = Instant::now();
+    assert_eq!(ping(&mut a, Duration::from_secs(5)).await?, b"ping");
+    // 200 ms each way.
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "latency: {:?}",
+        t.elapsed()
+    );
+
+    fp.blackhole();
+    // Silence is the fault: no answer, yet no close, on the old and on a new connection.
+    assert_eq!(
+        ping(&mut a, short).await.unwrap_err().kind(),
+        ErrorKind::TimedOut
+    );
+    let mut b = TcpStream::connect(fp.addr()).await?;
+    assert_eq!(
+        ping(&mut b, short).await.unwrap_err().kind(),
+        ErrorKind::TimedOut
+    );
+    fp.pass();
+    // What was held is delivered once the mode passes again.
+    assert_eq!(ping(&mut b, Duration::from_secs(5)).await?, b"ping");
+
+    fp.refuse();
+    let mut c = TcpStream::connect(fp.addr()).await?;
+    // Closed at once (FIN): a read sees the end without writing anything (data written to a
+    // closed socket would draw an RST instead).
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut byte)).await??;
+    assert_eq!(n, 0, "refuse");
+    // Existing connections keep going while new ones are refused.
+    assert_eq!(ping(&mut b, Duration::from_secs(5)).await?, b"ping");
+
+    fp.reset();
+    let e = ping(&mut b, Duration::from_secs(5)).await.unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+        "reset of an existing connection: {e:?}"
+    );
+    // The RST can come so fast that the connect itself reports it.
+    let e = match TcpStream::connect(fp.addr()).await {
+        Err(e) => e,
+        Ok(mut d) => ping(&mut d, Duration::from_secs(5)).await.unwrap_err(),
+    };
+    assert!(
+        matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+        "reset of a new connection: {e:?}"
+    );
+    // Every connection task has ended: none is left holding sockets.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fp.open_connections() != 0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} connections still open after the reset",
+            fp.open_connections()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    fp.pass();
+    let mut f = TcpStream::connect(fp.addr()).await?;
+    assert_eq!(ping(&mut f, Duration::from_secs(5)).await?, b"ping");
+    let addr = fp.addr();
+    drop(fp);
+    // Dropped: its connections close and nothing listens any more.
+    let e = ping(&mut f, Duration::from_secs(5)).await.unwrap_err();
+    assert_ne!(
+        e.kind(),
+        ErrorKind::TimedOut,
+        "a connection outlived the proxy"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(&addr).await.is_ok() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the proxy still listens after drop"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop((a, c));
+    server.abort();
+    Ok(())
+}
