@@ -202,6 +202,7 @@ async fn a_primary_reset_mid_transaction_fails_the_commit_and_nothing_is_retried
         .batch_execute("COMMIT")
         .await
         .expect_err("COMMIT succeeded on a reset connection");
+    println!("COMMIT after the reset: {err:?}");
     assert!(
         err.code().map(|s| s.code()) == Some("08006") || err.is_closed(),
         "COMMIT after the reset: {err:?}"
