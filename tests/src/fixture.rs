@@ -35,6 +35,12 @@ impl ConfigBuilder {
         }
     }
 
+    /// Points `[databases.app]` at `addr` as its primary (e.g. a [`crate::FaultProxy`]).
+    pub fn primary(mut self, addr: &str) -> Self {
+        addr.clone_into(&mut self.primary);
+        self
+    }
+
     /// Adds a top-level setting line, e.g. `pool_size = 5`.
     pub fn global(mut self, line: &str) -> Self {
         self.global.push(line.to_owned());

@@ -5,6 +5,7 @@
 
 pub mod bins;
 pub mod cluster;
+pub mod faults;
 pub mod fixture;
 pub mod node;
 pub mod pids;
@@ -16,6 +17,7 @@ pub mod wire;
 
 pub use bins::{bin_path, pg_bindir, pgtier_bin};
 pub use cluster::Cluster;
+pub use faults::{FaultProxy, Mode};
 pub use node::{Node, SUPERUSER, SUPERUSER_PASSWORD};
 pub use ports::free_port;
 pub use proxy::Pgtier;

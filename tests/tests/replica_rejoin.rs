@@ -3,15 +3,11 @@
 //! once grew to 5 s, leaving reads with the primary alone for seconds), also when it did not
 //! answer at all meanwhile (a connect attempt hanging then must not delay the rejoin).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use pgtier_kit::fixture::{connect, scram_role, start_routing, ConfigBuilder};
-use pgtier_kit::Cluster;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use pgtier_kit::{Cluster, FaultProxy};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 const USER: &str = "rejoin";
@@ -98,54 +94,13 @@ async fn a_replica_back_after_a_long_outage_rejoins_within_a_second() -> Result<
     Ok(())
 }
 
-/// A TCP forwarder to a node that can go silent: closed, it drops the connections it forwards
-/// and accepts new ones without ever answering (a node that does not respond).
-#[derive(Default)]
-struct Silencer {
-    open: AtomicBool,
-    forwarding: Mutex<Vec<JoinHandle<()>>>,
-    held: Mutex<Vec<TcpStream>>,
-}
-
-impl Silencer {
-    async fn start(target: String) -> Result<(Arc<Silencer>, String)> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?.to_string();
-        let s = Arc::new(Silencer::default());
-        s.open.store(true, Ordering::SeqCst);
-        let me = s.clone();
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !me.open.load(Ordering::SeqCst) {
-                    me.held.lock().unwrap().push(client);
-                    continue;
-                }
-                let target = target.clone();
-                let h = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                me.forwarding.lock().unwrap().push(h);
-            }
-        });
-        Ok((s, addr))
-    }
-
-    fn silence(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        for h in self.forwarding.lock().unwrap().drain(..) {
-            h.abort();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_did_not_answer_rejoins_within_a_second() -> Result<()> {
     let cluster = Cluster::start(1)?;
     scram_role(&cluster, USER, PW)?;
     let port = cluster.replica(0).port();
-    let (gate, addr) = Silencer::start(cluster.replica(0).addr()).await?;
+    let gate = FaultProxy::start(&cluster.replica(0).addr()).await?;
+    let addr = gate.addr();
     // server_connect_timeout stays at its 15 s default: a connect to a silent node hangs that
     // long.
     let px = ConfigBuilder::new(&cluster)
@@ -160,7 +115,9 @@ async fn a_replica_that_did_not_answer_rejoins_within_a_second() -> Result<()> {
             .is_some(),
         "the replica never served a read"
     );
-    gate.silence();
+    // A node gone silent: the connections it had are lost, new ones are never answered.
+    gate.reset();
+    gate.blackhole();
     // Out of the rotation once its monitor noticed.
     let deadline = Instant::now() + Duration::from_secs(10);
     while read_node(&reader).await?.0 == port {
@@ -169,11 +126,11 @@ async fn a_replica_that_did_not_answer_rejoins_within_a_second() -> Result<()> {
     }
     // The outage is what is under test: the monitor's connects hang meanwhile.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    gate.open.store(true, Ordering::SeqCst);
+    gate.pass();
     // Measured from the first connection through the forwarder that logs in.
     let dsn = format!(
         "host=127.0.0.1 port={} user={USER} password={PW} dbname=app connect_timeout=10",
-        addr.rsplit(':').next().unwrap_or("0")
+        gate.port()
     );
     let (direct, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
     let conn = tokio::spawn(conn);
