@@ -141,6 +141,19 @@ pub async fn connect(px: &Pgtier, user: &str, pw: &str) -> Result<tokio_postgres
     Ok(client)
 }
 
+/// The port of the node that served a plain read on `c`, and whether it is in recovery.
+pub async fn read_node(c: &tokio_postgres::Client) -> Result<(u16, bool)> {
+    for m in c
+        .simple_query("SELECT inet_server_port(), pg_is_in_recovery()")
+        .await?
+    {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            return Ok((r.get(0).unwrap_or("0").parse()?, r.get(1) == Some("t")));
+        }
+    }
+    anyhow::bail!("no row")
+}
+
 /// Connects to pgtier's admin console as `user` (the connection task is spawned).
 pub async fn admin_console(px: &Pgtier, user: &str, pw: &str) -> tokio_postgres::Client {
     let dsn = format!(

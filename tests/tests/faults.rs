@@ -4,10 +4,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use pgtier_kit::fixture::read_node;
 use pgtier_kit::fixture::{connect, scram_role, ConfigBuilder};
 use pgtier_kit::{wire, Cluster, FaultProxy};
 use tokio::io::AsyncWriteExt;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
 const USER: &str = "faults";
 const PW: &str = "faults-pw";
@@ -17,19 +18,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// The longest any single read may take while a replica is silent: the connect bound, a retry
 /// elsewhere and a loaded 2-core CI machine's scheduling.
 const READ_BOUND: Duration = Duration::from_secs(3);
-
-/// The port of the node that served a plain read, and whether it is in recovery.
-async fn read_node(c: &Client) -> Result<(u16, bool)> {
-    for m in c
-        .simple_query("SELECT inet_server_port(), pg_is_in_recovery()")
-        .await?
-    {
-        if let SimpleQueryMessage::Row(r) = m {
-            return Ok((r.get(0).unwrap_or("0").parse()?, r.get(1) == Some("t")));
-        }
-    }
-    anyhow::bail!("no row")
-}
 
 /// One read, failing if it takes longer than [`READ_BOUND`].
 async fn bounded_read(c: &Client) -> Result<(u16, bool)> {

@@ -6,9 +6,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use pgtier_kit::fixture::read_node;
 use pgtier_kit::fixture::{connect, scram_role, start_routing, ConfigBuilder};
 use pgtier_kit::{Cluster, FaultProxy};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
 const USER: &str = "rejoin";
 const PW: &str = "rejoin-pw";
@@ -18,19 +19,6 @@ const OUTAGE: Duration = Duration::from_secs(8);
 /// Rejoin allowance: the 1 s (0.2-0.8 s measured here) with room for a CI machine
 /// running tests in parallel on 2 cores (the old 5 s backoff fails it, see the rounds below).
 const REJOIN: Duration = Duration::from_millis(2000);
-
-/// The port of the node that ran a plain read, and whether it is in recovery.
-async fn read_node(c: &Client) -> Result<(u16, bool)> {
-    for m in c
-        .simple_query("SELECT inet_server_port(), pg_is_in_recovery()")
-        .await?
-    {
-        if let SimpleQueryMessage::Row(r) = m {
-            return Ok((r.get(0).unwrap_or("0").parse()?, r.get(1) == Some("t")));
-        }
-    }
-    anyhow::bail!("no row")
-}
 
 /// Reads through pgtier until one reaches `port`; how long that took (None after `limit`).
 async fn first_read_on(c: &Client, port: u16, limit: Duration) -> Result<Option<Duration>> {
