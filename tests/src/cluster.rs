@@ -11,6 +11,7 @@ use crate::bins::{chown, server_command};
 use crate::node::{Node, SUPERUSER, SUPERUSER_PASSWORD};
 use crate::ports::free_port;
 use crate::reaper::{self, Reaper};
+use crate::tls::{set_mode, TestCa};
 use crate::tmp::make_temp_dir;
 
 /// How long the kit waits for nodes to start, stream or catch up.
@@ -37,6 +38,17 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a primary and `n_replicas` streaming replicas; returns once all stream.
     pub fn start(n_replicas: usize) -> Result<Cluster> {
+        Cluster::start_with(n_replicas, None)
+    }
+
+    /// [`Cluster::start`] with `ssl = on` on every node: each serves a certificate signed by
+    /// `ca` for `localhost` and `127.0.0.1`, and trusts `ca` for client certificates.
+    /// Plain-text connections are still accepted (pg_hba's `host` lines).
+    pub fn start_tls(n_replicas: usize, ca: &TestCa) -> Result<Cluster> {
+        Cluster::start_with(n_replicas, Some(ca))
+    }
+
+    fn start_with(n_replicas: usize, ca: Option<&TestCa>) -> Result<Cluster> {
         let t0 = Instant::now();
         let root = make_temp_dir("pgtier-kit")?;
         let reaper = reaper::spawn_cluster_reaper(&root)?;
@@ -51,6 +63,9 @@ impl Cluster {
             _reaper: reaper,
         };
         cluster.init_primary()?;
+        if let Some(ca) = ca {
+            cluster.enable_ssl(ca)?;
+        }
         cluster.primary.start()?;
         for r in &cluster.replicas {
             cluster.clone_replica(r)?;
@@ -128,6 +143,29 @@ impl Cluster {
             self.root.display()
         );
         append(&dir.join("postgresql.conf"), &conf)
+    }
+
+    /// Puts a server certificate, its key and the CA into the primary's data directory and
+    /// turns ssl on; pg_basebackup copies all of it to the replicas.
+    fn enable_ssl(&self, ca: &TestCa) -> Result<()> {
+        let files = ca.server("node", &["localhost", "127.0.0.1"])?;
+        let dir = self.primary.data_dir();
+        for (from, to) in [
+            (&files.cert, "server.crt"),
+            (&files.key, "server.key"),
+            (&ca.ca_file(), "root.crt"),
+        ] {
+            let dest = dir.join(to);
+            std::fs::copy(from, &dest)
+                .with_context(|| format!("copying {} to {}", from.display(), dest.display()))?;
+            set_mode(&dest, 0o600)?;
+            chown(&dest)?;
+        }
+        append(
+            &dir.join("postgresql.conf"),
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
+             ssl_ca_file = 'root.crt'\n",
+        )
     }
 
     fn clone_replica(&self, r: &Node) -> Result<()> {

@@ -12,6 +12,7 @@ pub mod pids;
 pub mod ports;
 pub mod proxy;
 mod reaper;
+pub mod tls;
 mod tmp;
 pub mod wire;
 
@@ -21,4 +22,5 @@ pub use faults::{FaultProxy, Mode};
 pub use node::{Node, SUPERUSER, SUPERUSER_PASSWORD};
 pub use ports::free_port;
 pub use proxy::Pgtier;
+pub use tls::{CertFiles, TestCa};
 pub use tmp::make_temp_dir;

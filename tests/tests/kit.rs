@@ -214,3 +214,36 @@ fn reaper_cleans_up_after_sigkill() {
         eprintln!("kit: pgtier binary not built; its watchdog was not tested");
     }
 }
+
+#[test]
+fn a_tls_cluster_serves_verified_ssl_and_still_takes_plain_text() {
+    let ca = pgtier_kit::TestCa::new("kit TLS test CA").unwrap();
+    let cluster = Cluster::start_tls(1, &ca).unwrap();
+    for node in std::iter::once(cluster.primary()).chain(cluster.replicas()) {
+        let psql = |sslmode: &str| {
+            let out = Command::new(pgtier_kit::bin_path("psql").unwrap())
+                .args(["-X", "-A", "-t", "-c"])
+                .arg("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .arg(format!(
+                    "host=localhost port={} user={} password={} dbname=postgres \
+                     sslmode={sslmode} sslrootcert={}",
+                    node.port(),
+                    pgtier_kit::SUPERUSER,
+                    pgtier_kit::SUPERUSER_PASSWORD,
+                    ca.ca_file().display()
+                ))
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                node.name(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        assert_eq!(psql("verify-full"), "t", "{}", node.name());
+        assert_eq!(psql("disable"), "f", "{}", node.name());
+    }
+}

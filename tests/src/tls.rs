@@ -1,0 +1,142 @@
+//! Test certificates: a CA and the server and client certificates it signs, written as PEM
+//! files (generated with rcgen; nothing is checked in).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+use crate::tmp::make_temp_dir;
+
+/// A certificate and its private key, as PEM files.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    /// The certificate (PEM).
+    pub cert: PathBuf,
+    /// The private key (PKCS#8 PEM).
+    pub key: PathBuf,
+}
+
+/// A test CA in its own directory; it signs server and client certificates.
+pub struct TestCa {
+    dir: PathBuf,
+    name: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa").field("dir", &self.dir).finish()
+    }
+}
+
+impl TestCa {
+    /// A new CA named `name` (its common name), in a fresh temp directory.
+    pub fn new(name: &str) -> Result<TestCa> {
+        let dir = make_temp_dir("pgtier-certs")?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        write(&dir.join("ca.crt"), &cert.pem())?;
+        Ok(TestCa {
+            dir,
+            name: name.to_owned(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// The CA certificate (PEM), for `*_tls_ca_file` and `sslrootcert`.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// The CA's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses, e.g. `localhost`,
+    /// `127.0.0.1`), written as `<file>.crt` / `<file>.key`.
+    pub fn server(&self, file: &str, names: &[&str]) -> Result<CertFiles> {
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names.first().copied().unwrap_or(file));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(file, params)
+    }
+
+    /// A client certificate whose common name is `cn` (the user name for `auth = "cert"`).
+    pub fn client(&self, file: &str, cn: &str) -> Result<CertFiles> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(file, params)
+    }
+
+    fn sign(&self, file: &str, mut params: CertificateParams) -> Result<CertFiles> {
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        let key = KeyPair::generate()?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .with_context(|| format!("signing {file} with {}", self.name))?;
+        let files = CertFiles {
+            cert: self.dir.join(format!("{file}.crt")),
+            key: self.dir.join(format!("{file}.key")),
+        };
+        write(&files.cert, &cert.pem())?;
+        write(&files.key, &key.serialize_pem())?;
+        // libpq and Postgres refuse a key others can read.
+        set_mode(&files.key, 0o600)?;
+        Ok(files)
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Sets a file's permission bits.
+pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_signs_server_and_client_certificates() {
+        let ca = TestCa::new("kit test CA").unwrap();
+        let s = ca.server("server", &["localhost", "127.0.0.1"]).unwrap();
+        let c = ca.client("alice", "alice").unwrap();
+        for f in [&s.cert, &c.cert, &ca.ca_file()] {
+            let text = std::fs::read_to_string(f).unwrap();
+            assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{text}");
+        }
+        let key = std::fs::read_to_string(&s.key).unwrap();
+        assert!(key.contains("PRIVATE KEY"), "{key}");
+    }
+}
