@@ -20,6 +20,7 @@ pub mod protocol;
 pub mod proxy;
 pub mod router;
 pub mod shutdown;
+pub mod tls;
 pub mod write;
 
 // A panic in one client's task must end that client only (see `panics`): with panic = "abort"

@@ -324,7 +324,9 @@ impl Validator<'_> {
             .iter()
             .filter_map(|(name, d)| Some((name.clone(), self.database(&raw, name, d)?)))
             .collect::<HashMap<_, _>>();
+        let client_tls = self.client_tls(&raw);
         Settings {
+            client_tls,
             client_idle_timeout: nonzero(raw.client_idle_timeout),
             metrics_listen,
             slow_query_threshold: nonzero(raw.slow_query_threshold),
@@ -341,6 +343,7 @@ impl Validator<'_> {
             pw.filter(|p| ScramSecret::parse(p).is_none() && Md5Secret::parse(p).is_none());
         let auth = match u.auth {
             AuthMethod::Trust => ClientAuth::Trust,
+            AuthMethod::Cert => ClientAuth::Cert,
             AuthMethod::ScramSha256 => match (pw.and_then(ScramSecret::parse), plaintext) {
                 (Some(secret), _) => ClientAuth::Scram(secret),
                 (None, Some(p)) => ClientAuth::Scram(ScramSecret::from_password(p)),
@@ -400,7 +403,9 @@ impl Validator<'_> {
                 format!("min_pool_size {min_size} exceeds pool_size {size}"),
             );
         }
+        let server_tls = self.server_tls(raw, name, d);
         Some(Database {
+            server_tls,
             name: name.to_owned(),
             dbname: d.dbname.clone().unwrap_or_else(|| name.to_owned()),
             cluster: ClusterSettings {

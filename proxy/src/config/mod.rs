@@ -10,6 +10,7 @@ pub mod rules;
 pub mod schema;
 pub mod settings;
 pub mod show;
+pub mod tls;
 
 pub use crate::router::rules::{LagLimit, RuleAction, RuleSet};
 pub use diff::restart_required;
@@ -17,3 +18,4 @@ pub use load::{load_file, parse_str, ConfigError, Problem};
 pub use schema::{AuthMethod, LogFormat, NodeRole, PoolMode, PrimaryReads, SessionStatePolicy};
 pub use settings::{ClientAuth, Database, NodeAddr, PoolSettings, RoutingSettings, Settings, User};
 pub use show::ConfigEntry;
+pub use tls::{ClientTlsSettings, ServerTlsSettings, SslMode, TlsVersions};

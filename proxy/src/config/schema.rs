@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+pub use super::tls::SslMode;
+
 /// When a server connection goes back to its pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -96,6 +98,9 @@ pub enum AuthMethod {
     /// No password.
     #[serde(rename = "trust")]
     Trust,
+    /// A TLS client certificate whose common name is the user name (no password).
+    #[serde(rename = "cert")]
+    Cert,
 }
 
 /// The whole file. `Serialize` gives the top-level keys (`SHOW CONFIG`); users and databases
@@ -253,6 +258,32 @@ pub struct Config {
     /// one not in `admin_users`).
     #[serde(serialize_with = "super::show::serialize_opt_string")]
     pub monitor_user: Option<String>,
+    /// TLS towards clients: disable, allow, prefer, require, verify-ca, verify-full (unset:
+    /// prefer when `client_tls_cert_file` is set, else disable).
+    #[serde(serialize_with = "super::tls::serialize_opt_mode")]
+    pub client_tls_sslmode: Option<SslMode>,
+    /// pgtier's certificate chain for clients (PEM).
+    pub client_tls_cert_file: String,
+    /// Its private key (PEM).
+    pub client_tls_key_file: String,
+    /// CAs whose client certificates pgtier accepts (PEM; empty: none are asked for).
+    pub client_tls_ca_file: String,
+    /// TLS versions for clients: secure (1.2 and 1.3), all, or a list such as "tlsv1.3".
+    pub client_tls_protocols: String,
+    /// Cipher suites for clients: default, or a colon-separated list of IANA names.
+    pub client_tls_ciphers: String,
+    /// TLS towards the servers (same values as client_tls_sslmode).
+    pub server_tls_sslmode: SslMode,
+    /// CAs that sign the servers' certificates (PEM; needed by verify-ca and verify-full).
+    pub server_tls_ca_file: String,
+    /// pgtier's client certificate for the servers (PEM; empty: none).
+    pub server_tls_cert_file: String,
+    /// Its private key (PEM).
+    pub server_tls_key_file: String,
+    /// TLS versions towards the servers.
+    pub server_tls_protocols: String,
+    /// Cipher suites towards the servers.
+    pub server_tls_ciphers: String,
     /// `[users]` entries that may use the admin console (database `pgtier` or `pgbouncer`).
     pub admin_users: Vec<String>,
     /// Client users, by name.
@@ -303,6 +334,18 @@ impl Default for Config {
             write_functions: Vec::new(),
             read_only_functions: Vec::new(),
             classify_cache_size: 10_000,
+            client_tls_sslmode: None,
+            client_tls_cert_file: String::new(),
+            client_tls_key_file: String::new(),
+            client_tls_ca_file: String::new(),
+            client_tls_protocols: "secure".into(),
+            client_tls_ciphers: "default".into(),
+            server_tls_sslmode: SslMode::Prefer,
+            server_tls_ca_file: String::new(),
+            server_tls_cert_file: String::new(),
+            server_tls_key_file: String::new(),
+            server_tls_protocols: "secure".into(),
+            server_tls_ciphers: "default".into(),
             monitor_user: None,
             admin_users: Vec::new(),
             users: BTreeMap::new(),
@@ -352,6 +395,14 @@ pub struct DatabaseConfig {
     pub min_pool_size: Option<u32>,
     /// Overrides the global `pool_mode`.
     pub pool_mode: Option<PoolMode>,
+    /// Overrides the global `server_tls_sslmode`.
+    pub server_tls_sslmode: Option<SslMode>,
+    /// Overrides the global `server_tls_ca_file`.
+    pub server_tls_ca_file: Option<String>,
+    /// Overrides the global `server_tls_cert_file`.
+    pub server_tls_cert_file: Option<String>,
+    /// Overrides the global `server_tls_key_file`.
+    pub server_tls_key_file: Option<String>,
     /// Routing rules (`[[databases.NAME.rules]]`), checked in order before the classifier.
     pub rules: Vec<super::rules::RuleConfig>,
 }

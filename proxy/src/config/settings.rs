@@ -55,6 +55,8 @@ pub enum ClientAuth {
     Md5(Md5Secret),
     /// No check.
     Trust,
+    /// A verified TLS client certificate whose common name is the user name.
+    Cert,
 }
 
 /// A configured user.
@@ -108,6 +110,8 @@ pub struct Database {
     pub pool: PoolSettings,
     /// How reads are spread.
     pub routing: RoutingSettings,
+    /// TLS towards this database's servers.
+    pub server_tls: super::tls::ServerTlsSettings,
 }
 
 impl Database {
@@ -149,6 +153,8 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     /// Queries slower than this are logged at warn (None: off).
     pub slow_query_threshold: Option<Duration>,
+    /// TLS towards clients.
+    pub client_tls: super::tls::ClientTlsSettings,
 }
 
 /// Zero means "disabled" for optional timeouts.
