@@ -598,3 +598,28 @@ fn reload_rotates_the_certificate_for_new_connections_and_a_bad_key_keeps_the_ol
         assert_eq!(presented_certificate(&px).await, pem_der(&rotated.cert));
     });
 }
+
+#[test]
+fn psycopg_and_asyncpg_connect_over_tls_including_asyncpg_direct_tls() {
+    let c = certs();
+    let px = builder(&c, "require").start().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/tls_drivers.py");
+    let out = Command::new("timeout")
+        .args(["-s", "KILL", "120", "python3"])
+        .arg(&script)
+        .args(["localhost", &px.port().to_string(), "tls", "tls", "app"])
+        .arg(c.ca.ca_file())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("tls_drivers OK"),
+        "{stdout}\n{stderr}\n{}",
+        px.log()
+    );
+    assert!(
+        stdout.contains("asyncpg direct_tls=True over TLSv1.3 alpn=postgresql"),
+        "{stdout}"
+    );
+}
