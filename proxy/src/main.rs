@@ -60,6 +60,11 @@ fn main() -> ExitCode {
 fn check(file: &std::path::Path, connect: bool) -> ExitCode {
     match pgtier::config::load_file(file) {
         Ok(s) => {
+            // The certificate files are read as pgtier would at start (or at a RELOAD).
+            if let Err(e) = pgtier::tls::ClientTls::build(&s.client_tls) {
+                eprintln!("{}: {e}", file.display());
+                return ExitCode::FAILURE;
+            }
             println!(
                 "{}: OK ({} databases, {} users, listen {})",
                 file.display(),
