@@ -694,3 +694,44 @@ fn psycopg_and_asyncpg_connect_over_tls_including_asyncpg_direct_tls() {
         "{stdout}"
     );
 }
+
+#[test]
+fn client_tls_protocols_and_ciphers_limit_what_is_negotiated() {
+    let c = certs();
+    // rcgen's keys are ECDSA P-256: a TLS 1.2 ECDSA suite.
+    let px = builder(&c, "require")
+        .global("client_tls_protocols = \"tlsv1.2\"")
+        .global("client_tls_ciphers = \"TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384\"")
+        .start()
+        .unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let client = tls_connect(&px, &c.ca, "tls", "password=tls", None)
+            .await
+            .unwrap();
+        client.simple_query("SELECT 1").await.unwrap();
+        let admin = tls_connect(&px, &c.ca, "admin", "password=admin dbname=pgtier", None)
+            .await
+            .unwrap();
+        let rows = simple_rows(&admin, "SHOW CLIENTS").await;
+        let tls: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.get("user") == Some("tls"))
+            .map(|r| r.get("tls").unwrap_or(""))
+            .collect();
+        assert_eq!(
+            tls,
+            ["TLSv1.2/TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"],
+            "{tls:?}"
+        );
+        let config = simple_rows(&admin, "SHOW CONFIG").await;
+        let value = |key: &str| {
+            config
+                .iter()
+                .find(|r| r.get("key") == Some(key))
+                .and_then(|r| r.get("value"))
+                .map(str::to_owned)
+        };
+        assert_eq!(value("client_tls_sslmode").as_deref(), Some("require"));
+        assert_eq!(value("client_tls_protocols").as_deref(), Some("tlsv1.2"));
+    });
+}
