@@ -40,7 +40,13 @@ pub async fn handle(
         (ClientStream::Tls(_), _) => proxy.metrics().tls_handshake(true),
     }
     let (user, db, startup_params) = match logged_in {
-        Ok(Login::Client { user, db, params }) => (user, db, params),
+        // The SCRAM keys serve pass-through logins to the servers (issue 15, next step).
+        Ok(Login::Client {
+            user,
+            db,
+            params,
+            scram_keys: _,
+        }) => (user, db, params),
         Ok(Login::Admin { user }) => {
             Box::pin(admin(&proxy, &mut stream, peer)).await;
             info!(%peer, user = %user.name, "admin console client disconnected");
