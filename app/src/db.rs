@@ -104,6 +104,28 @@ impl bb8::ManageConnection for Manager {
     }
 }
 
+/// Logs why a connection to pgtier could not be made (bb8 would otherwise report only its own
+/// timeout to the waiting request: a refused TLS certificate must be visible to an operator).
+/// tokio-postgres' messages carry no password.
+#[derive(Debug, Clone, Copy)]
+struct LogConnectErrors;
+
+impl bb8::ErrorSink<tokio_postgres::Error> for LogConnectErrors {
+    fn sink(&self, error: tokio_postgres::Error) {
+        let mut why = error.to_string();
+        let mut cause = std::error::Error::source(&error);
+        while let Some(c) = cause {
+            why = format!("{why}: {c}");
+            cause = c.source();
+        }
+        tracing::warn!(error = %why, "connecting to the database failed");
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<tokio_postgres::Error>> {
+        Box::new(*self)
+    }
+}
+
 /// A connection lent to one request, with its place in the fair queue.
 pub struct DbConn<'a> {
     conn: bb8::PooledConnection<'a, Manager>,
@@ -166,6 +188,7 @@ impl Db {
             .connection_timeout(cfg.db_timeout)
             .test_on_check_out(false)
             .retry_connection(false)
+            .error_sink(Box::new(LogConnectErrors))
             .build_unchecked(Manager { config, connector });
         Ok(Db {
             pool,
