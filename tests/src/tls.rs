@@ -112,6 +112,36 @@ impl Drop for TestCa {
     }
 }
 
+/// A rustls client config that trusts `ca_file` and presents `client` (if given), with the
+/// given ALPN protocols: for tokio-postgres-rustls and raw TLS tests.
+pub fn client_config(
+    ca_file: &Path,
+    client: Option<&CertFiles>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca_file)? {
+        roots.add(c?)?;
+    }
+    #[allow(deprecated)] // ring: the provider pgtier uses (no post-quantum groups)
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some(files) => {
+            let chain =
+                CertificateDer::pem_file_iter(&files.cert)?.collect::<Result<Vec<_>, _>>()?;
+            builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(&files.key)?)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
 fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
