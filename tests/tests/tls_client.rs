@@ -411,8 +411,10 @@ fn direct_tls_needs_alpn_postgresql_and_garbage_handshakes_are_closed() {
     let c = certs();
     let cluster = Cluster::shared();
     cluster.create_trust_role("pgtier_trust").unwrap();
+    let mport = pgtier_kit::free_port().unwrap();
     let px = builder(&c, "require")
         .global("client_login_timeout = \"1s\"")
+        .global(&format!("metrics_listen = \"127.0.0.1:{mport}\""))
         .user("pgtier_trust", "auth = \"trust\"")
         .start()
         .unwrap();
@@ -469,7 +471,76 @@ fn direct_tls_needs_alpn_postgresql_and_garbage_handshakes_are_closed() {
         client.simple_query("SELECT 1").await.unwrap();
         let log = px.log();
         assert!(log.contains("TLS handshake failed"), "{log}");
+        // Failed: no ALPN, garbage, the stalled one. Completed: the ALPN one, the last one.
+        let metrics = metrics_text(mport);
+        let value = |series: &str| -> f64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(series))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{series} missing:\n{metrics}"))
+        };
+        assert_eq!(
+            value("pgtier_client_tls_handshakes_total{result=\"failure\"}"),
+            3.0
+        );
+        assert_eq!(
+            value("pgtier_client_tls_handshakes_total{result=\"success\"}"),
+            2.0
+        );
     });
+}
+
+fn metrics_text(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+#[test]
+fn pgtier_check_reads_the_certificate_files() {
+    let c = certs();
+    let dir = pgtier_kit::make_temp_dir("pgtier-tls-check").unwrap();
+    let write = |name: &str, key_file: &str| {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "client_tls_sslmode = \"require\"\nclient_tls_cert_file = \"{}\"\n\
+                 client_tls_key_file = \"{key_file}\"\n[users.a]\npassword = \"x\"\n\
+                 [databases.app]\nprimary = \"127.0.0.1:5432\"\n",
+                toml_path(&c.server.cert)
+            ),
+        )
+        .unwrap();
+        Command::new(pgtier_kit::pgtier_bin().unwrap())
+            .arg("check")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let ok = write("ok.toml", &toml_path(&c.server.key));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let missing = write("missing.toml", "/nonexistent/pgtier.key");
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        !missing.status.success()
+            && err.contains("client_tls_key_file /nonexistent/pgtier.key: No such file"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The certificate pgtier presents on a new TLS connection (DER of the leaf).
@@ -622,4 +693,45 @@ fn psycopg_and_asyncpg_connect_over_tls_including_asyncpg_direct_tls() {
         stdout.contains("asyncpg direct_tls=True over TLSv1.3 alpn=postgresql"),
         "{stdout}"
     );
+}
+
+#[test]
+fn client_tls_protocols_and_ciphers_limit_what_is_negotiated() {
+    let c = certs();
+    // rcgen's keys are ECDSA P-256: a TLS 1.2 ECDSA suite.
+    let px = builder(&c, "require")
+        .global("client_tls_protocols = \"tlsv1.2\"")
+        .global("client_tls_ciphers = \"TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384\"")
+        .start()
+        .unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let client = tls_connect(&px, &c.ca, "tls", "password=tls", None)
+            .await
+            .unwrap();
+        client.simple_query("SELECT 1").await.unwrap();
+        let admin = tls_connect(&px, &c.ca, "admin", "password=admin dbname=pgtier", None)
+            .await
+            .unwrap();
+        let rows = simple_rows(&admin, "SHOW CLIENTS").await;
+        let tls: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.get("user") == Some("tls"))
+            .map(|r| r.get("tls").unwrap_or(""))
+            .collect();
+        assert_eq!(
+            tls,
+            ["TLSv1.2/TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"],
+            "{tls:?}"
+        );
+        let config = simple_rows(&admin, "SHOW CONFIG").await;
+        let value = |key: &str| {
+            config
+                .iter()
+                .find(|r| r.get("key") == Some(key))
+                .and_then(|r| r.get("value"))
+                .map(str::to_owned)
+        };
+        assert_eq!(value("client_tls_sslmode").as_deref(), Some("require"));
+        assert_eq!(value("client_tls_protocols").as_deref(), Some("tlsv1.2"));
+    });
 }

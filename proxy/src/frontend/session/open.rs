@@ -30,8 +30,14 @@ pub async fn handle(
     ))
     .await;
     drop(tls);
-    if !matches!(stream, ClientStream::Plain(_)) {
-        proxy.metrics().tls_handshake(stream.is_tls());
+    match (&stream, &logged_in) {
+        (ClientStream::Plain(_), _) => {}
+        // A handshake cut short (the login timeout drops it: Broken) or refused after it
+        // completed (direct TLS without ALPN).
+        (ClientStream::Broken, _) | (_, Err(LoginError::Tls(_))) => {
+            proxy.metrics().tls_handshake(false)
+        }
+        (ClientStream::Tls(_), _) => proxy.metrics().tls_handshake(true),
     }
     let (user, db, startup_params) = match logged_in {
         Ok(Login::Client { user, db, params }) => (user, db, params),
