@@ -52,7 +52,15 @@ pub async fn write_all_within<W: AsyncWrite + Unpin>(
     let mut timer: Option<Pin<Box<Sleep>>> = None;
     let mut last_progress: Option<Instant> = None;
     poll_fn(|cx| loop {
-        match Pin::new(&mut *w).poll_write(cx, &buf[written..]) {
+        // Once all is written, flush: a TLS stream may still hold the last records (a no-op
+        // on a TcpStream). Ready(Ok(0)) stands for "flushed".
+        let step = if written == buf.len() {
+            Pin::new(&mut *w).poll_flush(cx).map_ok(|()| 0)
+        } else {
+            Pin::new(&mut *w).poll_write(cx, &buf[written..])
+        };
+        match step {
+            Poll::Ready(Ok(0)) if written == buf.len() => return Poll::Ready(Ok(())),
             Poll::Ready(Ok(0)) => {
                 return Poll::Ready(Err(
                     std::io::Error::from(std::io::ErrorKind::WriteZero).into()
@@ -60,9 +68,6 @@ pub async fn write_all_within<W: AsyncWrite + Unpin>(
             }
             Poll::Ready(Ok(n)) => {
                 written += n;
-                if written == buf.len() {
-                    return Poll::Ready(Ok(()));
-                }
                 // Progress after a stall: the limit counts again from here (read when the
                 // timer fires, so the timer is not re-armed per partial write).
                 if timer.is_some() {

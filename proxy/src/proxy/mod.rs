@@ -44,6 +44,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// What one database runs with under one config snapshot.
 #[derive(Debug)]
 pub struct DbRuntime {
+    /// TLS towards its servers (files as of this snapshot's load).
+    pub server_tls: crate::tls::ServerTls,
     /// Routing (classifier, rules, topology).
     pub router: Arc<Router>,
     /// Limits its clients' relays apply.
@@ -101,13 +103,20 @@ impl std::fmt::Debug for LogLevelHook {
 impl Proxy {
     /// A proxy for these settings (nothing is listening yet). Starts each database's node
     /// monitors, so it must run inside a tokio runtime. `config_path` is what RELOAD and
-    /// SIGHUP read.
-    pub fn new(settings: Settings, config_path: Option<PathBuf>) -> Arc<Proxy> {
+    /// SIGHUP read. Err: a certificate, key or CA file cannot be used.
+    pub fn new(
+        settings: Settings,
+        config_path: Option<PathBuf>,
+    ) -> Result<Arc<Proxy>, ConfigError> {
+        let file = config_path
+            .as_deref()
+            .map_or_else(|| "config".into(), |p| p.display().to_string());
+        let tls = reload::server_tls(&settings, &file)?;
         let metrics = Arc::new(Metrics::new());
         tokio::spawn(stats_period(Arc::downgrade(&metrics)));
         let control = Control::default();
-        let databases = reload::build_databases(&settings, None, &metrics, &control);
-        Arc::new(Proxy {
+        let databases = reload::build_databases(&settings, &tls, None, &metrics, &control);
+        Ok(Arc::new(Proxy {
             current: ArcSwap::from_pointee(Snapshot {
                 settings: Arc::new(settings),
                 generation: 0,
@@ -123,7 +132,7 @@ impl Proxy {
             config_path,
             reloading: Mutex::new(()),
             log_level: OnceLock::new(),
-        })
+        }))
     }
 
     /// The current snapshot.
@@ -183,7 +192,15 @@ impl Proxy {
             user: user.name.clone(),
         };
         self.pools.get_or_create(id, |id| {
-            let login = reload::server_login(db, user);
+            // The snapshot's TLS for `db` (read at its load). A database no longer in the
+            // current snapshot was removed by a reload a moment ago: its files are read again.
+            let tls = match self.database(&db.name) {
+                Some(rt) => rt.server_tls.clone(),
+                None => crate::tls::ServerTls::new(&db.server_tls).unwrap_or_else(|e| {
+                    crate::tls::ServerTls::failed(db.server_tls.mode, e.to_string())
+                }),
+            };
+            let login = reload::server_login(db, user, &tls);
             let pools = db
                 .nodes()
                 .iter()
@@ -216,7 +233,11 @@ impl Proxy {
         let Some(path) = &self.config_path else {
             return Err(ReloadError::NoFile);
         };
-        let settings = match crate::config::load_file(path) {
+        let loaded = crate::config::load_file(path).and_then(|s| {
+            let tls = reload::server_tls(&s, &path.display().to_string())?;
+            Ok((s, tls))
+        });
+        let (settings, tls) = match loaded {
             Ok(s) => s,
             Err(e) => {
                 self.metrics.reloads_failed.inc();
@@ -243,8 +264,8 @@ impl Proxy {
             }
         }
         let databases =
-            reload::build_databases(&settings, Some(&old), &self.metrics, &self.control);
-        reload::reconcile_pools(&self.pools, &settings);
+            reload::build_databases(&settings, &tls, Some(&old), &self.metrics, &self.control);
+        reload::reconcile_pools(&self.pools, &settings, &tls);
         let generation = old.generation + 1;
         self.current.store(Arc::new(Snapshot {
             settings: Arc::new(settings),
@@ -330,7 +351,7 @@ pub async fn run(
         }
         None => None,
     };
-    let proxy = Proxy::new(settings, config_path);
+    let proxy = Proxy::new(settings, config_path).map_err(std::io::Error::other)?;
     if let Some(hook) = log_level {
         let _ = proxy.log_level.set(hook);
     }
