@@ -136,6 +136,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn what_a_buffering_writer_holds_is_flushed() {
+        // As a TLS stream holds records: a write is not done until they went out.
+        let (a, mut b) = tokio::io::duplex(4096);
+        let mut w = tokio::io::BufWriter::new(a);
+        write_all_within(&mut w, b"hello", Duration::from_secs(1))
+            .await
+            .unwrap();
+        let mut got = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(1), b.read_exact(&mut got))
+            .await
+            .expect("the bytes reached the peer")
+            .unwrap();
+        assert_eq!(&got, b"hello");
+    }
+
+    #[tokio::test]
     async fn an_immediate_write_needs_no_timer() {
         let (mut a, _b) = tokio::io::duplex(4096);
         write_all_within(&mut a, b"hello", Duration::from_nanos(1))

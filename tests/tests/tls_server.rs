@@ -104,18 +104,20 @@ async fn verify_full_accepts_nodes_addressed_by_host_name() {
     let ca = TestCa::new("tls_server names CA").unwrap();
     let cluster = Cluster::start_tls(1, &ca).unwrap();
     scram_role(&cluster, "appuser", "app-pw").unwrap();
+    // The database's own keys override the global disable.
     let px = ConfigBuilder::new(&cluster)
         .primary(&format!("localhost:{}", cluster.primary().port()))
         .database(&format!(
             "replicas = [\"localhost:{}\"]",
             cluster.replica(0).port()
         ))
-        .global("lag_check_interval = \"50ms\"")
-        .global("server_tls_sslmode = \"verify-full\"")
-        .global(&format!(
+        .database("server_tls_sslmode = \"verify-full\"")
+        .database(&format!(
             "server_tls_ca_file = \"{}\"",
             ca.ca_file().display()
         ))
+        .global("lag_check_interval = \"50ms\"")
+        .global("server_tls_sslmode = \"disable\"")
         .user("appuser", "password = \"app-pw\"")
         .start()
         .unwrap();
@@ -129,6 +131,28 @@ async fn verify_full_accepts_nodes_addressed_by_host_name() {
         served(&c, "").await,
         (true, true, cluster.replica(0).port())
     );
+    let (ok, out) = check_connect(&px);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "localhost:{}: Primary Healthy",
+            cluster.primary().port()
+        )),
+        "{out}"
+    );
+}
+
+/// `pgtier check --connect` on a running pgtier's config: (exit success, stdout + stderr).
+fn check_connect(px: &Pgtier) -> (bool, String) {
+    let out = std::process::Command::new(pgtier_kit::pgtier_bin().unwrap())
+        .args(["check", "--connect"])
+        .arg(px.config_path())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 /// Waits until SHOW REPLICAS shows every node down with `reason` in its last error.
@@ -204,6 +228,65 @@ async fn a_certificate_that_does_not_verify_is_08001_and_shows_in_show_replicas(
 
     let adm = admin_console(&px, "admin", "admin-pw").await;
     wait_all_down(&adm, &cluster, &format!("connect failed: {reason}")).await;
+
+    // `pgtier check --connect` uses the same settings and says why.
+    let (ok, out) = check_connect(&px);
+    assert!(!ok, "{out}");
+    for n in std::iter::once(cluster.primary()).chain(cluster.replicas()) {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{}:", n.addr())))
+            .unwrap_or_else(|| panic!("no line for {}: {out}", n.addr()));
+        assert!(
+            line.contains("Down") && line.contains(&format!("connect failed: {reason}")),
+            "{out}"
+        );
+    }
+}
+
+/// An idle pooled TLS connection whose backend was terminated is noticed at checkout (read
+/// through rustls without blocking) and replaced, without an error for the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_idle_tls_connection_is_not_reused() {
+    let ca = TestCa::new("tls_server idle CA").unwrap();
+    let cluster = Cluster::start_tls(0, &ca).unwrap();
+    scram_role(&cluster, "appuser", "app-pw").unwrap();
+    let px = ConfigBuilder::new(&cluster)
+        .global("pool_size = 1")
+        .global("server_tls_sslmode = \"require\"")
+        .global("log_level = \"info,pgtier::backend=debug\"")
+        .user("appuser", "password = \"app-pw\"")
+        .start()
+        .unwrap();
+    let c = connect(&px, "appuser", "app-pw").await.unwrap();
+    let sql = "SELECT pg_backend_pid(), ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    let pid_ssl = |rows: Vec<SimpleQueryRow>| {
+        (
+            rows[0].get(0).unwrap().parse::<i32>().unwrap(),
+            rows[0].get(1) == Some("t"),
+        )
+    };
+    let (pid, ssl) = pid_ssl(simple_rows(&c, sql).await);
+    assert!(ssl);
+    cluster
+        .primary()
+        .psql(&format!("SELECT pg_terminate_backend({pid})"))
+        .unwrap();
+    // Gone as a process: its socket is closed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        assert!(Instant::now() < deadline, "backend {pid} still running");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (again, ssl) = pid_ssl(simple_rows(&c, sql).await);
+    assert!(ssl);
+    assert_ne!(again, pid);
+    let log = px.log();
+    assert!(
+        log.contains("idle server connection was closed by the server"),
+        "{log}"
+    );
 }
 
 /// Rewrites a node's pg_hba.conf with `first` ahead of the kit's lines, and reloads it.

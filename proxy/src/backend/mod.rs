@@ -12,3 +12,4 @@ pub mod stream;
 pub use cancel::CancelTarget;
 pub use pool::{Checkout, Pool, PoolError, PoolId, Pools, Upstream};
 pub use server::{BackendError, QueryFailed, ServerConn, ServerLogin, ServerSummary};
+pub use stream::{ServerStream, TlsInfo};

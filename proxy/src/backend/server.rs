@@ -19,7 +19,7 @@ use tracing::debug;
 use crate::backend::cancel::CancelTarget;
 use crate::backend::params::ParamChanges;
 use crate::backend::statements::ServerStatements;
-use crate::backend::stream::ServerStream;
+use crate::backend::stream::{negotiate, ServerStream, TlsInfo};
 use crate::config::{NodeAddr, SslMode};
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::error_fields;
@@ -155,6 +155,8 @@ pub struct ServerSummary {
     pub connected_at: u64,
     /// Statements pgtier prepared on it.
     pub prepared: usize,
+    /// TLS version and cipher suite (None: plain text).
+    pub tls: Option<TlsInfo>,
 }
 
 impl ServerConn {
@@ -257,6 +259,7 @@ impl ServerConn {
             local: self.local,
             connected_at: self.connected_at,
             prepared: self.statements.len(),
+            tls: self.stream.tls_info(),
         }
     }
 
@@ -370,47 +373,6 @@ impl Drop for ServerConn {
     fn drop(&mut self) {
         // Terminate, best effort and without blocking, so the server does not log an EOF.
         self.stream.terminate();
-    }
-}
-
-/// SSLRequest, then the TLS handshake if the server answers `S`. An `N` means plain text for
-/// prefer and allow, and an error for require and stricter.
-async fn negotiate(
-    mut tcp: TcpStream,
-    addr: &NodeAddr,
-    tls: &ServerTls,
-) -> Result<ServerStream, BackendError> {
-    let io = |source| BackendError::Io {
-        addr: addr.clone(),
-        source,
-    };
-    let mut out = BytesMut::with_capacity(8);
-    frontend::ssl_request(&mut out);
-    tcp.write_all(&out).await.map_err(io)?;
-    // Exactly one byte: anything the server sent after it must come through the handshake
-    // (CVE-2021-23222), not be taken as plain text.
-    let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer).await.map_err(io)?;
-    match answer[0] {
-        b'S' => match tls.handshake(tcp, &addr.host).await {
-            Ok(s) => Ok(ServerStream::Tls(Box::new(s))),
-            Err(reason) => Err(BackendError::Tls {
-                addr: addr.clone(),
-                reason,
-            }),
-        },
-        b'N' if !tls.mode().requires_tls() => Ok(ServerStream::Plain(tcp)),
-        b'N' => Err(BackendError::Tls {
-            addr: addr.clone(),
-            reason: format!(
-                "the server does not accept TLS (server_tls_sslmode = {})",
-                tls.mode()
-            ),
-        }),
-        other => Err(BackendError::Protocol {
-            addr: addr.clone(),
-            what: format!("unexpected answer {other:#04x} to SSLRequest"),
-        }),
     }
 }
 

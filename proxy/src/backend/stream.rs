@@ -11,12 +11,33 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use super::server::BackendError;
+use crate::config::NodeAddr;
+use crate::tls::ServerTls;
+
 /// The Terminate message.
 const TERMINATE: &[u8] = b"X\0\0\0\x04";
+
+/// What a TLS connection negotiated (SHOW SERVERS' `tls` column, as PgBouncer fills it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// e.g. `TLSv1.3`.
+    pub version: &'static str,
+    /// rustls' (IANA) suite name, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: &'static str,
+}
+
+impl std::fmt::Display for TlsInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.version, self.cipher)
+    }
+}
 
 /// A socket to a server.
 #[derive(Debug)]
@@ -61,6 +82,21 @@ impl ServerStream {
                 .first()
                 .map(|c| c.as_ref()),
         }
+    }
+
+    /// The negotiated version and cipher suite (None: plain text).
+    pub fn tls_info(&self) -> Option<TlsInfo> {
+        let ServerStream::Tls(s) = self else {
+            return None;
+        };
+        let conn = s.get_ref().1;
+        let version = match conn.protocol_version()? {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+            _ => "TLS",
+        };
+        let cipher = conn.negotiated_cipher_suite()?.suite().as_str()?;
+        Some(TlsInfo { version, cipher })
     }
 
     /// False if the server closed the socket or sent something unprompted (e.g. a FATAL after
@@ -112,6 +148,47 @@ impl ServerStream {
                 }
             }
         }
+    }
+}
+
+/// SSLRequest, then the TLS handshake if the server answers `S`. An `N` means plain text for
+/// prefer and allow, and an error for require and stricter.
+pub(crate) async fn negotiate(
+    mut tcp: TcpStream,
+    addr: &NodeAddr,
+    tls: &ServerTls,
+) -> Result<ServerStream, BackendError> {
+    let io = |source| BackendError::Io {
+        addr: addr.clone(),
+        source,
+    };
+    let mut out = BytesMut::with_capacity(8);
+    frontend::ssl_request(&mut out);
+    tcp.write_all(&out).await.map_err(io)?;
+    // Exactly one byte: anything the server sent after it must come through the handshake
+    // (CVE-2021-23222), not be taken as plain text.
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(io)?;
+    match answer[0] {
+        b'S' => match tls.handshake(tcp, &addr.host).await {
+            Ok(s) => Ok(ServerStream::Tls(Box::new(s))),
+            Err(reason) => Err(BackendError::Tls {
+                addr: addr.clone(),
+                reason,
+            }),
+        },
+        b'N' if !tls.mode().requires_tls() => Ok(ServerStream::Plain(tcp)),
+        b'N' => Err(BackendError::Tls {
+            addr: addr.clone(),
+            reason: format!(
+                "the server does not accept TLS (server_tls_sslmode = {})",
+                tls.mode()
+            ),
+        }),
+        other => Err(BackendError::Protocol {
+            addr: addr.clone(),
+            what: format!("unexpected answer {other:#04x} to SSLRequest"),
+        }),
     }
 }
 
