@@ -391,15 +391,23 @@ async fn reload_rereads_the_ca_file_and_refuses_an_unusable_one() {
     let cluster = Cluster::start_tls(0, &ca).unwrap();
     scram_role(&cluster, "appuser", "app-pw").unwrap();
     let ca_copy = ca.dir().join("pgtier-ca.pem");
-    std::fs::copy(ca.ca_file(), &ca_copy).unwrap();
-    let px: Pgtier = ConfigBuilder::new(&cluster)
+    let b = ConfigBuilder::new(&cluster)
         .global("admin_users = [\"admin\"]")
         .global("server_tls_sslmode = \"verify-full\"")
         .global(&format!("server_tls_ca_file = \"{}\"", ca_copy.display()))
         .user("admin", "password = \"admin-pw\"")
-        .user("appuser", "password = \"app-pw\"")
-        .start()
-        .unwrap();
+        .user("appuser", "password = \"app-pw\"");
+    // At start, a missing file is a startup error naming it (before pgtier listens).
+    let err = b.start().expect_err("no CA file yet").to_string();
+    assert!(
+        err.contains(&format!(
+            "database \"app\": server_tls_ca_file {}: No such file",
+            ca_copy.display()
+        )),
+        "{err}"
+    );
+    std::fs::copy(ca.ca_file(), &ca_copy).unwrap();
+    let px: Pgtier = b.start().unwrap();
     let adm = admin_console(&px, "admin", "admin-pw").await;
     let c = connect(&px, "appuser", "app-pw").await.unwrap();
     assert!(served(&c, "").await.0);

@@ -341,9 +341,13 @@ pub async fn run(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let listener = TcpListener::bind(settings.listen).await?;
-    info!(listen = %settings.listen, "pgtier listening");
-    let metrics_listener = match settings.metrics_listen {
+    // First: a certificate or CA file that cannot be used stops pgtier before it listens.
+    let listen = settings.listen;
+    let metrics_listen = settings.metrics_listen;
+    let proxy = Proxy::new(settings, config_path).map_err(std::io::Error::other)?;
+    let listener = TcpListener::bind(listen).await?;
+    info!(listen = %listen, "pgtier listening");
+    let metrics_listener = match metrics_listen {
         Some(addr) => {
             let l = TcpListener::bind(addr).await?;
             info!(listen = %addr, "metrics endpoint listening (GET /metrics)");
@@ -351,7 +355,6 @@ pub async fn run(
         }
         None => None,
     };
-    let proxy = Proxy::new(settings, config_path).map_err(std::io::Error::other)?;
     if let Some(hook) = log_level {
         let _ = proxy.log_level.set(hook);
     }
