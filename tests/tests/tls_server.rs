@@ -457,3 +457,39 @@ async fn reload_rereads_the_ca_file_and_refuses_an_unusable_one() {
     assert_eq!(db.code().code(), "08001", "{}", db.message());
     assert!(db.message().contains("UnknownIssuer"), "{}", db.message());
 }
+
+/// Messages far larger than a TLS record (16 KiB) and than the socket buffers cross intact in
+/// both directions: the statement pgtier writes to the server and the rows it reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_statements_and_results_cross_tls_intact() {
+    let ca = TestCa::new("tls_server large CA").unwrap();
+    let cluster = Cluster::start_tls(0, &ca).unwrap();
+    scram_role(&cluster, "appuser", "app-pw").unwrap();
+    let px = ConfigBuilder::new(&cluster)
+        .global("server_tls_sslmode = \"verify-full\"")
+        .global(&format!(
+            "server_tls_ca_file = \"{}\"",
+            ca.ca_file().display()
+        ))
+        .user("appuser", "password = \"app-pw\"")
+        .start()
+        .unwrap();
+    let c = connect(&px, "appuser", "app-pw").await.unwrap();
+    let big = "x".repeat(4 << 20);
+    for _ in 0..3 {
+        let rows = simple_rows(
+            &c,
+            &format!(
+                "SELECT length('{big}'), (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())"
+            ),
+        )
+        .await;
+        assert_eq!(rows[0].get(0), Some("4194304"));
+        assert_eq!(rows[0].get(1), Some("t"));
+        let rows = simple_rows(&c, "SELECT repeat('y', 8000000) FROM generate_series(1, 2)").await;
+        assert_eq!(rows.len(), 2);
+        assert!(rows.iter().all(|r| r
+            .get(0)
+            .is_some_and(|v| v.len() == 8_000_000 && v.bytes().all(|b| b == b'y'))));
+    }
+}
