@@ -493,3 +493,40 @@ async fn large_statements_and_results_cross_tls_intact() {
             .is_some_and(|v| v.len() == 8_000_000 && v.bytes().all(|b| b == b'y'))));
     }
 }
+
+/// A server without TLS answers SSLRequest with `N`: plain text under prefer, 08001 under
+/// require.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_tls_is_plain_under_prefer_and_refused_under_require() {
+    let cluster = Cluster::start(0).unwrap();
+    scram_role(&cluster, "appuser", "app-pw").unwrap();
+    let start = |mode: &str| {
+        ConfigBuilder::new(&cluster)
+            .global(&format!("server_tls_sslmode = \"{mode}\""))
+            .user("appuser", "password = \"app-pw\"")
+            .start()
+            .unwrap()
+    };
+    let prefer = start("prefer");
+    let c = connect(&prefer, "appuser", "app-pw").await.unwrap();
+    assert_eq!(
+        served(&c, "").await,
+        (false, false, cluster.primary().port())
+    );
+
+    let require = start("require");
+    let err = match connect(&require, "appuser", "app-pw").await {
+        Ok(c) => c.simple_query("SELECT 1").await.unwrap_err(),
+        Err(e) => e.downcast::<tokio_postgres::Error>().unwrap(),
+    };
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "08001", "{}", db.message());
+    assert_eq!(
+        db.message(),
+        format!(
+            "pgtier: cannot connect to {}: TLS: the server does not accept TLS \
+             (server_tls_sslmode = require)",
+            cluster.primary().addr()
+        )
+    );
+}
