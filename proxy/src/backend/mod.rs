@@ -7,7 +7,9 @@ pub mod pool;
 pub mod server;
 pub mod statement_names;
 pub mod statements;
+pub mod stream;
 
 pub use cancel::CancelTarget;
 pub use pool::{Checkout, Pool, PoolError, PoolId, Pools, Upstream};
 pub use server::{BackendError, QueryFailed, ServerConn, ServerLogin, ServerSummary};
+pub use stream::ServerStream;

@@ -39,6 +39,15 @@ pub enum ConfigError {
         /// Cause.
         error: std::io::Error,
     },
+    /// A file the config names (certificate, key, CA) cannot be used; checked when the
+    /// proxy starts or reloads, not by `parse_str`.
+    #[error("{file}: {reason}")]
+    Files {
+        /// Config file name.
+        file: String,
+        /// Which key and file, and why.
+        reason: String,
+    },
     /// Parse or validation problems.
     #[error("{}", render(file, problems))]
     Invalid {
