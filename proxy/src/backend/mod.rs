@@ -1,6 +1,7 @@
 //! Server side: connections to Postgres (connect, login, parameters), the fair pools they live
 //! in, and forwarding of cancel requests.
 
+pub mod auth;
 pub mod cancel;
 pub mod params;
 pub mod pool;

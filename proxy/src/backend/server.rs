@@ -5,16 +5,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use fallible_iterator::FallibleIterator;
-use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{
-    ChannelBinding, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
-};
-use postgres_protocol::message::{backend::Message, frontend};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tracing::debug;
 
 use crate::backend::cancel::CancelTarget;
 use crate::backend::params::ParamChanges;
@@ -22,27 +15,40 @@ use crate::backend::statements::ServerStatements;
 use crate::backend::stream::{negotiate, ServerStream};
 use crate::config::{NodeAddr, SslMode};
 use crate::protocol::frame::peek_header;
-use crate::protocol::messages::error_fields;
 use crate::protocol::startup::CancelKey;
-use crate::tls::connector::{server_end_point, ServerTls};
+use crate::tls::connector::ServerTls;
 use crate::tls::TlsInfo;
 
 /// Largest message accepted from a server during login.
-const MAX_LOGIN_MESSAGE: usize = 1 << 20;
+pub(super) const MAX_LOGIN_MESSAGE: usize = 1 << 20;
 
 /// Credentials and database for logging in to a server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ServerLogin {
     /// Role name on the server.
     pub user: String,
     /// Password, if the server asks for one.
     pub password: Option<String>,
+    /// The role's `md5...` hash (md5 pass-through when there is no password).
+    pub md5: Option<String>,
     /// Database name on the server.
     pub dbname: String,
     /// Most prepared statements kept per server connection.
     pub max_prepared_statements: usize,
     /// TLS towards the server (`server_tls_*` of the database).
     pub tls: ServerTls,
+}
+
+impl std::fmt::Debug for ServerLogin {
+    // Never the password or the hash.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerLogin")
+            .field("user", &self.user)
+            .field("dbname", &self.dbname)
+            .field("has_password", &self.password.is_some())
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a server connection could not be made.
@@ -87,6 +93,15 @@ pub enum BackendError {
     /// The server wants a password but none is configured.
     #[error("server {addr} asks user {user} for a password, but no server_password is configured")]
     NoPassword {
+        /// Server address.
+        addr: NodeAddr,
+        /// Server-side user.
+        user: String,
+    },
+    /// SCRAM pass-through: no client of this role has logged in with SCRAM since pgtier
+    /// started, so pgtier has nothing to answer the server with.
+    #[error("server {addr} asks user {user} for SCRAM, and pgtier has no password: a client of this user must log in with SCRAM first (pass-through)")]
+    NoScramKeys {
         /// Server address.
         addr: NodeAddr,
         /// Server-side user.
@@ -216,7 +231,7 @@ impl ServerConn {
         } else {
             ServerStream::Plain(tcp)
         };
-        let (key, reported) = authenticate(&mut stream, addr, login).await?;
+        let (key, reported) = super::auth::authenticate(&mut stream, addr, login).await?;
         let now = Instant::now();
         let local = stream.local_addr().ok();
         Ok(ServerConn {
@@ -303,7 +318,7 @@ impl ServerConn {
             msg.extend_from_slice(&(sql.len() as u32 + 5).to_be_bytes());
             msg.extend_from_slice(sql.as_bytes());
             msg.push(0);
-            write_flush(&mut self.stream, &msg).await?;
+            super::auth::write_flush(&mut self.stream, &msg).await?;
             self.inbuf.clear();
             let mut clean = true;
             let mut value = None;
@@ -374,171 +389,6 @@ impl Drop for ServerConn {
     fn drop(&mut self) {
         // Terminate, best effort and without blocking, so the server does not log an EOF.
         self.stream.terminate();
-    }
-}
-
-/// Startup and authentication up to the first ReadyForQuery: the cancel key and the
-/// parameters the server reported.
-async fn authenticate(
-    stream: &mut ServerStream,
-    addr: &NodeAddr,
-    login: &ServerLogin,
-) -> Result<(Option<CancelKey>, Vec<(String, String)>), BackendError> {
-    let io = |source| BackendError::Io {
-        addr: addr.clone(),
-        source,
-    };
-    let proto = |what: String| BackendError::Protocol {
-        addr: addr.clone(),
-        what,
-    };
-    let mut out = BytesMut::with_capacity(256);
-    let params = [
-        ("user", login.user.as_str()),
-        ("database", login.dbname.as_str()),
-        ("application_name", "pgtier"),
-    ];
-    frontend::startup_message(params.iter().copied(), &mut out).map_err(io)?;
-    write_flush(stream, &out).await.map_err(io)?;
-
-    let mut inbuf = BytesMut::with_capacity(1024);
-    let mut scram: Option<ScramSha256> = None;
-    let mut key = None;
-    let mut reported = Vec::new();
-    loop {
-        let mut frame = read_frame(stream, &mut inbuf, addr).await?;
-        if frame[0] == b'E' {
-            let (code, message) = error_fields(&frame[5..]);
-            return Err(BackendError::Refused {
-                addr: addr.clone(),
-                code: code.unwrap_or("XX000").to_owned(),
-                message: message.unwrap_or("").to_owned(),
-                frame: frame.freeze(),
-            });
-        }
-        let msg = Message::parse(&mut frame)
-            .map_err(|e| proto(format!("bad message during login: {e}")))?
-            .ok_or_else(|| proto("truncated message during login".into()))?;
-        out.clear();
-        let password = || {
-            login
-                .password
-                .as_deref()
-                .ok_or_else(|| BackendError::NoPassword {
-                    addr: addr.clone(),
-                    user: login.user.clone(),
-                })
-        };
-        match msg {
-            Message::AuthenticationOk => {}
-            Message::AuthenticationCleartextPassword => {
-                frontend::password_message(password()?.as_bytes(), &mut out).map_err(io)?;
-            }
-            Message::AuthenticationMd5Password(body) => {
-                let hash = md5_hash(login.user.as_bytes(), password()?.as_bytes(), body.salt());
-                frontend::password_message(hash.as_bytes(), &mut out).map_err(io)?;
-            }
-            Message::AuthenticationSasl(body) => {
-                let mut plain = false;
-                let mut plus = false;
-                let mut mechanisms = body.mechanisms();
-                while let Some(m) = mechanisms.next().map_err(io)? {
-                    plain |= m == SCRAM_SHA_256;
-                    plus |= m == SCRAM_SHA_256_PLUS;
-                }
-                // Channel binding whenever the server offers it over TLS (as libpq's default
-                // channel_binding=prefer): the proof is then bound to this server's certificate,
-                // so a man in the middle cannot relay it even where the certificate is not
-                // verified. Otherwise "n": the server must not suspect a downgrade.
-                let binding = stream
-                    .peer_certificate()
-                    .filter(|_| plus)
-                    .and_then(server_end_point);
-                let (mechanism, binding) = match binding {
-                    Some(hash) => (
-                        SCRAM_SHA_256_PLUS,
-                        ChannelBinding::tls_server_end_point(hash),
-                    ),
-                    None if plain => (SCRAM_SHA_256, ChannelBinding::unsupported()),
-                    None => return Err(proto("offers no SASL mechanism pgtier supports".into())),
-                };
-                debug!(server = %addr, mechanism, "SCRAM login");
-                let s = ScramSha256::new(password()?.as_bytes(), binding);
-                frontend::sasl_initial_response(mechanism, s.message(), &mut out).map_err(io)?;
-                scram = Some(s);
-            }
-            Message::AuthenticationSaslContinue(body) => {
-                let s = scram
-                    .as_mut()
-                    .ok_or_else(|| proto("SASL continue without SASL start".into()))?;
-                s.update(body.data())
-                    .map_err(|e| proto(format!("SCRAM: {e}")))?;
-                frontend::sasl_response(s.message(), &mut out).map_err(io)?;
-            }
-            Message::AuthenticationSaslFinal(body) => {
-                let mut s = scram
-                    .take()
-                    .ok_or_else(|| proto("SASL final without SASL start".into()))?;
-                s.finish(body.data())
-                    .map_err(|e| proto(format!("SCRAM server signature: {e}")))?;
-            }
-            Message::ParameterStatus(body) => {
-                let name = body.name().map_err(io)?.to_owned();
-                let value = body.value().map_err(io)?.to_owned();
-                reported.push((name, value));
-            }
-            Message::BackendKeyData(body) => {
-                key = Some(CancelKey {
-                    pid: body.process_id(),
-                    secret: body.secret_key(),
-                });
-            }
-            Message::NoticeResponse(_) => {}
-            Message::ReadyForQuery(_) => return Ok((key, reported)),
-            _ => return Err(proto("unexpected message during login".into())),
-        }
-        if !out.is_empty() {
-            write_flush(stream, &out).await.map_err(io)?;
-        }
-    }
-}
-
-/// Writes all of `buf` and flushes (TLS records out of rustls' buffer).
-async fn write_flush(stream: &mut ServerStream, buf: &[u8]) -> std::io::Result<()> {
-    stream.write_all(buf).await?;
-    stream.flush().await
-}
-
-/// Reads one whole frame during login.
-async fn read_frame(
-    stream: &mut ServerStream,
-    buf: &mut BytesMut,
-    addr: &NodeAddr,
-) -> Result<BytesMut, BackendError> {
-    loop {
-        match peek_header(buf, MAX_LOGIN_MESSAGE) {
-            Ok(Some(h)) if buf.len() >= h.frame_len() => return Ok(buf.split_to(h.frame_len())),
-            Ok(_) => {}
-            Err(e) => {
-                return Err(BackendError::Protocol {
-                    addr: addr.clone(),
-                    what: e.to_string(),
-                })
-            }
-        }
-        let n = stream
-            .read_buf(buf)
-            .await
-            .map_err(|source| BackendError::Io {
-                addr: addr.clone(),
-                source,
-            })?;
-        if n == 0 {
-            return Err(BackendError::Io {
-                addr: addr.clone(),
-                source: std::io::ErrorKind::UnexpectedEof.into(),
-            });
-        }
     }
 }
 

@@ -197,6 +197,11 @@ impl Md5Secret {
             .then(|| Md5Secret(s.to_ascii_lowercase()))
     }
 
+    /// The stored form (`md5` + 32 hex digits): what answers a server's md5 challenge.
+    pub fn hash(&self) -> &str {
+        &self.0
+    }
+
     /// Hashes a plaintext password for `user`.
     pub fn from_password(password: &str, user: &str) -> Md5Secret {
         Md5Secret(postgres_protocol::password::md5(password.as_bytes(), user))

@@ -12,7 +12,7 @@ use tracing::info;
 use super::{DbRuntime, Snapshot};
 use crate::backend::{Pool, Pools, ServerLogin, Upstream};
 use crate::cluster::{ConfiguredRole, Topology};
-use crate::config::{ConfigError, Database, ServerTlsSettings, Settings, User};
+use crate::config::{ClientAuth, ConfigError, Database, ServerTlsSettings, Settings, User};
 use crate::control::Control;
 use crate::frontend::Limits;
 use crate::metrics::Metrics;
@@ -28,6 +28,13 @@ pub(super) fn server_login(db: &Database, user: &User, tls: &ServerTls) -> Serve
     ServerLogin {
         user: user.server_user.clone(),
         password: user.server_password.clone(),
+        // md5 pass-through: the hash is md5(password || role name), so only for the same role.
+        md5: match &user.auth {
+            ClientAuth::Md5(secret) if user.server_user == user.name => {
+                Some(secret.hash().to_owned())
+            }
+            _ => None,
+        },
         dbname: db.dbname.clone(),
         max_prepared_statements: db.pool.max_prepared_statements,
         tls: tls.clone(),
