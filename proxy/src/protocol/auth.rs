@@ -175,7 +175,8 @@ impl ScramExchange {
     }
 }
 
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+/// HMAC-SHA-256 (SCRAM's HMAC).
+pub(crate) fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
     mac.update(data);
     mac.finalize().into_bytes().into()
