@@ -286,3 +286,104 @@ async fn an_unknown_user_gets_a_scram_challenge_like_a_known_one_then_28p01() {
     assert_eq!(salts[1], salts[2]);
     assert_ne!(salts[0], salts[1]);
 }
+
+/// The SECURITY DEFINER function the README recommends instead of reading pg_shadow as a
+/// superuser.
+const AUTH_FUNCTION: &str = "CREATE OR REPLACE FUNCTION public.pgtier_auth(u text) \
+    RETURNS TABLE (usename name, passwd text) LANGUAGE sql SECURITY DEFINER \
+    SET search_path = pg_catalog AS \
+    $$ SELECT rolname, rolpassword FROM pg_authid WHERE rolname = u AND rolcanlogin $$; \
+    REVOKE ALL ON FUNCTION public.pgtier_auth(text) FROM PUBLIC; \
+    GRANT EXECUTE ON FUNCTION public.pgtier_auth(text) TO app";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_query_logs_in_roles_that_exist_only_in_postgres_and_follows_password_changes() {
+    let cluster = Cluster::shared();
+    pgtier_kit::fixture::ensure_app_db(cluster).unwrap();
+    cluster.ddl("app", AUTH_FUNCTION).unwrap();
+    scram_role(cluster, "dbonly", "db-pw").unwrap();
+    cluster.create_md5_role("dbmd5", "md5-pw").unwrap();
+    let px = ConfigBuilder::new(cluster)
+        .with_replicas(cluster)
+        .global("log_level = \"debug\"")
+        .global("auth_user = \"app\"")
+        .global("auth_query = \"SELECT usename, passwd FROM public.pgtier_auth($1)\"")
+        .global("auth_type = \"md5\"")
+        .global("auth_cache_ttl = \"1s\"")
+        .global("auth_cache_negative_ttl = \"1s\"")
+        .global("admin_users = [\"app\"]")
+        .user("app", "password = \"app\"")
+        .start()
+        .unwrap();
+    // A SCRAM role: writes on the primary, reads on a replica (pass-through on both).
+    let c = connect(&px, "dbonly", "db-pw").await.unwrap();
+    c.batch_execute(
+        "DROP TABLE IF EXISTS aq_t; CREATE TABLE aq_t (v int); INSERT INTO aq_t VALUES (1)",
+    )
+    .await
+    .unwrap();
+    pgtier_kit::fixture::replica_in_rotation(&px, "dbonly", "db-pw")
+        .await
+        .unwrap();
+    // An md5 role.
+    let m = connect(&px, "dbmd5", "md5-pw").await.unwrap();
+    m.simple_query("SELECT 1").await.unwrap();
+    for (user, pw) in [("dbonly", "wrong"), ("nosuchrole", "x"), ("dbmd5", "wrong")] {
+        assert_eq!(
+            code(&connect(&px, user, pw).await.unwrap_err()).as_deref(),
+            Some("28P01"),
+            "{user}"
+        );
+    }
+    // The DBA changes the password in Postgres: after the TTL the new one works, the old not.
+    cluster
+        .primary()
+        .psql("ALTER ROLE dbonly PASSWORD 'db-pw-2'")
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        if connect(&px, "dbonly", "db-pw-2").await.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new password never worked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        code(&connect(&px, "dbonly", "db-pw").await.unwrap_err()).as_deref(),
+        Some("28P01")
+    );
+    // The established session survives a RELOAD (its user is not in the file).
+    let admin = admin_console(&px, "app", "app").await;
+    admin.simple_query("RELOAD").await.unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+    let c2 = connect(&px, "dbonly", "db-pw-2").await.unwrap();
+    c2.simple_query("SELECT 1").await.unwrap();
+    let log = px.log();
+    assert!(!log.contains("db-pw"), "a password in the log");
+    assert!(!log.contains("SCRAM-SHA-256$"), "a verifier in the log");
+    assert!(!log.contains("md5-pw"), "a password in the log");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_query_with_the_primary_down_fails_with_08001_in_bounded_time() {
+    let cluster = Cluster::shared();
+    let dead = format!("127.0.0.1:{}", pgtier_kit::free_port().unwrap());
+    let px = ConfigBuilder::new(cluster)
+        .primary(&dead)
+        .global("auth_user = \"app\"")
+        .global("server_connect_timeout = \"1s\"")
+        .user("app", "password = \"app\"")
+        .start()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let err = connect(&px, "someone", "pw").await.unwrap_err();
+    assert_eq!(code(&err).as_deref(), Some("08001"), "{err:?}");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t0.elapsed()
+    );
+}

@@ -8,12 +8,9 @@ use std::path::Path;
 
 use thiserror::Error;
 
-use super::schema::{AuthMethod, Config, DatabaseConfig, UserConfig};
-use super::settings::{
-    nonzero, ClientAuth, Database, PoolSettings, RoutingSettings, Settings, User,
-};
+use super::schema::{Config, DatabaseConfig, UserConfig};
+use super::settings::{nonzero, Database, PoolSettings, RoutingSettings, Settings};
 use crate::cluster::ClusterSettings;
-use crate::protocol::auth::{Md5Secret, ScramSecret};
 
 /// One thing wrong with a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,24 +168,12 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// The user name and password a user logs in to the servers with.
-pub(super) fn server_credentials(name: &str, u: &UserConfig) -> (String, Option<String>) {
-    let plaintext = u
-        .password
-        .as_deref()
-        .filter(|p| ScramSecret::parse(p).is_none() && Md5Secret::parse(p).is_none());
-    (
-        u.server_user.clone().unwrap_or_else(|| name.to_owned()),
-        u.server_password.clone().or(plaintext.map(str::to_owned)),
-    )
-}
-
 pub(super) struct Validator<'a> {
     text: &'a str,
     doc: Option<toml_edit::ImDocument<&'a str>>,
     problems: Vec<Problem>,
     /// The config file's directory (relative `auth_file` names start there).
-    dir: Option<std::path::PathBuf>,
+    pub(super) dir: Option<std::path::PathBuf>,
 }
 
 impl Validator<'_> {
@@ -368,7 +353,9 @@ impl Validator<'_> {
             .filter_map(|(name, d)| Some((name.clone(), self.database(&raw, name, d)?)))
             .collect::<HashMap<_, _>>();
         let client_tls = self.client_tls(&raw);
+        let auth_query = self.auth_query(&raw);
         Settings {
+            auth_query,
             client_tls,
             client_idle_timeout: nonzero(raw.client_idle_timeout),
             metrics_listen,
@@ -378,79 +365,6 @@ impl Validator<'_> {
             users,
             databases,
         }
-    }
-
-    /// The entries of `auth_file` (none when unset); problems are reported against the key.
-    fn auth_file_users(&mut self, raw: &Config) -> std::collections::BTreeMap<String, String> {
-        let mut out = std::collections::BTreeMap::new();
-        if raw.auth_file.trim().is_empty() {
-            return out;
-        }
-        let path = match &self.dir {
-            Some(dir) => dir.join(&raw.auth_file),
-            None => std::path::PathBuf::from(&raw.auth_file),
-        };
-        match super::auth_file::read(&path) {
-            Ok((entries, problems)) => {
-                for p in problems {
-                    self.fail(
-                        &["auth_file"],
-                        format!("{} line {}: {}", path.display(), p.line, p.message),
-                    );
-                }
-                for e in entries {
-                    out.insert(e.user, e.secret);
-                }
-            }
-            Err(e) => self.fail(&["auth_file"], format!("{}: {e}", path.display())),
-        }
-        out
-    }
-
-    fn user(&mut self, name: &str, u: &UserConfig) -> Option<User> {
-        let pw = u.password.as_deref();
-        let plaintext =
-            pw.filter(|p| ScramSecret::parse(p).is_none() && Md5Secret::parse(p).is_none());
-        let auth = match u.auth {
-            AuthMethod::Trust => ClientAuth::Trust,
-            AuthMethod::Cert => ClientAuth::Cert,
-            AuthMethod::ScramSha256 => match (pw.and_then(ScramSecret::parse), plaintext) {
-                (Some(secret), _) => ClientAuth::Scram(secret),
-                (None, Some(p)) => ClientAuth::Scram(ScramSecret::from_password(p)),
-                (None, None) => {
-                    let why = if pw.is_some() {
-                        "an MD5 hash cannot check SCRAM-SHA-256 logins: give a plaintext password or a SCRAM verifier, or set auth = \"md5\""
-                    } else {
-                        "auth \"scram-sha-256\" needs a password (or set auth = \"trust\")"
-                    };
-                    self.fail(&["users", name, "password"], why);
-                    return None;
-                }
-            },
-            // As Postgres' md5 method: a user whose secret is a SCRAM verifier logs in with
-            // SCRAM.
-            AuthMethod::Md5 => match (pw.and_then(Md5Secret::parse), plaintext) {
-                (Some(secret), _) => ClientAuth::Md5(secret),
-                (None, Some(p)) => ClientAuth::Md5(Md5Secret::from_password(p, name)),
-                (None, None) => match pw.and_then(ScramSecret::parse) {
-                    Some(secret) => ClientAuth::Scram(secret),
-                    None => {
-                        self.fail(
-                            &["users", name, "password"],
-                            "auth \"md5\" needs a password",
-                        );
-                        return None;
-                    }
-                },
-            },
-        };
-        let (server_user, server_password) = server_credentials(name, u);
-        Some(User {
-            name: name.to_owned(),
-            auth,
-            server_user,
-            server_password,
-        })
     }
 
     fn database(&mut self, raw: &Config, name: &str, d: &DatabaseConfig) -> Option<Database> {
@@ -518,6 +432,7 @@ impl Validator<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ClientAuth;
 
     const GOOD: &str = r#"
 listen = "127.0.0.1:6432"

@@ -3,6 +3,7 @@
 //! (`show`) and what a reload cannot apply (`diff`).
 
 pub mod auth_file;
+mod credentials;
 pub mod diff;
 pub mod duration;
 pub mod load;
@@ -14,9 +15,13 @@ pub mod show;
 pub mod tls;
 
 pub use crate::router::rules::{LagLimit, RuleAction, RuleSet};
+pub use credentials::looked_up_user;
 pub use diff::restart_required;
 pub use load::{load_file, parse_str, ConfigError, Problem};
 pub use schema::{AuthMethod, LogFormat, NodeRole, PoolMode, PrimaryReads, SessionStatePolicy};
-pub use settings::{ClientAuth, Database, NodeAddr, PoolSettings, RoutingSettings, Settings, User};
+pub use settings::{
+    AuthQuerySettings, ClientAuth, Database, NodeAddr, PoolSettings, RoutingSettings, Settings,
+    User,
+};
 pub use show::ConfigEntry;
 pub use tls::{ClientTlsSettings, ServerTlsSettings, SslMode, TlsVersions};

@@ -1,7 +1,8 @@
 //! Resolving a database's nodes (`primary`, `replicas`, `nodes`) and the credentials its lag
 //! monitors use.
 
-use super::load::{server_credentials, Validator};
+use super::credentials::server_credentials;
+use super::load::Validator;
 use super::schema::{Config, DatabaseConfig, NodeEntry, NodeRole};
 use super::settings::NodeAddr;
 use crate::cluster::{ConfiguredRole, MonitorLogin, NodeConfig};

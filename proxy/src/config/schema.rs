@@ -289,6 +289,29 @@ pub struct Config {
     pub auth_file: String,
     /// How users that come from `auth_file` authenticate (as a `[users]` entry's `auth`).
     pub auth_type: AuthMethod,
+    /// A `[users]` entry whose server credentials run `auth_query` on the primary, for client
+    /// users not in `[users]` or `auth_file` (unset: no lookup).
+    #[serde(serialize_with = "super::show::serialize_opt_string")]
+    pub auth_user: Option<String>,
+    /// The lookup: `$1` is the user name; returns (name, secret) where the secret is a SCRAM
+    /// verifier or md5 hash (NULL or no row: no such user).
+    pub auth_query: String,
+    /// Database (on the servers) the query runs in (empty: the client's database).
+    pub auth_dbname: String,
+    /// How long a looked-up secret is used before it is looked up again.
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
+    pub auth_cache_ttl: Duration,
+    /// How long "no such user" is remembered (so a flood of bad names cannot flood the primary).
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
+    pub auth_cache_negative_ttl: Duration,
+    /// Most user names remembered per database (found or not).
+    pub auth_cache_size: u32,
     /// `[users]` entries that may use the admin console (database `pgtier` or `pgbouncer`).
     pub admin_users: Vec<String>,
     /// Client users, by name.
@@ -352,6 +375,12 @@ impl Default for Config {
             server_tls_protocols: "secure".into(),
             server_tls_ciphers: "default".into(),
             auth_file: String::new(),
+            auth_user: None,
+            auth_query: "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into(),
+            auth_dbname: String::new(),
+            auth_cache_ttl: Duration::from_secs(60),
+            auth_cache_negative_ttl: Duration::from_secs(5),
+            auth_cache_size: 10_000,
             auth_type: AuthMethod::ScramSha256,
             monitor_user: None,
             admin_users: Vec::new(),

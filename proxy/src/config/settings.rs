@@ -155,6 +155,40 @@ pub struct Settings {
     pub slow_query_threshold: Option<Duration>,
     /// TLS towards clients.
     pub client_tls: super::tls::ClientTlsSettings,
+    /// The `auth_query` lookup (None: `auth_user` unset).
+    pub auth_query: Option<AuthQuerySettings>,
+}
+
+/// How client users that are not configured are looked up in the database.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthQuerySettings {
+    /// Server role the query runs as.
+    pub user: String,
+    /// Its password (None: the server trusts it).
+    pub password: Option<String>,
+    /// The query (`$1`: the user name).
+    pub query: String,
+    /// Server database it runs in (None: the client's database's).
+    pub dbname: Option<String>,
+    /// Lifetime of a found secret.
+    pub ttl: Duration,
+    /// Lifetime of "no such user".
+    pub negative_ttl: Duration,
+    /// Most names cached per database.
+    pub cache_size: usize,
+    /// How users found this way authenticate.
+    pub method: super::schema::AuthMethod,
+}
+
+impl std::fmt::Debug for AuthQuerySettings {
+    // Never the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthQuerySettings")
+            .field("user", &self.user)
+            .field("query", &self.query)
+            .field("dbname", &self.dbname)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Zero means "disabled" for optional timeouts.

@@ -5,8 +5,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::frontend::stream::ClientStream;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
 use thiserror::Error;
-use tracing::info;
+
+use tracing::{error, info};
+
+use super::auth_query::LookupError;
+use crate::proxy::DbRuntime;
 
 use super::auth;
 use super::listener::ClientGuard;
@@ -56,6 +63,9 @@ pub enum LoginError {
     /// pgtier is shutting down.
     #[error("the database system is shutting down")]
     ShuttingDown,
+    /// `auth_query` could not answer (the primary is down or slow).
+    #[error(transparent)]
+    AuthQuery(#[from] LookupError),
     /// The TLS handshake failed or was not acceptable (nothing can be told to the client).
     #[error("{0}")]
     Tls(String),
@@ -92,6 +102,7 @@ impl LoginError {
             | LoginError::Startup(_)
             | LoginError::Protocol(_)
             | LoginError::Tls(_) => SqlState::PROTOCOL_VIOLATION,
+            LoginError::AuthQuery(_) => SqlState::CANNOT_CONNECT,
             LoginError::SslRequired | LoginError::Certificate { .. } => {
                 SqlState::INVALID_AUTHORIZATION
             }
@@ -108,8 +119,9 @@ impl LoginError {
     }
 }
 
-/// How a login attempt ended well.
+/// How a login attempt ended well (returned once per connection: its size does not matter).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Login<'s> {
     /// The connection was a cancel request.
     Cancel(CancelKey),
@@ -120,8 +132,8 @@ pub enum Login<'s> {
     },
     /// An authenticated client for a configured database.
     Client {
-        /// The user.
-        user: &'s User,
+        /// The user (owned when `auth_query` found it).
+        user: Cow<'s, User>,
         /// The database.
         db: &'s Database,
         /// The session parameters of the startup packet (`options` split into them).
@@ -136,6 +148,7 @@ pub async fn login<'s>(
     stream: &mut ClientStream,
     peer: SocketAddr,
     settings: &'s Settings,
+    lookups: &HashMap<String, Arc<DbRuntime>>,
     tls: Option<&ClientTls>,
     guard: &ClientGuard,
     phase: Phase,
@@ -143,7 +156,7 @@ pub async fn login<'s>(
     let limit = settings.raw.client_login_timeout;
     tokio::time::timeout(
         limit,
-        login_inner(stream, peer, settings, tls, guard, phase),
+        login_inner(stream, peer, settings, lookups, tls, guard, phase),
     )
     .await
     .unwrap_or(Err(LoginError::Timeout(limit)))
@@ -153,6 +166,7 @@ async fn login_inner<'s>(
     stream: &mut ClientStream,
     peer: SocketAddr,
     settings: &'s Settings,
+    lookups: &HashMap<String, Arc<DbRuntime>>,
     tls: Option<&ClientTls>,
     guard: &ClientGuard,
     phase: Phase,
@@ -169,7 +183,11 @@ async fn login_inner<'s>(
     }
     let user_name = startup.param("user").ok_or(LoginError::NoUser)?;
     let db_name = startup.param("database").unwrap_or(user_name);
-    let user = settings.users.get(user_name);
+    let looked_up = match settings.users.get(user_name) {
+        Some(_) => None,
+        None => look_up(settings, lookups, user_name, db_name).await?,
+    };
+    let user = settings.users.get(user_name).or(looked_up.as_ref());
     // A certificate the client presented was verified in the handshake (against
     // client_tls_ca_file); its common name is who it proves to be.
     let cert_name = stream
@@ -185,14 +203,23 @@ async fn login_inner<'s>(
     }
     let scram_keys = auth::authenticate(stream, user, user_name, cert_name.as_deref()).await?;
     if matches!(db_name, "pgtier" | "pgbouncer") && !settings.databases.contains_key(db_name) {
-        let user = user.ok_or_else(|| LoginError::PasswordFailed(user_name.to_owned()))?;
+        // Only configured users (never one found by auth_query) may be admins.
+        let user = settings
+            .users
+            .get(user_name)
+            .ok_or_else(|| LoginError::PasswordFailed(user_name.to_owned()))?;
         if !settings.raw.admin_users.contains(&user.name) {
             return Err(LoginError::NotAdmin(user.name.clone()));
         }
         info!(%peer, user = %user.name, database = db_name, "admin console client connected");
         return Ok(Login::Admin { user });
     }
-    let (Some(user), Some(db)) = (user, settings.databases.get(db_name)) else {
+    let user = match (settings.users.get(user_name), looked_up) {
+        (Some(u), _) => Cow::Borrowed(u),
+        (None, Some(u)) => Cow::Owned(u),
+        (None, None) => return Err(LoginError::UnknownDatabase(db_name.to_owned())),
+    };
+    let Some(db) = settings.databases.get(db_name) else {
         return Err(LoginError::UnknownDatabase(db_name.to_owned()));
     };
     // Every session parameter is the client's (set on every server that serves it): what
@@ -206,4 +233,30 @@ async fn login_inner<'s>(
         params,
         scram_keys,
     })
+}
+
+/// A user pgtier has no entry for, from the database's `auth_query` (None: not found, no lookup
+/// configured, or a secret that cannot check this login; the login then fails like a wrong
+/// password).
+async fn look_up(
+    settings: &Settings,
+    lookups: &HashMap<String, Arc<DbRuntime>>,
+    user: &str,
+    db: &str,
+) -> Result<Option<User>, LoginError> {
+    let (Some(a), Some(lookup)) = (
+        &settings.auth_query,
+        lookups.get(db).and_then(|rt| rt.auth_lookup.as_ref()),
+    ) else {
+        return Ok(None);
+    };
+    let Some(secret) = lookup.secret(user).await? else {
+        return Ok(None);
+    };
+    let found = crate::config::looked_up_user(user, &secret, a.method);
+    if found.is_none() {
+        // The secret itself is never logged.
+        error!(user, auth_type = ?a.method, "auth_query returned a secret that cannot check this login (not a SCRAM verifier or md5 hash, or an md5 hash with auth_type scram-sha-256)");
+    }
+    Ok(found)
 }

@@ -2,6 +2,7 @@
 //! session loop with its relay.
 
 pub mod auth;
+pub mod auth_query;
 mod batch;
 mod buffers;
 pub mod cancel;

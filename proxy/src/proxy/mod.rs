@@ -55,6 +55,8 @@ pub struct DbRuntime {
     pub metrics: Arc<DbMetrics>,
     /// Its admin state (kept across reloads).
     pub control: Arc<DbControl>,
+    /// `auth_query` lookups for users pgtier has no entry for (None: `auth_user` unset).
+    pub auth_lookup: Option<Arc<crate::frontend::auth_query::AuthLookup>>,
 }
 
 /// One loaded config and everything built from it. Clients that started on a snapshot finish

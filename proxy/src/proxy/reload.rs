@@ -14,6 +14,7 @@ use crate::backend::{Pool, Pools, ServerLogin, Upstream};
 use crate::cluster::{ConfiguredRole, Topology};
 use crate::config::{ClientAuth, ConfigError, Database, ServerTlsSettings, Settings, User};
 use crate::control::Control;
+use crate::frontend::auth_query::AuthLookup;
 use crate::frontend::Limits;
 use crate::metrics::Metrics;
 use crate::router::classify::FunctionTable;
@@ -116,7 +117,13 @@ pub(super) fn build_databases(
                 }
                 None => new_router(settings, db, &server_tls, None),
             };
+            // A new lookup (an empty cache) per snapshot: a reload may change its settings.
+            let auth_lookup = settings
+                .auth_query
+                .as_ref()
+                .map(|a| Arc::new(AuthLookup::new(a, db, router.clone(), server_tls.clone())));
             let runtime = DbRuntime {
+                auth_lookup,
                 server_tls,
                 router,
                 limits: Arc::new(Limits::of(settings, db)),

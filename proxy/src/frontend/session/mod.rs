@@ -112,6 +112,8 @@ struct Session {
     defaults: ServerParams,
     /// Why the client holds its server until it disconnects (session state on it), if it does.
     pinned: Option<&'static str>,
+    /// The user, when `auth_query` found it (not in the config: it stays across reloads).
+    looked_up: Option<Arc<crate::config::User>>,
     shutdown: ShutdownWatch,
 }
 
@@ -293,7 +295,11 @@ impl Session {
         let id = self.upstream.id().clone();
         let (Some(db), Some(user)) = (
             snapshot.settings.databases.get(&id.database),
-            snapshot.settings.users.get(&id.user),
+            snapshot
+                .settings
+                .users
+                .get(&id.user)
+                .or(self.looked_up.as_deref()),
         ) else {
             let message = format!(
                 "terminating connection: database \"{}\" or user \"{}\" was removed from pgtier's configuration",

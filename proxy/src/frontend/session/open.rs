@@ -17,19 +17,20 @@ pub async fn handle(
     let snapshot = proxy.snapshot();
     let settings = snapshot.settings.clone();
     let tls = snapshot.client_tls.clone();
-    drop(snapshot);
     // Boxed, like the first server connection below: their state is large and freed once they
     // are done, so an idle client's task stays small.
     let logged_in = Box::pin(login(
         &mut stream,
         peer,
         &settings,
+        &snapshot.databases,
         tls.as_deref(),
         &guard,
         proxy.phase(),
     ))
     .await;
     drop(tls);
+    drop(snapshot);
     match (&stream, &logged_in) {
         (ClientStream::Plain(_), _) => {}
         // A handshake cut short (the login timeout drops it: Broken) or refused after it
@@ -88,7 +89,7 @@ pub async fn handle(
         return;
     };
     let generation = settings_generation(&proxy, &settings);
-    let upstream = proxy.upstream_for(db, user);
+    let upstream = proxy.upstream_for(db, &user);
     let router = runtime.router.clone();
     let params = match Box::pin(welcome_params(&upstream, &router)).await {
         Ok(p) => p,
@@ -181,6 +182,10 @@ pub async fn handle(
         defaults: params,
         // Session mode holds the server anyway: nothing to classify, nothing to reject.
         pinned: (db.pool.mode == PoolMode::Session).then_some("session mode"),
+        looked_up: match user {
+            std::borrow::Cow::Owned(u) => Some(Arc::new(u)),
+            std::borrow::Cow::Borrowed(_) => None,
+        },
         shutdown: proxy.shutdown_watch(),
     };
     // The session runs in a task of its own, so that an idle client costs only the session's
