@@ -54,6 +54,12 @@ struct Options {
     handshake_clients: u32,
     /// Interleaved rounds of those runs.
     handshake_rounds: usize,
+    /// Clients opening connections in those runs: pgbench (`-C`, libpq with OpenSSL) and
+    /// rust (tokio-postgres with rustls, no session resumption).
+    openers: Vec<String>,
+    /// PBKDF2 iterations of bench's SCRAM verifier (Postgres' default 4096): what every login
+    /// costs the client (and Postgres, PgBouncer and pgtier nothing beyond a few hashes).
+    scram_iterations: u32,
 }
 
 impl Options {
@@ -62,7 +68,8 @@ impl Options {
             "compare [--rounds 3] [--duration 10] [--clients 32] [--pool 20] [--idle 1000] \
              [--scale 10] [--workers 1] [--targets direct,pgtier,pgbouncer] \
              [--modes simple,extended,prepared] [--tls off|prefer|require] [--handshakes 5] \
-             [--handshake-clients 4] [--handshake-rounds 3]",
+             [--handshake-clients 4] [--handshake-rounds 3] [--scram-iterations 4096] \
+             [--handshake-with pgbench,rust]",
             &[
                 "rounds",
                 "duration",
@@ -77,6 +84,8 @@ impl Options {
                 "handshakes",
                 "handshake-clients",
                 "handshake-rounds",
+                "scram-iterations",
+                "handshake-with",
             ],
         )?;
         let targets = ["direct", "pgtier", "pgbouncer"];
@@ -94,6 +103,8 @@ impl Options {
             handshakes: a.number("handshakes", 5)?,
             handshake_clients: a.number("handshake-clients", 4)?,
             handshake_rounds: a.number("handshake-rounds", 3)?,
+            scram_iterations: a.number("scram-iterations", 4096)?,
+            openers: a.list("handshake-with", &OPENERS, &OPENERS)?,
         })
     }
 }
@@ -127,6 +138,40 @@ impl Options {
             _ => vec!["require"],
         }
     }
+}
+
+/// A SCRAM-SHA-256 verifier as Postgres stores it:
+/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (RFC 5802, fixed salt).
+fn scram_verifier(password: &str, iterations: u32) -> Result<String> {
+    use base64::{engine::general_purpose::STANDARD as B64, Engine};
+    use hmac::{Hmac, KeyInit, Mac};
+    use sha2::{Digest, Sha256};
+    if iterations == 0 {
+        bail!("--scram-iterations must be at least 1");
+    }
+    let hmac = |key: &[u8], data: &[u8]| -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key");
+        mac.update(data);
+        mac.finalize().into_bytes().into()
+    };
+    let salt = b"pgtier-bench-salt";
+    // Hi(password, salt, i): PBKDF2 with HMAC-SHA-256, one block.
+    let mut u = hmac(password.as_bytes(), &[&salt[..], &[0, 0, 0, 1]].concat());
+    let mut salted = u;
+    for _ in 1..iterations {
+        u = hmac(password.as_bytes(), &u);
+        for (s, x) in salted.iter_mut().zip(u) {
+            *s ^= x;
+        }
+    }
+    let stored_key: [u8; 32] = Sha256::digest(hmac(&salted, b"Client Key")).into();
+    let server_key = hmac(&salted, b"Server Key");
+    Ok(format!(
+        "SCRAM-SHA-256${iterations}:{}${}:{}",
+        B64.encode(salt),
+        B64.encode(stored_key),
+        B64.encode(server_key)
+    ))
 }
 
 /// "plain" or "TLS" for an sslmode.
@@ -347,7 +392,7 @@ where
     Ok(after.saturating_sub(before) as f64 / n as f64)
 }
 
-/// A rustls connector trusting `ca_file` (ring provider, TLS 1.2 and 1.3).
+/// A rustls connector trusting `ca_file` (ring provider, TLS 1.2 and 1.3, no resumption).
 fn tls_connector(ca_file: &Path) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     let mut roots = rustls::RootCertStore::empty();
@@ -356,11 +401,19 @@ fn tls_connector(ca_file: &Path) -> Result<tokio_postgres_rustls::MakeRustlsConn
     }
     // ring, as pgtier uses (it has no post-quantum key exchange, hence the deprecation).
     #[allow(deprecated)]
-    let provider = rustls::crypto::ring::default_provider();
-    let config = rustls::ClientConfig::builder_with_provider(provider.into())
+    let mut provider = rustls::crypto::ring::default_provider();
+    // ring's default order puts P-384 first, so its only key share would be P-384, which
+    // OpenSSL 3.0 (PgBouncer) computes with generic bignum code: about 2 ms of PgBouncer's CPU
+    // per handshake. libpq, browsers and rustls with aws-lc-rs lead with X25519; so does this
+    // client.
+    use rustls::crypto::ring::kx_group::{SECP256R1, SECP384R1, X25519};
+    provider.kx_groups = vec![X25519, SECP256R1, SECP384R1];
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.into())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // Every connection makes a full handshake (the connection-rate runs measure handshakes).
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
@@ -389,7 +442,8 @@ fn tls_info(port: u16) -> Result<String> {
         .with_context(|| format!("no TLS on port {port}: {}", text.trim()))
 }
 
-/// One `pgbench -C` run: a new connection (and login) per transaction.
+/// One connection-rate run: a new connection (TLS handshake, login, `SELECT 1`, close) per
+/// transaction.
 #[derive(Clone, Copy)]
 struct Handshakes {
     per_sec: f64,
@@ -397,33 +451,114 @@ struct Handshakes {
     machine_us_per_conn: f64,
 }
 
-fn handshake_run(t: &Target, sslmode: &str, o: &Options) -> Result<Handshakes> {
+/// The clients opening connections in the connection-rate runs.
+const OPENERS: [&str; 2] = ["pgbench", "rust"];
+
+fn opener_name(opener: &str) -> &'static str {
+    if opener == "pgbench" {
+        "pgbench -C (libpq, OpenSSL)"
+    } else {
+        "tokio-postgres (rustls)"
+    }
+}
+
+/// `tasks` tasks each connect, log in, run `SELECT 1` and close, over and over for `secs`
+/// seconds. Returns the connections made and the seconds taken.
+async fn connect_loop<T>(
+    port: u16,
+    sslmode: &str,
+    tls: T,
+    tasks: u32,
+    secs: u64,
+) -> Result<(f64, f64)>
+where
+    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let dsn = format!(
+        "host=127.0.0.1 port={port} user=bench password=bench dbname=bench sslmode={sslmode}"
+    );
+    let start = std::time::Instant::now();
+    let deadline = start + Duration::from_secs(secs);
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (dsn, tls) = (dsn.clone(), tls.clone());
+        handles.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while std::time::Instant::now() < deadline {
+                let (client, conn) = tokio_postgres::connect(&dsn, tls.clone()).await?;
+                let conn = tokio::spawn(conn);
+                client.simple_query("SELECT 1").await?;
+                // Dropping the client sends Terminate; the connection task then ends.
+                drop(client);
+                conn.await??;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut total = 0;
+    for h in handles {
+        total += h.await??;
+    }
+    Ok((total as f64, start.elapsed().as_secs_f64()))
+}
+
+fn handshake_run(
+    t: &Target,
+    sslmode: &str,
+    opener: &str,
+    o: &Options,
+    rt: &tokio::runtime::Runtime,
+    connector: Option<&tokio_postgres_rustls::MakeRustlsConnect>,
+) -> Result<Handshakes> {
     let cpu0 = t.pid.map(procstat::cpu).transpose()?;
     let machine0 = procstat::machine_busy_us()?;
-    let out = pgbench_ssl(
-        t.port,
-        Some(sslmode),
-        &[
-            "-n",
-            "-C",
-            "-S",
-            "-c",
-            &o.handshake_clients.to_string(),
-            "-j",
-            &o.handshake_clients.clamp(1, 2).to_string(),
-            "-T",
-            &o.handshakes.to_string(),
-        ],
-    )?;
+    let (conns, per_sec) = if opener == "pgbench" {
+        let out = pgbench_ssl(
+            t.port,
+            Some(sslmode),
+            &[
+                "-n",
+                "-C",
+                "-S",
+                "-c",
+                &o.handshake_clients.to_string(),
+                "-j",
+                &o.handshake_clients.clamp(1, 2).to_string(),
+                "-T",
+                &o.handshakes.to_string(),
+            ],
+        )?;
+        let failed = field(&out, "number of failed transactions:").unwrap_or(0.0);
+        if failed > 0.0 {
+            bail!("pgbench -C via {}: {failed} failed:\n{out}", t.name);
+        }
+        (
+            field(&out, "number of transactions actually processed:").context("no count")?,
+            field(&out, "tps =").context("no tps")?,
+        )
+    } else {
+        let (tasks, secs) = (o.handshake_clients, o.handshakes);
+        let (n, took) = rt.block_on(async {
+            match (sslmode, connector) {
+                ("disable", _) | (_, None) => {
+                    connect_loop(t.port, sslmode, tokio_postgres::NoTls, tasks, secs).await
+                }
+                (_, Some(tls)) => connect_loop(t.port, sslmode, tls.clone(), tasks, secs).await,
+            }
+        })?;
+        (n, n / took)
+    };
     let cpu1 = t.pid.map(procstat::cpu).transpose()?;
     let machine1 = procstat::machine_busy_us()?;
-    let conns = field(&out, "number of transactions actually processed:").context("no count")?;
-    let failed = field(&out, "number of failed transactions:").unwrap_or(0.0);
-    if failed > 0.0 || conns == 0.0 {
-        bail!("pgbench -C via {}: {failed} failed:\n{out}", t.name);
+    if conns == 0.0 {
+        bail!("no connection through {}", t.name);
     }
     Ok(Handshakes {
-        per_sec: field(&out, "tps =").context("no tps")?,
+        per_sec,
         proxy_us_per_conn: cpu0
             .zip(cpu1)
             .map(|(a, b)| (b.total_us() - a.total_us()) as f64 / conns),
@@ -431,48 +566,64 @@ fn handshake_run(t: &Target, sslmode: &str, o: &Options) -> Result<Handshakes> {
     })
 }
 
-/// New connections per second through each target (`pgbench -C -S`), interleaved rounds.
-fn handshake_rates(o: &Options, targets: &[Target]) -> Result<()> {
-    let mut by: BTreeMap<(&str, &str), Vec<Handshakes>> = BTreeMap::new();
+/// New connections per second through each target, with each opener and client kind,
+/// interleaved rounds.
+fn handshake_rates(
+    o: &Options,
+    targets: &[Target],
+    rt: &tokio::runtime::Runtime,
+    connector: Option<&tokio_postgres_rustls::MakeRustlsConnect>,
+) -> Result<()> {
+    let mut by: BTreeMap<(&str, &str, &str), Vec<Handshakes>> = BTreeMap::new();
     for round in 1..=o.handshake_rounds {
-        for kind in o.client_kinds() {
-            for t in targets {
-                let h = handshake_run(t, kind, o)?;
-                eprintln!(
-                    "handshakes round {round} {:5} {:9} {:7.0} conn/s  proxy {}  machine {:.0} us/conn",
-                    kind_name(kind),
-                    t.name,
-                    h.per_sec,
-                    h.proxy_us_per_conn
-                        .map_or("-".into(), |c| format!("{c:.0} us/conn")),
-                    h.machine_us_per_conn
-                );
-                by.entry((kind, t.name)).or_default().push(h);
+        for opener in o.openers.iter().map(String::as_str) {
+            for kind in o.client_kinds() {
+                for t in targets {
+                    let h = handshake_run(t, kind, opener, o, rt, connector)?;
+                    eprintln!(
+                        "connections round {round} {opener:7} {:5} {:9} {:7.0} conn/s  proxy {}  machine {:.0} us/conn",
+                        kind_name(kind),
+                        t.name,
+                        h.per_sec,
+                        h.proxy_us_per_conn
+                            .map_or("-".into(), |c| format!("{c:.0} us/conn")),
+                        h.machine_us_per_conn
+                    );
+                    by.entry((opener, kind, t.name)).or_default().push(h);
+                }
             }
         }
     }
     println!(
-        "\n## New connections per second (pgbench -C -S, {} clients, medians of {} runs of {} s)\n",
-        o.handshake_clients, o.handshake_rounds, o.handshakes
+        "\n## New connections per second ({} concurrent clients each connecting, logging in \
+         (SCRAM, {} iterations), running SELECT 1 and closing; medians of {} runs of {} s)\n",
+        o.handshake_clients, o.scram_iterations, o.handshake_rounds, o.handshakes
     );
-    println!("| client | target | connections/s | vs PgBouncer | proxy CPU us/conn | machine CPU us/conn |");
-    println!("|---|---|---|---|---|---|");
-    for kind in o.client_kinds() {
-        let med = |name: &str, f: fn(&Handshakes) -> Option<f64>| -> Option<f64> {
-            let v: Vec<f64> = by.get(&(kind, name))?.iter().filter_map(f).collect();
-            (!v.is_empty()).then(|| median(v))
-        };
-        let pgb = med("pgbouncer", |h| Some(h.per_sec));
-        for t in targets {
-            let rate = med(t.name, |h| Some(h.per_sec)).unwrap_or(0.0);
-            println!(
-                "| {} | {} | {rate:.0} | {} | {} | {:.0} |",
-                kind_name(kind),
-                t.name,
-                pgb.map_or("-".into(), |p| format!("{:.2}x", rate / p)),
-                med(t.name, |h| h.proxy_us_per_conn).map_or("-".into(), |c| format!("{c:.0}")),
-                med(t.name, |h| Some(h.machine_us_per_conn)).unwrap_or(0.0),
-            );
+    println!("| opened by | client | target | connections/s | vs PgBouncer | proxy CPU us/conn | machine CPU us/conn |");
+    println!("|---|---|---|---|---|---|---|");
+    for opener in o.openers.iter().map(String::as_str) {
+        for kind in o.client_kinds() {
+            let med = |name: &str, f: fn(&Handshakes) -> Option<f64>| -> Option<f64> {
+                let v: Vec<f64> = by
+                    .get(&(opener, kind, name))?
+                    .iter()
+                    .filter_map(f)
+                    .collect();
+                (!v.is_empty()).then(|| median(v))
+            };
+            let pgb = med("pgbouncer", |h| Some(h.per_sec));
+            for t in targets {
+                let rate = med(t.name, |h| Some(h.per_sec)).unwrap_or(0.0);
+                println!(
+                    "| {} | {} | {} | {rate:.0} | {} | {} | {:.0} |",
+                    opener_name(opener),
+                    kind_name(kind),
+                    t.name,
+                    pgb.map_or("-".into(), |p| format!("{:.2}x", rate / p)),
+                    med(t.name, |h| h.proxy_us_per_conn).map_or("-".into(), |c| format!("{c:.0}")),
+                    med(t.name, |h| Some(h.machine_us_per_conn)).unwrap_or(0.0),
+                );
+            }
         }
     }
     Ok(())
@@ -501,16 +652,15 @@ fn main() -> Result<()> {
     cluster.create_role_and_db("bench", "bench", "bench")?;
     let primary = cluster.primary().port();
     pgbench(primary, &["-i", "-q", "-s", &o.scale.to_string()])?;
-    // Both proxies authenticate clients with Postgres' own SCRAM verifier, as a production
-    // userlist or auth_query would: with a plaintext password PgBouncer derives a salted
-    // password (4096 PBKDF2 iterations) for every login, which would swamp the TLS handshake in
-    // the connection-rate runs.
-    let verifier = cluster
+    // Postgres and both proxies authenticate clients with the same SCRAM verifier, as a
+    // production userlist or auth_query would: with a plaintext password PgBouncer derives a
+    // salted password (4096 PBKDF2 iterations) for every login, which would swamp the TLS
+    // handshake in the connection-rate runs. The client derives it in any case, so
+    // `--scram-iterations` sets how much a login costs pgbench.
+    let verifier = scram_verifier("bench", o.scram_iterations)?;
+    cluster
         .primary()
-        .psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'bench'")?;
-    if !verifier.starts_with("SCRAM-SHA-256$") {
-        bail!("bench's password is not a SCRAM verifier: {verifier}");
-    }
+        .psql(&format!("ALTER ROLE bench PASSWORD '{verifier}'"))?;
 
     let pgtier_port = free_port()?;
     // Client TLS as PgBouncer's; plain text to Postgres, as PgBouncer's default.
@@ -706,16 +856,16 @@ fn main() -> Result<()> {
 
     paired_ratios(&o, &targets, &by_round, &failures);
 
+    let rt = tokio::runtime::Runtime::new()?;
+    let connector = ca
+        .as_ref()
+        .map(|ca| tls_connector(&ca.ca_file()))
+        .transpose()?;
     if o.handshakes > 0 && o.handshake_rounds > 0 {
-        handshake_rates(&o, &targets)?;
+        handshake_rates(&o, &targets, &rt, connector.as_ref())?;
     }
 
     if o.idle > 0 {
-        let rt = tokio::runtime::Runtime::new()?;
-        let connector = ca
-            .as_ref()
-            .map(|ca| tls_connector(&ca.ca_file()))
-            .transpose()?;
         // Per proxy and client kind: KiB per idle client. Each proxy's plain clients stay open
         // while its TLS clients are opened.
         let mut kib: BTreeMap<(&str, &str), f64> = BTreeMap::new();
