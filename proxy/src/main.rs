@@ -1,5 +1,5 @@
 //! The `pgtier` binary: `pgtier --config FILE` runs the proxy, `pgtier check FILE` validates a
-//! config file.
+//! config file, `pgtier verifier` turns a password into a SCRAM verifier.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,12 +33,20 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Read a password from stdin and print the SCRAM-SHA-256 verifier (or, with --md5 USER,
+    /// the md5 hash) to put in `password` instead of the plain text.
+    Verifier {
+        /// Print an md5 hash for this user name instead of a SCRAM verifier.
+        #[arg(long, value_name = "USER")]
+        md5: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { file, connect }) => check(&file, connect),
+        Some(Command::Verifier { md5 }) => verifier(md5.as_deref()),
         None => {
             match cli.config {
                 Some(file) => match run(&file) {
@@ -57,9 +65,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints a verifier for the password on stdin (one line; its line break is not part of it).
+fn verifier(md5_user: Option<&str>) -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("pgtier: cannot read the password from stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        eprintln!("pgtier: empty password on stdin");
+        return ExitCode::FAILURE;
+    }
+    let out = match md5_user {
+        Some(user) => postgres_protocol::password::md5(password.as_bytes(), user),
+        None => postgres_protocol::password::scram_sha_256(password.as_bytes()),
+    };
+    println!("{out}");
+    ExitCode::SUCCESS
+}
+
 fn check(file: &std::path::Path, connect: bool) -> ExitCode {
     match pgtier::config::load_file(file) {
         Ok(s) => {
+            // The certificate files are read as pgtier would at start (or at a RELOAD).
+            if let Err(e) = pgtier::tls::ClientTls::build(&s.client_tls) {
+                eprintln!("{}: {e}", file.display());
+                return ExitCode::FAILURE;
+            }
             println!(
                 "{}: OK ({} databases, {} users, listen {})",
                 file.display(),

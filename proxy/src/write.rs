@@ -51,8 +51,17 @@ pub async fn write_all_within<W: AsyncWrite + Unpin>(
     // (an idle client's task among them) stay small.
     let mut timer: Option<Pin<Box<Sleep>>> = None;
     let mut last_progress: Option<Instant> = None;
+    // A TLS stream may accept plaintext it could not yet write out as records: once all of
+    // `buf` is accepted, a flush (free on TCP) pushes them to the socket under the same limit.
+    let mut flushing = false;
     poll_fn(|cx| loop {
-        match Pin::new(&mut *w).poll_write(cx, &buf[written..]) {
+        let step = if flushing {
+            Pin::new(&mut *w).poll_flush(cx).map_ok(|()| 0)
+        } else {
+            Pin::new(&mut *w).poll_write(cx, &buf[written..])
+        };
+        match step {
+            Poll::Ready(Ok(_)) if flushing => return Poll::Ready(Ok(())),
             Poll::Ready(Ok(0)) => {
                 return Poll::Ready(Err(
                     std::io::Error::from(std::io::ErrorKind::WriteZero).into()
@@ -61,7 +70,8 @@ pub async fn write_all_within<W: AsyncWrite + Unpin>(
             Poll::Ready(Ok(n)) => {
                 written += n;
                 if written == buf.len() {
-                    return Poll::Ready(Ok(()));
+                    flushing = true;
+                    continue;
                 }
                 // Progress after a stall: the limit counts again from here (read when the
                 // timer fires, so the timer is not re-armed per partial write).

@@ -78,6 +78,10 @@ impl ConfigBuilder {
         for g in &self.global {
             writeln!(t, "{g}").unwrap();
         }
+        // PGTIER_TEST_TLS=1: existing tests run over TLS (unless the test sets TLS itself).
+        if crate::tls::test_tls() && !self.global.iter().any(|g| g.starts_with("client_tls_")) {
+            t.push_str(&crate::tls::kit_client_tls_lines());
+        }
         for u in &self.users {
             writeln!(t, "[users.{}]\n{}", u.name, u.toml).unwrap();
         }
@@ -132,13 +136,10 @@ pub fn dsn(px: &Pgtier, user: &str, pw: &str) -> String {
     )
 }
 
-/// Connects through pgtier with tokio-postgres (the connection task is spawned).
+/// Connects through pgtier with tokio-postgres (the connection task is spawned); over TLS
+/// when `PGTIER_TEST_TLS=1` (see [`crate::tls::test_tls`]).
 pub async fn connect(px: &Pgtier, user: &str, pw: &str) -> Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(&dsn(px, user, pw), tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
+    crate::tls::connect(&dsn(px, user, pw)).await
 }
 
 /// The port of the node that served a plain read on `c`, and whether it is in recovery.

@@ -112,6 +112,89 @@ impl Drop for TestCa {
     }
 }
 
+/// A rustls client config that trusts `ca_file` and presents `client` (if given), with the
+/// given ALPN protocols: for tokio-postgres-rustls and raw TLS tests.
+pub fn client_config(
+    ca_file: &Path,
+    client: Option<&CertFiles>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca_file)? {
+        roots.add(c?)?;
+    }
+    #[allow(deprecated)] // ring: the provider pgtier uses (no post-quantum groups)
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some(files) => {
+            let chain =
+                CertificateDer::pem_file_iter(&files.cert)?.collect::<Result<Vec<_>, _>>()?;
+            builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(&files.key)?)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// Whether the run asks for existing tests over TLS (`PGTIER_TEST_TLS=1`): configs from
+/// [`crate::fixture::ConfigBuilder`] then enable client TLS ("prefer", the kit's certificate),
+/// and [`connect`] connects with `sslmode=require`, verifying the kit's CA.
+pub fn test_tls() -> bool {
+    std::env::var("PGTIER_TEST_TLS").is_ok_and(|v| v == "1")
+}
+
+/// The kit's CA and the pgtier certificate it signed (for `localhost` and `127.0.0.1`),
+/// made once per test process.
+pub fn kit_certs() -> &'static (TestCa, CertFiles) {
+    static CERTS: std::sync::OnceLock<(TestCa, CertFiles)> = std::sync::OnceLock::new();
+    CERTS.get_or_init(|| {
+        let ca = TestCa::new("pgtier kit CA").expect("making the kit's test CA");
+        let files = ca
+            .server("pgtier", &["localhost", "127.0.0.1"])
+            .expect("signing the kit's pgtier certificate");
+        (ca, files)
+    })
+}
+
+/// Config lines that turn on client TLS with the kit's certificate.
+pub fn kit_client_tls_lines() -> String {
+    let (_, files) = kit_certs();
+    format!(
+        "client_tls_sslmode = \"prefer\"\nclient_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"\n",
+        files.cert.display(),
+        files.key.display()
+    )
+}
+
+/// Connects with tokio-postgres (its connection task spawned): over TLS verified against the
+/// kit's CA when [`test_tls`] is on (a pgtier without TLS then fails), else in plain text.
+pub async fn connect(dsn: &str) -> Result<tokio_postgres::Client> {
+    if !test_tls() {
+        let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        return Ok(client);
+    }
+    let (ca, _) = kit_certs();
+    let config = client_config(&ca.ca_file(), None, &[])?;
+    let (client, conn) = tokio_postgres::connect(
+        &format!("{dsn} sslmode=require"),
+        tokio_postgres_rustls::MakeRustlsConnect::new(config),
+    )
+    .await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
 fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }

@@ -247,7 +247,12 @@ async fn new_client_gets_parameters_key_and_ready() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ssl_and_gss_requests_are_declined_then_login_works() {
-    let px = pgtier();
+    // Client TLS off, whatever PGTIER_TEST_TLS says (tls_client.rs tests the 'S').
+    let px = &base()
+        .database("pool_size = 4")
+        .global("client_tls_sslmode = \"disable\"")
+        .start()
+        .unwrap();
     for code in [80_877_103u32, 80_877_104] {
         let mut s = tokio::net::TcpStream::connect(px.addr()).await.unwrap();
         let mut req = 8u32.to_be_bytes().to_vec();

@@ -112,3 +112,56 @@ fn check_connect_reports_every_node() {
     assert!(out.contains("Down"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `pgtier verifier` reads a password from stdin and prints what goes in `password`.
+fn verifier(args: &[&str], password: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(pgtier_kit::pgtier_bin().unwrap())
+        .arg("verifier")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_verifier_from_pgtier_verifier_logs_clients_in_with_their_password() {
+    use pgtier_kit::fixture::{connect, scram_role, ConfigBuilder};
+    let scram = verifier(&[], "v3rifier-pw");
+    assert!(scram.starts_with("SCRAM-SHA-256$4096:"), "{scram}");
+    assert!(!scram.contains("v3rifier"), "{scram}");
+    let md5 = verifier(&["--md5", "md5user"], "v3rifier-pw");
+    assert!(md5.starts_with("md5") && md5.len() == 35, "{md5}");
+    let cluster = pgtier_kit::Cluster::shared();
+    scram_role(cluster, "veruser", "server-side").unwrap();
+    let px = ConfigBuilder::new(cluster)
+        .user(
+            "veruser",
+            &format!("password = \"{scram}\"\nserver_password = \"server-side\""),
+        )
+        .user(
+            "md5user",
+            &format!(
+                "password = \"{md5}\"\nauth = \"md5\"\nserver_user = \"veruser\"\nserver_password = \"server-side\""
+            ),
+        )
+        .start()
+        .unwrap();
+    for user in ["veruser", "md5user"] {
+        let c = connect(&px, user, "v3rifier-pw").await.unwrap();
+        c.simple_query("SELECT 1").await.unwrap();
+        let err = connect(&px, user, "wrong").await.unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<tokio_postgres::Error>()
+                .and_then(|e| e.as_db_error())
+                .map(|e| e.code().code()),
+            Some("28P01"),
+            "{err}"
+        );
+    }
+}

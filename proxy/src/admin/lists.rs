@@ -160,7 +160,7 @@ pub(super) fn clients(proxy: &Proxy) -> BytesMut {
             format!("{ptr:x}"),
             String::new(),
             ptr.to_string(),
-            String::new(),
+            c.tls.map_or_else(String::new, |t| t.to_string()),
             c.application_name.to_string(),
             c.prepared().to_string(),
             state.as_str().into(),

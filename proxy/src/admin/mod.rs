@@ -16,8 +16,8 @@ mod table;
 use bytes::BytesMut;
 use std::time::Duration;
 
+use crate::frontend::stream::ClientStream;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::info;
 
@@ -32,7 +32,7 @@ use crate::write::write_all_within;
 const MAX_COMMAND: usize = 64 * 1024;
 
 /// Serves one admin client until it leaves.
-pub async fn serve(proxy: &Proxy, stream: &mut TcpStream) {
+pub async fn serve(proxy: &Proxy, stream: &mut ClientStream) {
     let mut buf = BytesMut::with_capacity(1024);
     // Admin sessions end when shutdown begins (they would hold the drain up otherwise).
     let draining = proxy.shutdown_watch().reached(Phase::Draining);
@@ -144,6 +144,6 @@ async fn run(proxy: &Proxy, command: &str) -> Result<BytesMut, table::Failure> {
 }
 
 /// Sends a FATAL error (bounded in time) and closes.
-async fn farewell(stream: &mut TcpStream, code: SqlState, message: &str) {
+async fn farewell(stream: &mut ClientStream, code: SqlState, message: &str) {
     crate::frontend::farewell::farewell(stream, code, message).await;
 }

@@ -1,9 +1,10 @@
-//! Client authentication against the configured users: SCRAM-SHA-256, MD5 or trust.
+//! Client authentication against the configured users: SCRAM-SHA-256, MD5, trust, or a TLS
+//! client certificate.
 
+use crate::frontend::stream::ClientStream;
 use bytes::{Buf, BytesMut};
 use rand::RngExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::login::LoginError;
 use crate::config::{ClientAuth, User};
@@ -16,9 +17,10 @@ const MAX_AUTH_MESSAGE: usize = 8192;
 
 /// Authenticates `name`; `user` is None when no such user is configured.
 pub async fn authenticate(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     user: Option<&User>,
     name: &str,
+    cert_name: Option<&str>,
 ) -> Result<(), LoginError> {
     let failed = || LoginError::PasswordFailed(name.to_owned());
     let Some(user) = user else {
@@ -26,8 +28,17 @@ pub async fn authenticate(
     };
     match &user.auth {
         ClientAuth::Trust => Ok(()),
-        // Client certificates arrive with client-side TLS (issue 14, in progress).
-        ClientAuth::Cert => Err(failed()),
+        ClientAuth::Cert => match cert_name {
+            Some(cn) if cn == name => Ok(()),
+            Some(_) => Err(LoginError::Certificate {
+                user: name.to_owned(),
+                why: "the certificate's common name is not the user name",
+            }),
+            None => Err(LoginError::Certificate {
+                user: name.to_owned(),
+                why: "no client certificate was presented over TLS",
+            }),
+        },
         ClientAuth::Md5(secret) => md5(stream, secret).await.map_err(|e| e.or(failed())),
         ClientAuth::Scram(secret) => scram(stream, secret).await.map_err(|e| e.or(failed())),
     }
@@ -48,20 +59,20 @@ impl From<LoginError> for Failure {
     }
 }
 
-async fn md5(stream: &mut TcpStream, secret: &Md5Secret) -> Result<(), Failure> {
+async fn md5(stream: &mut ClientStream, secret: &Md5Secret) -> Result<(), Failure> {
     let salt: [u8; 4] = rand::rng().random();
     let mut out = BytesMut::new();
     auth_md5(&mut out, salt);
-    stream.write_all(&out).await.map_err(LoginError::Io)?;
+    send(stream, &out).await?;
     let body = read_password_message(stream).await?;
     let response = body.strip_suffix(&[0]).unwrap_or(&body);
     secret.verify(salt, response).map_err(|_| Failure(None))
 }
 
-async fn scram(stream: &mut TcpStream, secret: &ScramSecret) -> Result<(), Failure> {
+async fn scram(stream: &mut ClientStream, secret: &ScramSecret) -> Result<(), Failure> {
     let mut out = BytesMut::new();
     auth_sasl(&mut out, &[SCRAM_SHA_256]);
-    stream.write_all(&out).await.map_err(LoginError::Io)?;
+    send(stream, &out).await?;
 
     // SASLInitialResponse: mechanism name, then an i32 length and the client-first-message.
     let mut body = read_password_message(stream).await?;
@@ -87,7 +98,7 @@ async fn scram(stream: &mut TcpStream, secret: &ScramSecret) -> Result<(), Failu
         ScramExchange::start(secret, &body).map_err(|e| LoginError::Protocol(e.to_string()))?;
     out.clear();
     auth_sasl_continue(&mut out, exchange.server_first().as_bytes());
-    stream.write_all(&out).await.map_err(LoginError::Io)?;
+    send(stream, &out).await?;
 
     let body = read_password_message(stream).await?;
     let server_final = exchange.finish(secret, &body).map_err(|e| match e {
@@ -96,12 +107,12 @@ async fn scram(stream: &mut TcpStream, secret: &ScramSecret) -> Result<(), Failu
     })?;
     out.clear();
     auth_sasl_final(&mut out, server_final.as_bytes());
-    stream.write_all(&out).await.map_err(LoginError::Io)?;
+    send(stream, &out).await?;
     Ok(())
 }
 
 /// Reads one 'p' message (PasswordMessage, SASLInitialResponse or SASLResponse) body.
-async fn read_password_message(stream: &mut TcpStream) -> Result<BytesMut, LoginError> {
+async fn read_password_message(stream: &mut ClientStream) -> Result<BytesMut, LoginError> {
     let mut buf = BytesMut::with_capacity(256);
     loop {
         match peek_header(&buf, MAX_AUTH_MESSAGE) {
@@ -123,4 +134,10 @@ async fn read_password_message(stream: &mut TcpStream) -> Result<BytesMut, Login
             return Err(LoginError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
     }
+}
+
+/// Writes and flushes a message the client must answer (TLS may hold records until a flush).
+async fn send(stream: &mut ClientStream, bytes: &[u8]) -> Result<(), LoginError> {
+    stream.write_all(bytes).await.map_err(LoginError::Io)?;
+    stream.flush().await.map_err(LoginError::Io)
 }

@@ -74,6 +74,8 @@ pub struct ClientEntry {
     node: AtomicU8,
     /// Its named prepared statements (as of its last request).
     prepared: AtomicU32,
+    /// Its TLS version and cipher suite (None: plain text).
+    pub tls: Option<super::stream::TlsInfo>,
 }
 
 /// `ClientEntry::node` when no server serves the client.
@@ -147,6 +149,8 @@ pub struct NewClient<'a> {
     pub database: &'a str,
     /// `application_name` from its startup packet.
     pub application_name: &'a str,
+    /// Its TLS version and cipher suite (None: plain text).
+    pub tls: Option<super::stream::TlsInfo>,
 }
 
 /// All logged-in clients.
@@ -213,6 +217,7 @@ impl ClientRegistry {
             pinned: AtomicU8::new(0),
             node: AtomicU8::new(NO_NODE),
             prepared: AtomicU32::new(0),
+            tls: who.tls,
         });
         let mut rng = rand::rng();
         let mut map = self.lock();
@@ -259,6 +264,7 @@ mod tests {
             user: "u",
             database: "d",
             application_name: "app",
+            tls: None,
         });
         assert_eq!(r.all().len(), 1);
         assert_eq!(h.entry.state().0, ClientState::Idle);

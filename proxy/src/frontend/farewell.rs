@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use crate::frontend::stream::ClientStream;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::backend::{BackendError, PoolError};
 use crate::protocol::messages::{error_response, Severity};
@@ -15,7 +15,7 @@ use crate::protocol::SqlState;
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Sends a FATAL error (bounded in time) and closes the socket.
-pub async fn farewell(stream: &mut TcpStream, code: SqlState, message: &str) {
+pub async fn farewell(stream: &mut ClientStream, code: SqlState, message: &str) {
     let mut buf = BytesMut::new();
     error_response(&mut buf, Severity::Fatal, code, message);
     let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
@@ -27,15 +27,15 @@ pub async fn farewell(stream: &mut TcpStream, code: SqlState, message: &str) {
 
 /// Sends a FATAL error only if the socket takes all of it at once (never waits: for a client
 /// that stopped reading); returns whether it went out.
-pub fn farewell_now(stream: &TcpStream, code: SqlState, message: &str) -> bool {
+pub fn farewell_now(stream: &mut ClientStream, code: SqlState, message: &str) -> bool {
     let mut buf = BytesMut::new();
     error_response(&mut buf, Severity::Fatal, code, message);
     // A partial write leaves a cut frame before the close: the client sees a lost connection.
-    matches!(stream.try_write(&buf), Ok(n) if n == buf.len())
+    stream.try_write_all(&buf)
 }
 
 /// Sends a raw ErrorResponse frame from a server (unchanged) and closes.
-pub async fn relay_farewell(stream: &mut TcpStream, frame: &[u8]) {
+pub async fn relay_farewell(stream: &mut ClientStream, frame: &[u8]) {
     let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
         stream.write_all(frame).await?;
         stream.shutdown().await
@@ -44,7 +44,7 @@ pub async fn relay_farewell(stream: &mut TcpStream, frame: &[u8]) {
 }
 
 /// Tells the client why it gets no server connection, then closes.
-pub async fn pool_farewell(stream: &mut TcpStream, err: &PoolError) {
+pub async fn pool_farewell(stream: &mut ClientStream, err: &PoolError) {
     match err {
         PoolError::Connect(BackendError::Refused { frame, .. }) => {
             relay_farewell(stream, frame).await

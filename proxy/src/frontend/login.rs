@@ -4,17 +4,20 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::frontend::stream::ClientStream;
 use thiserror::Error;
-use tokio::net::TcpStream;
 use tracing::info;
 
 use super::auth;
 use super::listener::ClientGuard;
 use super::startup::{negotiate, Opening};
+use crate::config::SslMode;
 use crate::config::{Database, Settings, User};
 use crate::protocol::startup::{CancelKey, OptionsError, StartupError};
 use crate::protocol::SqlState;
 use crate::shutdown::Phase;
+use crate::tls::acceptor::common_name;
+use crate::tls::ClientTls;
 
 /// Why a client did not get a session.
 #[derive(Debug, Error)]
@@ -52,6 +55,20 @@ pub enum LoginError {
     /// pgtier is shutting down.
     #[error("the database system is shutting down")]
     ShuttingDown,
+    /// The TLS handshake failed or was not acceptable (nothing can be told to the client).
+    #[error("{0}")]
+    Tls(String),
+    /// A plain-text startup where client TLS is required.
+    #[error("SSL required")]
+    SslRequired,
+    /// A client certificate was needed and is missing, unverified or names someone else.
+    #[error("certificate authentication failed for user \"{user}\": {why}")]
+    Certificate {
+        /// The user the client logged in as.
+        user: String,
+        /// What was wrong.
+        why: &'static str,
+    },
     /// A startup parameter pgtier cannot apply to pooled servers.
     #[error(transparent)]
     Options(#[from] OptionsError),
@@ -70,8 +87,12 @@ impl LoginError {
     /// The SQLSTATE the client is told.
     pub fn sqlstate(&self) -> SqlState {
         match self {
-            LoginError::Io(_) | LoginError::Startup(_) | LoginError::Protocol(_) => {
-                SqlState::PROTOCOL_VIOLATION
+            LoginError::Io(_)
+            | LoginError::Startup(_)
+            | LoginError::Protocol(_)
+            | LoginError::Tls(_) => SqlState::PROTOCOL_VIOLATION,
+            LoginError::SslRequired | LoginError::Certificate { .. } => {
+                SqlState::INVALID_AUTHORIZATION
             }
             LoginError::UnsupportedProtocol(..) => SqlState::FEATURE_NOT_SUPPORTED,
             LoginError::NoUser | LoginError::NotAdmin(_) => SqlState::INVALID_AUTHORIZATION,
@@ -109,26 +130,31 @@ pub enum Login<'s> {
 
 /// Runs startup and authentication within `client_login_timeout`.
 pub async fn login<'s>(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     peer: SocketAddr,
     settings: &'s Settings,
+    tls: Option<&ClientTls>,
     guard: &ClientGuard,
     phase: Phase,
 ) -> Result<Login<'s>, LoginError> {
     let limit = settings.raw.client_login_timeout;
-    tokio::time::timeout(limit, login_inner(stream, peer, settings, guard, phase))
-        .await
-        .unwrap_or(Err(LoginError::Timeout(limit)))
+    tokio::time::timeout(
+        limit,
+        login_inner(stream, peer, settings, tls, guard, phase),
+    )
+    .await
+    .unwrap_or(Err(LoginError::Timeout(limit)))
 }
 
 async fn login_inner<'s>(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     peer: SocketAddr,
     settings: &'s Settings,
+    tls: Option<&ClientTls>,
     guard: &ClientGuard,
     phase: Phase,
 ) -> Result<Login<'s>, LoginError> {
-    let startup = match negotiate(stream).await? {
+    let startup = match negotiate(stream, tls).await? {
         Opening::Cancel(key) => return Ok(Login::Cancel(key)),
         Opening::Client(m) => m,
     };
@@ -141,7 +167,20 @@ async fn login_inner<'s>(
     let user_name = startup.param("user").ok_or(LoginError::NoUser)?;
     let db_name = startup.param("database").unwrap_or(user_name);
     let user = settings.users.get(user_name);
-    auth::authenticate(stream, user, user_name).await?;
+    // A certificate the client presented was verified in the handshake (against
+    // client_tls_ca_file); its common name is who it proves to be.
+    let cert_name = stream
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| common_name(leaf));
+    if tls.is_some_and(|t| t.mode == SslMode::VerifyFull) && cert_name.as_deref() != Some(user_name)
+    {
+        return Err(LoginError::Certificate {
+            user: user_name.to_owned(),
+            why: "client_tls_sslmode is verify-full and the certificate's common name is not the user name",
+        });
+    }
+    auth::authenticate(stream, user, user_name, cert_name.as_deref()).await?;
     if matches!(db_name, "pgtier" | "pgbouncer") && !settings.databases.contains_key(db_name) {
         let user = user.ok_or_else(|| LoginError::PasswordFailed(user_name.to_owned()))?;
         if !settings.raw.admin_users.contains(&user.name) {

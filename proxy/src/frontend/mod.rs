@@ -20,6 +20,7 @@ mod responses;
 mod rewrite;
 pub mod session;
 pub mod startup;
+pub mod stream;
 mod target;
 mod units;
 

@@ -138,6 +138,10 @@ pub struct Metrics {
     pub reloads_failed: IntCounter,
     /// Clients that became pinned to a server connection.
     pub pins: IntCounterVec,
+    /// Client TLS handshakes that completed.
+    pub tls_handshakes_ok: IntCounter,
+    /// Client TLS handshakes that failed (or timed out).
+    pub tls_handshakes_failed: IntCounter,
     period: period::Period,
 }
 
@@ -293,6 +297,11 @@ impl Metrics {
             "Config reloads by result (success, failure).",
             &["result"],
         );
+        let tls_handshakes = counter_vec(
+            "client_tls_handshakes_total",
+            "TLS handshakes with clients by result (success, failure).",
+            &["result"],
+        );
         let pins = counter_vec(
             "pinned_clients_total",
             "Clients pinned to a server connection (session state in transaction mode).",
@@ -309,6 +318,7 @@ impl Metrics {
             &families.errors,
             &families.write_timeouts,
             &reloads,
+            &tls_handshakes,
             &pins,
         ] {
             registry.register(Box::new(c.clone())).expect("unique name");
@@ -320,11 +330,22 @@ impl Metrics {
         Metrics {
             reloads_ok: reloads.with_label_values(&["success"]),
             reloads_failed: reloads.with_label_values(&["failure"]),
+            tls_handshakes_ok: tls_handshakes.with_label_values(&["success"]),
+            tls_handshakes_failed: tls_handshakes.with_label_values(&["failure"]),
             pins,
             registry,
             families,
             databases: Mutex::default(),
             period: period::Period::default(),
+        }
+    }
+
+    /// Counts a client TLS handshake that completed (`ok`) or not.
+    pub fn tls_handshake(&self, ok: bool) {
+        if ok {
+            self.tls_handshakes_ok.inc()
+        } else {
+            self.tls_handshakes_failed.inc()
         }
     }
 

@@ -24,6 +24,7 @@ use crate::metrics::{DbMetrics, Metrics};
 use crate::protocol::startup::CancelKey;
 use crate::router::route::Router;
 use crate::shutdown::{Phase, Shutdown, ShutdownWatch};
+use crate::tls::{ClientTls, TlsError};
 
 /// Why a reload changed nothing.
 #[derive(Debug, Error)]
@@ -34,6 +35,9 @@ pub enum ReloadError {
     /// The file cannot be read or is invalid (problems with line and column).
     #[error(transparent)]
     Invalid(#[from] ConfigError),
+    /// A certificate, key or CA file cannot be used (the running certificates stay).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// How long a forwarded cancel may take.
@@ -64,6 +68,8 @@ pub struct Snapshot {
     pub generation: u64,
     /// Per database (by client-facing name).
     pub databases: HashMap<String, Arc<DbRuntime>>,
+    /// Client-side TLS (None: disabled), built from `settings` with its files read then.
+    pub client_tls: Option<Arc<ClientTls>>,
 }
 
 /// State shared by all client tasks.
@@ -102,7 +108,12 @@ impl Proxy {
     /// A proxy for these settings (nothing is listening yet). Starts each database's node
     /// monitors, so it must run inside a tokio runtime. `config_path` is what RELOAD and
     /// SIGHUP read.
-    pub fn new(settings: Settings, config_path: Option<PathBuf>) -> Arc<Proxy> {
+    /// `client_tls` is built from `settings` by the caller ([`ClientTls::build`]).
+    pub fn new(
+        settings: Settings,
+        client_tls: Option<Arc<ClientTls>>,
+        config_path: Option<PathBuf>,
+    ) -> Arc<Proxy> {
         let metrics = Arc::new(Metrics::new());
         tokio::spawn(stats_period(Arc::downgrade(&metrics)));
         let control = Control::default();
@@ -112,6 +123,7 @@ impl Proxy {
                 settings: Arc::new(settings),
                 generation: 0,
                 databases,
+                client_tls,
             }),
             generation: AtomicU64::new(0),
             pools: Pools::default(),
@@ -224,6 +236,16 @@ impl Proxy {
                 return Err(ReloadError::Invalid(e));
             }
         };
+        // Certificates and keys are read again: new connections use them, established ones
+        // keep theirs; a file that fails keeps the running ones.
+        let client_tls = match ClientTls::build(&settings.client_tls) {
+            Ok(t) => t,
+            Err(e) => {
+                self.metrics.reloads_failed.inc();
+                warn!(error = %e, "reload rejected: the running config and certificates stay");
+                return Err(ReloadError::Tls(e));
+            }
+        };
         let old = self.current.load_full();
         let mut restart = reload::restart_required(&old.settings, &settings);
         if old.settings.raw.log_level != settings.raw.log_level {
@@ -250,6 +272,7 @@ impl Proxy {
             settings: Arc::new(settings),
             generation,
             databases,
+            client_tls,
         }));
         self.generation.store(generation, Ordering::Release);
         self.metrics.reloads_ok.inc();
@@ -320,6 +343,8 @@ pub async fn run(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // A certificate that cannot be used stops pgtier here, before it listens.
+    let client_tls = ClientTls::build(&settings.client_tls).map_err(std::io::Error::other)?;
     let listener = TcpListener::bind(settings.listen).await?;
     info!(listen = %settings.listen, "pgtier listening");
     let metrics_listener = match settings.metrics_listen {
@@ -330,7 +355,7 @@ pub async fn run(
         }
         None => None,
     };
-    let proxy = Proxy::new(settings, config_path);
+    let proxy = Proxy::new(settings, client_tls, config_path);
     if let Some(hook) = log_level {
         let _ = proxy.log_level.set(hook);
     }

@@ -8,7 +8,7 @@ use pgtier_kit::fixture::{scram_role, ConfigBuilder};
 use pgtier_kit::{wire, Cluster, Pgtier};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// Longest wait for a reply.
 pub const LIMIT: Duration = Duration::from_secs(20);
@@ -36,9 +36,8 @@ pub async fn client(px: &Pgtier) -> Client {
         "host=127.0.0.1 port={} user=copier dbname=app connect_timeout=10",
         px.port()
     );
-    let (c, conn) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    c
+    // Over TLS when PGTIER_TEST_TLS=1.
+    pgtier_kit::tls::connect(&dsn).await.unwrap()
 }
 
 pub async fn raw(px: &Pgtier) -> TcpStream {

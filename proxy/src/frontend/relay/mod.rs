@@ -9,9 +9,9 @@
 //! - `probe`: the causal probe's part (pipelining it, sending it late, losing it).
 //! - `limits`: the limits a relay applies.
 
+use crate::frontend::stream::ClientStream;
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::causal::Causal;
@@ -115,7 +115,7 @@ pub(crate) struct RunEnd {
 /// Relays between the client and its server until the server is idle (transaction mode) or
 /// the session ends. `cbuf` holds client bytes already read; `shutdown` stops it.
 pub(crate) async fn run(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     state: ClientState<'_>,
     server: ServerIo<'_>,
     cbuf: BytesMut,
@@ -301,7 +301,7 @@ pub(crate) struct ClientState<'a> {
 
 /// The relay's state for one run.
 struct Relay<'a> {
-    client: &'a mut TcpStream,
+    client: &'a mut ClientStream,
     statements: &'a mut ClientStatements,
     params: &'a mut ParamChanges,
     defaults: &'a [(String, String)],

@@ -10,6 +10,7 @@ use crate::frontend::causal;
 use crate::frontend::responses::Entry;
 use crate::frontend::units::UnitContext;
 use crate::protocol::messages::TxStatus;
+use crate::write::write_all_within;
 
 impl Relay<'_> {
     /// After a batch of `consumed` client bytes (its entries from `queued` on): whether the
@@ -73,7 +74,10 @@ impl Relay<'_> {
             return Outcome::ServerGone(e);
         }
         self.replied = true;
-        if self.client.write_all(&out).await.is_err() {
+        if write_all_within(self.client, &out, self.limits.client_write_timeout)
+            .await
+            .is_err()
+        {
             return Outcome::ClientGone {
                 server_clean: false,
             };

@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use crate::frontend::stream::ClientStream;
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tracing::{error, info, warn};
 
 use crate::backend::params::ParamChanges;
@@ -83,7 +83,7 @@ enum Ran {
 
 /// A logged-in client.
 struct Session {
-    stream: TcpStream,
+    stream: ClientStream,
     /// Pools of the client's (database, user), one per node.
     upstream: Arc<Upstream>,
     /// The database's router, limits, counters and admin state (shared by its clients, so

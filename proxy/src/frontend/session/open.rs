@@ -7,34 +7,62 @@ use super::*;
 /// Serves one accepted connection to the end.
 pub async fn handle(
     proxy: Arc<Proxy>,
-    mut stream: TcpStream,
+    tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     guard: ClientGuard,
 ) {
-    let _ = stream.set_nodelay(true);
-    let settings = proxy.settings();
+    // Before any TLS handshake too: with Nagle on, its records wait for ACKs (40 ms each).
+    let _ = tcp.set_nodelay(true);
+    let mut stream = ClientStream::Plain(tcp);
+    let snapshot = proxy.snapshot();
+    let settings = snapshot.settings.clone();
+    let tls = snapshot.client_tls.clone();
+    drop(snapshot);
     // Boxed, like the first server connection below: their state is large and freed once they
     // are done, so an idle client's task stays small.
-    let (user, db, startup_params) =
-        match Box::pin(login(&mut stream, peer, &settings, &guard, proxy.phase())).await {
-            Ok(Login::Client { user, db, params }) => (user, db, params),
-            Ok(Login::Admin { user }) => {
-                Box::pin(admin(&proxy, &mut stream, peer)).await;
-                info!(%peer, user = %user.name, "admin console client disconnected");
-                return;
-            }
-            Ok(Login::Cancel(key)) => {
-                drop(guard);
-                Box::pin(proxy.forward_cancel(key)).await;
-                return;
-            }
-            Err(LoginError::Io(_)) => return,
-            Err(e) => {
-                info!(%peer, error = %e, "login refused");
-                Box::pin(farewell(&mut stream, e.sqlstate(), &e.to_string())).await;
-                return;
-            }
-        };
+    let logged_in = Box::pin(login(
+        &mut stream,
+        peer,
+        &settings,
+        tls.as_deref(),
+        &guard,
+        proxy.phase(),
+    ))
+    .await;
+    drop(tls);
+    match (&stream, &logged_in) {
+        (ClientStream::Plain(_), _) => {}
+        // A handshake cut short (the login timeout drops it: Broken) or refused after it
+        // completed (direct TLS without ALPN).
+        (ClientStream::Broken, _) | (_, Err(LoginError::Tls(_))) => {
+            proxy.metrics().tls_handshake(false)
+        }
+        (ClientStream::Tls(_), _) => proxy.metrics().tls_handshake(true),
+    }
+    let (user, db, startup_params) = match logged_in {
+        Ok(Login::Client { user, db, params }) => (user, db, params),
+        Ok(Login::Admin { user }) => {
+            Box::pin(admin(&proxy, &mut stream, peer)).await;
+            info!(%peer, user = %user.name, "admin console client disconnected");
+            return;
+        }
+        Ok(Login::Cancel(key)) => {
+            drop(guard);
+            Box::pin(proxy.forward_cancel(key)).await;
+            return;
+        }
+        Err(LoginError::Io(_)) => return,
+        Err(e @ LoginError::Tls(_)) => {
+            // Nothing can be said to a client whose handshake failed: logged, closed.
+            info!(%peer, error = %e, "TLS handshake failed: connection closed");
+            return;
+        }
+        Err(e) => {
+            info!(%peer, error = %e, "login refused");
+            Box::pin(farewell(&mut stream, e.sqlstate(), &e.to_string())).await;
+            return;
+        }
+    };
     let Some(runtime) = proxy.database(&db.name) else {
         // Removed by a reload while this client logged in.
         Box::pin(farewell(
@@ -87,6 +115,7 @@ pub async fn handle(
         user: &user.name,
         database: &db.name,
         application_name: app_name,
+        tls: stream.tls_info(),
     });
     if held.is_some() {
         client.entry.set_state(ClientState::Active);
@@ -146,7 +175,7 @@ pub async fn handle(
 }
 
 /// Serves an admin console client; a panic in it closes the client with XX000.
-async fn admin(proxy: &Arc<Proxy>, stream: &mut TcpStream, peer: SocketAddr) {
+async fn admin(proxy: &Arc<Proxy>, stream: &mut ClientStream, peer: SocketAddr) {
     let mut welcome = BytesMut::with_capacity(64);
     auth_ok(&mut welcome);
     ready_for_query(&mut welcome, TxStatus::Idle);
@@ -178,7 +207,7 @@ async fn welcome_params(upstream: &Upstream, router: &Router) -> Result<ServerPa
 }
 
 /// Tells the client why it gets no server, then closes.
-pub(super) async fn target_farewell(stream: &mut TcpStream, e: &TargetError) {
+pub(super) async fn target_farewell(stream: &mut ClientStream, e: &TargetError) {
     match e {
         TargetError::Pool(e) => pool_farewell(stream, e).await,
         TargetError::NoPrimary { .. } => {

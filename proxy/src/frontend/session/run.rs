@@ -160,7 +160,7 @@ impl Session {
                 if at_boundary {
                     let message = format!("pgtier: client accepted no data for client_write_timeout ({limit:?})");
                     runtime.metrics.error(SqlState::CONNECTION_FAILURE.0);
-                    farewell_now(&self.stream, SqlState::CONNECTION_FAILURE, &message);
+                    farewell_now(&mut self.stream, SqlState::CONNECTION_FAILURE, &message);
                 }
                 return Err("client_write_timeout");
             }
