@@ -211,13 +211,45 @@ struct Sample {
     postgres_switches_per_tx: f64,
 }
 
-fn run(t: &Target, mode: &str, o: &Options) -> Result<Sample> {
+/// One kind of pgbench run: a query mode with plain or TLS clients.
+struct RunKind {
+    /// The mode, with " TLS" or " plain" when both kinds run (`--tls prefer`).
+    label: String,
+    mode: String,
+    sslmode: &'static str,
+}
+
+impl Options {
+    /// The pgbench runs of a round: each mode, with TLS clients (`--tls require`), plain ones
+    /// (`--tls off`) or both, plain first (`--tls prefer`: TLS's cost per transaction, same run).
+    fn run_kinds(&self) -> Vec<RunKind> {
+        let kinds = self.client_kinds();
+        let mut runs = Vec::new();
+        for mode in &self.modes {
+            for &sslmode in &kinds {
+                runs.push(RunKind {
+                    label: if kinds.len() > 1 {
+                        format!("{mode} {}", kind_name(sslmode))
+                    } else {
+                        mode.clone()
+                    },
+                    mode: mode.clone(),
+                    sslmode,
+                });
+            }
+        }
+        runs
+    }
+}
+
+fn run(t: &Target, kind: &RunKind, o: &Options) -> Result<Sample> {
+    let mode = kind.mode.as_str();
     let cpu0 = t.pid.map(procstat::cpu).transpose()?;
     let machine0 = procstat::machine_busy_us()?;
     let (pgbench0, postgres0) = (procstat::children(), procstat::postgres());
     let out = pgbench_ssl(
         t.port,
-        Some(o.sslmode()),
+        Some(kind.sslmode),
         &[
             "-n",
             "-S",
@@ -271,6 +303,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// run of the same round: runs made seconds apart share most of the machine's noise.
 fn paired_ratios(
     o: &Options,
+    labels: &[&str],
     targets: &[Target],
     by_round: &BTreeMap<(&str, &str, usize), Sample>,
     failures: &BTreeMap<(&str, &str), String>,
@@ -281,7 +314,7 @@ fn paired_ratios(
     );
     println!("|---|---|---|---|---|");
     // Not against a PgBouncer that failed some runs of the mode (as in the table above).
-    let modes = o.modes.iter().map(String::as_str);
+    let modes = labels.iter().copied();
     for mode in modes.filter(|m| !failures.contains_key(&(*m, "pgbouncer"))) {
         for t in targets.iter().filter(|t| t.name != "pgbouncer") {
             let pairs: Vec<(Sample, Sample)> = (1..=o.rounds)
@@ -739,12 +772,12 @@ fn main() -> Result<()> {
         }
     }
     eprintln!(
-        "pgbench -S, {} clients, pool {}, {} s per run, {} rounds, interleaved, sslmode={}",
+        "pgbench -S, {} clients, pool {}, {} s per run, {} rounds, interleaved, sslmode {}",
         o.clients,
         o.pool,
         o.duration,
         o.rounds,
-        o.sslmode()
+        o.client_kinds().join(" and ")
     );
     // Warm-up: opens the pools and the caches.
     for t in &targets {
@@ -766,10 +799,13 @@ fn main() -> Result<()> {
     // Samples by (mode, target, round): the round pairs runs made next to each other.
     let mut by_round: BTreeMap<(&str, &str, usize), Sample> = BTreeMap::new();
     let mut failures: BTreeMap<(&str, &str), String> = BTreeMap::new();
+    let kinds = o.run_kinds();
+    let labels: Vec<&str> = kinds.iter().map(|k| k.label.as_str()).collect();
     for round in 1..=o.rounds {
-        for mode in o.modes.iter().map(String::as_str) {
+        for kind in &kinds {
+            let mode = kind.label.as_str();
             for t in &targets {
-                let s = match run(t, mode, &o) {
+                let s = match run(t, kind, &o) {
                     Ok(s) => s,
                     Err(e) => {
                         let first = e
@@ -779,13 +815,13 @@ fn main() -> Result<()> {
                             .find(|l| l.contains("error"))
                             .unwrap_or("")
                             .to_owned();
-                        eprintln!("round {round} {mode:8} {:9} FAILED: {first}", t.name);
+                        eprintln!("round {round} {mode:14} {:9} FAILED: {first}", t.name);
                         failures.entry((mode, t.name)).or_insert(first);
                         continue;
                     }
                 };
                 eprintln!(
-                    "round {round} {mode:8} {:9} tps {:9.0}  latency {:6.3} ms  machine {:5.1} us/tx (pgbench {:4.1}, postgres {:4.1})  switches/tx pgbench {:.2} postgres {:.2}  cpu/tx {}",
+                    "round {round} {mode:14} {:9} tps {:9.0}  latency {:6.3} ms  machine {:5.1} us/tx (pgbench {:4.1}, postgres {:4.1})  switches/tx pgbench {:.2} postgres {:.2}  cpu/tx {}",
                     t.name,
                     s.tps,
                     s.latency_ms,
@@ -809,11 +845,15 @@ fn main() -> Result<()> {
         o.pool,
         o.rounds,
         o.duration,
-        kind_name(o.sslmode())
+        o.client_kinds()
+            .iter()
+            .map(|k| kind_name(k))
+            .collect::<Vec<_>>()
+            .join(" and ")
     );
     println!("| mode | target | TPS | avg latency ms | machine CPU us/tx | pgbench | postgres | proxy CPU us/tx | of it kernel | TPS vs PgBouncer | CPU vs PgBouncer |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for mode in o.modes.iter().map(String::as_str) {
+    for &mode in &labels {
         let med = |name: &str, f: fn(&Sample) -> Option<f64>| -> Option<f64> {
             let v: Vec<f64> = by_round
                 .iter()
@@ -854,7 +894,7 @@ fn main() -> Result<()> {
         }
     }
 
-    paired_ratios(&o, &targets, &by_round, &failures);
+    paired_ratios(&o, &labels, &targets, &by_round, &failures);
 
     let rt = tokio::runtime::Runtime::new()?;
     let connector = ca
