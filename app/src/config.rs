@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 /// Everything the server needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Connection string for pgtier (`postgres://user:pw@host:port/db` or `key=value` form).
+    /// Connection string for pgtier (`postgres://user:pw@host:port/db` or `key=value` form),
+    /// with libpq's TLS parameters (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`; see
+    /// [`crate::tls`]).
     pub database_url: String,
     /// Address the HTTP server binds (`APP_LISTEN`, default 127.0.0.1:8080; port 0 picks one).
     pub listen: SocketAddr,

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, GenericClient, NoTls, SimpleQueryMessage, Statement, Transaction};
+use tokio_postgres::{Client, GenericClient, SimpleQueryMessage, Statement, Transaction};
 
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
+use crate::tls::Connector;
 
 /// Embedded schema migrations: (version, name, SQL), applied in order.
 pub const MIGRATIONS: &[(i32, &str, &str)] =
@@ -25,10 +26,12 @@ const MIGRATION_LOCK: i64 = 0x7067_7469_6572; // "pgtier"
 /// How long the app stops asking pgtier for causal tokens after it said it has none.
 const CAUSAL_RETRY: Duration = Duration::from_secs(30);
 
-/// bb8 manager: connects with tokio-postgres and gives each connection a statement cache.
+/// bb8 manager: connects with tokio-postgres (plain or TLS, from DATABASE_URL's `sslmode`) and
+/// gives each connection a statement cache.
 #[derive(Debug)]
 pub struct Manager {
     config: tokio_postgres::Config,
+    connector: Connector,
 }
 
 /// Prepared statements of one connection, by SQL text.
@@ -86,14 +89,8 @@ impl bb8::ManageConnection for Manager {
     type Error = tokio_postgres::Error;
 
     async fn connect(&self) -> Result<Conn, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "database connection closed");
-            }
-        });
         Ok(Conn {
-            client,
+            client: self.connector.connect(&self.config).await?,
             stmts: Stmts::default(),
         })
     }
@@ -104,6 +101,28 @@ impl bb8::ManageConnection for Manager {
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
         conn.client.is_closed()
+    }
+}
+
+/// Logs why a connection to pgtier could not be made (bb8 would otherwise report only its own
+/// timeout to the waiting request: a refused TLS certificate must be visible to an operator).
+/// tokio-postgres' messages carry no password.
+#[derive(Debug, Clone, Copy)]
+struct LogConnectErrors;
+
+impl bb8::ErrorSink<tokio_postgres::Error> for LogConnectErrors {
+    fn sink(&self, error: tokio_postgres::Error) {
+        let mut why = error.to_string();
+        let mut cause = std::error::Error::source(&error);
+        while let Some(c) = cause {
+            why = format!("{why}: {c}");
+            cause = c.source();
+        }
+        tracing::warn!(error = %why, "connecting to the database failed");
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<tokio_postgres::Error>> {
+        Box::new(*self)
     }
 }
 
@@ -155,11 +174,8 @@ pub fn valid_lsn(s: &str) -> bool {
 impl Db {
     /// Builds the pool (lazily connecting: the database may come up later).
     pub fn new(cfg: &Config) -> anyhow::Result<Db> {
-        let config: tokio_postgres::Config = cfg
-            .database_url
-            .parse()
-            .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a valid connection string: {e}"))?;
-        let mut config = config;
+        let (mut config, connector) = crate::tls::parse(&cfg.database_url)
+            .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(cfg.db_timeout);
         }
@@ -172,7 +188,8 @@ impl Db {
             .connection_timeout(cfg.db_timeout)
             .test_on_check_out(false)
             .retry_connection(false)
-            .build_unchecked(Manager { config });
+            .error_sink(Box::new(LogConnectErrors))
+            .build_unchecked(Manager { config, connector });
         Ok(Db {
             pool,
             gate: Semaphore::new(cfg.pool_size as usize),

@@ -8,6 +8,7 @@ pub mod error;
 pub mod loadgen;
 pub mod metrics;
 pub mod routes;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -132,8 +132,19 @@ fn check_nodes(settings: &pgtier::config::Settings) -> bool {
             .cluster
             .connect_timeout
             .min(std::time::Duration::from_secs(10));
-        let report = runtime.block_on(probe(db.cluster.clone(), limit));
-        println!("database {name} (monitor user {}):", db.cluster.login.user);
+        println!(
+            "database {name} (monitor user {}, server_tls_sslmode {}):",
+            db.cluster.login.user, db.server_tls.mode
+        );
+        let tls = match pgtier::tls::ServerTls::new(&db.server_tls) {
+            Ok(t) => t,
+            Err(e) => {
+                println!("  server TLS unusable: {e}");
+                ok = false;
+                continue;
+            }
+        };
+        let report = runtime.block_on(probe(db.cluster.clone(), tls, limit));
         for (i, n) in report.nodes.iter().enumerate() {
             let lag = match (n.byte_lag, n.time_lag) {
                 (Some(b), Some(t)) => format!(", lag {b} bytes / {t:?}"),

@@ -51,17 +51,16 @@ pub async fn write_all_within<W: AsyncWrite + Unpin>(
     // (an idle client's task among them) stay small.
     let mut timer: Option<Pin<Box<Sleep>>> = None;
     let mut last_progress: Option<Instant> = None;
-    // A TLS stream may accept plaintext it could not yet write out as records: once all of
-    // `buf` is accepted, a flush (free on TCP) pushes them to the socket under the same limit.
-    let mut flushing = false;
     poll_fn(|cx| loop {
-        let step = if flushing {
+        // Once all is written, flush: a TLS stream may still hold the last records (a no-op
+        // on a TcpStream). Ready(Ok(0)) stands for "flushed".
+        let step = if written == buf.len() {
             Pin::new(&mut *w).poll_flush(cx).map_ok(|()| 0)
         } else {
             Pin::new(&mut *w).poll_write(cx, &buf[written..])
         };
         match step {
-            Poll::Ready(Ok(_)) if flushing => return Poll::Ready(Ok(())),
+            Poll::Ready(Ok(0)) if written == buf.len() => return Poll::Ready(Ok(())),
             Poll::Ready(Ok(0)) => {
                 return Poll::Ready(Err(
                     std::io::Error::from(std::io::ErrorKind::WriteZero).into()
@@ -69,10 +68,6 @@ pub async fn write_all_within<W: AsyncWrite + Unpin>(
             }
             Poll::Ready(Ok(n)) => {
                 written += n;
-                if written == buf.len() {
-                    flushing = true;
-                    continue;
-                }
                 // Progress after a stall: the limit counts again from here (read when the
                 // timer fires, so the timer is not re-armed per partial write).
                 if timer.is_some() {
@@ -138,6 +133,22 @@ mod tests {
             .await
             .unwrap();
         reader.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn what_a_buffering_writer_holds_is_flushed() {
+        // As a TLS stream holds records: a write is not done until they went out.
+        let (a, mut b) = tokio::io::duplex(4096);
+        let mut w = tokio::io::BufWriter::new(a);
+        write_all_within(&mut w, b"hello", Duration::from_secs(1))
+            .await
+            .unwrap();
+        let mut got = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(1), b.read_exact(&mut got))
+            .await
+            .expect("the bytes reached the peer")
+            .unwrap();
+        assert_eq!(&got, b"hello");
     }
 
     #[tokio::test]

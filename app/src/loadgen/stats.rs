@@ -75,10 +75,13 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// Transactions counted by one node: (is a replica, xact_commit + xact_rollback).
 pub async fn node_xacts(dsn: &str) -> Result<(bool, i64)> {
-    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+    // sslmode/sslrootcert work here as in DATABASE_URL.
+    let (config, connector) = crate::tls::parse(dsn).context("--node-dsn")?;
+    let client = connector
+        .connect(&config)
         .await
-        .with_context(|| format!("connecting to node {dsn:?}"))?;
-    tokio::spawn(conn);
+        // Not the DSN itself: it may hold a password.
+        .with_context(|| format!("connecting to node {:?}", config.get_hosts()))?;
     let row = client
         .query_one(
             "SELECT pg_is_in_recovery(), (xact_commit + xact_rollback)::int8 \

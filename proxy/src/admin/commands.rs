@@ -157,10 +157,6 @@ fn reload(proxy: &Proxy) -> Result<BytesMut, Failure> {
             SqlState::CONFIG_FILE_ERROR,
             format!("pgtier: reload rejected, the running config stays: {e}"),
         )),
-        Err(ReloadError::Tls(e)) => Err((
-            SqlState::CONFIG_FILE_ERROR,
-            format!("pgtier: reload rejected, the running config and certificates stay: {e}"),
-        )),
     }
 }
 

@@ -87,7 +87,7 @@ pub(super) fn servers(proxy: &Proxy) -> BytesMut {
                 format!("{:x}", s.summary.pid),
                 String::new(),
                 s.summary.pid.to_string(),
-                String::new(),
+                s.summary.tls.map_or_else(String::new, |t| t.to_string()),
                 "pgtier".into(),
                 s.summary.prepared.to_string(),
                 pool.node().to_string(),

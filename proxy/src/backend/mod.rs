@@ -1,13 +1,16 @@
 //! Server side: connections to Postgres (connect, login, parameters), the fair pools they live
 //! in, and forwarding of cancel requests.
 
+pub mod auth;
 pub mod cancel;
 pub mod params;
 pub mod pool;
 pub mod server;
 pub mod statement_names;
 pub mod statements;
+pub mod stream;
 
 pub use cancel::CancelTarget;
 pub use pool::{Checkout, Pool, PoolError, PoolId, Pools, Upstream};
 pub use server::{BackendError, QueryFailed, ServerConn, ServerLogin, ServerSummary};
+pub use stream::ServerStream;

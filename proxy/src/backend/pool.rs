@@ -293,13 +293,13 @@ impl Pool {
         loop {
             let (reuse, epoch) = {
                 let mut st = self.lock();
-                let reuse = match st.idle.pop_back() {
-                    Some(c) if c.is_alive() => {
+                let reuse = match st.idle.pop_back().map(|mut c| (c.is_alive(), c)) {
+                    Some((true, c)) => {
                         let s = c.summary();
                         st.active.push(s);
                         Some(Ok(c))
                     }
-                    Some(c) => {
+                    Some((false, c)) => {
                         st.open = st.open.saturating_sub(1);
                         Some(Err(c))
                     }
@@ -386,10 +386,11 @@ impl Pool {
             let s = &self.settings;
             let mut i = 0;
             while i < st.idle.len() {
-                let c = &st.idle[i];
+                let above_min = st.open > s.min_size;
+                let c = &mut st.idle[i];
                 let too_old = s.server_lifetime.is_some_and(|l| c.age() >= l);
-                let too_idle = s.server_idle_timeout.is_some_and(|t| c.idle_for() >= t)
-                    && st.open > s.min_size;
+                let too_idle =
+                    s.server_idle_timeout.is_some_and(|t| c.idle_for() >= t) && above_min;
                 if too_old || too_idle || !c.is_alive() {
                     out.extend(st.idle.remove(i));
                     st.open -= 1;

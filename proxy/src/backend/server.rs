@@ -5,36 +5,50 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use fallible_iterator::FallibleIterator;
-use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
-use postgres_protocol::message::{backend::Message, frontend};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::backend::cancel::CancelTarget;
 use crate::backend::params::ParamChanges;
 use crate::backend::statements::ServerStatements;
-use crate::config::NodeAddr;
+use crate::backend::stream::{negotiate, ServerStream};
+use crate::config::{NodeAddr, SslMode};
 use crate::protocol::frame::peek_header;
-use crate::protocol::messages::error_fields;
 use crate::protocol::startup::CancelKey;
+use crate::tls::connector::ServerTls;
+use crate::tls::TlsInfo;
 
 /// Largest message accepted from a server during login.
-const MAX_LOGIN_MESSAGE: usize = 1 << 20;
+pub(super) const MAX_LOGIN_MESSAGE: usize = 1 << 20;
 
 /// Credentials and database for logging in to a server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ServerLogin {
     /// Role name on the server.
     pub user: String,
     /// Password, if the server asks for one.
     pub password: Option<String>,
+    /// The role's `md5...` hash (md5 pass-through when there is no password).
+    pub md5: Option<String>,
     /// Database name on the server.
     pub dbname: String,
     /// Most prepared statements kept per server connection.
     pub max_prepared_statements: usize,
+    /// TLS towards the server (`server_tls_*` of the database).
+    pub tls: ServerTls,
+}
+
+impl std::fmt::Debug for ServerLogin {
+    // Never the password or the hash.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerLogin")
+            .field("user", &self.user)
+            .field("dbname", &self.dbname)
+            .field("has_password", &self.password.is_some())
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a server connection could not be made.
@@ -56,6 +70,14 @@ pub enum BackendError {
         /// The limit.
         timeout: Duration,
     },
+    /// TLS was refused, failed, or the server's certificate did not verify.
+    #[error("cannot connect to {addr}: TLS: {reason}")]
+    Tls {
+        /// Server address.
+        addr: NodeAddr,
+        /// Why (e.g. "certificate verify failed: UnknownIssuer").
+        reason: String,
+    },
     /// The server refused the login with an ErrorResponse (kept whole for the client).
     #[error("server {addr} refused the login: {code} {message}")]
     Refused {
@@ -76,6 +98,15 @@ pub enum BackendError {
         /// Server-side user.
         user: String,
     },
+    /// SCRAM pass-through: no client of this role has logged in with SCRAM since pgtier
+    /// started, so pgtier has nothing to answer the server with.
+    #[error("server {addr} asks user {user} for SCRAM, and pgtier has no password: a client of this user must log in with SCRAM first (pass-through)")]
+    NoScramKeys {
+        /// Server address.
+        addr: NodeAddr,
+        /// Server-side user.
+        user: String,
+    },
     /// The server broke the protocol or asked for something pgtier cannot do.
     #[error("server {addr}: {what}")]
     Protocol {
@@ -90,7 +121,7 @@ pub enum BackendError {
 #[derive(Debug)]
 pub struct ServerIo<'a> {
     /// The socket.
-    pub stream: &'a mut TcpStream,
+    pub stream: &'a mut ServerStream,
     /// Bytes read from the server and not yet relayed.
     pub inbuf: &'a mut BytesMut,
     /// pgtier-named statements prepared on this connection.
@@ -107,7 +138,7 @@ pub struct ServerIo<'a> {
 /// An authenticated server connection, idle at ReadyForQuery.
 #[derive(Debug)]
 pub struct ServerConn {
-    stream: TcpStream,
+    stream: ServerStream,
     /// Read buffer for server bytes; it lives with the connection (bounded by pool sizes), so
     /// relaying a transaction allocates nothing for it.
     inbuf: BytesMut,
@@ -140,6 +171,8 @@ pub struct ServerSummary {
     pub connected_at: u64,
     /// Statements pgtier prepared on it.
     pub prepared: usize,
+    /// TLS version and cipher suite (None: plain text).
+    pub tls: Option<TlsInfo>,
 }
 
 impl ServerConn {
@@ -162,121 +195,50 @@ impl ServerConn {
         addr: &NodeAddr,
         login: &ServerLogin,
     ) -> Result<ServerConn, BackendError> {
+        match login.tls.mode() {
+            SslMode::Disable => Self::attempt(addr, login, false).await,
+            // Plain text first; TLS once more if the server refuses plain text (pg_hba
+            // `hostssl`, or a `host ... reject` for unencrypted connections: 28000).
+            SslMode::Allow => match Self::attempt(addr, login, false).await {
+                Err(BackendError::Refused { code, .. }) if code == "28000" => {
+                    Self::attempt(addr, login, true).await
+                }
+                other => other,
+            },
+            _ => Self::attempt(addr, login, true).await,
+        }
+    }
+
+    /// One connect + login; `tls`: send SSLRequest first.
+    async fn attempt(
+        addr: &NodeAddr,
+        login: &ServerLogin,
+        tls: bool,
+    ) -> Result<ServerConn, BackendError> {
         let io = |source| BackendError::Io {
             addr: addr.clone(),
             source,
         };
-        let proto = |what: String| BackendError::Protocol {
-            addr: addr.clone(),
-            what,
-        };
-        let mut stream = TcpStream::connect((addr.host.as_str(), addr.port))
+        let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
             .await
             .map_err(io)?;
-        stream.set_nodelay(true).map_err(io)?;
-        let peer = stream.peer_addr().map_err(io)?;
-
-        let mut out = BytesMut::with_capacity(256);
-        let params = [
-            ("user", login.user.as_str()),
-            ("database", login.dbname.as_str()),
-            ("application_name", "pgtier"),
-        ];
-        frontend::startup_message(params.iter().copied(), &mut out).map_err(io)?;
-        stream.write_all(&out).await.map_err(io)?;
-
-        let mut inbuf = BytesMut::with_capacity(16 * 1024);
-        let mut scram: Option<ScramSha256> = None;
-        let mut key = None;
-        let mut reported = Vec::new();
-        loop {
-            let mut frame = read_frame(&mut stream, &mut inbuf, addr).await?;
-            if frame[0] == b'E' {
-                let (code, message) = error_fields(&frame[5..]);
-                return Err(BackendError::Refused {
-                    addr: addr.clone(),
-                    code: code.unwrap_or("XX000").to_owned(),
-                    message: message.unwrap_or("").to_owned(),
-                    frame: frame.freeze(),
-                });
-            }
-            let msg = Message::parse(&mut frame)
-                .map_err(|e| proto(format!("bad message during login: {e}")))?
-                .ok_or_else(|| proto("truncated message during login".into()))?;
-            out.clear();
-            let password = || {
-                login
-                    .password
-                    .as_deref()
-                    .ok_or_else(|| BackendError::NoPassword {
-                        addr: addr.clone(),
-                        user: login.user.clone(),
-                    })
-            };
-            match msg {
-                Message::AuthenticationOk => {}
-                Message::AuthenticationCleartextPassword => {
-                    frontend::password_message(password()?.as_bytes(), &mut out).map_err(io)?;
-                }
-                Message::AuthenticationMd5Password(body) => {
-                    let hash = md5_hash(login.user.as_bytes(), password()?.as_bytes(), body.salt());
-                    frontend::password_message(hash.as_bytes(), &mut out).map_err(io)?;
-                }
-                Message::AuthenticationSasl(body) => {
-                    let offered = body
-                        .mechanisms()
-                        .any(|m| Ok(m == SCRAM_SHA_256))
-                        .map_err(io)?;
-                    if !offered {
-                        return Err(proto("offers no SASL mechanism pgtier supports".into()));
-                    }
-                    let s = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)
-                        .map_err(io)?;
-                    scram = Some(s);
-                }
-                Message::AuthenticationSaslContinue(body) => {
-                    let s = scram
-                        .as_mut()
-                        .ok_or_else(|| proto("SASL continue without SASL start".into()))?;
-                    s.update(body.data())
-                        .map_err(|e| proto(format!("SCRAM: {e}")))?;
-                    frontend::sasl_response(s.message(), &mut out).map_err(io)?;
-                }
-                Message::AuthenticationSaslFinal(body) => {
-                    let mut s = scram
-                        .take()
-                        .ok_or_else(|| proto("SASL final without SASL start".into()))?;
-                    s.finish(body.data())
-                        .map_err(|e| proto(format!("SCRAM server signature: {e}")))?;
-                }
-                Message::ParameterStatus(body) => {
-                    let name = body.name().map_err(io)?.to_owned();
-                    let value = body.value().map_err(io)?.to_owned();
-                    reported.push((name, value));
-                }
-                Message::BackendKeyData(body) => {
-                    key = Some(CancelKey {
-                        pid: body.process_id(),
-                        secret: body.secret_key(),
-                    });
-                }
-                Message::NoticeResponse(_) => {}
-                Message::ReadyForQuery(_) => break,
-                _ => return Err(proto("unexpected message during login".into())),
-            }
-            if !out.is_empty() {
-                stream.write_all(&out).await.map_err(io)?;
-            }
-        }
+        // Before the handshake: with Nagle, each handshake flight would wait for the delayed
+        // ACK of the previous one (~40 ms per connection).
+        tcp.set_nodelay(true).map_err(io)?;
+        let peer = tcp.peer_addr().map_err(io)?;
+        let mut stream = if tls {
+            negotiate(tcp, addr, &login.tls).await?
+        } else {
+            ServerStream::Plain(tcp)
+        };
+        let (key, reported) = super::auth::authenticate(&mut stream, addr, login).await?;
         let now = Instant::now();
-        inbuf.clear();
         let local = stream.local_addr().ok();
         Ok(ServerConn {
             local,
             connected_at: crate::clock::unix_micros(),
             stream,
-            inbuf,
+            inbuf: BytesMut::with_capacity(16 * 1024),
             statements: ServerStatements::new(login.max_prepared_statements),
             changed: ParamChanges::default(),
             sequences_dirty: false,
@@ -313,6 +275,7 @@ impl ServerConn {
             local: self.local,
             connected_at: self.connected_at,
             prepared: self.statements.len(),
+            tls: self.stream.tls_info(),
         }
     }
 
@@ -355,7 +318,7 @@ impl ServerConn {
             msg.extend_from_slice(&(sql.len() as u32 + 5).to_be_bytes());
             msg.extend_from_slice(sql.as_bytes());
             msg.push(0);
-            self.stream.write_all(&msg).await?;
+            super::auth::write_flush(&mut self.stream, &msg).await?;
             self.inbuf.clear();
             let mut clean = true;
             let mut value = None;
@@ -412,58 +375,20 @@ impl ServerConn {
 
     /// False if the server closed the socket or sent something unprompted (e.g. a FATAL after
     /// `pg_terminate_backend`) while the connection sat idle: such a connection is not reused.
-    pub fn is_alive(&self) -> bool {
-        // The reactor marks the socket readable when anything (data, FIN, RST) arrives; only then
-        // is a probe read needed, so a healthy checkout costs no system call.
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            std::task::Poll::Pending => true,
-            std::task::Poll::Ready(Err(_)) => false,
-            std::task::Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-            }
-        }
+    pub fn is_alive(&mut self) -> bool {
+        self.stream.is_alive()
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
     }
 }
 
 impl Drop for ServerConn {
     fn drop(&mut self) {
         // Terminate, best effort and without blocking, so the server does not log an EOF.
-        let _ = self.stream.try_write(b"X\0\0\0\x04");
-    }
-}
-
-/// Reads one whole frame during login.
-async fn read_frame(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    addr: &NodeAddr,
-) -> Result<BytesMut, BackendError> {
-    loop {
-        match peek_header(buf, MAX_LOGIN_MESSAGE) {
-            Ok(Some(h)) if buf.len() >= h.frame_len() => return Ok(buf.split_to(h.frame_len())),
-            Ok(_) => {}
-            Err(e) => {
-                return Err(BackendError::Protocol {
-                    addr: addr.clone(),
-                    what: e.to_string(),
-                })
-            }
-        }
-        let n = stream
-            .read_buf(buf)
-            .await
-            .map_err(|source| BackendError::Io {
-                addr: addr.clone(),
-                source,
-            })?;
-        if n == 0 {
-            return Err(BackendError::Io {
-                addr: addr.clone(),
-                source: std::io::ErrorKind::UnexpectedEof.into(),
-            });
-        }
+        self.stream.terminate();
     }
 }
 

@@ -23,12 +23,13 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
-use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::topology::{Check, Outcome, Topology};
 use super::Lsn;
+use crate::tls::connector::describe;
 
 /// First retry delay after a failure.
 pub const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -59,7 +60,7 @@ pub(crate) fn spawn(rt: &tokio::runtime::Handle, topology: &Arc<Topology>, node:
         .user(&s.login.user)
         .dbname(&s.login.dbname)
         .application_name("pgtier-monitor")
-        .ssl_mode(SslMode::Disable)
+        .ssl_mode(topology.tls().postgres_mode())
         .connect_timeout(s.connect_timeout);
     if let Some(pw) = &s.login.password {
         pg.password(pw.as_bytes());
@@ -69,6 +70,7 @@ pub(crate) fn spawn(rt: &tokio::runtime::Handle, topology: &Arc<Topology>, node:
         wake: topology.wake_handle(node),
         node,
         pg,
+        tls: topology.tls().postgres_connector(),
         interval: s.lag_check_interval,
         connect_timeout: s.connect_timeout,
         check_timeout: s.check_timeout(),
@@ -82,6 +84,8 @@ struct Monitor {
     wake: Arc<Notify>,
     node: usize,
     pg: tokio_postgres::Config,
+    /// None: plain text only (`server_tls_sslmode = disable`).
+    tls: Option<MakeRustlsConnect>,
     interval: Duration,
     connect_timeout: Duration,
     check_timeout: Duration,
@@ -177,7 +181,7 @@ impl Monitor {
                 let oldest: tokio::task::AbortHandle = order.pop_front().expect("MAX_CONNECTS > 0");
                 oldest.abort();
             }
-            order.push_back(attempts.spawn(connect(self.pg.clone())));
+            order.push_back(attempts.spawn(connect(self.pg.clone(), self.tls.clone())));
             let next = tokio::time::sleep(BACKOFF_MAX);
             tokio::pin!(next);
             loop {
@@ -195,30 +199,59 @@ impl Monitor {
     }
 }
 
-/// One connect + login, with the check statement prepared.
-async fn connect(pg: tokio_postgres::Config) -> Result<Conn, tokio_postgres::Error> {
-    let (client, connection) = pg.connect(NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+/// One connect + login (TLS as `server_tls_*` say), with the check statement prepared.
+async fn connect(
+    pg: tokio_postgres::Config,
+    tls: Option<MakeRustlsConnect>,
+) -> Result<Conn, tokio_postgres::Error> {
+    let client = match tls {
+        Some(tls) => {
+            let (client, connection) = pg.connect(tls).await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            client
+        }
+        None => {
+            let (client, connection) = pg.connect(NoTls).await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            client
+        }
+    };
     let check = client.prepare(CHECK_SQL).await?;
     Ok(Conn { client, check })
 }
 
-/// Refused (TCP refused, or the server refusing logins while starting or stopping) → Down;
+/// Refused (TCP refused, the server refusing logins while starting or stopping, or TLS
+/// failing: a certificate that does not verify stays so until someone changes it) → Down;
 /// anything else → Banned.
 fn classify(e: &tokio_postgres::Error) -> Outcome {
     let mut refused = e.code() == Some(&SqlState::CANNOT_CONNECT_NOW);
+    let mut tls = None;
     let mut cause = e.source();
     while let Some(c) = cause {
         refused |= c
             .downcast_ref::<io::Error>()
             .is_some_and(|io| io.kind() == io::ErrorKind::ConnectionRefused);
+        // tokio-rustls wraps rustls' error in an io::Error, whose `source` skips it.
+        let inner = c
+            .downcast_ref::<io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|i| i.downcast_ref::<rustls::Error>());
+        if let Some(r) = c.downcast_ref::<rustls::Error>().or(inner) {
+            tls = Some(describe(r));
+        }
         cause = c.source();
     }
-    let text = match e.source() {
-        Some(src) => format!("connect failed: {e}: {src}"),
-        None => format!("connect failed: {e}"),
+    let text = match (tls, e.source()) {
+        (Some(why), _) => {
+            refused = true;
+            format!("connect failed: TLS: {why}")
+        }
+        (None, Some(src)) => format!("connect failed: {e}: {src}"),
+        (None, None) => format!("connect failed: {e}"),
     };
     if refused {
         Outcome::Refused(text)

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tls::ServerTls;
+
 use super::topology::{ClusterSettings, NodeState, NodeStatus, Topology, View};
 
 /// What the monitors saw of one database's nodes.
@@ -26,10 +28,10 @@ impl Report {
     }
 }
 
-/// Starts monitors for `settings` and waits (up to `limit`) until every node has a verdict.
-/// Must run inside a tokio runtime.
-pub async fn probe(settings: ClusterSettings, limit: Duration) -> Report {
-    let topology = Topology::start(settings);
+/// Starts monitors for `settings` (connecting with `tls`) and waits (up to `limit`) until
+/// every node has a verdict. Must run inside a tokio runtime.
+pub async fn probe(settings: ClusterSettings, tls: ServerTls, limit: Duration) -> Report {
+    let topology = Topology::start(settings, tls);
     let decided = |v: &View| v.nodes.iter().all(|n| n.state != NodeState::Unknown);
     let view: Arc<View> = match topology.wait_until(limit, decided).await {
         Some(v) => v,

@@ -64,6 +64,7 @@ use super::lag::{Lag, LagLimits, LagState, PrimarySample, ReplicaSample, Verdict
 pub use super::view::{NodeState, NodeStatus, Role, View, ADMIN_BAN_ERROR};
 use super::{balancer, monitor, Lsn};
 use crate::config::NodeAddr;
+use crate::tls::ServerTls;
 
 /// The role a node is configured with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +148,8 @@ pub enum Pick {
 #[derive(Debug)]
 pub struct Topology {
     pub(super) settings: ClusterSettings,
+    /// TLS towards the nodes (for the monitors).
+    pub(super) tls: ServerTls,
     pub(super) view: ArcSwap<View>,
     /// Highest replay LSN known per node (monitor or on-demand checks).
     known_replay: Box<[AtomicU64]>,
@@ -226,6 +229,10 @@ pub(super) struct State {
 
 impl Topology {
     fn new(settings: ClusterSettings) -> Topology {
+        Topology::with_tls(settings, ServerTls::disabled())
+    }
+
+    fn with_tls(settings: ClusterSettings, tls: ServerTls) -> Topology {
         let n = settings.nodes.len();
         let nodes: Arc<[NodeStatus]> = settings
             .nodes
@@ -273,14 +280,16 @@ impl Topology {
             wake: (0..n).map(|_| Arc::new(Notify::new())).collect(),
             reconnect: (0..n).map(|_| AtomicBool::new(false)).collect(),
             settings,
+            tls,
         }
     }
 
     /// Starts watching the configured nodes: one monitor task per node on the current tokio
     /// runtime (they end when the topology is dropped). Every node is `Unknown` until its first
     /// check. Outside a runtime no monitor runs (logged) and nothing ever becomes eligible.
-    pub fn start(settings: ClusterSettings) -> Arc<Topology> {
-        Topology::spawn_monitors(Arc::new(Topology::new(settings)))
+    /// The monitors connect with `tls`.
+    pub fn start(settings: ClusterSettings, tls: ServerTls) -> Arc<Topology> {
+        Topology::spawn_monitors(Arc::new(Topology::with_tls(settings, tls)))
     }
 
     /// One monitor task per node on the current tokio runtime (none outside one, logged).
@@ -299,8 +308,12 @@ impl Topology {
     /// Like [`Topology::start`], but nodes that `previous` also has (same address and
     /// configured role) start from what it knew, admin bans included: a reload that adds or
     /// removes a replica does not take the others out of rotation until their next check.
-    pub fn start_after(settings: ClusterSettings, previous: &Topology) -> Arc<Topology> {
-        let topology = Topology::new(settings);
+    pub fn start_after(
+        settings: ClusterSettings,
+        tls: ServerTls,
+        previous: &Topology,
+    ) -> Arc<Topology> {
+        let topology = Topology::with_tls(settings, tls);
         {
             let old = previous.lock();
             let mut st = topology.lock();
@@ -364,6 +377,11 @@ impl Topology {
     /// The settings this topology runs with.
     pub fn settings(&self) -> &ClusterSettings {
         &self.settings
+    }
+
+    /// The TLS its monitors connect with.
+    pub fn tls(&self) -> &ServerTls {
+        &self.tls
     }
 
     /// Number of configured nodes.

@@ -39,6 +39,15 @@ pub enum ConfigError {
         /// Cause.
         error: std::io::Error,
     },
+    /// A file the config names (certificate, key, CA) cannot be used; checked when the
+    /// proxy starts or reloads, not by `parse_str`.
+    #[error("{file}: {reason}")]
+    Files {
+        /// Config file name.
+        file: String,
+        /// Which key and file, and why.
+        reason: String,
+    },
     /// Parse or validation problems.
     #[error("{}", render(file, problems))]
     Invalid {
@@ -81,11 +90,17 @@ pub fn load_file(path: &Path) -> Result<Settings, ConfigError> {
         file: file.clone(),
         error,
     })?;
-    parse_str(&text).map_err(|problems| ConfigError::Invalid { file, problems })
+    parse_in(&text, path.parent()).map_err(|problems| ConfigError::Invalid { file, problems })
 }
 
-/// Parses and validates config text.
+/// Parses and validates config text (relative file names are relative to the working
+/// directory).
 pub fn parse_str(text: &str) -> Result<Settings, Vec<Problem>> {
+    parse_in(text, None)
+}
+
+/// Parses and validates config text; relative `auth_file` names are relative to `dir`.
+fn parse_in(text: &str, dir: Option<&Path>) -> Result<Settings, Vec<Problem>> {
     let config: Config = toml::from_str(text).map_err(|e| {
         let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
         vec![Problem {
@@ -99,6 +114,7 @@ pub fn parse_str(text: &str) -> Result<Settings, Vec<Problem>> {
         text,
         doc: toml_edit::ImDocument::parse(text).ok(),
         problems: Vec::new(),
+        dir: dir.map(Path::to_path_buf),
     };
     let settings = v.resolve(config);
     if v.problems.is_empty() {
@@ -171,6 +187,8 @@ pub(super) struct Validator<'a> {
     text: &'a str,
     doc: Option<toml_edit::ImDocument<&'a str>>,
     problems: Vec<Problem>,
+    /// The config file's directory (relative `auth_file` names start there).
+    dir: Option<std::path::PathBuf>,
 }
 
 impl Validator<'_> {
@@ -295,14 +313,6 @@ impl Validator<'_> {
         if raw.classify_cache_size == 0 {
             self.fail(&["classify_cache_size"], "must be at least 1");
         }
-        for (i, u) in raw.admin_users.iter().enumerate() {
-            if !raw.users.contains_key(u) {
-                self.fail(
-                    &["admin_users", &i.to_string()],
-                    format!("no [users.{u}] section"),
-                );
-            }
-        }
         if let Some(u) = &raw.monitor_user {
             if !raw.users.contains_key(u) {
                 self.fail(&["monitor_user"], format!("no [users.{u}] section"));
@@ -314,11 +324,44 @@ impl Validator<'_> {
                 "no [databases.NAME] section: clients would have nothing to connect to",
             );
         }
-        let users = raw
+        let file_users = self.auth_file_users(&raw);
+        let mut users = raw
             .users
             .iter()
-            .filter_map(|(name, u)| Some((name.clone(), self.user(name, u)?)))
+            .filter_map(|(name, u)| {
+                // A [users] entry without a password takes the auth_file's.
+                let from_file = file_users.get(name).filter(|_| u.password.is_none());
+                let u = match from_file {
+                    Some(secret) => &UserConfig {
+                        password: Some(secret.clone()),
+                        ..u.clone()
+                    },
+                    None => u,
+                };
+                Some((name.clone(), self.user(name, u)?))
+            })
             .collect::<HashMap<_, _>>();
+        for (name, secret) in file_users {
+            if users.contains_key(&name) {
+                continue;
+            }
+            let u = UserConfig {
+                password: Some(secret),
+                auth: raw.auth_type,
+                ..UserConfig::default()
+            };
+            if let Some(user) = self.user(&name, &u) {
+                users.insert(name, user);
+            }
+        }
+        for (i, u) in raw.admin_users.iter().enumerate() {
+            if !users.contains_key(u) {
+                self.fail(
+                    &["admin_users", &i.to_string()],
+                    format!("no [users.{u}] section or auth_file entry"),
+                );
+            }
+        }
         let databases = raw
             .databases
             .iter()
@@ -335,6 +378,33 @@ impl Validator<'_> {
             users,
             databases,
         }
+    }
+
+    /// The entries of `auth_file` (none when unset); problems are reported against the key.
+    fn auth_file_users(&mut self, raw: &Config) -> std::collections::BTreeMap<String, String> {
+        let mut out = std::collections::BTreeMap::new();
+        if raw.auth_file.trim().is_empty() {
+            return out;
+        }
+        let path = match &self.dir {
+            Some(dir) => dir.join(&raw.auth_file),
+            None => std::path::PathBuf::from(&raw.auth_file),
+        };
+        match super::auth_file::read(&path) {
+            Ok((entries, problems)) => {
+                for p in problems {
+                    self.fail(
+                        &["auth_file"],
+                        format!("{} line {}: {}", path.display(), p.line, p.message),
+                    );
+                }
+                for e in entries {
+                    out.insert(e.user, e.secret);
+                }
+            }
+            Err(e) => self.fail(&["auth_file"], format!("{}: {e}", path.display())),
+        }
+        out
     }
 
     fn user(&mut self, name: &str, u: &UserConfig) -> Option<User> {
@@ -357,18 +427,21 @@ impl Validator<'_> {
                     return None;
                 }
             },
+            // As Postgres' md5 method: a user whose secret is a SCRAM verifier logs in with
+            // SCRAM.
             AuthMethod::Md5 => match (pw.and_then(Md5Secret::parse), plaintext) {
                 (Some(secret), _) => ClientAuth::Md5(secret),
                 (None, Some(p)) => ClientAuth::Md5(Md5Secret::from_password(p, name)),
-                (None, None) => {
-                    let why = if pw.is_some() {
-                        "a SCRAM verifier cannot check MD5 logins: give a plaintext password or an md5 hash"
-                    } else {
-                        "auth \"md5\" needs a password"
-                    };
-                    self.fail(&["users", name, "password"], why);
-                    return None;
-                }
+                (None, None) => match pw.and_then(ScramSecret::parse) {
+                    Some(secret) => ClientAuth::Scram(secret),
+                    None => {
+                        self.fail(
+                            &["users", name, "password"],
+                            "auth \"md5\" needs a password",
+                        );
+                        return None;
+                    }
+                },
             },
         };
         let (server_user, server_password) = server_credentials(name, u);

@@ -2,6 +2,7 @@
 //! (`load`), the resolved settings the rest of pgtier reads (`settings`), `SHOW CONFIG` rows
 //! (`show`) and what a reload cannot apply (`diff`).
 
+pub mod auth_file;
 pub mod diff;
 pub mod duration;
 pub mod load;

@@ -86,7 +86,7 @@ pub struct NodeTable {
 }
 
 /// How a client proves who it is to pgtier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum AuthMethod {
     /// SCRAM-SHA-256 (the default, as in Postgres).
     #[default]
@@ -284,6 +284,11 @@ pub struct Config {
     pub server_tls_protocols: String,
     /// Cipher suites towards the servers.
     pub server_tls_ciphers: String,
+    /// PgBouncer's userlist.txt (`"user" "secret"` lines): users not in `[users]`, and the
+    /// password of `[users]` entries that have none. Relative to the config file's directory.
+    pub auth_file: String,
+    /// How users that come from `auth_file` authenticate (as a `[users]` entry's `auth`).
+    pub auth_type: AuthMethod,
     /// `[users]` entries that may use the admin console (database `pgtier` or `pgbouncer`).
     pub admin_users: Vec<String>,
     /// Client users, by name.
@@ -346,6 +351,8 @@ impl Default for Config {
             server_tls_key_file: String::new(),
             server_tls_protocols: "secure".into(),
             server_tls_ciphers: "default".into(),
+            auth_file: String::new(),
+            auth_type: AuthMethod::ScramSha256,
             monitor_user: None,
             admin_users: Vec::new(),
             users: BTreeMap::new(),

@@ -8,28 +8,29 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::login::LoginError;
 use crate::config::{ClientAuth, User};
-use crate::protocol::auth::{Md5Secret, ScramExchange, ScramSecret, SCRAM_SHA_256};
+use crate::protocol::auth::{Md5Secret, ScramExchange, ScramKeys, ScramSecret, SCRAM_SHA_256};
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::{auth_md5, auth_sasl, auth_sasl_continue, auth_sasl_final};
 
 /// Largest password / SASL message accepted.
 const MAX_AUTH_MESSAGE: usize = 8192;
 
-/// Authenticates `name`; `user` is None when no such user is configured.
+/// Authenticates `name`; `user` is None when no such user is configured. A SCRAM login returns
+/// the keys that let pgtier log in to servers for the user without its password.
 pub async fn authenticate(
     stream: &mut ClientStream,
     user: Option<&User>,
     name: &str,
     cert_name: Option<&str>,
-) -> Result<(), LoginError> {
+) -> Result<Option<ScramKeys>, LoginError> {
     let failed = || LoginError::PasswordFailed(name.to_owned());
     let Some(user) = user else {
         return Err(failed());
     };
     match &user.auth {
-        ClientAuth::Trust => Ok(()),
+        ClientAuth::Trust => Ok(None),
         ClientAuth::Cert => match cert_name {
-            Some(cn) if cn == name => Ok(()),
+            Some(cn) if cn == name => Ok(None),
             Some(_) => Err(LoginError::Certificate {
                 user: name.to_owned(),
                 why: "the certificate's common name is not the user name",
@@ -39,8 +40,14 @@ pub async fn authenticate(
                 why: "no client certificate was presented over TLS",
             }),
         },
-        ClientAuth::Md5(secret) => md5(stream, secret).await.map_err(|e| e.or(failed())),
-        ClientAuth::Scram(secret) => scram(stream, secret).await.map_err(|e| e.or(failed())),
+        ClientAuth::Md5(secret) => md5(stream, secret)
+            .await
+            .map(|()| None)
+            .map_err(|e| e.or(failed())),
+        ClientAuth::Scram(secret) => scram(stream, secret)
+            .await
+            .map(Some)
+            .map_err(|e| e.or(failed())),
     }
 }
 
@@ -69,7 +76,7 @@ async fn md5(stream: &mut ClientStream, secret: &Md5Secret) -> Result<(), Failur
     secret.verify(salt, response).map_err(|_| Failure(None))
 }
 
-async fn scram(stream: &mut ClientStream, secret: &ScramSecret) -> Result<(), Failure> {
+async fn scram(stream: &mut ClientStream, secret: &ScramSecret) -> Result<ScramKeys, Failure> {
     let mut out = BytesMut::new();
     auth_sasl(&mut out, &[SCRAM_SHA_256]);
     send(stream, &out).await?;
@@ -101,14 +108,14 @@ async fn scram(stream: &mut ClientStream, secret: &ScramSecret) -> Result<(), Fa
     send(stream, &out).await?;
 
     let body = read_password_message(stream).await?;
-    let server_final = exchange.finish(secret, &body).map_err(|e| match e {
+    let (server_final, keys) = exchange.finish(secret, &body).map_err(|e| match e {
         crate::protocol::auth::AuthError::Mismatch => Failure(None),
         other => LoginError::Protocol(other.to_string()).into(),
     })?;
     out.clear();
     auth_sasl_final(&mut out, server_final.as_bytes());
     send(stream, &out).await?;
-    Ok(())
+    Ok(keys)
 }
 
 /// Reads one 'p' message (PasswordMessage, SASLInitialResponse or SASLResponse) body.

@@ -75,7 +75,7 @@ pub struct ClientEntry {
     /// Its named prepared statements (as of its last request).
     prepared: AtomicU32,
     /// Its TLS version and cipher suite (None: plain text).
-    pub tls: Option<super::stream::TlsInfo>,
+    pub tls: Option<crate::tls::TlsInfo>,
 }
 
 /// `ClientEntry::node` when no server serves the client.
@@ -150,7 +150,7 @@ pub struct NewClient<'a> {
     /// `application_name` from its startup packet.
     pub application_name: &'a str,
     /// Its TLS version and cipher suite (None: plain text).
-    pub tls: Option<super::stream::TlsInfo>,
+    pub tls: Option<crate::tls::TlsInfo>,
 }
 
 /// All logged-in clients.

@@ -13,6 +13,7 @@ use super::listener::ClientGuard;
 use super::startup::{negotiate, Opening};
 use crate::config::SslMode;
 use crate::config::{Database, Settings, User};
+use crate::protocol::auth::ScramKeys;
 use crate::protocol::startup::{CancelKey, OptionsError, StartupError};
 use crate::protocol::SqlState;
 use crate::shutdown::Phase;
@@ -125,6 +126,8 @@ pub enum Login<'s> {
         db: &'s Database,
         /// The session parameters of the startup packet (`options` split into them).
         params: Vec<(String, String)>,
+        /// From a SCRAM login: what logs in to the servers without the password.
+        scram_keys: Option<ScramKeys>,
     },
 }
 
@@ -180,7 +183,7 @@ async fn login_inner<'s>(
             why: "client_tls_sslmode is verify-full and the certificate's common name is not the user name",
         });
     }
-    auth::authenticate(stream, user, user_name, cert_name.as_deref()).await?;
+    let scram_keys = auth::authenticate(stream, user, user_name, cert_name.as_deref()).await?;
     if matches!(db_name, "pgtier" | "pgbouncer") && !settings.databases.contains_key(db_name) {
         let user = user.ok_or_else(|| LoginError::PasswordFailed(user_name.to_owned()))?;
         if !settings.raw.admin_users.contains(&user.name) {
@@ -197,5 +200,10 @@ async fn login_inner<'s>(
     let params = startup.session_params()?;
     // Paired with "client disconnected" in `session` (same peer, user and database fields).
     info!(%peer, user = %user.name, database = %db.name, "client connected");
-    Ok(Login::Client { user, db, params })
+    Ok(Login::Client {
+        user,
+        db,
+        params,
+        scram_keys,
+    })
 }

@@ -10,6 +10,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+use crate::tls::TlsInfo;
+
 /// A client connection, plain or TLS.
 #[derive(Debug)]
 pub enum ClientStream {
@@ -19,26 +21,6 @@ pub enum ClientStream {
     Tls(Box<TlsStream<TcpStream>>),
     /// A TLS handshake failed half-way: the socket is gone, every call fails.
     Broken,
-}
-
-/// What SHOW CLIENTS shows of a TLS connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TlsInfo {
-    /// The negotiated version.
-    pub version: rustls::ProtocolVersion,
-    /// The negotiated cipher suite.
-    pub suite: rustls::CipherSuite,
-}
-
-impl std::fmt::Display for TlsInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let version = match self.version {
-            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_owned(),
-            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_owned(),
-            other => format!("{other:?}"),
-        };
-        write!(f, "{version}/{:?}", self.suite)
-    }
 }
 
 fn broken() -> io::Error {
@@ -60,11 +42,7 @@ impl ClientStream {
         let ClientStream::Tls(s) = self else {
             return None;
         };
-        let conn = s.get_ref().1;
-        Some(TlsInfo {
-            version: conn.protocol_version()?,
-            suite: conn.negotiated_cipher_suite()?.suite(),
-        })
+        TlsInfo::of(s.get_ref().1)
     }
 
     /// The client's certificate chain, leaf first (None: plain text or no certificate).

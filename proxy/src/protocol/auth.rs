@@ -1,5 +1,6 @@
 //! Server-side password checks for clients: SCRAM-SHA-256 (RFC 5802/7677 as Postgres speaks it)
-//! and MD5. The client side (pgtier logging in to Postgres) uses `postgres-protocol`.
+//! and MD5. The client side (pgtier logging in to Postgres) uses `postgres-protocol`, or
+//! `scram_client` when pgtier has no password (pass-through).
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -8,6 +9,8 @@ use md5::Md5;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
+
+pub use super::scram_client::ScramKeys;
 
 /// SASL mechanism name pgtier offers.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
@@ -21,6 +24,9 @@ pub enum AuthError {
     /// The proof or password did not match.
     #[error("password does not match")]
     Mismatch,
+    /// Pass-through: the server's verifier (salt, iterations) is not the one pgtier has.
+    #[error("the server's SCRAM verifier differs from pgtier's (another salt or iteration count)")]
+    VerifierMismatch,
 }
 
 /// A SCRAM-SHA-256 verifier in Postgres' `pg_authid` format.
@@ -109,8 +115,13 @@ impl ScramExchange {
         &self.server_first
     }
 
-    /// Checks client-final-message; returns the server-final-message on success.
-    pub fn finish(&self, secret: &ScramSecret, client_final: &[u8]) -> Result<String, AuthError> {
+    /// Checks client-final-message; returns the server-final-message and the keys that let
+    /// pgtier log in to servers for this user (SCRAM pass-through) on success.
+    pub fn finish(
+        &self,
+        secret: &ScramSecret,
+        client_final: &[u8],
+    ) -> Result<(String, ScramKeys), AuthError> {
         let msg =
             std::str::from_utf8(client_final).map_err(|_| AuthError::Malformed("not UTF-8"))?;
         let (without_proof, proof) = msg
@@ -154,7 +165,13 @@ impl ScramExchange {
             return Err(AuthError::Mismatch);
         }
         let server_signature = hmac(&secret.server_key, auth_message.as_bytes());
-        Ok(format!("v={}", B64.encode(server_signature)))
+        let keys = ScramKeys {
+            client_key,
+            server_key: secret.server_key,
+            salt: secret.salt.clone(),
+            iterations: secret.iterations,
+        };
+        Ok((format!("v={}", B64.encode(server_signature)), keys))
     }
 }
 
@@ -178,6 +195,11 @@ impl Md5Secret {
         let hex = s.strip_prefix("md5")?;
         (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
             .then(|| Md5Secret(s.to_ascii_lowercase()))
+    }
+
+    /// The stored form (`md5` + 32 hex digits): what answers a server's md5 challenge.
+    pub fn hash(&self) -> &str {
+        &self.0
     }
 
     /// Hashes a plaintext password for `user`.
@@ -223,7 +245,7 @@ mod tests {
         let mut client = ScramSha256::new(b"s3cret", ChannelBinding::unrequested());
         let ex = ScramExchange::start(&secret, client.message()).unwrap();
         client.update(ex.server_first().as_bytes()).unwrap();
-        let server_final = ex.finish(&secret, client.message()).unwrap();
+        let (server_final, _) = ex.finish(&secret, client.message()).unwrap();
         client.finish(server_final.as_bytes()).unwrap();
     }
 
@@ -234,7 +256,7 @@ mod tests {
         let ex = ScramExchange::start(&secret, client.message()).unwrap();
         client.update(ex.server_first().as_bytes()).unwrap();
         assert_eq!(
-            ex.finish(&secret, client.message()),
+            ex.finish(&secret, client.message()).map(|(f, _)| f),
             Err(AuthError::Mismatch)
         );
     }

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod extended;
 pub mod frame;
 pub mod messages;
+pub mod scram_client;
 pub mod sqlstate;
 pub mod startup;
 pub mod validate;

@@ -24,7 +24,7 @@ use crate::metrics::{DbMetrics, Metrics};
 use crate::protocol::startup::CancelKey;
 use crate::router::route::Router;
 use crate::shutdown::{Phase, Shutdown, ShutdownWatch};
-use crate::tls::{ClientTls, TlsError};
+use crate::tls::ClientTls;
 
 /// Why a reload changed nothing.
 #[derive(Debug, Error)]
@@ -35,9 +35,6 @@ pub enum ReloadError {
     /// The file cannot be read or is invalid (problems with line and column).
     #[error(transparent)]
     Invalid(#[from] ConfigError),
-    /// A certificate, key or CA file cannot be used (the running certificates stay).
-    #[error(transparent)]
-    Tls(#[from] TlsError),
 }
 
 /// How long a forwarded cancel may take.
@@ -48,6 +45,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// What one database runs with under one config snapshot.
 #[derive(Debug)]
 pub struct DbRuntime {
+    /// TLS towards its servers (files as of this snapshot's load).
+    pub server_tls: crate::tls::ServerTls,
     /// Routing (classifier, rules, topology).
     pub router: Arc<Router>,
     /// Limits its clients' relays apply.
@@ -107,18 +106,21 @@ impl std::fmt::Debug for LogLevelHook {
 impl Proxy {
     /// A proxy for these settings (nothing is listening yet). Starts each database's node
     /// monitors, so it must run inside a tokio runtime. `config_path` is what RELOAD and
-    /// SIGHUP read.
-    /// `client_tls` is built from `settings` by the caller ([`ClientTls::build`]).
+    /// SIGHUP read. Err: a certificate, key or CA file cannot be used.
     pub fn new(
         settings: Settings,
-        client_tls: Option<Arc<ClientTls>>,
         config_path: Option<PathBuf>,
-    ) -> Arc<Proxy> {
+    ) -> Result<Arc<Proxy>, ConfigError> {
+        let file = config_path
+            .as_deref()
+            .map_or_else(|| "config".into(), |p| p.display().to_string());
+        let tls = reload::server_tls(&settings, &file)?;
+        let client_tls = reload::client_tls(&settings, &file)?;
         let metrics = Arc::new(Metrics::new());
         tokio::spawn(stats_period(Arc::downgrade(&metrics)));
         let control = Control::default();
-        let databases = reload::build_databases(&settings, None, &metrics, &control);
-        Arc::new(Proxy {
+        let databases = reload::build_databases(&settings, &tls, None, &metrics, &control);
+        Ok(Arc::new(Proxy {
             current: ArcSwap::from_pointee(Snapshot {
                 settings: Arc::new(settings),
                 generation: 0,
@@ -135,7 +137,7 @@ impl Proxy {
             config_path,
             reloading: Mutex::new(()),
             log_level: OnceLock::new(),
-        })
+        }))
     }
 
     /// The current snapshot.
@@ -195,7 +197,15 @@ impl Proxy {
             user: user.name.clone(),
         };
         self.pools.get_or_create(id, |id| {
-            let login = reload::server_login(db, user);
+            // The snapshot's TLS for `db` (read at its load). A database no longer in the
+            // current snapshot was removed by a reload a moment ago: its files are read again.
+            let tls = match self.database(&db.name) {
+                Some(rt) => rt.server_tls.clone(),
+                None => crate::tls::ServerTls::new(&db.server_tls).unwrap_or_else(|e| {
+                    crate::tls::ServerTls::failed(db.server_tls.mode, e.to_string())
+                }),
+            };
+            let login = reload::server_login(db, user, &tls);
             let pools = db
                 .nodes()
                 .iter()
@@ -228,22 +238,20 @@ impl Proxy {
         let Some(path) = &self.config_path else {
             return Err(ReloadError::NoFile);
         };
-        let settings = match crate::config::load_file(path) {
+        // Certificates, keys and CAs are read again: new connections use them, established
+        // ones keep theirs; a file that fails keeps the running ones.
+        let loaded = crate::config::load_file(path).and_then(|s| {
+            let file = path.display().to_string();
+            let tls = reload::server_tls(&s, &file)?;
+            let client_tls = reload::client_tls(&s, &file)?;
+            Ok((s, tls, client_tls))
+        });
+        let (settings, tls, client_tls) = match loaded {
             Ok(s) => s,
             Err(e) => {
                 self.metrics.reloads_failed.inc();
                 warn!(error = %e, "reload rejected: the running config stays");
                 return Err(ReloadError::Invalid(e));
-            }
-        };
-        // Certificates and keys are read again: new connections use them, established ones
-        // keep theirs; a file that fails keeps the running ones.
-        let client_tls = match ClientTls::build(&settings.client_tls) {
-            Ok(t) => t,
-            Err(e) => {
-                self.metrics.reloads_failed.inc();
-                warn!(error = %e, "reload rejected: the running config and certificates stay");
-                return Err(ReloadError::Tls(e));
             }
         };
         let old = self.current.load_full();
@@ -265,8 +273,8 @@ impl Proxy {
             }
         }
         let databases =
-            reload::build_databases(&settings, Some(&old), &self.metrics, &self.control);
-        reload::reconcile_pools(&self.pools, &settings);
+            reload::build_databases(&settings, &tls, Some(&old), &self.metrics, &self.control);
+        reload::reconcile_pools(&self.pools, &settings, &tls);
         let generation = old.generation + 1;
         self.current.store(Arc::new(Snapshot {
             settings: Arc::new(settings),
@@ -343,11 +351,13 @@ pub async fn run(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    // A certificate that cannot be used stops pgtier here, before it listens.
-    let client_tls = ClientTls::build(&settings.client_tls).map_err(std::io::Error::other)?;
-    let listener = TcpListener::bind(settings.listen).await?;
-    info!(listen = %settings.listen, "pgtier listening");
-    let metrics_listener = match settings.metrics_listen {
+    // First: a certificate or CA file that cannot be used stops pgtier before it listens.
+    let listen = settings.listen;
+    let metrics_listen = settings.metrics_listen;
+    let proxy = Proxy::new(settings, config_path).map_err(std::io::Error::other)?;
+    let listener = TcpListener::bind(listen).await?;
+    info!(listen = %listen, "pgtier listening");
+    let metrics_listener = match metrics_listen {
         Some(addr) => {
             let l = TcpListener::bind(addr).await?;
             info!(listen = %addr, "metrics endpoint listening (GET /metrics)");
@@ -355,7 +365,6 @@ pub async fn run(
         }
         None => None,
     };
-    let proxy = Proxy::new(settings, client_tls, config_path);
     if let Some(hook) = log_level {
         let _ = proxy.log_level.set(hook);
     }

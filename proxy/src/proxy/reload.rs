@@ -12,29 +12,90 @@ use tracing::info;
 use super::{DbRuntime, Snapshot};
 use crate::backend::{Pool, Pools, ServerLogin, Upstream};
 use crate::cluster::{ConfiguredRole, Topology};
-use crate::config::{Database, Settings, User};
+use crate::config::{ClientAuth, ConfigError, Database, ServerTlsSettings, Settings, User};
 use crate::control::Control;
 use crate::frontend::Limits;
 use crate::metrics::Metrics;
 use crate::router::classify::FunctionTable;
 use crate::router::route::Router;
+use crate::tls::ClientTls;
+use crate::tls::ServerTls;
 
 pub(super) use crate::config::diff::restart_required;
 
-/// How pgtier logs in to `db`'s servers for `user`.
-pub(super) fn server_login(db: &Database, user: &User) -> ServerLogin {
+/// How pgtier logs in to `db`'s servers for `user`, with `tls`.
+pub(super) fn server_login(db: &Database, user: &User, tls: &ServerTls) -> ServerLogin {
     ServerLogin {
         user: user.server_user.clone(),
         password: user.server_password.clone(),
+        // md5 pass-through: the hash is md5(password || role name), so only for the same role.
+        md5: match &user.auth {
+            ClientAuth::Md5(secret) if user.server_user == user.name => {
+                Some(secret.hash().to_owned())
+            }
+            _ => None,
+        },
         dbname: db.dbname.clone(),
         max_prepared_statements: db.pool.max_prepared_statements,
+        tls: tls.clone(),
     }
+}
+
+/// The server-side TLS of every database, its files read now (databases with the same
+/// settings share one). Err: the database and the reason, as a problem of `file`.
+pub(super) fn server_tls(
+    settings: &Settings,
+    file: &str,
+) -> Result<HashMap<String, ServerTls>, ConfigError> {
+    let mut built: Vec<(&ServerTlsSettings, ServerTls)> = Vec::new();
+    let mut out = HashMap::with_capacity(settings.databases.len());
+    let mut names: Vec<&String> = settings.databases.keys().collect();
+    names.sort();
+    for name in names {
+        let s = &settings.databases[name].server_tls;
+        let tls = match built.iter().find(|(b, _)| *b == s) {
+            Some((_, t)) => t.clone(),
+            None => {
+                let t = ServerTls::new(s).map_err(|e| ConfigError::Files {
+                    file: file.to_owned(),
+                    reason: format!("database \"{name}\": {e}"),
+                })?;
+                built.push((s, t.clone()));
+                t
+            }
+        };
+        out.insert(name.clone(), tls);
+    }
+    Ok(out)
+}
+
+/// The client-side TLS of `settings` (None: disabled), its files read now.
+pub(super) fn client_tls(
+    settings: &Settings,
+    file: &str,
+) -> Result<Option<Arc<ClientTls>>, ConfigError> {
+    ClientTls::build(&settings.client_tls).map_err(|e| ConfigError::Files {
+        file: file.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// `db`'s entry of a [`server_tls`] map (built from the same settings, so always there; if
+/// not, TLS fails rather than fall back to plain text).
+pub(super) fn tls_of(tls: &HashMap<String, ServerTls>, db: &Database) -> ServerTls {
+    tls.get(&db.name).cloned().unwrap_or_else(|| {
+        ServerTls::failed(
+            db.server_tls.mode,
+            "server TLS settings were not loaded".into(),
+        )
+    })
 }
 
 /// The runtime of every database of `settings`, reusing `old`'s routers where nothing they
 /// depend on changed.
 pub(super) fn build_databases(
     settings: &Settings,
+    tls: &HashMap<String, ServerTls>,
     old: Option<&Snapshot>,
     metrics: &Metrics,
     control: &Control,
@@ -48,11 +109,15 @@ pub(super) fn build_databases(
         .values()
         .map(|db| {
             let previous = old.and_then(|o| Some((&o.settings, o.databases.get(&db.name)?)));
+            let server_tls = tls_of(tls, db);
             let router = match previous {
-                Some((old_settings, rt)) => reuse_router(settings, db, old_settings, &rt.router),
-                None => new_router(settings, db, None),
+                Some((old_settings, rt)) => {
+                    reuse_router(settings, db, &server_tls, old_settings, &rt.router)
+                }
+                None => new_router(settings, db, &server_tls, None),
             };
             let runtime = DbRuntime {
+                server_tls,
                 router,
                 limits: Arc::new(Limits::of(settings, db)),
                 metrics: metrics.database(&db.name),
@@ -73,10 +138,11 @@ fn same_classifier_settings(a: &Settings, b: &Settings) -> bool {
 fn reuse_router(
     settings: &Settings,
     db: &Database,
+    tls: &ServerTls,
     old_settings: &Settings,
     old: &Arc<Router>,
 ) -> Arc<Router> {
-    let same_cluster = old.topology().settings() == &db.cluster;
+    let same_cluster = old.topology().settings() == &db.cluster && old.topology().tls() == tls;
     if same_cluster
         && old.settings() == &db.routing
         && same_classifier_settings(settings, old_settings)
@@ -88,22 +154,27 @@ fn reuse_router(
         old.topology().clone()
     } else if db.nodes().iter().any(|n| n.role != ConfiguredRole::Primary) {
         // Nodes it keeps start from what the old topology knew (rotation, lag, bans).
-        Topology::start_after(db.cluster.clone(), old.topology())
+        Topology::start_after(db.cluster.clone(), tls.clone(), old.topology())
     } else {
         Topology::unmonitored(db.cluster.clone())
     };
-    new_router(settings, db, Some(topology))
+    new_router(settings, db, tls, Some(topology))
 }
 
 /// A router for `db`; on `topology` if given, else on a new one whose monitors start now (a new
 /// replica joins the rotation after its first lag check).
-fn new_router(settings: &Settings, db: &Database, topology: Option<Arc<Topology>>) -> Arc<Router> {
+fn new_router(
+    settings: &Settings,
+    db: &Database,
+    tls: &ServerTls,
+    topology: Option<Arc<Topology>>,
+) -> Arc<Router> {
     // A lone configured primary needs no monitor (nothing to route between): no extra server
     // connection, as with PgBouncer.
     let watch = db.nodes().iter().any(|n| n.role != ConfiguredRole::Primary);
     let topology = topology.unwrap_or_else(|| {
         if watch {
-            Topology::start(db.cluster.clone())
+            Topology::start(db.cluster.clone(), tls.clone())
         } else {
             Topology::unmonitored(db.cluster.clone())
         }
@@ -126,7 +197,11 @@ fn new_router(settings: &Settings, db: &Database, topology: Option<Arc<Topology>
 /// Brings the pools in line with `settings`: per (database, user) in use, every node's pool is
 /// kept if its node, login and limits are unchanged, else replaced; pools of removed
 /// databases or users, and replaced pools, are retired.
-pub(super) fn reconcile_pools(pools: &Pools, settings: &Settings) {
+pub(super) fn reconcile_pools(
+    pools: &Pools,
+    settings: &Settings,
+    tls: &HashMap<String, ServerTls>,
+) {
     for upstream in pools.upstreams() {
         let id = upstream.id().clone();
         let (Some(db), Some(user)) = (
@@ -138,7 +213,7 @@ pub(super) fn reconcile_pools(pools: &Pools, settings: &Settings) {
             upstream.pools().iter().for_each(|p| p.retire());
             continue;
         };
-        let login = server_login(db, user);
+        let login = server_login(db, user, &tls_of(tls, db));
         let mut reused = 0;
         let wanted: Vec<Arc<Pool>> = db
             .nodes()

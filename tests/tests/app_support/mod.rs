@@ -43,9 +43,20 @@ pub fn shared_pgtier() -> &'static Pgtier {
     PX.get_or_init(|| pgtier_for(cluster(), USER))
 }
 
+/// The app's config for pgtier `px`: plain text, or with `PGTIER_TEST_TLS=1` (pgtier then has
+/// the kit's certificate) TLS with `sslmode=verify-full` against the kit's CA.
 pub fn app_config(px: &Pgtier, user: &str) -> Config {
+    let tls = if pgtier_kit::tls::test_tls() {
+        let (ca, _) = pgtier_kit::tls::kit_certs();
+        format!(
+            "&sslmode=verify-full&sslrootcert={}",
+            ca.ca_file().display()
+        )
+    } else {
+        String::new()
+    };
     let mut cfg = Config::new(format!(
-        "postgres://{user}:{user}@127.0.0.1:{}/app?connect_timeout=5",
+        "postgres://{user}:{user}@127.0.0.1:{}/app?connect_timeout=5{tls}",
         px.port()
     ));
     cfg.listen = "127.0.0.1:0".parse().unwrap();

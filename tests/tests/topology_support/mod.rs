@@ -77,7 +77,7 @@ impl Fixture {
 
     pub fn start(&self, settings: ClusterSettings) -> Arc<Topology> {
         let _g = self.rt.enter();
-        Topology::start(settings)
+        Topology::start(settings, pgtier::tls::ServerTls::disabled())
     }
 
     /// Waits up to `limit` for `pred`; returns the view and how long it took.

@@ -40,7 +40,21 @@ pub async fn handle(
         (ClientStream::Tls(_), _) => proxy.metrics().tls_handshake(true),
     }
     let (user, db, startup_params) = match logged_in {
-        Ok(Login::Client { user, db, params }) => (user, db, params),
+        Ok(Login::Client {
+            user,
+            db,
+            params,
+            scram_keys,
+        }) => {
+            // SCRAM pass-through: with no server password, this login's keys are what logs
+            // in to the servers as the same role.
+            if let Some(keys) = scram_keys
+                .filter(|_| user.server_password.is_none() && user.server_user == user.name)
+            {
+                crate::backend::auth::learn_scram_keys(&user.server_user, keys);
+            }
+            (user, db, params)
+        }
         Ok(Login::Admin { user }) => {
             Box::pin(admin(&proxy, &mut stream, peer)).await;
             info!(%peer, user = %user.name, "admin console client disconnected");

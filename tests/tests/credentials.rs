@@ -1,0 +1,233 @@
+//! Credentials (issue 15): users from an `auth_file` (PgBouncer's userlist.txt), re-read on
+//! RELOAD; a secret never reaches the log.
+
+use pgtier_kit::fixture::{admin_console, connect, scram_role, ConfigBuilder};
+use pgtier_kit::Cluster;
+
+fn code(e: &anyhow::Error) -> Option<String> {
+    e.downcast_ref::<tokio_postgres::Error>()
+        .and_then(|e| e.as_db_error())
+        .map(|e| e.code().code().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_file_users_log_in_and_a_reload_picks_up_new_ones() {
+    let cluster = Cluster::shared();
+    scram_role(cluster, "filed", "filed-pw").unwrap();
+    scram_role(cluster, "late", "late-pw").unwrap();
+    let dir = pgtier_kit::make_temp_dir("pgtier-authfile").unwrap();
+    let list = dir.join("userlist.txt");
+    std::fs::write(
+        &list,
+        "; pgbouncer style\n\"filed\" \"filed-pw\"\n\"admin\" \"admin-pw\"\n",
+    )
+    .unwrap();
+    let px = ConfigBuilder::new(cluster)
+        .global(&format!("auth_file = \"{}\"", list.display()))
+        .global("admin_users = [\"admin\"]")
+        .global("log_level = \"debug\"")
+        .user("app", "password = \"app\"")
+        .start()
+        .unwrap();
+    let c = connect(&px, "filed", "filed-pw").await.unwrap();
+    let rows = c.simple_query("SELECT current_user").await.unwrap();
+    assert!(
+        matches!(&rows[1], tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("filed"))
+    );
+    assert_eq!(
+        code(&connect(&px, "filed", "wrong").await.unwrap_err()).as_deref(),
+        Some("28P01")
+    );
+    assert_eq!(
+        code(&connect(&px, "late", "late-pw").await.unwrap_err()).as_deref(),
+        Some("28P01")
+    );
+    // A new line in the file, then RELOAD (as the admin from the same file).
+    std::fs::write(
+        &list,
+        "\"filed\" \"filed-pw\"\n\"admin\" \"admin-pw\"\n\"late\" \"late-pw\"\n",
+    )
+    .unwrap();
+    let admin = admin_console(&px, "admin", "admin-pw").await;
+    admin.simple_query("RELOAD").await.unwrap();
+    let late = connect(&px, "late", "late-pw").await.unwrap();
+    late.simple_query("SELECT 1").await.unwrap();
+    // A broken file: RELOAD refused with the line, the users stay.
+    std::fs::write(&list, "\"late\n").unwrap();
+    let err = admin.simple_query("RELOAD").await.unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "F0000");
+    assert!(
+        db.message().contains("userlist.txt line 1"),
+        "{}",
+        db.message()
+    );
+    connect(&px, "late", "late-pw").await.unwrap();
+    // No secret in the log, at debug level.
+    let log = px.log();
+    for secret in ["filed-pw", "late-pw", "admin-pw"] {
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The role's secret as Postgres stores it (SCRAM verifier or md5 hash).
+fn stored_secret(cluster: &Cluster, role: &str) -> String {
+    cluster
+        .primary()
+        .psql(&format!(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'"
+        ))
+        .unwrap()
+}
+
+async fn where_read(c: &tokio_postgres::Client) -> (String, String) {
+    let rows = c
+        .simple_query("SELECT pg_is_in_recovery()::text, current_user::text")
+        .await
+        .unwrap();
+    match &rows[1] {
+        tokio_postgres::SimpleQueryMessage::Row(r) => {
+            (r.get(0).unwrap().to_owned(), r.get(1).unwrap().to_owned())
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scram_and_md5_pass_through_log_in_to_every_node_without_a_password_in_pgtier() {
+    let cluster = Cluster::shared();
+    scram_role(cluster, "passthru", "pt-secret").unwrap();
+    cluster.create_md5_role("passmd5", "md5-secret").unwrap();
+    cluster
+        .ddl("app", "GRANT ALL ON SCHEMA public TO passmd5")
+        .unwrap();
+    let verifier = stored_secret(cluster, "passthru");
+    let md5 = stored_secret(cluster, "passmd5");
+    assert!(verifier.starts_with("SCRAM-SHA-256$") && md5.starts_with("md5"));
+    // Another verifier of the same password: its keys cannot answer the server's.
+    let foreign = {
+        use std::io::Write;
+        let mut child = std::process::Command::new(pgtier_kit::pgtier_bin().unwrap())
+            .arg("verifier")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "pt-secret").unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let px = ConfigBuilder::new(cluster)
+        .with_replicas(cluster)
+        .global("log_level = \"debug\"")
+        .user("passthru", &format!("password = \"{verifier}\""))
+        .user("passmd5", &format!("password = \"{md5}\"\nauth = \"md5\""))
+        .user(
+            "otherver",
+            &format!("password = \"{foreign}\"\nserver_user = \"otherver\""),
+        )
+        .user("app", "password = \"app\"")
+        .start()
+        .unwrap();
+    for (user, pw) in [("passthru", "pt-secret"), ("passmd5", "md5-secret")] {
+        let c = connect(&px, user, pw).await.unwrap();
+        c.batch_execute(&format!(
+            "DROP TABLE IF EXISTS pt_{user}; CREATE TABLE pt_{user} (v int); INSERT INTO pt_{user} VALUES (1)"
+        ))
+        .await
+        .unwrap();
+        // A read served by a replica: a server login there too, by pass-through.
+        pgtier_kit::fixture::replica_in_rotation(&px, user, pw)
+            .await
+            .unwrap();
+        let (_, current) = where_read(&c).await;
+        assert_eq!(current, user);
+        assert_eq!(
+            code(&connect(&px, user, "wrong").await.unwrap_err()).as_deref(),
+            Some("28P01")
+        );
+    }
+    // psql (libpq), psycopg and asyncpg log in through pass-through too.
+    let port = px.port();
+    let script = format!(
+        "import asyncio, asyncpg, psycopg\n\
+         c = psycopg.connect('host=127.0.0.1 port={port} user=passthru password=pt-secret dbname=app')\n\
+         assert c.execute('SELECT current_user').fetchone()[0] == 'passthru'\n\
+         async def main():\n\
+         \x20   a = await asyncpg.connect(host='127.0.0.1', port={port}, user='passthru', password='pt-secret', database='app')\n\
+         \x20   assert await a.fetchval('SELECT current_user') == 'passthru'\n\
+         \x20   await a.close()\n\
+         asyncio.run(main())\n\
+         print('drivers OK')\n"
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("drivers OK"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(pgtier_kit::bin_path("psql").unwrap())
+        .args(["-X", "-A", "-t", "-c", "SELECT current_user"])
+        .arg(format!(
+            "host=127.0.0.1 port={port} user=passthru password=pt-secret dbname=app"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "passthru");
+    // A role whose verifier in pgtier is not the database's: the client's login succeeds, the
+    // server login cannot, with a message that says why.
+    cluster.create_role("otherver", "pt-secret").unwrap();
+    let err = connect(&px, "otherver", "pt-secret").await.unwrap_err();
+    let db = err
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(|e| e.as_db_error())
+        .unwrap_or_else(|| panic!("{err:?}"));
+    assert_eq!(db.code().code(), "08001");
+    assert!(
+        db.message().contains("verifier differs"),
+        "{}",
+        db.message()
+    );
+    let log = px.log();
+    for secret in ["pt-secret", "md5-secret"] {
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+    assert!(!log.contains(&md5), "the md5 hash in the log");
+    assert!(!log.contains(&verifier), "the verifier in the log");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scram_pass_through_binds_to_the_server_certificate_over_tls() {
+    let ca = pgtier_kit::TestCa::new("pass-through CA").unwrap();
+    let cluster = Cluster::start_tls(0, &ca).unwrap();
+    scram_role(&cluster, "ptls", "ptls-secret").unwrap();
+    let verifier = stored_secret(&cluster, "ptls");
+    let px = ConfigBuilder::new(&cluster)
+        .global("log_level = \"debug\"")
+        .global("server_tls_sslmode = \"require\"")
+        .user("ptls", &format!("password = \"{verifier}\""))
+        .user("app", "password = \"app\"")
+        .start()
+        .unwrap();
+    let c = connect(&px, "ptls", "ptls-secret").await.unwrap();
+    let rows = c
+        .simple_query("SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&rows[1], tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("true")),
+        "{rows:?}"
+    );
+    let log = px.log();
+    assert!(
+        log.contains("SCRAM-SHA-256-PLUS"),
+        "no channel-bound login in the log"
+    );
+    assert!(!log.contains("ptls-secret"));
+}
