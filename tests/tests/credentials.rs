@@ -231,3 +231,58 @@ async fn scram_pass_through_binds_to_the_server_certificate_over_tls() {
     );
     assert!(!log.contains("ptls-secret"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_user_gets_a_scram_challenge_like_a_known_one_then_28p01() {
+    use pgtier_kit::wire;
+    use tokio::io::AsyncWriteExt;
+    let cluster = Cluster::shared();
+    scram_role(cluster, "known", "known-pw").unwrap();
+    let px = ConfigBuilder::new(cluster)
+        .user("known", "password = \"known-pw\"")
+        .start()
+        .unwrap();
+    let limit = std::time::Duration::from_secs(10);
+    let mut salts = Vec::new();
+    for user in ["known", "nobody", "nobody"] {
+        let mut s = tokio::net::TcpStream::connect(px.addr()).await.unwrap();
+        s.write_all(&wire::startup_packet(
+            0,
+            &[("user", user), ("database", "app")],
+        ))
+        .await
+        .unwrap();
+        let m = wire::read_msg(&mut s, limit).await.unwrap();
+        // AuthenticationSASL (10) offering SCRAM-SHA-256, for both.
+        assert_eq!(m.tag, b'R', "{user}");
+        assert_eq!(&m.body[..4], &10i32.to_be_bytes(), "{user}");
+        assert!(m.body.windows(13).any(|w| w == b"SCRAM-SHA-256"));
+        // The client-first message, then the server-first carries the salt.
+        let first = b"n,,n=,r=abcdefghijklmnop";
+        let mut body = b"SCRAM-SHA-256\0".to_vec();
+        body.extend_from_slice(&(first.len() as i32).to_be_bytes());
+        body.extend_from_slice(first);
+        s.write_all(&wire::message(b'p', &body)).await.unwrap();
+        let m = wire::read_msg(&mut s, limit).await.unwrap();
+        assert_eq!(&m.body[..4], &11i32.to_be_bytes(), "{user}: SASLContinue");
+        let text = String::from_utf8_lossy(&m.body[4..]).into_owned();
+        let salt = text
+            .split(',')
+            .find_map(|a| a.strip_prefix("s="))
+            .unwrap()
+            .to_owned();
+        salts.push(salt);
+        // A wrong proof: 28P01 for both.
+        let nonce = text.split(',').find_map(|a| a.strip_prefix("r=")).unwrap();
+        let proof = "A".repeat(43) + "=";
+        let last = format!("c=biws,r={nonce},p={proof}");
+        s.write_all(&wire::message(b'p', last.as_bytes()))
+            .await
+            .unwrap();
+        let (code, _) = wire::expect_fatal(&mut s, limit).await.unwrap();
+        assert_eq!(code, "28P01", "{user}");
+    }
+    // The mock salt is stable per name, like a real verifier's.
+    assert_eq!(salts[1], salts[2]);
+    assert_ne!(salts[0], salts[1]);
+}

@@ -545,50 +545,17 @@ fn pgtier_check_reads_the_certificate_files() {
 
 /// The certificate pgtier presents on a new TLS connection (DER of the leaf).
 async fn presented_certificate(px: &Pgtier) -> Vec<u8> {
-    // Trusts anything: the test compares what it got.
-    #[derive(Debug)]
-    struct Any;
-    impl rustls::client::danger::ServerCertVerifier for Any {
-        fn verify_server_cert(
-            &self,
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &[rustls::pki_types::CertificateDer<'_>],
-            _: &rustls::pki_types::ServerName<'_>,
-            _: &[u8],
-            _: rustls::pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            _: &[u8],
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-        }
-        fn verify_tls13_signature(
-            &self,
-            _: &[u8],
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            #[allow(deprecated)]
-            rustls::crypto::ring::default_provider()
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
-    }
+    // Trusts any certificate (pgtier's own verifier for sslmode=require): the test compares
+    // what it got.
     #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Any))
+        .with_custom_certificate_verifier(Arc::new(pgtier::tls::verify::AnyCertificate::new(
+            provider_for_verify(),
+        )))
         .with_no_client_auth();
     let mut tcp = TcpStream::connect(px.addr()).await.unwrap();
     tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
@@ -605,6 +572,11 @@ async fn presented_certificate(px: &Pgtier) -> Vec<u8> {
         .await
         .unwrap();
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn provider_for_verify() -> Arc<rustls::crypto::CryptoProvider> {
+    #[allow(deprecated)]
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 fn pem_der(path: &Path) -> Vec<u8> {

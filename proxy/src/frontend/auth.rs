@@ -25,7 +25,12 @@ pub async fn authenticate(
 ) -> Result<Option<ScramKeys>, LoginError> {
     let failed = || LoginError::PasswordFailed(name.to_owned());
     let Some(user) = user else {
-        return Err(failed());
+        // An unknown user gets the same SCRAM exchange as a known one, against a mock
+        // verifier, and fails only at its end: the answer does not tell whether it exists.
+        let mock = ScramSecret::mock(name);
+        return Err(scram(stream, &mock)
+            .await
+            .map_or_else(|e| e.or(failed()), |_| failed()));
     };
     match &user.auth {
         ClientAuth::Trust => Ok(None),

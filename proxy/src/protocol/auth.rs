@@ -53,6 +53,29 @@ impl ScramSecret {
         })
     }
 
+    /// A verifier no password matches, for a user that does not exist: its salt depends only
+    /// on the name and this process (a client that asks twice sees the same salt, as for a
+    /// real user), and no key derivation is spent on it.
+    pub fn mock(name: &str) -> ScramSecret {
+        static SEED: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        let seed = SEED.get_or_init(|| {
+            let mut s = [0u8; 32];
+            rand::rng().fill_bytes(&mut s);
+            s
+        });
+        let salt = hmac(seed, name.as_bytes())[..16].to_vec();
+        let mut stored_key = [0u8; 32];
+        let mut server_key = [0u8; 32];
+        rand::rng().fill_bytes(&mut stored_key);
+        rand::rng().fill_bytes(&mut server_key);
+        ScramSecret {
+            iterations: 4096,
+            salt,
+            stored_key,
+            server_key,
+        }
+    }
+
     /// Derives a verifier (random salt, 4096 iterations) from a plaintext password.
     pub fn from_password(password: &str) -> ScramSecret {
         let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
@@ -175,7 +198,8 @@ impl ScramExchange {
     }
 }
 
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+/// HMAC-SHA-256 (SCRAM's HMAC).
+pub(crate) fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
     mac.update(data);
     mac.finalize().into_bytes().into()

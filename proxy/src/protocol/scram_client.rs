@@ -8,11 +8,10 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use hmac::{Hmac, KeyInit, Mac};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-use super::auth::AuthError;
+use super::auth::{hmac, AuthError};
 
 /// What pgtier keeps of a user to log in for it: never a password.
 #[derive(Clone, PartialEq, Eq)]
@@ -147,12 +146,6 @@ impl PassThrough {
             Err(AuthError::Mismatch)
         }
     }
-}
-
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
-    mac.update(data);
-    mac.finalize().into_bytes().into()
 }
 
 #[cfg(test)]
