@@ -63,4 +63,13 @@ impl Args {
             None => Ok(items),
         }
     }
+
+    /// `--name value` (one of `known`), else `default`.
+    pub fn one_of(&self, name: &str, default: &str, known: &[&str]) -> Result<String> {
+        let v = self.get(name).unwrap_or(default);
+        if !known.contains(&v) {
+            bail!("--{name}: unknown value {v} (known: {})", known.join(","));
+        }
+        Ok(v.to_owned())
+    }
 }

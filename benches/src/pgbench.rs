@@ -7,7 +7,18 @@ use anyhow::{bail, Result};
 /// Runs pgbench with `args` against `127.0.0.1:port`, database and user `bench`; returns its
 /// stdout and stderr, or fails with them.
 pub fn pgbench(port: u16, args: &[&str]) -> Result<String> {
-    let out = Command::new(pgtier_kit::bin_path("pgbench")?)
+    pgbench_ssl(port, None, args)
+}
+
+// Used by compare, not by routing.
+#[allow(dead_code)]
+/// [`pgbench`] with libpq's `PGSSLMODE` set to `sslmode` (e.g. `require`), when given.
+pub fn pgbench_ssl(port: u16, sslmode: Option<&str>, args: &[&str]) -> Result<String> {
+    let mut cmd = Command::new(pgtier_kit::bin_path("pgbench")?);
+    if let Some(mode) = sslmode {
+        cmd.env("PGSSLMODE", mode);
+    }
+    let out = cmd
         .args(args)
         .args([
             "-h",

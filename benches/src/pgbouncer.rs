@@ -8,6 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+/// Client-side TLS for PgBouncer: `client_tls_sslmode` and the certificate it serves.
+pub struct ClientTls<'a> {
+    pub sslmode: &'a str,
+    pub cert: &'a Path,
+    pub key: &'a Path,
+}
+
 /// A running PgBouncer.
 pub struct PgBouncer {
     child: Child,
@@ -58,7 +65,12 @@ fn postgres_ids() -> Option<(u32, u32)> {
 }
 
 impl PgBouncer {
-    /// Starts PgBouncer in front of `backend_port` for database `db`, user `user`/`password`.
+    /// Starts PgBouncer in front of `backend_port` for database `db`, user `user` with
+    /// `password` (plaintext or a SCRAM verifier as in pg_authid, which PgBouncer then also uses
+    /// to log in to the server);
+    /// with `tls`, clients may (or must, per its sslmode) use TLS. The server side stays plain
+    /// text (PgBouncer's default `server_tls_sslmode = disable`).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         dir: &Path,
         port: u16,
@@ -67,10 +79,29 @@ impl PgBouncer {
         user: &str,
         password: &str,
         pool_size: u32,
+        tls: Option<ClientTls>,
     ) -> Result<PgBouncer> {
         let bin = ensure_installed()?;
         std::fs::create_dir_all(dir)?;
         let ini = dir.join("pgbouncer.ini");
+        let mut files = vec!["", "pgbouncer.ini", "userlist.txt"];
+        let tls_conf = match tls {
+            None => String::new(),
+            Some(t) => {
+                // Copies PgBouncer (running as postgres) can read; OpenSSL wants the key private.
+                let (cert, key) = (dir.join("client_tls.crt"), dir.join("client_tls.key"));
+                std::fs::copy(t.cert, &cert).context("copying the TLS certificate")?;
+                std::fs::copy(t.key, &key).context("copying the TLS key")?;
+                pgtier_kit::tls::set_mode(&key, 0o600)?;
+                files.extend(["client_tls.crt", "client_tls.key"]);
+                format!(
+                    "client_tls_sslmode = {}\nclient_tls_cert_file = {}\nclient_tls_key_file = {}\n",
+                    t.sslmode,
+                    cert.display(),
+                    key.display()
+                )
+            }
+        };
         std::fs::write(
             &ini,
             format!(
@@ -79,7 +110,7 @@ impl PgBouncer {
                  auth_type = scram-sha-256\nauth_file = {users}\npool_mode = transaction\n\
                  default_pool_size = {pool_size}\nmax_client_conn = 5000\n\
                  ignore_startup_parameters = extra_float_digits\n\
-                 logfile = {log}\nlog_connections = 0\nlog_disconnections = 0\n",
+                 logfile = {log}\nlog_connections = 0\nlog_disconnections = 0\n{tls_conf}",
                 users = dir.join("userlist.txt").display(),
                 log = dir.join("pgbouncer.log").display(),
             ),
@@ -94,7 +125,7 @@ impl PgBouncer {
         if unsafe { libc::geteuid() } == 0 {
             let (uid, gid) =
                 postgres_ids().context("PgBouncer refuses root and there is no postgres user")?;
-            for f in ["", "pgbouncer.ini", "userlist.txt"] {
+            for f in files {
                 let p = std::ffi::CString::new(dir.join(f).as_os_str().as_encoded_bytes())?;
                 // SAFETY: p is a valid NUL-terminated path.
                 unsafe { libc::chown(p.as_ptr(), uid, gid) };
