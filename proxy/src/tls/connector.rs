@@ -89,7 +89,7 @@ impl ServerTls {
         if s.mode == SslMode::Disable {
             return Ok(ServerTls::disabled());
         }
-        let provider = files::provider("server_tls_ciphers", &s.ciphers)?;
+        let provider = files::p256_first(files::provider("server_tls_ciphers", &s.ciphers)?);
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&files::versions(s.versions))
             .map_err(|source| TlsError::Rustls {

@@ -147,6 +147,23 @@ pub fn provider(key: &'static str, ciphers: &str) -> Result<Arc<CryptoProvider>,
     Ok(Arc::new(p))
 }
 
+/// `provider` with P-256 as the first key-exchange group: a rustls client sends a key share for
+/// its first group only, and PostgreSQL up to 17 accepts only P-256 by default
+/// (`ssl_ecdh_curve = prime256v1`), so any other first group costs each new server connection a
+/// HelloRetryRequest round trip.
+pub fn p256_first(provider: Arc<CryptoProvider>) -> Arc<CryptoProvider> {
+    let mut p = (*provider).clone();
+    if let Some(i) = p
+        .kx_groups
+        .iter()
+        .position(|g| g.name() == rustls::NamedGroup::secp256r1)
+    {
+        let g = p.kx_groups.remove(i);
+        p.kx_groups.insert(0, g);
+    }
+    Arc::new(p)
+}
+
 /// The rustls protocol versions of a side.
 pub fn versions(v: TlsVersions) -> Vec<&'static SupportedProtocolVersion> {
     let mut out = Vec::with_capacity(2);
@@ -174,6 +191,16 @@ mod tests {
         assert!(
             e.contains("unknown cipher suite") && e.contains("TLS13_AES_128_GCM_SHA256"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn p256_leads_the_server_side_groups() {
+        let p = p256_first(provider("k", "default").unwrap());
+        assert_eq!(p.kx_groups[0].name(), rustls::NamedGroup::secp256r1);
+        assert_eq!(
+            p.kx_groups.len(),
+            provider("k", "default").unwrap().kx_groups.len()
         );
     }
 
