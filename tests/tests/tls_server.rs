@@ -68,7 +68,7 @@ async fn every_sslmode_reaches_the_primary_and_the_replicas_as_configured() {
             &[
                 format!("server_tls_sslmode = \"{mode}\""),
                 format!("server_tls_ca_file = \"{ca_file}\""),
-                "log_level = \"info,pgtier::backend::server=debug\"".into(),
+                "log_level = \"info,pgtier::backend=debug\"".into(),
             ],
         )
         .start()
