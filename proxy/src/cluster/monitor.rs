@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::topology::{Check, Outcome, Topology};
@@ -204,22 +204,7 @@ async fn connect(
     pg: tokio_postgres::Config,
     tls: Option<MakeRustlsConnect>,
 ) -> Result<Conn, tokio_postgres::Error> {
-    let client = match tls {
-        Some(tls) => {
-            let (client, connection) = pg.connect(tls).await?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            client
-        }
-        None => {
-            let (client, connection) = pg.connect(NoTls).await?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            client
-        }
-    };
+    let client = crate::tls::connector::connect_postgres(&pg, tls).await?;
     let check = client.prepare(CHECK_SQL).await?;
     Ok(Conn { client, check })
 }

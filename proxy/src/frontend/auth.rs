@@ -4,7 +4,7 @@
 use crate::frontend::stream::ClientStream;
 use bytes::{Buf, BytesMut};
 use rand::RngExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use super::login::LoginError;
 use crate::config::{ClientAuth, User};
@@ -75,7 +75,7 @@ async fn md5(stream: &mut ClientStream, secret: &Md5Secret) -> Result<(), Failur
     let salt: [u8; 4] = rand::rng().random();
     let mut out = BytesMut::new();
     auth_md5(&mut out, salt);
-    send(stream, &out).await?;
+    stream.send(&out).await.map_err(LoginError::Io)?;
     let body = read_password_message(stream).await?;
     let response = body.strip_suffix(&[0]).unwrap_or(&body);
     secret.verify(salt, response).map_err(|_| Failure(None))
@@ -84,7 +84,7 @@ async fn md5(stream: &mut ClientStream, secret: &Md5Secret) -> Result<(), Failur
 async fn scram(stream: &mut ClientStream, secret: &ScramSecret) -> Result<ScramKeys, Failure> {
     let mut out = BytesMut::new();
     auth_sasl(&mut out, &[SCRAM_SHA_256]);
-    send(stream, &out).await?;
+    stream.send(&out).await.map_err(LoginError::Io)?;
 
     // SASLInitialResponse: mechanism name, then an i32 length and the client-first-message.
     let mut body = read_password_message(stream).await?;
@@ -110,7 +110,7 @@ async fn scram(stream: &mut ClientStream, secret: &ScramSecret) -> Result<ScramK
         ScramExchange::start(secret, &body).map_err(|e| LoginError::Protocol(e.to_string()))?;
     out.clear();
     auth_sasl_continue(&mut out, exchange.server_first().as_bytes());
-    send(stream, &out).await?;
+    stream.send(&out).await.map_err(LoginError::Io)?;
 
     let body = read_password_message(stream).await?;
     let (server_final, keys) = exchange.finish(secret, &body).map_err(|e| match e {
@@ -119,7 +119,7 @@ async fn scram(stream: &mut ClientStream, secret: &ScramSecret) -> Result<ScramK
     })?;
     out.clear();
     auth_sasl_final(&mut out, server_final.as_bytes());
-    send(stream, &out).await?;
+    stream.send(&out).await.map_err(LoginError::Io)?;
     Ok(keys)
 }
 
@@ -146,10 +146,4 @@ async fn read_password_message(stream: &mut ClientStream) -> Result<BytesMut, Lo
             return Err(LoginError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
     }
-}
-
-/// Writes and flushes a message the client must answer (TLS may hold records until a flush).
-async fn send(stream: &mut ClientStream, bytes: &[u8]) -> Result<(), LoginError> {
-    stream.write_all(bytes).await.map_err(LoginError::Io)?;
-    stream.flush().await.map_err(LoginError::Io)
 }

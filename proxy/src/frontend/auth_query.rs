@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::sync::Semaphore;
-use tokio_postgres::NoTls;
 
 use crate::config::{AuthQuerySettings, Database};
 use crate::router::route::Router;
@@ -179,22 +178,6 @@ impl AuthLookup {
         if let Some(pw) = &self.settings.password {
             pg.password(pw.as_bytes());
         }
-        let client = match self.tls.postgres_connector() {
-            Some(tls) => {
-                let (client, connection) = pg.connect(tls).await?;
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                client
-            }
-            None => {
-                let (client, connection) = pg.connect(NoTls).await?;
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                client
-            }
-        };
-        Ok(client)
+        crate::tls::connector::connect_postgres(&pg, self.tls.postgres_connector()).await
     }
 }

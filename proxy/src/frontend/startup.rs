@@ -4,7 +4,6 @@
 //! unknown `_pq_.` options answered with NegotiateProtocolVersion.
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 
 use super::login::LoginError;
 use super::stream::ClientStream;
@@ -61,12 +60,12 @@ pub async fn negotiate(
             }
             StartupPacket::Ssl => match tls {
                 Some(tls) => {
-                    write_now(stream, b"S").await?;
+                    stream.send(b"S").await.map_err(LoginError::Io)?;
                     upgrade(stream, tls).await?;
                 }
-                None => write_now(stream, b"N").await?,
+                None => stream.send(b"N").await.map_err(LoginError::Io)?,
             },
-            StartupPacket::GssEnc => write_now(stream, b"N").await?,
+            StartupPacket::GssEnc => stream.send(b"N").await.map_err(LoginError::Io)?,
             // Cancel keys are not tied to a socket: plain or TLS, any mode.
             StartupPacket::Cancel(key) => return Ok(Opening::Cancel(key)),
             StartupPacket::Startup(_)
@@ -87,7 +86,7 @@ pub async fn negotiate(
                 if msg.minor > 0 || !unknown.is_empty() {
                     let mut buf = BytesMut::new();
                     negotiate_protocol_version(&mut buf, 0, &unknown);
-                    write_now(stream, &buf).await?;
+                    stream.send(&buf).await.map_err(LoginError::Io)?;
                 }
                 return Ok(Opening::Client(msg));
             }
@@ -96,12 +95,6 @@ pub async fn negotiate(
     Err(LoginError::Protocol(
         "too many encryption requests before the startup message".into(),
     ))
-}
-
-/// Writes and flushes (a TLS stream may hold what it encrypted until flushed).
-async fn write_now(stream: &mut ClientStream, bytes: &[u8]) -> Result<(), LoginError> {
-    stream.write_all(bytes).await.map_err(LoginError::Io)?;
-    stream.flush().await.map_err(LoginError::Io)
 }
 
 /// Runs the TLS handshake on a plain stream and puts the TLS stream in its place.

@@ -81,6 +81,14 @@ impl ClientStream {
         }
     }
 
+    /// Writes all of `bytes` and flushes: for login messages the client must answer (a TLS
+    /// stream may hold the records it encrypted until flushed).
+    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.write_all(bytes).await?;
+        self.flush().await
+    }
+
     /// Writes all of `buf` only if the socket takes it now (never waits); returns whether it
     /// did. For a last message to a client that may have stopped reading.
     pub fn try_write_all(&mut self, buf: &[u8]) -> bool {

@@ -210,6 +210,26 @@ impl ServerTls {
     }
 }
 
+/// Connects and logs in with tokio-postgres (its connection task spawned), over TLS when
+/// `tls` is given: the lag monitors' and auth_query's connections.
+pub async fn connect_postgres(
+    pg: &tokio_postgres::Config,
+    tls: Option<MakeRustlsConnect>,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    match tls {
+        Some(tls) => {
+            let (client, connection) = pg.connect(tls).await?;
+            tokio::spawn(connection);
+            Ok(client)
+        }
+        None => {
+            let (client, connection) = pg.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            Ok(client)
+        }
+    }
+}
+
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|e| TlsError::File {
         what,
