@@ -387,3 +387,50 @@ async fn auth_query_with_the_primary_down_fails_with_08001_in_bounded_time() {
         t0.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_user_per_database_and_a_malformed_secret_fails_with_28p01_naming_only_the_user() {
+    let cluster = Cluster::shared();
+    pgtier_kit::fixture::ensure_app_db(cluster).unwrap();
+    cluster.ddl("app", AUTH_FUNCTION).unwrap();
+    scram_role(cluster, "perdb", "perdb-pw").unwrap();
+    let primary = cluster.primary().addr();
+    // No global auth_user: app looks users up, app2 gets a malformed secret, app3 none.
+    let px = ConfigBuilder::new(cluster)
+        .global("log_level = \"debug\"")
+        .user("app", "password = \"app\"")
+        .database("auth_user = \"app\"")
+        .database("auth_query = \"SELECT usename, passwd FROM public.pgtier_auth($1)\"")
+        .database(&format!(
+            "[databases.app2]\nprimary = \"{primary}\"\ndbname = \"app\"\nauth_user = \"app\"\n\
+             auth_query = \"SELECT $1::text, 'bogus-secret-xyz'::text\""
+        ))
+        .database(&format!(
+            "[databases.app3]\nprimary = \"{primary}\"\ndbname = \"app\""
+        ))
+        .start()
+        .unwrap();
+    let c = connect(&px, "perdb", "perdb-pw").await.unwrap();
+    let rows = c.simple_query("SELECT current_user").await.unwrap();
+    assert!(
+        matches!(&rows[1], tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("perdb"))
+    );
+    for db in ["app2", "app3"] {
+        let dsn = format!(
+            "host=127.0.0.1 port={} user=perdb password=perdb-pw dbname={db} connect_timeout=10",
+            px.port()
+        );
+        let err = pgtier_kit::tls::connect(&dsn).await.unwrap_err();
+        assert_eq!(code(&err).as_deref(), Some("28P01"), "{db}: {err:?}");
+    }
+    const NEEDLE: &str = "auth_query returned a secret that cannot check this login";
+    let log = px.wait_for_log(NEEDLE, std::time::Duration::from_secs(5));
+    let line = log
+        .lines()
+        .find(|l| l.contains(NEEDLE))
+        .expect("error line");
+    assert!(line.contains("perdb"), "{line}");
+    let log = px.log();
+    assert!(!log.contains("bogus-secret-xyz"), "the secret in the log");
+    assert!(!log.contains("perdb-pw"), "a password in the log");
+}

@@ -19,6 +19,7 @@ pub fn run(proxy: &Proxy, command: &str, rest: &str) -> Result<BytesMut, Failure
                 "SHOW HELP",
                 "SHOW VERSION",
                 "SHOW DATABASES",
+                "SHOW USERS",
                 "SHOW POOLS",
                 "SHOW STATS",
                 "SHOW SERVERS",
@@ -46,6 +47,7 @@ pub fn run(proxy: &Proxy, command: &str, rest: &str) -> Result<BytesMut, Failure
             "SHOW",
         )),
         "databases" => Ok(databases(proxy)),
+        "users" => Ok(users(proxy)),
         "pools" => Ok(pools(proxy)),
         "replicas" => Ok(replicas(proxy)),
         "route" => route(proxy, rest),
@@ -73,6 +75,7 @@ fn sorted_databases(snapshot: &Snapshot) -> Vec<(&crate::config::Database, &Arc<
 fn databases(proxy: &Proxy) -> BytesMut {
     let snapshot = proxy.snapshot();
     let pools = proxy.pools();
+    let registry = proxy.client_registry();
     let rows = sorted_databases(&snapshot).into_iter().map(|(db, router)| {
         let view = router.topology().view();
         let (host, port) = view
@@ -100,12 +103,15 @@ fn databases(proxy: &Proxy) -> BytesMut {
             i32::from(snapshot.databases[&db.name].control.is_paused()).to_string(),
             String::new(),
             "0".into(),
+            db.pool.max_db_connections.unwrap_or(0).to_string(),
             "0".into(),
-            "0".into(),
+            db.max_client_connections.unwrap_or(0).to_string(),
+            registry.database_clients(&db.name).to_string(),
         ]
     });
-    // force_user, reserve_pool, max_connections and disabled: PgBouncer's columns, which
-    // pgtier has no setting for (pgbouncer_exporter reads them by name).
+    // force_user, reserve_pool and disabled: PgBouncer's columns, which pgtier has no setting
+    // for (pgbouncer_exporter reads them by name). max_connections is max_db_connections
+    // (per node; 0: no limit).
     table(
         &[
             "name",
@@ -122,6 +128,64 @@ fn databases(proxy: &Proxy) -> BytesMut {
             "reserve_pool",
             "max_connections",
             "disabled",
+            "max_client_connections",
+            "current_client_connections",
+        ],
+        rows,
+        "SHOW",
+    )
+}
+
+/// One row per user: configured ones, and those `auth_query` found that have pools. PgBouncer's
+/// columns; a limit of 0 is no limit, an empty pool_size or pool_mode is the database's.
+fn users(proxy: &Proxy) -> BytesMut {
+    let snapshot = proxy.snapshot();
+    let settings = &snapshot.settings;
+    let registry = proxy.client_registry();
+    let pools = proxy.pools();
+    let mut names: Vec<&str> = settings.users.keys().map(String::as_str).collect();
+    names.extend(pools.iter().map(|p| p.id().user.as_str()));
+    names.sort_unstable();
+    names.dedup();
+    let rows = names.into_iter().map(|name| {
+        let user = settings.users.get(name);
+        let limits = user.map(|u| u.limits.clone()).unwrap_or_default();
+        let current: u32 = pools
+            .iter()
+            .filter(|p| p.id().user == name)
+            .map(|p| p.open_connections())
+            .sum();
+        let max_clients = match user {
+            Some(u) => settings.max_user_client_connections(u).unwrap_or(0),
+            None => settings.raw.max_user_client_connections,
+        };
+        vec![
+            name.to_owned(),
+            limits.pool_size.map(|n| n.to_string()).unwrap_or_default(),
+            "0".into(),
+            limits
+                .pool_mode
+                .map(|m| format!("{m:?}").to_lowercase())
+                .unwrap_or_default(),
+            limits
+                .max_connections
+                .unwrap_or(settings.raw.max_user_connections)
+                .to_string(),
+            current.to_string(),
+            max_clients.to_string(),
+            registry.user_clients(name).to_string(),
+        ]
+    });
+    table(
+        &[
+            "name",
+            "pool_size",
+            "reserve_pool_size",
+            "pool_mode",
+            "max_user_connections",
+            "current_connections",
+            "max_user_client_connections",
+            "current_client_connections",
         ],
         rows,
         "SHOW",

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod cancel;
+pub mod caps;
 pub mod params;
 pub mod pool;
 pub mod server;
@@ -11,6 +12,7 @@ pub mod statements;
 pub mod stream;
 
 pub use cancel::CancelTarget;
+pub use caps::{CapScope, Caps, ConnectionCap};
 pub use pool::{Checkout, Pool, PoolError, PoolId, Pools, Upstream};
 pub use server::{BackendError, QueryFailed, ServerConn, ServerLogin, ServerSummary};
 pub use stream::ServerStream;

@@ -13,6 +13,7 @@ use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
+use super::caps::{ConnectionCap, Slots};
 use super::server::{BackendError, ServerConn, ServerLogin, ServerSummary};
 use crate::config::{NodeAddr, PoolSettings};
 
@@ -52,6 +53,17 @@ pub enum PoolError {
         /// The pool's size.
         size: u32,
     },
+    /// A connection could not open within `query_wait_timeout`: the node has as many as
+    /// `max_db_connections` or `max_user_connections` allows, all busy.
+    #[error("no server connection available in pool {pool} after waiting {waited:?}: {cap} reached (query_wait_timeout)")]
+    CapReached {
+        /// The pool.
+        pool: PoolId,
+        /// The limit, its value, and whose it is.
+        cap: String,
+        /// How long the client waited.
+        waited: Duration,
+    },
     /// A new connection could not be made.
     #[error(transparent)]
     Connect(#[from] BackendError),
@@ -89,6 +101,8 @@ pub struct Pool {
     node: NodeAddr,
     login: ServerLogin,
     settings: PoolSettings,
+    /// Limits shared with other pools to the same node (database first, then user).
+    caps: Box<[Arc<ConnectionCap>]>,
     permits: Arc<Semaphore>,
     state: Mutex<PoolState>,
     /// ParameterStatus values of the first server connection, shown to new clients.
@@ -143,9 +157,12 @@ impl Checkout {
         conn.touch_at(now);
         let mut st = self.pool.lock();
         st.remove_active(conn.pid());
-        if st.epoch != self.epoch || st.retired {
-            // RECONNECT or a reload asked for fresh connections: close this one.
+        if st.epoch != self.epoch || st.retired || self.pool.caps.iter().any(|c| c.wanted()) {
+            // RECONNECT or a reload asked for fresh connections, or another pool waits for
+            // the slot this one holds: close it.
             st.open = st.open.saturating_sub(1);
+            drop(st);
+            drop(conn);
             return;
         }
         st.idle.push_back(conn);
@@ -167,6 +184,7 @@ impl Pool {
         node: NodeAddr,
         login: ServerLogin,
         settings: PoolSettings,
+        caps: Vec<Arc<ConnectionCap>>,
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             permits: Arc::new(Semaphore::new(settings.size as usize)),
@@ -174,11 +192,37 @@ impl Pool {
             node,
             login,
             settings,
+            caps: caps.into(),
             state: Mutex::default(),
             server_params: Mutex::default(),
         });
+        for cap in pool.caps.iter() {
+            cap.join(&pool);
+        }
         tokio::spawn(reap_loop(Arc::downgrade(&pool)));
         pool
+    }
+
+    /// The limits this pool shares with others.
+    pub fn caps(&self) -> &[Arc<ConnectionCap>] {
+        &self.caps
+    }
+
+    /// Closes the longest-idle connection (for a pool waiting under a shared cap); false if
+    /// none is idle.
+    pub(super) fn close_oldest_idle(&self) -> bool {
+        let closed = {
+            let mut st = self.lock();
+            let c = st.idle.pop_front();
+            if c.is_some() {
+                st.open = st.open.saturating_sub(1);
+            }
+            c
+        };
+        if closed.is_some() {
+            debug!(pool = %self.id, node = %self.node, "idle server connection closed for a pool waiting under a shared limit");
+        }
+        closed.is_some()
     }
 
     /// The pool's identity.
@@ -273,6 +317,7 @@ impl Pool {
     /// opens a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
         let wait = self.settings.query_wait_timeout;
+        let started = tokio::time::Instant::now();
         // A free permit is taken without arming a timer. Fairness holds: released permits go
         // to queued waiters first, so one is free only when nobody waits.
         let permit = match self.permits.clone().try_acquire_owned() {
@@ -323,14 +368,30 @@ impl Pool {
                     debug!(pool = %self.id, "idle server connection was closed by the server, discarding");
                 }
                 None => {
+                    let slots = if self.caps.is_empty() {
+                        Slots::default()
+                    } else {
+                        match Slots::take(&self.caps, started + wait).await {
+                            Ok(s) => s,
+                            Err(cap) => {
+                                self.forget_one(None);
+                                return Err(PoolError::CapReached {
+                                    pool: self.id.clone(),
+                                    cap: cap.to_string(),
+                                    waited: started.elapsed(),
+                                });
+                            }
+                        }
+                    };
                     // Boxed: login state is large and only needed when a connection is made.
-                    let conn = match Box::pin(self.connect()).await {
+                    let mut conn = match Box::pin(self.connect()).await {
                         Ok(c) => c,
                         Err(e) => {
                             self.forget_one(None);
                             return Err(e.into());
                         }
                     };
+                    conn.hold(slots);
                     let s = conn.summary();
                     self.lock().active.push(s);
                     return Ok(Checkout {
@@ -408,6 +469,10 @@ impl Pool {
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                 return;
             };
+            // Kept open only where the shared limits have room now.
+            let Some(slots) = Slots::try_take(&self.caps) else {
+                return;
+            };
             {
                 let mut st = self.lock();
                 if st.open >= self.settings.min_size {
@@ -417,8 +482,11 @@ impl Pool {
             }
             let epoch = self.lock().epoch;
             match self.connect().await {
-                Ok(c) => Checkout {
-                    conn: Some(c),
+                Ok(mut c) => Checkout {
+                    conn: Some({
+                        c.hold(slots);
+                        c
+                    }),
                     pool: self.clone(),
                     epoch,
                     _permit: permit,
@@ -514,6 +582,11 @@ impl Upstream {
     /// The pools' identity.
     pub fn id(&self) -> &PoolId {
         self.pools[0].id()
+    }
+
+    /// The pools' settings (the same for every node).
+    pub fn settings(&self) -> &PoolSettings {
+        self.pools[0].settings()
     }
 
     /// The pool of node `node`.

@@ -156,6 +156,8 @@ pub struct ServerConn {
     /// Login time in µs since the Unix epoch (for SHOW SERVERS).
     connected_at: u64,
     last_used: Instant,
+    /// Slots of the limits shared between pools (given back when the connection closes).
+    slots: super::caps::Slots,
 }
 
 /// What SHOW SERVERS shows of a server connection.
@@ -247,7 +249,13 @@ impl ServerConn {
             params: reported,
             created: now,
             last_used: now,
+            slots: Default::default(),
         })
+    }
+
+    /// Keeps `slots` of shared limits until the connection closes.
+    pub fn hold(&mut self, slots: super::caps::Slots) {
+        self.slots = slots;
     }
 
     /// The socket, its read buffer and its prepared statements, for relaying.

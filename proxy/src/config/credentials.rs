@@ -2,7 +2,7 @@
 //! `auth_query`; and the server credentials each user logs in to the servers with.
 
 use super::load::Validator;
-use super::schema::{AuthMethod, Config, UserConfig};
+use super::schema::{AuthMethod, Config, DatabaseConfig, UserConfig};
 use super::settings::{AuthQuerySettings, ClientAuth, User};
 use crate::protocol::auth::{Md5Secret, ScramSecret};
 
@@ -19,25 +19,43 @@ pub(super) fn server_credentials(name: &str, u: &UserConfig) -> (String, Option<
 }
 
 impl Validator<'_> {
-    /// The `auth_query` lookup, when `auth_user` names a `[users]` entry.
-    pub(super) fn auth_query(&mut self, raw: &Config) -> Option<AuthQuerySettings> {
-        let name = raw.auth_user.as_ref()?;
+    /// Database `db`'s `auth_query` lookup, when its `auth_user` (or the global one) names a
+    /// `[users]` entry.
+    pub(super) fn auth_query(
+        &mut self,
+        raw: &Config,
+        db: &str,
+        d: &DatabaseConfig,
+    ) -> Option<AuthQuerySettings> {
+        // A key set on the database wins; problems point at the key that was used.
+        let at = |key: &'static str, own: bool| -> Vec<String> {
+            if own {
+                vec!["databases".into(), db.into(), key.into()]
+            } else {
+                vec![key.into()]
+            }
+        };
+        let name = d.auth_user.as_ref().or(raw.auth_user.as_ref())?;
+        let query = d.auth_query.as_ref().unwrap_or(&raw.auth_query);
         let Some(u) = raw.users.get(name) else {
-            self.fail(&["auth_user"], format!("no [users.{name}] section"));
+            let path = at("auth_user", d.auth_user.is_some());
+            self.fail(&strs(&path), format!("no [users.{name}] section"));
             return None;
         };
-        if !raw.auth_query.contains("$1") {
-            self.fail(&["auth_query"], "must use $1 (the user name)");
+        if !query.contains("$1") {
+            let path = at("auth_query", d.auth_query.is_some());
+            self.fail(&strs(&path), "must use $1 (the user name)");
         }
         if raw.auth_cache_size == 0 {
             self.fail(&["auth_cache_size"], "must be at least 1");
         }
         let (user, password) = server_credentials(name, u);
+        let dbname = d.auth_dbname.as_ref().unwrap_or(&raw.auth_dbname);
         Some(AuthQuerySettings {
             user,
             password,
-            query: raw.auth_query.clone(),
-            dbname: Some(raw.auth_dbname.clone()).filter(|d| !d.is_empty()),
+            query: query.clone(),
+            dbname: Some(dbname.clone()).filter(|d| !d.is_empty()),
             ttl: raw.auth_cache_ttl,
             negative_ttl: raw.auth_cache_negative_ttl,
             cache_size: raw.auth_cache_size as usize,
@@ -113,11 +131,22 @@ impl Validator<'_> {
             },
         };
         let (server_user, server_password) = server_credentials(name, u);
+        if u.pool_size == Some(0) {
+            self.fail(&["users", name, "pool_size"], "must be at least 1");
+        }
         Some(User {
             name: name.to_owned(),
             auth,
             server_user,
             server_password,
+            limits: super::settings::UserLimits {
+                pool_size: u.pool_size,
+                pool_mode: u.pool_mode,
+                max_connections: u.max_user_connections,
+                max_client_connections: u.max_user_client_connections,
+                query_timeout: u.query_timeout,
+                transaction_timeout: u.transaction_timeout,
+            },
         })
     }
 }
@@ -137,5 +166,10 @@ pub fn looked_up_user(name: &str, secret: &str, method: AuthMethod) -> Option<Us
         auth,
         server_user: name.to_owned(),
         server_password: None,
+        limits: Default::default(),
     })
+}
+
+fn strs(path: &[String]) -> Vec<&str> {
+    path.iter().map(String::as_str).collect()
 }

@@ -353,9 +353,7 @@ impl Validator<'_> {
             .filter_map(|(name, d)| Some((name.clone(), self.database(&raw, name, d)?)))
             .collect::<HashMap<_, _>>();
         let client_tls = self.client_tls(&raw);
-        let auth_query = self.auth_query(&raw);
         Settings {
-            auth_query,
             client_tls,
             client_idle_timeout: nonzero(raw.client_idle_timeout),
             metrics_listen,
@@ -391,8 +389,15 @@ impl Validator<'_> {
             );
         }
         let server_tls = self.server_tls(raw, name, d);
+        let auth_query = self.auth_query(raw, name, d);
+        let limit = |max: u32| (max > 0).then_some(max);
         Some(Database {
             server_tls,
+            auth_query,
+            max_client_connections: limit(
+                d.max_db_client_connections
+                    .unwrap_or(raw.max_db_client_connections),
+            ),
             name: name.to_owned(),
             dbname: d.dbname.clone().unwrap_or_else(|| name.to_owned()),
             cluster: ClusterSettings {
@@ -424,6 +429,12 @@ impl Validator<'_> {
                 idle_transaction_timeout: nonzero(raw.idle_transaction_timeout),
                 max_prepared_statements: raw.max_prepared_statements as usize,
                 session_state: raw.session_state,
+                query_timeout: nonzero(d.query_timeout.unwrap_or(raw.query_timeout)),
+                transaction_timeout: nonzero(
+                    d.transaction_timeout.unwrap_or(raw.transaction_timeout),
+                ),
+                max_db_connections: limit(d.max_db_connections.unwrap_or(raw.max_db_connections)),
+                max_user_connections: limit(raw.max_user_connections),
             },
         })
     }

@@ -129,6 +129,15 @@ pub struct Config {
     pub workers: u32,
     /// Most client connections at once (beyond: FATAL 53300).
     pub max_client_conn: u32,
+    /// Most clients logged in to one database at once (beyond: FATAL 53300; 0: no limit).
+    pub max_db_client_connections: u32,
+    /// Most clients logged in as one user at once (beyond: FATAL 53300; 0: no limit).
+    pub max_user_client_connections: u32,
+    /// Most server connections of one database to one node, across its users (a pool that
+    /// needs one more waits like a full pool; 0: no limit).
+    pub max_db_connections: u32,
+    /// Most server connections of one user to one node, across databases (0: no limit).
+    pub max_user_connections: u32,
     /// Default server connections per (database, user) pool.
     pub pool_size: u32,
     /// Server connections each pool keeps open even when idle.
@@ -185,6 +194,20 @@ pub struct Config {
         serialize_with = "super::show::serialize_duration"
     )]
     pub idle_transaction_timeout: Duration,
+    /// A query the server has not answered after this long is canceled (the client gets the
+    /// server's 57014); a server that ignores the cancel is closed (0: never).
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
+    pub query_timeout: Duration,
+    /// A transaction open this long ends its client's connection (FATAL 25P04; the server is
+    /// closed, so nothing of it commits) (0: never).
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
+    pub transaction_timeout: Duration,
     /// A client that accepts no data for this long while pgtier writes to it is closed (and
     /// the server it held is closed, never returned mid-result).
     #[serde(
@@ -333,6 +356,10 @@ impl Default for Config {
             slow_query_threshold: Duration::ZERO,
             workers: 1,
             max_client_conn: 1000,
+            max_db_client_connections: 0,
+            max_user_client_connections: 0,
+            max_db_connections: 0,
+            max_user_connections: 0,
             pool_size: 20,
             min_pool_size: 0,
             session_state: SessionStatePolicy::Pin,
@@ -347,6 +374,8 @@ impl Default for Config {
             server_lifetime: Duration::from_secs(3600),
             client_idle_timeout: Duration::ZERO,
             idle_transaction_timeout: Duration::ZERO,
+            query_timeout: Duration::ZERO,
+            transaction_timeout: Duration::ZERO,
             client_write_timeout: Duration::from_secs(60),
             server_write_timeout: Duration::from_secs(120),
             admin_idle_timeout: Duration::from_secs(600),
@@ -402,6 +431,20 @@ pub struct UserConfig {
     pub server_user: Option<String>,
     /// Password pgtier logs in to the servers with (default: `password` when plaintext).
     pub server_password: Option<String>,
+    /// Overrides the database's `pool_size` for this user's pools.
+    pub pool_size: Option<u32>,
+    /// Overrides the database's `pool_mode` for this user's clients.
+    pub pool_mode: Option<PoolMode>,
+    /// Overrides the global `max_user_connections` for this user.
+    pub max_user_connections: Option<u32>,
+    /// Overrides the global `max_user_client_connections` for this user.
+    pub max_user_client_connections: Option<u32>,
+    /// Overrides the database's `query_timeout` for this user (0: never).
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    pub query_timeout: Option<Duration>,
+    /// Overrides the database's `transaction_timeout` for this user (0: never).
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    pub transaction_timeout: Option<Duration>,
 }
 
 /// `[databases.NAME]`.
@@ -431,6 +474,22 @@ pub struct DatabaseConfig {
     pub min_pool_size: Option<u32>,
     /// Overrides the global `pool_mode`.
     pub pool_mode: Option<PoolMode>,
+    /// Overrides the global `max_db_connections`.
+    pub max_db_connections: Option<u32>,
+    /// Overrides the global `max_db_client_connections`.
+    pub max_db_client_connections: Option<u32>,
+    /// Overrides the global `query_timeout`.
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    pub query_timeout: Option<Duration>,
+    /// Overrides the global `transaction_timeout`.
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    pub transaction_timeout: Option<Duration>,
+    /// Overrides the global `auth_user` for this database's lookups.
+    pub auth_user: Option<String>,
+    /// Overrides the global `auth_query`.
+    pub auth_query: Option<String>,
+    /// Overrides the global `auth_dbname`.
+    pub auth_dbname: Option<String>,
     /// Overrides the global `server_tls_sslmode`.
     pub server_tls_sslmode: Option<SslMode>,
     /// Overrides the global `server_tls_ca_file`.

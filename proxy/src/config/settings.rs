@@ -70,6 +70,25 @@ pub struct User {
     pub server_user: String,
     /// Password used towards the servers, if any.
     pub server_password: Option<String>,
+    /// Its overrides of the database's pool settings and of the global limits.
+    pub limits: UserLimits,
+}
+
+/// A user's own settings (None: the database's or the global value applies).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserLimits {
+    /// Server connections per pool of this user.
+    pub pool_size: Option<u32>,
+    /// Pool mode of this user's clients.
+    pub pool_mode: Option<PoolMode>,
+    /// Server connections of this user per node, across databases (Some(0): no limit).
+    pub max_connections: Option<u32>,
+    /// Clients logged in as this user at once (Some(0): no limit).
+    pub max_client_connections: Option<u32>,
+    /// `query_timeout` of this user's queries (Some(ZERO): never).
+    pub query_timeout: Option<Duration>,
+    /// `transaction_timeout` of this user's transactions (Some(ZERO): never).
+    pub transaction_timeout: Option<Duration>,
 }
 
 /// Limits and timeouts of one (database, user) pool.
@@ -95,6 +114,14 @@ pub struct PoolSettings {
     pub max_prepared_statements: usize,
     /// Pin or reject statements that leave session state (transaction mode).
     pub session_state: SessionStatePolicy,
+    /// A query unanswered this long is canceled (None: never).
+    pub query_timeout: Option<Duration>,
+    /// A transaction open this long ends its client's connection (None: never).
+    pub transaction_timeout: Option<Duration>,
+    /// Most server connections of the database per node, across its users (None: no limit).
+    pub max_db_connections: Option<u32>,
+    /// Most server connections of the user per node, across databases (None: no limit).
+    pub max_user_connections: Option<u32>,
 }
 
 /// A configured database.
@@ -112,12 +139,40 @@ pub struct Database {
     pub routing: RoutingSettings,
     /// TLS towards this database's servers.
     pub server_tls: super::tls::ServerTlsSettings,
+    /// Most clients logged in to it at once (None: no limit).
+    pub max_client_connections: Option<u32>,
+    /// How client users pgtier has no entry for are looked up (None: no `auth_user`).
+    pub auth_query: Option<AuthQuerySettings>,
 }
 
 impl Database {
     /// The configured nodes, by node id.
     pub fn nodes(&self) -> &[NodeConfig] {
         &self.cluster.nodes
+    }
+
+    /// The settings of `user`'s pools of this database: the database's, with the user's
+    /// overrides (a user's setting wins over its database's).
+    pub fn pool_for(&self, user: &User) -> PoolSettings {
+        let u = &user.limits;
+        let mut s = self.pool.clone();
+        if let Some(size) = u.pool_size {
+            s.size = size;
+            s.min_size = s.min_size.min(size);
+        }
+        if let Some(mode) = u.pool_mode {
+            s.mode = mode;
+        }
+        if let Some(max) = u.max_connections {
+            s.max_user_connections = (max > 0).then_some(max);
+        }
+        if let Some(t) = u.query_timeout {
+            s.query_timeout = nonzero(t);
+        }
+        if let Some(t) = u.transaction_timeout {
+            s.transaction_timeout = nonzero(t);
+        }
+        s
     }
 }
 
@@ -155,8 +210,17 @@ pub struct Settings {
     pub slow_query_threshold: Option<Duration>,
     /// TLS towards clients.
     pub client_tls: super::tls::ClientTlsSettings,
-    /// The `auth_query` lookup (None: `auth_user` unset).
-    pub auth_query: Option<AuthQuerySettings>,
+}
+
+impl Settings {
+    /// Most clients logged in as `user` at once (None: no limit).
+    pub fn max_user_client_connections(&self, user: &User) -> Option<u32> {
+        let max = user
+            .limits
+            .max_client_connections
+            .unwrap_or(self.raw.max_user_client_connections);
+        (max > 0).then_some(max)
+    }
 }
 
 /// How client users that are not configured are looked up in the database.

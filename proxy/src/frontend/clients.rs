@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rand::RngExt;
+use thiserror::Error;
 
 use super::cancel::CancelSlot;
 use crate::backend::CancelTarget;
@@ -157,11 +158,41 @@ pub struct NewClient<'a> {
 #[derive(Debug, Default)]
 pub struct ClientRegistry {
     map: Mutex<HashMap<CancelKey, Arc<ClientEntry>>>,
-    /// User and database names, and the first application names seen, shared by the entries
-    /// (configured names, and at most `MAX_SHARED_APP_NAMES` others: bounded).
-    names: Mutex<Vec<Arc<str>>>,
-    /// Application names in `names`.
-    app_names: std::sync::atomic::AtomicUsize,
+    /// Logged-in clients per user and per database (the client limits), with the name the
+    /// entries share. Bounded by the clients logged in: a name leaves with its last client.
+    counts: Mutex<Counts>,
+    /// The first application names seen, shared by the entries (at most
+    /// `MAX_SHARED_APP_NAMES`: others are per client).
+    app_names: Mutex<Vec<Arc<str>>>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    users: HashMap<Arc<str>, u32>,
+    databases: HashMap<Arc<str>, u32>,
+}
+
+/// How many clients a user and a database may have logged in at once (None: no limit).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientLimits {
+    /// `max_user_client_connections` of the user.
+    pub per_user: Option<u32>,
+    /// `max_db_client_connections` of the database.
+    pub per_database: Option<u32>,
+}
+
+/// A client over one of its [`ClientLimits`].
+#[derive(Debug, Error)]
+#[error("too many client connections for {what} \"{name}\" ({key} = {max})")]
+pub struct OverClientLimit {
+    /// "user" or "database".
+    pub what: &'static str,
+    /// The user or database name.
+    pub name: String,
+    /// The config key.
+    pub key: &'static str,
+    /// Its value.
+    pub max: u32,
 }
 
 /// A registered client; unregisters on drop.
@@ -177,7 +208,34 @@ pub struct ClientHandle {
 impl Drop for ClientHandle {
     fn drop(&mut self) {
         self.registry.lock().remove(&self.key);
+        let mut counts = self.registry.counts();
+        leave(&mut counts.users, &self.entry.user);
+        leave(&mut counts.databases, &self.entry.database);
     }
+}
+
+/// One client fewer under `name`.
+fn leave(map: &mut HashMap<Arc<str>, u32>, name: &str) {
+    if let Some(n) = map.get_mut(name) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(name);
+        }
+    }
+}
+
+/// One client more under `name`, unless `max` are there already; returns the shared name.
+fn enter(map: &mut HashMap<Arc<str>, u32>, name: &str, max: Option<u32>) -> Option<Arc<str>> {
+    let n = map.get(name).copied().unwrap_or(0);
+    if max.is_some_and(|m| n >= m) {
+        return None;
+    }
+    let key = match map.get_key_value(name) {
+        Some((k, _)) => k.clone(),
+        None => name.into(),
+    };
+    map.insert(key.clone(), n + 1);
+    Some(key)
 }
 
 impl ClientRegistry {
@@ -185,32 +243,70 @@ impl ClientRegistry {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The shared copy of a name (an idle client then costs no allocation for it). Client-chosen
-    /// names (`configured` false) are shared only up to `MAX_SHARED_APP_NAMES` distinct ones.
-    fn intern(&self, name: &str, configured: bool) -> Arc<str> {
-        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The shared copy of an application name (an idle client then costs no allocation for
+    /// it), for the first `MAX_SHARED_APP_NAMES` distinct ones.
+    fn intern_app_name(&self, name: &str) -> Arc<str> {
+        let mut names = self.app_names.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = names.iter().find(|n| ***n == *name) {
             return n.clone();
         }
         let n: Arc<str> = name.into();
-        if configured || self.app_names.load(Ordering::Relaxed) < MAX_SHARED_APP_NAMES {
-            if !configured {
-                self.app_names.fetch_add(1, Ordering::Relaxed);
-            }
+        if names.len() < MAX_SHARED_APP_NAMES {
             names.push(n.clone());
         }
         n
     }
 
-    /// Registers a new client under a fresh random cancel key.
-    pub fn register(self: &Arc<Self>, who: NewClient<'_>) -> ClientHandle {
+    /// Clients logged in as `user` now.
+    pub fn user_clients(&self, user: &str) -> u32 {
+        self.counts().users.get(user).copied().unwrap_or(0)
+    }
+
+    /// Clients logged in to `database` now.
+    pub fn database_clients(&self, database: &str) -> u32 {
+        self.counts().databases.get(database).copied().unwrap_or(0)
+    }
+
+    /// Registers a new client under a fresh random cancel key, unless its user or database
+    /// has as many clients as `limits` allow.
+    pub fn register(
+        self: &Arc<Self>,
+        who: NewClient<'_>,
+        limits: ClientLimits,
+    ) -> Result<ClientHandle, OverClientLimit> {
+        let (user, database) = {
+            let mut counts = self.counts();
+            let Some(user) = enter(&mut counts.users, who.user, limits.per_user) else {
+                return Err(OverClientLimit {
+                    what: "user",
+                    name: who.user.to_owned(),
+                    key: "max_user_client_connections",
+                    max: limits.per_user.unwrap_or(0),
+                });
+            };
+            let Some(database) = enter(&mut counts.databases, who.database, limits.per_database)
+            else {
+                leave(&mut counts.users, who.user);
+                return Err(OverClientLimit {
+                    what: "database",
+                    name: who.database.to_owned(),
+                    key: "max_db_client_connections",
+                    max: limits.per_database.unwrap_or(0),
+                });
+            };
+            (user, database)
+        };
         let now = anchored_now();
         let entry = Arc::new(ClientEntry {
             cancel: CancelSlot::default(),
             peer: who.peer,
-            user: self.intern(who.user, true),
-            database: self.intern(who.database, true),
-            application_name: self.intern(who.application_name, false),
+            user,
+            database,
+            application_name: self.intern_app_name(who.application_name),
             connected_at: now,
             state: AtomicU8::new(ClientState::Idle as u8),
             since: AtomicU64::new(now),
@@ -231,11 +327,11 @@ impl ClientRegistry {
             }
         };
         map.insert(key, entry.clone());
-        ClientHandle {
+        Ok(ClientHandle {
             registry: self.clone(),
             key,
             entry,
-        }
+        })
     }
 
     /// Where a cancel with this key should go, if the client is running a query.
@@ -259,13 +355,18 @@ mod tests {
     #[test]
     fn clients_register_change_state_and_leave() {
         let r = Arc::new(ClientRegistry::default());
-        let h = r.register(NewClient {
-            peer: "127.0.0.1:5000".parse().unwrap(),
-            user: "u",
-            database: "d",
-            application_name: "app",
-            tls: None,
-        });
+        let h = r
+            .register(
+                NewClient {
+                    peer: "127.0.0.1:5000".parse().unwrap(),
+                    user: "u",
+                    database: "d",
+                    application_name: "app",
+                    tls: None,
+                },
+                ClientLimits::default(),
+            )
+            .unwrap();
         assert_eq!(r.all().len(), 1);
         assert_eq!(h.entry.state().0, ClientState::Idle);
         h.entry.set_waiting(std::time::Instant::now());
@@ -273,5 +374,38 @@ mod tests {
         assert!(r.cancel_target(&h.key).is_none());
         drop(h);
         assert!(r.all().is_empty());
+    }
+
+    #[test]
+    fn client_limits_count_per_user_and_per_database() {
+        let r = Arc::new(ClientRegistry::default());
+        let who = |user| NewClient {
+            peer: "127.0.0.1:5000".parse().unwrap(),
+            user,
+            database: "d",
+            application_name: "",
+            tls: None,
+        };
+        let limits = ClientLimits {
+            per_user: Some(1),
+            per_database: Some(2),
+        };
+        let a = r.register(who("a"), limits).unwrap();
+        let e = r.register(who("a"), limits).unwrap_err();
+        assert_eq!(
+            (e.what, e.key, e.max),
+            ("user", "max_user_client_connections", 1)
+        );
+        let b = r.register(who("b"), limits).unwrap();
+        let e = r.register(who("c"), limits).unwrap_err();
+        assert_eq!((e.what, e.max), ("database", 2));
+        // A refusal by the database limit left no count behind for the user.
+        assert_eq!(r.user_clients("c"), 0);
+        assert_eq!((r.user_clients("a"), r.database_clients("d")), (1, 2));
+        drop(a);
+        drop(b);
+        assert_eq!((r.user_clients("a"), r.database_clients("d")), (0, 0));
+        assert!(r.counts().users.is_empty() && r.counts().databases.is_empty());
+        r.register(who("c"), limits).unwrap();
     }
 }

@@ -49,7 +49,7 @@ pub async fn pool_farewell(stream: &mut ClientStream, err: &PoolError) {
         PoolError::Connect(BackendError::Refused { frame, .. }) => {
             relay_farewell(stream, frame).await
         }
-        PoolError::WaitTimeout { .. } => {
+        PoolError::WaitTimeout { .. } | PoolError::CapReached { .. } => {
             farewell(
                 stream,
                 SqlState::TOO_MANY_CONNECTIONS,

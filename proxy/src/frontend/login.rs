@@ -245,7 +245,10 @@ async fn look_up(
     db: &str,
 ) -> Result<Option<User>, LoginError> {
     let (Some(a), Some(lookup)) = (
-        &settings.auth_query,
+        settings
+            .databases
+            .get(db)
+            .and_then(|d| d.auth_query.as_ref()),
         lookups.get(db).and_then(|rt| rt.auth_lookup.as_ref()),
     ) else {
         return Ok(None);

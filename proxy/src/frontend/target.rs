@@ -50,7 +50,9 @@ impl TargetError {
     pub(crate) fn sqlstate(&self) -> &str {
         match self {
             TargetError::Pool(PoolError::Connect(BackendError::Refused { code, .. })) => code,
-            TargetError::Pool(PoolError::WaitTimeout { .. }) => SqlState::TOO_MANY_CONNECTIONS.0,
+            TargetError::Pool(PoolError::WaitTimeout { .. } | PoolError::CapReached { .. }) => {
+                SqlState::TOO_MANY_CONNECTIONS.0
+            }
             TargetError::Pool(PoolError::Connect(_)) => SqlState::CANNOT_CONNECT.0,
             TargetError::NoPrimary { .. } => SqlState::NO_PRIMARY.0,
         }

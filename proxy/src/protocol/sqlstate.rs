@@ -47,6 +47,8 @@ impl SqlState {
     pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState("57P05");
     /// 25P03: `idle_transaction_timeout` expired.
     pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState("25P03");
+    /// 25P04: `transaction_timeout` expired (Postgres 17 uses it for its own).
+    pub const TRANSACTION_TIMEOUT: SqlState = SqlState("25P04");
     /// 57P03 as well: no primary is known for a write (after `primary_wait_timeout`).
     pub const NO_PRIMARY: SqlState = SqlState("57P03");
     /// XX000: internal error (a bug in pgtier ended the client's task).

@@ -80,6 +80,8 @@ pub struct Proxy {
     /// `current.generation`, readable with one atomic load.
     generation: AtomicU64,
     pools: Pools,
+    /// Server-connection limits shared between pools (max_db_connections, max_user_connections).
+    caps: crate::backend::Caps,
     clients: Arc<ClientRegistry>,
     count: ClientCount,
     shutdown: Shutdown,
@@ -131,6 +133,7 @@ impl Proxy {
             }),
             generation: AtomicU64::new(0),
             pools: Pools::default(),
+            caps: Default::default(),
             clients: Arc::default(),
             count: ClientCount::default(),
             shutdown: Shutdown::default(),
@@ -208,10 +211,11 @@ impl Proxy {
                 }),
             };
             let login = reload::server_login(db, user, &tls);
+            let settings = db.pool_for(user);
             let pools = db
                 .nodes()
                 .iter()
-                .map(|n| Pool::new(id.clone(), n.addr.clone(), login.clone(), db.pool.clone()))
+                .map(|n| reload::new_pool(&self.caps, &id, &n.addr, &login, &settings))
                 .collect();
             Arc::new(Upstream::new(pools))
         })
@@ -225,6 +229,11 @@ impl Proxy {
     /// Every server pool.
     pub fn pools(&self) -> Vec<Arc<Pool>> {
         self.pools.all()
+    }
+
+    /// Every server-connection limit shared between pools.
+    pub fn caps(&self) -> Vec<Arc<crate::backend::ConnectionCap>> {
+        self.caps.all()
     }
 
     /// Every (database, user)'s pools.
@@ -276,7 +285,7 @@ impl Proxy {
         }
         let databases =
             reload::build_databases(&settings, &tls, Some(&old), &self.metrics, &self.control);
-        reload::reconcile_pools(&self.pools, &settings, &tls);
+        reload::reconcile_pools(&self.pools, &self.caps, &settings, &tls);
         let generation = old.generation + 1;
         self.current.store(Arc::new(Snapshot {
             settings: Arc::new(settings),

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use tracing::info;
 
 use super::{DbRuntime, Snapshot};
-use crate::backend::{Pool, Pools, ServerLogin, Upstream};
+use crate::backend::{CapScope, Caps, Pool, PoolId, Pools, ServerLogin, Upstream};
 use crate::cluster::{ConfiguredRole, Topology};
-use crate::config::{ClientAuth, ConfigError, Database, ServerTlsSettings, Settings, User};
+use crate::config::{
+    ClientAuth, ConfigError, Database, NodeAddr, PoolSettings, ServerTlsSettings, Settings, User,
+};
 use crate::control::Control;
 use crate::frontend::auth_query::AuthLookup;
 use crate::frontend::Limits;
@@ -40,6 +42,31 @@ pub(super) fn server_login(db: &Database, user: &User, tls: &ServerTls) -> Serve
         max_prepared_statements: db.pool.max_prepared_statements,
         tls: tls.clone(),
     }
+}
+
+/// A pool of `id` on `node`, under the shared limits its settings name.
+pub(super) fn new_pool(
+    caps: &Caps,
+    id: &PoolId,
+    node: &NodeAddr,
+    login: &ServerLogin,
+    settings: &PoolSettings,
+) -> Arc<Pool> {
+    let mut shared = Vec::new();
+    // Database first, then user: every pool takes slots in the same order.
+    if let Some(max) = settings.max_db_connections {
+        shared.push(caps.get(CapScope::Database, &id.database, node, max));
+    }
+    if let Some(max) = settings.max_user_connections {
+        shared.push(caps.get(CapScope::User, &id.user, node, max));
+    }
+    Pool::new(
+        id.clone(),
+        node.clone(),
+        login.clone(),
+        settings.clone(),
+        shared,
+    )
 }
 
 /// The server-side TLS of every database, its files read now (databases with the same
@@ -118,7 +145,7 @@ pub(super) fn build_databases(
                 None => new_router(settings, db, &server_tls, None),
             };
             // A new lookup (an empty cache) per snapshot: a reload may change its settings.
-            let auth_lookup = settings
+            let auth_lookup = db
                 .auth_query
                 .as_ref()
                 .map(|a| Arc::new(AuthLookup::new(a, db, router.clone(), server_tls.clone())));
@@ -206,6 +233,7 @@ fn new_router(
 /// databases or users, and replaced pools, are retired.
 pub(super) fn reconcile_pools(
     pools: &Pools,
+    caps: &Caps,
     settings: &Settings,
     tls: &HashMap<String, ServerTls>,
 ) {
@@ -221,20 +249,21 @@ pub(super) fn reconcile_pools(
             continue;
         };
         let login = server_login(db, user, &tls_of(tls, db));
+        let wanted_settings = db.pool_for(user);
         let mut reused = 0;
         let wanted: Vec<Arc<Pool>> = db
             .nodes()
             .iter()
             .map(|n| {
                 let same = upstream.pools().iter().find(|p| {
-                    p.node() == &n.addr && p.login() == &login && p.settings() == &db.pool
+                    p.node() == &n.addr && p.login() == &login && p.settings() == &wanted_settings
                 });
                 match same {
                     Some(p) => {
                         reused += 1;
                         p.clone()
                     }
-                    None => Pool::new(id.clone(), n.addr.clone(), login.clone(), db.pool.clone()),
+                    None => new_pool(caps, &id, &n.addr, &login, &wanted_settings),
                 }
             })
             .collect();

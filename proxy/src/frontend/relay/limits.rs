@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::backend::params::ExtraParams;
-use crate::config::{PoolMode, SessionStatePolicy};
+use crate::config::{PoolMode, PoolSettings, SessionStatePolicy};
 
 /// Limits the relay applies.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +28,10 @@ pub(crate) struct Limits {
     pub server_write_timeout: Duration,
     /// Bytes a client's named prepared statements may take.
     pub prepared_bytes: usize,
+    /// A query the server owes a reply to for this long is canceled (None: never).
+    pub query_timeout: Option<Duration>,
+    /// A transaction open this long ends the client's connection (None: never).
+    pub transaction_timeout: Option<Duration>,
 }
 
 impl Limits {
@@ -45,6 +49,16 @@ impl Limits {
             server_write_timeout: settings.raw.server_write_timeout,
             prepared_bytes: usize::try_from(settings.raw.max_prepared_statement_bytes_per_client)
                 .unwrap_or(usize::MAX),
+            query_timeout: db.pool.query_timeout,
+            transaction_timeout: db.pool.transaction_timeout,
         }
+    }
+
+    /// These limits with what a user's pool settings override (pool mode, timeouts).
+    pub fn for_pool(mut self, pool: &PoolSettings) -> Limits {
+        self.mode = pool.mode;
+        self.query_timeout = pool.query_timeout;
+        self.transaction_timeout = pool.transaction_timeout;
+        self
     }
 }

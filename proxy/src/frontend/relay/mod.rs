@@ -40,10 +40,12 @@ const CLIENT_CAUSED: [&str; 4] = ["08P01", "25P03", "25P04", "57P05"];
 
 mod limits;
 mod probe;
+mod timeouts;
 mod to_client;
 mod to_server;
 
 pub(crate) use limits::Limits;
+pub(crate) use timeouts::CANCEL_GRACE;
 
 /// Read buffer size per direction while a client is active.
 pub(crate) const BUF_SIZE: usize = 16 * 1024;
@@ -82,6 +84,11 @@ pub(crate) enum Outcome {
     Killed,
     /// Bringing the server's parameters in line with the client's failed: (SQLSTATE, message).
     SyncFailed(String, String),
+    /// A query went unanswered past `query_timeout`, and the server ignored the cancel sent
+    /// then for `CANCEL_GRACE`.
+    QueryTimeout,
+    /// A transaction stayed open past `transaction_timeout`.
+    TransactionTimeout,
     /// The server ended the session over what the client did (a FATAL with one of
     /// `CLIENT_CAUSED`, this SQLSTATE), and the client has its error: the node is not at fault.
     ServerEndedClient(&'static str),
@@ -152,6 +159,8 @@ pub(crate) async fn run(
         observer: state.observer,
         killed: state.killed,
         entry: state.entry,
+        cancel: state.cancel,
+        clocks: timeouts::Clocks::default(),
     };
     let outcome = r.run(shutdown).await;
     if r.gate.wrote_in_run {
@@ -217,6 +226,7 @@ impl Relay<'_> {
                 _ => None,
             };
             let drain_when_idle = r.holds_server() && at_rest && r.status == TxStatus::Idle;
+            let (query_deadline, tx_deadline) = r.deadlines();
             if r.cbuf.capacity() - r.cbuf.len() < 1024 {
                 r.cbuf.reserve(BUF_SIZE);
             }
@@ -248,6 +258,12 @@ impl Relay<'_> {
                     }
                 },
                 _ = sleep_until_opt(idle_deadline) => return Outcome::IdleInTransaction,
+                _ = sleep_until_opt(query_deadline) => {
+                    if let Some(end) = r.query_timed_out() {
+                        return end;
+                    }
+                }
+                _ = sleep_until_opt(tx_deadline) => return Outcome::TransactionTimeout,
                 _ = sleep_until_opt(r.expect.causal.deadline()) => {
                     return r.server_lost(std::io::ErrorKind::TimedOut.into()).await;
                 }
@@ -297,6 +313,8 @@ pub(crate) struct ClientState<'a> {
     pub killed: &'a (dyn Fn() -> bool + Sync),
     /// The client's registry entry (SHOW CLIENTS' prepared-statement count).
     pub entry: &'a super::clients::ClientEntry,
+    /// Where a cancel of the server's running query goes (`query_timeout`).
+    pub cancel: crate::backend::CancelTarget,
 }
 
 /// The relay's state for one run.
@@ -331,6 +349,9 @@ struct Relay<'a> {
     observer: Observer<'a>,
     killed: &'a (dyn Fn() -> bool + Sync),
     entry: &'a super::clients::ClientEntry,
+    cancel: crate::backend::CancelTarget,
+    /// When the running query and transaction began (only with their timeouts set).
+    clocks: timeouts::Clocks,
 }
 
 impl Relay<'_> {

@@ -77,6 +77,7 @@ impl Relay<'_> {
         if scan.ready > 0 {
             // Statements change as the server answers (SHOW CLIENTS' count).
             self.entry.set_prepared(self.statements.len());
+            self.query_answered();
         }
         if self.gate.held && !self.busy() && self.server.inbuf.is_empty() {
             // The replica answered everything before a unit that needs the primary.

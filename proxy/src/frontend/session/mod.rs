@@ -29,7 +29,7 @@ use crate::backend::pool::ServerParams;
 use crate::backend::{PoolError, Upstream};
 use crate::cluster::Lsn;
 use crate::config::PoolMode;
-use crate::frontend::clients::{ClientHandle, ClientState, NewClient};
+use crate::frontend::clients::{ClientHandle, ClientLimits, ClientState, NewClient};
 use crate::frontend::farewell::{farewell, farewell_now, pool_farewell};
 use crate::frontend::listener::ClientGuard;
 use crate::frontend::login::{login, Login, LoginError};
@@ -262,7 +262,7 @@ impl Session {
 
     /// Whether the client keeps its server between transactions (session mode, or pinned).
     fn holds_server(&self) -> bool {
-        self.limits().mode == PoolMode::Session || self.pinned.is_some()
+        self.upstream.settings().mode == PoolMode::Session || self.pinned.is_some()
     }
 
     /// The database's router.

@@ -88,8 +88,43 @@ pub async fn handle(
         .await;
         return;
     };
+    // Counted before any server is asked for: a client over its user's or database's limit
+    // costs no server connection.
+    let app_name = startup_params
+        .iter()
+        .rev()
+        .find(|(k, _)| k.eq_ignore_ascii_case("application_name"))
+        .map_or("", |(_, v)| v.as_str());
+    let registered = proxy.client_registry().register(
+        NewClient {
+            peer,
+            user: &user.name,
+            database: &db.name,
+            application_name: app_name,
+            tls: stream.tls_info(),
+        },
+        ClientLimits {
+            per_user: settings.max_user_client_connections(&user),
+            per_database: db.max_client_connections,
+        },
+    );
+    let client = match registered {
+        Ok(c) => c,
+        Err(e) => {
+            info!(%peer, error = %e, "login refused");
+            runtime.metrics.error(SqlState::TOO_MANY_CONNECTIONS.0);
+            Box::pin(farewell(
+                &mut stream,
+                SqlState::TOO_MANY_CONNECTIONS,
+                &e.to_string(),
+            ))
+            .await;
+            return;
+        }
+    };
     let generation = settings_generation(&proxy, &settings);
     let upstream = proxy.upstream_for(db, &user);
+    let mode = upstream.settings().mode;
     let router = runtime.router.clone();
     let params = match Box::pin(welcome_params(&upstream, &router)).await {
         Ok(p) => p,
@@ -100,7 +135,7 @@ pub async fn handle(
         }
     };
     // Session mode holds one server (on the primary) for the whole session, taken now.
-    let held = match db.pool.mode {
+    let held = match mode {
         PoolMode::Session => {
             match Box::pin(target::checkout(
                 &router,
@@ -120,18 +155,6 @@ pub async fn handle(
         }
         PoolMode::Transaction => None,
     };
-    let app_name = startup_params
-        .iter()
-        .rev()
-        .find(|(k, _)| k.eq_ignore_ascii_case("application_name"))
-        .map_or("", |(_, v)| v.as_str());
-    let client = proxy.client_registry().register(NewClient {
-        peer,
-        user: &user.name,
-        database: &db.name,
-        application_name: app_name,
-        tls: stream.tls_info(),
-    });
     if held.is_some() {
         client.entry.set_state(ClientState::Active);
     }
@@ -181,7 +204,7 @@ pub async fn handle(
         params: client_params,
         defaults: params,
         // Session mode holds the server anyway: nothing to classify, nothing to reject.
-        pinned: (db.pool.mode == PoolMode::Session).then_some("session mode"),
+        pinned: (mode == PoolMode::Session).then_some("session mode"),
         looked_up: match user {
             std::borrow::Cow::Owned(u) => Some(Arc::new(u)),
             std::borrow::Cow::Borrowed(_) => None,

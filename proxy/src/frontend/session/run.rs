@@ -15,7 +15,8 @@ impl Session {
         let started = serving.since;
         let server = &mut serving.server;
         let entry = self.client.entry.clone();
-        entry.set_server(Some((server.conn().cancel_target(), serving.node)));
+        let cancel = server.conn().cancel_target();
+        entry.set_server(Some((cancel, serving.node)));
         let was_pinned = self.pinned.is_some();
         let runtime = self.runtime.clone();
         let classifier = runtime.router.classifier();
@@ -58,10 +59,11 @@ impl Session {
                 observer,
                 killed: &killed,
                 entry: &entry,
+                cancel,
             },
             server.conn().io(),
             first,
-            *runtime.limits,
+            runtime.limits.for_pool(upstream.settings()),
             &self.shutdown,
         )
         .await;
@@ -177,6 +179,23 @@ impl Session {
                 let message = format!("pgtier: server {node} accepted no data for server_write_timeout ({limit:?}); connection closed");
                 self.close(SqlState::CONNECTION_FAILURE, &message).await;
                 return Err("server_write_timeout");
+            }
+            Outcome::QueryTimeout => {
+                let node = self.upstream.node(serving.node).node().to_owned();
+                drop(serving);
+                let limit = upstream.settings().query_timeout.unwrap_or_default();
+                warn!(peer = %entry.peer, user = %self.user(), database = %self.database(), %node, ?limit, "query_timeout: the server did not answer the cancel; closing the server connection and its client");
+                let message = format!("pgtier: query canceled after query_timeout ({limit:?}), and server {node} did not answer the cancel within {:?}; connection closed", relay::CANCEL_GRACE);
+                self.close(SqlState::QUERY_CANCELED, &message).await;
+                return Err("query_timeout");
+            }
+            Outcome::TransactionTimeout => {
+                let limit = upstream.settings().transaction_timeout.unwrap_or_default();
+                info!(peer = %entry.peer, user = %self.user(), database = %self.database(), ?limit, "transaction_timeout: closing the client and its server connection (the transaction does not commit)");
+                drop(serving);
+                let message = format!("terminating connection due to transaction timeout (transaction_timeout = {limit:?})");
+                self.close(SqlState::TRANSACTION_TIMEOUT, &message).await;
+                return Err("transaction_timeout");
             }
             Outcome::IdleInTransaction => (
                 SqlState::IDLE_IN_TRANSACTION_TIMEOUT,
