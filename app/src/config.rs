@@ -23,6 +23,10 @@ pub struct Config {
     pub health_timeout: Duration,
     /// Apply embedded migrations at start (`APP_MIGRATE`, default true).
     pub migrate: bool,
+    /// Carry causal tokens: `X-Causal-Lsn` on write responses, `SET pgtier.min_lsn` for reads
+    /// that send it (`APP_CAUSAL_TOKENS`, default true). Off, the app relies on pgtier's
+    /// `causal_scope` alone.
+    pub causal_tokens: bool,
 }
 
 impl Config {
@@ -35,6 +39,7 @@ impl Config {
             db_timeout: Duration::from_secs(5),
             health_timeout: Duration::from_secs(2),
             migrate: true,
+            causal_tokens: true,
         }
     }
 
@@ -63,6 +68,9 @@ impl Config {
         }
         if let Some(v) = var("APP_MIGRATE") {
             c.migrate = !matches!(v.as_str(), "0" | "false" | "no" | "off");
+        }
+        if let Some(v) = var("APP_CAUSAL_TOKENS") {
+            c.causal_tokens = !matches!(v.as_str(), "0" | "false" | "no" | "off");
         }
         Ok(c)
     }

@@ -159,6 +159,8 @@ pub struct Db {
     /// CAUSAL_UNKNOWN, CAUSAL_SUPPORTED, or 2 + milliseconds since `started` until which
     /// pgtier is taken not to support causal tokens.
     causal: AtomicU64,
+    /// `Config::causal_tokens`.
+    carry_tokens: bool,
 }
 
 /// A client's causal token: an LSN `X/Y` (hex) from the `X-Causal-Lsn` header.
@@ -196,6 +198,7 @@ impl Db {
             timeout: cfg.db_timeout,
             started: Instant::now(),
             causal: AtomicU64::new(CAUSAL_UNKNOWN),
+            carry_tokens: cfg.causal_tokens,
         })
     }
 
@@ -236,7 +239,7 @@ impl Db {
     /// only sent to a pgtier that answered `SHOW pgtier.causal_lsn`).
     pub async fn read(&self, causal: &Causal) -> ApiResult<DbConn<'_>> {
         let mut c = self.conn().await?;
-        if let Some(lsn) = &causal.0 {
+        if let Some(lsn) = causal.0.as_ref().filter(|_| self.carry_tokens) {
             if self.causal_supported(&mut c).await {
                 c.client
                     .simple_query(&format!("SET pgtier.min_lsn = '{lsn}'"))
@@ -250,7 +253,7 @@ impl Db {
 
     /// After a committed write on `c`: the client's causal token from pgtier, if it has one.
     pub async fn causal_token(&self, c: &mut Conn) -> Option<String> {
-        if !self.may_ask() {
+        if !self.carry_tokens || !self.may_ask() {
             return None;
         }
         self.ask_token(c).await

@@ -27,6 +27,7 @@ pub fn run(proxy: &Proxy, command: &str, rest: &str) -> Result<BytesMut, Failure
                 "SHOW CONFIG",
                 "SHOW LISTS",
                 "SHOW REPLICAS",
+                "SHOW CAUSAL",
                 "SHOW ROUTE [database] <sql>",
                 "PAUSE [database]",
                 "RESUME [database]",
@@ -50,6 +51,7 @@ pub fn run(proxy: &Proxy, command: &str, rest: &str) -> Result<BytesMut, Failure
         "users" => Ok(users(proxy)),
         "pools" => Ok(pools(proxy)),
         "replicas" => Ok(replicas(proxy)),
+        "causal" => Ok(causal(proxy)),
         "route" => route(proxy, rest),
         "stats" => Ok(super::lists::stats(proxy)),
         "servers" => Ok(super::lists::servers(proxy)),
@@ -190,6 +192,27 @@ fn users(proxy: &Proxy) -> BytesMut {
         rows,
         "SHOW",
     )
+}
+
+/// The shared causal tokens (causal_scope): one row per database, user or application name
+/// whose clients share one, with the latest commit position it holds.
+fn causal(proxy: &Proxy) -> BytesMut {
+    let snapshot = proxy.snapshot();
+    let mut rows = Vec::new();
+    for (db, _) in sorted_databases(&snapshot) {
+        let Some(rt) = snapshot.databases.get(&db.name) else {
+            continue;
+        };
+        for r in rt.scopes.rows() {
+            rows.push(vec![
+                db.name.clone(),
+                r.scope.as_str().to_owned(),
+                r.key,
+                r.token.to_string(),
+            ]);
+        }
+    }
+    table(&["database", "scope", "key", "token"], rows, "SHOW")
 }
 
 /// One row per (database, user, node), PgBouncer's columns plus `node` and `pool_size`.

@@ -146,6 +146,7 @@ impl Validator<'_> {
                 max_client_connections: u.max_user_client_connections,
                 query_timeout: u.query_timeout,
                 transaction_timeout: u.transaction_timeout,
+                causal_scope: u.causal_scope,
             },
         })
     }

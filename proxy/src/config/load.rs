@@ -416,6 +416,7 @@ impl Validator<'_> {
                 primary_wait_timeout: raw.primary_wait_timeout,
                 causal_read_wait: raw.causal_read_wait,
                 report_causal_lsn: raw.report_causal_lsn,
+                causal_scope: d.causal_scope.unwrap_or(raw.causal_scope),
                 rules: self.rules(raw, name, &d.rules),
             },
             pool: PoolSettings {

@@ -18,7 +18,9 @@ pub use crate::router::rules::{LagLimit, RuleAction, RuleSet};
 pub use credentials::looked_up_user;
 pub use diff::restart_required;
 pub use load::{load_file, parse_str, ConfigError, Problem};
-pub use schema::{AuthMethod, LogFormat, NodeRole, PoolMode, PrimaryReads, SessionStatePolicy};
+pub use schema::{
+    AuthMethod, CausalScope, LogFormat, NodeRole, PoolMode, PrimaryReads, SessionStatePolicy,
+};
 pub use settings::{
     AuthQuerySettings, ClientAuth, Database, NodeAddr, PoolSettings, RoutingSettings, Settings,
     User,

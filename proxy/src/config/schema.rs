@@ -40,6 +40,34 @@ pub enum PrimaryReads {
     Include,
 }
 
+/// Which clients share a causal token: a read waits for (or avoids replicas behind) every
+/// write committed by a client of its scope, not only its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CausalScope {
+    /// Each client connection has its own token.
+    Connection,
+    /// All clients of the same user (in one database) share one.
+    #[default]
+    User,
+    /// Clients with the same application_name share one.
+    ApplicationName,
+    /// Every client of the database shares one.
+    Database,
+}
+
+impl CausalScope {
+    /// The config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CausalScope::Connection => "connection",
+            CausalScope::User => "user",
+            CausalScope::ApplicationName => "application_name",
+            CausalScope::Database => "database",
+        }
+    }
+}
+
 /// How log lines are written to stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -271,6 +299,8 @@ pub struct Config {
     pub causal_read_wait: Duration,
     /// Send ParameterStatus `pgtier.causal_lsn` to the client after each write transaction.
     pub report_causal_lsn: bool,
+    /// Which clients share a causal token (connection, user, application_name, database).
+    pub causal_scope: CausalScope,
     /// Functions whose calls always go to the primary (in addition to the built-in list).
     pub write_functions: Vec<String>,
     /// Volatile functions known not to write (their calls may go to a replica).
@@ -388,6 +418,7 @@ impl Default for Config {
             primary_wait_timeout: Duration::from_secs(10),
             causal_read_wait: Duration::from_millis(2),
             report_causal_lsn: true,
+            causal_scope: CausalScope::User,
             write_functions: Vec::new(),
             read_only_functions: Vec::new(),
             classify_cache_size: 10_000,
@@ -445,6 +476,8 @@ pub struct UserConfig {
     /// Overrides the database's `transaction_timeout` for this user (0: never).
     #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
     pub transaction_timeout: Option<Duration>,
+    /// Overrides the database's `causal_scope` for this user's clients.
+    pub causal_scope: Option<CausalScope>,
 }
 
 /// `[databases.NAME]`.
@@ -474,6 +507,8 @@ pub struct DatabaseConfig {
     pub min_pool_size: Option<u32>,
     /// Overrides the global `pool_mode`.
     pub pool_mode: Option<PoolMode>,
+    /// Overrides the global `causal_scope`.
+    pub causal_scope: Option<CausalScope>,
     /// Overrides the global `max_db_connections`.
     pub max_db_connections: Option<u32>,
     /// Overrides the global `max_db_client_connections`.

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::schema::{Config, PoolMode, PrimaryReads, SessionStatePolicy};
+use super::schema::{CausalScope, Config, PoolMode, PrimaryReads, SessionStatePolicy};
 use crate::cluster::{ClusterSettings, NodeConfig};
 use crate::protocol::auth::{Md5Secret, ScramSecret};
 use crate::router::rules::RuleSet;
@@ -89,6 +89,8 @@ pub struct UserLimits {
     pub query_timeout: Option<Duration>,
     /// `transaction_timeout` of this user's transactions (Some(ZERO): never).
     pub transaction_timeout: Option<Duration>,
+    /// Which of this user's clients share a causal token.
+    pub causal_scope: Option<CausalScope>,
 }
 
 /// Limits and timeouts of one (database, user) pool.
@@ -151,6 +153,13 @@ impl Database {
         &self.cluster.nodes
     }
 
+    /// Which of `user`'s clients of this database share a causal token.
+    pub fn causal_scope_for(&self, user: &User) -> CausalScope {
+        user.limits
+            .causal_scope
+            .unwrap_or(self.routing.causal_scope)
+    }
+
     /// The settings of `user`'s pools of this database: the database's, with the user's
     /// overrides (a user's setting wins over its database's).
     pub fn pool_for(&self, user: &User) -> PoolSettings {
@@ -187,6 +196,8 @@ pub struct RoutingSettings {
     pub causal_read_wait: Duration,
     /// Send ParameterStatus `pgtier.causal_lsn` after write transactions.
     pub report_causal_lsn: bool,
+    /// Which clients share a causal token (a user may override it).
+    pub causal_scope: CausalScope,
     /// The DBA's routing rules, in order (empty: the classifier decides alone).
     pub rules: Arc<RuleSet>,
 }

@@ -16,6 +16,7 @@
 //! unit that ends a transaction probes again, and if the relay ends first the session reads the
 //! position before the client's next replica read.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
@@ -27,6 +28,7 @@ use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::parameter_status;
 use crate::router::lexer::{Lexer, StringSyntax, Token};
+use crate::router::scopes::ScopeToken;
 
 /// pgtier's probe (schema-qualified: a client's search_path cannot shadow it).
 const PROBE: &[u8] = b"SELECT pg_catalog.pg_current_wal_insert_lsn()\0";
@@ -57,15 +59,20 @@ pub(crate) struct Causal {
     pub answered: bool,
     /// A probe entry was queued after the held ReadyForQuery: send its query now.
     pub send_now: bool,
+    /// The client's causal scope, advanced with every position learned (before the
+    /// ReadyForQuery that ends the write reaches the client).
+    scope: Option<Arc<ScopeToken>>,
 }
 
 impl Causal {
     /// The state for a run: `enabled` on the primary when units are routed, `token` the client's.
-    pub fn new(enabled: bool, report: bool, token: Lsn) -> Causal {
+    /// `scope`: the token shared with the client's causal scope, if any.
+    pub fn new(enabled: bool, report: bool, token: Lsn, scope: Option<&Arc<ScopeToken>>) -> Causal {
         Causal {
             enabled,
             report,
             token,
+            scope: scope.cloned(),
             ..Causal::default()
         }
     }
@@ -123,6 +130,9 @@ impl Causal {
             Some(lsn) => {
                 self.token = self.token.max(lsn);
                 self.learned = true;
+                if let Some(scope) = &self.scope {
+                    scope.advance(lsn);
+                }
                 if self.report && self.held.is_some() {
                     parameter_status(out, "pgtier.causal_lsn", &self.token.to_string());
                 }
@@ -371,7 +381,7 @@ mod tests {
 
     #[test]
     fn a_lost_probe_releases_the_held_ready_for_query_without_a_token() {
-        let mut c = Causal::new(true, true, Lsn(7));
+        let mut c = Causal::new(true, true, Lsn(7), None);
         c.uncovered = true;
         assert!(c.hold_ready(b'I', false, || true));
         assert!(c.send_now && !c.uncovered && c.deadline().is_some());
@@ -383,7 +393,7 @@ mod tests {
         assert!(c.uncovered && c.deadline().is_none() && c.token == Lsn(7));
         assert!(!c.lose(&mut BytesMut::new()));
         // Nothing to hold for: a read, or a transaction still open.
-        let mut c = Causal::new(true, true, Lsn(7));
+        let mut c = Causal::new(true, true, Lsn(7), None);
         assert!(!c.hold_ready(b'I', false, || true));
         c.uncovered = true;
         assert!(!c.hold_ready(b'T', false, || true));

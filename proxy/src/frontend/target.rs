@@ -25,6 +25,9 @@ pub(crate) struct Serving {
     pub on_replica: bool,
     /// When it was checked out (the pool wait ends and the run's timing starts here).
     pub since: std::time::Instant,
+    /// How long a replica was asked for its replay position before this checkout (a read
+    /// that had to wait for the client's causal token; None: no wait).
+    pub causal_wait: Option<Duration>,
     /// Counts the request against the node while it runs.
     _in_flight: InFlight,
 }
@@ -66,6 +69,7 @@ pub(crate) async fn checkout(
     database: &str,
     target: Target,
 ) -> Result<Serving, TargetError> {
+    let mut causal_wait = None;
     if let Target::Replica { min_lsn, limits } = target {
         // One retry on another replica if the first refuses.
         for _ in 0..2 {
@@ -78,10 +82,15 @@ pub(crate) async fn checkout(
                 Choice::Check(i) => match upstream.node(i).checkout().await {
                     Ok(mut server) => {
                         let wait = router.settings().causal_read_wait;
-                        match caught_up(&mut server, min_lsn, wait).await {
+                        let asked = std::time::Instant::now();
+                        let replayed = caught_up(&mut server, min_lsn, wait).await;
+                        causal_wait = Some(asked.elapsed());
+                        match replayed {
                             Some(lsn) if lsn >= min_lsn => {
                                 router.topology().observe_replay(i, lsn);
-                                return Ok(serving(router, server, i, true));
+                                let mut s = serving(router, server, i, true);
+                                s.causal_wait = causal_wait;
+                                return Ok(s);
                             }
                             Some(lsn) => {
                                 router.topology().observe_replay(i, lsn);
@@ -106,7 +115,11 @@ pub(crate) async fn checkout(
         });
     };
     match upstream.node(i).checkout().await {
-        Ok(server) => Ok(serving(router, server, i, false)),
+        Ok(server) => {
+            let mut s = serving(router, server, i, false);
+            s.causal_wait = causal_wait;
+            Ok(s)
+        }
         Err(e) => {
             if matches!(e, PoolError::Connect(_)) {
                 router.topology().report_failure(i);
@@ -122,6 +135,7 @@ fn serving(router: &Router, server: Checkout, node: usize, on_replica: bool) -> 
         node,
         on_replica,
         since: std::time::Instant::now(),
+        causal_wait: None,
         _in_flight: router.topology().begin(node),
     }
 }

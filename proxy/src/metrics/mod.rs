@@ -158,6 +158,8 @@ struct Families {
     wait_us: IntCounterVec,
     errors: IntCounterVec,
     write_timeouts: IntCounterVec,
+    causal_waits: HistogramVec,
+    scope_fallbacks: IntCounterVec,
     gauges: scrape::Gauges,
 }
 
@@ -175,6 +177,8 @@ pub struct DbMetrics {
     wait_us: IntCounter,
     errors: IntCounterVec,
     write_timeouts: [IntCounter; 2],
+    causal_waits: Histogram,
+    scope_fallbacks: IntCounter,
     database: String,
 }
 
@@ -290,6 +294,17 @@ impl Metrics {
                 "Connections closed because the peer accepted no data for client_write_timeout or server_write_timeout, by database and peer (client, server).",
                 &["database", "peer"],
             ),
+            causal_waits: histogram_vec(
+                "causal_wait_seconds",
+                "Reads that asked a replica for its replay position before running (to see the client's or its scope's causal token), by how long they waited.",
+                &["database"],
+                latency_buckets(),
+            ),
+            scope_fallbacks: counter_vec(
+                "causal_scope_fallbacks_total",
+                "Reads that went to the primary because no replica had replayed their causal scope's token (causal_scope).",
+                &["database"],
+            ),
             gauges: scrape::Gauges::new(),
         };
         let reloads = counter_vec(
@@ -317,13 +332,18 @@ impl Metrics {
             &families.wait_us,
             &families.errors,
             &families.write_timeouts,
+            &families.scope_fallbacks,
             &reloads,
             &tls_handshakes,
             &pins,
         ] {
             registry.register(Box::new(c.clone())).expect("unique name");
         }
-        for h in [&families.query_seconds, &families.pool_wait_seconds] {
+        for h in [
+            &families.query_seconds,
+            &families.pool_wait_seconds,
+            &families.causal_waits,
+        ] {
             registry.register(Box::new(h.clone())).expect("unique name");
         }
         families.gauges.register(&registry);
@@ -393,6 +413,8 @@ impl DbMetrics {
                 f.write_timeouts
                     .with_label_values(&[database, peer.as_str()])
             }),
+            causal_waits: f.causal_waits.with_label_values(&[database]),
+            scope_fallbacks: f.scope_fallbacks.with_label_values(&[database]),
             database: database.to_owned(),
         }
     }
@@ -410,6 +432,18 @@ impl DbMetrics {
     /// Records one query's time to ReadyForQuery.
     pub fn query(&self, role: RoleLabel, took: Duration) {
         self.query_seconds[role as usize].observe(took.as_secs_f64());
+    }
+
+    /// Records a read routed to a replica: how long it waited for a replica to replay its
+    /// causal token (None: no wait), and whether it went to the primary because of its causal
+    /// scope's token.
+    pub fn causal_read(&self, waited: Option<Duration>, scope_fallback: bool) {
+        if let Some(w) = waited {
+            self.causal_waits.observe(w.as_secs_f64());
+        }
+        if scope_fallback {
+            self.scope_fallbacks.inc();
+        }
     }
 
     /// Records a client's wait for a server connection.

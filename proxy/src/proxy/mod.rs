@@ -55,6 +55,8 @@ pub struct DbRuntime {
     pub metrics: Arc<DbMetrics>,
     /// Its admin state (kept across reloads).
     pub control: Arc<DbControl>,
+    /// Causal tokens shared by clients (kept across reloads).
+    pub scopes: Arc<crate::router::scopes::DbScopes>,
     /// `auth_query` lookups for users pgtier has no entry for (None: `auth_user` unset).
     pub auth_lookup: Option<Arc<crate::frontend::auth_query::AuthLookup>>,
 }
@@ -87,6 +89,8 @@ pub struct Proxy {
     shutdown: Shutdown,
     metrics: Arc<Metrics>,
     control: Control,
+    /// Causal scope tokens per database (kept across reloads).
+    scopes: Arc<crate::router::scopes::ScopeRegistry>,
     /// The file reloads read (None: settings given directly, nothing to reload).
     config_path: Option<PathBuf>,
     /// One reload at a time.
@@ -123,7 +127,13 @@ impl Proxy {
         let metrics = Arc::new(Metrics::new());
         tokio::spawn(stats_period(Arc::downgrade(&metrics)));
         let control = Control::default();
-        let databases = reload::build_databases(&settings, &tls, None, &metrics, &control);
+        let scopes = Arc::new(crate::router::scopes::ScopeRegistry::default());
+        let kept = reload::Kept {
+            metrics: &metrics,
+            control: &control,
+            scopes: &scopes,
+        };
+        let databases = reload::build_databases(&settings, &tls, None, &kept);
         Ok(Arc::new(Proxy {
             current: ArcSwap::from_pointee(Snapshot {
                 settings: Arc::new(settings),
@@ -139,6 +149,7 @@ impl Proxy {
             shutdown: Shutdown::default(),
             metrics,
             control,
+            scopes,
             config_path,
             reloading: Mutex::new(()),
             log_level: OnceLock::new(),
@@ -283,8 +294,12 @@ impl Proxy {
                 None => restart.push("log_level"),
             }
         }
-        let databases =
-            reload::build_databases(&settings, &tls, Some(&old), &self.metrics, &self.control);
+        let kept = reload::Kept {
+            metrics: &self.metrics,
+            control: &self.control,
+            scopes: &self.scopes,
+        };
+        let databases = reload::build_databases(&settings, &tls, Some(&old), &kept);
         reload::reconcile_pools(&self.pools, &self.caps, &settings, &tls);
         let generation = old.generation + 1;
         self.current.store(Arc::new(Snapshot {

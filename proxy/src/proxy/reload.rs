@@ -21,6 +21,7 @@ use crate::frontend::Limits;
 use crate::metrics::Metrics;
 use crate::router::classify::FunctionTable;
 use crate::router::route::Router;
+use crate::router::scopes::ScopeRegistry;
 use crate::tls::ClientTls;
 use crate::tls::ServerTls;
 
@@ -119,14 +120,20 @@ pub(super) fn tls_of(tls: &HashMap<String, ServerTls>, db: &Database) -> ServerT
     })
 }
 
+/// What every snapshot's databases share (counters, admin state, causal tokens).
+pub(super) struct Kept<'a> {
+    pub metrics: &'a Metrics,
+    pub control: &'a Control,
+    pub scopes: &'a ScopeRegistry,
+}
+
 /// The runtime of every database of `settings`, reusing `old`'s routers where nothing they
 /// depend on changed.
 pub(super) fn build_databases(
     settings: &Settings,
     tls: &HashMap<String, ServerTls>,
     old: Option<&Snapshot>,
-    metrics: &Metrics,
-    control: &Control,
+    kept: &Kept<'_>,
 ) -> HashMap<String, Arc<DbRuntime>> {
     // Process-wide, like the statement names it bounds; applies to the next Parse.
     crate::backend::statement_names::StatementNames::global().set_limit(
@@ -154,8 +161,9 @@ pub(super) fn build_databases(
                 server_tls,
                 router,
                 limits: Arc::new(Limits::of(settings, db)),
-                metrics: metrics.database(&db.name),
-                control: control.database(&db.name),
+                metrics: kept.metrics.database(&db.name),
+                control: kept.control.database(&db.name),
+                scopes: kept.scopes.database(&db.name),
             };
             (db.name.clone(), Arc::new(runtime))
         })

@@ -7,4 +7,5 @@ pub mod commands;
 pub mod lexer;
 pub mod route;
 pub mod rules;
+pub mod scopes;
 pub mod session_state;

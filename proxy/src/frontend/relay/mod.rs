@@ -146,6 +146,9 @@ pub(crate) async fn run(
             state.track_writes && !state.on_replica,
             state.report_causal,
             state.routing.causal,
+            state
+                .scope
+                .filter(|_| state.track_writes && !state.on_replica),
         )),
         copy_left: 0,
         discard: false,
@@ -315,6 +318,8 @@ pub(crate) struct ClientState<'a> {
     pub entry: &'a super::clients::ClientEntry,
     /// Where a cancel of the server's running query goes (`query_timeout`).
     pub cancel: crate::backend::CancelTarget,
+    /// The token of the client's causal scope (advanced by its commits; None: `connection`).
+    pub scope: Option<&'a std::sync::Arc<crate::router::scopes::ScopeToken>>,
 }
 
 /// The relay's state for one run.

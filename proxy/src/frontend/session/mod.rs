@@ -28,7 +28,7 @@ use crate::backend::params::ParamChanges;
 use crate::backend::pool::ServerParams;
 use crate::backend::{PoolError, Upstream};
 use crate::cluster::Lsn;
-use crate::config::PoolMode;
+use crate::config::{CausalScope, PoolMode};
 use crate::frontend::clients::{ClientHandle, ClientLimits, ClientState, NewClient};
 use crate::frontend::farewell::{farewell, farewell_now, pool_farewell};
 use crate::frontend::listener::ClientGuard;
@@ -49,6 +49,7 @@ use crate::protocol::SqlState;
 use crate::proxy::{DbRuntime, Proxy};
 use crate::router::commands;
 use crate::router::route::{ClientRouting, DecidedBy, Route, Router, Target, UnitInfo};
+use crate::router::scopes::ScopeToken;
 use crate::shutdown::{Phase, ShutdownWatch};
 use crate::write::write_all_within;
 
@@ -112,6 +113,10 @@ struct Session {
     defaults: ServerParams,
     /// Why the client holds its server until it disconnects (session state on it), if it does.
     pinned: Option<&'static str>,
+    /// The token shared with the clients of the same causal scope (None: `connection`).
+    scope: Option<Arc<ScopeToken>>,
+    /// Which scope that is (an `application_name` scope follows the client's SETs).
+    scope_kind: CausalScope,
     /// The user, when `auth_query` found it (not in the config: it stays across reloads).
     looked_up: Option<Arc<crate::config::User>>,
     shutdown: ShutdownWatch,
@@ -329,7 +334,17 @@ impl Session {
         self.runtime
             .router
             .refresh_client(&mut self.routing, &id.user, app);
+        self.scope_kind = db.causal_scope_for(user);
+        self.scope = self.runtime.scopes.token(self.scope_kind, &id.user, app);
         Ok(())
+    }
+
+    /// The client's current application_name.
+    fn application_name(&self) -> &str {
+        self.params
+            .get("application_name")
+            .or_else(|| crate::backend::params::lookup(&self.defaults, "application_name"))
+            .unwrap_or("")
     }
 
     /// Writes to the client within `client_write_timeout`; Err(reason) if the client must go.

@@ -188,6 +188,8 @@ pub async fn handle(
             .unwrap_or(""),
     );
     let kills_seen = runtime.control.kills();
+    let scope_kind = db.causal_scope_for(&user);
+    let scope = runtime.scopes.token(scope_kind, &user.name, app_name);
     let session = Session {
         stream,
         upstream,
@@ -205,6 +207,8 @@ pub async fn handle(
         defaults: params,
         // Session mode holds the server anyway: nothing to classify, nothing to reject.
         pinned: (mode == PoolMode::Session).then_some("session mode"),
+        scope,
+        scope_kind,
         looked_up: match user {
             std::borrow::Cow::Owned(u) => Some(Arc::new(u)),
             std::borrow::Cow::Borrowed(_) => None,

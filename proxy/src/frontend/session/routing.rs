@@ -26,6 +26,12 @@ impl Session {
                 .router
                 .refresh_client(&mut self.routing, user, app);
         }
+        if self.scope_kind == CausalScope::ApplicationName {
+            let app = self.application_name();
+            self.scope = self.runtime.scopes.token(self.scope_kind, "", app);
+        }
+        // One atomic load: the latest commit of the client's scope, as of now.
+        self.routing.shared = self.scope.as_ref().map_or(Lsn::ZERO, |s| s.get());
         let classifier = self.router().classifier();
         let unit = units::scan(
             first,
@@ -57,6 +63,15 @@ impl Session {
             }
         }
         let serving = self.checkout(route.target).await?;
+        if let Target::Replica { min_lsn, .. } = route.target {
+            self.runtime.metrics.causal_read(
+                serving.causal_wait,
+                // The scope's token was the one the read had to see.
+                !serving.on_replica
+                    && min_lsn == self.routing.shared
+                    && min_lsn > self.routing.causal.max(self.routing.min_lsn),
+            );
+        }
         self.reason = if !self.routes() {
             ReasonLabel::Unrouted
         } else if matches!(route.target, Target::Replica { .. }) && !serving.on_replica {
@@ -88,6 +103,9 @@ impl Session {
         let mut serving = self.checkout(Target::Primary).await?;
         if let Some(lsn) = wal_insert_lsn(&mut serving).await {
             self.routing.causal = self.routing.causal.max(lsn);
+            if let Some(scope) = &self.scope {
+                scope.advance(lsn);
+            }
             self.causal_unknown = false;
             serving.server.release();
         }

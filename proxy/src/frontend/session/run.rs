@@ -20,7 +20,10 @@ impl Session {
         let was_pinned = self.pinned.is_some();
         let runtime = self.runtime.clone();
         let classifier = runtime.router.classifier();
-        let track_writes = runtime.router.splits() && !self.holds_server();
+        // A pinned or session-mode client reads on its own server, but its writes still
+        // advance the token of a shared causal scope, which its peers' reads wait for.
+        let track_writes =
+            runtime.router.splits() && (!self.holds_server() || self.scope.is_some());
         let track_sequences = !self.holds_server();
         let role = if serving.on_replica {
             RoleLabel::Replica
@@ -60,6 +63,7 @@ impl Session {
                 killed: &killed,
                 entry: &entry,
                 cancel,
+                scope: self.scope.as_ref(),
             },
             server.conn().io(),
             first,

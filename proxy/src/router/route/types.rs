@@ -35,6 +35,8 @@ pub struct ClientRouting {
     pub causal: Lsn,
     /// `SET pgtier.min_lsn`: a token from another connection.
     pub min_lsn: Lsn,
+    /// The token of the client's causal scope, as read when its unit was routed.
+    pub shared: Lsn,
     /// The database's routing rules whose `users` / `application_names` match this client
     /// (see [`super::Router::refresh_client`]); 0: no rule applies.
     pub rules_on: u64,
@@ -45,7 +47,7 @@ pub struct ClientRouting {
 impl ClientRouting {
     /// The WAL position every read of this client must see.
     pub fn floor(&self) -> Lsn {
-        self.causal.max(self.min_lsn)
+        self.causal.max(self.min_lsn).max(self.shared)
     }
 }
 
