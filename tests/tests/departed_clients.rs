@@ -1,5 +1,5 @@
-//! A client that leaves while it waits for a server (pool exhausted): pgtier should notice
-//! the closed socket, drop the client from the queue and never run what it sent. Found by the
+//! A client that leaves while it waits for a server (pool exhausted): pgtier notices the
+//! closed socket, drops the client from the queue and never runs what it sent. Found by the
 //! fuzzer (issue 16): under load, fuzz connections stayed open on pgtier's side long after the
 //! client's end.
 
@@ -38,11 +38,6 @@ async fn cl_waiting(admin: &tokio_postgres::Client) -> u32 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a client that disconnects while queued for a server is not noticed \
-            (its socket stays in CLOSE_WAIT) and its statement runs when a server frees up, \
-            up to query_wait_timeout later: an INSERT the application saw fail is committed. \
-            The wait for a server (frontend/session/routing.rs, backend checkout) does not \
-            watch the client socket"]
 async fn a_client_gone_while_queued_is_dropped_and_its_statement_never_runs() {
     let c = Cluster::shared();
     ensure_app_db(c).unwrap();

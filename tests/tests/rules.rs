@@ -199,6 +199,9 @@ async fn rule_lag_limit_and_read_your_writes() -> Result<()> {
     scram_role(&cluster, USER, PW)?;
     let px = ConfigBuilder::new(&cluster)
         .global("lag_check_interval = \"50ms\"")
+        // The reader is the writer's user: a shared causal scope would keep its reads off
+        // the paused replica, which this test needs them to reach.
+        .global("causal_scope = \"connection\"")
         // No database-wide limits: only the rule keeps the paused replica out.
         .global("max_replica_lag = 0")
         .global("max_replica_lag_bytes = 0")
@@ -288,6 +291,9 @@ async fn a_rule_may_loosen_the_databases_lag_limit() -> Result<()> {
     scram_role(&cluster, USER, PW)?;
     let px = ConfigBuilder::new(&cluster)
         .global("lag_check_interval = \"50ms\"")
+        // The reader is the writer's user: a shared causal scope would keep its reads off
+        // the lagging replica, which this test needs them to reach.
+        .global("causal_scope = \"connection\"")
         .global("max_replica_lag = 0")
         .global("max_replica_lag_bytes = 65536")
         .with_replicas(&cluster)

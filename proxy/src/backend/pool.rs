@@ -109,6 +109,20 @@ pub struct Pool {
     server_params: Mutex<Option<ServerParams>>,
 }
 
+/// A connection being opened, counted in `open`; uncounted on drop unless it opened.
+struct Opening<'a> {
+    pool: &'a Pool,
+    opened: bool,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if !self.opened {
+            self.pool.forget_one(None);
+        }
+    }
+}
+
 /// A checked-out server connection. `release` returns it; dropping it closes the connection.
 #[derive(Debug)]
 pub struct Checkout {
@@ -368,13 +382,18 @@ impl Pool {
                     debug!(pool = %self.id, "idle server connection was closed by the server, discarding");
                 }
                 None => {
+                    // Counted open above: forgotten again unless it opens, also when this
+                    // future is dropped mid-way (the client left, shutdown).
+                    let mut opening = Opening {
+                        pool: self,
+                        opened: false,
+                    };
                     let slots = if self.caps.is_empty() {
                         Slots::default()
                     } else {
                         match Slots::take(&self.caps, started + wait).await {
                             Ok(s) => s,
                             Err(cap) => {
-                                self.forget_one(None);
                                 return Err(PoolError::CapReached {
                                     pool: self.id.clone(),
                                     cap: cap.to_string(),
@@ -386,11 +405,9 @@ impl Pool {
                     // Boxed: login state is large and only needed when a connection is made.
                     let mut conn = match Box::pin(self.connect()).await {
                         Ok(c) => c,
-                        Err(e) => {
-                            self.forget_one(None);
-                            return Err(e.into());
-                        }
+                        Err(e) => return Err(e.into()),
                     };
+                    opening.opened = true;
                     conn.hold(slots);
                     let s = conn.summary();
                     self.lock().active.push(s);

@@ -81,6 +81,27 @@ impl ClientStream {
         }
     }
 
+    /// While the client waits for a server: Ready(true) when it has left (its socket closed,
+    /// or next on it a Terminate, or a TLS alert: close_notify), Ready(false) when it sent
+    /// something else (pipelined work: stop watching), Pending while nothing arrived.
+    /// Looks without reading (a peek), so nothing the client sent is lost.
+    pub fn poll_departed(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        let (tcp, leaving) = match self {
+            ClientStream::Plain(s) => (s, b'X'),
+            // Record type 21: an alert; after the handshake an idle client sends one only to
+            // close (close_notify) or on a fatal error.
+            ClientStream::Tls(s) => (s.get_ref().0, 21),
+            ClientStream::Broken => return Poll::Ready(true),
+        };
+        let mut first = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut first);
+        match tcp.poll_peek(cx, &mut buf) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(true),
+            Poll::Ready(Ok(_)) => Poll::Ready(first[0] == leaving),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
     /// Writes all of `bytes` and flushes: for login messages the client must answer (a TLS
     /// stream may hold the records it encrypted until flushed).
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {

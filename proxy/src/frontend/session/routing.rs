@@ -136,31 +136,45 @@ impl Session {
                 upstream.database(),
                 target
             ));
-            // Only a checkout that has to wait listens for shutdown: registering a waiter
-            // costs a lock, and most checkouts find a free server at once.
+            // Only a checkout that has to wait listens for shutdown and for the client leaving:
+            // registering a waiter costs a lock, and most checkouts find a free server at once.
             let mut closing = None;
+            let mut watching = true;
             let shutdown = &self.shutdown;
+            let stream = &self.stream;
             poll_fn(|cx| {
                 if let Poll::Ready(r) = checkout.as_mut().poll(cx) {
-                    return Poll::Ready(Some(r));
+                    return Poll::Ready(Waited::Got(r));
+                }
+                // A client that left while queued gives up its place; what it sent never runs.
+                if watching {
+                    match stream.poll_departed(cx) {
+                        Poll::Ready(true) => return Poll::Ready(Waited::ClientLeft),
+                        Poll::Ready(false) => watching = false,
+                        Poll::Pending => {}
+                    }
                 }
                 closing
                     .get_or_insert_with(|| Box::pin(shutdown.reached(Phase::Closing)))
                     .as_mut()
                     .poll(cx)
-                    .map(|()| None)
+                    .map(|()| Waited::Shutdown)
             })
             .await
         };
         let result = match got {
-            Some(Ok(c)) => Ok(c),
-            Some(Err(e)) => {
+            Waited::Got(Ok(c)) => Ok(c),
+            Waited::ClientLeft => {
+                info!(peer = %entry.peer, user = %self.user(), database = %self.database(), "client left while waiting for a server connection: its request is dropped");
+                Err("client closed while waiting for a server")
+            }
+            Waited::Got(Err(e)) => {
                 warn!(database = %self.database(), error = %e, "no server connection for client");
                 self.runtime.metrics.error(e.sqlstate());
                 target_farewell(&mut self.stream, &e).await;
                 Err("no server connection")
             }
-            None => {
+            Waited::Shutdown => {
                 self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;
                 Err("shutdown")
             }
@@ -194,4 +208,14 @@ async fn wal_insert_lsn(serving: &mut Serving) -> Option<Lsn> {
         .await
         .ok()??;
     value.parse().ok()
+}
+
+/// How a wait for a server ended.
+enum Waited<T> {
+    /// The checkout's result.
+    Got(T),
+    /// The client closed its socket (or sent Terminate) meanwhile.
+    ClientLeft,
+    /// Shutdown reached its closing phase.
+    Shutdown,
 }
