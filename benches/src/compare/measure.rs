@@ -39,6 +39,10 @@ pub(crate) struct Sample {
     /// during the run, as in direct runs, are not counted).
     pub(crate) postgres_switches_per_tx: f64,
     /// The share of the run's transactions the replicas committed (None without replicas).
+    /// Approximate: Postgres 15 flushes an idle backend's statistics up to 10 s late, so
+    /// about the last second of one run's commits is counted in a later run (PgBouncer's runs
+    /// show a few percent "on replicas" that way, and the next pgtier run as much on the
+    /// primary).
     pub(crate) replica_share: Option<f64>,
 }
 
