@@ -236,3 +236,88 @@ fn writes_are_never_read_even_with_a_tiny_cache() {
         }
     }
 }
+
+/// `sql` with every integer changed and every simple `'...'` string's content replaced:
+/// texts that share a normalized cache key with the original (or do not, when the literal
+/// is one the key keeps), to check a cached verdict is always the one a fresh parse gives.
+fn vary_literals(sql: &str, salt: usize) -> String {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let prev_word = i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+        if c.is_ascii_digit() && !prev_word {
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            out.push_str(&(salt * 7919 + 3).to_string());
+        } else if c == b'\'' && !prev_word {
+            match sql[i + 1..].find('\'') {
+                Some(end) => {
+                    out.push_str(&format!("'v{salt}'"));
+                    i += end + 2;
+                }
+                None => {
+                    out.push_str(&sql[i..]);
+                    i = b.len();
+                }
+            }
+        } else {
+            let ch = sql[i..].chars().next().expect("in bounds");
+            out.push(ch);
+            i += ch.len_utf8();
+        }
+    }
+    out
+}
+
+#[test]
+fn cached_verdicts_equal_fresh_ones_whatever_the_literals() {
+    // Everything a classification says, compared between a shared warm cache (keyed by
+    // normalized text) and a classifier without a cache (every text parsed).
+    let full = |c: &pgtier::router::classify::Classification| {
+        (
+            c.class,
+            c.reason,
+            c.tables.to_vec(),
+            c.hint,
+            c.min_lsn,
+            c.bad_hint,
+        )
+    };
+    let cases = corpus();
+    for funcs in [FunctionTable::builtin(), synthetic_pg_proc()] {
+        let warm = Classifier::new(funcs.clone(), 4096);
+        let fresh = Classifier::new(funcs, 0);
+        let mut bad = Vec::new();
+        for salt in 0..4 {
+            for c in &cases {
+                let sql = if salt == 0 {
+                    c.sql.clone()
+                } else {
+                    vary_literals(&c.sql, salt)
+                };
+                let (got, want) = (
+                    warm.classify(sql.as_bytes()),
+                    fresh.classify(sql.as_bytes()),
+                );
+                if full(&got) != full(&want) {
+                    bad.push(format!(
+                        "line {} (salt {salt}): cached {:?}, fresh {:?}: {sql}",
+                        c.line,
+                        full(&got),
+                        full(&want)
+                    ));
+                }
+            }
+        }
+        let stats = warm.cache_stats();
+        println!(
+            "{} hits ({} by normalized key), {} misses, {} entries",
+            stats.hits, stats.normalized, stats.misses, stats.entries
+        );
+        assert!(bad.is_empty(), "{}", bad.join("\n"));
+        assert!(stats.hits > stats.misses, "variants should mostly hit");
+    }
+}

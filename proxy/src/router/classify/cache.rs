@@ -1,4 +1,10 @@
-//! A bounded, sharded cache of classifications by statement text.
+//! A bounded, sharded cache of classifications by statement text: the text with its literals
+//! normalized (`SELECT ... WHERE aid = 0` for every `aid`), or the exact text when a literal
+//! in it could change the verdict (see [`normalize_literals`]). The two kinds of key are
+//! kept apart (a normalized key never matches an exact one).
+//!
+//! Only what the statement's words decide is cached (class, reason, tables); hints live in
+//! comments, which normalized keys leave out, so the classifier reads them from each text.
 //!
 //! Texts are hashed once with a fast keyed hash (random seed per cache, so clients cannot
 //! aim collisions at one bucket); the hash picks a shard and is the map key, and the full
@@ -12,7 +18,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use super::Classification;
+use std::sync::Arc;
+
+use super::{Class, Reason};
+use crate::router::lexer::normalize_literals;
 
 /// Texts longer than this are never cached (they are rare and costly to hash and keep).
 pub const MAX_CACHED_TEXT: usize = 16 * 1024;
@@ -37,10 +46,63 @@ impl Hasher for IdHasher {
     }
 }
 
+/// What is cached per key: everything the classification takes from the statement's words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Cached {
+    pub class: Class,
+    pub reason: Reason,
+    pub tables: Arc<[String]>,
+}
+
+/// A cache key: a statement's text with its literals normalized, or its exact text.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Key<'a> {
+    text: &'a [u8],
+    normalized: bool,
+}
+
+impl<'a> Key<'a> {
+    /// The key of `sql`, normalized into `buf` when its literals cannot change its verdict.
+    pub fn of(sql: &'a [u8], buf: &'a mut Vec<u8>) -> Key<'a> {
+        if sql.len() <= MAX_CACHED_TEXT && normalize_literals(sql, buf) {
+            Key {
+                text: buf,
+                normalized: true,
+            }
+        } else {
+            Key {
+                text: sql,
+                normalized: false,
+            }
+        }
+    }
+
+    /// The exact text as a key (tests).
+    #[cfg(test)]
+    pub fn exact(text: &'a [u8]) -> Key<'a> {
+        Key {
+            text,
+            normalized: false,
+        }
+    }
+
+    /// Whether the literals were normalized.
+    pub fn is_normalized(&self) -> bool {
+        self.normalized
+    }
+
+    fn hash(&self, seed: u64) -> u64 {
+        // A different seed per kind: a normalized key and an exact text with the same bytes
+        // are different keys.
+        hash(seed ^ u64::from(self.normalized), self.text)
+    }
+}
+
 struct Entry {
     text: Box<[u8]>,
+    normalized: bool,
     generation: u64,
-    value: Classification,
+    value: Cached,
 }
 
 type Shard = HashMap<u64, Entry, BuildHasherDefault<IdHasher>>;
@@ -91,24 +153,33 @@ impl Cache {
         self.generation.load(Ordering::Acquire)
     }
 
-    pub fn get(&self, text: &[u8]) -> Option<Classification> {
-        if self.per_shard == 0 || text.len() > MAX_CACHED_TEXT {
+    pub fn get(&self, key: Key<'_>) -> Option<Cached> {
+        if self.per_shard == 0 || key.text.len() > MAX_CACHED_TEXT {
             return None;
         }
-        let h = hash(self.seed, text);
+        let h = key.hash(self.seed);
         let gen = self.generation();
         let shard = self.shard(h);
         match shard.get(&h) {
-            Some(e) if e.generation == gen && *e.text == *text => Some(e.value.clone()),
+            Some(e)
+                if e.generation == gen
+                    && e.normalized == key.normalized
+                    && *e.text == *key.text =>
+            {
+                Some(e.value.clone())
+            }
             _ => None,
         }
     }
 
-    pub fn insert(&self, text: &[u8], value: Classification, generation: u64) {
-        if self.per_shard == 0 || text.len() > MAX_CACHED_TEXT || generation != self.generation() {
+    pub fn insert(&self, key: Key<'_>, value: Cached, generation: u64) {
+        if self.per_shard == 0
+            || key.text.len() > MAX_CACHED_TEXT
+            || generation != self.generation()
+        {
             return;
         }
-        let h = hash(self.seed, text);
+        let h = key.hash(self.seed);
         let mut shard = self.shard(h);
         if shard.len() >= self.per_shard && !shard.contains_key(&h) {
             if let Some(&victim) = shard.keys().next() {
@@ -118,7 +189,8 @@ impl Cache {
         shard.insert(
             h,
             Entry {
-                text: text.into(),
+                text: key.text.into(),
+                normalized: key.normalized,
                 generation,
                 value,
             },
@@ -171,19 +243,18 @@ fn hash(seed: u64, b: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Class, Reason};
     use super::*;
-    use std::sync::Arc;
 
-    fn value(class: Class) -> Classification {
-        Classification {
+    fn value(class: Class) -> Cached {
+        Cached {
             class,
             reason: Reason::ReadOnly,
-            hint: None,
-            min_lsn: None,
             tables: Arc::from(Vec::new()),
-            bad_hint: None,
         }
+    }
+
+    fn k(text: &[u8]) -> Key<'_> {
+        Key::exact(text)
     }
 
     #[test]
@@ -191,30 +262,30 @@ mod tests {
         let c = Cache::new(100);
         for i in 0..1000 {
             let t = format!("SELECT {i}");
-            c.insert(t.as_bytes(), value(Class::Read), c.generation());
+            c.insert(k(t.as_bytes()), value(Class::Read), c.generation());
         }
         assert!(c.len() <= 100, "{}", c.len());
         assert!(c.capacity() <= 100);
-        c.insert(b"SELECT x", value(Class::Write), c.generation());
-        assert_eq!(c.get(b"SELECT x").unwrap().class, Class::Write);
-        assert!(c.get(b"SELECT y").is_none());
+        c.insert(k(b"SELECT x"), value(Class::Write), c.generation());
+        assert_eq!(c.get(k(b"SELECT x")).unwrap().class, Class::Write);
+        assert!(c.get(k(b"SELECT y")).is_none());
         let long = vec![b'x'; MAX_CACHED_TEXT + 1];
-        c.insert(&long, value(Class::Read), c.generation());
-        assert!(c.get(&long).is_none());
+        c.insert(k(&long), value(Class::Read), c.generation());
+        assert!(c.get(k(&long)).is_none());
     }
 
     #[test]
     fn clear_invalidates_in_flight_inserts() {
         let c = Cache::new(10);
         let gen = c.generation();
-        c.insert(b"a", value(Class::Read), gen);
+        c.insert(k(b"a"), value(Class::Read), gen);
         c.clear();
         assert_eq!(c.len(), 0);
-        c.insert(b"b", value(Class::Read), gen); // classified before the clear
-        assert!(c.get(b"b").is_none());
+        c.insert(k(b"b"), value(Class::Read), gen); // classified before the clear
+        assert!(c.get(k(b"b")).is_none());
         let zero = Cache::new(0);
-        zero.insert(b"a", value(Class::Read), zero.generation());
-        assert!(zero.get(b"a").is_none());
+        zero.insert(k(b"a"), value(Class::Read), zero.generation());
+        assert!(zero.get(k(b"a")).is_none());
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //!    FROM, CALL, DO, ...) and session/transaction commands are decided here in
 //!    nanoseconds; a text with any write is a write. It also scans for locking clauses.
 //! 2. Texts with SELECT / WITH / VALUES / EXPLAIN / DECLARE / `COPY (query)` / `(`...
-//!    statements are looked up in a bounded [`cache`] by exact text, and on a miss go to
+//!    statements are looked up in a bounded [`cache`] by their text with the literals
+//!    normalized (so `... WHERE id = 1` and `... WHERE id = 2` share one entry and the parser
+//!    runs once for both; texts where a literal could matter are keyed exactly), and on a miss go to
 //!    [`deep`]: sqlparser, checking locking clauses, writable CTEs, SELECT INTO,
 //!    EXPLAIN ANALYZE and function calls against the [`FunctionTable`].
 //! 3. [`hints`]: `pgtier:` comments set `hint` / `min_lsn` (never the class).
@@ -18,6 +20,7 @@ mod fast;
 mod functions;
 mod hints;
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -158,6 +161,8 @@ pub struct Classification {
 pub struct CacheStats {
     /// Deep-path texts answered from the cache.
     pub hits: u64,
+    /// Of the hits and misses, those keyed with their literals normalized.
+    pub normalized: u64,
     /// Deep-path texts parsed and then cached.
     pub misses: u64,
     /// Deep-path texts parsed but too long to cache.
@@ -172,8 +177,15 @@ pub struct Classifier {
     funcs: ArcSwap<FunctionTable>,
     cache: cache::Cache,
     hits: AtomicU64,
+    normalized: AtomicU64,
     misses: AtomicU64,
     uncached: AtomicU64,
+}
+
+thread_local! {
+    /// The buffer normalized cache keys are written into (one per thread, reused: no
+    /// allocation per statement; at most `MAX_CACHED_TEXT` bytes).
+    static KEY_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Classifier {
@@ -183,6 +195,7 @@ impl Classifier {
             funcs: ArcSwap::from_pointee(funcs),
             cache: cache::Cache::new(cache_capacity),
             hits: AtomicU64::new(0),
+            normalized: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             uncached: AtomicU64::new(0),
         }
@@ -214,6 +227,7 @@ impl Classifier {
     pub fn cache_stats(&self) -> CacheStats {
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
+            normalized: self.normalized.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             uncached: self.uncached.load(Ordering::Relaxed),
             entries: self.cache.len(),
@@ -224,8 +238,7 @@ impl Classifier {
     pub fn classify(&self, sql: &[u8]) -> Classification {
         let looked_up = fast::first_needs_deep(sql);
         if looked_up {
-            if let Some(hit) = self.cache.get(sql) {
-                self.hits.fetch_add(1, Ordering::Relaxed);
+            if let Some(hit) = self.cached(sql) {
                 return hit;
             }
         }
@@ -233,32 +246,54 @@ impl Classifier {
         let (class, reason) = match scan.verdict {
             fast::Verdict::Write(r) => {
                 let h = hints::parse(sql, true);
-                return build(Class::Write, r, h, scan.tables);
+                return build(Class::Write, r, h, Arc::from(scan.tables));
             }
             fast::Verdict::Read(r) => (Class::Read, r),
             fast::Verdict::Empty => (Class::Read, Reason::Empty),
             fast::Verdict::Deep => {
                 if !looked_up {
-                    if let Some(hit) = self.cache.get(sql) {
-                        self.hits.fetch_add(1, Ordering::Relaxed);
+                    if let Some(hit) = self.cached(sql) {
                         return hit;
                     }
                 }
                 return self.classify_deep(sql, scan.tables);
             }
         };
-        build(class, reason, hints::parse(sql, false), scan.tables)
+        build(
+            class,
+            reason,
+            hints::parse(sql, false),
+            Arc::from(scan.tables),
+        )
+    }
+
+    /// `sql`'s classification from the cache, with the hints of its own comments.
+    fn cached(&self, sql: &[u8]) -> Option<Classification> {
+        if self.cache.capacity() == 0 || sql.len() > MAX_CACHED_TEXT {
+            return None;
+        }
+        let hit = KEY_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let key = cache::Key::of(sql, &mut buf);
+            let hit = self.cache.get(key)?;
+            if key.is_normalized() {
+                self.normalized.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(hit)
+        })?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(build(
+            hit.class,
+            hit.reason,
+            hints::parse(sql, false),
+            hit.tables,
+        ))
     }
 
     fn classify_deep(&self, sql: &[u8], mut tables: Vec<String>) -> Classification {
         let generation = self.cache.generation();
-        let result = match std::str::from_utf8(sql) {
-            Err(_) => build(
-                Class::Write,
-                Reason::InvalidUtf8,
-                hints::parse(sql, false),
-                tables,
-            ),
+        let (class, reason) = match std::str::from_utf8(sql) {
+            Err(_) => (Class::Write, Reason::InvalidUtf8),
             Ok(text) => {
                 let funcs = self.funcs.load();
                 let deep = deep::check(text, &funcs);
@@ -267,26 +302,39 @@ impl Classifier {
                         tables.push(t);
                     }
                 }
-                build(deep.class, deep.reason, hints::parse(sql, false), tables)
+                (deep.class, deep.reason)
             }
         };
+        let tables: Arc<[String]> = Arc::from(tables);
         if sql.len() <= MAX_CACHED_TEXT && self.cache.capacity() > 0 {
             self.misses.fetch_add(1, Ordering::Relaxed);
-            self.cache.insert(sql, result.clone(), generation);
+            let value = cache::Cached {
+                class,
+                reason,
+                tables: tables.clone(),
+            };
+            KEY_BUF.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                let key = cache::Key::of(sql, &mut buf);
+                if key.is_normalized() {
+                    self.normalized.fetch_add(1, Ordering::Relaxed);
+                }
+                self.cache.insert(key, value, generation);
+            });
         } else {
             self.uncached.fetch_add(1, Ordering::Relaxed);
         }
-        result
+        build(class, reason, hints::parse(sql, false), tables)
     }
 }
 
-fn build(class: Class, reason: Reason, h: hints::Hints, tables: Vec<String>) -> Classification {
+fn build(class: Class, reason: Reason, h: hints::Hints, tables: Arc<[String]>) -> Classification {
     Classification {
         class,
         reason,
         hint: h.hint,
         min_lsn: h.min_lsn,
-        tables: Arc::from(tables),
+        tables,
         bad_hint: h.bad_hint,
     }
 }

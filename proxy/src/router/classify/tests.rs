@@ -1,6 +1,7 @@
 //! End-to-end tests of the classifier (fast path, deep check, cache, hints together).
 
 use super::*;
+use crate::cluster::Lsn;
 
 fn c() -> Classifier {
     Classifier::new(FunctionTable::builtin(), 1000)
@@ -224,4 +225,107 @@ fn volatile_calls_are_told_from_known_writers() {
         reason("EXPLAIN ANALYZE SELECT nextval('s')").1,
         ExplainAnalyze
     );
+}
+
+/// What a cached answer must reproduce exactly.
+fn full(c: &Classification) -> (Class, Reason, Vec<String>, Option<Hint>, Option<Lsn>) {
+    (c.class, c.reason, c.tables.to_vec(), c.hint, c.min_lsn)
+}
+
+#[test]
+fn literals_share_one_cache_entry() {
+    let cl = Classifier::new(FunctionTable::builtin(), 100);
+    // pgbench -S (and the read of -N): a new literal every time, one parse.
+    for aid in 1..=200 {
+        let sql = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};");
+        let r = cl.classify(sql.as_bytes());
+        assert_eq!((r.class, r.reason), (Class::Read, Reason::ReadOnly));
+        assert_eq!(&*r.tables, ["pgbench_accounts"]);
+    }
+    let s = cl.cache_stats();
+    assert_eq!((s.misses, s.hits, s.entries), (1, 199, 1));
+    assert_eq!(s.normalized, 200);
+    // -N's writes are decided by the fast path and never reach the cache.
+    for (aid, delta) in [(1, 5), (2, -7)] {
+        for sql in [
+            format!("UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid};"),
+            format!(
+                "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) \
+                 VALUES (1, 2, {aid}, {delta}, CURRENT_TIMESTAMP);"
+            ),
+        ] {
+            assert_eq!(cl.classify(sql.as_bytes()).class, Class::Write);
+        }
+    }
+    assert_eq!(cl.cache_stats().entries, 1);
+    // Strings, decimals, casts and negative numbers too.
+    let a = cl.classify(b"SELECT * FROM users WHERE email = 'a@b.c' AND score > -1.5::numeric");
+    let b = cl.classify(b"SELECT * FROM users WHERE email = 'x''y' AND score > -22.75::numeric");
+    assert_eq!(full(&a), full(&b));
+    assert_eq!(cl.cache_stats().misses, 2);
+}
+
+#[test]
+fn hints_come_from_each_text_not_from_the_cache() {
+    let cl = Classifier::new(FunctionTable::builtin(), 100);
+    let a = cl.classify(b"/* pgtier:min_lsn=0/10 */ SELECT * FROM t WHERE id = 1");
+    let b = cl.classify(b"/* pgtier:min_lsn=0/20 pgtier:primary */ SELECT * FROM t WHERE id = 2");
+    let c = cl.classify(b"SELECT * FROM t WHERE id = 3 -- pgtier:nonsense");
+    let d = cl.classify(b"SELECT * FROM t WHERE id = 4");
+    assert_eq!(cl.cache_stats().misses, 1, "one entry for all four");
+    assert_eq!(a.min_lsn, Some("0/10".parse().unwrap()));
+    assert_eq!(
+        (b.min_lsn, b.hint),
+        (Some("0/20".parse().unwrap()), Some(Hint::Primary))
+    );
+    assert!(c.bad_hint.is_some() && c.min_lsn.is_none());
+    assert_eq!((d.hint, d.min_lsn, d.bad_hint), (None, None, None));
+}
+
+#[test]
+fn literals_that_matter_keep_their_own_verdict() {
+    use Reason::*;
+    let cl = Classifier::new(FunctionTable::builtin(), 100);
+    let fresh = |sql: &[u8]| full(&Classifier::new(FunctionTable::builtin(), 0).classify(sql));
+    let pairs: [(&[u8], &[u8]); 7] = [
+        // EXPLAIN option values are literals: any EXPLAIN is keyed exactly.
+        (
+            b"EXPLAIN (ANALYZE 0) DELETE FROM t",
+            b"EXPLAIN (ANALYZE 1) DELETE FROM t",
+        ),
+        // A literal sqlparser rejects (too large for a type modifier) is kept verbatim.
+        (
+            b"SELECT 'a'::varchar(5)",
+            b"SELECT 'a'::varchar(123456789012345678901234)",
+        ),
+        // Invalid UTF-8 inside a literal: the text is keyed exactly.
+        (b"SELECT 'ok' FROM t", b"SELECT '\xff' FROM t"),
+        // An unterminated string or comment is not a literal of the same kind.
+        (b"SELECT 'a' FROM t", b"SELECT 'a FROM t"),
+        (b"SELECT 1 /* c */", b"SELECT 1 /* c"),
+        // E'' escapes sqlparser may reject stay in the key.
+        (b"SELECT E'\\u00e9'", b"SELECT E'\\uZZZZ'"),
+        // Function names are words, never normalized; their arguments do not matter.
+        (b"SELECT lower('s')", b"SELECT nextval('s')"),
+    ];
+    for (a, b) in pairs {
+        for sql in [a, b, a, b] {
+            assert_eq!(
+                full(&cl.classify(sql)),
+                fresh(sql),
+                "{}",
+                String::from_utf8_lossy(sql)
+            );
+        }
+        assert_ne!(fresh(a), fresh(b), "{}", String::from_utf8_lossy(a));
+    }
+    assert_eq!(
+        full(&cl.classify(b"EXPLAIN (ANALYZE 1) DELETE FROM t")).1,
+        ExplainAnalyze
+    );
+    assert_eq!(
+        full(&cl.classify(b"SELECT nextval('other')")).1,
+        WriteFunction
+    );
+    assert_eq!(full(&cl.classify(b"SELECT lower('other')")).1, ReadOnly);
 }
