@@ -9,7 +9,7 @@ pub async fn handle(
     proxy: Arc<Proxy>,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
-    guard: ClientGuard,
+    mut guard: ClientGuard,
 ) {
     // Before any TLS handshake too: with Nagle on, its records wait for ACKs (40 ms each).
     let _ = tcp.set_nodelay(true);
@@ -19,16 +19,26 @@ pub async fn handle(
     let tls = snapshot.client_tls.clone();
     // Boxed, like the first server connection below: their state is large and freed once they
     // are done, so an idle client's task stays small.
-    let logged_in = Box::pin(login(
-        &mut stream,
-        peer,
-        &settings,
-        &snapshot.databases,
-        tls.as_deref(),
-        &guard,
-        proxy.phase(),
-    ))
-    .await;
+    let logged_in = {
+        let login = Box::pin(login(
+            &mut stream,
+            peer,
+            &settings,
+            &snapshot.databases,
+            tls.as_deref(),
+            &guard,
+            proxy.phase(),
+        ));
+        tokio::select! {
+            r = login => r,
+            // max_client_conn reached and this is the oldest connection still logging in.
+            () = guard.evicted() => {
+                info!(%peer, "login not finished when max_client_conn was reached: connection closed for a newer one");
+                return;
+            }
+        }
+    };
+    guard.logged_in();
     drop(tls);
     drop(snapshot);
     match (&stream, &logged_in) {
