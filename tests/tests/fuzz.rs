@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use pgtier_kit::fuzz::{self, Options};
 use pgtier_kit::Cluster;
 
+/// One test at a time: the fuzz run loads the machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -20,6 +23,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuzzed_streams_leave_pgtier_up_bounded_and_serving() {
+    let _serial = SERIAL.lock().await;
     let px = fuzz::start_pgtier(Cluster::shared()).unwrap();
     let opts = Options {
         seed: env_u64("PGTIER_FUZZ_SEED", 16),
@@ -49,6 +53,7 @@ fn open_fds(pid: u32) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fuzzer_notices_a_dead_pgtier() {
+    let _serial = SERIAL.lock().await;
     let px = fuzz::start_pgtier(Cluster::shared()).unwrap();
     let pid = px.pid();
     let killer = std::thread::spawn(move || {
@@ -81,6 +86,7 @@ async fn the_fuzzer_notices_a_dead_pgtier() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fuzzer_enforces_its_rss_bound() {
+    let _serial = SERIAL.lock().await;
     let px = fuzz::start_pgtier(Cluster::shared()).unwrap();
     let opts = Options {
         batch: 10,
