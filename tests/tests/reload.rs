@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use pgtier_kit::fixture::{replica_in_rotation, scram_role, ConfigBuilder};
+use pgtier_kit::fixture::{replica_in_rotation, scram_role, simple_rows, ConfigBuilder};
 use pgtier_kit::Cluster;
 use tokio_postgres::NoTls;
 
@@ -79,7 +79,23 @@ async fn twenty_reloads_under_pgbench_lose_no_transaction() {
     .await
     .unwrap();
     tokio::spawn(conn);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The reloads start once pgbench's 8 clients are connected (SHOW CLIENTS lists them).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let clients = simple_rows(&admin, "SHOW CLIENTS")
+            .await
+            .iter()
+            .filter(|r| r.get("user") == Some("appuser"))
+            .count();
+        if clients >= 8 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pgbench's clients never connected ({clients})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for i in 0..20u32 {
         let text = config(&cluster, 4 + i % 3, 1 + (i as usize % 2), port);
         std::fs::write(px.config_path(), text).unwrap();
@@ -88,7 +104,19 @@ async fn twenty_reloads_under_pgbench_lose_no_transaction() {
         } else {
             admin.simple_query("RELOAD").await.unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(550)).await;
+        // Each reload is done (logged) before the next config is written.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while px.log().matches("config reloaded").count() < i as usize + 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reload {} not logged:\n{}",
+                i + 1,
+                px.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Pacing, not synchronisation: the reloads spread over the 14 s pgbench run.
+        tokio::time::sleep(Duration::from_millis(400)).await;
     }
     let out = bench.join().unwrap();
     let text = format!(
