@@ -79,7 +79,8 @@ async fn twenty_reloads_under_pgbench_lose_no_transaction() {
     .await
     .unwrap();
     tokio::spawn(conn);
-    // The reloads start once pgbench's 8 clients are connected (SHOW CLIENTS lists them).
+    // The reloads start once pgbench runs: its 8 clients connected (SHOW CLIENTS) and 50
+    // transactions through the pool (SHOW STATS).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let clients = simple_rows(&admin, "SHOW CLIENTS")
@@ -87,12 +88,23 @@ async fn twenty_reloads_under_pgbench_lose_no_transaction() {
             .iter()
             .filter(|r| r.get("user") == Some("appuser"))
             .count();
-        if clients >= 8 {
+        let xacts: u64 = simple_rows(&admin, "SHOW STATS")
+            .await
+            .iter()
+            .filter(|r| r.get("database") == Some("app"))
+            .map(|r| {
+                r.get("total_xact_count")
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap()
+            })
+            .sum();
+        if clients >= 8 && xacts >= 50 {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "pgbench's clients never connected ({clients})"
+            "pgbench is not running: {clients} clients, {xacts} transactions"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -116,7 +128,7 @@ async fn twenty_reloads_under_pgbench_lose_no_transaction() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Pacing, not synchronisation: the reloads spread over the 14 s pgbench run.
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(550)).await;
     }
     let out = bench.join().unwrap();
     let text = format!(
