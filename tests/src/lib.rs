@@ -7,6 +7,7 @@ pub mod bins;
 pub mod cluster;
 pub mod faults;
 pub mod fixture;
+pub mod fuzz;
 pub mod node;
 pub mod pids;
 pub mod ports;

@@ -32,7 +32,28 @@ async fn cancel_reaches_the_running_query_within_a_second() {
         let r = c.simple_query("SELECT pg_sleep(10)").await;
         (Instant::now(), r.map(|_| ()))
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Cancel once the query runs on its server (seen in pg_stat_activity).
+    let pg = cluster().primary().connect("app").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let running: i64 = pg
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'canceler' \
+                 AND state = 'active' AND query = 'SELECT pg_sleep(10)'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if running == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the query never started on a server"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let sent = Instant::now();
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let (ended, result) = query.await.unwrap();
@@ -85,8 +106,8 @@ async fn sigterm_lets_running_transactions_finish_then_closes_with_57p01() {
         .await
         .unwrap();
     assert_eq!(code, "57P01");
-    // New clients are no longer accepted.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // New clients are no longer accepted. Shutdown has begun (the idle client was told), so
+    // either the listener is closed or a connection it still took is refused at login.
     assert!(wire::login_trust(&addr, "pgtier_trust", "app")
         .await
         .is_err());

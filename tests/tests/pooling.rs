@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgtier_kit::fixture::{connect, scram_role, ConfigBuilder};
+use pgtier_kit::fixture::{admin_console, connect, scram_role, simple_rows, ConfigBuilder};
 use pgtier_kit::{wire, Cluster, Pgtier};
 use tokio::io::AsyncWriteExt;
 
@@ -49,6 +49,16 @@ async fn count_connections(user: &str) -> i64 {
         .await
         .unwrap()
         .get(0)
+}
+
+/// Clients waiting for a server in the pools of database `app` (admin console SHOW POOLS).
+async fn cl_waiting(admin: &tokio_postgres::Client) -> u32 {
+    simple_rows(admin, "SHOW POOLS")
+        .await
+        .iter()
+        .filter(|r| r.get("database") == Some("app"))
+        .map(|r| r.get("cl_waiting").unwrap_or("0").parse::<u32>().unwrap())
+        .sum()
 }
 
 fn pgbench(px: &Pgtier, user: &str, pw: &str, args: &[&str]) -> String {
@@ -181,10 +191,13 @@ async fn five_hundred_clients_share_ten_server_connections() {
 async fn waiting_clients_are_served_first_come_first_served() {
     scram_role(cluster(), "fair", "fair").unwrap();
     let px = ConfigBuilder::new(cluster())
+        .global("admin_users = [\"fair_admin\"]")
         .user("fair", "password = \"fair\"")
+        .user("fair_admin", "auth = \"trust\"")
         .database("pool_size = 1")
         .start()
         .unwrap();
+    let admin = admin_console(&px, "fair_admin", "unused").await;
     let holder = connect(&px, "fair", "fair").await.unwrap();
     holder.batch_execute("BEGIN").await.unwrap();
     // Three clients queue up, in order, behind the holder's transaction.
@@ -198,7 +211,13 @@ async fn waiting_clients_are_served_first_come_first_served() {
             drop(c);
             (name, row.map(|r| r.get::<_, String>(0)))
         }));
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // The next one queues only after this one is in the queue (SHOW POOLS counts it).
+        let queued = waiters.len() as u32;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cl_waiting(&admin).await < queued {
+            assert!(Instant::now() < deadline, "client {name} never queued");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     // The holder commits and immediately asks again: it must queue behind b, c and d.
     holder.batch_execute("COMMIT").await.unwrap();
@@ -238,8 +257,6 @@ async fn min_pool_size_is_kept_and_idle_connections_expire() {
         assert!(Instant::now() < deadline, "min_pool_size not reached");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(count_connections("minpool").await, 3);
     drop(c);
 
     // min_pool_size belongs to the database section, so idlepool's pool keeps 3 as well: open 5
@@ -261,6 +278,9 @@ async fn min_pool_size_is_kept_and_idle_connections_expire() {
         assert!(Instant::now() < deadline, "idle connections never expired");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // By now server_idle_timeout has expired connections idle for less time than minpool's,
+    // which min_pool_size kept.
+    assert_eq!(count_connections("minpool").await, 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -272,6 +292,8 @@ async fn server_lifetime_replaces_old_connections() {
         .database("pool_size = 1")
         .start()
         .unwrap();
+    // The server connection is opened after this (at login or by the first transaction).
+    let born = Instant::now();
     let c = connect(&px, "lifetime", "lifetime").await.unwrap();
     let pid = |r: tokio_postgres::Row| r.get::<_, i32>(0);
     let first = pid(c
@@ -283,14 +305,28 @@ async fn server_lifetime_replaces_old_connections() {
         .await
         .unwrap());
     assert_eq!(first, again, "a young connection is reused");
-    tokio::time::sleep(Duration::from_millis(1300)).await;
-    // The next release closes it, so the transaction after that gets a new one.
-    c.batch_execute("SELECT 1").await.unwrap();
-    let later = pid(c
-        .query_typed_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap());
-    assert_ne!(first, later);
+    // Transactions keep coming; the first release after server_lifetime closes the connection,
+    // so a later transaction gets a new one: not before 1 s, and not much after.
+    let t0 = Instant::now();
+    loop {
+        let later = pid(c
+            .query_typed_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap());
+        if later != first {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the connection was never replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        born.elapsed() >= Duration::from_secs(1),
+        "replaced after {:?}, before server_lifetime",
+        born.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -358,7 +394,23 @@ async fn server_connection_terminated_while_idle_is_not_handed_out() {
         .execute("SELECT pg_terminate_backend($1)", &[&pid])
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the backend has exited (gone from pg_stat_activity), its socket is closed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "backend {pid} never exited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let row = c
         .query_typed_one("SELECT pg_backend_pid()", &[])
         .await

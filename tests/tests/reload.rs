@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use pgtier_kit::fixture::{replica_in_rotation, scram_role, ConfigBuilder};
+use pgtier_kit::fixture::{replica_in_rotation, scram_role, simple_rows, ConfigBuilder};
 use pgtier_kit::Cluster;
 use tokio_postgres::NoTls;
 
@@ -79,7 +79,35 @@ async fn twenty_reloads_under_pgbench_lose_no_transaction() {
     .await
     .unwrap();
     tokio::spawn(conn);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The reloads start once pgbench runs: its 8 clients connected (SHOW CLIENTS) and 50
+    // transactions through the pool (SHOW STATS).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let clients = simple_rows(&admin, "SHOW CLIENTS")
+            .await
+            .iter()
+            .filter(|r| r.get("user") == Some("appuser"))
+            .count();
+        let xacts: u64 = simple_rows(&admin, "SHOW STATS")
+            .await
+            .iter()
+            .filter(|r| r.get("database") == Some("app"))
+            .map(|r| {
+                r.get("total_xact_count")
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap()
+            })
+            .sum();
+        if clients >= 8 && xacts >= 50 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pgbench is not running: {clients} clients, {xacts} transactions"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for i in 0..20u32 {
         let text = config(&cluster, 4 + i % 3, 1 + (i as usize % 2), port);
         std::fs::write(px.config_path(), text).unwrap();
@@ -88,6 +116,18 @@ async fn twenty_reloads_under_pgbench_lose_no_transaction() {
         } else {
             admin.simple_query("RELOAD").await.unwrap();
         }
+        // Each reload is done (logged) before the next config is written.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while px.log().matches("config reloaded").count() < i as usize + 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reload {} not logged:\n{}",
+                i + 1,
+                px.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Pacing, not synchronisation: the reloads spread over the 14 s pgbench run.
         tokio::time::sleep(Duration::from_millis(550)).await;
     }
     let out = bench.join().unwrap();
