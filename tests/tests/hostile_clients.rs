@@ -227,10 +227,6 @@ async fn half_open_connections_do_not_block_logins_and_end_at_the_login_timeout(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: connections still logging in count against max_client_conn (the guard is \
-            taken at accept, proxy/src/frontend/listener.rs serve()); at the default of 1000, \
-            1000 half-open connections lock every new client out with FATAL 53300 for \
-            client_login_timeout (60 s by default)"]
 async fn half_open_connections_at_the_default_max_client_conn_do_not_lock_clients_out() {
     let _serial = SERIAL.lock().await;
     // max_client_conn left at its default (1000); a long login timeout so the flood stays.

@@ -2,8 +2,8 @@
 //! limit the oldest connection still logging in gives way), and stops accepting when shutdown
 //! begins.
 
-use std::pin::pin;
 use std::collections::VecDeque;
+use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
