@@ -229,3 +229,13 @@ pub async fn simple_rows(
         })
         .collect()
 }
+
+/// Clients waiting for a server in the pools of database `app` (admin console SHOW POOLS).
+pub async fn cl_waiting(admin: &tokio_postgres::Client) -> u32 {
+    simple_rows(admin, "SHOW POOLS")
+        .await
+        .iter()
+        .filter(|r| r.get("database") == Some("app"))
+        .map(|r| r.get("cl_waiting").unwrap_or("0").parse::<u32>().unwrap())
+        .sum()
+}

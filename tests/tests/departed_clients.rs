@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgtier_kit::fixture::{admin_console, ensure_app_db, simple_rows, ConfigBuilder};
+use pgtier_kit::fixture::{admin_console, cl_waiting, ensure_app_db, ConfigBuilder};
 use pgtier_kit::{wire, Cluster, Pgtier};
 use tokio::io::AsyncWriteExt;
 
@@ -26,15 +26,6 @@ fn sockets_in_state(px: &Pgtier, state: &str) -> usize {
             f.len() > 3 && f[1].ends_with(&port) && f[3] == state
         })
         .count()
-}
-
-async fn cl_waiting(admin: &tokio_postgres::Client) -> u32 {
-    simple_rows(admin, "SHOW POOLS")
-        .await
-        .iter()
-        .filter(|r| r.get("database") == Some("app"))
-        .map(|r| r.get("cl_waiting").unwrap_or("0").parse::<u32>().unwrap())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

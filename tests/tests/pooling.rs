@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgtier_kit::fixture::{admin_console, connect, scram_role, simple_rows, ConfigBuilder};
+use pgtier_kit::fixture::{admin_console, cl_waiting, connect, scram_role, ConfigBuilder};
 use pgtier_kit::{wire, Cluster, Pgtier};
 use tokio::io::AsyncWriteExt;
 
@@ -49,16 +49,6 @@ async fn count_connections(user: &str) -> i64 {
         .await
         .unwrap()
         .get(0)
-}
-
-/// Clients waiting for a server in the pools of database `app` (admin console SHOW POOLS).
-async fn cl_waiting(admin: &tokio_postgres::Client) -> u32 {
-    simple_rows(admin, "SHOW POOLS")
-        .await
-        .iter()
-        .filter(|r| r.get("database") == Some("app"))
-        .map(|r| r.get("cl_waiting").unwrap_or("0").parse::<u32>().unwrap())
-        .sum()
 }
 
 fn pgbench(px: &Pgtier, user: &str, pw: &str, args: &[&str]) -> String {
