@@ -10,9 +10,11 @@ pub mod server;
 pub mod statement_names;
 pub mod statements;
 pub mod stream;
+pub mod upstreams;
 
 pub use cancel::CancelTarget;
 pub use caps::{CapScope, Caps, ConnectionCap};
-pub use pool::{Checkout, Pool, PoolError, PoolId, Pools, Upstream};
+pub use pool::{Checkout, Pool, PoolError, PoolId};
 pub use server::{BackendError, QueryFailed, ServerConn, ServerLogin, ServerSummary};
 pub use stream::ServerStream;
+pub use upstreams::{Pools, Upstream};

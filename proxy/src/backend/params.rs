@@ -253,6 +253,13 @@ impl ParamChanges {
         self.find(Kind::Reported, name)
     }
 
+    /// The client's current application_name: its own value, else the server's `defaults`.
+    pub fn application_name<'a>(&'a self, defaults: &'a [(String, String)]) -> &'a str {
+        self.get("application_name")
+            .or_else(|| lookup(defaults, "application_name"))
+            .unwrap_or("")
+    }
+
     /// Records the statement that set extra parameter `name` (None: back to its default).
     pub fn set_extra(&mut self, name: &'static str, sql: Option<&str>) {
         self.put(Kind::Extra, name.into(), sql);

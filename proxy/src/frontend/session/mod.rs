@@ -326,25 +326,13 @@ impl Session {
         // Rules may have changed: which apply to this client is computed again at routing.
         self.routing.rules_on = 0;
         self.routing.rules_primary = 0;
-        let app = self
-            .params
-            .get("application_name")
-            .or_else(|| crate::backend::params::lookup(&self.defaults, "application_name"))
-            .unwrap_or("");
+        let app = self.params.application_name(&self.defaults);
         self.runtime
             .router
             .refresh_client(&mut self.routing, &id.user, app);
         self.scope_kind = db.causal_scope_for(user);
         self.scope = self.runtime.scopes.token(self.scope_kind, &id.user, app);
         Ok(())
-    }
-
-    /// The client's current application_name.
-    fn application_name(&self) -> &str {
-        self.params
-            .get("application_name")
-            .or_else(|| crate::backend::params::lookup(&self.defaults, "application_name"))
-            .unwrap_or("")
     }
 
     /// Writes to the client within `client_write_timeout`; Err(reason) if the client must go.

@@ -190,13 +190,7 @@ pub async fn handle(
     drop(welcome);
     // The rules whose users / application_names match the client (its application_name is
     // looked at again whenever it is routed).
-    let routing = router.client_routing(
-        &user.name,
-        client_params
-            .get("application_name")
-            .or_else(|| crate::backend::params::lookup(&params, "application_name"))
-            .unwrap_or(""),
-    );
+    let routing = router.client_routing(&user.name, client_params.application_name(&params));
     let kills_seen = runtime.control.kills();
     let scope_kind = db.causal_scope_for(&user);
     let scope = runtime.scopes.token(scope_kind, &user.name, app_name);

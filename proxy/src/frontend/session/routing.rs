@@ -16,18 +16,14 @@ impl Session {
         if !self.router().rules().is_empty() {
             // The client's current application_name (SET tracks it) selects the rules that
             // apply; the relay's routing gate sees the same through `self.routing`.
-            let app = self
-                .params
-                .get("application_name")
-                .or_else(|| crate::backend::params::lookup(&self.defaults, "application_name"))
-                .unwrap_or("");
+            let app = self.params.application_name(&self.defaults);
             let user = &self.upstream.pools()[0].id().user;
             self.runtime
                 .router
                 .refresh_client(&mut self.routing, user, app);
         }
         if self.scope_kind == CausalScope::ApplicationName {
-            let app = self.application_name();
+            let app = self.params.application_name(&self.defaults);
             self.scope = self.runtime.scopes.token(self.scope_kind, "", app);
         }
         // One atomic load: the latest commit of the client's scope, as of now.
