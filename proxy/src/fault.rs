@@ -7,7 +7,7 @@ mod enabled {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::OnceLock;
 
-    use crate::proxy::Proxy;
+    use crate::runtime::Proxy;
 
     /// A client Query whose text contains the value of `PGTIER_TEST_PANIC` panics in the relay
     /// after it reached the server (its server is then mid-transaction).
@@ -50,7 +50,7 @@ mod enabled {
 
 #[cfg(not(any(debug_assertions, feature = "fault-injection")))]
 mod enabled {
-    use crate::proxy::Proxy;
+    use crate::runtime::Proxy;
 
     /// Absent from normal builds.
     #[inline(always)]

@@ -6,7 +6,6 @@
 //! format; `config` the settings; `metrics` and `admin` observe and steer the running proxy
 //! (`control` holds what admin commands change for sessions to obey).
 
-pub mod admin;
 pub mod backend;
 pub mod clock;
 pub mod cluster;
@@ -14,12 +13,16 @@ pub mod config;
 pub mod control;
 pub mod fault;
 pub mod frontend;
+pub mod http;
 pub mod metrics;
 pub mod panics;
 pub mod protocol;
-pub mod proxy;
+
 pub mod router;
+pub mod runtime;
+pub mod serve;
 pub mod shutdown;
+pub mod sql;
 pub mod tls;
 pub mod write;
 

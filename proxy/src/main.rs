@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pgtier::config::LogFormat;
-use pgtier::proxy::LogLevelHook;
+use pgtier::runtime::LogLevelHook;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter};
@@ -215,7 +215,7 @@ fn run(file: &std::path::Path) -> anyhow::Result<()> {
     }
     .context("starting the tokio runtime")?;
     runtime
-        .block_on(pgtier::proxy::run(
+        .block_on(pgtier::serve::run(
             settings,
             Some(file.to_path_buf()),
             Some(log_level),

@@ -10,26 +10,8 @@
 use std::borrow::Cow;
 use std::sync::{Mutex, OnceLock};
 
-use crate::router::lexer::StringSyntax;
-
-/// Reported parameters that are synced from a client to whichever server serves it.
-pub const TRACKED: &[&str] = &[
-    "application_name",
-    "client_encoding",
-    "DateStyle",
-    "IntervalStyle",
-    "TimeZone",
-    "standard_conforming_strings",
-    "search_path",
-];
-
-/// The canonical name of a tracked parameter (names are case-insensitive).
-pub fn tracked(name: &str) -> Option<&'static str> {
-    TRACKED
-        .iter()
-        .copied()
-        .find(|t| t.eq_ignore_ascii_case(name))
-}
+use crate::sql::lexer::StringSyntax;
+pub use crate::sql::params::{tracked, TRACKED};
 
 /// The configured extra parameters (`track_extra_params`, lower case): a cheap copyable
 /// handle, interned once per distinct list (lists come from config loads, so this is bounded).

@@ -63,59 +63,8 @@ use tracing::{info, warn};
 use super::lag::{Lag, LagLimits, LagState, PrimarySample, ReplicaSample, Verdict};
 pub use super::view::{NodeState, NodeStatus, Role, View, ADMIN_BAN_ERROR};
 use super::{balancer, monitor, Lsn};
-use crate::config::NodeAddr;
+pub use crate::config::{ClusterSettings, ConfiguredRole, MonitorLogin, NodeConfig};
 use crate::tls::ServerTls;
-
-/// The role a node is configured with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfiguredRole {
-    /// Always the primary.
-    Primary,
-    /// Always a replica.
-    Replica,
-    /// Whatever `pg_is_in_recovery()` says (failover without a config change).
-    Auto,
-}
-
-/// One configured node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeConfig {
-    /// Address.
-    pub addr: NodeAddr,
-    /// Configured role.
-    pub role: ConfiguredRole,
-    /// Share of reads relative to other replicas (0: no reads unless nothing else is eligible).
-    pub weight: u32,
-}
-
-/// Credentials the monitors log in with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MonitorLogin {
-    /// Server user.
-    pub user: String,
-    /// Server password, if needed.
-    pub password: Option<String>,
-    /// Database name on the servers.
-    pub dbname: String,
-}
-
-/// Everything the topology of one database needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterSettings {
-    /// Nodes, in configured order (indexes are node ids).
-    pub nodes: Vec<NodeConfig>,
-    /// How often each node is checked.
-    pub lag_check_interval: Duration,
-    /// A replica whose time lag exceeds this leaves the rotation (None: no limit).
-    pub max_replica_lag: Option<Duration>,
-    /// A replica whose byte lag exceeds this leaves the rotation (None: no limit).
-    pub max_replica_lag_bytes: Option<u64>,
-    /// Monitor credentials.
-    pub login: MonitorLogin,
-    /// Limit on a monitor's connect + login; each check is limited to the smaller of this and
-    /// 1 s.
-    pub connect_timeout: Duration,
-}
 
 impl ClusterSettings {
     /// The lag limits.
@@ -124,11 +73,6 @@ impl ClusterSettings {
             time: self.max_replica_lag,
             bytes: self.max_replica_lag_bytes,
         }
-    }
-
-    /// Limit on one check round trip.
-    pub fn check_timeout(&self) -> Duration {
-        self.connect_timeout.min(Duration::from_secs(1))
     }
 }
 

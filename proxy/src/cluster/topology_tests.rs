@@ -1,5 +1,6 @@
 //! Tests of `topology`.
 use super::*;
+use crate::config::NodeAddr;
 
 fn settings(roles: &[ConfiguredRole]) -> ClusterSettings {
     ClusterSettings {

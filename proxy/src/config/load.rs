@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use super::schema::{Config, DatabaseConfig, UserConfig};
 use super::settings::{nonzero, Database, PoolSettings, RoutingSettings, Settings};
-use crate::cluster::ClusterSettings;
+use super::topology::ClusterSettings;
 
 /// One thing wrong with a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]

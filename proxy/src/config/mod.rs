@@ -8,16 +8,18 @@ pub mod diff;
 pub mod duration;
 pub mod load;
 mod nodes;
+pub mod rule_set;
 pub mod rules;
 pub mod schema;
 pub mod settings;
 pub mod show;
 pub mod tls;
+pub mod topology;
 
-pub use crate::router::rules::{LagLimit, RuleAction, RuleSet};
 pub use credentials::looked_up_user;
 pub use diff::restart_required;
 pub use load::{load_file, parse_str, ConfigError, Problem};
+pub use rule_set::{LagLimit, Rule, RuleAction, RuleSet, MAX_RULES};
 pub use schema::{
     AuthMethod, CausalScope, LogFormat, NodeRole, PoolMode, PrimaryReads, SessionStatePolicy,
 };
@@ -27,3 +29,4 @@ pub use settings::{
 };
 pub use show::ConfigEntry;
 pub use tls::{ClientTlsSettings, ServerTlsSettings, SslMode, TlsVersions};
+pub use topology::{ClusterSettings, ConfiguredRole, MonitorLogin, NodeConfig};

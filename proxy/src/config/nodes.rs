@@ -5,7 +5,7 @@ use super::credentials::server_credentials;
 use super::load::Validator;
 use super::schema::{Config, DatabaseConfig, NodeEntry, NodeRole};
 use super::settings::NodeAddr;
-use crate::cluster::{ConfiguredRole, MonitorLogin, NodeConfig};
+use super::topology::{ConfiguredRole, MonitorLogin, NodeConfig};
 
 impl Validator<'_> {
     /// The database's nodes in order: `primary`, then `replicas`, then `nodes`.

@@ -9,8 +9,8 @@ use regex_lite::Regex;
 use serde::Deserialize;
 
 use super::load::Validator;
+use super::rule_set::{LagLimit, Rule, RuleAction, RuleSet, MAX_RULES};
 use super::schema::Config;
-use crate::router::rules::{LagLimit, Rule, RuleAction, RuleSet, MAX_RULES};
 
 /// One `[[databases.NAME.rules]]` entry as written.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -170,8 +170,8 @@ impl Validator<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::rule_set::RuleAction;
     use crate::config::parse_str;
-    use crate::router::rules::RuleAction;
 
     const BASE: &str = r#"[users.app]
 password = "app"

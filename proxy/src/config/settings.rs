@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::rule_set::RuleSet;
 use super::schema::{CausalScope, Config, PoolMode, PrimaryReads, SessionStatePolicy};
-use crate::cluster::{ClusterSettings, NodeConfig};
+use super::topology::{ClusterSettings, NodeConfig};
 use crate::protocol::auth::{Md5Secret, ScramSecret};
-use crate::router::rules::RuleSet;
 
 /// A server address, `host:port`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

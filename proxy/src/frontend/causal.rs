@@ -27,8 +27,8 @@ use crate::cluster::Lsn;
 use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::parameter_status;
-use crate::router::lexer::{Lexer, StringSyntax, Token};
 use crate::router::scopes::ScopeToken;
+use crate::sql::lexer::{Lexer, StringSyntax, Token};
 
 /// pgtier's probe (schema-qualified: a client's search_path cannot shadow it).
 const PROBE: &[u8] = b"SELECT pg_catalog.pg_current_wal_insert_lsn()\0";

@@ -8,7 +8,7 @@ use super::rewrite::ClientSide;
 use crate::backend::params::ExtraUpdate;
 use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
-use crate::router::session_state::{param_command, session_command, ParamCommand, SessionCommand};
+use crate::sql::session_state::{param_command, session_command, ParamCommand, SessionCommand};
 
 /// A Query that is exactly one SET/RESET of extra parameters (or RESET ALL, DISCARD ALL) with
 /// nothing of the client's before it (`unit_start`, nothing in flight) and outside a

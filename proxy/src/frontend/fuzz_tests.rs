@@ -15,9 +15,10 @@ use crate::config::SessionStatePolicy;
 use crate::protocol::frame::{peek_header, test_frame as msg};
 use crate::protocol::{extended, messages, startup, validate};
 use crate::router::classify::{Classifier, FunctionTable};
-use crate::router::lexer::StringSyntax;
+use crate::router::commands;
 use crate::router::route::ClientRouting;
-use crate::router::{commands, session_state};
+use crate::sql::lexer::StringSyntax;
+use crate::sql::session_state;
 
 /// xorshift64*: reproducible without a dependency's API.
 struct Rng(u64);

@@ -8,8 +8,8 @@ use super::units::{UnitContext, UnitScan, UNDECIDED_LIMIT};
 use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
 use crate::router::classify::Class;
-use crate::router::lexer::StringSyntax;
 use crate::router::route::{ClientRouting, UnitInfo};
+use crate::sql::lexer::StringSyntax;
 
 /// The gate's state for one relay run.
 #[derive(Debug, Default)]

@@ -12,17 +12,17 @@ use thiserror::Error;
 
 use tracing::{error, info};
 
-use super::auth_query::LookupError;
-use crate::proxy::DbRuntime;
+use crate::runtime::auth_lookup::LookupError;
+use crate::runtime::DbRuntime;
 
 use super::auth;
-use super::listener::ClientGuard;
 use super::startup::{negotiate, Opening};
 use crate::config::SslMode;
 use crate::config::{Database, Settings, User};
 use crate::protocol::auth::ScramKeys;
 use crate::protocol::startup::{CancelKey, OptionsError, StartupError};
 use crate::protocol::SqlState;
+use crate::runtime::ClientGuard;
 use crate::shutdown::Phase;
 use crate::tls::acceptor::common_name;
 use crate::tls::ClientTls;

@@ -1,13 +1,11 @@
 //! Client side: the listener, startup negotiation and authentication, and the per-client
 //! session loop with its relay.
 
+pub mod admin;
 pub mod auth;
-pub mod auth_query;
 mod batch;
 mod buffers;
-pub mod cancel;
 mod causal;
-pub mod clients;
 mod extra_sets;
 pub(crate) mod farewell;
 mod gate;
@@ -28,7 +26,3 @@ mod units;
 #[cfg(test)]
 #[path = "fuzz_tests.rs"]
 mod fuzz_tests;
-
-pub use clients::{ClientEntry, ClientRegistry, ClientState};
-pub use listener::{serve, ClientCount};
-pub(crate) use relay::Limits;

@@ -21,7 +21,7 @@ use crate::protocol::frame::peek_header;
 use crate::protocol::messages::{error_response, ready_for_query, Severity, TxStatus};
 use crate::protocol::SqlState;
 use crate::router::route::UnitInfo;
-use crate::router::session_state::pins;
+use crate::sql::session_state::pins;
 
 /// Most named statements one client may hold.
 pub const MAX_PER_CLIENT: usize = 10_000;

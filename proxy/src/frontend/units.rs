@@ -10,10 +10,10 @@ use crate::backend::params::{lookup, tracked};
 use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
 use crate::router::classify::{Class, Classifier};
-use crate::router::lexer::StringSyntax;
 use crate::router::route::UnitInfo;
 use crate::router::rules::RuleSet;
-use crate::router::session_state::pins_in;
+use crate::sql::lexer::StringSyntax;
+use crate::sql::session_state::pins_in;
 
 /// What classifying client units needs.
 pub(crate) struct UnitContext<'a> {

@@ -1,13 +1,12 @@
 //! Prometheus metrics. Counters the data path bumps live in [`DbMetrics`], resolved once per
 //! database to plain handles (atomics: no lock and no allocation per query); gauges that
 //! describe state (connections, replicas) are filled from the proxy's state at each scrape
-//! (`scrape`). `http` serves `/metrics` on `metrics_listen`.
+//! (by the HTTP exporter that serves `/metrics` on `metrics_listen`).
 //!
 //! The same counters feed the admin console's `SHOW STATS`.
 
-pub mod http;
+mod gauges;
 mod period;
-mod scrape;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,8 +16,8 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
+pub use gauges::Gauges;
 pub use period::{Averages, STATS_PERIOD};
-pub use scrape::render;
 
 /// Which kind of node served a transaction (a label value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +159,7 @@ struct Families {
     write_timeouts: IntCounterVec,
     causal_waits: HistogramVec,
     scope_fallbacks: IntCounterVec,
-    gauges: scrape::Gauges,
+    gauges: gauges::Gauges,
 }
 
 /// The hot-path counters of one database.
@@ -231,6 +230,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The state gauges (filled by the exporter at each scrape).
+    pub fn gauges(&self) -> &Gauges {
+        &self.families.gauges
+    }
+
     /// Creates and registers every family (names prefixed `pgtier_`).
     pub fn new() -> Metrics {
         let registry =
@@ -305,7 +309,7 @@ impl Metrics {
                 "Reads that went to the primary because no replica had replayed their causal scope's token (causal_scope).",
                 &["database"],
             ),
-            gauges: scrape::Gauges::new(),
+            gauges: gauges::Gauges::new(),
         };
         let reloads = counter_vec(
             "reloads_total",

@@ -1,11 +1,8 @@
-//! Statement classification and routing: a fast SQL lexer, the read/write classifier, and the
-//! detection of statements that create session state a server connection cannot hand to
-//! another client.
+//! Statement classification and routing: the read/write classifier, DBA rules, pgtier's own
+//! statements, causal scopes, and the route decision (the SQL lexer lives in `crate::sql`).
 
 pub mod classify;
 pub mod commands;
-pub mod lexer;
 pub mod route;
 pub mod rules;
 pub mod scopes;
-pub mod session_state;

@@ -38,13 +38,12 @@ use crate::write::{write_all_within, WriteError};
 /// timeout. The node is healthy: it is neither banned nor given the unit again.
 const CLIENT_CAUSED: [&str; 4] = ["08P01", "25P03", "25P04", "57P05"];
 
-mod limits;
 mod probe;
 mod timeouts;
 mod to_client;
 mod to_server;
 
-pub(crate) use limits::Limits;
+pub(crate) use crate::runtime::Limits;
 pub(crate) use timeouts::CANCEL_GRACE;
 
 /// Read buffer size per direction while a client is active.
@@ -315,7 +314,7 @@ pub(crate) struct ClientState<'a> {
     /// Whether an admin KILLed the client's database (asked when an admin wakes sessions).
     pub killed: &'a (dyn Fn() -> bool + Sync),
     /// The client's registry entry (SHOW CLIENTS' prepared-statement count).
-    pub entry: &'a super::clients::ClientEntry,
+    pub entry: &'a crate::runtime::ClientEntry,
     /// Where a cancel of the server's running query goes (`query_timeout`).
     pub cancel: crate::backend::CancelTarget,
     /// The token of the client's causal scope (advanced by its commits; None: `connection`).
@@ -353,7 +352,7 @@ struct Relay<'a> {
     unnamed_here: bool,
     observer: Observer<'a>,
     killed: &'a (dyn Fn() -> bool + Sync),
-    entry: &'a super::clients::ClientEntry,
+    entry: &'a crate::runtime::ClientEntry,
     cancel: crate::backend::CancelTarget,
     /// When the running query and transaction began (only with their timeouts set).
     clocks: timeouts::Clocks,

@@ -20,8 +20,8 @@ use crate::protocol::extended;
 use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
 use crate::protocol::validate::{self, Malformed};
 use crate::protocol::SqlState;
-use crate::router::lexer::StringSyntax;
-use crate::router::session_state::{
+use crate::sql::lexer::StringSyntax;
+use crate::sql::session_state::{
     function_call_pins, pins_in, resets, resets_all, session_command, Resets, SessionCommand,
 };
 

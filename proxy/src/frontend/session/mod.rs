@@ -29,9 +29,7 @@ use crate::backend::pool::ServerParams;
 use crate::backend::{PoolError, Upstream};
 use crate::cluster::Lsn;
 use crate::config::{CausalScope, PoolMode};
-use crate::frontend::clients::{ClientHandle, ClientLimits, ClientState, NewClient};
 use crate::frontend::farewell::{farewell, farewell_now, pool_farewell};
-use crate::frontend::listener::ClientGuard;
 use crate::frontend::login::{login, Login, LoginError};
 use crate::frontend::observe::{self, Observer};
 use crate::frontend::prepared::answer_parse_batch;
@@ -46,10 +44,12 @@ use crate::protocol::messages::{
     auth_ok, backend_key_data, parameter_status, ready_for_query, TxStatus,
 };
 use crate::protocol::SqlState;
-use crate::proxy::{DbRuntime, Proxy};
 use crate::router::commands;
 use crate::router::route::{ClientRouting, DecidedBy, Route, Router, Target, UnitInfo};
 use crate::router::scopes::ScopeToken;
+use crate::runtime::clients::{ClientHandle, ClientLimits, ClientState, NewClient};
+use crate::runtime::ClientGuard;
+use crate::runtime::{DbRuntime, Proxy};
 use crate::shutdown::{Phase, ShutdownWatch};
 use crate::write::write_all_within;
 

@@ -233,7 +233,7 @@ async fn admin(proxy: &Arc<Proxy>, stream: &mut ClientStream, peer: SocketAddr) 
     if write_all_within(stream, &welcome, limit).await.is_err() {
         return;
     }
-    if let Err(panic) = Contained(Box::pin(crate::admin::serve(proxy, stream))).await {
+    if let Err(panic) = Contained(Box::pin(crate::frontend::admin::serve(proxy, stream))).await {
         error!(%peer, panic, "internal error in an admin session: closed");
         let message = "pgtier: internal error; the connection is closed (see pgtier's log)";
         farewell(stream, SqlState::INTERNAL_ERROR, message).await;

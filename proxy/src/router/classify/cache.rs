@@ -21,7 +21,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::sync::Arc;
 
 use super::{Class, Reason};
-use crate::router::lexer::normalize_literals;
+use crate::sql::lexer::normalize_literals;
 
 /// Texts longer than this are never cached (they are rare and costly to hash and keep).
 pub const MAX_CACHED_TEXT: usize = 16 * 1024;

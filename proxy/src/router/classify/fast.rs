@@ -7,7 +7,7 @@
 //! comments, so a parser quirk can never send a locking read to a replica.
 
 use super::Reason;
-use crate::router::lexer::{Lexer, Token};
+use crate::sql::lexer::{Lexer, Token};
 
 /// The fast path's verdict on a whole text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

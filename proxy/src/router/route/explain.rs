@@ -6,7 +6,7 @@ use super::{DecidedBy, Router, UnitInfo};
 use crate::cluster::LagLimits;
 use crate::router::classify::{Class, Hint, Reason};
 use crate::router::rules::RuleAction;
-use crate::router::session_state::pins;
+use crate::sql::session_state::pins;
 
 /// Where a statement would go for a client and why (see [`Router::explain`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +68,7 @@ impl Router {
         unit.pins = pins(sql, |name| {
             std::str::from_utf8(name)
                 .ok()
-                .and_then(crate::backend::params::tracked)
+                .and_then(crate::sql::params::tracked)
                 .is_some()
         })
         .is_some();

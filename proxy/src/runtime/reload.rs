@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tracing::info;
 
+use super::Limits;
 use super::{DbRuntime, Snapshot};
 use crate::backend::{CapScope, Caps, Pool, PoolId, Pools, ServerLogin, Upstream};
 use crate::cluster::{ConfiguredRole, Topology};
@@ -16,12 +17,11 @@ use crate::config::{
     ClientAuth, ConfigError, Database, NodeAddr, PoolSettings, ServerTlsSettings, Settings, User,
 };
 use crate::control::Control;
-use crate::frontend::auth_query::AuthLookup;
-use crate::frontend::Limits;
 use crate::metrics::Metrics;
 use crate::router::classify::FunctionTable;
 use crate::router::route::Router;
 use crate::router::scopes::ScopeRegistry;
+use crate::runtime::auth_lookup::AuthLookup;
 use crate::tls::ClientTls;
 use crate::tls::ServerTls;
 

@@ -5,8 +5,8 @@ use bytes::BytesMut;
 
 use super::table::table;
 use crate::clock::{anchored_now, format_utc};
-use crate::frontend::ClientState;
-use crate::proxy::Proxy;
+use crate::runtime::ClientState;
+use crate::runtime::Proxy;
 
 /// Per database: totals since start and averages over the last stats period.
 pub(super) fn stats(proxy: &Proxy) -> BytesMut {

@@ -24,7 +24,7 @@ use tracing::info;
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::{error_response, ready_for_query, Severity, TxStatus};
 use crate::protocol::SqlState;
-use crate::proxy::Proxy;
+use crate::runtime::Proxy;
 use crate::shutdown::Phase;
 use crate::write::write_all_within;
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use rand::RngExt;
 use thiserror::Error;
 
-use super::cancel::CancelSlot;
+use super::cancel_slot::CancelSlot;
 use crate::backend::CancelTarget;
 use crate::clock::{anchored_now, unix_micros_at};
 use crate::protocol::startup::CancelKey;

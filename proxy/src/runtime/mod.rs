@@ -1,8 +1,17 @@
 //! The running proxy: shared state every client task sees (the current config snapshot,
-//! pools, clients, metrics, admin state), startup of the listeners, live reload, and the
-//! shutdown sequence (drain, then close).
+//! pools, clients, metrics, admin state), live reload, and the shutdown sequence (drain, then
+//! close). It points only down: the listeners and consoles above it take an `Arc<Proxy>`.
 
+pub mod auth_lookup;
+pub mod cancel_slot;
+pub mod client_count;
+pub mod clients;
+mod limits;
 mod reload;
+
+pub use client_count::{ClientCount, ClientGuard};
+pub use clients::{ClientEntry, ClientRegistry, ClientState};
+pub(crate) use limits::Limits;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,13 +22,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use thiserror::Error;
-use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::backend::{cancel::send_cancel, Pool, PoolId, Pools, Upstream};
 use crate::config::{ConfigError, Database, Settings, User};
 use crate::control::{Control, DbControl};
-use crate::frontend::{self, ClientCount, ClientRegistry, Limits};
 use crate::metrics::{DbMetrics, Metrics};
 use crate::protocol::startup::CancelKey;
 use crate::router::route::Router;
@@ -58,7 +65,7 @@ pub struct DbRuntime {
     /// Causal tokens shared by clients (kept across reloads).
     pub scopes: Arc<crate::router::scopes::DbScopes>,
     /// `auth_query` lookups for users pgtier has no entry for (None: `auth_user` unset).
-    pub auth_lookup: Option<Arc<crate::frontend::auth_query::AuthLookup>>,
+    pub auth_lookup: Option<Arc<auth_lookup::AuthLookup>>,
 }
 
 /// One loaded config and everything built from it. Clients that started on a snapshot finish
@@ -169,6 +176,11 @@ impl Proxy {
     /// The current settings.
     pub fn settings(&self) -> Arc<Settings> {
         self.current.load().settings.clone()
+    }
+
+    /// Sets what applies a reloaded `log_level` (once; later calls are ignored).
+    pub fn set_log_level_hook(&self, hook: LogLevelHook) {
+        let _ = self.log_level.set(hook);
     }
 
     /// Open client connections.
@@ -363,59 +375,4 @@ async fn stats_period(metrics: std::sync::Weak<Metrics>) {
         let Some(m) = metrics.upgrade() else { return };
         m.tick_period();
     }
-}
-
-/// Binds the listener (and the metrics endpoint, if configured) and serves until SIGTERM,
-/// SIGINT or admin SHUTDOWN, then shuts down gracefully (a second signal skips the wait for
-/// running transactions). SIGHUP reloads `config_path`; `log_level` applies a changed `log_level` (None: it needs a restart).
-pub async fn run(
-    settings: Settings,
-    config_path: Option<PathBuf>,
-    log_level: Option<LogLevelHook>,
-) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    // First: a certificate or CA file that cannot be used stops pgtier before it listens.
-    let listen = settings.listen;
-    let metrics_listen = settings.metrics_listen;
-    let proxy = Proxy::new(settings, config_path).map_err(std::io::Error::other)?;
-    let listener = TcpListener::bind(listen).await?;
-    info!(listen = %listen, "pgtier listening");
-    let metrics_listener = match metrics_listen {
-        Some(addr) => {
-            let l = TcpListener::bind(addr).await?;
-            info!(listen = %addr, "metrics endpoint listening (GET /metrics)");
-            Some(l)
-        }
-        None => None,
-    };
-    if let Some(hook) = log_level {
-        let _ = proxy.log_level.set(hook);
-    }
-    tokio::spawn(frontend::serve(proxy.clone(), listener));
-    if let Some(l) = metrics_listener {
-        tokio::spawn(crate::metrics::http::serve(proxy.clone(), l));
-    }
-    loop {
-        tokio::select! {
-            _ = term.recv() => { info!("SIGTERM: shutting down"); break }
-            _ = int.recv() => { info!("SIGINT: shutting down"); break }
-            _ = proxy.control().shutdown_requested() => { info!("admin SHUTDOWN: shutting down"); break }
-            _ = hup.recv() => {
-                info!("SIGHUP: reloading the config");
-                // Errors are logged (with line and column) by reload itself.
-                let _ = proxy.reload();
-            }
-        }
-    }
-    let again = async {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-        }
-    };
-    proxy.drain(again).await;
-    Ok(())
 }

@@ -3,10 +3,10 @@
 use bytes::BytesMut;
 
 use super::table::{split, table, unsupported, Failure};
-use crate::frontend::ClientState;
 use crate::protocol::SqlState;
-use crate::proxy::{Proxy, Snapshot};
 use crate::router::route::{Choice, ClientRouting, Router};
+use crate::runtime::ClientState;
+use crate::runtime::{Proxy, Snapshot};
 use std::sync::Arc;
 
 /// Runs one SHOW command (`rest`: what follows SHOW); returns its reply.

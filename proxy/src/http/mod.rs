@@ -2,6 +2,8 @@
 //! format, anything else 404. Each request is read with a size cap and a timeout, answered,
 //! and the connection closed (scrapers send one request per connection or reconnect).
 
+mod scrape;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use crate::proxy::Proxy;
+use crate::runtime::Proxy;
 
 /// Largest request head read.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -71,7 +73,7 @@ async fn answer(proxy: &Proxy, mut stream: TcpStream) {
     let path = path.split(|&b| b == b'?').next().unwrap_or(&[]);
     let reply = match (method, path) {
         (b"GET", b"/metrics") => {
-            let body = super::render(proxy);
+            let body = scrape::render(proxy);
             response(
                 "200 OK",
                 "text/plain; version=0.0.4; charset=utf-8",

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use super::table::{split, table, Failure};
 use crate::protocol::messages::command_complete;
 use crate::protocol::SqlState;
-use crate::proxy::{DbRuntime, Proxy, ReloadError, Snapshot};
+use crate::runtime::{DbRuntime, Proxy, ReloadError, Snapshot};
 
 /// How often PAUSE looks whether the database's transactions have ended.
 const PAUSE_POLL: Duration = Duration::from_millis(10);

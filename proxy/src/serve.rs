@@ -1,0 +1,65 @@
+//! The process's serving loop: binds the client listener and the HTTP endpoint, serves until a
+//! signal or admin SHUTDOWN, reloads on SIGHUP, then drains.
+
+use std::path::PathBuf;
+
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::config::Settings;
+use crate::runtime::{LogLevelHook, Proxy};
+
+/// Binds the listener (and the metrics endpoint, if configured) and serves until SIGTERM,
+/// SIGINT or admin SHUTDOWN, then shuts down gracefully (a second signal skips the wait for
+/// running transactions). SIGHUP reloads `config_path`; `log_level` applies a changed `log_level` (None: it needs a restart).
+pub async fn run(
+    settings: Settings,
+    config_path: Option<PathBuf>,
+    log_level: Option<LogLevelHook>,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    // First: a certificate or CA file that cannot be used stops pgtier before it listens.
+    let listen = settings.listen;
+    let metrics_listen = settings.metrics_listen;
+    let proxy = Proxy::new(settings, config_path).map_err(std::io::Error::other)?;
+    let listener = TcpListener::bind(listen).await?;
+    info!(listen = %listen, "pgtier listening");
+    let metrics_listener = match metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await?;
+            info!(listen = %addr, "metrics endpoint listening (GET /metrics)");
+            Some(l)
+        }
+        None => None,
+    };
+    if let Some(hook) = log_level {
+        proxy.set_log_level_hook(hook);
+    }
+    tokio::spawn(crate::frontend::listener::serve(proxy.clone(), listener));
+    if let Some(l) = metrics_listener {
+        tokio::spawn(crate::http::serve(proxy.clone(), l));
+    }
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break }
+            _ = proxy.control().shutdown_requested() => { info!("admin SHUTDOWN: shutting down"); break }
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading the config");
+                // Errors are logged (with line and column) by reload itself.
+                let _ = proxy.reload();
+            }
+        }
+    }
+    let again = async {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    };
+    proxy.drain(again).await;
+    Ok(())
+}

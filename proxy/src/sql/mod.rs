@@ -1,0 +1,7 @@
+//! SQL text analysis shared by the router and the relay: a lexer that never allocates, the
+//! detection of statements that leave session state on a server, and the names of the
+//! parameters pgtier keeps in line.
+
+pub mod lexer;
+pub mod params;
+pub mod session_state;
