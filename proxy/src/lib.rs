@@ -16,6 +16,7 @@ pub mod frontend;
 pub mod http;
 pub mod metrics;
 pub mod panics;
+pub mod prepared;
 pub mod protocol;
 
 pub mod router;

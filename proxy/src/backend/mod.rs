@@ -4,11 +4,10 @@
 pub mod auth;
 pub mod cancel;
 pub mod caps;
+pub mod checkout;
 pub mod params;
 pub mod pool;
 pub mod server;
-pub mod statement_names;
-pub mod statements;
 pub mod stream;
 pub mod upstreams;
 

@@ -11,9 +11,9 @@ use tokio::net::TcpStream;
 
 use crate::backend::cancel::CancelTarget;
 use crate::backend::params::ParamChanges;
-use crate::backend::statements::ServerStatements;
 use crate::backend::stream::{negotiate, ServerStream};
 use crate::config::{NodeAddr, SslMode};
+use crate::prepared::server::ServerStatements;
 use crate::protocol::frame::peek_header;
 use crate::protocol::startup::CancelKey;
 use crate::tls::connector::ServerTls;

@@ -60,11 +60,12 @@ use arc_swap::{ArcSwap, Guard};
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
+pub use crate::config::{ClusterSettings, ConfiguredRole, MonitorLogin, NodeConfig};
+use crate::tls::ServerTls;
+
 use super::lag::{Lag, LagLimits, LagState, PrimarySample, ReplicaSample, Verdict};
 pub use super::view::{NodeState, NodeStatus, Role, View, ADMIN_BAN_ERROR};
 use super::{balancer, monitor, Lsn};
-pub use crate::config::{ClusterSettings, ConfiguredRole, MonitorLogin, NodeConfig};
-use crate::tls::ServerTls;
 
 impl ClusterSettings {
     /// The lag limits.

@@ -1,6 +1,7 @@
 //! Tests of `topology`.
-use super::*;
 use crate::config::NodeAddr;
+
+use super::*;
 
 fn settings(roles: &[ConfiguredRole]) -> ClusterSettings {
     ClusterSettings {

@@ -7,10 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::protocol::auth::{Md5Secret, ScramSecret};
+
 use super::rule_set::RuleSet;
 use super::schema::{CausalScope, Config, PoolMode, PrimaryReads, SessionStatePolicy};
 use super::topology::{ClusterSettings, NodeConfig};
-use crate::protocol::auth::{Md5Secret, ScramSecret};
 
 /// A server address, `host:port`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -9,10 +9,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
-use super::session;
 use crate::panics::Contained;
 use crate::runtime::Proxy;
 use crate::shutdown::Phase;
+
+use super::session;
 
 /// Accepts clients until shutdown begins; each client runs in its own task.
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {

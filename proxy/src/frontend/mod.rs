@@ -1,28 +1,14 @@
-//! Client side: the listener, startup negotiation and authentication, and the per-client
-//! session loop with its relay.
+//! Client side, in the order a connection meets it: the `listener` accepts; `login` runs the
+//! startup negotiation and authentication; then either the `admin` console serves it, or its
+//! `session` runs: between transactions it holds no server; for each unit of work it checks
+//! one out (`crate::backend::checkout`) and the `relay` carries the bytes both ways, with one
+//! analysis of each unit (`relay::units`) that routing, the gate and the rewrite all read.
+//! `stream` and `farewell` are the client socket every stage writes to.
 
 pub mod admin;
-pub mod auth;
-mod batch;
-mod buffers;
-mod causal;
-mod extra_sets;
 pub(crate) mod farewell;
-mod gate;
 pub mod listener;
-mod local;
 pub mod login;
-mod observe;
-mod prepared;
-mod relay;
-mod responses;
-mod rewrite;
+pub(crate) mod relay;
 pub mod session;
-pub mod startup;
 pub mod stream;
-mod target;
-mod units;
-
-#[cfg(test)]
-#[path = "fuzz_tests.rs"]
-mod fuzz_tests;

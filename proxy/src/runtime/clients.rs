@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex};
 use rand::RngExt;
 use thiserror::Error;
 
-use super::cancel_slot::CancelSlot;
 use crate::backend::CancelTarget;
 use crate::clock::{anchored_now, unix_micros_at};
 use crate::protocol::startup::CancelKey;
+
+use super::cancel_slot::CancelSlot;
 
 /// Distinct application names the registry shares between clients (others are per client).
 const MAX_SHARED_APP_NAMES: usize = 256;

@@ -9,10 +9,6 @@ pub mod clients;
 mod limits;
 mod reload;
 
-pub use client_count::{ClientCount, ClientGuard};
-pub use clients::{ClientEntry, ClientRegistry, ClientState};
-pub(crate) use limits::Limits;
-
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -32,6 +28,10 @@ use crate::protocol::startup::CancelKey;
 use crate::router::route::Router;
 use crate::shutdown::{Phase, Shutdown, ShutdownWatch};
 use crate::tls::ClientTls;
+
+pub use client_count::{ClientCount, ClientGuard};
+pub use clients::{ClientEntry, ClientRegistry, ClientState};
+pub(crate) use limits::Limits;
 
 /// Why a reload changed nothing.
 #[derive(Debug, Error)]

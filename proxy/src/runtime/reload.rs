@@ -9,10 +9,9 @@ use std::sync::Arc;
 
 use tracing::info;
 
-use super::Limits;
-use super::{DbRuntime, Snapshot};
 use crate::backend::{CapScope, Caps, Pool, PoolId, Pools, ServerLogin, Upstream};
 use crate::cluster::{ConfiguredRole, Topology};
+pub(super) use crate::config::diff::restart_required;
 use crate::config::{
     ClientAuth, ConfigError, Database, NodeAddr, PoolSettings, ServerTlsSettings, Settings, User,
 };
@@ -25,7 +24,8 @@ use crate::runtime::auth_lookup::AuthLookup;
 use crate::tls::ClientTls;
 use crate::tls::ServerTls;
 
-pub(super) use crate::config::diff::restart_required;
+use super::Limits;
+use super::{DbRuntime, Snapshot};
 
 /// How pgtier logs in to `db`'s servers for `user`, with `tls`.
 pub(super) fn server_login(db: &Database, user: &User, tls: &ServerTls) -> ServerLogin {
@@ -136,7 +136,7 @@ pub(super) fn build_databases(
     kept: &Kept<'_>,
 ) -> HashMap<String, Arc<DbRuntime>> {
     // Process-wide, like the statement names it bounds; applies to the next Parse.
-    crate::backend::statement_names::StatementNames::global().set_limit(
+    crate::prepared::names::StatementNames::global().set_limit(
         usize::try_from(settings.raw.max_prepared_statement_bytes_total).unwrap_or(usize::MAX),
     );
     settings

@@ -7,10 +7,11 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tracing::{info, warn};
 
-use super::table::{split, table, Failure};
 use crate::protocol::messages::command_complete;
 use crate::protocol::SqlState;
 use crate::runtime::{DbRuntime, Proxy, ReloadError, Snapshot};
+
+use super::table::{split, table, Failure};
 
 /// How often PAUSE looks whether the database's transactions have ended.
 const PAUSE_POLL: Duration = Duration::from_millis(10);

@@ -3,10 +3,11 @@
 
 use bytes::BytesMut;
 
-use super::table::table;
 use crate::clock::{anchored_now, format_utc};
 use crate::runtime::ClientState;
 use crate::runtime::Proxy;
+
+use super::table::table;
 
 /// Per database: totals since start and averages over the last stats period.
 pub(super) fn stats(proxy: &Proxy) -> BytesMut {

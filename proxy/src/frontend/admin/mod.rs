@@ -13,14 +13,14 @@ mod lists;
 mod show;
 mod table;
 
-use bytes::BytesMut;
 use std::time::Duration;
 
-use crate::frontend::stream::ClientStream;
+use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 use tracing::info;
 
+use crate::frontend::stream::ClientStream;
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::{error_response, ready_for_query, Severity, TxStatus};
 use crate::protocol::SqlState;

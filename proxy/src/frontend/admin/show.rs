@@ -1,13 +1,15 @@
 //! The admin console's commands and their result sets.
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 
-use super::table::{split, table, unsupported, Failure};
 use crate::protocol::SqlState;
 use crate::router::route::{Choice, ClientRouting, Router};
 use crate::runtime::ClientState;
 use crate::runtime::{Proxy, Snapshot};
-use std::sync::Arc;
+
+use super::table::{split, table, unsupported, Failure};
 
 /// Runs one SHOW command (`rest`: what follows SHOW); returns its reply.
 pub fn run(proxy: &Proxy, command: &str, rest: &str) -> Result<BytesMut, Failure> {

@@ -7,41 +7,53 @@
 //! - `to_server`: client bytes through the routing gate and `rewrite` to the server.
 //! - `to_client`: server bytes through `responses` to the client.
 //! - `probe`: the causal probe's part (pipelining it, sending it late, losing it).
-//! - `limits`: the limits a relay applies.
+//! - `units`: a unit's one analysis (statements, classification, pinning verdict); `gate`
+//!   holds back what a replica may not run; `causal` the client's causal token; `observe`
+//!   what is measured; `extra_sets` the SET/RESET of `track_extra_params`; `batch` and
+//!   `buffers` the bytes in flight.
 
-use crate::frontend::stream::ClientStream;
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
-use super::causal::Causal;
-use super::gate::{Gate, Moment};
-use super::observe::Observer;
-use super::prepared::ClientStatements;
-use super::responses::{route_server, Entry, Expectations, Kind, ParamSync, Streaming};
-pub(crate) use super::rewrite::Violation;
-use super::rewrite::{route_client, ClientSide, ServerSide};
-use super::units::UnitContext;
 use crate::backend::params::{bring_in_line, ParamChanges};
 use crate::backend::server::ServerIo;
 use crate::config::PoolMode;
-use crate::protocol::frame::peek_header;
-use crate::protocol::messages::{ends_session, fatal_sqlstate, TxStatus};
+use crate::frontend::stream::ClientStream;
+use crate::prepared::client::ClientStatements;
+use crate::protocol::messages::TxStatus;
 use crate::router::classify::Classifier;
 use crate::router::route::ClientRouting;
 use crate::router::rules::RuleSet;
 use crate::shutdown::{Phase, ShutdownWatch};
-use crate::write::{write_all_within, WriteError};
+
+use causal::Causal;
+use gate::Gate;
+use observe::Observer;
+use responses::{Entry, Expectations, Kind, Streaming};
+pub(crate) use rewrite::Violation;
 
 /// SQLSTATEs of the FATAL errors with which a server ends a session over what its client did:
 /// a protocol violation, or the client's own idle-in-transaction, transaction or idle-session
 /// timeout. The node is healthy: it is neither banned nor given the unit again.
 const CLIENT_CAUSED: [&str; 4] = ["08P01", "25P03", "25P04", "57P05"];
 
+pub(crate) mod batch;
+pub(crate) mod buffers;
+pub(crate) mod causal;
+pub(crate) mod extra_sets;
+pub(crate) mod gate;
+pub(crate) mod observe;
 mod probe;
+pub(crate) mod responses;
+pub(crate) mod rewrite;
 mod timeouts;
 mod to_client;
 mod to_server;
+pub(crate) mod units;
+
+#[cfg(test)]
+mod fuzz_tests;
 
 pub(crate) use crate::runtime::Limits;
 pub(crate) use timeouts::CANCEL_GRACE;

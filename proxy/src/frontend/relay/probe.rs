@@ -5,12 +5,13 @@
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use super::{Outcome, Relay};
-use crate::frontend::causal;
-use crate::frontend::responses::Entry;
-use crate::frontend::units::UnitContext;
+use crate::frontend::relay::causal;
+use crate::frontend::relay::responses::Entry;
+use crate::frontend::relay::units::UnitContext;
 use crate::protocol::messages::TxStatus;
 use crate::write::write_all_within;
+
+use super::{Outcome, Relay};
 
 impl Relay<'_> {
     /// After a batch of `consumed` client bytes (its entries from `queued` on): whether the

@@ -1,7 +1,19 @@
 //! The server-to-client half of a relay: server bytes are routed (`responses`) and go to the
 //! client in one write; a write the client does not take in time ends the relay.
 
-use super::*;
+use bytes::Buf;
+
+use crate::protocol::messages::ends_session;
+use crate::protocol::messages::fatal_sqlstate;
+use crate::protocol::messages::TxStatus;
+use crate::shutdown::Phase;
+use crate::shutdown::ShutdownWatch;
+use crate::write::write_all_within;
+use crate::write::WriteError;
+
+use super::responses::route_server;
+use super::responses::ParamSync;
+use super::{Outcome, Relay, CLIENT_CAUSED};
 
 impl Relay<'_> {
     /// Routes and forwards buffered server bytes; returns an outcome if the relay must end.

@@ -1,8 +1,20 @@
 //! The client-to-server half of a relay: client bytes pass the routing gate, are routed
 //! (`rewrite`) and go to the server in one write.
 
+use bytes::Buf;
+
+use crate::protocol::frame::peek_header;
+use crate::protocol::messages::TxStatus;
+use crate::write::write_all_within;
+use crate::write::WriteError;
+
+use super::gate::Moment;
+use super::rewrite::route_client;
+use super::rewrite::ClientSide;
+use super::rewrite::ServerSide;
 use super::to_client::client_write_failed;
-use super::*;
+use super::units::UnitContext;
+use super::{Outcome, Relay};
 
 impl Relay<'_> {
     /// Routes and forwards buffered client bytes; returns an outcome if the relay must end.

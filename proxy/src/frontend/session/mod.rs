@@ -7,50 +7,41 @@
 //! - `run`: one relay run on a server and what its end means for client and server.
 //! - `wait`: the idle wait for the client's next request.
 
+mod local;
 mod open;
 mod routing;
 mod run;
 mod wait;
 
-use std::future::{poll_fn, Future};
-use std::net::SocketAddr;
+use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
-use crate::frontend::stream::ClientStream;
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
 use tracing::{error, info, warn};
 
+use crate::backend::checkout::Serving;
 use crate::backend::params::ParamChanges;
 use crate::backend::pool::ServerParams;
-use crate::backend::{PoolError, Upstream};
-use crate::cluster::Lsn;
+use crate::backend::Upstream;
 use crate::config::{CausalScope, PoolMode};
-use crate::frontend::farewell::{farewell, farewell_now, pool_farewell};
-use crate::frontend::login::{login, Login, LoginError};
-use crate::frontend::observe::{self, Observer};
-use crate::frontend::prepared::answer_parse_batch;
-use crate::frontend::prepared::ClientStatements;
-use crate::frontend::relay::{self, Limits, Outcome, Violation, BUF_SIZE};
-use crate::frontend::target::{self, Serving, TargetError};
-use crate::frontend::units::{self, UnitContext};
-use crate::metrics::{PeerLabel, ReasonLabel, RoleLabel};
+use crate::frontend::farewell::farewell;
+use crate::frontend::relay::Limits;
+use crate::frontend::stream::ClientStream;
+use crate::metrics::{PeerLabel, ReasonLabel};
 use crate::panics::Contained;
-use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
-use crate::protocol::messages::{
-    auth_ok, backend_key_data, parameter_status, ready_for_query, TxStatus,
-};
+use crate::prepared::client::answer_parse_batch;
+use crate::prepared::client::ClientStatements;
+use crate::protocol::frame::peek_header;
 use crate::protocol::SqlState;
 use crate::router::commands;
-use crate::router::route::{ClientRouting, DecidedBy, Route, Router, Target, UnitInfo};
+use crate::router::route::{ClientRouting, Router};
 use crate::router::scopes::ScopeToken;
-use crate::runtime::clients::{ClientHandle, ClientLimits, ClientState, NewClient};
+use crate::runtime::clients::ClientHandle;
 use crate::runtime::ClientGuard;
 use crate::runtime::{DbRuntime, Proxy};
-use crate::shutdown::{Phase, ShutdownWatch};
+use crate::shutdown::ShutdownWatch;
 use crate::write::write_all_within;
 
 pub use open::handle;
@@ -213,7 +204,7 @@ impl Session {
         // A malformed one goes the normal way, which refuses it (08P01).
         crate::protocol::validate::check(h.tag, body).ok()?;
         let mut out = BytesMut::new();
-        super::local::answer(cmd, &mut self.routing, &mut out);
+        local::answer(cmd, &mut self.routing, &mut out);
         Some(out)
     }
 

@@ -2,7 +2,46 @@
 //! welcome (ParameterStatus, BackendKeyData, ReadyForQuery), registration, and the session's
 //! own task.
 
-use super::*;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tracing::error;
+use tracing::info;
+use tracing::warn;
+
+use crate::backend::checkout;
+use crate::backend::checkout::TargetError;
+use crate::backend::params::ParamChanges;
+use crate::backend::pool::ServerParams;
+use crate::backend::PoolError;
+use crate::backend::Upstream;
+use crate::config::PoolMode;
+use crate::frontend::farewell::farewell;
+use crate::frontend::farewell::pool_farewell;
+use crate::frontend::login::login;
+use crate::frontend::login::Login;
+use crate::frontend::login::LoginError;
+use crate::frontend::stream::ClientStream;
+use crate::metrics::ReasonLabel;
+use crate::panics::Contained;
+use crate::prepared::client::ClientStatements;
+use crate::protocol::messages::auth_ok;
+use crate::protocol::messages::backend_key_data;
+use crate::protocol::messages::parameter_status;
+use crate::protocol::messages::ready_for_query;
+use crate::protocol::messages::TxStatus;
+use crate::protocol::SqlState;
+use crate::router::route::Router;
+use crate::router::route::Target;
+use crate::runtime::clients::ClientLimits;
+use crate::runtime::clients::ClientState;
+use crate::runtime::clients::NewClient;
+use crate::runtime::ClientGuard;
+use crate::runtime::Proxy;
+use crate::write::write_all_within;
+
+use super::Session;
 
 /// Serves one accepted connection to the end.
 pub async fn handle(
@@ -147,7 +186,7 @@ pub async fn handle(
     // Session mode holds one server (on the primary) for the whole session, taken now.
     let held = match mode {
         PoolMode::Session => {
-            match Box::pin(target::checkout(
+            match Box::pin(checkout::server_for(
                 &router,
                 &upstream,
                 &db.name,

@@ -1,8 +1,31 @@
 //! Where each unit of a client goes, checking out its server (after any admin PAUSE, counting
 //! the pool wait), and the client's causal token when a write's position is unknown.
 
+use std::future::poll_fn;
+use std::future::Future;
+use std::pin::pin;
+use std::task::Poll;
+
+use tracing::info;
+use tracing::warn;
+
+use crate::backend::checkout;
+use crate::backend::checkout::Serving;
+use crate::cluster::Lsn;
+use crate::config::CausalScope;
+use crate::frontend::relay::units;
+use crate::frontend::relay::units::UnitContext;
+use crate::metrics::ReasonLabel;
+use crate::protocol::SqlState;
+use crate::router::route::DecidedBy;
+use crate::router::route::Route;
+use crate::router::route::Target;
+use crate::router::route::UnitInfo;
+use crate::runtime::clients::ClientState;
+use crate::shutdown::Phase;
+
 use super::open::target_farewell;
-use super::*;
+use super::{Session, CAUSAL_PROBE_TIMEOUT, SHUTDOWN_MESSAGE};
 
 impl Session {
     /// Where the unit at the start of `first` goes, and why.
@@ -126,7 +149,7 @@ impl Session {
             return Err("paused");
         }
         let got = {
-            let mut checkout = pin!(target::checkout(
+            let mut checkout = pin!(checkout::server_for(
                 &runtime.router,
                 &upstream,
                 upstream.database(),

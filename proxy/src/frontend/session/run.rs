@@ -1,7 +1,23 @@
 //! One relay run on a server connection, and what its end means: release, retry a read
 //! elsewhere, or close the client with the right error.
 
-use super::*;
+use bytes::BytesMut;
+use tracing::info;
+use tracing::warn;
+
+use crate::backend::checkout::Serving;
+use crate::frontend::farewell::farewell_now;
+use crate::frontend::relay;
+use crate::frontend::relay::observe;
+use crate::frontend::relay::observe::Observer;
+use crate::frontend::relay::Outcome;
+use crate::metrics::PeerLabel;
+use crate::metrics::RoleLabel;
+use crate::protocol::SqlState;
+use crate::runtime::clients::ClientState;
+use crate::shutdown::Phase;
+
+use super::{Ran, Session, CANCEL_TIMEOUT, DISCARD_TIMEOUT, KILL_MESSAGE, SHUTDOWN_MESSAGE};
 
 impl Session {
     /// Relays on `serving` until its transaction ends. `retry` is a copy of `first` kept for
@@ -101,7 +117,7 @@ impl Session {
                 if self.shutdown.phase() < Phase::Draining {
                     serving.server.release_at(ended);
                     if end.leftover.is_empty() {
-                        crate::frontend::buffers::give(end.leftover);
+                        crate::frontend::relay::buffers::give(end.leftover);
                         return Ok(Ran::Done(None));
                     }
                     return Ok(Ran::Done(Some(end.leftover)));

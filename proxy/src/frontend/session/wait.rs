@@ -1,8 +1,26 @@
 //! The idle wait for a client's next request: one hand-polled future (shutdown and admin
 //! wake-ups, idle timeout, socket readiness), so an idle client's task stays small.
 
-use super::*;
+use std::future::poll_fn;
+use std::future::Future;
+use std::pin::pin;
+use std::task::Poll;
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tracing::warn;
+
+use crate::frontend::relay::units;
+use crate::frontend::relay::Violation;
+use crate::frontend::relay::BUF_SIZE;
+use crate::protocol::frame::is_frontend_tag;
+use crate::protocol::frame::peek_header;
+use crate::protocol::frame::FrameError;
 use crate::protocol::validate;
+use crate::protocol::SqlState;
+use crate::shutdown::Phase;
+
+use super::{Session, KILL_MESSAGE, SHUTDOWN_MESSAGE};
 
 /// What ended an idle wait.
 enum Wake {
@@ -74,7 +92,7 @@ impl Session {
                 }
             }
             if buf.capacity() == 0 {
-                buf = crate::frontend::buffers::take();
+                buf = crate::frontend::relay::buffers::take();
             }
             // A poll-based read (unlike try_read) clears readiness on a short read, which saves
             // the relay a wasted EAGAIN read per transaction. Polled once: a spurious wake-up

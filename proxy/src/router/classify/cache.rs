@@ -16,12 +16,12 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard};
 
-use std::sync::Arc;
+use crate::sql::lexer::normalize_literals;
 
 use super::{Class, Reason};
-use crate::sql::lexer::normalize_literals;
 
 /// Texts longer than this are never cached (they are rare and costly to hash and keep).
 pub const MAX_CACHED_TEXT: usize = 16 * 1024;

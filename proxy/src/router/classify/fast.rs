@@ -6,8 +6,9 @@
 //! (`FOR UPDATE`, `FOR SHARE`, `FOR NO KEY UPDATE`, `FOR KEY SHARE`) outside strings and
 //! comments, so a parser quirk can never send a locking read to a replica.
 
-use super::Reason;
 use crate::sql::lexer::{Lexer, Token};
+
+use super::Reason;
 
 /// The fast path's verdict on a whole text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,12 +1,13 @@
 //! `SHOW ROUTE` support: where a statement would go for a client and why, without choosing a
 //! node (that happens when the statement runs).
 
-use super::unit::Verdict;
-use super::{DecidedBy, Router, UnitInfo};
 use crate::cluster::LagLimits;
 use crate::router::classify::{Class, Hint, Reason};
 use crate::router::rules::RuleAction;
 use crate::sql::session_state::pins;
+
+use super::unit::Verdict;
+use super::{DecidedBy, Router, UnitInfo};
 
 /// Where a statement would go for a client and why (see [`Router::explain`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,19 @@
 //! Routing one batch of server bytes: the client's replies go through (zero-copy when nothing
 //! is dropped or added), pgtier's own are dropped, synthetic ones are inserted in order.
 
-use super::*;
+use bytes::BytesMut;
+
+use crate::backend::params::tracked;
+use crate::backend::params::ParamChanges;
+use crate::prepared::client::ClientStatements;
+use crate::prepared::server::ServerStatements;
+use crate::protocol::frame::peek_header;
+use crate::protocol::frame::FrameError;
+use crate::protocol::messages::error_fields;
+use crate::protocol::messages::TxStatus;
+
+use super::super::batch::Batch;
+use super::{Entry, Expectations};
 
 /// What routing one batch of server bytes produced.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 
 use bytes::BytesMut;
 
-use super::relay::BUF_SIZE;
+use super::BUF_SIZE;
 
 /// Most buffers kept per thread: about the clients that run at once (48 x 16 KiB usually,
 /// 1.5 MiB at most).

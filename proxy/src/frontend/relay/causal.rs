@@ -22,13 +22,14 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use tokio::time::Instant;
 
-use super::units::UnitContext;
 use crate::cluster::Lsn;
 use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::parameter_status;
 use crate::router::scopes::ScopeToken;
 use crate::sql::lexer::{Lexer, StringSyntax, Token};
+
+use super::units::UnitContext;
 
 /// pgtier's probe (schema-qualified: a client's search_path cannot shadow it).
 const PROBE: &[u8] = b"SELECT pg_catalog.pg_current_wal_insert_lsn()\0";
@@ -301,7 +302,7 @@ fn run_sql(sql: &[u8], mut in_block: bool, strings: StringSyntax) -> Option<bool
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frontend::prepared::ClientStatements;
+    use crate::prepared::client::ClientStatements;
     use crate::protocol::frame::test_frame as frame;
     use crate::router::classify::{Classifier, FunctionTable};
 

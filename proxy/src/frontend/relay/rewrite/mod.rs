@@ -5,25 +5,20 @@
 //!
 //! - `message`: the route of one client message (what it becomes on this server).
 
-use std::sync::Arc;
-
 use bytes::BytesMut;
 
-use super::batch::Batch;
-use super::extra_sets::{extra_update, followed_set};
-use super::prepared::{ClientStatements, FollowedSet, Prepared};
-use super::responses::{Entry, Expectations, Kind, Synthetic, Undo, MAX_IN_FLIGHT};
 use crate::backend::params::{lookup, tracked, ExtraParams, ParamChanges};
-use crate::backend::statements::ServerStatements;
 use crate::config::SessionStatePolicy;
+use crate::prepared::client::ClientStatements;
+use crate::prepared::server::ServerStatements;
 use crate::protocol::extended;
 use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
 use crate::protocol::validate::{self, Malformed};
-use crate::protocol::SqlState;
 use crate::sql::lexer::StringSyntax;
-use crate::sql::session_state::{
-    function_call_pins, pins_in, resets, resets_all, session_command, Resets, SessionCommand,
-};
+use crate::sql::session_state::{pins_in, resets, resets_all, Resets};
+
+use super::batch::Batch;
+use super::responses::{Entry, Expectations, Kind, MAX_IN_FLIGHT};
 
 mod message;
 

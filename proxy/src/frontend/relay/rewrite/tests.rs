@@ -1,8 +1,9 @@
 //! Tests of `rewrite`.
-use super::*;
-
 use crate::backend::params::{ExtraUpdate, ParamChanges};
+use crate::prepared::client::Prepared;
 use crate::protocol::frame::test_frame as msg;
+
+use super::*;
 
 struct Fixture {
     statements: ClientStatements,

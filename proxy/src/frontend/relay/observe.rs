@@ -4,12 +4,12 @@
 //! the slow-query log is on, truncated, and never with its parameters.
 
 use std::time::Duration;
-
 use std::time::Instant;
+
 use tracing::warn;
 
-use super::prepared::ClientStatements;
 use crate::metrics::{DbMetrics, RoleLabel, Tally};
+use crate::prepared::client::ClientStatements;
 use crate::protocol::frame::peek_header;
 
 /// Longest statement text the slow-query log prints.

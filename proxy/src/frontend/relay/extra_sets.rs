@@ -3,12 +3,13 @@
 //! simple and the extended protocol. What a qualifying statement changes is applied once it
 //! completes (`responses`).
 
-use super::responses::Expectations;
-use super::rewrite::ClientSide;
 use crate::backend::params::ExtraUpdate;
 use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
 use crate::sql::session_state::{param_command, session_command, ParamCommand, SessionCommand};
+
+use super::responses::Expectations;
+use super::rewrite::ClientSide;
 
 /// A Query that is exactly one SET/RESET of extra parameters (or RESET ALL, DISCARD ALL) with
 /// nothing of the client's before it (`unit_start`, nothing in flight) and outside a

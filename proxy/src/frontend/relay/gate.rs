@@ -4,12 +4,13 @@
 //! the session routes the rest anew. On the primary it notes whether anything written went
 //! through, which decides whether the client's causal token must move.
 
-use super::units::{UnitContext, UnitScan, UNDECIDED_LIMIT};
 use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
 use crate::router::classify::Class;
 use crate::router::route::{ClientRouting, UnitInfo};
 use crate::sql::lexer::StringSyntax;
+
+use super::units::{UnitContext, UnitScan, UNDECIDED_LIMIT};
 
 /// The gate's state for one relay run.
 #[derive(Debug, Default)]

@@ -1,31 +1,32 @@
 //! Login: startup negotiation, `max_client_conn` and shutdown checks, authentication and the
 //! database lookup, all under one `client_login_timeout`.
 
-use std::net::SocketAddr;
-use std::time::Duration;
+pub mod auth;
+pub mod startup;
 
-use crate::frontend::stream::ClientStream;
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use thiserror::Error;
+use std::time::Duration;
 
+use thiserror::Error;
 use tracing::{error, info};
 
-use crate::runtime::auth_lookup::LookupError;
-use crate::runtime::DbRuntime;
-
-use super::auth;
-use super::startup::{negotiate, Opening};
 use crate::config::SslMode;
 use crate::config::{Database, Settings, User};
+use crate::frontend::stream::ClientStream;
 use crate::protocol::auth::ScramKeys;
 use crate::protocol::startup::{CancelKey, OptionsError, StartupError};
 use crate::protocol::SqlState;
+use crate::runtime::auth_lookup::LookupError;
 use crate::runtime::ClientGuard;
+use crate::runtime::DbRuntime;
 use crate::shutdown::Phase;
 use crate::tls::acceptor::common_name;
 use crate::tls::ClientTls;
+
+use startup::{negotiate, Opening};
 
 /// Why a client did not get a session.
 #[derive(Debug, Error)]

@@ -5,8 +5,8 @@
 
 use std::ops::Range;
 
-use super::prepared::ClientStatements;
 use crate::backend::params::{lookup, tracked};
+use crate::prepared::client::ClientStatements;
 use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
 use crate::router::classify::{Class, Classifier};

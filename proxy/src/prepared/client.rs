@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
-use crate::backend::statement_names::{StatementNames, Text};
+use crate::prepared::names::{StatementNames, Text};
 use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::{error_response, ready_for_query, Severity, TxStatus};
@@ -177,6 +177,11 @@ impl ClientStatements {
     /// How many named statements the client has.
     pub fn len(&self) -> usize {
         self.0.as_ref().map_or(0, |s| s.map.len())
+    }
+
+    /// Whether the client has no named statements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Whether the client has a statement called `name`.

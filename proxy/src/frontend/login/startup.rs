@@ -5,12 +5,13 @@
 
 use bytes::BytesMut;
 
-use super::login::LoginError;
-use super::stream::ClientStream;
+use crate::frontend::stream::ClientStream;
 use crate::protocol::messages::negotiate_protocol_version;
 use crate::protocol::startup::{read_packet, CancelKey, StartupMessage, StartupPacket};
 use crate::tls::acceptor::ALPN_POSTGRESQL;
 use crate::tls::ClientTls;
+
+use super::LoginError;
 
 /// The first byte of a TLS record carrying a handshake (a ClientHello), where a startup
 /// packet's length would be.

@@ -1,16 +1,17 @@
 //! Client authentication against the configured users: SCRAM-SHA-256, MD5, trust, or a TLS
 //! client certificate.
 
-use crate::frontend::stream::ClientStream;
 use bytes::{Buf, BytesMut};
 use rand::RngExt;
 use tokio::io::AsyncReadExt;
 
-use super::login::LoginError;
 use crate::config::{ClientAuth, User};
+use crate::frontend::stream::ClientStream;
 use crate::protocol::auth::{Md5Secret, ScramExchange, ScramKeys, ScramSecret, SCRAM_SHA_256};
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::{auth_md5, auth_sasl, auth_sasl_continue, auth_sasl_final};
+
+use super::LoginError;
 
 /// Largest password / SASL message accepted.
 const MAX_AUTH_MESSAGE: usize = 8192;

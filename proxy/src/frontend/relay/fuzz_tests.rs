@@ -4,14 +4,10 @@
 
 use bytes::BytesMut;
 
-use super::gate::{Gate, Moment};
-use super::prepared::{answer_parse_batch, ClientStatements};
-use super::responses::{route_server, Expectations, ParamSync, Streaming};
-use super::rewrite::{route_client, ClientSide, ServerSide};
-use super::units::{self, UnitContext};
 use crate::backend::params::{ExtraParams, ParamChanges};
-use crate::backend::statements::ServerStatements;
 use crate::config::SessionStatePolicy;
+use crate::prepared::client::{answer_parse_batch, ClientStatements};
+use crate::prepared::server::ServerStatements;
 use crate::protocol::frame::{peek_header, test_frame as msg};
 use crate::protocol::{extended, messages, startup, validate};
 use crate::router::classify::{Classifier, FunctionTable};
@@ -19,6 +15,11 @@ use crate::router::commands;
 use crate::router::route::ClientRouting;
 use crate::sql::lexer::StringSyntax;
 use crate::sql::session_state;
+
+use super::gate::{Gate, Moment};
+use super::responses::{route_server, Expectations, ParamSync, Streaming};
+use super::rewrite::{route_client, ClientSide, ServerSide};
+use super::units::{self, UnitContext};
 
 /// xorshift64*: reproducible without a dependency's API.
 struct Rng(u64);

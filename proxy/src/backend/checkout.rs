@@ -63,7 +63,7 @@ impl TargetError {
 }
 
 /// Checks out a server for `target`.
-pub(crate) async fn checkout(
+pub(crate) async fn server_for(
     router: &Router,
     upstream: &Upstream,
     database: &str,

@@ -11,14 +11,13 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::batch::Batch;
-use super::causal::Causal;
-use super::prepared::{ClientStatements, FollowedSet, Prepared, Saved};
-use crate::backend::params::{tracked, ExtraUpdate, ParamChanges};
-use crate::backend::statements::ServerStatements;
-use crate::protocol::frame::{peek_header, FrameError};
-use crate::protocol::messages::{error_fields, error_response, Severity, TxStatus};
+use crate::backend::params::ExtraUpdate;
+use crate::prepared::client::{ClientStatements, FollowedSet, Prepared, Saved};
+use crate::prepared::server::ServerStatements;
+use crate::protocol::messages::{error_fields, error_response, Severity};
 use crate::protocol::SqlState;
+
+use super::causal::Causal;
 
 mod route;
 

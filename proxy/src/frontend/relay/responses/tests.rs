@@ -1,4 +1,7 @@
 //! Tests of `responses`.
+use crate::backend::params::ParamChanges;
+use crate::protocol::messages::TxStatus;
+
 use super::route::ServerScan;
 use super::*;
 
