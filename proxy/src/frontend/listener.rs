@@ -13,7 +13,7 @@ use crate::panics::Contained;
 use crate::runtime::Proxy;
 use crate::shutdown::Phase;
 
-use super::session;
+use super::connection;
 
 /// Accepts clients until shutdown begins; each client runs in its own task.
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
@@ -28,7 +28,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
                     let proxy = proxy.clone();
                     tokio::spawn(async move {
                         // Login (the session runs in a task of its own, contained there).
-                        let login = pin!(session::handle(proxy, stream, peer, guard));
+                        let login = pin!(connection::handle(proxy, stream, peer, guard));
                         if let Err(panic) = Contained(login).await {
                             error!(%peer, panic, "internal error during login: connection closed");
                         }

@@ -6,6 +6,7 @@
 //! `stream` and `farewell` are the client socket every stage writes to.
 
 pub mod admin;
+mod connection;
 pub(crate) mod farewell;
 pub mod listener;
 pub mod login;

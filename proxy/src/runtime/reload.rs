@@ -21,11 +21,9 @@ use crate::router::classify::FunctionTable;
 use crate::router::route::Router;
 use crate::router::scopes::ScopeRegistry;
 use crate::runtime::auth_lookup::AuthLookup;
-use crate::tls::ClientTls;
-use crate::tls::ServerTls;
+use crate::tls::{ClientTls, ServerTls};
 
-use super::Limits;
-use super::{DbRuntime, Snapshot};
+use super::{DbRuntime, Limits, Snapshot};
 
 /// How pgtier logs in to `db`'s servers for `user`, with `tls`.
 pub(super) fn server_login(db: &Database, user: &User, tls: &ServerTls) -> ServerLogin {

@@ -4,8 +4,7 @@
 use bytes::BytesMut;
 
 use crate::clock::{anchored_now, format_utc};
-use crate::runtime::ClientState;
-use crate::runtime::Proxy;
+use crate::runtime::{ClientState, Proxy};
 
 use super::table::table;
 

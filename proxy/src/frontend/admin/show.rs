@@ -6,8 +6,7 @@ use bytes::BytesMut;
 
 use crate::protocol::SqlState;
 use crate::router::route::{Choice, ClientRouting, Router};
-use crate::runtime::ClientState;
-use crate::runtime::{Proxy, Snapshot};
+use crate::runtime::{ClientState, Proxy, Snapshot};
 
 use super::table::{split, table, unsupported, Failure};
 

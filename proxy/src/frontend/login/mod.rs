@@ -13,15 +13,13 @@ use std::time::Duration;
 use thiserror::Error;
 use tracing::{error, info};
 
-use crate::config::SslMode;
-use crate::config::{Database, Settings, User};
+use crate::config::{Database, Settings, SslMode, User};
 use crate::frontend::stream::ClientStream;
 use crate::protocol::auth::ScramKeys;
 use crate::protocol::startup::{CancelKey, OptionsError, StartupError};
 use crate::protocol::SqlState;
 use crate::runtime::auth_lookup::LookupError;
-use crate::runtime::ClientGuard;
-use crate::runtime::DbRuntime;
+use crate::runtime::{ClientGuard, DbRuntime};
 use crate::shutdown::Phase;
 use crate::tls::acceptor::common_name;
 use crate::tls::ClientTls;

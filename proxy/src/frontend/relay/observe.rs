@@ -3,8 +3,7 @@
 //! `slow_query_threshold`). Two clock reads per query; the statement text is kept only while
 //! the slow-query log is on, truncated, and never with its parameters.
 
-use std::time::Duration;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::warn;
 

@@ -3,16 +3,11 @@
 
 use bytes::Buf;
 
-use crate::protocol::messages::ends_session;
-use crate::protocol::messages::fatal_sqlstate;
-use crate::protocol::messages::TxStatus;
-use crate::shutdown::Phase;
-use crate::shutdown::ShutdownWatch;
-use crate::write::write_all_within;
-use crate::write::WriteError;
+use crate::protocol::messages::{ends_session, fatal_sqlstate, TxStatus};
+use crate::shutdown::{Phase, ShutdownWatch};
+use crate::write::{write_all_within, WriteError};
 
-use super::responses::route_server;
-use super::responses::ParamSync;
+use super::responses::{route_server, ParamSync};
 use super::{Outcome, Relay, CLIENT_CAUSED};
 
 impl Relay<'_> {

@@ -5,13 +5,10 @@ use bytes::Buf;
 
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::TxStatus;
-use crate::write::write_all_within;
-use crate::write::WriteError;
+use crate::write::{write_all_within, WriteError};
 
 use super::gate::Moment;
-use super::rewrite::route_client;
-use super::rewrite::ClientSide;
-use super::rewrite::ServerSide;
+use super::rewrite::{route_client, ClientSide, ServerSide};
 use super::to_client::client_write_failed;
 use super::units::UnitContext;
 use super::{Outcome, Relay};

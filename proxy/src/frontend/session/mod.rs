@@ -31,20 +31,18 @@ use crate::frontend::relay::Limits;
 use crate::frontend::stream::ClientStream;
 use crate::metrics::{PeerLabel, ReasonLabel};
 use crate::panics::Contained;
-use crate::prepared::client::answer_parse_batch;
-use crate::prepared::client::ClientStatements;
+use crate::prepared::client::{answer_parse_batch, ClientStatements};
 use crate::protocol::frame::peek_header;
 use crate::protocol::SqlState;
 use crate::router::commands;
 use crate::router::route::{ClientRouting, Router};
 use crate::router::scopes::ScopeToken;
 use crate::runtime::clients::ClientHandle;
-use crate::runtime::ClientGuard;
-use crate::runtime::{DbRuntime, Proxy};
+use crate::runtime::{ClientGuard, DbRuntime, Proxy};
 use crate::shutdown::ShutdownWatch;
 use crate::write::write_all_within;
 
-pub use open::handle;
+pub(crate) use open::{open, LoggedIn};
 
 /// Longest wait for the DISCARD ALL that resets a server after a session.
 const DISCARD_TIMEOUT: Duration = Duration::from_secs(5);

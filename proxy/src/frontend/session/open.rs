@@ -1,132 +1,59 @@
-//! From accept to a logged-in session: login (or the admin console, or a cancel request), the
-//! welcome (ParameterStatus, BackendKeyData, ReadyForQuery), registration, and the session's
-//! own task.
+//! From a logged-in client to its session: registration against the client limits, the
+//! welcome (ParameterStatus, BackendKeyData, ReadyForQuery), and the session's own task.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tracing::error;
-use tracing::info;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::backend::checkout;
 use crate::backend::checkout::TargetError;
 use crate::backend::params::ParamChanges;
 use crate::backend::pool::ServerParams;
-use crate::backend::PoolError;
-use crate::backend::Upstream;
-use crate::config::PoolMode;
-use crate::frontend::farewell::farewell;
-use crate::frontend::farewell::pool_farewell;
-use crate::frontend::login::login;
-use crate::frontend::login::Login;
-use crate::frontend::login::LoginError;
+use crate::backend::{PoolError, Upstream};
+use crate::config::{Database, PoolMode, Settings, User};
+use crate::frontend::farewell::{farewell, pool_farewell};
 use crate::frontend::stream::ClientStream;
 use crate::metrics::ReasonLabel;
-use crate::panics::Contained;
 use crate::prepared::client::ClientStatements;
-use crate::protocol::messages::auth_ok;
-use crate::protocol::messages::backend_key_data;
-use crate::protocol::messages::parameter_status;
-use crate::protocol::messages::ready_for_query;
-use crate::protocol::messages::TxStatus;
+use crate::protocol::messages::{
+    auth_ok, backend_key_data, parameter_status, ready_for_query, TxStatus,
+};
 use crate::protocol::SqlState;
-use crate::router::route::Router;
-use crate::router::route::Target;
-use crate::runtime::clients::ClientLimits;
-use crate::runtime::clients::ClientState;
-use crate::runtime::clients::NewClient;
-use crate::runtime::ClientGuard;
-use crate::runtime::Proxy;
+use crate::router::route::{Router, Target};
+use crate::runtime::clients::{ClientLimits, ClientState, NewClient};
+use crate::runtime::{ClientGuard, Proxy};
 use crate::write::write_all_within;
 
 use super::Session;
 
-/// Serves one accepted connection to the end.
-pub async fn handle(
-    proxy: Arc<Proxy>,
-    tcp: tokio::net::TcpStream,
+/// Who logged in, as a session starts from it.
+pub(crate) struct LoggedIn<'s> {
+    /// The user (owned when `auth_query` found it).
+    pub user: Cow<'s, User>,
+    /// The database.
+    pub db: &'s Database,
+    /// The session parameters of the startup packet.
+    pub startup_params: Vec<(String, String)>,
+}
+
+/// Opens the session of a client that logged in: registration (client limits), the welcome,
+/// and the session's own task. Consumes the connection.
+pub(crate) async fn open(
+    proxy: &Arc<Proxy>,
+    mut stream: ClientStream,
     peer: SocketAddr,
-    mut guard: ClientGuard,
+    guard: ClientGuard,
+    who: LoggedIn<'_>,
+    settings: &Arc<Settings>,
 ) {
-    // Before any TLS handshake too: with Nagle on, its records wait for ACKs (40 ms each).
-    let _ = tcp.set_nodelay(true);
-    let mut stream = ClientStream::Plain(tcp);
-    let snapshot = proxy.snapshot();
-    let settings = snapshot.settings.clone();
-    let tls = snapshot.client_tls.clone();
-    // Boxed, like the first server connection below: their state is large and freed once they
-    // are done, so an idle client's task stays small.
-    let logged_in = {
-        let login = Box::pin(login(
-            &mut stream,
-            peer,
-            &settings,
-            &snapshot.databases,
-            tls.as_deref(),
-            &guard,
-            proxy.phase(),
-        ));
-        tokio::select! {
-            r = login => r,
-            // max_client_conn reached and this is the oldest connection still logging in.
-            () = guard.evicted() => {
-                info!(%peer, "login not finished when max_client_conn was reached: connection closed for a newer one");
-                return;
-            }
-        }
-    };
-    guard.logged_in();
-    drop(tls);
-    drop(snapshot);
-    match (&stream, &logged_in) {
-        (ClientStream::Plain(_), _) => {}
-        // A handshake cut short (the login timeout drops it: Broken) or refused after it
-        // completed (direct TLS without ALPN).
-        (ClientStream::Broken, _) | (_, Err(LoginError::Tls(_))) => {
-            proxy.metrics().tls_handshake(false)
-        }
-        (ClientStream::Tls(_), _) => proxy.metrics().tls_handshake(true),
-    }
-    let (user, db, startup_params) = match logged_in {
-        Ok(Login::Client {
-            user,
-            db,
-            params,
-            scram_keys,
-        }) => {
-            // SCRAM pass-through: with no server password, this login's keys are what logs
-            // in to the servers as the same role.
-            if let Some(keys) = scram_keys
-                .filter(|_| user.server_password.is_none() && user.server_user == user.name)
-            {
-                crate::backend::auth::learn_scram_keys(&user.server_user, keys);
-            }
-            (user, db, params)
-        }
-        Ok(Login::Admin { user }) => {
-            Box::pin(admin(&proxy, &mut stream, peer)).await;
-            info!(%peer, user = %user.name, "admin console client disconnected");
-            return;
-        }
-        Ok(Login::Cancel(key)) => {
-            drop(guard);
-            Box::pin(proxy.forward_cancel(key)).await;
-            return;
-        }
-        Err(LoginError::Io(_)) => return,
-        Err(e @ LoginError::Tls(_)) => {
-            // Nothing can be said to a client whose handshake failed: logged, closed.
-            info!(%peer, error = %e, "TLS handshake failed: connection closed");
-            return;
-        }
-        Err(e) => {
-            info!(%peer, error = %e, "login refused");
-            Box::pin(farewell(&mut stream, e.sqlstate(), &e.to_string())).await;
-            return;
-        }
-    };
+    let LoggedIn {
+        user,
+        db,
+        startup_params,
+    } = who;
     let Some(runtime) = proxy.database(&db.name) else {
         // Removed by a reload while this client logged in.
         Box::pin(farewell(
@@ -171,7 +98,7 @@ pub async fn handle(
             return;
         }
     };
-    let generation = settings_generation(&proxy, &settings);
+    let generation = settings_generation(proxy, settings);
     let upstream = proxy.upstream_for(db, &user);
     let mode = upstream.settings().mode;
     let router = runtime.router.clone();
@@ -261,22 +188,6 @@ pub async fn handle(
     // The session runs in a task of its own, so that an idle client costs only the session's
     // state, not what login needed.
     tokio::spawn(Box::new(session).run(held.map(Box::new)));
-}
-
-/// Serves an admin console client; a panic in it closes the client with XX000.
-async fn admin(proxy: &Arc<Proxy>, stream: &mut ClientStream, peer: SocketAddr) {
-    let mut welcome = BytesMut::with_capacity(64);
-    auth_ok(&mut welcome);
-    ready_for_query(&mut welcome, TxStatus::Idle);
-    let limit = proxy.settings().raw.client_write_timeout;
-    if write_all_within(stream, &welcome, limit).await.is_err() {
-        return;
-    }
-    if let Err(panic) = Contained(Box::pin(crate::frontend::admin::serve(proxy, stream))).await {
-        error!(%peer, panic, "internal error in an admin session: closed");
-        let message = "pgtier: internal error; the connection is closed (see pgtier's log)";
-        farewell(stream, SqlState::INTERNAL_ERROR, message).await;
-    }
 }
 
 /// The parameters shown to a new client: those of the primary's pool, else of any node.

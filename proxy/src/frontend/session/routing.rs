@@ -1,13 +1,11 @@
 //! Where each unit of a client goes, checking out its server (after any admin PAUSE, counting
 //! the pool wait), and the client's causal token when a write's position is unknown.
 
-use std::future::poll_fn;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::task::Poll;
 
-use tracing::info;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::backend::checkout;
 use crate::backend::checkout::Serving;
@@ -17,10 +15,7 @@ use crate::frontend::relay::units;
 use crate::frontend::relay::units::UnitContext;
 use crate::metrics::ReasonLabel;
 use crate::protocol::SqlState;
-use crate::router::route::DecidedBy;
-use crate::router::route::Route;
-use crate::router::route::Target;
-use crate::router::route::UnitInfo;
+use crate::router::route::{DecidedBy, Route, Target, UnitInfo};
 use crate::runtime::clients::ClientState;
 use crate::shutdown::Phase;
 

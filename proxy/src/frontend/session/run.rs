@@ -2,8 +2,7 @@
 //! elsewhere, or close the client with the right error.
 
 use bytes::BytesMut;
-use tracing::info;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::backend::checkout::Serving;
 use crate::frontend::farewell::farewell_now;
@@ -11,8 +10,7 @@ use crate::frontend::relay;
 use crate::frontend::relay::observe;
 use crate::frontend::relay::observe::Observer;
 use crate::frontend::relay::Outcome;
-use crate::metrics::PeerLabel;
-use crate::metrics::RoleLabel;
+use crate::metrics::{PeerLabel, RoleLabel};
 use crate::protocol::SqlState;
 use crate::runtime::clients::ClientState;
 use crate::shutdown::Phase;

@@ -1,8 +1,7 @@
 //! The idle wait for a client's next request: one hand-polled future (shutdown and admin
 //! wake-ups, idle timeout, socket readiness), so an idle client's task stays small.
 
-use std::future::poll_fn;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::task::Poll;
 
@@ -10,14 +9,9 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tracing::warn;
 
-use crate::frontend::relay::units;
-use crate::frontend::relay::Violation;
-use crate::frontend::relay::BUF_SIZE;
-use crate::protocol::frame::is_frontend_tag;
-use crate::protocol::frame::peek_header;
-use crate::protocol::frame::FrameError;
-use crate::protocol::validate;
-use crate::protocol::SqlState;
+use crate::frontend::relay::{units, Violation, BUF_SIZE};
+use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
+use crate::protocol::{validate, SqlState};
 use crate::shutdown::Phase;
 
 use super::{Session, KILL_MESSAGE, SHUTDOWN_MESSAGE};

@@ -3,14 +3,11 @@
 
 use bytes::BytesMut;
 
-use crate::backend::params::tracked;
-use crate::backend::params::ParamChanges;
+use crate::backend::params::{tracked, ParamChanges};
 use crate::prepared::client::ClientStatements;
 use crate::prepared::server::ServerStatements;
-use crate::protocol::frame::peek_header;
-use crate::protocol::frame::FrameError;
-use crate::protocol::messages::error_fields;
-use crate::protocol::messages::TxStatus;
+use crate::protocol::frame::{peek_header, FrameError};
+use crate::protocol::messages::{error_fields, TxStatus};
 
 use super::super::batch::Batch;
 use super::{Entry, Expectations};

@@ -5,21 +5,12 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use crate::prepared::client::ClientStatements;
-use crate::prepared::client::FollowedSet;
-use crate::prepared::client::Prepared;
-use crate::protocol::extended;
-use crate::protocol::SqlState;
-use crate::sql::session_state::function_call_pins;
-use crate::sql::session_state::session_command;
-use crate::sql::session_state::SessionCommand;
+use crate::prepared::client::{ClientStatements, FollowedSet, Prepared};
+use crate::protocol::{extended, SqlState};
+use crate::sql::session_state::{function_call_pins, session_command, SessionCommand};
 
-use super::super::extra_sets::extra_update;
-use super::super::extra_sets::followed_set;
-use super::super::responses::Entry;
-use super::super::responses::Kind;
-use super::super::responses::Synthetic;
-use super::super::responses::Undo;
+use super::super::extra_sets::{extra_update, followed_set};
+use super::super::responses::{Entry, Kind, Synthetic, Undo};
 use super::{ClientSide, ServerSide};
 
 /// What to do with one client message.
