@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use pgtier_kit::fixture::{connect, scram_role, server_connections, ConfigBuilder};
+use pgtier_kit::fixture::{connect, read_node, scram_role, server_connections, ConfigBuilder};
 use pgtier_kit::{wire, Cluster, FaultProxy};
 use tokio::io::AsyncWriteExt;
 
@@ -357,5 +357,135 @@ async fn a_write_to_a_silent_primary_fails_within_query_timeout_and_is_never_ret
             "lost"
         }
     );
+    Ok(())
+}
+
+/// Writes `id` through a new client until it succeeds; fails after 10 s.
+async fn write_when_back(px: &pgtier_kit::Pgtier, user: &str, table: &str, id: i32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = match connect(px, user, PW).await {
+            Ok(c) => c
+                .batch_execute(&format!("INSERT INTO {table} VALUES ({id})"))
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) => anyhow::ensure!(
+                Instant::now() < deadline,
+                "no write served 10 s after the primary came back: {e:#}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads until one is served by a replica (the monitors have admitted them and, for a client
+/// with a causal token, a replica has replayed it); fails after 10 s.
+async fn until_replica_read(c: &tokio_postgres::Client) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !read_node(c).await?.1 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no read reached a replica in 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_is_down_fails_writes_at_once_while_replicas_serve_reads() -> Result<()> {
+    const USER: &str = "fault_down";
+    const TABLE: &str = "fault_down_rows";
+    let cluster = Cluster::shared();
+    scram_role(cluster, USER, PW)?;
+    let primary = FaultProxy::start(&cluster.primary().addr()).await?;
+    let px = ConfigBuilder::new(cluster)
+        .primary(&primary.addr())
+        .with_replicas(cluster)
+        .global("server_connect_timeout = \"500ms\"")
+        .global("lag_check_interval = \"50ms\"")
+        .user(USER, &format!("password = \"{PW}\""))
+        .start()?;
+    let setup = connect(&px, USER, PW).await?;
+    setup
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {TABLE}; CREATE TABLE {TABLE} (id int)"
+        ))
+        .await?;
+    let reader = connect(&px, USER, PW).await?;
+    let writer = connect(&px, USER, PW).await?;
+    writer
+        .batch_execute(&format!("INSERT INTO {TABLE} VALUES (1)"))
+        .await?;
+    // The replicas have replayed the user's writes (its causal scope's token), so reads may
+    // go to them.
+    cluster.wait_replicas_caught_up()?;
+    until_replica_read(&reader).await?;
+
+    // 1. The primary goes down: its connections are reset, new ones too (as a crashed host's
+    // are); the pool's idle connections to it are dead. A write fails at once with 08001
+    // (FATAL: the client is closed), and is not retried.
+    primary.reset();
+    let started = Instant::now();
+    let e = writer
+        .batch_execute(&format!("INSERT INTO {TABLE} VALUES (2)"))
+        .await
+        .expect_err("a write succeeded with the primary down");
+    let waited = started.elapsed();
+    let (code, message) = pg_error(&e);
+    println!("write with the primary down: {code} after {waited:?}: {message}");
+    assert_eq!(code, "08001", "{message}");
+    assert!(message.contains("cannot connect to server"), "{message}");
+    assert!(
+        waited < Duration::from_secs(3),
+        "the write waited {waited:?}"
+    );
+    assert!(
+        writer.simple_query("SELECT 1").await.is_err(),
+        "the client went on"
+    );
+    // Reads are served by the replicas meanwhile, without an error.
+    for i in 0..50 {
+        let (port, in_recovery) = read_node(&reader)
+            .await
+            .map_err(|e| anyhow::anyhow!("read {i} with the primary down: {e:#}"))?;
+        assert!(in_recovery, "read {i} served by {port}, not a replica");
+    }
+    primary.pass();
+    write_when_back(&px, USER, TABLE, 3).await?;
+    assert_eq!(ids(cluster, TABLE)?, "1,3", "the failed write was retried");
+
+    // 2. A read that must see a write no replica has replayed goes to the primary (never a
+    // stale read): with the primary down it fails like a write, 08001.
+    let causal = connect(&px, USER, PW).await?;
+    until_replica_read(&causal).await?;
+    for r in cluster.replicas() {
+        r.pause_replay()?;
+    }
+    let paused = async {
+        causal
+            .batch_execute(&format!("INSERT INTO {TABLE} VALUES (4)"))
+            .await?;
+        primary.reset();
+        let e = read_node(&causal)
+            .await
+            .expect_err("a read of an unreplayed write was served with the primary down");
+        let (code, message) = pg_error(e.downcast_ref::<tokio_postgres::Error>().unwrap());
+        println!("read of an unreplayed write with the primary down: {code}: {message}");
+        assert_eq!(code, "08001", "{message}");
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    for r in cluster.replicas() {
+        r.resume_replay()?;
+    }
+    paused?;
+    primary.pass();
+    write_when_back(&px, USER, TABLE, 5).await?;
+    assert_eq!(ids(cluster, TABLE)?, "1,3,4,5");
     Ok(())
 }
