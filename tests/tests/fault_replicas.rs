@@ -84,17 +84,13 @@ impl ReadLoop {
     /// The next answered read; fails if the loops all ended or none answered for `limit` (a
     /// failed loop's error is returned).
     async fn next(&mut self, limit: Duration) -> Result<Read> {
-        loop {
-            tokio::select! {
-                r = self.served.recv() => {
-                    return r.ok_or_else(|| anyhow::anyhow!("the read loops ended"));
-                }
-                Some(done) = self.tasks.join_next() => {
-                    done??;
-                    anyhow::bail!("a read loop ended early");
-                }
-                _ = tokio::time::sleep(limit) => anyhow::bail!("no read answered for {limit:?}"),
+        tokio::select! {
+            r = self.served.recv() => r.ok_or_else(|| anyhow::anyhow!("the read loops ended")),
+            Some(done) = self.tasks.join_next() => {
+                done??;
+                anyhow::bail!("a read loop ended early")
             }
+            _ = tokio::time::sleep(limit) => anyhow::bail!("no read answered for {limit:?}"),
         }
     }
 
