@@ -237,9 +237,17 @@ async fn pump(
             tokio::time::sleep(d).await;
         }
         // A blackholed connection keeps what it read and forwards nothing until the mode
-        // changes (a Reset is handled by the connection's task).
-        if state.wait_for(|s| s.mode != Mode::Blackhole).await.is_err() {
+        // changes. A Reset is handled by the connection's task: what was held is dropped,
+        // never delivered (waiting here lets the reset win).
+        let Ok(mode) = state
+            .wait_for(|s| s.mode != Mode::Blackhole)
+            .await
+            .map(|s| s.mode)
+        else {
             return Ok(());
+        };
+        if mode == Mode::Reset {
+            std::future::pending::<()>().await;
         }
         to.write_all(&buf[..n]).await?;
     }

@@ -322,10 +322,10 @@ async fn thousands_of_idle_clients_then_all_run_a_query() {
         t1.elapsed()
     );
     assert_eq!(served.len(), n);
-    // pgtier keeps no read buffer per idle client: about 1.8 KiB each once a client has run
-    // a query (debug and release alike). Clients idle since login cost more today (7-11 KiB:
-    // see the ignored test a_trust_client_idle_since_login_costs_what_one_idle_after_a_query_does);
-    // 16 KiB would mean a whole read buffer kept per client.
+    // pgtier keeps no read buffer per idle client: about 1.8 KiB each, idle since login or
+    // after a query (debug and release alike; see
+    // a_trust_client_idle_since_login_costs_what_one_idle_after_a_query_does); 16 KiB would
+    // mean a whole read buffer kept per client.
     assert!(
         per_client < 16384.0,
         "{per_client:.0} bytes of RSS per idle client"
@@ -460,12 +460,10 @@ async fn rss_per_client(n: usize, query: bool) -> f64 {
     (after.saturating_sub(before) * 1024) as f64 / n as f64
 }
 
+// Was a defect (about 9 KiB more per client idle since login): a trust login's last read (the
+// startup packet, read exactly) leaves the socket marked readable, so the session's first idle
+// wait woke at once, took a 16 KiB read buffer, read nothing and kept the buffer while idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a trust client that has logged in and sent nothing yet holds about 9 KiB \
-            more than one that has run a query (release build: 10.9 KiB vs 1.8 KiB per idle \
-            client; a SCRAM client: 1.8 KiB); something of the login (a read buffer?) stays \
-            with the session until its first request, only when login read nothing after \
-            the startup packet"]
 async fn a_trust_client_idle_since_login_costs_what_one_idle_after_a_query_does() {
     let _serial = SERIAL.lock().await;
     let n = 2000;

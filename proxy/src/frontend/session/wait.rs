@@ -96,7 +96,14 @@ impl Session {
                 poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
             };
             match read {
-                Poll::Pending => continue,
+                // Nothing came (a stale readiness: login's last read filled its buffer exactly,
+                // which leaves the socket marked readable): an idle client holds no buffer.
+                Poll::Pending => {
+                    if buf.is_empty() {
+                        crate::frontend::buffers::give(std::mem::take(&mut buf));
+                    }
+                    continue;
+                }
                 Poll::Ready(Ok(0) | Err(_)) => return Err("client closed"),
                 Poll::Ready(Ok(_)) => {}
             }
