@@ -161,3 +161,27 @@ fn psycopg2_libpq_matrix() {
     assert_checks(&out, &["sql-prepare"]);
     assert!(out.contains("psycopg2 OK"), "{out}");
 }
+
+#[test]
+fn sqlalchemy2_sync_psycopg3_one_engine_matrix() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if !python_has(&["SQLAlchemy", "psycopg"], &["sqlalchemy", "psycopg"]) {
+        return;
+    }
+    let px = builder().start().unwrap();
+    let out = run_script(&px, "sqlalchemy_driver.py", &["20", "200", "30", "sync"]);
+    assert_checks(&out, COMMON_CHECKS);
+    assert!(out.contains("sqlalchemy-sync OK"), "{out}");
+}
+
+#[test]
+fn sqlalchemy2_async_asyncpg_one_engine_matrix() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if !python_has(&["SQLAlchemy", "asyncpg", "greenlet"], &["sqlalchemy", "asyncpg"]) {
+        return;
+    }
+    let px = builder().start().unwrap();
+    let out = run_script(&px, "sqlalchemy_driver.py", &["20", "200", "30", "async"]);
+    assert_checks(&out, COMMON_CHECKS);
+    assert!(out.contains("sqlalchemy-async OK"), "{out}");
+}
