@@ -185,3 +185,133 @@ fn sqlalchemy2_async_asyncpg_one_engine_matrix() {
     assert_checks(&out, COMMON_CHECKS);
     assert!(out.contains("sqlalchemy-async OK"), "{out}");
 }
+
+/// The example app (uvicorn) as a child process, killed when dropped.
+struct App(Child);
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Resumes a replica's replay when dropped (also on panic).
+struct Resume<'a>(&'a pgtier_kit::Node);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.resume_replay();
+    }
+}
+
+/// GETs `path` from 127.0.0.1:`port`; None if nothing answers.
+fn http_get(port: u16, path: &str) -> Option<(String, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_owned(), body.to_owned()))
+}
+
+/// Sum of pgtier_transactions_total samples by serving role ("primary", "replica").
+fn transactions_by_role(metrics_port: u16) -> HashMap<String, f64> {
+    let (status, body) = http_get(metrics_port, "/metrics").expect("pgtier /metrics");
+    assert!(status.contains("200"), "{status}");
+    let mut out = HashMap::new();
+    for line in body.lines() {
+        if !line.starts_with("pgtier_transactions_total{") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let role = series.split("role=\"").nth(1).unwrap().split('"').next().unwrap();
+        *out.entry(role.to_owned()).or_insert(0.0) += value.parse::<f64>().unwrap();
+    }
+    out
+}
+
+/// The seeds' app pattern end to end: examples/python-one-engine (FastAPI, one SQLAlchemy
+/// asyncpg engine, one DATABASE_URL to pgtier) under concurrent create-then-read load, with
+/// replica 0's replay paused and kept in the rotation (lag limits off): no read may miss the
+/// note its request just created, and pgtier's metrics must show reads served by a replica.
+#[test]
+fn one_engine_fastapi_example_under_load_with_a_paused_replica() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if !python_has(
+        &["SQLAlchemy", "asyncpg", "fastapi", "uvicorn"],
+        &["sqlalchemy", "asyncpg", "fastapi", "uvicorn"],
+    ) {
+        return;
+    }
+    let c = Cluster::shared();
+    let mport = free_port().unwrap();
+    let px = builder()
+        .global("max_replica_lag = 0")
+        .global("max_replica_lag_bytes = 0")
+        .global(&format!("metrics_listen = \"127.0.0.1:{mport}\""))
+        .start()
+        .unwrap();
+    let aport = free_port().unwrap();
+    let url = format!(
+        "postgresql+asyncpg://{USER}:{PASSWORD}@127.0.0.1:{}/app",
+        px.port()
+    );
+    let app = App(
+        Command::new("python3")
+            .args(["-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--log-level", "warning"])
+            .args(["--port", &aport.to_string()])
+            .current_dir(example_dir())
+            .env("DATABASE_URL", &url)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting uvicorn"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http_get(aport, "/health").is_some_and(|(s, _)| s.contains("200")) {
+        assert!(Instant::now() < deadline, "the example app did not come up in 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The app created its table; both replicas have it before replica 0 stops replaying.
+    c.wait_replicas_caught_up().unwrap();
+    c.replica(0).pause_replay().unwrap();
+    let _resume = Resume(c.replica(0));
+    let before = transactions_by_role(mport);
+
+    let out = Command::new("timeout")
+        .args(["-s", "KILL", "180", "python3"])
+        .arg(example_dir().join("load.py"))
+        .arg(format!("http://127.0.0.1:{aport}"))
+        .args(["16", "25"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("load.py: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "load.py failed");
+    let field = |k: &str| -> u64 {
+        stdout
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("no {k} in {stdout}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(field("errors"), 0, "{stdout}");
+    assert_eq!(field("pairs"), 400, "{stdout}");
+    assert_eq!(field("stale"), 0, "stale reads through pgtier: {stdout}");
+
+    let after = transactions_by_role(mport);
+    let delta = |role: &str| after.get(role).unwrap_or(&0.0) - before.get(role).unwrap_or(&0.0);
+    let (p, r) = (delta("primary"), delta("replica"));
+    let share = r / (p + r);
+    eprintln!(
+        "replica share of transactions under load: {:.1}% ({r} of {}), app-reported replica reads {}",
+        share * 100.0,
+        p + r,
+        field("replica_reads")
+    );
+    assert!(r > 0.0, "no transaction was served by a replica");
+    assert!(field("replica_reads") > 0, "{stdout}");
+    drop(app);
+}
