@@ -67,7 +67,11 @@ fn python_has(dists: &[&str], modules: &[&str]) -> bool {
         .args(["-c", &check])
         .output()
         .expect("running python3 (is Python 3 installed?)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let missing = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if !missing.is_empty() {
         if std::env::var_os("PGTIER_PY_MATRIX_UNAVAILABLE").is_some() {
@@ -177,13 +181,28 @@ fn sqlalchemy2_sync_psycopg3_one_engine_matrix() {
 #[test]
 fn sqlalchemy2_async_asyncpg_one_engine_matrix() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    if !python_has(&["SQLAlchemy", "asyncpg", "greenlet"], &["sqlalchemy", "asyncpg"]) {
+    if !python_has(
+        &["SQLAlchemy", "asyncpg", "greenlet"],
+        &["sqlalchemy", "asyncpg"],
+    ) {
         return;
     }
     let px = builder().start().unwrap();
     let out = run_script(&px, "sqlalchemy_driver.py", &["20", "200", "30", "async"]);
     assert_checks(&out, COMMON_CHECKS);
     assert!(out.contains("sqlalchemy-async OK"), "{out}");
+}
+
+#[test]
+fn django_orm_migrations_queries_transactions_matrix() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if !python_has(&["Django", "psycopg"], &["django", "psycopg"]) {
+        return;
+    }
+    let px = builder().start().unwrap();
+    let out = run_script(&px, "django_driver.py", &["20", "200", "30"]);
+    assert_checks(&out, COMMON_CHECKS);
+    assert!(out.contains("django OK"), "{out}");
 }
 
 /// The example app (uvicorn) as a child process, killed when dropped.
@@ -209,7 +228,11 @@ impl Drop for Resume<'_> {
 fn http_get(port: u16, path: &str) -> Option<(String, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let (head, body) = text.split_once("\r\n\r\n")?;
@@ -226,7 +249,13 @@ fn transactions_by_role(metrics_port: u16) -> HashMap<String, f64> {
             continue;
         }
         let (series, value) = line.rsplit_once(' ').unwrap();
-        let role = series.split("role=\"").nth(1).unwrap().split('"').next().unwrap();
+        let role = series
+            .split("role=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
         *out.entry(role.to_owned()).or_insert(0.0) += value.parse::<f64>().unwrap();
     }
     out
@@ -258,19 +287,28 @@ fn one_engine_fastapi_example_under_load_with_a_paused_replica() {
         "postgresql+asyncpg://{USER}:{PASSWORD}@127.0.0.1:{}/app",
         px.port()
     );
-    let app = App(
-        Command::new("python3")
-            .args(["-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--log-level", "warning"])
-            .args(["--port", &aport.to_string()])
-            .current_dir(example_dir())
-            .env("DATABASE_URL", &url)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting uvicorn"),
-    );
+    let app = App(Command::new("python3")
+        .args([
+            "-m",
+            "uvicorn",
+            "app:app",
+            "--host",
+            "127.0.0.1",
+            "--log-level",
+            "warning",
+        ])
+        .args(["--port", &aport.to_string()])
+        .current_dir(example_dir())
+        .env("DATABASE_URL", &url)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting uvicorn"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !http_get(aport, "/health").is_some_and(|(s, _)| s.contains("200")) {
-        assert!(Instant::now() < deadline, "the example app did not come up in 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "the example app did not come up in 30 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // The app created its table; both replicas have it before replica 0 stops replaying.
