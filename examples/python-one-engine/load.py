@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Concurrent create-then-read load against the example app (stdlib only).
 
-Usage: load.py BASE_URL WORKERS PAIRS_PER_WORKER
+Usage: load.py BASE_URL WORKERS PAIRS_PER_WORKER [READ_BASE_URL]
 Each worker POSTs a note and at once GETs it back (a new HTTP connection each time, as
-requests behind a load balancer). Prints "pairs=N stale=N replica_reads=N errors=N".
+requests behind a load balancer; with READ_BASE_URL the GET goes to a second app instance). Prints "pairs=N stale=N replica_reads=N errors=N".
 """
 
 import http.client
@@ -27,6 +27,7 @@ def request(host, port, method, path, body=None):
 def main():
     base, workers, pairs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     u = urlparse(base)
+    r = urlparse(sys.argv[4]) if len(sys.argv) > 4 else u
     lock = threading.Lock()
     counts = {"pairs": 0, "stale": 0, "replica_reads": 0, "errors": 0}
     errors = []
@@ -37,7 +38,7 @@ def main():
                 s, b = request(u.hostname, u.port, "POST", "/notes", {"author": f"w{w}", "body": f"n{i}"})
                 assert s == 201, (s, b)
                 nid = json.loads(b)["id"]
-                s, b = request(u.hostname, u.port, "GET", f"/notes/{nid}")
+                s, b = request(r.hostname, r.port, "GET", f"/notes/{nid}")
                 with lock:
                     counts["pairs"] += 1
                     if s == 404:

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -261,27 +261,9 @@ fn transactions_by_role(metrics_port: u16) -> HashMap<String, f64> {
     out
 }
 
-/// The seeds' app pattern end to end: examples/python-one-engine (FastAPI, one SQLAlchemy
-/// asyncpg engine, one DATABASE_URL to pgtier) under concurrent create-then-read load, with
-/// replica 0's replay paused and kept in the rotation (lag limits off): no read may miss the
-/// note its request just created, and pgtier's metrics must show reads served by a replica.
-#[test]
-fn one_engine_fastapi_example_under_load_with_a_paused_replica() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    if !python_has(
-        &["SQLAlchemy", "asyncpg", "fastapi", "uvicorn"],
-        &["sqlalchemy", "asyncpg", "fastapi", "uvicorn"],
-    ) {
-        return;
-    }
-    let c = Cluster::shared();
-    let mport = free_port().unwrap();
-    let px = builder()
-        .global("max_replica_lag = 0")
-        .global("max_replica_lag_bytes = 0")
-        .global(&format!("metrics_listen = \"127.0.0.1:{mport}\""))
-        .start()
-        .unwrap();
+/// Starts the example app (uvicorn) on a free port with DATABASE_URL pointing at `px`; waits
+/// (30 s at most) until its /health answers 200.
+fn start_example(px: &Pgtier) -> (App, u16) {
     let aport = free_port().unwrap();
     let url = format!(
         "postgresql+asyncpg://{USER}:{PASSWORD}@127.0.0.1:{}/app",
@@ -311,6 +293,33 @@ fn one_engine_fastapi_example_under_load_with_a_paused_replica() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    (app, aport)
+}
+
+/// The seeds' app pattern end to end: examples/python-one-engine (FastAPI, one SQLAlchemy
+/// asyncpg engine, one DATABASE_URL to pgtier) under concurrent create-then-read load, with
+/// replica 0's replay paused and kept in the rotation (lag limits off): no read may miss the
+/// note its request just created, and pgtier's metrics must show reads served by a replica.
+#[test]
+fn one_engine_fastapi_example_under_load_with_a_paused_replica() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if !python_has(
+        &["SQLAlchemy", "asyncpg", "fastapi", "uvicorn"],
+        &["sqlalchemy", "asyncpg", "fastapi", "uvicorn"],
+    ) {
+        return;
+    }
+    let c = Cluster::shared();
+    let mport = free_port().unwrap();
+    let px = builder()
+        .global("max_replica_lag = 0")
+        .global("max_replica_lag_bytes = 0")
+        .global(&format!("metrics_listen = \"127.0.0.1:{mport}\""))
+        .start()
+        .unwrap();
+    // Two instances of the app, as behind a load balancer: the reads go to the second one.
+    let (app, aport) = start_example(&px);
+    let (reader, rport) = start_example(&px);
     // The app created its table; both replicas have it before replica 0 stops replaying.
     c.wait_replicas_caught_up().unwrap();
     c.replica(0).pause_replay().unwrap();
@@ -321,7 +330,7 @@ fn one_engine_fastapi_example_under_load_with_a_paused_replica() {
         .args(["-s", "KILL", "180", "python3"])
         .arg(example_dir().join("load.py"))
         .arg(format!("http://127.0.0.1:{aport}"))
-        .args(["16", "25"])
+        .args(["16", "25", &format!("http://127.0.0.1:{rport}")])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -351,5 +360,46 @@ fn one_engine_fastapi_example_under_load_with_a_paused_replica() {
     );
     assert!(r > 0.0, "no transaction was served by a replica");
     assert!(field("replica_reads") > 0, "{stdout}");
-    drop(app);
+    drop((app, reader));
+
+    // The control: with causal_scope = "connection" the same load does read stale notes from
+    // the paused replica (so the 0 above is pgtier's doing, not the setup's).
+    let px = builder()
+        .global("max_replica_lag = 0")
+        .global("max_replica_lag_bytes = 0")
+        .global("causal_scope = \"connection\"")
+        .start()
+        .unwrap();
+    let (app, aport) = start_example(&px);
+    let (reader, rport) = start_example(&px);
+    // The balancer favours the replica that is not behind, so few reads reach the paused one:
+    // up to 4 rounds of 200 pairs until one is stale.
+    let mut stale = 0;
+    let mut control = String::new();
+    for _ in 0..4 {
+        let out = Command::new("timeout")
+            .args(["-s", "KILL", "120", "python3"])
+            .arg(example_dir().join("load.py"))
+            .arg(format!("http://127.0.0.1:{aport}"))
+            .args(["8", "25", &format!("http://127.0.0.1:{rport}")])
+            .output()
+            .unwrap();
+        control = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("control (causal_scope = connection): {control}");
+        assert!(out.status.success(), "load.py failed: {control}");
+        stale = control
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("stale="))
+            .unwrap()
+            .parse::<u64>()
+            .unwrap();
+        if stale > 0 {
+            break;
+        }
+    }
+    assert!(
+        stale > 0,
+        "the control read nothing stale: the test cannot tell ({control})"
+    );
+    drop((app, reader));
 }
