@@ -13,6 +13,15 @@ if command -v node >/dev/null && command -v npm >/dev/null; then
 else
   echo "node/npm not installed: the node-postgres test will be skipped"
 fi
+echo "== python driver/ORM matrix (tests/tests/drivers_python.rs; skipped there only if pip cannot install it)"
+if python3 -m pip install -q -r tests/python/requirements-matrix.txt \
+  || python3 -m pip install -q --break-system-packages -r tests/python/requirements-matrix.txt; then
+  :
+else
+  echo "NOTICE: tests/python/requirements-matrix.txt could not be installed: its tests will be skipped"
+  export PGTIER_PY_MATRIX_UNAVAILABLE=1
+fi
+echo "== end of python driver/ORM matrix"
 echo "== build"
 cargo build --workspace --bins
 echo "== tests"
