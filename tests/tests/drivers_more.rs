@@ -49,8 +49,7 @@ fn start_with(user: &str, globals: &[&str]) -> Pgtier {
     for g in globals {
         b = b.global(g);
     }
-    b
-        .global("pool_mode = \"transaction\"")
+    b.global("pool_mode = \"transaction\"")
         .global("query_wait_timeout = \"60s\"")
         .global("log_level = \"debug\"")
         .user(user, &format!("password = \"{user}\""))
@@ -78,7 +77,10 @@ fn available(name: &str, probe: &[&str], hint: &str) -> bool {
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         ),
-        Err(e) => panic!("{name} is not installed (`{}`: {e}): {hint}", probe.join(" ")),
+        Err(e) => panic!(
+            "{name} is not installed (`{}`: {e}): {hint}",
+            probe.join(" ")
+        ),
     }
 }
 
@@ -113,7 +115,9 @@ fn run(px: &Pgtier, user: &str, program: &[&str], ok_line: &str) -> String {
         tail.join("\n")
     );
     assert!(
-        stdout.contains(&format!("{ok_line} OK: {WORKERS} workers x {OPS} operations")),
+        stdout.contains(&format!(
+            "{ok_line} OK: {WORKERS} workers x {OPS} operations"
+        )),
         "{stdout}"
     );
     assert!(stdout.contains(", 0 errors,"), "{stdout}");
@@ -140,7 +144,10 @@ fn jdbc_prepare_threshold_default_and_1_batches_copy_cancel() {
     // pgjdbc runs `SET extra_float_digits = 3` (and `SET application_name`) right after
     // login: extra_float_digits is not reported by Postgres, so without track_extra_params
     // every JDBC connection would be pinned to its server (see the ignored test below).
-    let px = start_with("drv_jdbc", &["track_extra_params = [\"extra_float_digits\"]"]);
+    let px = start_with(
+        "drv_jdbc",
+        &["track_extra_params = [\"extra_float_digits\"]"],
+    );
     let out = run(
         &px,
         "drv_jdbc",
@@ -161,7 +168,11 @@ fn jdbc_prepare_threshold_default_and_1_batches_copy_cancel() {
 #[ignore = "known: pgjdbc's SET extra_float_digits pins JDBC clients unless track_extra_params lists it"]
 fn jdbc_with_the_default_config_is_not_pinned() {
     let jar = "/usr/share/java/postgresql.jar";
-    if !available("jdbc", &["java", "-version"], "install default-jdk-headless") {
+    if !available(
+        "jdbc",
+        &["java", "-version"],
+        "install default-jdk-headless",
+    ) {
         return;
     }
     let px = start("drv_jdbc_default");
@@ -208,7 +219,10 @@ fn node_postgres_porsager_prepared_copy_cancel() {
     ) {
         return;
     }
-    let module = tests_dir().join("node").join("node_modules").join("postgres");
+    let module = tests_dir()
+        .join("node")
+        .join("node_modules")
+        .join("postgres");
     assert!(
         module.is_dir(),
         "npm package `postgres` is missing: run `npm ci` in tests/node (scripts/test.sh does)"

@@ -63,9 +63,18 @@ async fn run(opts: PgConnectOptions, workers: usize, ops: usize) -> Res<()> {
     let mut c = PgConnection::connect_with(&opts).await?;
     c.execute("DROP TABLE IF EXISTS sqlx_items; CREATE TABLE sqlx_items (id int PRIMARY KEY, v text NOT NULL)")
         .await?;
-    let rows = sqlx::raw_sql("SELECT 1 AS a; SELECT 2 AS b").fetch_all(&mut c).await?;
-    check!(rows.len() == 2, "two simple-protocol results, got {}", rows.len());
-    let v: i32 = sqlx::query_scalar("SELECT $1::int + 1").bind(41).fetch_one(&mut c).await?;
+    let rows = sqlx::raw_sql("SELECT 1 AS a; SELECT 2 AS b")
+        .fetch_all(&mut c)
+        .await?;
+    check!(
+        rows.len() == 2,
+        "two simple-protocol results, got {}",
+        rows.len()
+    );
+    let v: i32 = sqlx::query_scalar("SELECT $1::int + 1")
+        .bind(41)
+        .fetch_one(&mut c)
+        .await?;
     check!(v == 42, "parameterized query: {v}");
     let s: String = sqlx::query_scalar("SELECT $1::text || $2::text")
         .bind("pg")
@@ -111,7 +120,10 @@ async fn routing(opts: &PgConnectOptions, c: &mut PgConnection) -> Res<()> {
         if on_replica {
             break;
         }
-        check!(Instant::now() < deadline, "no autocommit read went to a replica in 20 s");
+        check!(
+            Instant::now() < deadline,
+            "no autocommit read went to a replica in 20 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     r.close().await?;
@@ -196,10 +208,20 @@ async fn copy(c: &mut PgConnection) -> Res<()> {
         .try_collect()
         .await?;
     let text: String = chunks.iter().map(|b| String::from_utf8_lossy(b)).collect();
-    check!(text.lines().count() == 500, "COPY TO STDOUT lines: {}", text.lines().count());
-    check!(text.starts_with("1000,copied 1000\n"), "COPY TO STDOUT: {:?}", &text[..40.min(text.len())]);
+    check!(
+        text.lines().count() == 500,
+        "COPY TO STDOUT lines: {}",
+        text.lines().count()
+    );
+    check!(
+        text.starts_with("1000,copied 1000\n"),
+        "COPY TO STDOUT: {:?}",
+        &text[..40.min(text.len())]
+    );
     // A COPY that fails mid-way, and the connection is usable after it.
-    let mut cin = c.copy_in_raw("COPY sqlx_items (id, v) FROM STDIN WITH (FORMAT csv)").await?;
+    let mut cin = c
+        .copy_in_raw("COPY sqlx_items (id, v) FROM STDIN WITH (FORMAT csv)")
+        .await?;
     cin.send(b"1000,duplicate\n".to_vec()).await?;
     let e = cin.finish().await.expect_err("duplicate key in COPY");
     check!(code(&e) == "23505", "expected 23505, got {e}");
@@ -299,7 +321,10 @@ async fn concurrency(opts: &PgConnectOptions, workers: usize, ops: usize) -> Res
                                 .bind(i)
                                 .fetch_optional(&mut *c)
                                 .await?;
-                        check!(v == Some(format!("{w}/{i}")), "worker {w} op {i}: stale {v:?}");
+                        check!(
+                            v == Some(format!("{w}/{i}")),
+                            "worker {w} op {i}: stale {v:?}"
+                        );
                     }
                     1 => {
                         let r: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
