@@ -22,6 +22,47 @@ else
   export PGTIER_PY_MATRIX_UNAVAILABLE=1
 fi
 echo "== end of python driver/ORM matrix"
+echo "== more drivers: JDBC, Ruby pg, PHP PDO pgsql, Node postgres, sqlx (tests/tests/drivers_more.rs)"
+# A toolchain that cannot be installed (not root, a registry down) is recorded in
+# target/drivers-unavailable/NAME and its test prints a NOTICE and is skipped; one that is
+# installed but broken fails its test.
+unavail=target/drivers-unavailable
+rm -rf "$unavail" && mkdir -p "$unavail"
+need=()
+command -v java >/dev/null || need+=(default-jdk-headless)
+test -f /usr/share/java/postgresql.jar || need+=(libpostgresql-jdbc-java)
+command -v ruby >/dev/null || need+=(ruby)
+ruby -e "require 'pg'" 2>/dev/null || need+=(ruby-pg)
+command -v php >/dev/null || need+=(php-cli)
+php -r "exit(extension_loaded('pdo_pgsql') ? 0 : 1);" 2>/dev/null || need+=(php-pgsql)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing ${need[*]}"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; } \
+      || echo "NOTICE: apt-get install ${need[*]} failed"
+  else
+    echo "NOTICE: not root (or no apt-get): cannot install ${need[*]}"
+  fi
+fi
+{ command -v java >/dev/null && test -f /usr/share/java/postgresql.jar; } \
+  || { echo "NOTICE: JDBC unavailable: its test will be skipped"; echo "java or libpostgresql-jdbc-java could not be installed" >"$unavail/jdbc"; }
+ruby -e "require 'pg'" 2>/dev/null \
+  || { echo "NOTICE: Ruby pg unavailable: its test will be skipped"; echo "ruby or ruby-pg could not be installed" >"$unavail/ruby-pg"; }
+php -r "exit(extension_loaded('pdo_pgsql') ? 0 : 1);" 2>/dev/null \
+  || { echo "NOTICE: PHP pdo_pgsql unavailable: its test will be skipped"; echo "php-cli or php-pgsql could not be installed" >"$unavail/php-pdo-pgsql"; }
+if ! command -v node >/dev/null || ! test -d tests/node/node_modules/postgres; then
+  echo "NOTICE: node or the npm package postgres unavailable: its test will be skipped"
+  echo "node, npm or the npm registry unavailable" >"$unavail/node-postgres-js"
+fi
+# sqlx: its own cargo project and target dir. A fetch failure (crates.io down) skips its test;
+# a build failure fails the script.
+if CARGO_TARGET_DIR=target/sqlx cargo fetch --manifest-path tests/sqlx/Cargo.toml; then
+  CARGO_TARGET_DIR=target/sqlx cargo build --manifest-path tests/sqlx/Cargo.toml
+else
+  echo "NOTICE: the sqlx crates could not be fetched: its test will be skipped"
+  echo "crates.io unavailable for tests/sqlx" >"$unavail/sqlx"
+fi
 echo "== build"
 cargo build --workspace --bins
 echo "== tests"
