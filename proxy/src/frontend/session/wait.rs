@@ -100,7 +100,7 @@ impl Session {
                 // which leaves the socket marked readable): an idle client holds no buffer.
                 Poll::Pending => {
                     if buf.is_empty() {
-                        crate::frontend::buffers::give(std::mem::take(&mut buf));
+                        crate::frontend::relay::buffers::give(std::mem::take(&mut buf));
                     }
                     continue;
                 }
