@@ -4,4 +4,5 @@
 
 pub mod lexer;
 pub mod params;
+pub mod session_commands;
 pub mod session_state;

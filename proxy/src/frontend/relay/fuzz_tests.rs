@@ -14,7 +14,7 @@ use crate::router::classify::{Classifier, FunctionTable};
 use crate::router::commands;
 use crate::router::route::ClientRouting;
 use crate::sql::lexer::StringSyntax;
-use crate::sql::session_state;
+use crate::sql::{session_commands, session_state};
 
 use super::gate::{Gate, Moment};
 use super::responses::{route_server, Expectations, ParamSync, Streaming};
@@ -221,9 +221,9 @@ fn mutated_client_and_server_bytes_never_panic() {
             if round % 2 == 0 {
                 let sql = body.strip_suffix(&[0]).unwrap_or(body);
                 let _ = commands::command(sql);
-                let _ = session_state::session_command(sql);
+                let _ = session_commands::session_command(sql);
                 let _ = session_state::pins_in(sql, StringSyntax::BackslashEscapes, |_| true);
-                let _ = session_state::resets_all(sql, StringSyntax::Standard);
+                let _ = session_commands::resets_all(sql, StringSyntax::Standard);
                 let _ = classifier.classify(sql);
             }
             pos += h.frame_len();

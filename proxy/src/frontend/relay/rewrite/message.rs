@@ -7,7 +7,8 @@ use bytes::BytesMut;
 
 use crate::prepared::client::{ClientStatements, FollowedSet, Prepared};
 use crate::protocol::{extended, SqlState};
-use crate::sql::session_state::{function_call_pins, session_command, SessionCommand};
+use crate::sql::session_commands::{session_command, SessionCommand};
+use crate::sql::session_state::function_call_pins;
 
 use super::super::extra_sets::{extra_update, followed_set};
 use super::super::responses::{Entry, Kind, Synthetic, Undo};

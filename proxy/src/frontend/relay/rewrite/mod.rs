@@ -15,7 +15,8 @@ use crate::protocol::extended;
 use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
 use crate::protocol::validate::{self, Malformed};
 use crate::sql::lexer::StringSyntax;
-use crate::sql::session_state::{pins_in, resets, resets_all, Resets};
+use crate::sql::session_commands::{resets, resets_all, Resets};
+use crate::sql::session_state::pins_in;
 
 use super::batch::Batch;
 use super::responses::{Entry, Expectations, Kind, MAX_IN_FLIGHT};
