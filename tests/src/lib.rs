@@ -11,6 +11,7 @@ pub mod fuzz;
 pub mod node;
 pub mod pids;
 pub mod ports;
+pub mod programs;
 pub mod proxy;
 mod reaper;
 pub mod tls;

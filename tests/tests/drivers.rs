@@ -7,9 +7,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
-use std::time::Instant;
 
 use pgtier_kit::fixture::{scram_role, ConfigBuilder};
+use pgtier_kit::programs::run_against;
 use pgtier_kit::{Cluster, Pgtier};
 
 const POOL: u32 = 4;
@@ -72,33 +72,16 @@ fn run_script(px: &Pgtier, script: &str, extra: &[&str]) -> String {
 
 /// Runs `interpreter path` against pgtier (killed after 180 s); returns its stdout.
 fn run_with(px: &Pgtier, interpreter: &str, path: &std::path::Path, extra: &[&str]) -> String {
-    let script = path.file_name().unwrap().to_string_lossy().into_owned();
-    let t0 = Instant::now();
     let port = px.port().to_string();
-    let out = Command::new("timeout")
-        .args(["-s", "KILL", "180", interpreter])
-        .arg(path)
-        .args(["127.0.0.1", &port, "drivers", "app"])
-        .args(extra)
-        .env("PYTHONUNBUFFERED", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("running {interpreter}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    eprintln!(
-        "{script}: {} in {:.1} s\n{stdout}{stderr}",
-        out.status,
-        t0.elapsed().as_secs_f64()
-    );
-    let log = px.log();
-    let tail: Vec<&str> = log.lines().rev().take(40).collect();
-    assert!(
-        out.status.success(),
-        "{script} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- pgtier log (last 40 lines, newest first)\n{}",
-        out.status,
-        tail.join("\n")
-    );
-    stdout
+    let mut args = vec!["127.0.0.1", &port, "drivers", "app"];
+    args.extend_from_slice(extra);
+    run_against(
+        px,
+        180,
+        &[interpreter.as_ref(), path.as_os_str()],
+        &args,
+        None,
+    )
 }
 
 #[test]

@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use pgtier_kit::fixture::{scram_role, ConfigBuilder};
+use pgtier_kit::programs::run_against;
 use pgtier_kit::{free_port, Cluster, Pgtier};
 
 const USER: &str = "pymatrix";
@@ -103,33 +104,18 @@ fn python_has(dists: &[&str], modules: &[&str]) -> bool {
 /// Runs `python3 tests/python/SCRIPT HOST PORT USER PASSWORD app EXTRA...` (killed after
 /// 180 s); returns its stdout, failing with the script's output and pgtier's log tail.
 fn run_script(px: &Pgtier, script: &str, extra: &[&str]) -> String {
-    let t0 = Instant::now();
-    let out = Command::new("timeout")
-        .args(["-s", "KILL", "180", "python3"])
-        .arg(python_dir().join(script))
-        .args(["127.0.0.1", &px.port().to_string(), USER, PASSWORD, "app"])
-        .args(extra)
-        .current_dir(python_dir())
-        .env("PYTHONUNBUFFERED", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("running python3: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    eprintln!(
-        "{script}: {} in {:.1} s\n{stdout}{stderr}",
-        out.status,
-        t0.elapsed().as_secs_f64()
-    );
-    let log = px.log();
-    let tail: Vec<&str> = log.lines().rev().take(40).collect();
-    assert!(
-        out.status.success(),
-        "{script} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- pgtier log (last 40 lines, newest first)\n{}",
-        out.status,
-        tail.join("\n")
-    );
-    assert!(!log.contains("panicked"), "pgtier panicked:\n{log}");
-    stdout
+    let port = px.port().to_string();
+    let mut args = vec!["127.0.0.1", &port, USER, PASSWORD, "app"];
+    args.extend_from_slice(extra);
+    let path = python_dir().join(script);
+    let dir = python_dir();
+    run_against(
+        px,
+        180,
+        &["python3".as_ref(), path.as_os_str()],
+        &args,
+        Some(&dir),
+    )
 }
 
 /// Asserts that the script printed `check NAME ok` for every name.
