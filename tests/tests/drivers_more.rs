@@ -120,13 +120,10 @@ fn jdbc_prepare_threshold_default_and_1_batches_copy_cancel() {
         Path::new(jar).is_file(),
         "{jar} is missing: apt-get install libpostgresql-jdbc-java (scripts/test.sh does)"
     );
-    // pgjdbc runs `SET extra_float_digits = 3` (and `SET application_name`) right after
-    // login: extra_float_digits is not reported by Postgres, so without track_extra_params
-    // every JDBC connection would be pinned to its server (see the ignored test below).
-    let px = start_with(
-        "drv_jdbc",
-        &["track_extra_params = [\"extra_float_digits\"]"],
-    );
+    // pgjdbc runs `SET extra_float_digits = 3` right after login: Postgres does not report
+    // that parameter, and pgtier follows it (always an extra parameter) instead of pinning, so
+    // the default config routes JDBC's reads to replicas (`run` asserts some did).
+    let px = start("drv_jdbc");
     let out = run(
         &px,
         "drv_jdbc",
@@ -134,33 +131,6 @@ fn jdbc_prepare_threshold_default_and_1_batches_copy_cancel() {
         "jdbc",
     );
     assert!(out.contains("prepareThreshold=default: ok") && out.contains("prepareThreshold=1: ok"));
-}
-
-/// Known limitation, not fixed: with the default config (no `track_extra_params`), pgjdbc's
-/// `SET extra_float_digits = 3` after login pins every JDBC connection to its server for its
-/// lifetime (logged "SET of a parameter pgtier cannot carry between servers"): all its reads go
-/// to the primary (the routing check fails: no read reaches a replica) and 20 JDBC connections
-/// hold 20 server connections, so on a pool of 3 the rest wait. Workarounds: configure
-/// `track_extra_params = ["extra_float_digits"]` or pgjdbc's `assumeMinServerVersion=9.0`
-/// (which sends it in the startup packet instead).
-#[test]
-#[ignore = "known: pgjdbc's SET extra_float_digits pins JDBC clients unless track_extra_params lists it"]
-fn jdbc_with_the_default_config_is_not_pinned() {
-    let jar = "/usr/share/java/postgresql.jar";
-    if !available(
-        "jdbc",
-        &["java", "-version"],
-        "install default-jdk-headless",
-    ) {
-        return;
-    }
-    let px = start("drv_jdbc_default");
-    run(
-        &px,
-        "drv_jdbc_default",
-        &["java", "-cp", jar, "java/JdbcDriver.java"],
-        "jdbc",
-    );
 }
 
 #[test]

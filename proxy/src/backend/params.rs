@@ -13,6 +13,11 @@ use std::sync::{Mutex, OnceLock};
 use crate::sql::lexer::StringSyntax;
 pub use crate::sql::params::{tracked, TRACKED};
 
+/// Unreported parameters followed for every database, configured or not: pgjdbc sends
+/// `SET extra_float_digits = 3` right after connecting (unless told the server version),
+/// which would otherwise pin every JDBC client.
+pub const ALWAYS_EXTRA: &[&str] = &["extra_float_digits"];
+
 /// The configured extra parameters (`track_extra_params`, lower case): a cheap copyable
 /// handle, interned once per distinct list (lists come from config loads, so this is bounded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,7 +29,8 @@ impl ExtraParams {
     /// Postgres 18).
     pub fn intern(names: &[String]) -> ExtraParams {
         let mut list: Vec<Box<str>> = Vec::new();
-        for n in names {
+        let always = ALWAYS_EXTRA.iter().map(|n| n.to_string());
+        for n in always.chain(names.iter().cloned()) {
             let n = n.trim().to_ascii_lowercase();
             // search_path is reported only by Postgres 18 and later: before that it can be
             // synced only as an extra parameter.
@@ -245,6 +251,12 @@ impl ParamChanges {
     /// Records the statement that set extra parameter `name` (None: back to its default).
     pub fn set_extra(&mut self, name: &'static str, sql: Option<&str>) {
         self.put(Kind::Extra, name.into(), sql);
+    }
+
+    /// Whether the client set any extra parameter (its record then differs from the
+    /// server's default for it).
+    pub fn has_extras(&self) -> bool {
+        self.entries.iter().any(|e| matches!(e.0, Kind::Extra))
     }
 
     /// The statement that set extra parameter `name`, if it is not at its default.

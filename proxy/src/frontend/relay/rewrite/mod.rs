@@ -99,7 +99,9 @@ impl ClientSide<'_> {
             // RESET ALL also resets extra parameters (and the client's unreported startup
             // values), which pgtier can only follow when it is a statement of its own outside
             // a transaction (see `extra_update`).
-            ((!self.extras.is_empty() || self.startup.1) && resets_all(sql, self.strings))
+            // A client that set no extra has the servers' defaults on record: RESET ALL
+            // changes nothing pgtier tracks for it.
+            ((self.params.has_extras() || self.startup.1) && resets_all(sql, self.strings))
                 .then_some("RESET ALL of tracked extra parameters inside a transaction")
         })?;
         self.pin_for(reason)
