@@ -77,7 +77,8 @@ impl Options {
                 "handshake-with",
             ],
         )?;
-        let targets = ["direct", "pgtier", "pgbouncer"];
+        let targets = ["direct", "replica", "pgtier", "pgbouncer"];
+        let default_targets = ["direct", "pgtier", "pgbouncer"];
         let replicas = a.number("replicas", 0)?;
         if replicas != 0 && replicas != 2 {
             bail!("--replicas: 0 or 2, not {replicas}");
@@ -93,7 +94,7 @@ impl Options {
             idle: a.number("idle", 1000)?,
             scale: a.number("scale", 10)?,
             workers: a.number("workers", 1)?,
-            targets: a.list("targets", &targets, &targets)?,
+            targets: a.list("targets", &default_targets, &targets)?,
             modes: a.list("modes", &MODES, &MODES)?,
             tls: a.one_of("tls", "off", &["off", "prefer", "require"])?,
             handshakes: a.number("handshakes", 5)?,

@@ -182,6 +182,16 @@ impl Bench {
                 port: self.cluster.primary().port(),
                 pid: None,
             },
+            // One replica straight (`--replicas 2`): what Postgres itself serves there.
+            Target {
+                name: "replica",
+                port: self
+                    .cluster
+                    .replicas()
+                    .first()
+                    .map_or(self.cluster.primary().port(), |r| r.port()),
+                pid: None,
+            },
             Target {
                 name: "pgtier",
                 port: self.pgtier.port(),

@@ -4,6 +4,7 @@
 
 use super::route::RouteMode;
 use crate::cluster::Lsn;
+use crate::sql::lexer::first_word;
 
 /// A pgtier session variable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +52,13 @@ pub struct CommandError {
 
 /// Recognises a simple-protocol query that is exactly one pgtier statement.
 pub fn command(sql: &[u8]) -> Option<Result<Command, CommandError>> {
+    let first = first_word(sql);
+    if ![&b"show"[..], b"set", b"reset"]
+        .iter()
+        .any(|v| first.eq_ignore_ascii_case(v))
+    {
+        return None;
+    }
     let text = std::str::from_utf8(sql).ok()?;
     let text = skip_comments(text).trim_end();
     let text = text.strip_suffix(';').unwrap_or(text).trim_end();

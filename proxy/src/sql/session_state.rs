@@ -166,7 +166,7 @@ pub fn function_call_pins(oid: u32) -> Option<&'static str> {
 /// Whether `sql` contains, anywhere, a piece of a word that can pin (checked below): a byte scan
 /// that lets most statements skip the lexer. It may say yes wrongly (`random` has `do`), never
 /// no wrongly: every pinning word contains one of these.
-fn may_pin(sql: &[u8]) -> bool {
+pub fn may_pin(sql: &[u8]) -> bool {
     let at = |i: usize, needle: &[u8]| {
         sql.get(i..i + needle.len())
             .is_some_and(|w| w.eq_ignore_ascii_case(needle))

@@ -6,6 +6,7 @@
 use crate::backend::params::ExtraUpdate;
 use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
+use crate::sql::lexer::first_word;
 use crate::sql::session_commands::{param_command, session_command, ParamCommand, SessionCommand};
 
 use super::responses::Expectations;
@@ -29,6 +30,13 @@ pub(super) fn extra_update(
         || client.pinned.is_some()
         || !unit_start
         || !expect.only_own()
+    {
+        return None;
+    }
+    let first = first_word(sql);
+    if ![&b"set"[..], b"reset", b"discard"]
+        .iter()
+        .any(|v| first.eq_ignore_ascii_case(v))
     {
         return None;
     }

@@ -250,7 +250,7 @@ fn mutated_client_and_server_bytes_never_panic() {
             busy: round % 5 == 0,
         };
         for on_replica in [true, false] {
-            let admitted = Gate::new(on_replica, true, true).admit(&batch, 0, max, &moment);
+            let admitted = Gate::new(on_replica, true, true, None).admit(&batch, 0, max, &moment);
             assert!(admitted <= batch.len());
         }
         let _ = answer_parse_batch(&batch, &mut st.statements, 1 << 20);
@@ -275,6 +275,7 @@ fn mutated_client_and_server_bytes_never_panic() {
                 in_transaction: round % 3 == 0,
                 prepared_bytes: 1 << 20,
                 startup: st.params.has_startup(),
+                unpinned: 0,
                 params: &st.params,
             },
             &mut ServerSide {

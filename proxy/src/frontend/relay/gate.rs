@@ -10,7 +10,9 @@ use crate::router::classify::Class;
 use crate::router::route::{ClientRouting, UnitInfo};
 use crate::sql::lexer::StringSyntax;
 
-use super::units::{UnitContext, UnitScan, UNDECIDED_LIMIT};
+use std::ops::Range;
+
+use super::units::{Analysed, UnitContext, UnitScan, UNDECIDED_LIMIT};
 
 /// The gate's state for one relay run.
 #[derive(Debug, Default)]
@@ -37,6 +39,12 @@ pub(crate) struct Gate {
     /// The unit at the front of the buffer, as far as it was scanned (on a replica): a unit
     /// held back or still arriving is not scanned again from its start.
     front: Option<Front>,
+    /// Stream positions of whole units analysed (when routed, or here) that do not pin: the
+    /// rewrite does not look for session state in their statements again.
+    clean: Range<u64>,
+    /// End of the run's first unit when its analysis found nothing that may write (on the
+    /// primary its messages are not classified again).
+    read_until: u64,
 }
 
 /// A scanned unit at the front of the client buffer.
@@ -64,12 +72,53 @@ pub(crate) struct Moment<'a> {
 impl Gate {
     /// A gate for a relay on a replica or on the primary; `track_sequences` notes writes too,
     /// skipping the classifier for texts that cannot touch a sequence.
-    pub fn new(on_replica: bool, track_writes: bool, track_sequences: bool) -> Gate {
-        Gate {
+    /// `analysed` is the first unit's analysis, made when the session routed it.
+    pub fn new(
+        on_replica: bool,
+        track_writes: bool,
+        track_sequences: bool,
+        analysed: Option<Analysed>,
+    ) -> Gate {
+        let mut gate = Gate {
             on_replica,
             track_writes,
             track_sequences,
             ..Gate::default()
+        };
+        if let Some(a) = analysed {
+            if let Some(unit) = a.scan.whole() {
+                let len = unit.len.unwrap_or(0) as u64;
+                if !unit.info.pins {
+                    gate.clean = 0..len;
+                }
+                if unit.info.class == Class::Read {
+                    gate.read_until = len;
+                }
+            }
+            gate.front = Some(Front {
+                start: 0,
+                strings: a.strings,
+                scan: a.scan,
+            });
+        }
+        gate
+    }
+
+    /// How many bytes at the front of the buffer belong to units known not to pin.
+    pub fn clean_ahead(&self) -> usize {
+        if self.clean.start <= self.base {
+            self.clean.end.saturating_sub(self.base) as usize
+        } else {
+            0
+        }
+    }
+
+    /// Notes a whole unit at stream positions `start..end` that does not pin.
+    fn note_clean(&mut self, start: u64, end: u64) {
+        if self.clean.end == start {
+            self.clean.end = end;
+        } else {
+            self.clean = start..end;
         }
     }
 
@@ -80,7 +129,8 @@ impl Gate {
             self.admit_on_replica(buf, skip, max, now)
         } else {
             if self.track_writes || self.track_sequences {
-                self.note_writes(&buf[skip.min(buf.len())..], max, now);
+                let from = skip.min(buf.len());
+                self.note_writes(&buf[from..], from, max, now);
             }
             buf.len()
         }
@@ -146,18 +196,23 @@ impl Gate {
             }
             // A unit cut at a Flush continues, on this server, up to its Sync.
             self.unit_open = unit.flushed;
+            if !info.pins && unit.len.is_some() {
+                self.note_clean(start, start + len as u64);
+            }
             pos += len;
         }
         pos
     }
 
-    /// On the primary: notes whether any message may write.
-    fn note_writes(&mut self, buf: &[u8], max: usize, now: &Moment<'_>) {
+    /// On the primary: notes whether any message may write (`buf` starts `offset` bytes into
+    /// the relay's buffer).
+    fn note_writes(&mut self, buf: &[u8], offset: usize, max: usize, now: &Moment<'_>) {
         if self.wrote {
             return;
         }
-        let mut pos = 0;
-        while let Ok(Some(h)) = peek_header(&buf[pos..], max) {
+        // The run's first unit was analysed when it was routed: a read needs no second look.
+        let mut pos = (self.read_until.saturating_sub(self.base) as usize).saturating_sub(offset);
+        while let Ok(Some(h)) = peek_header(&buf[pos.min(buf.len())..], max) {
             if buf.len() - pos < h.frame_len() {
                 return;
             }
@@ -222,7 +277,64 @@ fn plain_select(sql: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::plain_select;
+    use super::*;
+    use crate::prepared::client::ClientStatements;
+    use crate::protocol::frame::test_frame as frame;
+    use crate::router::classify::{Classifier, FunctionTable};
+
+    fn query(sql: &str) -> Vec<u8> {
+        frame(b'Q', format!("{sql}\0").as_bytes())
+    }
+
+    #[test]
+    fn the_routed_analysis_tells_the_rewrite_which_units_do_not_pin() {
+        let classifier = Classifier::new(FunctionTable::builtin(), 100);
+        let statements = ClientStatements::default();
+        let ctx = || UnitContext {
+            classifier: &classifier,
+            rules: None,
+            statements: &statements,
+            reported: &[],
+            strings: StringSyntax::Standard,
+        };
+        let moment = || Moment {
+            ctx: ctx(),
+            client: ClientRouting::default(),
+            in_transaction: false,
+            busy: false,
+        };
+        let read = query("SELECT a FROM t WHERE b = 1");
+        let pins = query("SELECT * FROM pg_temp.t");
+        // Routed (one analysis), then a replica run: the first unit is not scanned again, and
+        // the units the gate scans itself extend what is known not to pin.
+        let buf = [read.clone(), read.clone(), pins.clone()].concat();
+        let (_, analysed) = Analysed::of(&buf, 1 << 20, &ctx());
+        let mut gate = Gate::new(true, true, true, Some(analysed));
+        assert_eq!(gate.clean_ahead(), read.len());
+        // The pinning unit needs the primary: held back, and not clean.
+        assert_eq!(gate.admit(&buf, 0, 1 << 20, &moment()), 2 * read.len());
+        assert!(gate.held);
+        assert_eq!(gate.clean_ahead(), 2 * read.len());
+        gate.consumed(2 * read.len());
+        assert_eq!(gate.clean_ahead(), 0);
+
+        // On the primary a first unit that pins is not clean, and one that may write is
+        // classified again by the write tracking.
+        let (_, analysed) = Analysed::of(&pins, 1 << 20, &ctx());
+        assert_eq!(
+            Gate::new(false, true, true, Some(analysed)).clean_ahead(),
+            0
+        );
+        let write = query("UPDATE t SET a = 1");
+        let (_, analysed) = Analysed::of(&write, 1 << 20, &ctx());
+        let mut gate = Gate::new(false, true, true, Some(analysed));
+        gate.admit(&write, 0, 1 << 20, &moment());
+        assert!(gate.wrote);
+        let (_, analysed) = Analysed::of(&read, 1 << 20, &ctx());
+        let mut gate = Gate::new(false, true, true, Some(analysed));
+        gate.admit(&read, 0, 1 << 20, &moment());
+        assert!(!gate.wrote);
+    }
 
     #[test]
     fn plain_selects_cannot_call_functions() {

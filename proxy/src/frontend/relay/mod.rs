@@ -149,7 +149,12 @@ pub(crate) async fn run(
         classifier: state.classifier,
         rules: state.rules,
         routing: state.routing,
-        gate: Gate::new(state.on_replica, state.track_writes, state.track_sequences),
+        gate: Gate::new(
+            state.on_replica,
+            state.track_writes,
+            state.track_sequences,
+            state.analysed,
+        ),
         server,
         cbuf,
         out: BytesMut::new(),
@@ -331,6 +336,8 @@ pub(crate) struct ClientState<'a> {
     pub cancel: crate::backend::CancelTarget,
     /// The token of the client's causal scope (advanced by its commits; None: `connection`).
     pub scope: Option<&'a std::sync::Arc<crate::router::scopes::ScopeToken>>,
+    /// The analysis of the first unit in `cbuf`, made when it was routed (not made again).
+    pub analysed: Option<units::Analysed>,
 }
 
 /// The relay's state for one run.

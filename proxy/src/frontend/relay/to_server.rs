@@ -75,6 +75,7 @@ impl Relay<'_> {
                 in_transaction: self.status != TxStatus::Idle,
                 prepared_bytes: self.limits.prepared_bytes,
                 startup: self.params.has_startup(),
+                unpinned: self.gate.clean_ahead().min(admitted),
                 params: self.params,
             },
             &mut ServerSide {

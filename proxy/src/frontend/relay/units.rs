@@ -47,6 +47,11 @@ impl UnitContext<'_> {
             // can hide behind what looks like a string to it: the primary, to be sure.
             info.merge(&UnitInfo::write());
         }
+        // The classification already looked for the words that may pin (with standard
+        // strings; with backslash escapes a word may hide in what it read as a string).
+        if !c.may_pin && self.strings == StringSyntax::Standard {
+            return;
+        }
         let reported = self.reported;
         let pinning = pins_in(sql, self.strings, |name| {
             std::str::from_utf8(name)
@@ -101,8 +106,34 @@ pub(crate) fn complete(buf: &[u8], max: usize) -> bool {
 }
 
 /// Scans the unit that starts at `buf[0]` (which must be a message boundary).
+#[cfg(test)]
 pub(crate) fn scan(buf: &[u8], max: usize, ctx: &UnitContext<'_>) -> Unit {
     UnitScan::default().resume(buf, max, ctx)
+}
+
+/// The one analysis of a transaction's first unit: made where the session routes it, then
+/// read by the relay's gate and rewrite instead of scanning the unit again.
+#[derive(Debug, Clone)]
+pub(crate) struct Analysed {
+    /// The string syntax it was scanned with.
+    pub strings: StringSyntax,
+    /// The scan (complete, or as far as the unit had arrived).
+    pub scan: UnitScan,
+}
+
+impl Analysed {
+    /// Scans the unit at the start of `buf`, keeping the scan.
+    pub(crate) fn of(buf: &[u8], max: usize, ctx: &UnitContext<'_>) -> (Unit, Analysed) {
+        let mut scan = UnitScan::default();
+        let unit = scan.resume(buf, max, ctx);
+        (
+            unit,
+            Analysed {
+                strings: ctx.strings,
+                scan,
+            },
+        )
+    }
 }
 
 /// A unit scanned as far as its bytes have arrived; scanning resumes there when more come
@@ -205,6 +236,11 @@ impl UnitScan {
                 }
             }
         }
+    }
+
+    /// The unit, once it was scanned whole.
+    pub(crate) fn whole(&self) -> Option<Unit> {
+        self.complete.then(|| self.done())
     }
 
     fn finish(&mut self, flushed: bool) -> Unit {

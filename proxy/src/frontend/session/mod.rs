@@ -217,18 +217,18 @@ impl Session {
         // the cause than a victim, and is not sent to a third (the primary).
         let mut retried = false;
         loop {
-            let serving = match held.take() {
+            let (serving, analysed) = match held.take() {
                 // Held since login (session mode): its run, and its first query, start now.
                 Some(mut s) => {
                     s.since = std::time::Instant::now();
-                    s
+                    (s, None)
                 }
                 None => self.serve_target(&first).await?,
             };
             // A read on a replica may run again elsewhere if that replica fails it before
             // anything reaches the client: keep its bytes until then.
             let copy = (serving.on_replica && !retried).then(|| first.clone());
-            match self.run_on(serving, first, copy).await? {
+            match self.run_on(serving, first, copy, analysed).await? {
                 Ran::Done(leftover) => return Ok(leftover),
                 Ran::RetryRead(again) => {
                     retried = true;

@@ -11,8 +11,7 @@ use crate::backend::checkout;
 use crate::backend::checkout::Serving;
 use crate::cluster::Lsn;
 use crate::config::CausalScope;
-use crate::frontend::relay::units;
-use crate::frontend::relay::units::UnitContext;
+use crate::frontend::relay::units::{Analysed, UnitContext};
 use crate::metrics::ReasonLabel;
 use crate::protocol::SqlState;
 use crate::router::route::{DecidedBy, Route, Target, UnitInfo};
@@ -23,13 +22,15 @@ use super::open::target_farewell;
 use super::{Session, CAUSAL_PROBE_TIMEOUT, SHUTDOWN_MESSAGE};
 
 impl Session {
-    /// Where the unit at the start of `first` goes, and why.
-    pub(super) fn target_of(&mut self, first: &[u8]) -> Route {
+    /// Where the unit at the start of `first` goes, and why, with the unit's analysis (None
+    /// when nothing is routed).
+    pub(super) fn target_of(&mut self, first: &[u8]) -> (Route, Option<Analysed>) {
         if !self.router().splits() || self.holds_server() {
-            return Route {
+            let route = Route {
                 target: Target::Primary,
                 by: DecidedBy::Default,
             };
+            return (route, None);
         }
         if !self.router().rules().is_empty() {
             // The client's current application_name (SET tracks it) selects the rules that
@@ -47,7 +48,7 @@ impl Session {
         // One atomic load: the latest commit of the client's scope, as of now.
         self.routing.shared = self.scope.as_ref().map_or(Lsn::ZERO, |s| s.get());
         let classifier = self.router().classifier();
-        let unit = units::scan(
+        let (unit, analysed) = Analysed::of(
             first,
             self.limits().max_message,
             &UnitContext {
@@ -63,15 +64,19 @@ impl Session {
         } else {
             UnitInfo::write()
         };
-        self.router().route(&info, &self.routing)
+        (self.router().route(&info, &self.routing), Some(analysed))
     }
 
-    /// Checks out a server for the unit at the start of `first`.
-    pub(super) async fn serve_target(&mut self, first: &[u8]) -> Result<Serving, &'static str> {
-        let mut route = self.target_of(first);
+    /// Checks out a server for the unit at the start of `first`; returns it with the unit's
+    /// analysis.
+    pub(super) async fn serve_target(
+        &mut self,
+        first: &[u8],
+    ) -> Result<(Serving, Option<Analysed>), &'static str> {
+        let (mut route, mut analysed) = self.target_of(first);
         if self.causal_unknown && matches!(route.target, Target::Replica { .. }) {
             self.refresh_causal().await?;
-            route = self.target_of(first);
+            (route, analysed) = self.target_of(first);
             if self.causal_unknown {
                 route.target = Target::Primary;
             }
@@ -108,7 +113,7 @@ impl Session {
             reason = self.reason.as_str(),
             "routed"
         );
-        Ok(serving)
+        Ok((serving, analysed))
     }
 
     /// Learns the primary's current WAL position, when the one after the client's last write

@@ -9,6 +9,7 @@ use crate::frontend::farewell::farewell_now;
 use crate::frontend::relay;
 use crate::frontend::relay::observe;
 use crate::frontend::relay::observe::Observer;
+use crate::frontend::relay::units::Analysed;
 use crate::frontend::relay::Outcome;
 use crate::metrics::{PeerLabel, RoleLabel};
 use crate::protocol::SqlState;
@@ -25,6 +26,7 @@ impl Session {
         mut serving: Serving,
         first: BytesMut,
         retry: Option<BytesMut>,
+        analysed: Option<Analysed>,
     ) -> Result<Ran, &'static str> {
         let started = serving.since;
         let server = &mut serving.server;
@@ -78,6 +80,7 @@ impl Session {
                 entry: &entry,
                 cancel,
                 scope: self.scope.as_ref(),
+                analysed,
             },
             server.conn().io(),
             first,

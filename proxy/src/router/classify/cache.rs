@@ -51,6 +51,8 @@ pub(super) struct Cached {
     pub class: Class,
     pub reason: Reason,
     pub tables: Arc<[String]>,
+    /// See `Classification::may_pin`.
+    pub may_pin: bool,
 }
 
 /// A cache key: a statement's text with its literals normalized, or its exact text.
@@ -249,6 +251,7 @@ mod tests {
             class,
             reason: Reason::ReadOnly,
             tables: Arc::from(Vec::new()),
+            may_pin: false,
         }
     }
 

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::cluster::Lsn;
+use crate::sql::session_state::may_pin;
 pub use cache::MAX_CACHED_TEXT;
 pub use functions::{Call, FunctionTable, Volatility, PG_PROC_QUERY};
 
@@ -154,6 +155,9 @@ pub struct Classification {
     pub tables: Arc<[String]>,
     /// A `pgtier:` comment that was malformed and ignored (what was wrong).
     pub bad_hint: Option<&'static str>,
+    /// The text has a word that may leave session state (`sql::session_state::may_pin`, read
+    /// with standard strings): when false, the session-state lexer need not run on it.
+    pub may_pin: bool,
 }
 
 /// Cache counters (monotonic).
@@ -246,7 +250,7 @@ impl Classifier {
         let (class, reason) = match scan.verdict {
             fast::Verdict::Write(r) => {
                 let h = hints::parse(sql, true);
-                return build(Class::Write, r, h, Arc::from(scan.tables));
+                return build(Class::Write, r, h, Arc::from(scan.tables), may_pin(sql));
             }
             fast::Verdict::Read(r) => (Class::Read, r),
             fast::Verdict::Empty => (Class::Read, Reason::Empty),
@@ -264,6 +268,7 @@ impl Classifier {
             reason,
             hints::parse(sql, false),
             Arc::from(scan.tables),
+            may_pin(sql),
         )
     }
 
@@ -287,6 +292,7 @@ impl Classifier {
             hit.reason,
             hints::parse(sql, false),
             hit.tables,
+            hit.may_pin,
         ))
     }
 
@@ -306,12 +312,16 @@ impl Classifier {
             }
         };
         let tables: Arc<[String]> = Arc::from(tables);
+        // Texts that share a key differ only in literals and comments, which the
+        // session-state lexer skips: one text's answer holds for all of them.
+        let may_pin = may_pin(sql);
         if sql.len() <= MAX_CACHED_TEXT && self.cache.capacity() > 0 {
             self.misses.fetch_add(1, Ordering::Relaxed);
             let value = cache::Cached {
                 class,
                 reason,
                 tables: tables.clone(),
+                may_pin,
             };
             KEY_BUF.with(|buf| {
                 let mut buf = buf.borrow_mut();
@@ -324,11 +334,17 @@ impl Classifier {
         } else {
             self.uncached.fetch_add(1, Ordering::Relaxed);
         }
-        build(class, reason, hints::parse(sql, false), tables)
+        build(class, reason, hints::parse(sql, false), tables, may_pin)
     }
 }
 
-fn build(class: Class, reason: Reason, h: hints::Hints, tables: Arc<[String]>) -> Classification {
+fn build(
+    class: Class,
+    reason: Reason,
+    h: hints::Hints,
+    tables: Arc<[String]>,
+    may_pin: bool,
+) -> Classification {
     Classification {
         class,
         reason,
@@ -336,6 +352,7 @@ fn build(class: Class, reason: Reason, h: hints::Hints, tables: Arc<[String]>) -
         min_lsn: h.min_lsn,
         tables,
         bad_hint: h.bad_hint,
+        may_pin,
     }
 }
 

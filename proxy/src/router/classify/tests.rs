@@ -329,3 +329,15 @@ fn literals_that_matter_keep_their_own_verdict() {
     );
     assert_eq!(full(&cl.classify(b"SELECT lower('other')")).1, ReadOnly);
 }
+
+#[test]
+fn the_cached_classification_says_whether_the_text_may_pin() {
+    let c = Classifier::new(FunctionTable::builtin(), 100);
+    // The second of each pair is a cache hit (same text up to its literals).
+    assert!(!c.classify(b"SELECT a FROM t WHERE b = 1").may_pin);
+    assert!(!c.classify(b"SELECT a FROM t WHERE b = 2").may_pin);
+    assert!(c.classify(b"SELECT * FROM pg_temp.t WHERE b = 1").may_pin);
+    assert!(c.classify(b"SELECT * FROM pg_temp.t WHERE b = 2").may_pin);
+    assert!(c.classify(b"SELECT pg_advisory_lock(1)").may_pin);
+    assert!(c.cache_stats().hits >= 2);
+}

@@ -125,13 +125,14 @@ impl Route {
     }
 }
 
-/// Routes one client message; `after` is what the client sent after it, `unit_start` says it
-/// begins a unit (nothing unsynced before it).
+/// Routes one client message; `after` is what the client sent after it. `unit_start` says it
+/// begins a unit (nothing unsynced before it), `analysed` that its unit's analysis found
+/// nothing in it that pins.
 pub(super) fn route_one(
     tag: u8,
     body: &[u8],
     after: &[u8],
-    unit_start: bool,
+    (unit_start, analysed): (bool, bool),
     client: &mut ClientSide<'_>,
     server: &mut ServerSide<'_>,
 ) -> Route {
@@ -145,7 +146,7 @@ pub(super) fn route_one(
             match extra_update(sql, client, server.expect, unit_start) {
                 Some(update) => server.expect.param_update = Some(update),
                 None => {
-                    if let Some(message) = client.check_session_state(sql) {
+                    if let Some(message) = client.check_session_state(sql, analysed) {
                         return Route::Reject(message);
                     }
                 }
@@ -191,7 +192,7 @@ pub(super) fn route_one(
                         return plain(Kind::Parse);
                     }
                 }
-                if let Some(message) = client.check_session_state(p.rest) {
+                if let Some(message) = client.check_session_state(p.rest, analysed) {
                     *client.discard = true;
                     return Route::Synthetic(
                         Synthetic::Error(SqlState::FEATURE_NOT_SUPPORTED, message),
@@ -351,7 +352,7 @@ fn rebind_followed_set(client: &mut ClientSide<'_>) -> Option<Route> {
         }
         FollowedSet::Bound => {
             let sql = client.statements.unnamed().map(<[u8]>::to_vec)?;
-            let message = client.check_session_state(&sql)?;
+            let message = client.check_session_state(&sql, false)?;
             *client.discard = true;
             Some(Route::Synthetic(
                 Synthetic::Error(SqlState::FEATURE_NOT_SUPPORTED, message),

@@ -79,23 +79,29 @@ pub(crate) struct ClientSide<'a> {
     pub params: &'a ParamChanges,
     /// [`ParamChanges::has_startup`] of `params`: (any startup values, unreported ones).
     pub startup: (bool, bool),
+    /// Bytes at the front of the batch in units whose analysis found nothing that pins: their
+    /// Query and Parse texts are not lexed for session state again.
+    pub unpinned: usize,
 }
 
 impl ClientSide<'_> {
     /// Pins the client if `sql` leaves session state on the server; under the reject policy
     /// returns the error message to answer instead.
-    fn check_session_state(&mut self, sql: &[u8]) -> Option<String> {
+    /// `analysed`: the unit's analysis already found that `sql` does not pin.
+    fn check_session_state(&mut self, sql: &[u8], analysed: bool) -> Option<String> {
         if self.pinned.is_some() {
             return None;
         }
         let reported = self.reported;
-        let reason = pins_in(sql, self.strings, |name| {
-            std::str::from_utf8(name)
-                .ok()
-                .and_then(tracked)
-                .is_some_and(|n| lookup(reported, n).is_some())
-        })
-        .or_else(|| {
+        let pins = || {
+            pins_in(sql, self.strings, |name| {
+                std::str::from_utf8(name)
+                    .ok()
+                    .and_then(tracked)
+                    .is_some_and(|n| lookup(reported, n).is_some())
+            })
+        };
+        let reason = (if analysed { None } else { pins() }).or_else(|| {
             // RESET ALL also resets extra parameters (and the client's unreported startup
             // values), which pgtier can only follow when it is a statement of its own outside
             // a transaction (see `extra_update`).
@@ -232,7 +238,14 @@ pub(crate) fn route_client(
                 server.expect.push(Entry::CopyEnd);
                 Route::Forward(None, None)
             }
-            _ => route_one(h.tag, body, &buf[end..], unit_start, client, server),
+            _ => route_one(
+                h.tag,
+                body,
+                &buf[end..],
+                (unit_start, end <= client.unpinned),
+                client,
+                server,
+            ),
         };
         match route {
             Route::Forward(kind, undo) => {

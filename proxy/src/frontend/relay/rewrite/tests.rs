@@ -51,6 +51,7 @@ impl Fixture {
                 prepared_bytes: self.prepared_bytes,
                 params: &self.params,
                 startup: self.params.has_startup(),
+                unpinned: 0,
             },
             &mut ServerSide {
                 registry: &mut self.registry,
