@@ -80,7 +80,12 @@ fn run(cluster: &Cluster, t: &Target, kind: &RunKind, o: &Options) -> Result<Sam
     let mode = kind.mode.as_str();
     let cpu0 = t.pid.map(procstat::cpu).transpose()?;
     let machine0 = procstat::machine_busy_us()?;
-    let (pgbench0, postgres0) = (procstat::children(), procstat::postgres());
+    // The bench cluster's postmasters (their backends and reaped children count).
+    let postmasters: Vec<i32> = std::iter::once(cluster.primary())
+        .chain(cluster.replicas())
+        .filter_map(|n| n.postmaster_pid())
+        .collect();
+    let (pgbench0, postgres0) = (procstat::children(), procstat::postgres(&postmasters));
     let commits0 = commits(cluster)?;
     let out = pgbench_ssl(
         t.port,
@@ -100,7 +105,7 @@ fn run(cluster: &Cluster, t: &Target, kind: &RunKind, o: &Options) -> Result<Sam
     )?;
     let cpu1 = t.pid.map(procstat::cpu).transpose()?;
     let machine1 = procstat::machine_busy_us()?;
-    let (pgbench1, postgres1) = (procstat::children(), procstat::postgres());
+    let (pgbench1, postgres1) = (procstat::children(), procstat::postgres(&postmasters));
     let commits1 = commits(cluster)?;
     let tx = field(&out, "number of transactions actually processed:").context("no tx count")?;
     let per_tx = |before: u64, after: u64| after.saturating_sub(before) as f64 / tx;

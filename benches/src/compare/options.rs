@@ -21,6 +21,8 @@ pub(crate) struct Options {
     pub(crate) clients: u32,
     /// Server connections per node (pgtier) and on the primary (PgBouncer).
     pub(crate) pool: u32,
+    /// PgBouncer's pool (`--bouncer-pool`; `pool` by default).
+    pub(crate) bouncer_pool: u32,
     /// Idle clients opened per proxy and client kind for the RSS measurement (0: none).
     pub(crate) idle: usize,
     /// pgbench scale factor.
@@ -53,7 +55,7 @@ impl Options {
     pub(crate) fn parse() -> Result<Options> {
         let a = Args::parse(
             "compare [--replicas 0|2] [--rounds 3] [--duration 10] [--clients 32] \
-             [--pool 20, or 10 with replicas (per node)] [--idle 1000] \
+             [--pool 20, or 10 with replicas (per node)] [--bouncer-pool POOL] [--idle 1000] \
              [--scale 10] [--workers 1] [--targets direct,pgtier,pgbouncer] \
              [--modes simple,extended,prepared] [--tls off|prefer|require] [--handshakes 5] \
              [--handshake-clients 4] [--handshake-rounds 3] [--scram-iterations 4096] \
@@ -64,6 +66,7 @@ impl Options {
                 "duration",
                 "clients",
                 "pool",
+                "bouncer-pool",
                 "idle",
                 "scale",
                 "workers",
@@ -83,6 +86,7 @@ impl Options {
         if replicas != 0 && replicas != 2 {
             bail!("--replicas: 0 or 2, not {replicas}");
         }
+        let pool = a.number("pool", if replicas > 0 { 10 } else { 20 })?;
         Ok(Options {
             replicas,
             rounds: a.number("rounds", 3)?,
@@ -90,7 +94,8 @@ impl Options {
             clients: a.number("clients", 32)?,
             // The same total of server connections either way: 20 on the primary, or 10 on
             // each of three nodes (PgBouncer then has 10 on the primary).
-            pool: a.number("pool", if replicas > 0 { 10 } else { 20 })?,
+            pool,
+            bouncer_pool: a.number("bouncer-pool", pool)?,
             idle: a.number("idle", 1000)?,
             scale: a.number("scale", 10)?,
             workers: a.number("workers", 1)?,

@@ -32,7 +32,7 @@ pub(crate) fn medians(o: &Options, targets: &[Target], by_round: &ByRound, failu
     let setup = if o.replicas > 0 {
         format!(
             "pgtier with {} replicas (read/write splitting), pool {} per node; PgBouncer on the primary, pool {}",
-            o.replicas, o.pool, o.pool
+            o.replicas, o.pool, o.bouncer_pool
         )
     } else {
         format!("primary only, pool {}", o.pool)

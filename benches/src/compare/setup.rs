@@ -156,7 +156,7 @@ impl Bench {
             "bench",
             "bench",
             &verifier,
-            o.pool,
+            o.bouncer_pool,
             proxy_cert.as_ref().map(|c| pgbouncer::ClientTls {
                 sslmode: &o.tls,
                 cert: &c.cert,
