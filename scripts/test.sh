@@ -55,8 +55,9 @@ if ! command -v node >/dev/null || ! test -d tests/node/node_modules/postgres; t
   echo "NOTICE: node or the npm package postgres unavailable: its test will be skipped"
   echo "node, npm or the npm registry unavailable" >"$unavail/node-postgres-js"
 fi
-# sqlx: its own cargo project and target dir. A fetch failure (crates.io down) skips its test;
-# a build failure fails the script.
+# sqlx: its own cargo project and target dir (with sqlx's macros; the test builds the part that
+# uses them once its database is up). A fetch failure (crates.io down) skips its test; a build
+# failure fails the script.
 if CARGO_TARGET_DIR=target/sqlx cargo fetch --manifest-path tests/sqlx/Cargo.toml; then
   CARGO_TARGET_DIR=target/sqlx cargo build --manifest-path tests/sqlx/Cargo.toml
 else

@@ -195,13 +195,33 @@ fn sqlx_statement_cache_transactions_copy() {
     ) {
         return;
     }
-    // Built by scripts/test.sh; `cargo build` here only checks it is up to date (offline: the
+    let px = start("drv_sqlx");
+    // The `query!` macros describe their statements at compile time: the table they use must
+    // exist, and DATABASE_URL name its database (the primary, as a developer's database would;
+    // the program then runs against pgtier).
+    let c = Cluster::shared();
+    c.ddl(
+        "app",
+        "CREATE TABLE IF NOT EXISTS sqlx_checked (id int PRIMARY KEY, name text NOT NULL, score int); \
+         GRANT ALL ON sqlx_checked TO drv_sqlx",
+    )
+    .unwrap();
+    // scripts/test.sh built sqlx and its macros; only this crate compiles here (offline: the
     // crates were fetched there).
     let target = target_dir().join("sqlx");
     let out = Command::new("cargo")
-        .args(["build", "--offline", "--quiet", "--manifest-path"])
+        .args(["build", "--offline", "--quiet", "--features", "checked"])
+        .arg("--manifest-path")
         .arg(&manifest)
         .env("CARGO_TARGET_DIR", &target)
+        .env(
+            "DATABASE_URL",
+            format!(
+                "postgres://drv_sqlx:drv_sqlx@127.0.0.1:{}/app",
+                c.primary().port()
+            ),
+        )
+        .env("SQLX_OFFLINE", "false")
         .output()
         .expect("running cargo");
     assert!(
@@ -210,6 +230,9 @@ fn sqlx_statement_cache_transactions_copy() {
         String::from_utf8_lossy(&out.stderr)
     );
     let bin = target.join("debug").join("sqlx_driver");
-    let px = start("drv_sqlx");
-    run(&px, "drv_sqlx", &[bin.to_str().unwrap()], "sqlx");
+    let stdout = run(&px, "drv_sqlx", &[bin.to_str().unwrap()], "sqlx");
+    assert!(
+        stdout.contains("query! macros (checked at compile time): ok"),
+        "{stdout}"
+    );
 }

@@ -1,11 +1,12 @@
-//! sqlx (Rust, runtime API) through pgtier in transaction mode; run by
-//! tests/tests/drivers_more.rs.
+//! sqlx (Rust: runtime API, and with the `checked` feature the `query!` macros) through
+//! pgtier in transaction mode; run by tests/tests/drivers_more.rs.
 //!
 //! sqlx prepares every `sqlx::query` as a named statement (`sqlx_s_1`, `sqlx_s_2`, ... in the
 //! order a connection first runs them) and keeps it in a per-connection cache: connections that
 //! run their queries in different orders use the same names for different texts, which a pooler
-//! sharing server connections must keep apart. Uses the runtime API (`sqlx::query`), not the
-//! `query!` macros, which need a database at compile time.
+//! sharing server connections must keep apart. The `query!` macros (src/checked.rs) need a
+//! database at compile time: the test builds them with the `checked` feature once its cluster
+//! is up.
 //!
 //! Usage: sqlx_driver HOST PORT USER DB PASSWORD [WORKERS] [OPS]
 //! Prints "sqlx OK ..." and exits 0 when every check passed.
@@ -16,8 +17,12 @@ use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{Connection, Executor, Row};
 
+#[cfg(feature = "checked")]
+mod checked;
+
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+#[macro_export]
 macro_rules! check {
     ($cond:expr, $($fmt:tt)+) => {
         if !$cond {
@@ -90,6 +95,8 @@ async fn run(opts: PgConnectOptions, workers: usize, ops: usize) -> Res<()> {
     c.close().await?;
 
     statement_cache(&opts).await?;
+    #[cfg(feature = "checked")]
+    checked::run(&opts).await?;
     concurrency(&opts, workers, ops).await?;
     Ok(())
 }
