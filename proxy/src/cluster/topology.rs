@@ -114,6 +114,9 @@ pub struct Topology {
     pub(super) wake: Box<[Arc<Notify>]>,
     /// Per node: the monitor must open a new connection before its next check.
     reconnect: Box<[AtomicBool]>,
+    /// Per node: wakes the relays waiting on it when a check fails (a silent node's replies
+    /// are not waited for past the check that found it silent).
+    failed: Box<[Notify]>,
 }
 
 /// One node's measurement at a successful check.
@@ -224,6 +227,7 @@ impl Topology {
             monitored: true,
             wake: (0..n).map(|_| Arc::new(Notify::new())).collect(),
             reconnect: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            failed: (0..n).map(|_| Notify::new()).collect(),
             settings,
             tls,
         }
@@ -516,7 +520,13 @@ impl Topology {
         self.refresh(&mut st);
     }
 
+    /// What wakes when a check of `node` fails: `notified()` before the wait, then await it.
+    pub fn failed_check(&self, node: usize) -> &Notify {
+        &self.failed[node]
+    }
+
     fn fail(&self, st: &mut State, node: usize, health: Health, error: String) {
+        self.failed[node].notify_waiters();
         let rt = &mut st.nodes[node];
         if rt.health != health || rt.last_error.as_deref() != Some(error.as_str()) {
             warn!(node = %self.settings.nodes[node].addr, state = ?health, error = %error, "node check failed");

@@ -12,6 +12,10 @@
 //!   what is measured; `extra_sets` the SET/RESET of `track_extra_params`; `batch` and
 //!   `buffers` the bytes in flight.
 
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::task::Poll;
+
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
@@ -180,6 +184,7 @@ pub(crate) async fn run(
         entry: state.entry,
         cancel: state.cancel,
         clocks: timeouts::Clocks::default(),
+        failed_check: state.failed_check,
     };
     let outcome = r.run(shutdown).await;
     if r.gate.wrote_in_run {
@@ -205,6 +210,9 @@ impl Relay<'_> {
         let closing = shutdown.reached_or_poked(Phase::Closing, Some(shutdown.pokes()));
         let draining = shutdown.reached(Phase::Draining);
         tokio::pin!(closing, draining);
+        // Created now: a check that fails from here on wakes it (registered at its first poll).
+        let failed_check = r.failed_check;
+        let mut failed = pin!(failed_check.map(tokio::sync::Notify::notified));
         // Bring the server's session parameters in line with the client's, ahead of its request.
         if let Some(sql) = bring_in_line(
             r.defaults,
@@ -286,6 +294,16 @@ impl Relay<'_> {
                 _ = sleep_until_opt(r.expect.causal.deadline()) => {
                     return r.server_lost(std::io::ErrorKind::TimedOut.into()).await;
                 }
+                _ = poll_fn(|cx| failed.as_mut().as_pin_mut().map_or(Poll::Pending, |f| f.poll(cx))) => {
+                    if r.busy() {
+                        let e = std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the node failed a health check while a reply from it was awaited",
+                        );
+                        return r.server_lost(e).await;
+                    }
+                    failed.set(failed_check.map(tokio::sync::Notify::notified));
+                }
                 _ = &mut draining, if drain_when_idle => return Outcome::Idle,
                 _ = &mut closing => {
                     if shutdown.phase() >= Phase::Closing {
@@ -338,6 +356,10 @@ pub(crate) struct ClientState<'a> {
     pub scope: Option<&'a std::sync::Arc<crate::router::scopes::ScopeToken>>,
     /// The analysis of the first unit in `cbuf`, made when it was routed (not made again).
     pub analysed: Option<units::Analysed>,
+    /// Wakes when a health check of the server's node fails: a reply still awaited then is
+    /// given up (the server is closed; a read that sent nothing to the client yet runs again
+    /// elsewhere).
+    pub failed_check: Option<&'a tokio::sync::Notify>,
 }
 
 /// The relay's state for one run.
@@ -375,6 +397,7 @@ struct Relay<'a> {
     cancel: crate::backend::CancelTarget,
     /// When the running query and transaction began (only with their timeouts set).
     clocks: timeouts::Clocks,
+    failed_check: Option<&'a tokio::sync::Notify>,
 }
 
 impl Relay<'_> {

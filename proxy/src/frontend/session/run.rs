@@ -36,6 +36,7 @@ impl Session {
         let was_pinned = self.pinned.is_some();
         let runtime = self.runtime.clone();
         let classifier = runtime.router.classifier();
+        let topology = runtime.router.topology();
         // A pinned or session-mode client reads on its own server, but its writes still
         // advance the token of a shared causal scope, which its peers' reads wait for.
         let track_writes =
@@ -81,6 +82,7 @@ impl Session {
                 cancel,
                 scope: self.scope.as_ref(),
                 analysed,
+                failed_check: Some(topology.failed_check(serving.node)),
             },
             server.conn().io(),
             first,
