@@ -108,6 +108,26 @@ impl ShutdownWatch {
     }
 }
 
+/// A handle that only wakes waiters, as [`Shutdown::poke`] does (a node failed: sessions on it
+/// look).
+#[derive(Debug, Clone)]
+pub struct Poker(Arc<Inner>);
+
+impl Poker {
+    /// See [`Shutdown::poke`].
+    pub fn poke(&self) {
+        self.0.pokes.fetch_add(1, Ordering::AcqRel);
+        self.0.changed.notify_waiters();
+    }
+}
+
+impl Shutdown {
+    /// A [`Poker`] for this shutdown's waiters.
+    pub fn poker(&self) -> Poker {
+        Poker(self.0.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,6 +56,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::shutdown::Poker;
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
@@ -114,9 +115,13 @@ pub struct Topology {
     pub(super) wake: Box<[Arc<Notify>]>,
     /// Per node: the monitor must open a new connection before its next check.
     reconnect: Box<[AtomicBool]>,
-    /// Per node: wakes the relays waiting on it when a check fails (a silent node's replies
-    /// are not waited for past the check that found it silent).
-    failed: Box<[Notify]>,
+    /// Per node: how many times a check found it failed after it answered (a relay waiting on
+    /// it gives up when this moves: a silent node's replies are not waited for past the check
+    /// that found it silent).
+    failures: Box<[AtomicU64]>,
+    /// Wakes every session (an admin wake-up) when a node fails, so that those waiting on it
+    /// look at `failures`; set by the runtime. Nothing is registered per transaction.
+    waker: std::sync::OnceLock<Poker>,
 }
 
 /// One node's measurement at a successful check.
@@ -227,7 +232,8 @@ impl Topology {
             monitored: true,
             wake: (0..n).map(|_| Arc::new(Notify::new())).collect(),
             reconnect: (0..n).map(|_| AtomicBool::new(false)).collect(),
-            failed: (0..n).map(|_| Notify::new()).collect(),
+            failures: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            waker: std::sync::OnceLock::new(),
             settings,
             tls,
         }
@@ -520,13 +526,24 @@ impl Topology {
         self.refresh(&mut st);
     }
 
-    /// What wakes when a check of `node` fails: `notified()` before the wait, then await it.
-    pub fn failed_check(&self, node: usize) -> &Notify {
-        &self.failed[node]
+    /// How many times a check found `node` failed after it had answered (see `failures`).
+    pub fn failures(&self, node: usize) -> &AtomicU64 {
+        &self.failures[node]
+    }
+
+    /// Wakes every session through `waker` when a node fails (the first call sets it).
+    pub fn wake_on_failure(&self, waker: Poker) {
+        let _ = self.waker.set(waker);
     }
 
     fn fail(&self, st: &mut State, node: usize, health: Health, error: String) {
-        self.failed[node].notify_waiters();
+        // Only a node that was answering: repeated failures of a banned node wake nobody.
+        if !matches!(st.nodes[node].health, Health::Down | Health::Banned) {
+            self.failures[node].fetch_add(1, Ordering::AcqRel);
+            if let Some(w) = self.waker.get() {
+                w.poke();
+            }
+        }
         let rt = &mut st.nodes[node];
         if rt.health != health || rt.last_error.as_deref() != Some(error.as_str()) {
             warn!(node = %self.settings.nodes[node].addr, state = ?health, error = %error, "node check failed");

@@ -135,7 +135,9 @@ impl Proxy {
         tokio::spawn(stats_period(Arc::downgrade(&metrics)));
         let control = Control::default();
         let scopes = Arc::new(crate::router::scopes::ScopeRegistry::default());
+        let shutdown = Shutdown::default();
         let kept = reload::Kept {
+            shutdown: &shutdown,
             metrics: &metrics,
             control: &control,
             scopes: &scopes,
@@ -153,7 +155,7 @@ impl Proxy {
             caps: Default::default(),
             clients: Arc::default(),
             count: ClientCount::default(),
-            shutdown: Shutdown::default(),
+            shutdown,
             metrics,
             control,
             scopes,
@@ -307,6 +309,7 @@ impl Proxy {
             }
         }
         let kept = reload::Kept {
+            shutdown: &self.shutdown,
             metrics: &self.metrics,
             control: &self.control,
             scopes: &self.scopes,

@@ -120,6 +120,8 @@ pub(super) fn tls_of(tls: &HashMap<String, ServerTls>, db: &Database) -> ServerT
 
 /// What every snapshot's databases share (counters, admin state, causal tokens).
 pub(super) struct Kept<'a> {
+    /// Wakes every session when a node fails (see `Topology::wake_on_failure`).
+    pub shutdown: &'a crate::shutdown::Shutdown,
     pub metrics: &'a Metrics,
     pub control: &'a Control,
     pub scopes: &'a ScopeRegistry,
@@ -149,6 +151,7 @@ pub(super) fn build_databases(
                 }
                 None => new_router(settings, db, &server_tls, None),
             };
+            router.topology().wake_on_failure(kept.shutdown.poker());
             // A new lookup (an empty cache) per snapshot: a reload may change its settings.
             let auth_lookup = db
                 .auth_query

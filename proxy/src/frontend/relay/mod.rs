@@ -12,9 +12,7 @@
 //!   what is measured; `extra_sets` the SET/RESET of `track_extra_params`; `batch` and
 //!   `buffers` the bytes in flight.
 
-use std::future::{poll_fn, Future};
-use std::pin::pin;
-use std::task::Poll;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
@@ -184,7 +182,7 @@ pub(crate) async fn run(
         entry: state.entry,
         cancel: state.cancel,
         clocks: timeouts::Clocks::default(),
-        failed_check: state.failed_check,
+        failed_checks: state.failed_checks,
     };
     let outcome = r.run(shutdown).await;
     if r.gate.wrote_in_run {
@@ -210,9 +208,7 @@ impl Relay<'_> {
         let closing = shutdown.reached_or_poked(Phase::Closing, Some(shutdown.pokes()));
         let draining = shutdown.reached(Phase::Draining);
         tokio::pin!(closing, draining);
-        // Created now: a check that fails from here on wakes it (registered at its first poll).
-        let failed_check = r.failed_check;
-        let mut failed = pin!(failed_check.map(tokio::sync::Notify::notified));
+
         // Bring the server's session parameters in line with the client's, ahead of its request.
         if let Some(sql) = bring_in_line(
             r.defaults,
@@ -294,16 +290,7 @@ impl Relay<'_> {
                 _ = sleep_until_opt(r.expect.causal.deadline()) => {
                     return r.server_lost(std::io::ErrorKind::TimedOut.into()).await;
                 }
-                _ = poll_fn(|cx| failed.as_mut().as_pin_mut().map_or(Poll::Pending, |f| f.poll(cx))) => {
-                    if r.busy() {
-                        let e = std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "the node failed a health check while a reply from it was awaited",
-                        );
-                        return r.server_lost(e).await;
-                    }
-                    failed.set(failed_check.map(tokio::sync::Notify::notified));
-                }
+
                 _ = &mut draining, if drain_when_idle => return Outcome::Idle,
                 _ = &mut closing => {
                     if shutdown.phase() >= Phase::Closing {
@@ -311,6 +298,17 @@ impl Relay<'_> {
                     }
                     if (r.killed)() {
                         return Outcome::Killed;
+                    }
+                    if let Some((count, seen)) = r.failed_checks {
+                        let now = count.load(Ordering::Acquire);
+                        if now != seen && r.busy() {
+                            let e = std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "the node failed a health check while a reply from it was awaited",
+                            );
+                            return r.server_lost(e).await;
+                        }
+                        r.failed_checks = Some((count, now));
                     }
                     closing.set(shutdown.reached_or_poked(Phase::Closing, Some(shutdown.pokes())));
                 }
@@ -356,10 +354,10 @@ pub(crate) struct ClientState<'a> {
     pub scope: Option<&'a std::sync::Arc<crate::router::scopes::ScopeToken>>,
     /// The analysis of the first unit in `cbuf`, made when it was routed (not made again).
     pub analysed: Option<units::Analysed>,
-    /// Wakes when a health check of the server's node fails: a reply still awaited then is
-    /// given up (the server is closed; a read that sent nothing to the client yet runs again
-    /// elsewhere).
-    pub failed_check: Option<&'a tokio::sync::Notify>,
+    /// The count of failed health checks of the server's node, and its value when the run
+    /// began: when it moves (an admin wake-up follows), a reply still awaited is given up (the
+    /// server is closed; a read that sent nothing to the client yet runs again elsewhere).
+    pub failed_checks: Option<(&'a AtomicU64, u64)>,
 }
 
 /// The relay's state for one run.
@@ -397,7 +395,7 @@ struct Relay<'a> {
     cancel: crate::backend::CancelTarget,
     /// When the running query and transaction began (only with their timeouts set).
     clocks: timeouts::Clocks,
-    failed_check: Option<&'a tokio::sync::Notify>,
+    failed_checks: Option<(&'a AtomicU64, u64)>,
 }
 
 impl Relay<'_> {

@@ -1,6 +1,8 @@
 //! One relay run on a server connection, and what its end means: release, retry a read
 //! elsewhere, or close the client with the right error.
 
+use std::sync::atomic::Ordering;
+
 use bytes::BytesMut;
 use tracing::{info, warn};
 
@@ -36,7 +38,7 @@ impl Session {
         let was_pinned = self.pinned.is_some();
         let runtime = self.runtime.clone();
         let classifier = runtime.router.classifier();
-        let topology = runtime.router.topology();
+        let failures = runtime.router.topology().failures(serving.node);
         // A pinned or session-mode client reads on its own server, but its writes still
         // advance the token of a shared causal scope, which its peers' reads wait for.
         let track_writes =
@@ -82,7 +84,7 @@ impl Session {
                 cancel,
                 scope: self.scope.as_ref(),
                 analysed,
-                failed_check: Some(topology.failed_check(serving.node)),
+                failed_checks: Some((failures, failures.load(Ordering::Acquire))),
             },
             server.conn().io(),
             first,
