@@ -301,6 +301,42 @@ async fn unlisten_and_a_rolled_back_listen_stop_delivery() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn extended_protocol_listen_is_answered_by_pgtier_too() {
+    let px = start("ln_ext", &[], 1);
+    let mut a = listener(px.port(), "ln_ext").await;
+    // Prepared (Parse + Describe), then executed (Bind + Execute), then closed.
+    assert_eq!(a.c.execute("LISTEN ext_one", &[]).await.unwrap(), 0);
+    let st = a.c.prepare("LISTEN ext_two").await.unwrap();
+    a.c.execute(&st, &[]).await.unwrap();
+    drop(st);
+    // The pool's one server is free: a was not pinned by its LISTENs.
+    let b = listener(px.port(), "ln_ext").await;
+    b.c.batch_execute("BEGIN").await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(2), a.c.batch_execute("BEGIN"))
+        .await
+        .is_err();
+    assert!(
+        err,
+        "a ran beside b's transaction on a pool of one: a holds a server"
+    );
+    b.c.batch_execute("COMMIT").await.unwrap();
+    a.c.batch_execute("COMMIT").await.unwrap();
+    let d = direct("ln_ext").await;
+    d.batch_execute("NOTIFY ext_one, '1'; NOTIFY ext_two, '2'")
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut a).await, Got::Note(ch, p, _) if ch == "ext_one" && p == "1"));
+    assert!(matches!(next(&mut a).await, Got::Note(ch, p, _) if ch == "ext_two" && p == "2"));
+    let st = a.c.prepare("UNLISTEN ext_one").await.unwrap();
+    a.c.execute(&st, &[]).await.unwrap();
+    d.batch_execute("NOTIFY ext_one, '3'; NOTIFY ext_two, '4'")
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut a).await, Got::Note(ch, p, _) if ch == "ext_two" && p == "4"));
+    assert!(!px.log().contains("pinned"), "a listener was pinned");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_listener_that_does_not_read_is_closed_while_others_keep_receiving() {
     let px = start("ln_slow", &["max_pending_notifications = 5"], 2);
     let mut slow = listener(px.port(), "ln_slow").await;
@@ -360,4 +396,35 @@ async fn a_lost_listening_connection_is_reopened_and_clients_are_told() {
     }
     d.batch_execute("NOTIFY survive, 'after'").await.unwrap();
     assert!(matches!(next(&mut a).await, Got::Note(_, p, _) if p == "after"));
+}
+
+#[test]
+fn psycopg_and_asyncpg_listeners_get_each_notification_once() {
+    for module in ["psycopg", "asyncpg"] {
+        let ok = std::process::Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "Python module `{module}` is missing: run `python3 -m pip install -r tests/python/requirements.txt`"
+        );
+    }
+    let px = start("ln_py", &[], 2);
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/listen_notify.py");
+    let port = px.port().to_string();
+    let out = pgtier_kit::programs::run_against(
+        &px,
+        120,
+        &["python3".as_ref(), script.as_os_str()],
+        &["127.0.0.1", &port, "ln_py", "app", "200"],
+        None,
+    );
+    assert!(out.contains("listen_notify OK"), "{out}");
+    assert!(
+        !px.log().contains("pinned"),
+        "a listener was pinned:\n{}",
+        px.log()
+    );
 }

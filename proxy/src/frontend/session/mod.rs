@@ -111,6 +111,8 @@ struct Session {
     looked_up: Option<Arc<crate::config::User>>,
     /// The channels pgtier listens on for the client (transaction mode), and its mailbox.
     listening: Option<Box<crate::notify::Listening>>,
+    /// LISTEN/UNLISTEN statements the client prepared (answered by pgtier, see `listen`).
+    listen_statements: Option<Box<listen::ListenStatements>>,
     shutdown: ShutdownWatch,
 }
 
@@ -190,6 +192,9 @@ impl Session {
                         return reason;
                     }
                     continue;
+                }
+                if self.listen_statements.is_some() {
+                    self.forget_listen_statements(&first);
                 }
             }
             // Boxed so that an idle client's task does not carry the state of a transaction
