@@ -428,3 +428,36 @@ fn psycopg_and_asyncpg_listeners_get_each_notification_once() {
         px.log()
     );
 }
+
+#[test]
+fn node_postgres_listeners_get_each_notification_once() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("NOTICE: node is not installed: node-postgres listen test skipped");
+        return;
+    }
+    assert!(
+        dir.join("node_modules").join("pg").is_dir(),
+        "node-postgres is missing: run `npm ci` in {}",
+        dir.display()
+    );
+    let px = start("ln_node", &[], 2);
+    let port = px.port().to_string();
+    let out = pgtier_kit::programs::run_against(
+        &px,
+        120,
+        &["node".as_ref(), dir.join("pg_listen.js").as_os_str()],
+        &["127.0.0.1", &port, "ln_node", "app", "100"],
+        None,
+    );
+    assert!(out.contains("node-postgres listen OK"), "{out}");
+    assert!(
+        !px.log().contains("pinned"),
+        "a listener was pinned:\n{}",
+        px.log()
+    );
+}
