@@ -48,8 +48,14 @@ fn start(user: &str, extra_global: &[&str], pool_size: u32) -> Pgtier {
 }
 
 async fn listener(port: u16, user: &str) -> Listener {
-    let dsn = format!("host=127.0.0.1 port={port} user={user} dbname=app connect_timeout=30");
-    let (c, mut conn) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
+    listener_dsn(&format!(
+        "host=127.0.0.1 port={port} user={user} dbname=app connect_timeout=30"
+    ))
+    .await
+}
+
+async fn listener_dsn(dsn: &str) -> Listener {
+    let (c, mut conn) = tokio_postgres::connect(dsn, NoTls).await.unwrap();
     let (tx, got) = unbounded_channel();
     let (end_tx, ended) = oneshot::channel();
     tokio::spawn(async move {
@@ -460,4 +466,60 @@ fn node_postgres_listeners_get_each_notification_once() {
         "a listener was pinned:\n{}",
         px.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failover_pgtier_listens_on_the_promoted_primary_and_tells_clients() {
+    const PW: &str = "ln-failover-pw";
+    let cluster = Cluster::start(1).unwrap();
+    scram_role(&cluster, "ln_failover", PW).unwrap();
+    let nodes: Vec<String> = std::iter::once(cluster.primary())
+        .chain(cluster.replicas())
+        .map(|n| format!("{{ addr = \"{}\" }}", n.addr()))
+        .collect();
+    // Auto roles: the promoted replica becomes the primary.
+    let port = pgtier_kit::free_port().unwrap();
+    let config = format!(
+        "listen = \"127.0.0.1:{port}\"\nlag_check_interval = \"50ms\"\nprimary_wait_timeout = \"20s\"\n\
+         [users.ln_failover]\npassword = \"{PW}\"\n[databases.app]\nnodes = [{}]\n",
+        nodes.join(", ")
+    );
+    let px = Pgtier::start(port, &config).unwrap();
+    let dsn = format!(
+        "host=127.0.0.1 port={port} user=ln_failover password={PW} dbname=app connect_timeout=30"
+    );
+    let mut a = listener_dsn(&dsn).await;
+    a.c.batch_execute("LISTEN moves").await.unwrap();
+    let sender = listener_dsn(&dsn).await;
+    sender
+        .c
+        .batch_execute("NOTIFY moves, 'before'")
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut a).await, Got::Note(_, p, _) if p == "before"));
+
+    cluster.primary().stop_immediate().unwrap();
+    let promoted = cluster.replica(0);
+    promoted.promote().unwrap();
+    // Told once pgtier listens again (on the promoted node)...
+    match next(&mut a).await {
+        Got::Notice(code, message) => {
+            assert_eq!(code, "01000");
+            assert!(message.contains("re-established"), "{message}");
+        }
+        other => panic!("expected a notice, got {other:?}"),
+    }
+    // ...where a NOTIFY through pgtier (a write: the new primary) reaches the listener.
+    let sender = listener_dsn(&dsn).await;
+    let row = sender
+        .c
+        .query_one(
+            "SELECT inet_server_port(), pg_notify('moves', 'after')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0) as u16, promoted.port());
+    assert!(matches!(next(&mut a).await, Got::Note(_, p, _) if p == "after"));
+    assert!(px.log().contains("LISTEN connection lost"), "{}", px.log());
 }
