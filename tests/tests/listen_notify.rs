@@ -182,6 +182,19 @@ async fn a_notify_reaches_every_listener_once_with_channel_payload_and_pid() {
             ("jobs".into(), "3".into())
         ]
     );
+    // SHOW CLIENTS: how many channels each client listens on.
+    let mut listening = Vec::new();
+    for m in admin.simple_query("SHOW CLIENTS").await.unwrap() {
+        if let SimpleQueryMessage::Row(r) = m {
+            listening.push(r.get("listening").unwrap().to_owned());
+        }
+    }
+    listening.sort();
+    assert_eq!(
+        listening,
+        ["0", "2", "2", "2"],
+        "3 listeners and the sender"
+    );
     assert!(!px.log().contains("pinned"), "a listener was pinned");
 }
 

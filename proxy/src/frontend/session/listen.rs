@@ -176,6 +176,12 @@ impl Session {
         }
     }
 
+    /// Shows in SHOW CLIENTS how many channels pgtier listens on for the client.
+    fn note_listening(&self) {
+        let n = self.listening.as_ref().map_or(0, |l| l.channel_count());
+        self.client.entry.set_listening(n);
+    }
+
     /// Answers Close messages of named statements and Syncs (checked by [`listen_command`])
     /// as the relay would: the client forgets the name (the server-side statement may be
     /// shared), CloseComplete; ReadyForQuery for each Sync.
@@ -208,10 +214,9 @@ impl Session {
                 connect_timeout: settings.raw.server_connect_timeout,
             },
         };
-        let wait = proxy
-            .listeners()
-            .apply(&mut self.listening, cmd, source)
-            .map_err(|m| (LIMIT_EXCEEDED, m))?;
+        let wait = proxy.listeners().apply(&mut self.listening, cmd, source);
+        self.note_listening();
+        let wait = wait.map_err(|m| (LIMIT_EXCEEDED, m))?;
         let (Some(hub), ListenCommand::Listen(channel)) = (wait, cmd) else {
             return Ok(());
         };
@@ -225,6 +230,7 @@ impl Session {
         if let Some(l) = &self.listening {
             l.unlisten(channel);
         }
+        self.note_listening();
         Err((
             SqlState::CONNECTION_FAILURE,
             format!("pgtier: could not LISTEN on the primary within {limit:?} (see pgtier's log)"),
