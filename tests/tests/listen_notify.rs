@@ -536,3 +536,69 @@ async fn after_a_failover_pgtier_listens_on_the_promoted_primary_and_tells_clien
     assert!(matches!(next(&mut a).await, Got::Note(_, p, _) if p == "after"));
     assert!(px.log().contains("LISTEN connection lost"), "{}", px.log());
 }
+
+/// Fan-out measurement (not a check): NOTIFYs per second delivered to `PGTIER_FANOUT_LISTENERS`
+/// listeners (default 300; the kit cluster allows 400 connections) through pgtier and directly.
+/// Run with the release build:
+/// `cargo build --release -p pgtier && PGTIER_BIN=target/release/pgtier cargo nextest run -p
+/// pgtier-kit --test listen_notify --run-ignored ignored-only --no-capture fanout`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn fanout_throughput_through_pgtier_and_direct() {
+    let listeners: usize = std::env::var("PGTIER_FANOUT_LISTENERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    const NOTES: usize = 2000;
+    let px = start(
+        "ln_bench",
+        &[
+            "max_client_conn = 5000",
+            "max_pending_notifications = 10000",
+        ],
+        5,
+    );
+    let direct_port = Cluster::shared().primary().port();
+    for (target, port, pw) in [
+        ("pgtier", px.port(), ""),
+        ("direct", direct_port, " password=ln_bench"),
+    ] {
+        let mut ls = Vec::new();
+        for _ in 0..listeners {
+            let l = listener_dsn(&format!(
+                "host=127.0.0.1 port={port} user=ln_bench{pw} dbname=app connect_timeout=30"
+            ))
+            .await;
+            l.c.batch_execute("LISTEN fan").await.unwrap();
+            ls.push(l);
+        }
+        let servers = server_connections(Cluster::shared(), "ln_bench").unwrap();
+        let d = direct("ln_bench").await;
+        let t0 = std::time::Instant::now();
+        // One transaction: Postgres delivers all of them at its commit.
+        d.batch_execute(&format!(
+            "SELECT pg_notify('fan', g::text) FROM generate_series(1, {NOTES}) g"
+        ))
+        .await
+        .unwrap();
+        let waits: Vec<_> = ls
+            .into_iter()
+            .map(|mut l| {
+                tokio::spawn(async move {
+                    for _ in 0..NOTES {
+                        next(&mut l).await;
+                    }
+                })
+            })
+            .collect();
+        for w in waits {
+            w.await.unwrap();
+        }
+        let took = t0.elapsed();
+        eprintln!(
+            "FANOUT {target}: {NOTES} notifications to {listeners} listeners in {took:?}: {:.0} notifications/s sent, {:.0} deliveries/s; {servers} server connections for the listeners",
+            NOTES as f64 / took.as_secs_f64(),
+            (NOTES * listeners) as f64 / took.as_secs_f64(),
+        );
+    }
+}

@@ -250,6 +250,9 @@ impl Validator<'_> {
         if raw.max_pending_notifications == 0 {
             self.fail(&["max_pending_notifications"], "must be at least 1");
         }
+        if raw.max_listen_channels == 0 {
+            self.fail(&["max_listen_channels"], "must be at least 1");
+        }
         if raw.max_prepared_statements == 0 {
             self.fail(&["max_prepared_statements"], "must be at least 1");
         }

@@ -21,6 +21,8 @@ use super::Hub;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A connection open this long before it was lost restarts the backoff.
+const SERVED_A_WHILE: Duration = Duration::from_secs(10);
 /// How often the connection checks that its node is still the primary.
 const PRIMARY_CHECK: Duration = Duration::from_millis(500);
 /// After this long without traffic the connection is probed (an empty query), so that a dead
@@ -69,6 +71,7 @@ pub(super) async fn run(hub: Arc<Hub>) {
             }
         };
         info!(database = %hub.database, node = %source.upstream.node(node).node(), pid = conn.pid(), "LISTEN connection open on the primary");
+        let opened = Instant::now();
         let stop = serve(&hub, &mut conn, &source.router, node, lost).await;
         hub.disconnected();
         match stop {
@@ -79,9 +82,13 @@ pub(super) async fn run(hub: Arc<Hub>) {
             Stop::Lost(why) => {
                 warn!(database = %hub.database, why, "LISTEN connection lost: reconnecting and listening again");
                 lost = true;
-                // A connection that served a while starts the backoff over.
-                backoff = MIN_BACKOFF;
+                // A connection that served a while starts the backoff over; one that failed
+                // at once (a server that refuses the LISTEN) does not make a tight loop.
+                if opened.elapsed() >= SERVED_A_WHILE {
+                    backoff = MIN_BACKOFF;
+                }
                 tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
