@@ -602,3 +602,30 @@ async fn fanout_throughput_through_pgtier_and_direct() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notify_and_pg_notify_go_to_the_primary_with_replicas_in_rotation() {
+    let c = Cluster::shared();
+    let px = pgtier_kit::fixture::start_routing(c, "ln_route", "ln_route", &[])
+        .await
+        .unwrap();
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=ln_route password=ln_route dbname=app connect_timeout=30",
+        px.port()
+    );
+    let mut a = listener_dsn(&dsn).await;
+    a.c.batch_execute("LISTEN routed").await.unwrap();
+    let s = listener_dsn(&dsn).await;
+    // A plain read goes to a replica here...
+    let (port, replica) = pgtier_kit::fixture::read_node(&s.c).await.unwrap();
+    assert!(replica, "reads are routed to replicas (port {port})");
+    // ...a NOTIFY and a pg_notify() are writes: the primary (a replica would refuse them).
+    s.c.batch_execute("NOTIFY routed, 'one'").await.unwrap();
+    let row =
+        s.c.query_one("SELECT inet_server_port(), pg_notify('routed', 'two')", &[])
+            .await
+            .unwrap();
+    assert_eq!(row.get::<_, i32>(0) as u16, c.primary().port());
+    assert!(matches!(next(&mut a).await, Got::Note(_, p, _) if p == "one"));
+    assert!(matches!(next(&mut a).await, Got::Note(_, p, _) if p == "two"));
+}
