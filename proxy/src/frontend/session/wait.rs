@@ -52,7 +52,10 @@ impl Session {
                 return Err("admin KILL");
             }
             // The client is between transactions: what it was sent while busy goes out now.
-            self.deliver_notifications().await?;
+            // Boxed: only listening clients pay for its state in their idle task.
+            if self.listening.is_some() {
+                Box::pin(self.deliver_notifications()).await?;
+            }
             let listening = self.listening.as_deref();
             // One hand-polled wait instead of a select!: an idle client's task stays small.
             let wake = poll_fn(|cx| {
