@@ -403,6 +403,9 @@ impl Mailbox {
         if inbox.queue.len() >= self.max {
             inbox.overflowed = true;
             inbox.queue = VecDeque::new();
+            // Once per client. A client pinned after it LISTENed through pgtier (see README)
+            // never comes back to be closed: this line is how an operator sees it.
+            tracing::warn!(database, max = self.max, "a client listening through pgtier has more than max_pending_notifications undelivered: its queue is dropped and it is closed when next between transactions");
             metrics
                 .listen_clients_dropped
                 .with_label_values(&[database])
