@@ -15,6 +15,7 @@ pub mod fault;
 pub mod frontend;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod panics;
 pub mod prepared;
 pub mod protocol;

@@ -121,11 +121,15 @@ enum Step {
 }
 
 impl Step {
-    fn pins(self) -> bool {
-        matches!(
-            self,
-            Step::SetWorkMem | Step::SqlPrepare | Step::Listen | Step::TempTable
-        )
+    /// Whether the step pins a client that is (`pinner`) or is not a pinner: a pinner's LISTEN
+    /// runs on its server (in a multi-statement query); another client's plain LISTEN is
+    /// answered by pgtier, which listens for it on a shared connection (no pin).
+    fn pins(self, pinner: bool) -> bool {
+        match self {
+            Step::SetWorkMem | Step::SqlPrepare | Step::TempTable => true,
+            Step::Listen => pinner,
+            _ => false,
+        }
     }
 }
 
@@ -157,7 +161,7 @@ fn plan(id: u32) -> Plan {
     let steps = (0..n)
         .map(|_| loop {
             let s = ALL_STEPS[rng.below(ALL_STEPS.len() as u32) as usize];
-            if pinner || !s.pins() {
+            if pinner || !s.pins(false) {
                 break s;
             }
         })
@@ -281,11 +285,19 @@ async fn run_client(
             }
             Step::Listen => {
                 if !listening {
-                    c.batch_execute(&format!("LISTEN ch_{id}"))
-                        .await
-                        .with_context(ctx)?;
+                    if plan.pinner {
+                        c.batch_execute(&format!("LISTEN ch_{id}; SELECT 1"))
+                            .await
+                            .with_context(ctx)?;
+                        want.channels = format!("ch_{id}");
+                    } else {
+                        // Listened for by pgtier: the pooled servers listen on nothing (also
+                        // when the driver sends it behind the Close of a dropped statement).
+                        c.batch_execute(&format!("LISTEN ch_{id}"))
+                            .await
+                            .with_context(ctx)?;
+                    }
                     listening = true;
-                    want.channels = format!("ch_{id}");
                 }
                 let payload = format!("{id}-{k}");
                 c.batch_execute(&format!("NOTIFY ch_{id}, '{payload}'"))
@@ -365,7 +377,7 @@ async fn run_client(
         }
         let (got, pid) = check(&c, other(&mut rng)).await.with_context(ctx)?;
         servers.insert(pid);
-        if step.pins() {
+        if step.pins(plan.pinner) {
             pinned_to.get_or_insert(pid);
         }
         if let Some(p) = pinned_to {
@@ -386,7 +398,7 @@ async fn run_client(
         anyhow::bail!("unexpected notification {n:?}");
     }
     Ok(Outcome {
-        pinner: plan.pinner && plan.steps.iter().any(|s| s.pins()),
+        pinner: plan.pinner && plan.steps.iter().any(|s| s.pins(true)),
         steps: plan.steps.len(),
         servers: servers.len(),
     })

@@ -247,6 +247,12 @@ impl Validator<'_> {
         if raw.max_client_conn == 0 {
             self.fail(&["max_client_conn"], "must be at least 1");
         }
+        if raw.max_pending_notifications == 0 {
+            self.fail(&["max_pending_notifications"], "must be at least 1");
+        }
+        if raw.max_listen_channels == 0 {
+            self.fail(&["max_listen_channels"], "must be at least 1");
+        }
         if raw.max_prepared_statements == 0 {
             self.fail(&["max_prepared_statements"], "must be at least 1");
         }

@@ -186,6 +186,12 @@ pub struct Config {
     pub track_extra_params: Vec<String>,
     /// Largest client message pgtier buffers, in bytes (COPY data streams through regardless).
     pub max_message_size: u32,
+    /// Transaction mode: notifications queued for one listening client that has not read them
+    /// yet; one more closes the client (FATAL 53400).
+    pub max_pending_notifications: u32,
+    /// Transaction mode: distinct channels listened on through pgtier, across all databases
+    /// (a LISTEN beyond it fails with 53400).
+    pub max_listen_channels: u32,
     /// How long a client waits for a server connection before FATAL 53300.
     #[serde(
         deserialize_with = "super::duration::deserialize",
@@ -398,6 +404,8 @@ impl Default for Config {
             max_prepared_statement_bytes_total: 256 * 1024 * 1024,
             track_extra_params: Vec::new(),
             max_message_size: 64 * 1024 * 1024,
+            max_pending_notifications: 1000,
+            max_listen_channels: 10_000,
             query_wait_timeout: Duration::from_secs(120),
             server_connect_timeout: Duration::from_secs(15),
             server_idle_timeout: Duration::from_secs(600),

@@ -137,6 +137,12 @@ pub struct Metrics {
     pub reloads_failed: IntCounter,
     /// Clients that became pinned to a server connection.
     pub pins: IntCounterVec,
+    /// Notifications written to clients by pgtier's shared LISTEN connections.
+    pub notifications_delivered: IntCounterVec,
+    /// Clients closed because their queue of undelivered notifications overflowed.
+    pub listen_clients_dropped: IntCounterVec,
+    /// Open shared LISTEN connections (0 or 1 per database).
+    pub listen_connections: IntGaugeVec,
     /// Client TLS handshakes that completed.
     pub tls_handshakes_ok: IntCounter,
     /// Client TLS handshakes that failed (or timed out).
@@ -326,7 +332,27 @@ impl Metrics {
             "Clients pinned to a server connection (session state in transaction mode).",
             &["database"],
         );
+        let notifications_delivered = counter_vec(
+            "notifications_delivered_total",
+            "Notifications (LISTEN/NOTIFY) written to clients that listen through pgtier.",
+            &["database"],
+        );
+        let listen_clients_dropped = counter_vec(
+            "listen_clients_dropped_total",
+            "Clients closed because they did not read their notifications (max_pending_notifications).",
+            &["database"],
+        );
+        let listen_connections = gauge_vec(
+            "listen_connections",
+            "Open server connections pgtier listens on for its clients (one per database at most).",
+            &["database"],
+        );
+        registry
+            .register(Box::new(listen_connections.clone()))
+            .expect("unique name");
         for c in [
+            &notifications_delivered,
+            &listen_clients_dropped,
             &families.transactions,
             &families.queries,
             &families.received,
@@ -357,6 +383,9 @@ impl Metrics {
             tls_handshakes_ok: tls_handshakes.with_label_values(&["success"]),
             tls_handshakes_failed: tls_handshakes.with_label_values(&["failure"]),
             pins,
+            notifications_delivered,
+            listen_clients_dropped,
+            listen_connections,
             registry,
             families,
             databases: Mutex::default(),

@@ -83,6 +83,21 @@ pub fn error_response(buf: &mut BytesMut, severity: Severity, code: SqlState, me
     });
 }
 
+/// NoticeResponse (severity NOTICE) with SQLSTATE and message.
+pub fn notice_response(buf: &mut BytesMut, code: SqlState, message: &str) {
+    frame(buf, b'N', |b| {
+        b.put_u8(b'S');
+        put_cstr(b, "NOTICE");
+        b.put_u8(b'V');
+        put_cstr(b, "NOTICE");
+        b.put_u8(b'C');
+        put_cstr(b, code.0);
+        b.put_u8(b'M');
+        put_cstr(b, message);
+        b.put_u8(0);
+    });
+}
+
 /// RowDescription of text columns.
 pub fn row_description(buf: &mut BytesMut, columns: &[&str]) {
     frame(buf, b'T', |b| {

@@ -76,6 +76,8 @@ pub struct ClientEntry {
     node: AtomicU8,
     /// Its named prepared statements (as of its last request).
     prepared: AtomicU32,
+    /// Channels pgtier listens on for it (transaction mode, see `notify`).
+    listening: AtomicU32,
     /// Its TLS version and cipher suite (None: plain text).
     pub tls: Option<crate::tls::TlsInfo>,
 }
@@ -126,6 +128,19 @@ impl ClientEntry {
     pub fn set_prepared(&self, n: usize) {
         self.prepared
             .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+
+    /// Records how many channels pgtier listens on for it.
+    pub fn set_listening(&self, channels: usize) {
+        self.listening.store(
+            u32::try_from(channels).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// How many channels pgtier listens on for it (SHOW CLIENTS `listening`).
+    pub fn listening(&self) -> u32 {
+        self.listening.load(Ordering::Relaxed)
     }
 
     /// How many named prepared statements it has (SHOW CLIENTS `prepared_statements`).
@@ -312,6 +327,7 @@ impl ClientRegistry {
             state: AtomicU8::new(ClientState::Idle as u8),
             since: AtomicU64::new(now),
             pinned: AtomicU8::new(0),
+            listening: AtomicU32::new(0),
             node: AtomicU8::new(NO_NODE),
             prepared: AtomicU32::new(0),
             tls: who.tls,

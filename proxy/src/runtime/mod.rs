@@ -98,6 +98,8 @@ pub struct Proxy {
     control: Control,
     /// Causal scope tokens per database (kept across reloads).
     scopes: Arc<crate::router::scopes::ScopeRegistry>,
+    /// Shared LISTEN connections and their clients, per database (kept across reloads).
+    listeners: crate::notify::Listeners,
     /// The file reloads read (None: settings given directly, nothing to reload).
     config_path: Option<PathBuf>,
     /// One reload at a time.
@@ -156,6 +158,7 @@ impl Proxy {
             clients: Arc::default(),
             count: ClientCount::default(),
             shutdown,
+            listeners: crate::notify::Listeners::new(metrics.clone()),
             metrics,
             control,
             scopes,
@@ -193,6 +196,11 @@ impl Proxy {
     /// Every logged-in client (cancel keys, SHOW CLIENTS).
     pub fn client_registry(&self) -> &Arc<ClientRegistry> {
         &self.clients
+    }
+
+    /// LISTEN/NOTIFY of transaction-mode clients.
+    pub fn listeners(&self) -> &crate::notify::Listeners {
+        &self.listeners
     }
 
     /// The metrics.

@@ -3,6 +3,7 @@
 //! parameters pgtier keeps in line.
 
 pub mod lexer;
+pub mod listen;
 pub mod params;
 pub mod session_commands;
 pub mod session_state;

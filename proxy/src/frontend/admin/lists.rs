@@ -165,12 +165,13 @@ pub(super) fn clients(proxy: &Proxy) -> BytesMut {
             c.prepared().to_string(),
             state.as_str().into(),
             i32::from(c.pinned()).to_string(),
+            c.listening().to_string(),
         ]
     });
     let columns: Vec<&str> = CONNECTION_COLUMNS
         .iter()
         .copied()
-        .chain(["activity", "pinned"])
+        .chain(["activity", "pinned", "listening"])
         .collect();
     table(&columns, rows, "SHOW")
 }

@@ -29,6 +29,7 @@ pub fn run(proxy: &Proxy, command: &str, rest: &str) -> Result<BytesMut, Failure
                 "SHOW LISTS",
                 "SHOW REPLICAS",
                 "SHOW CAUSAL",
+                "SHOW LISTENERS",
                 "SHOW ROUTE [database] <sql>",
                 "PAUSE [database]",
                 "RESUME [database]",
@@ -59,8 +60,22 @@ pub fn run(proxy: &Proxy, command: &str, rest: &str) -> Result<BytesMut, Failure
         "clients" => Ok(super::lists::clients(proxy)),
         "config" => Ok(super::lists::config(proxy)),
         "lists" => Ok(super::lists::lists(proxy)),
+        "listeners" => Ok(listeners(proxy)),
         _ => Err(unsupported(command)),
     }
+}
+
+/// Channels pgtier listens on for transaction-mode clients, with their listening clients.
+fn listeners(proxy: &Proxy) -> BytesMut {
+    table(
+        &["database", "channel", "listeners"],
+        proxy
+            .listeners()
+            .rows()
+            .into_iter()
+            .map(|(db, ch, n)| vec![db, ch, n.to_string()]),
+        "SHOW",
+    )
 }
 
 /// Databases in name order, each with its router.

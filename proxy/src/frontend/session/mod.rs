@@ -7,6 +7,7 @@
 //! - `run`: one relay run on a server and what its end means for client and server.
 //! - `wait`: the idle wait for the client's next request.
 
+mod listen;
 mod local;
 mod open;
 mod routing;
@@ -108,6 +109,10 @@ struct Session {
     scope_kind: CausalScope,
     /// The user, when `auth_query` found it (not in the config: it stays across reloads).
     looked_up: Option<Arc<crate::config::User>>,
+    /// The channels pgtier listens on for the client (transaction mode), and its mailbox.
+    listening: Option<Box<crate::notify::Listening>>,
+    /// LISTEN/UNLISTEN statements the client prepared (answered by pgtier, see `listen`).
+    listen_statements: Option<Box<listen::ListenStatements>>,
     shutdown: ShutdownWatch,
 }
 
@@ -180,6 +185,16 @@ impl Session {
                         return reason;
                     }
                     continue;
+                }
+                if let Some(req) = self.listen_request(&first) {
+                    // Boxed: rare, and it keeps the idle task small.
+                    if let Err(reason) = Box::pin(self.answer_listen(&first, req)).await {
+                        return reason;
+                    }
+                    continue;
+                }
+                if self.listen_statements.is_some() {
+                    self.forget_listen_statements(&first);
                 }
             }
             // Boxed so that an idle client's task does not carry the state of a transaction

@@ -183,6 +183,8 @@ pub(crate) async fn open(
             std::borrow::Cow::Owned(u) => Some(Arc::new(u)),
             std::borrow::Cow::Borrowed(_) => None,
         },
+        listening: None,
+        listen_statements: None,
         shutdown: proxy.shutdown_watch(),
     };
     // The session runs in a task of its own, so that an idle client costs only the session's

@@ -26,6 +26,8 @@ enum Wake {
     IdleTimeout,
     /// Shutdown began.
     Draining,
+    /// Notifications for the client arrived.
+    Notified,
 }
 
 impl Session {
@@ -49,6 +51,12 @@ impl Session {
                 self.close(SqlState::ADMIN_SHUTDOWN, KILL_MESSAGE).await;
                 return Err("admin KILL");
             }
+            // The client is between transactions: what it was sent while busy goes out now.
+            // Boxed: only listening clients pay for its state in their idle task.
+            if self.listening.is_some() {
+                Box::pin(self.deliver_notifications()).await?;
+            }
+            let listening = self.listening.as_deref();
             // One hand-polled wait instead of a select!: an idle client's task stays small.
             let wake = poll_fn(|cx| {
                 if draining.as_mut().poll(cx).is_ready() {
@@ -59,6 +67,9 @@ impl Session {
                         return Poll::Ready(Wake::IdleTimeout);
                     }
                 }
+                if listening.is_some_and(|l| l.poll_pending(cx).is_ready()) {
+                    return Poll::Ready(Wake::Notified);
+                }
                 self.stream.poll_read_ready(cx).map(|r| match r {
                     Ok(()) => Wake::Readable,
                     Err(_) => Wake::Closed,
@@ -67,6 +78,8 @@ impl Session {
             .await;
             match wake {
                 Wake::Readable => {}
+                // Written at the top of the loop.
+                Wake::Notified => continue,
                 Wake::Draining => {
                     // A shutdown or an admin wake-up: look again (above) with a fresh wait.
                     draining.set(

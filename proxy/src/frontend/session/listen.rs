@@ -1,0 +1,514 @@
+//! The session's side of LISTEN/NOTIFY in transaction mode: `LISTEN`/`UNLISTEN` answered by
+//! pgtier (see `notify`), and the client's pending notifications written when it is idle.
+
+use bytes::BytesMut;
+
+use crate::notify::{ListenLimits, Source, LIMIT_EXCEEDED};
+use crate::protocol::extended::{split_cstr, target};
+use crate::protocol::frame::peek_header;
+use crate::protocol::messages::command_complete;
+use crate::protocol::messages::{error_response, ready_for_query, Severity, TxStatus};
+use crate::protocol::SqlState;
+use crate::sql::listen::ListenCommand;
+use crate::sql::session_state::pins;
+
+use super::Session;
+
+/// Beyond connecting, how long the shared connection may take to LISTEN.
+const LISTEN_ROUND_TRIP: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What pgtier answers itself of a listening client's request.
+pub(super) enum ListenRequest {
+    /// LISTEN, UNLISTEN or UNLISTEN *, after `prefix` bytes of Close (of named statements)
+    /// and Sync messages that drivers send ahead of it (tokio-postgres closes a dropped
+    /// statement that way): those are answered here too, so that the replies stay in order.
+    Command { prefix: usize, cmd: ListenCommand },
+    /// A statement that would pin a client that listens through pgtier: this ERROR instead.
+    Refused(&'static str),
+    /// Extended-protocol units of nothing but LISTEN-family statements.
+    Extended(Vec<Step>),
+}
+
+impl Session {
+    /// Whether `buf` is a simple query that is exactly `LISTEN ch`, `UNLISTEN ch` or
+    /// `UNLISTEN *` from a transaction-mode client between transactions (answered without a
+    /// server), or a statement that would pin a client that listens through pgtier. None:
+    /// neither, or the client holds a server (session mode, pinned), which runs it as before.
+    pub(super) fn listen_request(&self, buf: &[u8]) -> Option<ListenRequest> {
+        if self.holds_server() {
+            return None;
+        }
+        if let Some((prefix, cmd)) = listen_command(buf) {
+            return Some(ListenRequest::Command { prefix, cmd });
+        }
+        let kept = self
+            .listen_statements
+            .as_deref()
+            .map_or(&[][..], |k| &k[..]);
+        if may_be_extended_listen(buf, !kept.is_empty()) {
+            if let Some(steps) = extended_listen(buf, kept) {
+                return Some(ListenRequest::Extended(steps));
+            }
+        }
+        let listens = self
+            .listening
+            .as_ref()
+            .is_some_and(|l| l.channel_count() > 0);
+        // A pinned client stays in its relay, where pgtier does not write notifications:
+        // refused rather than left to lose them silently.
+        would_pin(buf)
+            .filter(|_| listens)
+            .map(ListenRequest::Refused)
+    }
+
+    /// Answers `req` (ending in ReadyForQuery). A LISTEN of a channel new to the database is
+    /// answered once the shared connection listens on it (as on Postgres, notifications
+    /// committed after the answer reach the client).
+    pub(super) async fn answer_listen(
+        &mut self,
+        buf: &[u8],
+        req: ListenRequest,
+    ) -> Result<(), &'static str> {
+        let mut out = BytesMut::new();
+        let failed = match req {
+            ListenRequest::Extended(steps) => {
+                self.answer_extended(steps, &mut out).await;
+                return self.send(&out).await;
+            }
+            ListenRequest::Refused(reason) => Some((
+                SqlState::FEATURE_NOT_SUPPORTED,
+                format!("pgtier: {reason} would pin this client to a server connection, which a client that LISTENs through pgtier cannot be (UNLISTEN * first)"),
+            )),
+            ListenRequest::Command { prefix, cmd } => {
+                self.answer_closes(&buf[..prefix], &mut out);
+                self.apply_listen(&cmd).await.err().or_else(|| {
+                    command_complete(&mut out, cmd.tag());
+                    None
+                })
+            }
+        };
+        if let Some((code, message)) = failed {
+            error_response(&mut out, Severity::Error, code, &message);
+        }
+        ready_for_query(&mut out, TxStatus::Idle);
+        self.send(&out).await
+    }
+
+    /// Answers extended-protocol LISTEN-family units as Postgres would; after an error, the
+    /// rest of the unit up to its Sync is skipped.
+    async fn answer_extended(&mut self, steps: Vec<Step>, out: &mut BytesMut) {
+        let mut failed = false;
+        let mut portal: Option<ListenCommand> = None;
+        for step in steps {
+            if failed && step != Step::Sync {
+                continue;
+            }
+            match step {
+                Step::Parse(name, cmd) => {
+                    if !name.is_empty() {
+                        let kept = self.listen_statements.get_or_insert_with(Default::default);
+                        kept.retain(|(n, _)| *n != name);
+                        if kept.len() >= MAX_LISTEN_STATEMENTS {
+                            error_response(
+                                out,
+                                Severity::Error,
+                                SqlState::PROGRAM_LIMIT_EXCEEDED,
+                                &format!("pgtier: more than {MAX_LISTEN_STATEMENTS} prepared LISTEN/UNLISTEN statements on one connection"),
+                            );
+                            failed = true;
+                            continue;
+                        }
+                        kept.push((name, cmd));
+                    }
+                    out.extend_from_slice(b"1\0\0\0\x04");
+                }
+                // ParameterDescription (no parameters), NoData.
+                Step::DescribeStatement => out.extend_from_slice(b"t\0\0\0\x06\0\0n\0\0\0\x04"),
+                Step::Bind(cmd) => {
+                    portal = Some(cmd);
+                    out.extend_from_slice(b"2\0\0\0\x04");
+                }
+                Step::DescribePortal => out.extend_from_slice(b"n\0\0\0\x04"),
+                Step::Execute => {
+                    let Some(cmd) = portal.clone() else { continue };
+                    match self.apply_listen(&cmd).await {
+                        Ok(()) => command_complete(out, cmd.tag()),
+                        Err((code, message)) => {
+                            error_response(out, Severity::Error, code, &message);
+                            failed = true;
+                        }
+                    }
+                }
+                Step::Close(name) => {
+                    if let Some(kept) = &mut self.listen_statements {
+                        kept.retain(|(n, _)| *n != name);
+                    }
+                    out.extend_from_slice(b"3\0\0\0\x04");
+                }
+                Step::Flush => {}
+                Step::Sync => {
+                    failed = false;
+                    portal = None;
+                    ready_for_query(out, TxStatus::Idle);
+                }
+            }
+        }
+    }
+
+    /// Forgets kept LISTEN statements whose names a Parse in `buf` (going to a server)
+    /// reuses for another statement.
+    pub(super) fn forget_listen_statements(&mut self, buf: &[u8]) {
+        let Some(kept) = &mut self.listen_statements else {
+            return;
+        };
+        let mut pos = 0;
+        while let Ok(Some(h)) = peek_header(&buf[pos..], usize::MAX) {
+            let end = pos + h.frame_len();
+            if h.tag == b'P' {
+                if let Some((name, _)) = buf.get(pos + 5..end).and_then(split_cstr) {
+                    kept.retain(|(n, _)| &n[..] != name);
+                }
+            }
+            pos = end;
+            if pos >= buf.len() {
+                break;
+            }
+        }
+    }
+
+    /// Shows in SHOW CLIENTS how many channels pgtier listens on for the client.
+    fn note_listening(&self) {
+        let n = self.listening.as_ref().map_or(0, |l| l.channel_count());
+        self.client.entry.set_listening(n);
+    }
+
+    /// Answers Close messages of named statements and Syncs (checked by [`listen_command`])
+    /// as the relay would: the client forgets the name (the server-side statement may be
+    /// shared), CloseComplete; ReadyForQuery for each Sync.
+    fn answer_closes(&mut self, mut buf: &[u8], out: &mut BytesMut) {
+        while let Ok(Some(h)) = peek_header(buf, usize::MAX) {
+            let Some(frame) = buf.get(..h.frame_len()) else {
+                break;
+            };
+            if let (b'C', Some((b'S', name))) = (h.tag, target(&frame[5..])) {
+                self.statements.remove(name);
+                out.extend_from_slice(b"3\0\0\0\x04");
+            } else if h.tag == b'S' {
+                ready_for_query(out, TxStatus::Idle);
+            }
+            buf = &buf[h.frame_len()..];
+        }
+        self.client.entry.set_prepared(self.statements.len());
+    }
+
+    /// Applies a LISTEN-family command; Err: the ERROR to answer (nothing changed).
+    async fn apply_listen(&mut self, cmd: &ListenCommand) -> Result<(), (SqlState, String)> {
+        let proxy = self.proxy.clone();
+        let settings = proxy.settings();
+        let source = || Source {
+            router: self.runtime.router.clone(),
+            upstream: self.upstream.clone(),
+            limits: ListenLimits {
+                max_pending: settings.raw.max_pending_notifications as usize,
+                max_channels: settings.raw.max_listen_channels as usize,
+                connect_timeout: settings.raw.server_connect_timeout,
+            },
+        };
+        let wait = proxy.listeners().apply(&mut self.listening, cmd, source);
+        self.note_listening();
+        let wait = wait.map_err(|m| (LIMIT_EXCEEDED, m))?;
+        let (Some(hub), ListenCommand::Listen(channel)) = (wait, cmd) else {
+            return Ok(());
+        };
+        let limit = settings.raw.primary_wait_timeout
+            + settings.raw.server_connect_timeout
+            + LISTEN_ROUND_TRIP;
+        if hub.until_listening(channel, limit).await {
+            return Ok(());
+        }
+        // Not in effect: the client is not left believing it listens.
+        if let Some(l) = &self.listening {
+            l.unlisten(channel);
+        }
+        self.note_listening();
+        Err((
+            SqlState::CONNECTION_FAILURE,
+            format!("pgtier: could not LISTEN on the primary within {limit:?} (see pgtier's log)"),
+        ))
+    }
+
+    /// Writes the client's pending notifications (it is between transactions). Err(reason):
+    /// the client must go (its queue overflowed: it is closed with FATAL 53400).
+    pub(super) async fn deliver_notifications(&mut self) -> Result<(), &'static str> {
+        let Some(listening) = &self.listening else {
+            return Ok(());
+        };
+        let mut out = BytesMut::new();
+        match listening.take(&mut out) {
+            Ok(0) => Ok(()),
+            Ok(_) => Box::pin(self.send(&out)).await,
+            Err(o) => {
+                let message = format!(
+                    "pgtier: terminating connection because the client did not read its notifications: more than max_pending_notifications ({}) were waiting",
+                    o.max
+                );
+                self.close(LIMIT_EXCEEDED, &message).await;
+                Err("notification queue overflow")
+            }
+        }
+    }
+}
+
+/// The LISTEN-family statement `buf` ends with, if it is one simple Query of one, preceded
+/// only by Close messages of named statements, each batch ended by a Sync: (length of that
+/// prefix, the statement).
+fn listen_command(buf: &[u8]) -> Option<(usize, ListenCommand)> {
+    let mut pos = 0;
+    let mut synced = true;
+    loop {
+        let h = peek_header(&buf[pos..], usize::MAX).ok()??;
+        let end = pos + h.frame_len();
+        let body = buf.get(pos + 5..end)?;
+        match h.tag {
+            b'Q' if end == buf.len() && synced => {
+                let cmd = crate::sql::listen::parse(body.strip_suffix(&[0])?)?;
+                return Some((pos, cmd));
+            }
+            b'C' if matches!(target(body), Some((b'S', name)) if !name.is_empty()) => {
+                synced = false
+            }
+            b'S' if !synced => synced = true,
+            _ => return None,
+        }
+        pos = end;
+    }
+}
+
+/// Why a request (a Query, or extended messages) would pin its client, if a statement of it
+/// does so at the top level. A SET of a parameter is left out: pgtier may follow it (tracked
+/// and extra parameters), which only the relay knows.
+fn would_pin(mut buf: &[u8]) -> Option<&'static str> {
+    while let Ok(Some(h)) = peek_header(buf, usize::MAX) {
+        let frame = buf.get(..h.frame_len())?;
+        let sql = match h.tag {
+            b'Q' => split_cstr(&frame[5..]).map(|(q, _)| q),
+            // Parse: statement name, then the query.
+            b'P' => split_cstr(&frame[5..])
+                .and_then(|(_, rest)| split_cstr(rest))
+                .map(|(q, _)| q),
+            _ => None,
+        };
+        let reason = sql.and_then(|s| pins(s, |_| true));
+        if reason.is_some() {
+            return reason;
+        }
+        buf = &buf[h.frame_len()..];
+    }
+    None
+}
+
+/// LISTEN-family statements a client prepared under a name: (name, statement).
+pub(super) type ListenStatements = Vec<(Box<[u8]>, ListenCommand)>;
+
+/// Most LISTEN-family statements one client keeps prepared (asyncpg prepares each once).
+const MAX_LISTEN_STATEMENTS: usize = 64;
+
+/// A cheap look at the first message before [`extended_listen`] (which allocates): a Parse
+/// whose query starts like LISTEN/UNLISTEN, or, when the client keeps LISTEN statements, a
+/// Bind or Close.
+fn may_be_extended_listen(buf: &[u8], kept: bool) -> bool {
+    match buf.first() {
+        Some(b'P') => buf
+            .get(5..)
+            .and_then(split_cstr)
+            .and_then(|(_, rest)| rest.iter().find(|b| !b.is_ascii_whitespace()))
+            .is_some_and(|b| matches!(b | 0x20, b'l' | b'u')),
+        Some(b'B' | b'C' | b'D') => kept,
+        _ => false,
+    }
+}
+
+/// One message of an extended-protocol unit made only of LISTEN-family statements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Parse of a named (kept) or unnamed statement.
+    Parse(Box<[u8]>, ListenCommand),
+    /// Describe of such a statement: no parameters, no rows.
+    DescribeStatement,
+    /// Bind of such a statement to the unnamed portal.
+    Bind(ListenCommand),
+    /// Describe of the portal: no rows.
+    DescribePortal,
+    /// Execute of the portal.
+    Execute,
+    /// Close of a kept statement.
+    Close(Box<[u8]>),
+    /// Sync.
+    Sync,
+    /// Flush: the unit goes on in the client's next request (asyncpg prepares with
+    /// Parse, Describe, Flush).
+    Flush,
+}
+
+/// The steps of `buf` if it is whole extended-protocol units (ending in Sync or Flush) of
+/// nothing but LISTEN-family statements: prepared in it or kept in `kept`, bound to the
+/// unnamed portal.
+fn extended_listen(buf: &[u8], kept: &[(Box<[u8]>, ListenCommand)]) -> Option<Vec<Step>> {
+    let mut steps = Vec::new();
+    let mut named: Vec<(&[u8], &ListenCommand)> = kept.iter().map(|(n, c)| (&n[..], c)).collect();
+    let mut parsed: Vec<(&[u8], ListenCommand)> = Vec::new();
+    let mut bound: Option<ListenCommand> = None;
+    let mut pos = 0;
+    while pos < buf.len() {
+        let h = peek_header(&buf[pos..], usize::MAX).ok()??;
+        let end = pos + h.frame_len();
+        let body = buf.get(pos + 5..end)?;
+        let find = |name: &[u8], parsed: &[(&[u8], ListenCommand)]| {
+            parsed
+                .iter()
+                .rev()
+                .find(|(n, _)| *n == name)
+                .map(|(_, c)| c.clone())
+                .or_else(|| {
+                    named
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, c)| (*c).clone())
+                })
+        };
+        let step = match h.tag {
+            b'P' => {
+                let p = crate::protocol::extended::parse(body)?;
+                let (query, types) = split_cstr(p.rest)?;
+                // No parameter types declared (a LISTEN takes none).
+                if types.get(..2)? != [0, 0] {
+                    return None;
+                }
+                let cmd = crate::sql::listen::parse(query)?;
+                parsed.push((p.name, cmd.clone()));
+                Step::Parse(p.name.into(), cmd)
+            }
+            b'D' => match target(body)? {
+                (b'S', name) => {
+                    find(name, &parsed)?;
+                    Step::DescribeStatement
+                }
+                (_, b"") if bound.is_some() => Step::DescribePortal,
+                _ => return None,
+            },
+            b'B' => {
+                let b = crate::protocol::extended::bind(body)?;
+                if !b.portal.is_empty() {
+                    return None;
+                }
+                let cmd = find(b.statement, &parsed)?;
+                bound = Some(cmd.clone());
+                Step::Bind(cmd)
+            }
+            b'E' => match split_cstr(body)? {
+                (b"", _) if bound.is_some() => Step::Execute,
+                _ => return None,
+            },
+            b'C' => match target(body)? {
+                (b'S', name) if !name.is_empty() && find(name, &parsed).is_some() => {
+                    named.retain(|(n, _)| *n != name);
+                    parsed.retain(|(n, _)| *n != name);
+                    Step::Close(name.into())
+                }
+                _ => return None,
+            },
+            b'S' => Step::Sync,
+            b'H' => Step::Flush,
+            _ => return None,
+        };
+        steps.push(step);
+        pos = end;
+    }
+    // Only whole units, and at least one statement of ours in them.
+    let ours = steps
+        .iter()
+        .any(|s| matches!(s, Step::Parse(..) | Step::Bind(_) | Step::Close(_)));
+    (matches!(steps.last(), Some(Step::Sync | Step::Flush)) && ours).then_some(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::test_frame as msg;
+
+    fn cat(frames: &[Vec<u8>]) -> Vec<u8> {
+        frames.concat()
+    }
+
+    #[test]
+    fn a_listen_behind_closes_of_named_statements_is_recognised() {
+        let q = msg(b'Q', b"LISTEN a\0");
+        assert_eq!(listen_command(&q).map(|(p, _)| p), Some(0));
+        let with_close = cat(&[msg(b'C', b"Ss0\0"), msg(b'S', b""), q.clone()]);
+        let (prefix, cmd) = listen_command(&with_close).unwrap();
+        assert_eq!(
+            (prefix, cmd),
+            (
+                with_close.len() - q.len(),
+                ListenCommand::Listen("a".into())
+            )
+        );
+        // Not behind an unsynced Close, a portal Close, or anything else.
+        assert!(listen_command(&cat(&[msg(b'C', b"Ss0\0"), q.clone()])).is_none());
+        assert!(listen_command(&cat(&[msg(b'C', b"Pp\0"), msg(b'S', b""), q.clone()])).is_none());
+        assert!(listen_command(&cat(&[msg(b'Q', b"SELECT 1\0"), q])).is_none());
+    }
+
+    #[test]
+    fn extended_listen_units_are_recognised_and_others_are_not() {
+        let parse = |name: &str, sql: &str| msg(b'P', format!("{name}\0{sql}\0\0\0").as_bytes());
+        let bind = |stmt: &str| msg(b'B', format!("\0{stmt}\0\0\0\0\0\0\0").as_bytes());
+        let exec = msg(b'E', b"\0\0\0\0\0");
+        let sync = msg(b'S', b"");
+        // tokio-postgres / psycopg unnamed: Parse, Bind, Describe portal, Execute, Sync.
+        let unnamed = cat(&[
+            parse("", "LISTEN x"),
+            bind(""),
+            msg(b'D', b"P\0"),
+            exec.clone(),
+            sync.clone(),
+        ]);
+        let steps = extended_listen(&unnamed, &[]).unwrap();
+        assert_eq!(steps.len(), 5);
+        // asyncpg: Parse, Describe, Flush; then Bind, Execute, Sync of the kept name.
+        let prepare = cat(&[
+            parse("st1", "UNLISTEN *"),
+            msg(b'D', b"Sst1\0"),
+            msg(b'H', b""),
+        ]);
+        assert_eq!(
+            extended_listen(&prepare, &[]).unwrap().last(),
+            Some(&Step::Flush)
+        );
+        let run = cat(&[bind("st1"), exec.clone(), sync.clone()]);
+        assert!(extended_listen(&run, &[]).is_none(), "st1 is not kept yet");
+        let kept = vec![(Box::from(&b"st1"[..]), ListenCommand::UnlistenAll)];
+        assert_eq!(
+            extended_listen(&run, &kept).unwrap()[0],
+            Step::Bind(ListenCommand::UnlistenAll)
+        );
+        // Anything else in the unit, a parameter type, a named portal: the normal way.
+        let mixed = cat(&[
+            parse("", "LISTEN x"),
+            bind(""),
+            exec.clone(),
+            msg(b'Q', b"SELECT 1\0"),
+        ]);
+        assert!(extended_listen(&mixed, &[]).is_none());
+        let typed = cat(&[msg(b'P', b"\0LISTEN x\0\0\x01\0\0\0\x17"), sync.clone()]);
+        assert!(extended_listen(&typed, &[]).is_none());
+        let portal = cat(&[
+            parse("", "LISTEN x"),
+            msg(b'B', b"p\0\0\0\0\0\0\0\0"),
+            sync.clone(),
+        ]);
+        assert!(extended_listen(&portal, &[]).is_none());
+        let select = cat(&[parse("", "SELECT 1"), bind(""), exec, sync]);
+        assert!(extended_listen(&select, &[]).is_none());
+    }
+}
