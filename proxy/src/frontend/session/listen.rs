@@ -55,10 +55,12 @@ impl Session {
             .as_ref()
             .is_some_and(|l| l.channel_count() > 0);
         // A pinned client stays in its relay, where pgtier does not write notifications:
-        // refused rather than left to lose them silently.
-        would_pin(buf)
-            .filter(|_| listens)
-            .map(ListenRequest::Refused)
+        // refused rather than left to lose them silently. (Only a listening client's text is
+        // lexed for this: every other request would pay for it.)
+        if !listens {
+            return None;
+        }
+        would_pin(buf).map(ListenRequest::Refused)
     }
 
     /// Answers `req` (ending in ReadyForQuery). A LISTEN of a channel new to the database is
