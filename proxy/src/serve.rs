@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpSocket};
 use tracing::info;
 
 use crate::config::Settings;
@@ -24,13 +26,14 @@ pub async fn run(
     // First: a certificate or CA file that cannot be used stops pgtier before it listens.
     let listen = settings.listen;
     let metrics_listen = settings.metrics_listen;
+    let reuseport = settings.raw.so_reuseport;
     let proxy = Proxy::new(settings, config_path).map_err(std::io::Error::other)?;
-    let listener = TcpListener::bind(listen).await?;
-    info!(listen = %listen, "pgtier listening");
+    let listener = bind(listen, reuseport)?;
+    info!(listen = %listen, so_reuseport = reuseport, "pgtier listening");
     let metrics_listener = match metrics_listen {
         Some(addr) => {
             let l = TcpListener::bind(addr).await?;
-            info!(listen = %addr, "metrics endpoint listening (GET /metrics)");
+            info!(listen = %addr, "HTTP endpoint listening (GET /metrics, /health, /ready)");
             Some(l)
         }
         None => None,
@@ -62,4 +65,25 @@ pub async fn run(
     };
     proxy.drain(again).await;
     Ok(())
+}
+
+/// Accept queue length (what `TcpListener::bind` uses).
+const BACKLOG: u32 = 1024;
+
+/// Binds the client listener; with `reuseport`, other processes that set SO_REUSEPORT too
+/// (other pgtier processes) can bind the same address, and the kernel spreads new connections
+/// between them.
+pub fn bind(addr: SocketAddr, reuseport: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As TcpListener::bind: a restarted pgtier can bind while old connections are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    if reuseport {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }

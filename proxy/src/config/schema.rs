@@ -367,6 +367,10 @@ pub struct Config {
     pub auth_cache_size: u32,
     /// `[users]` entries that may use the admin console (database `pgtier` or `pgbouncer`).
     pub admin_users: Vec<String>,
+    // Several pgtier processes (issue 21).
+    /// Bind the client listener with SO_REUSEPORT, so several pgtier processes share its
+    /// address (the kernel spreads new connections between them).
+    pub so_reuseport: bool,
     /// Client users, by name.
     #[serde(skip_serializing)]
     pub users: BTreeMap<String, UserConfig>,
@@ -444,6 +448,7 @@ impl Default for Config {
             auth_type: AuthMethod::ScramSha256,
             monitor_user: None,
             admin_users: Vec::new(),
+            so_reuseport: false,
             users: BTreeMap::new(),
             databases: BTreeMap::new(),
         }

@@ -11,7 +11,13 @@ use super::settings::Settings;
 
 /// Keys that take effect only after a restart (the listeners, the runtime and the log
 /// subscriber are set up once at startup).
-pub const RESTART_KEYS: &[&str] = &["listen", "workers", "log_format", "metrics_listen"];
+pub const RESTART_KEYS: &[&str] = &[
+    "listen",
+    "workers",
+    "log_format",
+    "metrics_listen",
+    "so_reuseport",
+];
 
 /// One row of `SHOW CONFIG`.
 #[derive(Debug, Clone, PartialEq, Eq)]
