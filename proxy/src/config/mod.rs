@@ -3,6 +3,7 @@
 //! (`show`) and what a reload cannot apply (`diff`).
 
 pub mod auth_file;
+pub mod budget;
 mod credentials;
 pub mod diff;
 pub mod duration;
