@@ -27,9 +27,19 @@ pub async fn run(
     let listen = settings.listen;
     let metrics_listen = settings.metrics_listen;
     let reuseport = settings.raw.so_reuseport;
+    let peer_listen = settings.peering.listen;
     let proxy = Proxy::new(settings, config_path).map_err(std::io::Error::other)?;
     let listener = bind(listen, reuseport)?;
     info!(listen = %listen, so_reuseport = reuseport, "pgtier listening");
+    // Only this process listens here: peers forward cancels to it (clients may log in too).
+    let peer_listener = match peer_listen {
+        Some(addr) => {
+            let l = bind(addr, false)?;
+            info!(listen = %addr, peer_id = ?proxy.client_registry().peer_id(), "peer address listening");
+            Some(l)
+        }
+        None => None,
+    };
     let metrics_listener = match metrics_listen {
         Some(addr) => {
             let l = TcpListener::bind(addr).await?;
@@ -42,6 +52,9 @@ pub async fn run(
         proxy.set_log_level_hook(hook);
     }
     tokio::spawn(crate::frontend::listener::serve(proxy.clone(), listener));
+    if let Some(l) = peer_listener {
+        tokio::spawn(crate::frontend::listener::serve(proxy.clone(), l));
+    }
     if let Some(l) = metrics_listener {
         tokio::spawn(crate::http::serve(proxy.clone(), l));
     }

@@ -1,16 +1,19 @@
 //! Several pgtier processes on one host (issue 21): with `so_reuseport = true` they share the
-//! client port and the kernel spreads clients between them.
+//! client port and the kernel spreads clients between them; with cancel peering (`peer_id`,
+//! `peer_listen`, `[peers]`) a cancel reaching either process cancels the query wherever it runs.
 
 use std::time::Duration;
 
 use pgtier_kit::fixture::{connect, scram_role, ConfigBuilder};
-use pgtier_kit::{free_port, Cluster, Pgtier};
+use pgtier_kit::{free_port, wire, Cluster, Pgtier};
+use tokio::io::AsyncWriteExt;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
 fn cluster() -> &'static Cluster {
     let c = Cluster::shared();
     scram_role(c, "multi", "multi-pw").unwrap();
+    c.create_trust_role("pgtier_trust").unwrap();
     c
 }
 
@@ -19,6 +22,7 @@ fn builder() -> ConfigBuilder {
         .global("so_reuseport = true")
         .global("shutdown_timeout = \"20s\"")
         .user("multi", "password = \"multi-pw\"")
+        .user("pgtier_trust", "auth = \"trust\"")
         .database("pool_size = 4")
 }
 
@@ -76,4 +80,118 @@ async fn two_processes_share_a_port_and_both_serve_clients() {
     let (exited, log) = err.unwrap();
     assert!(exited.is_some_and(|s| !s.success()), "{log}");
     assert!(log.contains("Address already in use"), "{log}");
+}
+
+/// A CancelRequest packet for (pid, secret).
+fn cancel_packet(pid: i32, secret: i32) -> Vec<u8> {
+    let mut p = 16u32.to_be_bytes().to_vec();
+    p.extend(80_877_102u32.to_be_bytes());
+    p.extend(pid.to_be_bytes());
+    p.extend(secret.to_be_bytes());
+    p
+}
+
+/// Sends a CancelRequest to `addr` and waits for pgtier to close the connection.
+async fn send_cancel(addr: &str, pid: i32, secret: i32) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(&cancel_packet(pid, secret)).await.unwrap();
+    assert!(wire::closed_within(&mut s, LIMIT).await);
+}
+
+/// Waits until `sql` runs on the primary (pg_stat_activity).
+async fn until_running(sql: &str) {
+    let pg = cluster().primary().connect("app").await.unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let n: i64 = pg
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = $1",
+                &[&sql],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{sql} never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Logs in through `addr`, starts `sql`, sends its cancel key to `cancel_to(pid)` and expects
+/// the query to end with 57014 and the session to go on.
+async fn cancel_through(addr: &str, sql: &str, cancel_to: impl Fn(u16) -> String) -> u16 {
+    let (mut s, msgs) = wire::login_trust(addr, "pgtier_trust", "app")
+        .await
+        .unwrap();
+    let k = msgs.iter().find(|m| m.tag == b'K').expect("BackendKeyData");
+    let pid = i32::from_be_bytes(k.body[0..4].try_into().unwrap());
+    let secret = i32::from_be_bytes(k.body[4..8].try_into().unwrap());
+    let owner = (pid >> 16) as u16;
+    s.write_all(&wire::query(sql)).await.unwrap();
+    until_running(sql).await;
+    send_cancel(&cancel_to(owner), pid, secret).await;
+    let r = wire::read_until_ready(&mut s, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let e = r.iter().find(|m| m.tag == b'E').expect("an error");
+    assert_eq!(e.field(b'C').as_deref(), Some("57014"), "{r:?}");
+    s.write_all(&wire::query("SELECT 1")).await.unwrap();
+    let r = wire::read_until_ready(&mut s, LIMIT).await.unwrap();
+    assert_eq!(wire::first_value(&r), "1");
+    owner
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_sent_to_another_process_reaches_the_query() {
+    let port = free_port().unwrap();
+    let peer_ports = [free_port().unwrap(), free_port().unwrap()];
+    let peers = format!(
+        "[peers]\n1 = \"127.0.0.1:{}\"\n2 = \"127.0.0.1:{}\"",
+        peer_ports[0], peer_ports[1]
+    );
+    let mut procs = Vec::new();
+    for (i, peer_port) in peer_ports.iter().enumerate() {
+        let b = builder()
+            .global(&format!("peer_id = {}", i + 1))
+            .global(&format!("peer_listen = \"127.0.0.1:{peer_port}\""))
+            // After every other key: [peers] is a table.
+            .database(&peers);
+        procs.push(start_on(&b, port, free_port().unwrap()));
+    }
+    let shared = format!("127.0.0.1:{port}");
+    let other = |owner: u16| {
+        assert!(owner == 1 || owner == 2, "key of peer {owner}");
+        format!("127.0.0.1:{}", peer_ports[2 - owner as usize])
+    };
+    // Clients land on either process; each cancel goes to the process that did not issue the
+    // key, which forwards it. Until both processes have issued one (2^-9 to miss).
+    let mut owners = std::collections::HashSet::new();
+    for i in 0..10 {
+        let sql = format!("SELECT pg_sleep(30 + {i})");
+        owners.insert(cancel_through(&shared, &sql, other).await);
+        if owners.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(owners.len(), 2, "all clients landed on one process");
+    // Through the shared port: whichever process gets it, the query is cancelled.
+    for i in 0..4 {
+        let sql = format!("SELECT pg_sleep(40 + {i})");
+        cancel_through(&shared, &sql, |_| shared.clone()).await;
+    }
+    // A key of a peer nobody knows is ignored; pgtier goes on.
+    send_cancel(&shared, (99 << 16) | 5, 1234).await;
+    send_cancel(
+        &format!("127.0.0.1:{}", peer_ports[0]),
+        (99 << 16) | 5,
+        1234,
+    )
+    .await;
+    let c = connect(&procs[0], "multi", "multi-pw").await.unwrap();
+    assert_eq!(
+        c.query_one("SELECT 2", &[]).await.unwrap().get::<_, i32>(0),
+        2
+    );
 }

@@ -353,7 +353,9 @@ impl Validator<'_> {
             .filter_map(|(name, d)| Some((name.clone(), self.database(&raw, name, d)?)))
             .collect::<HashMap<_, _>>();
         let client_tls = self.client_tls(&raw);
+        let peering = self.peering(&raw);
         Settings {
+            peering,
             client_tls,
             client_idle_timeout: nonzero(raw.client_idle_timeout),
             metrics_listen,

@@ -9,6 +9,7 @@ pub mod diff;
 pub mod duration;
 pub mod load;
 mod nodes;
+pub mod peers;
 pub mod rule_set;
 pub mod rules;
 pub mod schema;

@@ -371,6 +371,14 @@ pub struct Config {
     /// Bind the client listener with SO_REUSEPORT, so several pgtier processes share its
     /// address (the kernel spreads new connections between them).
     pub so_reuseport: bool,
+    /// This process's id among its peers, put in the cancel keys it issues (0: peering off).
+    pub peer_id: u32,
+    /// An extra address to listen on, one per process, where peers forward cancel requests
+    /// (empty: none; needed when processes share `listen` with so_reuseport).
+    pub peer_listen: String,
+    /// `[peers]`: each peer's id and the address it can be reached at (`listen` or
+    /// `peer_listen`); a cancel whose key names one of them is forwarded there.
+    pub peers: BTreeMap<String, String>,
     /// Client users, by name.
     #[serde(skip_serializing)]
     pub users: BTreeMap<String, UserConfig>,
@@ -449,6 +457,9 @@ impl Default for Config {
             monitor_user: None,
             admin_users: Vec::new(),
             so_reuseport: false,
+            peer_id: 0,
+            peer_listen: String::new(),
+            peers: BTreeMap::new(),
             users: BTreeMap::new(),
             databases: BTreeMap::new(),
         }

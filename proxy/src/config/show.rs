@@ -17,6 +17,8 @@ pub const RESTART_KEYS: &[&str] = &[
     "log_format",
     "metrics_listen",
     "so_reuseport",
+    "peer_id",
+    "peer_listen",
 ];
 
 /// One row of `SHOW CONFIG`.
@@ -77,6 +79,12 @@ fn render(v: &toml::Value) -> String {
     match v {
         toml::Value::String(s) => s.clone(),
         toml::Value::Array(items) => items.iter().map(render).collect::<Vec<_>>().join(", "),
+        // `[peers]`: one line, "1 = host:port, 2 = host:port".
+        toml::Value::Table(t) => t
+            .iter()
+            .map(|(k, v)| format!("{k} = {}", render(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
         other => other.to_string(),
     }
 }
