@@ -30,7 +30,6 @@ pub async fn run(
     let peer_listen = settings.peering.listen;
     let proxy = Proxy::new(settings, config_path).map_err(std::io::Error::other)?;
     let listener = bind(listen, reuseport)?;
-    info!(listen = %listen, so_reuseport = reuseport, "pgtier listening");
     // Only this process listens here: peers forward cancels to it (clients may log in too).
     let peer_listener = match peer_listen {
         Some(addr) => {
@@ -48,6 +47,8 @@ pub async fn run(
         }
         None => None,
     };
+    // Last: tests and operators take this line to mean that every address is bound.
+    info!(listen = %listen, so_reuseport = reuseport, "pgtier listening");
     if let Some(hook) = log_level {
         proxy.set_log_level_hook(hook);
     }

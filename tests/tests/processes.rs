@@ -32,10 +32,7 @@ fn start_on(b: &ConfigBuilder, port: u16, mport: u16) -> Pgtier {
     let b = b
         .clone()
         .global(&format!("metrics_listen = \"127.0.0.1:{mport}\""));
-    let px = Pgtier::start(port, &b.render(port)).unwrap();
-    let log = px.wait_for_log("HTTP endpoint listening", LIMIT);
-    assert!(log.contains("HTTP endpoint listening"), "{log}");
-    px
+    Pgtier::start_sharing(port, &b.render(port)).unwrap()
 }
 
 /// Client connections this process has now (its `/metrics`).
