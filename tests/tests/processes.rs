@@ -192,3 +192,93 @@ async fn a_cancel_sent_to_another_process_reaches_the_query() {
         2
     );
 }
+
+/// (rows counted, port of the node that answered) of `sql` on `c`.
+async fn read(c: &tokio_postgres::Client, sql: String) -> (i64, u16) {
+    let r = c.query_one(&sql, &[]).await.unwrap();
+    (r.get::<_, i64>(0), r.get::<_, i32>(1) as u16)
+}
+
+/// The causal token travels with the application: a write through process A, its token given
+/// to process B (`SET pgtier.min_lsn` or the comment form), and B's read never misses it,
+/// with one of the two replicas paused and kept in the read rotation (no lag limit). Without
+/// the token B reads stale from the paused replica (the control: the set-up can catch it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_from_one_process_keeps_reads_through_another_fresh() {
+    let cluster = Cluster::start(2).unwrap();
+    pgtier_kit::fixture::ensure_app_db(&cluster).unwrap();
+    cluster.create_trust_role("pgtier_trust").unwrap();
+    cluster
+        .ddl(
+            "app",
+            "CREATE TABLE handoff (id int PRIMARY KEY); GRANT ALL ON handoff TO pgtier_trust",
+        )
+        .unwrap();
+    cluster.wait_replicas_caught_up().unwrap();
+    let b = ConfigBuilder::new(&cluster)
+        .global("lag_check_interval = \"50ms\"")
+        .global("max_replica_lag = 0")
+        .global("max_replica_lag_bytes = 0")
+        // The control connection must not share the token connection's tokens.
+        .global("causal_scope = \"connection\"")
+        .with_replicas(&cluster)
+        .user("pgtier_trust", "auth = \"trust\"");
+    let pa = b.start().unwrap();
+    let pb = b.start().unwrap();
+    let dsn = |px: &Pgtier| {
+        format!(
+            "host=127.0.0.1 port={} user=pgtier_trust dbname=app connect_timeout=10",
+            px.port()
+        )
+    };
+    let a = pgtier_kit::tls::connect(&dsn(&pa)).await.unwrap();
+    let reader = pgtier_kit::tls::connect(&dsn(&pb)).await.unwrap();
+    let control = pgtier_kit::tls::connect(&dsn(&pb)).await.unwrap();
+    pgtier_kit::fixture::replica_in_rotation(&pb, "pgtier_trust", "")
+        .await
+        .unwrap();
+    cluster.replica(0).pause_replay().unwrap();
+    let paused_port = cluster.replica(0).port();
+
+    let (mut stale_without, mut on_replica_with) = (0, 0);
+    for id in 0..100 {
+        a.batch_execute(&format!("INSERT INTO handoff VALUES ({id})"))
+            .await
+            .unwrap();
+        let token = pgtier_kit::fixture::simple_rows(&a, "SHOW pgtier.causal_lsn").await[0]
+            .get(0)
+            .unwrap()
+            .to_owned();
+        let q = format!("SELECT count(*), inet_server_port() FROM handoff WHERE id = {id}");
+        // Control: without the token, B may pick the paused replica.
+        let (n, _) = read(&control, q.clone()).await;
+        stale_without += usize::from(n == 0);
+        // With it (both forms), never stale.
+        let (n, port) = read(&reader, format!("/* pgtier:min_lsn={token} */ {q}")).await;
+        assert_eq!(
+            n, 1,
+            "stale read through B with the token (comment form), row {id}"
+        );
+        assert_ne!(port, paused_port);
+        reader
+            .batch_execute(&format!("SET pgtier.min_lsn = '{token}'"))
+            .await
+            .unwrap();
+        let (n, port) = read(&reader, q).await;
+        assert_eq!(
+            n, 1,
+            "stale read through B after SET pgtier.min_lsn, row {id}"
+        );
+        on_replica_with += usize::from(port == cluster.replica(1).port());
+    }
+    cluster.replica(0).resume_replay().unwrap();
+    eprintln!("without the token: {stale_without}/100 stale; with it: 0 stale, {on_replica_with}/100 on the live replica");
+    assert!(
+        stale_without > 0,
+        "the control never read stale: the test proves nothing"
+    );
+    assert!(
+        on_replica_with > 0,
+        "with the token every read fell back to the primary"
+    );
+}
