@@ -210,3 +210,76 @@ async fn restarting_each_process_in_turn_fails_no_transaction() {
     assert_eq!(rows as u64, committed);
     drop(procs);
 }
+
+/// `pgbench -C` (a new connection per transaction) through two processes on one port while
+/// each is restarted in turn: no aborted client, no failed transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_reconnecting_per_transaction_sees_no_failure() {
+    let cluster = Cluster::shared();
+    pgtier_kit::fixture::ensure_app_db(cluster).unwrap();
+    cluster.create_trust_role("pgtier_trust").unwrap();
+    cluster
+        .ddl("app", "GRANT ALL ON SCHEMA public TO pgtier_trust")
+        .unwrap();
+    let port = free_port().unwrap();
+    let mports = [free_port().unwrap(), free_port().unwrap()];
+    let mut procs: Vec<Pgtier> = mports
+        .iter()
+        .map(|m| {
+            let config = ConfigBuilder::new(cluster)
+                .global("so_reuseport = true")
+                .global("shutdown_timeout = \"20s\"")
+                .global(&format!("metrics_listen = \"127.0.0.1:{m}\""))
+                .user("pgtier_trust", "auth = \"trust\"")
+                .database("pool_size = 8")
+                .render(port);
+            Pgtier::start_sharing(port, &config).unwrap()
+        })
+        .collect();
+    let pgbench = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(pgtier_kit::bin_path("pgbench").unwrap());
+        cmd.args(args).args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "pgtier_trust",
+            "app",
+        ]);
+        cmd
+    };
+    let out = pgbench(&["-i", "-q", "-s", "1"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let run = pgbench(&["-n", "-C", "-c", "4", "-j", "2", "-T", "6"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let procs = tokio::task::spawn_blocking(move || {
+        for (i, m) in mports.iter().enumerate() {
+            let fresh = restart(&mut procs[i], port, *m);
+            procs[i] = fresh;
+        }
+        procs
+    })
+    .await
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || run.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("number of failed transactions: 0 (0.000%)"),
+        "{text}"
+    );
+    drop(procs);
+}

@@ -371,6 +371,13 @@ pub struct Config {
     /// Bind the client listener with SO_REUSEPORT, so several pgtier processes share its
     /// address (the kernel spreads new connections between them).
     pub so_reuseport: bool,
+    /// On SIGTERM/SIGINT/SHUTDOWN, how long clients go on as usual after the listener closed,
+    /// before draining (idle clients closed, the others at their transaction's end).
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
+    pub shutdown_grace: Duration,
     /// This process's id among its peers, put in the cancel keys it issues (0: peering off).
     pub peer_id: u32,
     /// An extra address to listen on, one per process, where peers forward cancel requests
@@ -457,6 +464,7 @@ impl Default for Config {
             monitor_user: None,
             admin_users: Vec::new(),
             so_reuseport: false,
+            shutdown_grace: Duration::from_secs(1),
             peer_id: 0,
             peer_listen: String::new(),
             peers: BTreeMap::new(),

@@ -386,15 +386,31 @@ impl Proxy {
         }
     }
 
-    /// Graceful shutdown: stop accepting, let transactions finish up to `shutdown_timeout`
-    /// (or until `hurry` resolves), then close every client with 57P01.
+    /// Graceful shutdown: stop accepting, let clients go on for `shutdown_grace`, then let
+    /// transactions finish up to `shutdown_timeout` while idle clients are closed (or until
+    /// `hurry` resolves), then close every client with 57P01.
     pub async fn drain(&self, hurry: impl Future<Output = ()>) {
+        self.shutdown.advance(Phase::Quiescing);
+        let raw = &self.settings().raw;
+        let (grace, limit) = (raw.shutdown_grace, raw.shutdown_timeout);
+        let mut hurry = std::pin::pin!(hurry);
+        let mut hurried = false;
+        if !grace.is_zero() {
+            info!(clients = self.count.get(), grace = ?grace, "stopped accepting: clients go on for shutdown_grace");
+            tokio::select! {
+                _ = self.until_no_clients(grace) => {}
+                _ = &mut hurry => hurried = true,
+            }
+        }
         self.shutdown.advance(Phase::Draining);
-        let limit = self.settings().raw.shutdown_timeout;
         info!(clients = self.count.get(), timeout = ?limit, "draining");
-        tokio::select! {
-            _ = self.until_no_clients(limit) => {}
-            _ = hurry => info!("second signal: closing clients now"),
+        if hurried {
+            info!("second signal: closing clients now");
+        } else {
+            tokio::select! {
+                _ = self.until_no_clients(limit) => {}
+                _ = &mut hurry => info!("second signal: closing clients now"),
+            }
         }
         self.shutdown.advance(Phase::Closing);
         self.until_no_clients(CLOSE_GRACE).await;
