@@ -54,7 +54,7 @@ pub async fn run(
     }
     tokio::spawn(crate::frontend::listener::serve(proxy.clone(), listener));
     if let Some(l) = peer_listener {
-        tokio::spawn(crate::frontend::listener::serve(proxy.clone(), l));
+        tokio::spawn(crate::frontend::listener::serve_peers(proxy.clone(), l));
     }
     if let Some(l) = metrics_listener {
         tokio::spawn(crate::http::serve(proxy.clone(), l));

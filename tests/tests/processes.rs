@@ -193,6 +193,70 @@ async fn a_cancel_sent_to_another_process_reaches_the_query() {
     );
 }
 
+/// A process that is shutting down still takes cancels on its `peer_listen` (its listener on
+/// the shared port is closed): a cancel sent to the other process for a query of a transaction
+/// still finishing on the draining one reaches it; a login there is refused (57P03).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_process_still_takes_cancels_from_its_peers() {
+    let port = free_port().unwrap();
+    let peer_ports = [free_port().unwrap(), free_port().unwrap()];
+    let peers = format!(
+        "[peers]\n1 = \"127.0.0.1:{}\"\n2 = \"127.0.0.1:{}\"",
+        peer_ports[0], peer_ports[1]
+    );
+    let mut procs = Vec::new();
+    for (i, peer_port) in peer_ports.iter().enumerate() {
+        let b = builder()
+            .global(&format!("peer_id = {}", i + 1))
+            .global(&format!("peer_listen = \"127.0.0.1:{peer_port}\""))
+            .database(&peers);
+        procs.push(start_on(&b, port, free_port().unwrap()));
+    }
+    let (mut s, msgs) = wire::login_trust(&format!("127.0.0.1:{port}"), "pgtier_trust", "app")
+        .await
+        .unwrap();
+    let k = msgs.iter().find(|m| m.tag == b'K').expect("BackendKeyData");
+    let pid = i32::from_be_bytes(k.body[0..4].try_into().unwrap());
+    let secret = i32::from_be_bytes(k.body[4..8].try_into().unwrap());
+    let owner = (pid >> 16) as usize;
+    assert!(owner == 1 || owner == 2, "key of peer {owner}");
+    let sql = "SELECT pg_sleep(31)";
+    s.write_all(&wire::query("BEGIN")).await.unwrap();
+    wire::read_until_ready(&mut s, LIMIT).await.unwrap();
+    s.write_all(&wire::query(sql)).await.unwrap();
+    until_running(sql).await;
+    // The process running it shuts down: it waits for the transaction (shutdown_timeout 20 s).
+    let draining = &mut procs[owner - 1];
+    draining.signal(libc::SIGTERM);
+    let log = draining.wait_for_log("draining", LIMIT);
+    assert!(log.contains("draining"), "{log}");
+    let own_peer_addr = format!("127.0.0.1:{}", peer_ports[owner - 1]);
+    let mut login = tokio::net::TcpStream::connect(&own_peer_addr)
+        .await
+        .unwrap();
+    login
+        .write_all(&wire::startup_packet(
+            0,
+            &[("user", "pgtier_trust"), ("database", "app")],
+        ))
+        .await
+        .unwrap();
+    let (code, _) = wire::expect_fatal(&mut login, LIMIT).await.unwrap();
+    assert_eq!(code, "57P03");
+    // The cancel goes to the other process, which forwards it to the draining one.
+    send_cancel(&format!("127.0.0.1:{}", peer_ports[2 - owner]), pid, secret).await;
+    let r = wire::read_until_ready(&mut s, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let e = r.iter().find(|m| m.tag == b'E').expect("an error");
+    assert_eq!(e.field(b'C').as_deref(), Some("57014"), "{r:?}");
+    s.write_all(&wire::query("ROLLBACK")).await.unwrap();
+    let (code, _) = wire::expect_fatal(&mut s, LIMIT).await.unwrap_or_default();
+    assert!(code.is_empty() || code == "57P01", "{code}");
+    let status = procs[owner - 1].wait_exit(LIMIT).expect("still running");
+    assert!(status.success(), "{status}");
+}
+
 /// (rows counted, port of the node that answered) of `sql` on `c`.
 async fn read(c: &tokio_postgres::Client, sql: String) -> (i64, u16) {
     let r = c.query_one(&sql, &[]).await.unwrap();

@@ -212,7 +212,8 @@ async fn restarting_each_process_in_turn_fails_no_transaction() {
 }
 
 /// `pgbench -C` (a new connection per transaction) through two processes on one port while
-/// each is restarted in turn: no aborted client, no failed transaction.
+/// each is restarted in turn: no failed transaction, and no aborted client except (with
+/// net.ipv4.tcp_migrate_req off) one whose connection the kernel reset as a listener closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_reconnecting_per_transaction_sees_no_failure() {
     let cluster = Cluster::shared();
@@ -276,9 +277,20 @@ async fn pgbench_reconnecting_per_transaction_sees_no_failure() {
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("{text}");
-    assert!(out.status.success(), "{text}");
     assert!(
         text.contains("number of failed transactions: 0 (0.000%)"),
+        "{text}"
+    );
+    // A connection the kernel is still handshaking (or queued after pgtier took the queue)
+    // when a listener closes is reset, unless net.ipv4.tcp_migrate_req moves it to another
+    // process of the port: with it off, such a reset may abort a pgbench client at connect.
+    let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
+        .is_ok_and(|v| v.trim() == "1");
+    let aborted_at_connect = text.lines().filter(|l| l.contains("aborted")).all(|l| {
+        l.contains("aborted while establishing connection") || l.contains("Run was aborted")
+    });
+    assert!(
+        out.status.success() || (!migrate && aborted_at_connect),
         "{text}"
     );
     drop(procs);

@@ -22,12 +22,33 @@ const MAX_SWEPT: usize = 4096;
 
 /// Accepts clients until shutdown begins; each client runs in its own task.
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
+    accept_until_shutdown(&proxy, &listener).await;
+    drop(listener);
+}
+
+/// `peer_listen`: accepts clients like [`serve`] until shutdown begins, then goes on
+/// accepting until the process exits, for cancel requests only (peers forward to it the
+/// cancels of transactions still finishing here; logins get 57P03).
+pub async fn serve_peers(proxy: Arc<Proxy>, listener: TcpListener) {
+    accept_until_shutdown(&proxy, &listener).await;
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => spawn(&proxy, stream, peer, true),
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn accept_until_shutdown(proxy: &Arc<Proxy>, listener: &TcpListener) {
     let stopping = proxy.shutdown_watch().reached(Phase::Quiescing);
     tokio::pin!(stopping);
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, peer)) => spawn_client(&proxy, stream, peer),
+                Ok((stream, peer)) => spawn(proxy, stream, peer, false),
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
                     warn!(error = %e, "accept failed");
@@ -48,20 +69,20 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
         })
         .await;
         let Some((stream, peer)) = ready else { break };
-        spawn_client(&proxy, stream, peer);
+        spawn(proxy, stream, peer, false);
         swept += 1;
     }
-    drop(listener);
     info!(swept, "stopped accepting clients");
 }
 
-fn spawn_client(proxy: &Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one accepted connection in its own task (`cancel_only`: logins are refused).
+fn spawn(proxy: &Arc<Proxy>, stream: TcpStream, peer: SocketAddr, cancel_only: bool) {
     let limit = proxy.settings().raw.max_client_conn as usize;
     let guard = proxy.clients().enter(limit);
     let proxy = proxy.clone();
     tokio::spawn(async move {
         // Login (the session runs in a task of its own, contained there).
-        let login = pin!(connection::handle(proxy, stream, peer, guard));
+        let login = pin!(connection::handle(proxy, stream, peer, guard, cancel_only));
         if let Err(panic) = Contained(login).await {
             error!(%peer, panic, "internal error during login: connection closed");
         }
