@@ -412,6 +412,8 @@ impl Validator<'_> {
                 .filter(|&b| b > 0),
                 login: self.monitor_login(raw, name, d)?,
                 connect_timeout: raw.server_connect_timeout,
+                zone: Some(raw.zone.clone()).filter(|z| !z.is_empty()),
+                zone_mode: raw.zone_mode,
             },
             routing: RoutingSettings {
                 primary_reads: d.primary_reads.unwrap_or(raw.primary_reads),
