@@ -66,6 +66,29 @@ async fn reads_stay_in_pgtiers_zone_then_prefer_or_only() {
     .await;
     // The local replica banned: reads go to the other zone's replica, not to the primary.
     let adm = admin_console(&prefer, "admin", "admin-pw").await;
+    // SHOW REPLICAS names each node's zone.
+    let zones: Vec<(String, String)> = simple_rows(&adm, "SHOW REPLICAS")
+        .await
+        .iter()
+        .map(|r| {
+            (
+                r.get("node").unwrap().to_owned(),
+                r.get("zone").unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        zones.contains(&(format!("127.0.0.1:{local}"), "b".into())),
+        "{zones:?}"
+    );
+    assert!(
+        zones.contains(&(format!("127.0.0.1:{remote}"), "a".into())),
+        "{zones:?}"
+    );
+    assert!(
+        zones.contains(&(format!("127.0.0.1:{primary}"), String::new())),
+        "{zones:?}"
+    );
     simple_rows(&adm, &format!("BAN 127.0.0.1:{local}")).await;
     until(&prefer, "reads in zone a", |r| {
         r.iter().all(|&(p, _)| p == remote)

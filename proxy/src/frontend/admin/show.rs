@@ -321,6 +321,10 @@ fn replicas(proxy: &Proxy) -> BytesMut {
                 n.replay_lsn.to_string(),
                 topology.outstanding(i).to_string(),
                 n.weight.to_string(),
+                topology.settings().nodes[i]
+                    .zone
+                    .clone()
+                    .unwrap_or_default(),
                 n.last_error.clone().unwrap_or_default(),
             ]);
         }
@@ -336,6 +340,7 @@ fn replicas(proxy: &Proxy) -> BytesMut {
             "replay_lsn",
             "outstanding",
             "weight",
+            "zone",
             "last_error",
         ],
         rows,
