@@ -149,6 +149,10 @@ impl DerefMut for DbConn<'_> {
 const CAUSAL_UNKNOWN: u64 = 0;
 const CAUSAL_SUPPORTED: u64 = 1;
 
+/// How long after a checkout found a closed connection checkouts are probed (a pgtier
+/// draining for a restart closes its clients over a second or so).
+const PROBE_AFTER_CLOSE: Duration = Duration::from_secs(5);
+
 /// The pool and everything needed to use it safely.
 pub struct Db {
     pool: bb8::Pool<Manager>,
@@ -161,6 +165,10 @@ pub struct Db {
     causal: AtomicU64,
     /// `Config::causal_tokens`.
     carry_tokens: bool,
+    /// `Config::pool_size`.
+    pool_size: u32,
+    /// When a checkout last found a closed connection (milliseconds since `started`, 0: never).
+    closed_at: AtomicU64,
 }
 
 /// A client's causal token: an LSN `X/Y` (hex) from the `X-Causal-Lsn` header.
@@ -199,6 +207,8 @@ impl Db {
             started: Instant::now(),
             causal: AtomicU64::new(CAUSAL_UNKNOWN),
             carry_tokens: cfg.causal_tokens,
+            pool_size: cfg.pool_size,
+            closed_at: AtomicU64::new(0),
         })
     }
 
@@ -227,7 +237,23 @@ impl Db {
             .acquire()
             .await
             .map_err(|_| ApiError::Unavailable("pool closed".into()))?;
-        let conn = self.pool.get().await?;
+        let mut conn = self.pool.get().await?;
+        // A connection pgtier closed (a restarting pgtier closes idle clients, and the others
+        // after their transaction, so that they reconnect to another process) is discarded (bb8
+        // drops it when handed back: has_broken) and a fresh one taken, at most the pool's size
+        // times. Closed ones are seen by `is_closed`; for a few seconds after one was, every
+        // checkout is also probed with an empty query (one round trip), which a draining
+        // pgtier refuses: its close may still be on the way when the connection is reused.
+        for _ in 0..self.pool_size {
+            let closed = conn.client.is_closed()
+                || (self.closed_recently() && conn.client.simple_query("").await.is_err());
+            if !closed {
+                break;
+            }
+            self.closed_at.store(self.now_ms(), Ordering::Relaxed);
+            drop(conn);
+            conn = self.pool.get().await?;
+        }
         Ok(DbConn {
             conn,
             _permit: permit,
@@ -261,6 +287,12 @@ impl Db {
 
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// Whether a checkout found a closed connection in the last `PROBE_AFTER_CLOSE`.
+    fn closed_recently(&self) -> bool {
+        let at = self.closed_at.load(Ordering::Relaxed);
+        at != 0 && self.now_ms().saturating_sub(at) < PROBE_AFTER_CLOSE.as_millis() as u64
     }
 
     fn may_ask(&self) -> bool {

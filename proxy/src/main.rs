@@ -32,6 +32,11 @@ enum Command {
         /// does not answer or no primary is found).
         #[arg(long)]
         connect: bool,
+        /// Also print, per node, the server connections N pgtier processes with this config
+        /// may open at full load (with --connect: against the node's max_connections; a
+        /// warning above 80%, exit 1 above 100%).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        instances: Option<u32>,
     },
     /// Read a password from stdin and print the SCRAM-SHA-256 verifier (or, with --md5 USER,
     /// the md5 hash) to put in `password` instead of the plain text.
@@ -45,7 +50,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check { file, connect }) => check(&file, connect),
+        Some(Command::Check {
+            file,
+            connect,
+            instances,
+        }) => check(&file, connect, instances),
         Some(Command::Verifier { md5 }) => verifier(md5.as_deref()),
         None => {
             match cli.config {
@@ -86,7 +95,7 @@ fn verifier(md5_user: Option<&str>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn check(file: &std::path::Path, connect: bool) -> ExitCode {
+fn check(file: &std::path::Path, connect: bool, instances: Option<u32>) -> ExitCode {
     match pgtier::config::load_file(file) {
         Ok(s) => {
             // The certificate files are read as pgtier would at start (or at a RELOAD).
@@ -101,10 +110,15 @@ fn check(file: &std::path::Path, connect: bool) -> ExitCode {
                 s.users.len(),
                 s.listen
             );
-            if connect && !check_nodes(&s) {
-                return ExitCode::FAILURE;
+            let mut ok = !connect || check_nodes(&s);
+            if let Some(n) = instances {
+                ok &= check_budget(&s, n, connect);
             }
-            ExitCode::SUCCESS
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("{e}");
@@ -172,6 +186,54 @@ fn check_nodes(settings: &pgtier::config::Settings) -> bool {
         ok &= report.healthy();
     }
     ok
+}
+
+/// Prints the connection budget of `instances` processes per node (with `connect`: against
+/// each node's max_connections); false if a node would be over its limit or unreadable.
+fn check_budget(settings: &pgtier::config::Settings, instances: u32, connect: bool) -> bool {
+    use pgtier::config::budget::{node_budgets, render};
+    let budgets = node_budgets(settings);
+    let mut limits = std::collections::BTreeMap::new();
+    let mut read_all = true;
+    if connect {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            eprintln!("pgtier: cannot start a runtime to connect");
+            return false;
+        };
+        let mut names: Vec<&String> = settings.databases.keys().collect();
+        names.sort();
+        for b in &budgets {
+            // Logged in to as the monitors of the first database that lists the node do.
+            let Some(db) = names
+                .iter()
+                .map(|n| &settings.databases[*n])
+                .find(|d| d.nodes().iter().any(|n| n.addr == b.addr))
+            else {
+                continue;
+            };
+            let limit = db
+                .cluster
+                .connect_timeout
+                .min(std::time::Duration::from_secs(10));
+            let read = match pgtier::tls::ServerTls::new(&db.server_tls) {
+                Ok(tls) => runtime.block_on(pgtier::cluster::probe::server_limit(
+                    &b.addr,
+                    &db.cluster.login,
+                    &tls,
+                    limit,
+                )),
+                Err(e) => Err(format!("server TLS unusable: {e}")),
+            };
+            read_all &= read.is_ok();
+            limits.insert(b.addr.to_string(), read);
+        }
+    }
+    let (text, fits) = render(&budgets, instances, &limits);
+    print!("{text}");
+    fits && read_all
 }
 
 fn run(file: &std::path::Path) -> anyhow::Result<()> {

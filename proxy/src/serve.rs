@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpSocket};
 use tracing::info;
 
 use crate::config::Settings;
@@ -24,21 +26,36 @@ pub async fn run(
     // First: a certificate or CA file that cannot be used stops pgtier before it listens.
     let listen = settings.listen;
     let metrics_listen = settings.metrics_listen;
+    let reuseport = settings.raw.so_reuseport;
+    let peer_listen = settings.peering.listen;
     let proxy = Proxy::new(settings, config_path).map_err(std::io::Error::other)?;
-    let listener = TcpListener::bind(listen).await?;
-    info!(listen = %listen, "pgtier listening");
-    let metrics_listener = match metrics_listen {
+    let listener = bind(listen, reuseport)?;
+    // Only this process listens here: peers forward cancels to it (clients may log in too).
+    let peer_listener = match peer_listen {
         Some(addr) => {
-            let l = TcpListener::bind(addr).await?;
-            info!(listen = %addr, "metrics endpoint listening (GET /metrics)");
+            let l = bind(addr, false)?;
+            info!(listen = %addr, peer_id = ?proxy.client_registry().peer_id(), "peer address listening");
             Some(l)
         }
         None => None,
     };
+    let metrics_listener = match metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await?;
+            info!(listen = %addr, "HTTP endpoint listening (GET /metrics, /health, /ready)");
+            Some(l)
+        }
+        None => None,
+    };
+    // Last: tests and operators take this line to mean that every address is bound.
+    info!(listen = %listen, so_reuseport = reuseport, "pgtier listening");
     if let Some(hook) = log_level {
         proxy.set_log_level_hook(hook);
     }
     tokio::spawn(crate::frontend::listener::serve(proxy.clone(), listener));
+    if let Some(l) = peer_listener {
+        tokio::spawn(crate::frontend::listener::serve_peers(proxy.clone(), l));
+    }
     if let Some(l) = metrics_listener {
         tokio::spawn(crate::http::serve(proxy.clone(), l));
     }
@@ -62,4 +79,25 @@ pub async fn run(
     };
     proxy.drain(again).await;
     Ok(())
+}
+
+/// Accept queue length (what `TcpListener::bind` uses).
+const BACKLOG: u32 = 1024;
+
+/// Binds the client listener; with `reuseport`, other processes that set SO_REUSEPORT too
+/// (other pgtier processes) can bind the same address, and the kernel spreads new connections
+/// between them.
+pub fn bind(addr: SocketAddr, reuseport: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As TcpListener::bind: a restarted pgtier can bind while old connections are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    if reuseport {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }

@@ -14,17 +14,22 @@ use tokio::sync::Notify;
 pub enum Phase {
     /// Serving.
     Running = 0,
+    /// No new connections (the listener is closed, so processes sharing the port get them);
+    /// clients go on as usual for `shutdown_grace`, so a client that connected just before
+    /// (its login and first transaction on their way) is served, not cut off.
+    Quiescing = 1,
     /// No new clients; clients close (57P01) as soon as their transaction ends.
-    Draining = 1,
+    Draining = 2,
     /// `shutdown_timeout` passed: every client is closed now.
-    Closing = 2,
+    Closing = 3,
 }
 
 impl Phase {
     fn from_u8(v: u8) -> Phase {
         match v {
             0 => Phase::Running,
-            1 => Phase::Draining,
+            1 => Phase::Quiescing,
+            2 => Phase::Draining,
             _ => Phase::Closing,
         }
     }

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod faults;
 pub mod fixture;
 pub mod fuzz;
+pub mod http;
 pub mod node;
 pub mod pids;
 pub mod ports;

@@ -27,6 +27,18 @@ impl Pgtier {
         Pgtier::start_bin(pgtier_bin()?, port, config)
     }
 
+    /// [`Pgtier::start`] for a process that shares `port` with others (`so_reuseport`): as
+    /// another process may already answer there, waits (20 s) for this one's own "pgtier
+    /// listening" log line instead.
+    pub fn start_sharing(port: u16, config: &str) -> Result<Pgtier> {
+        let px = Pgtier::start(port, config)?;
+        let log = px.wait_for_log("pgtier listening", Duration::from_secs(20));
+        if !log.contains("pgtier listening") {
+            bail!("pgtier did not listen on {port} within 20 s:\n{log}");
+        }
+        Ok(px)
+    }
+
     /// [`Pgtier::start`] with extra environment variables (test-only switches of debug builds,
     /// such as `PGTIER_TEST_PANIC`).
     pub fn start_with_env(port: u16, config: &str, env: &[(&str, &str)]) -> Result<Pgtier> {

@@ -165,3 +165,69 @@ async fn a_verifier_from_pgtier_verifier_logs_clients_in_with_their_password() {
         );
     }
 }
+
+/// `pgtier check --instances N --connect`: per node, N processes' connections at full load
+/// against the node's own max_connections (read from it): a warning above 80%, exit 1 above
+/// 100%.
+#[test]
+fn instances_budget_is_checked_against_max_connections() {
+    let cluster = pgtier_kit::Cluster::shared();
+    pgtier_kit::fixture::scram_role(cluster, "budget", "budget-pw").unwrap();
+    let read = |sql: &str| -> u32 { cluster.primary().psql(sql).unwrap().trim().parse().unwrap() };
+    let max = read("SHOW max_connections");
+    let reserved = read(
+        "SELECT current_setting('superuser_reserved_connections')::int \
+         + coalesce(current_setting('reserved_connections', true), '0')::int",
+    );
+    let usable = max - reserved;
+    let config = pgtier_kit::fixture::ConfigBuilder::new(cluster)
+        .user("budget", "password = \"budget-pw\"")
+        .database("pool_size = 10")
+        .render(6432);
+    let dir = pgtier_kit::make_temp_dir("pgtier-budget").unwrap();
+    let file = dir.join("pgtier.toml");
+    std::fs::write(&file, config).unwrap();
+    let run = |n: u32| {
+        let out = Command::new(pgtier_kit::pgtier_bin().unwrap())
+            .args(["check", "--connect", "--instances", &n.to_string()])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success(), text)
+    };
+    // Per instance: pool 10 + 1 monitor + 1 pg_proc read on the primary.
+    let per = 12;
+    let node = cluster.primary().addr();
+    let (ok, out) = run(1);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("{node}: 1 x {per} = {per} of {usable} usable (max_connections {max}, {reserved} reserved)")),
+        "{out}"
+    );
+    assert!(!out.contains("WARNING"), "{out}");
+    // Just above 80%: a warning, still exit 0.
+    let tight = (usable * 4 / 5) / per + 1;
+    assert!(
+        tight * per <= usable,
+        "max_connections {max} too small for this test"
+    );
+    let (ok, out) = run(tight);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("WARNING {node}: {tight} instance(s) may use")),
+        "{out}"
+    );
+    // Above 100%: exit 1, naming the node.
+    let over = usable / per + 1;
+    let (ok, out) = run(over);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "ERROR {node}: {over} instance(s) may open {}",
+            over * per
+        )),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

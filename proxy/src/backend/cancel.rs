@@ -30,3 +30,23 @@ pub async fn send_cancel(target: CancelTarget, limit: Duration) -> std::io::Resu
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
+
+/// Sends a CancelRequest with `key` to another pgtier process at `host:port` (cancel
+/// peering) and waits until it closes the connection, as a server does.
+pub async fn send_cancel_to_peer(
+    host: &str,
+    port: u16,
+    key: CancelKey,
+    limit: Duration,
+) -> std::io::Result<()> {
+    let work = async {
+        let mut s = TcpStream::connect((host, port)).await?;
+        s.write_all(&key.request_packet()).await?;
+        let mut sink = [0u8; 64];
+        while s.read(&mut sink).await? > 0 {}
+        Ok(())
+    };
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}

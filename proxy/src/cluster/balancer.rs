@@ -14,6 +14,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::{LagLimits, Lsn, NodeState, NodeStatus, Pick, Role};
+use crate::config::topology::ZONE_EXCLUDED;
 
 /// Whether `node` may serve a read: a `Healthy` replica when `limits` is None (the database's
 /// limits, with the monitor's hysteresis); with `limits`, a `Healthy` or `Lagging` replica
@@ -86,13 +87,14 @@ fn candidate(
     limits: Option<&LagLimits>,
 ) -> Option<Candidate> {
     let node = &nodes[i];
-    if !eligible(node, limits) {
+    if !eligible(node, limits) || node.zone_rank == ZONE_EXCLUDED {
         return None;
     }
     Some(Candidate {
         node: i,
         load: u64::from(outstanding[i].load(Ordering::Relaxed)) + 1,
         weight: u64::from(node.weight),
+        remote: node.zone_rank != 0,
     })
 }
 
@@ -142,12 +144,15 @@ struct Candidate {
     /// Outstanding requests + 1.
     load: u64,
     weight: u64,
+    /// In another zone than pgtier's.
+    remote: bool,
 }
 
 impl Candidate {
-    /// 0: positive weight; 1: weight 0 (only when nothing else is eligible).
+    /// 0: positive weight in pgtier's zone; 1: positive weight elsewhere; 2, 3: the same with
+    /// weight 0 (only when nothing else is eligible).
     fn tier(&self) -> u8 {
-        u8::from(self.weight == 0)
+        2 * u8::from(self.weight == 0) + u8::from(self.remote)
     }
 
     /// Strictly better.
@@ -179,9 +184,67 @@ mod tests {
             byte_lag: None,
             time_lag: None,
             weight,
+            zone_rank: 0,
             timeline: None,
             last_error: None,
         }
+    }
+
+    #[test]
+    fn replicas_in_pgtiers_zone_first_then_other_zones() {
+        let zoned = |rank| NodeStatus {
+            zone_rank: rank,
+            ..node(Replica, Healthy, 1)
+        };
+        // Node 1 remote and idle, node 2 local and busier: the local one.
+        let nodes = [node(Primary, Healthy, 1), zoned(1), zoned(0)];
+        let out = atomics32(&[0, 0, 5]);
+        let known = atomics64(&[100; 3]);
+        assert_eq!(
+            choose(&nodes, &out, &known, Lsn(0), None, 0),
+            Pick::Ready(2)
+        );
+        // The local one has not replayed the token: asked first, not skipped for the remote.
+        let known = atomics64(&[300, 300, 100]);
+        assert_eq!(
+            choose(&nodes, &out, &known, Lsn(200), None, 0),
+            Pick::Check(2)
+        );
+        // The local one down: the remote one; excluded (zone_mode only): none.
+        let nodes = [
+            node(Primary, Healthy, 1),
+            zoned(1),
+            NodeStatus {
+                state: Down,
+                ..zoned(0)
+            },
+        ];
+        assert_eq!(
+            choose(&nodes, &out, &known, Lsn(0), None, 0),
+            Pick::Ready(1)
+        );
+        let nodes = [
+            node(Primary, Healthy, 1),
+            zoned(ZONE_EXCLUDED),
+            NodeStatus {
+                state: Down,
+                ..zoned(0)
+            },
+        ];
+        assert_eq!(choose(&nodes, &out, &known, Lsn(0), None, 0), Pick::None);
+        // A remote replica with weight comes before a local one with weight 0.
+        let nodes = [
+            node(Primary, Healthy, 1),
+            zoned(1),
+            NodeStatus {
+                weight: 0,
+                ..zoned(0)
+            },
+        ];
+        assert_eq!(
+            choose(&nodes, &out, &known, Lsn(0), None, 0),
+            Pick::Ready(1)
+        );
     }
 
     fn atomics32(v: &[u32]) -> Vec<AtomicU32> {

@@ -198,6 +198,7 @@ impl Topology {
                 byte_lag: None,
                 time_lag: None,
                 weight: n.weight,
+                zone_rank: settings.zone_rank(n),
                 timeline: None,
                 last_error: None,
             })

@@ -15,6 +15,7 @@ fn settings(roles: &[ConfiguredRole]) -> ClusterSettings {
                 },
                 role,
                 weight: 1,
+                zone: None,
             })
             .collect(),
         lag_check_interval: Duration::from_millis(100),
@@ -26,6 +27,8 @@ fn settings(roles: &[ConfiguredRole]) -> ClusterSettings {
             dbname: "d".into(),
         },
         connect_timeout: Duration::from_secs(1),
+        zone: None,
+        zone_mode: Default::default(),
     }
 }
 

@@ -64,6 +64,8 @@ pub struct NodeStatus {
     pub time_lag: Option<Duration>,
     /// Configured weight.
     pub weight: u32,
+    /// Distance from pgtier's zone (see `ClusterSettings::zone_rank`).
+    pub zone_rank: u8,
     /// WAL timeline (primaries).
     pub timeline: Option<u32>,
     /// Why the node is Down or Banned.
@@ -242,6 +244,7 @@ impl Topology {
             byte_lag: rt.last_lag.map(|l| l.bytes),
             time_lag: rt.last_lag.and_then(|l| l.time),
             weight: cfg.weight,
+            zone_rank: self.settings.zone_rank(cfg),
             timeline: seen.and_then(|c| c.timeline),
             last_error,
         }

@@ -359,7 +359,9 @@ impl Validator<'_> {
             .filter_map(|(name, d)| Some((name.clone(), self.database(&raw, name, d)?)))
             .collect::<HashMap<_, _>>();
         let client_tls = self.client_tls(&raw);
+        let peering = self.peering(&raw);
         Settings {
+            peering,
             client_tls,
             client_idle_timeout: nonzero(raw.client_idle_timeout),
             metrics_listen,
@@ -416,6 +418,8 @@ impl Validator<'_> {
                 .filter(|&b| b > 0),
                 login: self.monitor_login(raw, name, d)?,
                 connect_timeout: raw.server_connect_timeout,
+                zone: Some(raw.zone.clone()).filter(|z| !z.is_empty()),
+                zone_mode: raw.zone_mode,
             },
             routing: RoutingSettings {
                 primary_reads: d.primary_reads.unwrap_or(raw.primary_reads),

@@ -3,11 +3,13 @@
 //! (`show`) and what a reload cannot apply (`diff`).
 
 pub mod auth_file;
+pub mod budget;
 mod credentials;
 pub mod diff;
 pub mod duration;
 pub mod load;
 mod nodes;
+pub mod peers;
 pub mod rule_set;
 pub mod rules;
 pub mod schema;

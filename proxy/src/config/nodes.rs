@@ -25,12 +25,13 @@ impl Validator<'_> {
                 } else {
                     vec!["databases", name, key, &index]
                 };
-                let (addr, role, weight) = match entry {
-                    NodeEntry::Addr(a) => (a.as_str(), default_role, 1),
+                let (addr, role, weight, zone) = match entry {
+                    NodeEntry::Addr(a) => (a.as_str(), default_role, 1, None),
                     NodeEntry::Full(t) => (
                         t.addr.as_str(),
                         t.role.unwrap_or(default_role),
                         t.weight.unwrap_or(1),
+                        t.zone.clone().filter(|z| !z.is_empty()),
                     ),
                 };
                 let Some(addr) = NodeAddr::parse(addr) else {
@@ -58,7 +59,12 @@ impl Validator<'_> {
                     ok = false;
                     continue;
                 }
-                out.push(NodeConfig { addr, role, weight });
+                out.push(NodeConfig {
+                    addr,
+                    role,
+                    weight,
+                    zone,
+                });
             }
         }
         if ok && out.is_empty() {

@@ -40,6 +40,17 @@ pub enum PrimaryReads {
     Include,
 }
 
+/// Whether reads may leave pgtier's own zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ZoneMode {
+    /// Replicas in pgtier's zone first, then replicas in other zones, then the primary.
+    #[default]
+    Prefer,
+    /// Only replicas in pgtier's zone, else the primary.
+    Only,
+}
+
 /// Which clients share a causal token: a read waits for (or avoids replicas behind) every
 /// write committed by a client of its scope, not only its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
@@ -111,6 +122,8 @@ pub struct NodeTable {
     pub role: Option<NodeRole>,
     /// Share of reads relative to other replicas (default 1; 0: only when nothing else is).
     pub weight: Option<u32>,
+    /// The zone (or region) the node runs in: reads prefer replicas in pgtier's own `zone`.
+    pub zone: Option<String>,
 }
 
 /// How a client proves who it is to pgtier.
@@ -373,6 +386,29 @@ pub struct Config {
     pub auth_cache_size: u32,
     /// `[users]` entries that may use the admin console (database `pgtier` or `pgbouncer`).
     pub admin_users: Vec<String>,
+    // Several pgtier processes (issue 21).
+    /// Bind the client listener with SO_REUSEPORT, so several pgtier processes share its
+    /// address (the kernel spreads new connections between them).
+    pub so_reuseport: bool,
+    /// On SIGTERM/SIGINT/SHUTDOWN, how long clients go on as usual after the listener closed,
+    /// before draining (idle clients closed, the others at their transaction's end).
+    #[serde(
+        deserialize_with = "super::duration::deserialize",
+        serialize_with = "super::show::serialize_duration"
+    )]
+    pub shutdown_grace: Duration,
+    /// The zone (or region) this pgtier runs in (empty: none, replicas are not told apart).
+    pub zone: String,
+    /// Whether reads prefer replicas in `zone` or use only them.
+    pub zone_mode: ZoneMode,
+    /// This process's id among its peers, put in the cancel keys it issues (0: peering off).
+    pub peer_id: u32,
+    /// An extra address to listen on, one per process, where peers forward cancel requests
+    /// (empty: none; needed when processes share `listen` with so_reuseport).
+    pub peer_listen: String,
+    /// `[peers]`: each peer's id and the address it can be reached at (`listen` or
+    /// `peer_listen`); a cancel whose key names one of them is forwarded there.
+    pub peers: BTreeMap<String, String>,
     /// Client users, by name.
     #[serde(skip_serializing)]
     pub users: BTreeMap<String, UserConfig>,
@@ -452,6 +488,13 @@ impl Default for Config {
             auth_type: AuthMethod::ScramSha256,
             monitor_user: None,
             admin_users: Vec::new(),
+            so_reuseport: false,
+            shutdown_grace: Duration::from_secs(1),
+            zone: String::new(),
+            zone_mode: ZoneMode::Prefer,
+            peer_id: 0,
+            peer_listen: String::new(),
+            peers: BTreeMap::new(),
             users: BTreeMap::new(),
             databases: BTreeMap::new(),
         }

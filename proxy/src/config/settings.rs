@@ -222,6 +222,8 @@ pub struct Settings {
     pub slow_query_threshold: Option<Duration>,
     /// TLS towards clients.
     pub client_tls: super::tls::ClientTlsSettings,
+    /// Cancel peering with other pgtier processes.
+    pub peering: super::peers::Peering,
 }
 
 impl Settings {

@@ -11,7 +11,15 @@ use super::settings::Settings;
 
 /// Keys that take effect only after a restart (the listeners, the runtime and the log
 /// subscriber are set up once at startup).
-pub const RESTART_KEYS: &[&str] = &["listen", "workers", "log_format", "metrics_listen"];
+pub const RESTART_KEYS: &[&str] = &[
+    "listen",
+    "workers",
+    "log_format",
+    "metrics_listen",
+    "so_reuseport",
+    "peer_id",
+    "peer_listen",
+];
 
 /// One row of `SHOW CONFIG`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +79,12 @@ fn render(v: &toml::Value) -> String {
     match v {
         toml::Value::String(s) => s.clone(),
         toml::Value::Array(items) => items.iter().map(render).collect::<Vec<_>>().join(", "),
+        // `[peers]`: one line, "1 = host:port, 2 = host:port".
+        toml::Value::Table(t) => t
+            .iter()
+            .map(|(k, v)| format!("{k} = {}", render(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
         other => other.to_string(),
     }
 }

@@ -25,6 +25,8 @@ pub struct NodeConfig {
     pub role: ConfiguredRole,
     /// Share of reads relative to other replicas (0: no reads unless nothing else is eligible).
     pub weight: u32,
+    /// The zone it runs in (None: not said).
+    pub zone: Option<String>,
 }
 
 /// Credentials the monitors log in with.
@@ -54,9 +56,27 @@ pub struct ClusterSettings {
     /// Limit on a monitor's connect + login; each check is limited to the smaller of this and
     /// 1 s.
     pub connect_timeout: Duration,
+    /// pgtier's own zone (None: zones are not used).
+    pub zone: Option<String>,
+    /// Whether reads may go to replicas in other zones.
+    pub zone_mode: super::schema::ZoneMode,
 }
 
+/// [`ClusterSettings::zone_rank`] of a replica reads never go to (`zone_mode = "only"`).
+pub const ZONE_EXCLUDED: u8 = u8::MAX;
+
 impl ClusterSettings {
+    /// How far `node` is from pgtier: 0 in its zone (or zones unused), 1 in another zone or
+    /// none said, [`ZONE_EXCLUDED`] there under `zone_mode = "only"`.
+    pub fn zone_rank(&self, node: &NodeConfig) -> u8 {
+        match &self.zone {
+            None => 0,
+            Some(own) if node.zone.as_ref() == Some(own) => 0,
+            Some(_) if self.zone_mode == super::schema::ZoneMode::Only => ZONE_EXCLUDED,
+            Some(_) => 1,
+        }
+    }
+
     /// Limit on one check round trip.
     pub fn check_timeout(&self) -> Duration {
         self.connect_timeout.min(Duration::from_secs(1))

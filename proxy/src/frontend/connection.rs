@@ -14,16 +14,19 @@ use crate::panics::Contained;
 use crate::protocol::messages::{auth_ok, ready_for_query, TxStatus};
 use crate::protocol::SqlState;
 use crate::runtime::{ClientGuard, Proxy};
+use crate::shutdown::Phase;
 use crate::write::write_all_within;
 
 use super::session;
 
-/// Serves one accepted connection to the end.
+/// Serves one accepted connection to the end (`cancel_only`: a cancel request is forwarded,
+/// a login refused as during shutdown).
 pub async fn handle(
     proxy: Arc<Proxy>,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     mut guard: ClientGuard,
+    cancel_only: bool,
 ) {
     // Before any TLS handshake too: with Nagle on, its records wait for ACKs (40 ms each).
     let _ = tcp.set_nodelay(true);
@@ -41,7 +44,11 @@ pub async fn handle(
             &snapshot.databases,
             tls.as_deref(),
             &guard,
-            proxy.phase(),
+            if cancel_only {
+                proxy.phase().max(Phase::Draining)
+            } else {
+                proxy.phase()
+            },
         ));
         tokio::select! {
             r = login => r,

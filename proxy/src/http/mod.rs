@@ -1,26 +1,39 @@
-//! A minimal HTTP/1.1 endpoint for Prometheus: `GET /metrics` answers the text exposition
-//! format, anything else 404. Each request is read with a size cap and a timeout, answered,
-//! and the connection closed (scrapers send one request per connection or reconnect).
+//! The HTTP endpoint for Prometheus and orchestrators, served with hyper (HTTP/1.1 only):
+//! `GET /metrics` (text exposition format), `GET /health` (200 while the process runs) and
+//! `GET /ready` (200 when pgtier should get new clients, else 503 with the reason; see
+//! `health`). One request per connection, read with a header-size cap and a timeout; at most
+//! `MAX_CONCURRENT` connections are served at once (more wait in the accept queue).
 
+mod health;
 mod scrape;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::runtime::Proxy;
 
-/// Largest request head read.
+pub use health::not_ready;
+
+/// Largest request head read (hyper's minimum buffer; a larger head gets 431).
 const MAX_REQUEST: usize = 8 * 1024;
 /// Limit on reading a request and writing the answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Scrapes served at once (more wait in the accept queue).
+/// Connections served at once (more wait in the accept queue).
 const MAX_CONCURRENT: usize = 16;
 
-/// Serves scrapes until the process ends.
+const TEXT: &str = "text/plain; charset=utf-8";
+const EXPOSITION: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Serves requests until the process ends.
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
     loop {
@@ -38,66 +51,50 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
         let proxy = proxy.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if tokio::time::timeout(REQUEST_TIMEOUT, answer(&proxy, stream))
-                .await
-                .is_err()
-            {
-                debug!(%peer, "metrics request timed out");
+            let service = hyper::service::service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(answer(&proxy, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(REQUEST_TIMEOUT)
+                .max_buf_size(MAX_REQUEST)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(REQUEST_TIMEOUT, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(%peer, error = %e, "HTTP request failed"),
+                Err(_) => debug!(%peer, "HTTP request timed out"),
             }
         });
     }
 }
 
-async fn answer(proxy: &Proxy, mut stream: TcpStream) {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        if buf.len() > MAX_REQUEST {
-            let _ = stream
-                .write_all(&response(
-                    "431 Request Header Fields Too Large",
-                    "text/plain",
-                    b"",
-                ))
-                .await;
-            return;
-        }
+/// The answer to one request.
+fn answer(proxy: &Proxy, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return response(StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET only\n".into());
     }
-    let line = buf.split(|&b| b == b'\r').next().unwrap_or(&[]);
-    let mut parts = line.split(|&b| b == b' ');
-    let (method, path) = (parts.next().unwrap_or(&[]), parts.next().unwrap_or(&[]));
-    let path = path.split(|&b| b == b'?').next().unwrap_or(&[]);
-    let reply = match (method, path) {
-        (b"GET", b"/metrics") => {
-            let body = scrape::render(proxy);
-            response(
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                body.as_bytes(),
-            )
-        }
-        (b"GET", b"/") => response(
-            "200 OK",
-            "text/plain; charset=utf-8",
-            b"pgtier: metrics at /metrics\n",
+    match req.uri().path() {
+        "/metrics" => response(StatusCode::OK, EXPOSITION, scrape::render(proxy)),
+        "/health" => response(StatusCode::OK, TEXT, "ok\n".into()),
+        "/ready" => match not_ready(proxy) {
+            None => response(StatusCode::OK, TEXT, "ready\n".into()),
+            Some(why) => response(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n")),
+        },
+        "/" => response(
+            StatusCode::OK,
+            TEXT,
+            "pgtier: /metrics, /health, /ready\n".into(),
         ),
-        (b"GET", _) => response("404 Not Found", "text/plain", b"not found\n"),
-        _ => response("405 Method Not Allowed", "text/plain", b"GET only\n"),
-    };
-    let _ = stream.write_all(&reply).await;
-    let _ = stream.shutdown().await;
+        _ => response(StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
+    }
 }
 
-fn response(status: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(body);
-    out
+fn response(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
 }

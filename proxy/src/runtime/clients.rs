@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rand::RngExt;
 use thiserror::Error;
 
 use crate::backend::CancelTarget;
@@ -173,6 +172,8 @@ pub struct NewClient<'a> {
 /// All logged-in clients.
 #[derive(Debug, Default)]
 pub struct ClientRegistry {
+    /// This process's peer id, put in every key it issues (None: peering off).
+    peer_id: Option<u16>,
     map: Mutex<HashMap<CancelKey, Arc<ClientEntry>>>,
     /// Logged-in clients per user and per database (the client limits), with the name the
     /// entries share. Bounded by the clients logged in: a name leaves with its last client.
@@ -255,6 +256,19 @@ fn enter(map: &mut HashMap<Arc<str>, u32>, name: &str, max: Option<u32>) -> Opti
 }
 
 impl ClientRegistry {
+    /// An empty registry whose keys name peer `peer_id` (None: peering off).
+    pub fn new(peer_id: Option<u16>) -> ClientRegistry {
+        ClientRegistry {
+            peer_id,
+            ..ClientRegistry::default()
+        }
+    }
+
+    /// The peer id its keys carry.
+    pub fn peer_id(&self) -> Option<u16> {
+        self.peer_id
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CancelKey, Arc<ClientEntry>>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -335,10 +349,7 @@ impl ClientRegistry {
         let mut rng = rand::rng();
         let mut map = self.lock();
         let key = loop {
-            let key = CancelKey {
-                pid: rng.random_range(1..i32::MAX),
-                secret: rng.random(),
-            };
+            let key = super::peer_cancel::issue(self.peer_id, &mut rng);
             if !map.contains_key(&key) {
                 break key;
             }

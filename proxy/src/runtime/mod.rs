@@ -7,6 +7,7 @@ pub mod cancel_slot;
 pub mod client_count;
 pub mod clients;
 mod limits;
+pub mod peer_cancel;
 mod reload;
 
 use std::collections::HashMap;
@@ -20,7 +21,8 @@ use arc_swap::ArcSwap;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use crate::backend::{cancel::send_cancel, Pool, PoolId, Pools, Upstream};
+use crate::backend::cancel::{send_cancel, send_cancel_to_peer};
+use crate::backend::{Pool, PoolId, Pools, Upstream};
 use crate::config::{ConfigError, Database, Settings, User};
 use crate::control::{Control, DbControl};
 use crate::metrics::{DbMetrics, Metrics};
@@ -46,6 +48,8 @@ pub enum ReloadError {
 
 /// How long a forwarded cancel may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Cancels being forwarded to peers at once (more are dropped, with a warning).
+const MAX_PEER_CANCELS: usize = 64;
 /// After `shutdown_timeout`, how long clients get to receive their 57P01 before exit.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -106,6 +110,8 @@ pub struct Proxy {
     reloading: Mutex<()>,
     /// Applies a new `log_level` (set by the binary, which owns the log subscriber).
     log_level: OnceLock<LogLevelHook>,
+    /// Slots for cancels being forwarded to peers.
+    peer_cancels: tokio::sync::Semaphore,
 }
 
 /// Applies a `log_level` filter to the running log subscriber; Err: why it was not applied.
@@ -145,6 +151,7 @@ impl Proxy {
             scopes: &scopes,
         };
         let databases = reload::build_databases(&settings, &tls, None, &kept);
+        let peer_id = settings.peering.id;
         Ok(Arc::new(Proxy {
             current: ArcSwap::from_pointee(Snapshot {
                 settings: Arc::new(settings),
@@ -155,7 +162,7 @@ impl Proxy {
             generation: AtomicU64::new(0),
             pools: Pools::default(),
             caps: Default::default(),
-            clients: Arc::default(),
+            clients: Arc::new(ClientRegistry::new(peer_id)),
             count: ClientCount::default(),
             shutdown,
             listeners: crate::notify::Listeners::new(metrics.clone()),
@@ -165,6 +172,7 @@ impl Proxy {
             config_path,
             reloading: Mutex::new(()),
             log_level: OnceLock::new(),
+            peer_cancels: tokio::sync::Semaphore::new(MAX_PEER_CANCELS),
         }))
     }
 
@@ -341,8 +349,14 @@ impl Proxy {
         Ok(restart)
     }
 
-    /// Forwards a client's cancel request to the server running its query, if any.
+    /// Forwards a client's cancel request to the server running its query, if any; with
+    /// peering on, a key issued by another peer goes to that peer (unknown peers: ignored).
     pub async fn forward_cancel(&self, key: CancelKey) {
+        let key = match self.clients.peer_id() {
+            None => key,
+            Some(me) if peer_cancel::owner(&key) == me => peer_cancel::as_issued(&key),
+            Some(_) => return self.forward_to_peer(key).await,
+        };
         let Some(target) = self.clients.cancel_target(&key) else {
             debug!("cancel request for a client with no running query");
             return;
@@ -352,15 +366,62 @@ impl Proxy {
         }
     }
 
-    /// Graceful shutdown: stop accepting, let transactions finish up to `shutdown_timeout`
-    /// (or until `hurry` resolves), then close every client with 57P01.
+    /// Sends a cancel to the peer whose key it is (bounded: at most `MAX_PEER_CANCELS` at
+    /// once, each within `CANCEL_TIMEOUT`).
+    async fn forward_to_peer(&self, key: CancelKey) {
+        let owner = peer_cancel::owner(&key);
+        if peer_cancel::ttl(&key) == 0 {
+            warn!(
+                peer = owner,
+                "cancel request forwarded too many times (do the [peers] sections agree?): dropped"
+            );
+            return;
+        }
+        let Some(addr) = self.settings().peering.peers.get(&owner).cloned() else {
+            debug!(peer = owner, "cancel request for an unknown peer: ignored");
+            return;
+        };
+        let Ok(_slot) = self.peer_cancels.try_acquire() else {
+            warn!(
+                peer = owner,
+                "too many cancel requests being forwarded to peers: dropped"
+            );
+            return;
+        };
+        let key = peer_cancel::forwarded(&key);
+        match send_cancel_to_peer(&addr.host, addr.port, key, CANCEL_TIMEOUT).await {
+            Ok(()) => debug!(peer = owner, %addr, "cancel request forwarded to its peer"),
+            Err(e) => {
+                warn!(peer = owner, %addr, error = %e, "forwarding a cancel to its peer failed")
+            }
+        }
+    }
+
+    /// Graceful shutdown: stop accepting, let clients go on for `shutdown_grace`, then let
+    /// transactions finish up to `shutdown_timeout` while idle clients are closed (or until
+    /// `hurry` resolves), then close every client with 57P01.
     pub async fn drain(&self, hurry: impl Future<Output = ()>) {
+        self.shutdown.advance(Phase::Quiescing);
+        let raw = &self.settings().raw;
+        let (grace, limit) = (raw.shutdown_grace, raw.shutdown_timeout);
+        let mut hurry = std::pin::pin!(hurry);
+        let mut hurried = false;
+        if !grace.is_zero() {
+            info!(clients = self.count.get(), grace = ?grace, "stopped accepting: clients go on for shutdown_grace");
+            tokio::select! {
+                _ = self.until_no_clients(grace) => {}
+                _ = &mut hurry => hurried = true,
+            }
+        }
         self.shutdown.advance(Phase::Draining);
-        let limit = self.settings().raw.shutdown_timeout;
         info!(clients = self.count.get(), timeout = ?limit, "draining");
-        tokio::select! {
-            _ = self.until_no_clients(limit) => {}
-            _ = hurry => info!("second signal: closing clients now"),
+        if hurried {
+            info!("second signal: closing clients now");
+        } else {
+            tokio::select! {
+                _ = self.until_no_clients(limit) => {}
+                _ = &mut hurry => info!("second signal: closing clients now"),
+            }
         }
         self.shutdown.advance(Phase::Closing);
         self.until_no_clients(CLOSE_GRACE).await;

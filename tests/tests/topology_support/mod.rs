@@ -54,6 +54,7 @@ impl Fixture {
                     addr: NodeAddr::parse(&n.addr()).unwrap(),
                     role,
                     weight: 1,
+                    zone: None,
                 })
                 .collect(),
             lag_check_interval: INTERVAL,
@@ -65,6 +66,8 @@ impl Fixture {
                 dbname: "postgres".into(),
             },
             connect_timeout: Duration::from_secs(2),
+            zone: None,
+            zone_mode: Default::default(),
         }
     }
 

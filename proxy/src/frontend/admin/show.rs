@@ -336,6 +336,10 @@ fn replicas(proxy: &Proxy) -> BytesMut {
                 n.replay_lsn.to_string(),
                 topology.outstanding(i).to_string(),
                 n.weight.to_string(),
+                topology.settings().nodes[i]
+                    .zone
+                    .clone()
+                    .unwrap_or_default(),
                 n.last_error.clone().unwrap_or_default(),
             ]);
         }
@@ -351,6 +355,7 @@ fn replicas(proxy: &Proxy) -> BytesMut {
             "replay_lsn",
             "outstanding",
             "weight",
+            "zone",
             "last_error",
         ],
         rows,

@@ -1,0 +1,116 @@
+//! Zones (issue 21): with `zone` set on pgtier and on its replicas, reads go to the replicas in
+//! pgtier's zone; without one there, to replicas in other zones (`zone_mode = "prefer"`) or to
+//! the primary (`zone_mode = "only"`).
+
+use std::time::Duration;
+
+use pgtier_kit::fixture::{admin_console, read_node, simple_rows, ConfigBuilder};
+use pgtier_kit::{Cluster, Pgtier};
+
+fn start(cluster: &Cluster, mode: &str) -> Pgtier {
+    let (r0, r1) = (cluster.replica(0).addr(), cluster.replica(1).addr());
+    ConfigBuilder::new(cluster)
+        .global("lag_check_interval = \"50ms\"")
+        .global("zone = \"b\"")
+        .global(&format!("zone_mode = \"{mode}\""))
+        .global("admin_users = [\"admin\"]")
+        .user("admin", "password = \"admin-pw\"")
+        .user("pgtier_trust", "auth = \"trust\"")
+        .database(&format!(
+            "replicas = [{{ addr = \"{r0}\", zone = \"a\" }}, {{ addr = \"{r1}\", zone = \"b\" }}]"
+        ))
+        .start()
+        .unwrap()
+}
+
+/// The ports that served 20 plain reads (waiting up to 10 s for the first replica read).
+async fn read_ports(px: &Pgtier) -> Vec<(u16, bool)> {
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=pgtier_trust dbname=app connect_timeout=10",
+        px.port()
+    );
+    let c = pgtier_kit::tls::connect(&dsn).await.unwrap();
+    let mut out = Vec::new();
+    for _ in 0..20 {
+        out.push(read_node(&c).await.unwrap());
+    }
+    out
+}
+
+/// Waits until `cond` holds for a batch of reads (the monitors publish state changes).
+async fn until(px: &Pgtier, what: &str, cond: impl Fn(&[(u16, bool)]) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reads = read_ports(px).await;
+        if cond(&reads) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {reads:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_stay_in_pgtiers_zone_then_prefer_or_only() {
+    let cluster = Cluster::shared();
+    pgtier_kit::fixture::ensure_app_db(cluster).unwrap();
+    cluster.create_trust_role("pgtier_trust").unwrap();
+    let (local, remote) = (cluster.replica(1).port(), cluster.replica(0).port());
+    let primary = cluster.primary().port();
+
+    let prefer = start(cluster, "prefer");
+    // Every read on the replica of zone b (none on the idle replica of zone a).
+    until(&prefer, "all reads in zone b", |r| {
+        r.iter().all(|&(p, _)| p == local)
+    })
+    .await;
+    // The local replica banned: reads go to the other zone's replica, not to the primary.
+    let adm = admin_console(&prefer, "admin", "admin-pw").await;
+    // SHOW REPLICAS names each node's zone.
+    let zones: Vec<(String, String)> = simple_rows(&adm, "SHOW REPLICAS")
+        .await
+        .iter()
+        .map(|r| {
+            (
+                r.get("node").unwrap().to_owned(),
+                r.get("zone").unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        zones.contains(&(format!("127.0.0.1:{local}"), "b".into())),
+        "{zones:?}"
+    );
+    assert!(
+        zones.contains(&(format!("127.0.0.1:{remote}"), "a".into())),
+        "{zones:?}"
+    );
+    assert!(
+        zones.contains(&(format!("127.0.0.1:{primary}"), String::new())),
+        "{zones:?}"
+    );
+    simple_rows(&adm, &format!("BAN 127.0.0.1:{local}")).await;
+    until(&prefer, "reads in zone a", |r| {
+        r.iter().all(|&(p, _)| p == remote)
+    })
+    .await;
+    simple_rows(&adm, &format!("UNBAN 127.0.0.1:{local}")).await;
+    until(&prefer, "back in zone b", |r| {
+        r.iter().all(|&(p, _)| p == local)
+    })
+    .await;
+
+    // zone_mode = "only": never the other zone; the primary instead.
+    let only = start(cluster, "only");
+    until(&only, "all reads in zone b", |r| {
+        r.iter().all(|&(p, _)| p == local)
+    })
+    .await;
+    let adm = admin_console(&only, "admin", "admin-pw").await;
+    simple_rows(&adm, &format!("BAN 127.0.0.1:{local}")).await;
+    until(&only, "reads on the primary", |r| {
+        r.iter()
+            .all(|&(p, in_recovery)| p == primary && !in_recovery)
+    })
+    .await;
+}
