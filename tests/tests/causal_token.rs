@@ -343,3 +343,75 @@ fn psycopg_reads_the_new_token_after_each_write() {
 fn libpq_pqparameterstatus_reads_the_new_token_after_each_write() {
     run_script("ct_libpq", "libpq");
 }
+
+/// Every message up to the `n`th ReadyForQuery.
+async fn until_ready_n(s: &mut TcpStream, n: usize) -> Result<Vec<Msg>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.extend(until_ready(s).await?);
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgtier_statements_pipelined_after_a_write_are_answered_by_pgtier() -> Result<()> {
+    let (cluster, px) = start("ct_pipelined_show")?;
+    let (mut s, _) = wire::login_trust(&px.addr(), USER, "app").await?;
+    // A write and, in the same packet, SHOW pgtier.causal_lsn: the SHOW reaches the relay that
+    // runs the write (and its causal probe). It used to go on to Postgres (42704: unrecognized
+    // parameter); pgtier answers it, after the write, with the write's token.
+    for (i, write) in [
+        vec![wire::query("INSERT INTO ct_pipelined_show VALUES (1)")],
+        vec![
+            wire::parse("", "INSERT INTO ct_pipelined_show VALUES (2)"),
+            wire::bind(""),
+            wire::execute(),
+            wire::sync(),
+        ],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut parts = write;
+        parts.push(wire::query("SHOW pgtier.causal_lsn"));
+        parts.push(wire::query("SELECT 1"));
+        let bytes: Vec<u8> = parts.concat();
+        s.write_all(&bytes).await?;
+        let wrote = until_ready(&mut s).await?;
+        let msgs = until_ready_n(&mut s, 2).await?;
+        ensure!(
+            !wrote.iter().chain(&msgs).any(|m| m.tag == b'E'),
+            "write {i}: an error: {} {}",
+            wire::tags(&wrote),
+            wire::tags(&msgs)
+        );
+        let token = token(&wrote).context("no token after the write")?;
+        let shown: Vec<&Msg> = msgs.iter().filter(|m| m.tag == b'D').collect();
+        ensure!(shown.len() == 2, "write {i}: {}", wire::tags(&msgs));
+        let value = wire::first_value(&msgs);
+        ensure!(
+            lsn(&value) == token,
+            "write {i}: SHOW pgtier.causal_lsn said {value}, the token is {token:X}"
+        );
+        ensure!(lsn(&value) <= primary_lsn(cluster)?, "write {i}: {value}");
+    }
+    // SET pgtier.min_lsn pipelined after a write is pgtier's too (Postgres would have taken
+    // it as a setting of its own and the token would be lost).
+    let far = "FF/0";
+    let parts = [
+        wire::query("INSERT INTO ct_pipelined_show VALUES (3)"),
+        wire::query(&format!("SET pgtier.min_lsn = '{far}'")),
+        wire::query("SHOW pgtier.min_lsn"),
+    ]
+    .concat();
+    s.write_all(&parts).await?;
+    let msgs = until_ready_n(&mut s, 3).await?;
+    ensure!(
+        !msgs.iter().any(|m| m.tag == b'E'),
+        "SET pgtier.min_lsn: {}",
+        wire::tags(&msgs)
+    );
+    let value = wire::first_value(&msgs[msgs.iter().position(|m| m.tag == b'D').unwrap()..]);
+    ensure!(value == far, "SHOW pgtier.min_lsn said {value}");
+    Ok(())
+}

@@ -248,6 +248,7 @@ fn mutated_client_and_server_bytes_never_panic() {
             client: ClientRouting::default(),
             in_transaction: round % 3 == 0,
             busy: round % 5 == 0,
+            unsynced: round % 7 == 0,
         };
         for on_replica in [true, false] {
             let admitted = Gate::new(on_replica, true, true, None).admit(&batch, 0, max, &moment);

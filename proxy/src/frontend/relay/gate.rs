@@ -7,6 +7,7 @@
 use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
 use crate::router::classify::Class;
+use crate::router::commands;
 use crate::router::route::{ClientRouting, UnitInfo};
 use crate::sql::lexer::StringSyntax;
 
@@ -67,6 +68,9 @@ pub(crate) struct Moment<'a> {
     pub in_transaction: bool,
     /// Replies are still owed by the server.
     pub busy: bool,
+    /// Extended-protocol messages went to the server since the last Sync (the buffer does not
+    /// start at a unit boundary).
+    pub unsynced: bool,
 }
 
 impl Gate {
@@ -125,15 +129,56 @@ impl Gate {
     /// How many bytes of `buf` may go to the server now. `buf[skip..]` starts at a message
     /// boundary (the first `skip` bytes are the rest of a CopyData streaming through).
     pub fn admit(&mut self, buf: &[u8], skip: usize, max: usize, now: &Moment<'_>) -> usize {
-        if self.on_replica {
-            self.admit_on_replica(buf, skip, max, now)
+        // A pgtier statement (`SHOW pgtier.causal_lsn` right after a write, while the causal
+        // probe is still out) is answered by the session, not sent to the server (which would
+        // refuse the SHOW, or take a SET of `pgtier.min_lsn` as a setting of its own).
+        let stop = if now.in_transaction {
+            None
+        } else {
+            self.pgtier_statement_at(buf, skip, max, now.unsynced)
+        };
+        let view = &buf[..stop.unwrap_or(buf.len())];
+        let admitted = if self.on_replica {
+            self.admit_on_replica(view, skip, max, now)
         } else {
             if self.track_writes || self.track_sequences {
-                let from = skip.min(buf.len());
-                self.note_writes(&buf[from..], from, max, now);
+                let from = skip.min(view.len());
+                self.note_writes(&view[from..], from, max, now);
             }
-            buf.len()
+            view.len()
+        };
+        if stop.is_some() && admitted == view.len() {
+            self.held = true;
         }
+        admitted
+    }
+
+    /// Where the first simple Query that is a pgtier statement starts, at a unit boundary past
+    /// the run's first message (that one the session looked at).
+    fn pgtier_statement_at(
+        &self,
+        buf: &[u8],
+        skip: usize,
+        max: usize,
+        unsynced: bool,
+    ) -> Option<usize> {
+        let mut pos = skip.min(buf.len());
+        let mut boundary = !unsynced;
+        while let Ok(Some(h)) = peek_header(&buf[pos..], max) {
+            let end = pos + h.frame_len();
+            if end > buf.len() {
+                return None;
+            }
+            if h.tag == b'Q' && boundary && self.base + pos as u64 > 0 {
+                let body = &buf[pos + 5..end];
+                if commands::command(body.strip_suffix(&[0]).unwrap_or(body)).is_some() {
+                    return Some(pos);
+                }
+            }
+            boundary = matches!(h.tag, b'Q' | b'S');
+            pos = end;
+        }
+        None
     }
 
     /// The relay consumed `n` bytes from the front of its buffer.
@@ -302,6 +347,7 @@ mod tests {
             client: ClientRouting::default(),
             in_transaction: false,
             busy: false,
+            unsynced: false,
         };
         let read = query("SELECT a FROM t WHERE b = 1");
         let pins = query("SELECT * FROM pg_temp.t");

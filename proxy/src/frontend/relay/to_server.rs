@@ -48,6 +48,7 @@ impl Relay<'_> {
                 client: self.routing,
                 in_transaction: self.status != TxStatus::Idle,
                 busy: self.busy(),
+                unsynced: self.expect.unsynced,
             },
         );
         // Whether the server's transaction status is known before this batch (nothing of the

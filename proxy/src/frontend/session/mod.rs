@@ -180,9 +180,15 @@ impl Session {
                     }
                     continue;
                 }
-                if let Some(reply) = self.answer_pgtier_statement(&first) {
+                if let Some((reply, len)) = self.answer_pgtier_statement(&first) {
                     if let Err(reason) = Box::pin(self.send(&reply)).await {
                         return reason;
+                    }
+                    // What the client sent after it (a relay hands back a pipelined batch
+                    // whose next message is a pgtier statement) is served next.
+                    if first.len() > len {
+                        let mut rest = first;
+                        pending = Some(Box::new(rest.split_off(len)));
                     }
                     continue;
                 }
@@ -206,19 +212,20 @@ impl Session {
         }
     }
 
-    /// Answers a query that is exactly one pgtier statement (`SHOW pgtier.causal_lsn`...).
-    fn answer_pgtier_statement(&mut self, buf: &[u8]) -> Option<BytesMut> {
+    /// Answers a first message that is one pgtier statement (`SHOW pgtier.causal_lsn`...);
+    /// returns the reply and the message's length.
+    fn answer_pgtier_statement(&mut self, buf: &[u8]) -> Option<(BytesMut, usize)> {
         let h = peek_header(buf, usize::MAX).ok()??;
-        if h.tag != b'Q' || buf.len() != h.frame_len() {
+        if h.tag != b'Q' || buf.len() < h.frame_len() {
             return None;
         }
-        let body = &buf[5..];
+        let body = &buf[5..h.frame_len()];
         let cmd = commands::command(body.strip_suffix(&[0]).unwrap_or(body))?;
         // A malformed one goes the normal way, which refuses it (08P01).
         crate::protocol::validate::check(h.tag, body).ok()?;
         let mut out = BytesMut::new();
         local::answer(cmd, &mut self.routing, &mut out);
-        Some(out)
+        Some((out, h.frame_len()))
     }
 
     /// Runs one transaction (session mode: the rest of the session) on a server connection;
