@@ -140,8 +140,9 @@ async fn cancel_through(addr: &str, sql: &str, cancel_to: impl Fn(u16) -> String
     owner
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancel_sent_to_another_process_reaches_the_query() {
+/// Two processes on one shared port, peers of each other (`peer_id` 1 and 2, each with its own
+/// `peer_listen`): the shared port, the peer ports and the processes.
+fn two_peers() -> (u16, [u16; 2], Vec<Pgtier>) {
     let port = free_port().unwrap();
     let peer_ports = [free_port().unwrap(), free_port().unwrap()];
     let peers = format!(
@@ -157,6 +158,12 @@ async fn a_cancel_sent_to_another_process_reaches_the_query() {
             .database(&peers);
         procs.push(start_on(&b, port, free_port().unwrap()));
     }
+    (port, peer_ports, procs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_sent_to_another_process_reaches_the_query() {
+    let (port, peer_ports, procs) = two_peers();
     let shared = format!("127.0.0.1:{port}");
     let other = |owner: u16| {
         assert!(owner == 1 || owner == 2, "key of peer {owner}");
@@ -198,20 +205,7 @@ async fn a_cancel_sent_to_another_process_reaches_the_query() {
 /// still finishing on the draining one reaches it; a login there is refused (57P03).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_process_still_takes_cancels_from_its_peers() {
-    let port = free_port().unwrap();
-    let peer_ports = [free_port().unwrap(), free_port().unwrap()];
-    let peers = format!(
-        "[peers]\n1 = \"127.0.0.1:{}\"\n2 = \"127.0.0.1:{}\"",
-        peer_ports[0], peer_ports[1]
-    );
-    let mut procs = Vec::new();
-    for (i, peer_port) in peer_ports.iter().enumerate() {
-        let b = builder()
-            .global(&format!("peer_id = {}", i + 1))
-            .global(&format!("peer_listen = \"127.0.0.1:{peer_port}\""))
-            .database(&peers);
-        procs.push(start_on(&b, port, free_port().unwrap()));
-    }
+    let (port, peer_ports, mut procs) = two_peers();
     let (mut s, msgs) = wire::login_trust(&format!("127.0.0.1:{port}"), "pgtier_trust", "app")
         .await
         .unwrap();

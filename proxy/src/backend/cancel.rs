@@ -19,16 +19,7 @@ pub struct CancelTarget {
 
 /// Sends a CancelRequest to the server; Postgres answers by closing the connection.
 pub async fn send_cancel(target: CancelTarget, limit: Duration) -> std::io::Result<()> {
-    let work = async {
-        let mut s = TcpStream::connect(target.addr).await?;
-        s.write_all(&target.key.request_packet()).await?;
-        let mut sink = [0u8; 64];
-        while s.read(&mut sink).await? > 0 {}
-        Ok(())
-    };
-    tokio::time::timeout(limit, work)
-        .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    cancel_at(target.addr, target.key, limit).await
 }
 
 /// Sends a CancelRequest with `key` to another pgtier process at `host:port` (cancel
@@ -39,8 +30,17 @@ pub async fn send_cancel_to_peer(
     key: CancelKey,
     limit: Duration,
 ) -> std::io::Result<()> {
+    cancel_at((host, port), key, limit).await
+}
+
+/// Sends `key`'s CancelRequest to `addr` and waits (up to `limit`) for it to close.
+async fn cancel_at(
+    addr: impl tokio::net::ToSocketAddrs,
+    key: CancelKey,
+    limit: Duration,
+) -> std::io::Result<()> {
     let work = async {
-        let mut s = TcpStream::connect((host, port)).await?;
+        let mut s = TcpStream::connect(addr).await?;
         s.write_all(&key.request_packet()).await?;
         let mut sink = [0u8; 64];
         while s.read(&mut sink).await? > 0 {}
