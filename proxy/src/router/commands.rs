@@ -4,7 +4,7 @@
 
 use super::route::RouteMode;
 use crate::cluster::Lsn;
-use crate::sql::lexer::first_word;
+use crate::sql::session_commands::first_word;
 
 /// A pgtier session variable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

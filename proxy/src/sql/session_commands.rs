@@ -15,6 +15,51 @@ pub enum SessionCommand<'a> {
     DiscardAll,
 }
 
+/// The first word of `sql` after whitespace and comments (`--`, nested `/* */`), or empty
+/// when something else comes first: a cheap check, on every simple Query, for commands
+/// known by their first word (SET, RESET, SHOW, DISCARD, DEALLOCATE).
+pub fn first_word(sql: &[u8]) -> &[u8] {
+    let mut i = 0;
+    loop {
+        while sql.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        match sql.get(i..i + 2) {
+            Some(b"--") => match sql[i..].iter().position(|&b| b == b'\n') {
+                Some(p) => i += p + 1,
+                None => return b"",
+            },
+            Some(b"/*") => {
+                let mut depth = 0usize;
+                loop {
+                    match sql.get(i..i + 2) {
+                        Some(b"/*") => {
+                            depth += 1;
+                            i += 2;
+                        }
+                        Some(b"*/") => {
+                            depth -= 1;
+                            i += 2;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        Some(_) => i += 1,
+                        None => return b"",
+                    }
+                }
+            }
+            _ => break,
+        }
+    }
+    let rest = &sql[i..];
+    let end = rest
+        .iter()
+        .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
 /// Recognises a query that is exactly one DEALLOCATE or DISCARD ALL statement.
 pub fn session_command(sql: &[u8]) -> Option<SessionCommand<'_>> {
     let is = |w: &[u8], k: &str| w.eq_ignore_ascii_case(k.as_bytes());
@@ -328,5 +373,16 @@ mod tests {
         ] {
             assert_eq!(r(none), None, "{none}");
         }
+    }
+
+    #[test]
+    fn first_word_skips_space_and_comments() {
+        assert_eq!(first_word(b"  SET x = 1"), b"SET");
+        assert_eq!(first_word(b"-- c\n/* a /* b */ c */ reset all"), b"reset");
+        assert_eq!(first_word(b"show pgtier.route;"), b"show");
+        assert_eq!(first_word(b"(SELECT 1)"), b"");
+        assert_eq!(first_word(b"/* unterminated SET"), b"");
+        assert_eq!(first_word(b"-- only a comment"), b"");
+        assert_eq!(first_word(b""), b"");
     }
 }

@@ -6,7 +6,7 @@
 use crate::backend::params::ExtraUpdate;
 use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
-use crate::sql::lexer::first_word;
+use crate::sql::session_commands::first_word;
 use crate::sql::session_commands::{param_command, session_command, ParamCommand, SessionCommand};
 
 use super::responses::Expectations;
