@@ -430,6 +430,16 @@ async fn a_primary_that_is_down_fails_writes_at_once_while_replicas_serve_reads(
     // are); the pool's idle connections to it are dead. A write fails at once with 08001
     // (FATAL: the client is closed), and is not retried.
     primary.reset();
+    // The proxy has reset every connection it held (the pool's idle ones too): a write then
+    // cannot find a pooled connection that has not seen its reset yet (08006, a race).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while primary.open_connections() > 0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the fault proxy kept connections open"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let started = Instant::now();
     let e = writer
         .batch_execute(&format!("INSERT INTO {TABLE} VALUES (2)"))

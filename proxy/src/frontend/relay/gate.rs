@@ -132,6 +132,8 @@ impl Gate {
         // A pgtier statement (`SHOW pgtier.causal_lsn` right after a write, while the causal
         // probe is still out) is answered by the session, not sent to the server (which would
         // refuse the SHOW, or take a SET of `pgtier.min_lsn` as a setting of its own).
+        // Decided anew at each call (on the primary only a pgtier statement holds anything).
+        self.held = false;
         let stop = if now.in_transaction {
             None
         } else {
@@ -329,6 +331,52 @@ mod tests {
 
     fn query(sql: &str) -> Vec<u8> {
         frame(b'Q', format!("{sql}\0").as_bytes())
+    }
+
+    #[test]
+    fn a_pgtier_statement_is_held_outside_a_transaction_and_only_then() {
+        let classifier = Classifier::new(FunctionTable::builtin(), 100);
+        let statements = ClientStatements::default();
+        let moment = |in_transaction| Moment {
+            ctx: UnitContext {
+                classifier: &classifier,
+                rules: None,
+                statements: &statements,
+                reported: &[],
+                strings: StringSyntax::Standard,
+            },
+            client: ClientRouting::default(),
+            in_transaction,
+            busy: false,
+            unsynced: false,
+        };
+        let begin = query("BEGIN");
+        let show = query("SHOW pgtier.causal_lsn");
+        let buf = [begin.clone(), show.clone()].concat();
+        // On a replica the statement after a read is held the same way.
+        let read = query("SELECT 1");
+        let mut gate = Gate::new(true, true, true, None);
+        let after_read = [read.clone(), show.clone()].concat();
+        assert_eq!(
+            gate.admit(&after_read, 0, 1 << 20, &moment(false)),
+            read.len()
+        );
+        assert!(gate.held);
+        {
+            let on_replica = false;
+            let mut gate = Gate::new(on_replica, true, true, None);
+            // The run's first message is the session's to answer, never held here.
+            assert_eq!(gate.admit(&show, 0, 1 << 20, &moment(false)), show.len());
+            assert!(!gate.held);
+            let mut gate = Gate::new(on_replica, true, true, None);
+            assert_eq!(gate.admit(&buf, 0, 1 << 20, &moment(false)), begin.len());
+            assert!(gate.held);
+            gate.consumed(begin.len());
+            // BEGIN opened a block: the SHOW goes to the server, and nothing stays held (a
+            // held flag left over kept the relay looping: found by the fuzzer).
+            assert_eq!(gate.admit(&show, 0, 1 << 20, &moment(true)), show.len());
+            assert!(!gate.held);
+        }
     }
 
     #[test]
