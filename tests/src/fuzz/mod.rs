@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tokio_postgres::{Client, NoTls};
 
 use crate::fixture::{ensure_app_db, ConfigBuilder};
-use crate::pids::{alive, rss_kib};
+use crate::pids::{alive, rss_kib, try_rss_kib};
 use crate::{Cluster, Pgtier};
 use conn::{Auth, Shared, User};
 
@@ -235,7 +235,10 @@ async fn health(
     if !alive(px.pid() as i32) {
         bail!("pgtier (pid {}) is gone", px.pid());
     }
-    let rss = rss_kib(px.pid());
+    // A process that died since the check above (a zombie) has no RSS: it is gone.
+    let Some(rss) = try_rss_kib(px.pid()) else {
+        bail!("pgtier (pid {}) is gone", px.pid());
+    };
     report.rss_max_kib = report.rss_max_kib.max(rss);
     if rss > opts.rss_limit_kib {
         bail!(
