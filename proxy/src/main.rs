@@ -130,11 +130,7 @@ fn check(file: &std::path::Path, connect: bool, instances: Option<u32>) -> ExitC
 /// Logs in to every node of every database (as the lag monitors do) and prints what it found.
 fn check_nodes(settings: &pgtier::config::Settings) -> bool {
     use pgtier::cluster::probe::probe;
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        eprintln!("pgtier: cannot start a runtime to connect");
+    let Some(runtime) = connect_runtime() else {
         return false;
     };
     let mut ok = true;
@@ -196,11 +192,7 @@ fn check_budget(settings: &pgtier::config::Settings, instances: u32, connect: bo
     let mut limits = std::collections::BTreeMap::new();
     let mut read_all = true;
     if connect {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            eprintln!("pgtier: cannot start a runtime to connect");
+        let Some(runtime) = connect_runtime() else {
             return false;
         };
         let mut names: Vec<&String> = settings.databases.keys().collect();
@@ -283,4 +275,15 @@ fn run(file: &std::path::Path) -> anyhow::Result<()> {
             Some(log_level),
         ))
         .with_context(|| format!("serving with {}", file.display()))
+}
+
+/// A runtime for `pgtier check --connect` (None, with the error printed, if it cannot start).
+fn connect_runtime() -> Option<tokio::runtime::Runtime> {
+    let built = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    if built.is_err() {
+        eprintln!("pgtier: cannot start a runtime to connect");
+    }
+    built.ok()
 }
