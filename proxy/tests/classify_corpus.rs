@@ -321,3 +321,58 @@ fn cached_verdicts_equal_fresh_ones_whatever_the_literals() {
         assert!(stats.hits > stats.misses, "variants should mostly hit");
     }
 }
+
+#[test]
+fn remembered_shapes_give_fresh_verdicts() {
+    // Each statement classified with new literals several times in a row, so the per-thread
+    // memo of recent shapes answers all but the first; every answer must equal a fresh parse,
+    // `may_pin` included.
+    let full = |c: &pgtier::router::classify::Classification| {
+        (
+            c.class,
+            c.reason,
+            c.tables.to_vec(),
+            c.hint,
+            c.min_lsn,
+            c.bad_hint,
+            c.may_pin,
+        )
+    };
+    let cases = corpus();
+    for funcs in [FunctionTable::builtin(), synthetic_pg_proc()] {
+        let warm = Classifier::new(funcs.clone(), 4096);
+        let fresh = Classifier::new(funcs, 0);
+        let mut bad = Vec::new();
+        for c in &cases {
+            for salt in 1..5 {
+                let sql = vary_literals(&c.sql, salt);
+                let (got, want) = (
+                    warm.classify(sql.as_bytes()),
+                    fresh.classify(sql.as_bytes()),
+                );
+                if full(&got) != full(&want) {
+                    bad.push(format!(
+                        "line {} (salt {salt}): remembered {:?}, fresh {:?}: {sql}",
+                        c.line,
+                        full(&got),
+                        full(&want)
+                    ));
+                }
+            }
+        }
+        assert!(bad.is_empty(), "{}", bad.join("\n"));
+    }
+    // Two classifiers on one thread never answer from each other's entries: the same text
+    // is a write for one and a read for the other.
+    let mut f = FunctionTable::builtin();
+    f.learn_pg_proc([("app".to_string(), "stable_fn".to_string(), 's')]);
+    let (a, b) = (
+        Classifier::new(FunctionTable::builtin(), 100),
+        Classifier::new(f, 100),
+    );
+    for i in 0..3 {
+        let sql = format!("SELECT app.stable_fn({i}) FROM t");
+        assert_eq!(a.classify(sql.as_bytes()).class, Class::Write);
+        assert_eq!(b.classify(sql.as_bytes()).class, Class::Read);
+    }
+}

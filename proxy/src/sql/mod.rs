@@ -4,6 +4,7 @@
 
 pub mod lexer;
 pub mod listen;
+pub mod normalize;
 pub mod params;
 pub mod session_commands;
 pub mod session_state;

@@ -18,7 +18,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::sql::lexer::normalize_literals;
+use crate::sql::normalize::{normalize_literals, Literal};
 
 use super::{Class, Reason};
 
@@ -63,9 +63,11 @@ pub(super) struct Key<'a> {
 }
 
 impl<'a> Key<'a> {
-    /// The key of `sql`, normalized into `buf` when its literals cannot change its verdict.
-    pub fn of(sql: &'a [u8], buf: &'a mut Vec<u8>) -> Key<'a> {
-        if sql.len() <= MAX_CACHED_TEXT && normalize_literals(sql, buf) {
+    /// The key of `sql`, normalized into `buf` when its literals cannot change its verdict
+    /// (the literals replaced are listed in `literals`, which is left empty otherwise).
+    pub fn of(sql: &'a [u8], buf: &'a mut Vec<u8>, literals: &mut Vec<Literal>) -> Key<'a> {
+        literals.clear();
+        if sql.len() <= MAX_CACHED_TEXT && normalize_literals(sql, buf, literals) {
             Key {
                 text: buf,
                 normalized: true,
@@ -222,7 +224,7 @@ impl Cache {
 const K: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// A fast keyed hash (8 bytes per step, multiply-xorshift mixing).
-fn hash(seed: u64, b: &[u8]) -> u64 {
+pub(super) fn hash(seed: u64, b: &[u8]) -> u64 {
     let mut h = seed ^ (b.len() as u64).wrapping_mul(K);
     let mut chunks = b.chunks_exact(8);
     for c in &mut chunks {

@@ -6,7 +6,9 @@
 //!    FROM, CALL, DO, ...) and session/transaction commands are decided here in
 //!    nanoseconds; a text with any write is a write. It also scans for locking clauses.
 //! 2. Texts with SELECT / WITH / VALUES / EXPLAIN / DECLARE / `COPY (query)` / `(`...
-//!    statements are looked up in a bounded [`cache`] by their text with the literals
+//!    statements are first matched against the thread's [`memo`] of recent texts (the same
+//!    text with other literals is answered after a few byte comparisons), then looked up in
+//!    a bounded [`cache`] by their text with the literals
 //!    normalized (so `... WHERE id = 1` and `... WHERE id = 2` share one entry and the parser
 //!    runs once for both; texts where a literal could matter are keyed exactly), and on a miss go to
 //!    [`deep`]: sqlparser, checking locking clauses, writable CTEs, SELECT INTO,
@@ -19,6 +21,7 @@ mod deep;
 mod fast;
 mod functions;
 mod hints;
+mod memo;
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +30,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::cluster::Lsn;
+use crate::sql::normalize::Literal;
 use crate::sql::session_state::may_pin;
 pub use cache::MAX_CACHED_TEXT;
 pub use functions::{Call, FunctionTable, Volatility, PG_PROC_QUERY};
@@ -178,6 +182,8 @@ pub struct CacheStats {
 /// Classifies statement texts, caching results (bounded). `Send + Sync`: share it via `Arc`.
 #[derive(Debug)]
 pub struct Classifier {
+    /// Tells this classifier's entries in the per-thread [`memo`] from other classifiers'.
+    id: u64,
     funcs: ArcSwap<FunctionTable>,
     cache: cache::Cache,
     hits: AtomicU64,
@@ -186,16 +192,30 @@ pub struct Classifier {
     uncached: AtomicU64,
 }
 
-thread_local! {
-    /// The buffer normalized cache keys are written into (one per thread, reused: no
-    /// allocation per statement; at most `MAX_CACHED_TEXT` bytes).
-    static KEY_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+/// Per-thread buffers of the last cache key computed: no allocation per statement.
+struct Scratch {
+    /// The normalized key (at most `MAX_CACHED_TEXT` bytes).
+    key: Vec<u8>,
+    /// The literals normalizing replaced (empty when the key is the exact text).
+    literals: Vec<Literal>,
+    /// Whether `key` was normalized.
+    normalized: bool,
 }
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch { key: Vec::new(), literals: Vec::new(), normalized: false })
+    };
+}
+
+/// Source of [`Classifier`] ids.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Classifier {
     /// A classifier using `funcs`, caching up to `cache_capacity` statement texts.
     pub fn new(funcs: FunctionTable, cache_capacity: usize) -> Classifier {
         Classifier {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             funcs: ArcSwap::from_pointee(funcs),
             cache: cache::Cache::new(cache_capacity),
             hits: AtomicU64::new(0),
@@ -241,6 +261,29 @@ impl Classifier {
     /// Classifies `sql` (one Query or Parse string, possibly several statements).
     pub fn classify(&self, sql: &[u8]) -> Classification {
         let looked_up = fast::first_needs_deep(sql);
+        if looked_up && self.cache.capacity() > 0 && sql.len() <= memo::MAX_MEMO_TEXT {
+            let generation = self.cache.generation();
+            if let Some((hit, normalized)) = memo::recall(self.id, generation, sql) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                if normalized {
+                    self.normalized.fetch_add(1, Ordering::Relaxed);
+                }
+                return hit;
+            }
+            let c = self.classify_text(sql, true);
+            // The lookup of `sql` in the cache (always made here) left its key's literals.
+            SCRATCH.with(|s| {
+                let s = s.borrow();
+                memo::remember(self.id, generation, sql, &s.literals, s.normalized, &c);
+            });
+            return c;
+        }
+        self.classify_text(sql, looked_up)
+    }
+
+    /// [`Classifier::classify`] without the memo; `looked_up`: a text the cache is searched for
+    /// first.
+    fn classify_text(&self, sql: &[u8], looked_up: bool) -> Classification {
         if looked_up {
             if let Some(hit) = self.cached(sql) {
                 return hit;
@@ -277,9 +320,10 @@ impl Classifier {
         if self.cache.capacity() == 0 || sql.len() > MAX_CACHED_TEXT {
             return None;
         }
-        let hit = KEY_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            let key = cache::Key::of(sql, &mut buf);
+        let hit = SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            let key = cache::Key::of(sql, &mut s.key, &mut s.literals);
+            s.normalized = key.is_normalized();
             let hit = self.cache.get(key)?;
             if key.is_normalized() {
                 self.normalized.fetch_add(1, Ordering::Relaxed);
@@ -323,9 +367,10 @@ impl Classifier {
                 tables: tables.clone(),
                 may_pin,
             };
-            KEY_BUF.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                let key = cache::Key::of(sql, &mut buf);
+            SCRATCH.with(|s| {
+                let s = &mut *s.borrow_mut();
+                let key = cache::Key::of(sql, &mut s.key, &mut s.literals);
+                s.normalized = key.is_normalized();
                 if key.is_normalized() {
                     self.normalized.fetch_add(1, Ordering::Relaxed);
                 }

@@ -1,0 +1,142 @@
+//! A per-thread memo of the texts classified last and where their literals are. A text that
+//! differs from a remembered one only inside those literals (`... WHERE aid = 7` after
+//! `... WHERE aid = 3`) has the same cache key, so it gets the remembered classification
+//! after a few byte comparisons ([`same_shape`]), without the normalizing pass, the hash and
+//! the shared cache's lock. Applications repeat a handful of statement shapes with new
+//! literals (pgbench, ORMs with inlined values), so most texts are answered here.
+//!
+//! Comments are compared byte for byte like everything outside the literals, so the hints
+//! they carry (kept in the remembered classification) are the text's own.
+//!
+//! Bounds: [`SLOTS`] entries per thread, each text at most [`MAX_MEMO_TEXT`] bytes with at
+//! most [`MAX_LITERALS`] literals. An entry holds for the classifier and the cache
+//! generation it was decided under (new function knowledge empties it, as it does the cache).
+
+use std::cell::RefCell;
+
+use crate::sql::normalize::{same_shape, Literal};
+
+use super::Classification;
+
+/// Sets per thread, picked by the text's stem; each holds [`WAYS`] entries, most recently
+/// used first.
+const SETS: usize = 16;
+/// Entries per set.
+const WAYS: usize = 4;
+/// Longer texts are not remembered (the shared cache still holds them).
+pub(super) const MAX_MEMO_TEXT: usize = 1024;
+/// Texts with more literals are not remembered (a long IN list compares slowly).
+const MAX_LITERALS: usize = 32;
+/// The most bytes of a text's start that pick its set.
+const STEM: usize = 16;
+
+struct Entry {
+    /// The classifier that decided it ([`super::Classifier`]'s id).
+    owner: u64,
+    generation: u64,
+    text: Vec<u8>,
+    literals: Vec<Literal>,
+    value: Classification,
+    /// Whether the text's cache key had its literals normalized (for the counters).
+    normalized: bool,
+}
+
+thread_local! {
+    static MEMO: RefCell<Vec<Option<Entry>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The entries of `text`'s set, allocated on first use.
+fn set<'m>(memo: &'m mut Vec<Option<Entry>>, text: &[u8]) -> &'m mut [Option<Entry>] {
+    if memo.is_empty() {
+        memo.resize_with(SETS * WAYS, || None);
+    }
+    let s = set_of(text) * WAYS;
+    &mut memo[s..s + WAYS]
+}
+
+/// The set of `text`: a hash of its bytes up to the first digit or quote (where a literal
+/// could start), at most [`STEM`]. Two texts of the same shape are equal up to there.
+fn set_of(text: &[u8]) -> usize {
+    let stem = &text[..text.len().min(STEM)];
+    let end = stem
+        .iter()
+        .position(|&b| LITERAL_START[usize::from(b)])
+        .unwrap_or(stem.len());
+    (super::cache::hash(0, &stem[..end]) >> 7) as usize % SETS
+}
+
+/// Bytes a replaced literal can start with (`E'` starts with a letter, but its quote follows).
+const LITERAL_START: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = (c as u8).is_ascii_digit() || c as u8 == b'\'';
+        c += 1;
+    }
+    t
+};
+
+/// The classification remembered for a text of `sql`'s shape, decided by classifier `owner`
+/// under cache `generation`, and whether its key was normalized.
+pub(super) fn recall(owner: u64, generation: u64, sql: &[u8]) -> Option<(Classification, bool)> {
+    if sql.len() > MAX_MEMO_TEXT {
+        return None;
+    }
+    MEMO.with(|memo| {
+        let mut memo = memo.borrow_mut();
+        let set = set(&mut memo, sql);
+        let way = set.iter().position(|e| {
+            e.as_ref().is_some_and(|e| {
+                e.owner == owner
+                    && e.generation == generation
+                    && same_shape(&e.text, &e.literals, sql)
+            })
+        })?;
+        set[..=way].rotate_right(1);
+        let e = set[0].as_ref()?;
+        Some((e.value.clone(), e.normalized))
+    })
+}
+
+/// Remembers `value` for `sql`, whose normalized key replaced `literals` (none: keyed
+/// exactly, `normalized` false).
+pub(super) fn remember(
+    owner: u64,
+    generation: u64,
+    sql: &[u8],
+    literals: &[Literal],
+    normalized: bool,
+    value: &Classification,
+) {
+    if sql.len() > MAX_MEMO_TEXT || literals.len() > MAX_LITERALS {
+        return;
+    }
+    MEMO.with(|memo| {
+        let mut memo = memo.borrow_mut();
+        let set = set(&mut memo, sql);
+        // The least recently used entry goes, and its buffers are reused.
+        set.rotate_right(1);
+        match &mut set[0] {
+            Some(e) => {
+                e.owner = owner;
+                e.generation = generation;
+                e.text.clear();
+                e.text.extend_from_slice(sql);
+                e.literals.clear();
+                e.literals.extend_from_slice(literals);
+                e.value = value.clone();
+                e.normalized = normalized;
+            }
+            slot @ None => {
+                *slot = Some(Entry {
+                    owner,
+                    generation,
+                    text: sql.to_vec(),
+                    literals: literals.to_vec(),
+                    value: value.clone(),
+                    normalized,
+                })
+            }
+        }
+    });
+}
