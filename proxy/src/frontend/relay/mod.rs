@@ -27,7 +27,7 @@ use crate::protocol::messages::TxStatus;
 use crate::router::classify::Classifier;
 use crate::router::route::ClientRouting;
 use crate::router::rules::RuleSet;
-use crate::shutdown::{Phase, ShutdownWatch};
+use crate::shutdown::{Phase, SessionWatch};
 
 use causal::Causal;
 use gate::Gate;
@@ -140,7 +140,7 @@ pub(crate) async fn run(
     server: ServerIo<'_>,
     cbuf: BytesMut,
     limits: Limits,
-    shutdown: &ShutdownWatch,
+    shutdown: &SessionWatch,
 ) -> RunEnd {
     let mut r = Relay {
         client,
@@ -201,7 +201,7 @@ pub(crate) async fn run(
 }
 
 impl Relay<'_> {
-    async fn run(&mut self, shutdown: &ShutdownWatch) -> Outcome {
+    async fn run(&mut self, shutdown: &SessionWatch) -> Outcome {
         let r = self;
         let limits = r.limits;
         // Admin wake-ups (KILL) end the run too if they concern this client.

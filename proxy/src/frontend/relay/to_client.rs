@@ -4,7 +4,7 @@
 use bytes::Buf;
 
 use crate::protocol::messages::{ends_session, fatal_sqlstate, TxStatus};
-use crate::shutdown::{Phase, ShutdownWatch};
+use crate::shutdown::{Phase, SessionWatch};
 use crate::write::{write_all_within, WriteError};
 
 use super::responses::{route_server, ParamSync};
@@ -12,7 +12,7 @@ use super::{Outcome, Relay, CLIENT_CAUSED};
 
 impl Relay<'_> {
     /// Routes and forwards buffered server bytes; returns an outcome if the relay must end.
-    pub(super) async fn on_server_bytes(&mut self, shutdown: &ShutdownWatch) -> Option<Outcome> {
+    pub(super) async fn on_server_bytes(&mut self, shutdown: &SessionWatch) -> Option<Outcome> {
         // The rest of a message the client is receiving, which this batch starts with.
         let lead = self.streaming.forwarded_left().min(self.server.inbuf.len());
         let scan = match route_server(

@@ -40,7 +40,7 @@ use crate::router::route::{ClientRouting, Router};
 use crate::router::scopes::ScopeToken;
 use crate::runtime::clients::ClientHandle;
 use crate::runtime::{ClientGuard, DbRuntime, Proxy};
-use crate::shutdown::ShutdownWatch;
+use crate::shutdown::SessionWatch;
 use crate::write::write_all_within;
 
 pub(crate) use open::{open, LoggedIn};
@@ -113,7 +113,7 @@ struct Session {
     listening: Option<Box<crate::notify::Listening>>,
     /// LISTEN/UNLISTEN statements the client prepared (answered by pgtier, see `listen`).
     listen_statements: Option<Box<listen::ListenStatements>>,
-    shutdown: ShutdownWatch,
+    shutdown: SessionWatch,
 }
 
 /// Boxes the future `make` returns, allocating first so that the future can be built in its

@@ -185,7 +185,7 @@ pub(crate) async fn open(
         },
         listening: None,
         listen_statements: None,
-        shutdown: proxy.shutdown_watch(),
+        shutdown: proxy.shutdown_watch().register(),
     };
     // The session runs in a task of its own, so that an idle client costs only the session's
     // state, not what login needed.

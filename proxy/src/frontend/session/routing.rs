@@ -155,9 +155,8 @@ impl Session {
                 upstream.database(),
                 target
             ));
-            // Only a checkout that has to wait listens for shutdown and for the client leaving:
-            // registering a waiter costs a lock, and most checkouts find a free server at once.
-            let mut closing = None;
+            // Only a checkout that has to wait listens for the client leaving (most checkouts
+            // find a free server at once).
             let mut watching = true;
             let shutdown = &self.shutdown;
             let stream = &self.stream;
@@ -173,10 +172,8 @@ impl Session {
                         Poll::Pending => {}
                     }
                 }
-                closing
-                    .get_or_insert_with(|| Box::pin(shutdown.reached(Phase::Closing)))
-                    .as_mut()
-                    .poll(cx)
+                shutdown
+                    .poll_reached_or_poked(cx, Phase::Closing, None)
                     .map(|()| Waited::Shutdown)
             })
             .await

@@ -34,9 +34,7 @@ impl Session {
     /// Waits (holding no buffer) until the client sends a whole message, and returns the bytes.
     pub(super) async fn next_request(&mut self) -> Result<BytesMut, &'static str> {
         let mut buf = BytesMut::new();
-        let mut draining = pin!(self
-            .shutdown
-            .reached_or_poked(Phase::Draining, Some(self.shutdown.pokes())));
+        let mut pokes = self.shutdown.pokes();
         // Only a configured timeout costs memory while idle: its timer is boxed.
         let mut idle_timer = self
             .limits()
@@ -59,7 +57,11 @@ impl Session {
             let listening = self.listening.as_deref();
             // One hand-polled wait instead of a select!: an idle client's task stays small.
             let wake = poll_fn(|cx| {
-                if draining.as_mut().poll(cx).is_ready() {
+                if self
+                    .shutdown
+                    .poll_reached_or_poked(cx, Phase::Draining, Some(pokes))
+                    .is_ready()
+                {
                     return Poll::Ready(Wake::Draining);
                 }
                 if let Some(t) = idle_timer.as_mut() {
@@ -82,10 +84,7 @@ impl Session {
                 Wake::Notified => continue,
                 Wake::Draining => {
                     // A shutdown or an admin wake-up: look again (above) with a fresh wait.
-                    draining.set(
-                        self.shutdown
-                            .reached_or_poked(Phase::Draining, Some(self.shutdown.pokes())),
-                    );
+                    pokes = self.shutdown.pokes();
                     continue;
                 }
                 Wake::Closed => return Err("client closed"),
