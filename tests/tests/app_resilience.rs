@@ -1,5 +1,6 @@
 //! The bundled app through trouble and load: read-your-writes with a paused replica, concurrent
-//! starts migrating once, /health through a database outage, and load-generator runs.
+//! starts migrating once, /health through a database outage, a causal token lost with its
+//! connection, and load-generator runs.
 
 mod app_support;
 
@@ -172,6 +173,57 @@ async fn health_is_503_while_the_database_is_down_and_recovers() {
     }
     app.shutdown().await.unwrap();
     drop(px);
+}
+
+/// `X/Y` (hex) as a number.
+fn lsn(s: &str) -> u64 {
+    let (hi, lo) = s
+        .trim()
+        .split_once('/')
+        .unwrap_or_else(|| panic!("LSN {s:?}"));
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+/// A connection closed between a write's COMMIT and `SHOW pgtier.causal_lsn` (as a draining
+/// pgtier closes a client right after its transaction) takes the token with it: the app asks
+/// the primary's WAL position instead, at or past the commit, on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_lost_with_its_connection_comes_from_the_primary() {
+    let c = cluster();
+    let px = ConfigBuilder::new(c)
+        .global("admin_users = [\"admin\"]")
+        .user("admin", "password = \"admin-pw\"")
+        .user(USER, &format!("password = \"{USER}\""))
+        .start()
+        .unwrap();
+    let db = pgtier_app::db::Db::new(&app_config(&px, USER)).unwrap();
+    db.migrate(Duration::from_secs(30)).await.unwrap();
+    let mut conn = db.conn().await.unwrap();
+    let (tx, _) = conn.begin(Duration::from_secs(5)).await.unwrap();
+    tx.execute(
+        "INSERT INTO subjects (name) VALUES ($1)",
+        &[&unique("lost-token")],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let committed = c.primary().psql("SELECT pg_current_wal_lsn()").unwrap();
+    // pgtier closes the client (57P01) before the app asks for its token.
+    let adm = pgtier_kit::fixture::admin_console(&px, "admin", "admin-pw").await;
+    pgtier_kit::fixture::simple_rows(&adm, "KILL app").await;
+    pgtier_kit::fixture::simple_rows(&adm, "RESUME app").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !conn.client.is_closed() {
+        assert!(Instant::now() < deadline, "the connection was not closed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let token = db.causal_token(&mut conn).await.expect("a token");
+    assert!(
+        lsn(&token) >= lsn(&committed),
+        "token {token} before the commit at {committed}"
+    );
+    // The pooled connection was replaced by the live one.
+    conn.client.simple_query("SELECT 1").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
