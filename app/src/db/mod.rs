@@ -69,7 +69,7 @@ pub struct Conn {
     stage: Stage,
 }
 
-/// How far a request's transaction got on its connection: what tells [`Db::run`] whether
+/// How far a request's transaction got on its connection: what tells [`crate::db_run!`] whether
 /// work that failed may have written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
@@ -185,7 +185,7 @@ pub struct Db {
     carry_tokens: bool,
     /// `Config::pool_size`.
     pool_size: u32,
-    /// Requests whose work was repeated on a fresh connection (see [`Db::run`]).
+    /// Requests whose work was repeated on a fresh connection (see [`crate::db_run!`]).
     retries: AtomicU64,
 }
 
@@ -259,7 +259,7 @@ impl Db {
         // A connection pgtier closed (a restarting pgtier closes idle clients, and the others
         // after their transaction, so that they reconnect to another process) is discarded (bb8
         // drops it when handed back: has_broken) and a fresh one taken, at most the pool's size
-        // times. A close still on its way is not seen here: `Db::run` repeats work that failed
+        // times. A close still on its way is not seen here: `db_run!` repeats work that failed
         // that way when it cannot have written.
         for _ in 0..self.pool_size {
             if !conn.client.is_closed() {
