@@ -226,6 +226,44 @@ async fn a_token_lost_with_its_connection_comes_from_the_primary() {
     conn.client.simple_query("SELECT 1").await.unwrap();
 }
 
+/// A connection attempt that fails (here reset at once, as by a listener closing for a
+/// restart) is made again by the pool while the request waits: the request is served once
+/// pgtier listens, instead of failing when the database timeout runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_connect_is_made_again_while_the_request_waits() {
+    let c = cluster();
+    let port = pgtier_kit::free_port().unwrap();
+    // Stands in for a closing listener: takes the app's first connection and closes it.
+    let stand_in = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        let (conn, _) = stand_in.accept().unwrap();
+        drop(conn);
+    });
+    let mut cfg = Config::new(format!(
+        "postgres://{USER}:{USER}@127.0.0.1:{port}/app?connect_timeout=5"
+    ));
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.pool_size = 1;
+    cfg.db_timeout = Duration::from_secs(10);
+    cfg.health_timeout = Duration::from_secs(10);
+    cfg.migrate = false;
+    let app = pgtier_app::serve(cfg).await.unwrap();
+    let h = Http::new(&app.url());
+    let request = tokio::spawn(async move { h.get("/health").await.unwrap() });
+    tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("the app tried to connect")
+        .unwrap();
+    let config = ConfigBuilder::new(c)
+        .user(USER, &format!("password = \"{USER}\""))
+        .render(port);
+    let px = Pgtier::start(port, &config).unwrap();
+    let r = request.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    app.shutdown().await.unwrap();
+    drop(px);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_short_run_has_no_errors() {
     let (app, _h) = start_app().await;

@@ -215,7 +215,11 @@ impl Db {
             .min_idle(None)
             .connection_timeout(cfg.db_timeout)
             .test_on_check_out(false)
-            .retry_connection(false)
+            // A failed connect (reset by a listener closing for a restart, or refused with
+            // 57P03 by a process draining) is made again (bb8 backs off from 200 ms) within
+            // connection_timeout: without it bb8 leaves the request waiting for it until the
+            // timeout unless another connection frees up.
+            .retry_connection(true)
             .error_sink(Box::new(LogConnectErrors))
             .build_unchecked(Manager { config, connector });
         Ok(Db {
