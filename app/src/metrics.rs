@@ -1,4 +1,5 @@
-//! Prometheus metrics: request counts and latency histograms by route and status, pool gauges.
+//! Prometheus metrics: request counts and latency histograms by route and status, pool gauges,
+//! database work repeated after a lost connection.
 
 use std::time::Instant;
 
@@ -7,7 +8,9 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 use crate::error::{REQUEST_ID, REQUEST_ID_HEADER};
 use crate::AppState;
@@ -19,6 +22,7 @@ pub struct Metrics {
     latency: HistogramVec,
     pool_connections: IntGauge,
     pool_idle: IntGauge,
+    db_retries: IntCounter,
 }
 
 impl Metrics {
@@ -42,11 +46,17 @@ impl Metrics {
             IntGauge::new("app_db_pool_connections", "Open database connections").expect("metric");
         let pool_idle = IntGauge::new("app_db_pool_idle_connections", "Idle database connections")
             .expect("metric");
+        let db_retries = IntCounter::new(
+            "app_db_retries_total",
+            "Requests whose database work was run again on another connection (the first was lost before it could write)",
+        )
+        .expect("metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(pool_connections.clone()),
             Box::new(pool_idle.clone()),
+            Box::new(db_retries.clone()),
         ] {
             registry.register(c).expect("register metric");
         }
@@ -56,6 +66,7 @@ impl Metrics {
             latency,
             pool_connections,
             pool_idle,
+            db_retries,
         }
     }
 
@@ -68,9 +79,12 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every family.
-    pub fn render(&self, pool: (u32, u32)) -> String {
+    pub fn render(&self, pool: (u32, u32), db_retries: u64) -> String {
         self.pool_connections.set(i64::from(pool.0));
         self.pool_idle.set(i64::from(pool.1));
+        // The count lives in `Db` (which knows no metrics): catch up with it.
+        self.db_retries
+            .inc_by(db_retries.saturating_sub(self.db_retries.get()));
         let mut buf = Vec::new();
         let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
@@ -85,7 +99,7 @@ impl Default for Metrics {
 
 /// `GET /metrics`.
 pub async fn metrics_handler(State(st): State<AppState>) -> Response {
-    let text = st.metrics.render(st.db.pool_state());
+    let text = st.metrics.render(st.db.pool_state(), st.db.retries());
     (
         [(
             header::CONTENT_TYPE,

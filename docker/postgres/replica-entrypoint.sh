@@ -13,4 +13,6 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   gosu postgres env PGPASSWORD=replicator pg_basebackup -h "$PRIMARY_HOST" -U replicator \
     -D "$PGDATA" -R -X stream -c fast
 fi
-exec gosu postgres postgres -c hot_standby=on -c hot_standby_feedback=on
+# A hot standby needs max_connections at least the primary's (200 in compose.yaml), else
+# its recovery pauses at start; two pgtier processes may open 2 x 21 connections here.
+exec gosu postgres postgres -c hot_standby=on -c hot_standby_feedback=on -c max_connections=200

@@ -1,5 +1,6 @@
 //! The bundled app through trouble and load: read-your-writes with a paused replica, concurrent
-//! starts migrating once, /health through a database outage, and load-generator runs.
+//! starts migrating once, /health through a database outage, a causal token lost with its
+//! connection, and load-generator runs.
 
 mod app_support;
 
@@ -170,6 +171,95 @@ async fn health_is_503_while_the_database_is_down_and_recovers() {
             "reads keep failing after recovery: {failures:?}"
         );
     }
+    app.shutdown().await.unwrap();
+    drop(px);
+}
+
+/// `X/Y` (hex) as a number.
+fn lsn(s: &str) -> u64 {
+    let (hi, lo) = s
+        .trim()
+        .split_once('/')
+        .unwrap_or_else(|| panic!("LSN {s:?}"));
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+/// A connection closed between a write's COMMIT and `SHOW pgtier.causal_lsn` (as a draining
+/// pgtier closes a client right after its transaction) takes the token with it: the app asks
+/// the primary's WAL position instead, at or past the commit, on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_lost_with_its_connection_comes_from_the_primary() {
+    let c = cluster();
+    let px = ConfigBuilder::new(c)
+        .global("admin_users = [\"admin\"]")
+        .user("admin", "password = \"admin-pw\"")
+        .user(USER, &format!("password = \"{USER}\""))
+        .start()
+        .unwrap();
+    let db = pgtier_app::db::Db::new(&app_config(&px, USER)).unwrap();
+    db.migrate(Duration::from_secs(30)).await.unwrap();
+    let mut conn = db.conn().await.unwrap();
+    let (tx, _) = conn.begin(Duration::from_secs(5)).await.unwrap();
+    tx.execute(
+        "INSERT INTO subjects (name) VALUES ($1)",
+        &[&unique("lost-token")],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let committed = c.primary().psql("SELECT pg_current_wal_lsn()").unwrap();
+    // pgtier closes the client (57P01) before the app asks for its token.
+    let adm = pgtier_kit::fixture::admin_console(&px, "admin", "admin-pw").await;
+    pgtier_kit::fixture::simple_rows(&adm, "KILL app").await;
+    pgtier_kit::fixture::simple_rows(&adm, "RESUME app").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !conn.client.is_closed() {
+        assert!(Instant::now() < deadline, "the connection was not closed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let token = db.causal_token(&mut conn).await.expect("a token");
+    assert!(
+        lsn(&token) >= lsn(&committed),
+        "token {token} before the commit at {committed}"
+    );
+    // The pooled connection was replaced by the live one.
+    conn.client.simple_query("SELECT 1").await.unwrap();
+}
+
+/// A connection attempt that fails (here reset at once, as by a listener closing for a
+/// restart) is made again by the pool while the request waits: the request is served once
+/// pgtier listens, instead of failing when the database timeout runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_connect_is_made_again_while_the_request_waits() {
+    let c = cluster();
+    let port = pgtier_kit::free_port().unwrap();
+    // Stands in for a closing listener: takes the app's first connection and closes it.
+    let stand_in = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        let (conn, _) = stand_in.accept().unwrap();
+        drop(conn);
+    });
+    let mut cfg = Config::new(format!(
+        "postgres://{USER}:{USER}@127.0.0.1:{port}/app?connect_timeout=5"
+    ));
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.pool_size = 1;
+    cfg.db_timeout = Duration::from_secs(10);
+    cfg.health_timeout = Duration::from_secs(10);
+    cfg.migrate = false;
+    let app = pgtier_app::serve(cfg).await.unwrap();
+    let h = Http::new(&app.url());
+    let request = tokio::spawn(async move { h.get("/health").await.unwrap() });
+    tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("the app tried to connect")
+        .unwrap();
+    let config = ConfigBuilder::new(c)
+        .user(USER, &format!("password = \"{USER}\""))
+        .render(port);
+    let px = Pgtier::start(port, &config).unwrap();
+    let r = request.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
     app.shutdown().await.unwrap();
     drop(px);
 }

@@ -131,6 +131,48 @@ async fn sigterm_lets_running_transactions_finish_then_closes_with_57p01() {
     assert!(status.success(), "{status:?}");
 }
 
+/// A request the client had already (partly) sent when draining began is served, then the
+/// client is closed: closing it unrun would fail work the client cannot tell from work that ran
+/// (a pool would not know whether to repeat it).
+#[tokio::test(flavor = "multi_thread")]
+async fn draining_serves_a_request_already_sent_then_closes() {
+    let mut px = base()
+        .global("shutdown_grace = \"0s\"")
+        .global("shutdown_timeout = \"20s\"")
+        .start()
+        .unwrap();
+    let addr = px.addr();
+    let (mut idle, _) = wire::login_trust(&addr, "pgtier_trust", "app")
+        .await
+        .unwrap();
+    let (mut sending, _) = wire::login_trust(&addr, "pgtier_trust", "app")
+        .await
+        .unwrap();
+    // The header and the first bytes of the statement, the rest still to come.
+    let q = wire::query("SELECT 42");
+    let (head, rest) = q.split_at(8);
+    sending.write_all(head).await.unwrap();
+    px.signal(libc::SIGTERM);
+    // Draining has begun (no grace): the idle client is told.
+    let (code, _) = wire::expect_fatal(&mut idle, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(code, "57P01");
+    // The request on its way is served...
+    sending.write_all(rest).await.unwrap();
+    let r = wire::read_until_ready(&mut sending, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(wire::first_value(&r), "42", "{r:?}");
+    // ... and the client then closed, before pgtier exits.
+    let (code, _) = wire::expect_fatal(&mut sending, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(code, "57P01");
+    let status = px.wait_exit(Duration::from_secs(10)).expect("pgtier exits");
+    assert!(status.success(), "{status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_timeout_closes_transactions_that_do_not_finish() {
     let mut px = base().global("shutdown_timeout = \"1s\"").start().unwrap();

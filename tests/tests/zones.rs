@@ -1,16 +1,18 @@
 //! Zones (issue 21): with `zone` set on pgtier and on its replicas, reads go to the replicas in
 //! pgtier's zone; without one there, to replicas in other zones (`zone_mode = "prefer"`) or to
-//! the primary (`zone_mode = "only"`).
+//! the primary (`zone_mode = "only"`). SHOW REPLICAS and the metrics (`pgtier_node_info`,
+//! `pgtier_info`) show the zones.
 
 use std::time::Duration;
 
 use pgtier_kit::fixture::{admin_console, read_node, simple_rows, ConfigBuilder};
 use pgtier_kit::{Cluster, Pgtier};
 
-fn start(cluster: &Cluster, mode: &str) -> Pgtier {
+fn start(cluster: &Cluster, mode: &str, mport: u16) -> Pgtier {
     let (r0, r1) = (cluster.replica(0).addr(), cluster.replica(1).addr());
     ConfigBuilder::new(cluster)
         .global("lag_check_interval = \"50ms\"")
+        .global(&format!("metrics_listen = \"127.0.0.1:{mport}\""))
         .global("zone = \"b\"")
         .global(&format!("zone_mode = \"{mode}\""))
         .global("admin_users = [\"admin\"]")
@@ -58,7 +60,8 @@ async fn reads_stay_in_pgtiers_zone_then_prefer_or_only() {
     let (local, remote) = (cluster.replica(1).port(), cluster.replica(0).port());
     let primary = cluster.primary().port();
 
-    let prefer = start(cluster, "prefer");
+    let mport = pgtier_kit::free_port().unwrap();
+    let prefer = start(cluster, "prefer", mport);
     // Every read on the replica of zone b (none on the idle replica of zone a).
     until(&prefer, "all reads in zone b", |r| {
         r.iter().all(|&(p, _)| p == local)
@@ -89,6 +92,27 @@ async fn reads_stay_in_pgtiers_zone_then_prefer_or_only() {
         zones.contains(&(format!("127.0.0.1:{primary}"), String::new())),
         "{zones:?}"
     );
+    // The metrics too: one info series per node with its zone, and pgtier's own zone.
+    let (status, body) = pgtier_kit::http::get(mport, "/metrics").unwrap();
+    assert_eq!(status, 200, "{body}");
+    for (port, zone) in [(local, "b"), (remote, "a"), (primary, "")] {
+        let series = format!(
+            "pgtier_node_info{{database=\"app\",node=\"127.0.0.1:{port}\",zone=\"{zone}\"}} 1"
+        );
+        assert!(body.lines().any(|l| l == series), "no {series} in\n{body}");
+    }
+    assert_eq!(
+        body.lines()
+            .filter(|l| l.starts_with("pgtier_node_info{"))
+            .count(),
+        3,
+        "{body}"
+    );
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("pgtier_info{") && l.contains("zone=\"b\"")),
+        "{body}"
+    );
     simple_rows(&adm, &format!("BAN 127.0.0.1:{local}")).await;
     until(&prefer, "reads in zone a", |r| {
         r.iter().all(|&(p, _)| p == remote)
@@ -101,7 +125,7 @@ async fn reads_stay_in_pgtiers_zone_then_prefer_or_only() {
     .await;
 
     // zone_mode = "only": never the other zone; the primary instead.
-    let only = start(cluster, "only");
+    let only = start(cluster, "only", pgtier_kit::free_port().unwrap());
     until(&only, "all reads in zone b", |r| {
         r.iter().all(|&(p, _)| p == local)
     })

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 
 use super::{page, text, Id, JsonBody, Page, Query, Written};
-use crate::db::Causal;
+use crate::db::{Causal, Work};
 use crate::error::{ApiError, ApiResult};
 use crate::{iso, AppState};
 
@@ -156,7 +156,7 @@ pub async fn create(
     text("ends_at", &b.ends_at, 1, 64)?;
     st.db
         .timed(async {
-            let mut c = st.db.conn().await?;
+            crate::db_run!(&st.db, Work::Write, |c| {
             let (tx, stmts) = c.begin(st.db.timeout()).await?;
             // Locking the tutor row serialises this tutor's bookings (the overlap check).
             let s = stmts
@@ -212,12 +212,13 @@ pub async fn create(
                 .query_one(&s, &[&b.tutor_id, &b.student_id, &b.starts_at, &b.ends_at, &price])
                 .await?;
             tx.commit().await?;
-            let lsn = st.db.causal_token(&mut c).await;
+            let lsn = st.db.causal_token(c).await;
             Ok(Written {
                 status: StatusCode::CREATED,
                 body: Booking::from_row(&row),
                 lsn,
             })
+        })
         })
         .await
 }
@@ -230,20 +231,21 @@ pub async fn get_one(
 ) -> ApiResult<Json<Booking>> {
     st.db
         .timed(async {
-            let mut c = st.db.read(&causal).await?;
-            let s = c
-                .stmt(concat!(
-                    "SELECT ",
-                    booking_cols!(),
-                    " FROM bookings WHERE id = $1"
-                ))
-                .await?;
-            let row = c
-                .client
-                .query_opt(&s, &[&id])
-                .await?
-                .ok_or_else(|| ApiError::NotFound(format!("booking {id} not found")))?;
-            Ok(Json(Booking::from_row(&row)))
+            crate::db_run!(&st.db, Work::Read(&causal), |c| {
+                let s = c
+                    .stmt(concat!(
+                        "SELECT ",
+                        booking_cols!(),
+                        " FROM bookings WHERE id = $1"
+                    ))
+                    .await?;
+                let row = c
+                    .client
+                    .query_opt(&s, &[&id])
+                    .await?
+                    .ok_or_else(|| ApiError::NotFound(format!("booking {id} not found")))?;
+                Ok(Json(Booking::from_row(&row)))
+            })
         })
         .await
 }
@@ -265,25 +267,26 @@ pub async fn list(
     }
     st.db
         .timed(async {
-            let mut c = st.db.read(&causal).await?;
-            let s = c
-                .stmt(concat!(
-                    "SELECT ",
-                    booking_cols!(),
-                    " FROM bookings WHERE ($1::int8 IS NULL OR student_id = $1) \
+            crate::db_run!(&st.db, Work::Read(&causal), |c| {
+                let s = c
+                    .stmt(concat!(
+                        "SELECT ",
+                        booking_cols!(),
+                        " FROM bookings WHERE ($1::int8 IS NULL OR student_id = $1) \
                      AND ($2::int8 IS NULL OR tutor_id = $2) AND ($3::text IS NULL OR status = $3) \
                      ORDER BY id DESC LIMIT $4 OFFSET $5"
-                ))
-                .await?;
-            let rows = c
-                .client
-                .query(
-                    &s,
-                    &[&q.student_id, &q.tutor_id, &q.status, &limit, &offset],
-                )
-                .await?;
-            let items = rows.iter().map(Booking::from_row).collect();
-            Ok(Json(Page::new(items, limit, offset)))
+                    ))
+                    .await?;
+                let rows = c
+                    .client
+                    .query(
+                        &s,
+                        &[&q.student_id, &q.tutor_id, &q.status, &limit, &offset],
+                    )
+                    .await?;
+                let items = rows.iter().map(Booking::from_row).collect();
+                Ok(Json(Page::new(items, limit, offset)))
+            })
         })
         .await
 }
@@ -298,32 +301,41 @@ async fn transition(
     let from: Vec<&str> = from.to_vec();
     st.db
         .timed(async {
-            let mut c = st.db.conn().await?;
-            let s = c
-                .stmt(concat!(
-                    "UPDATE bookings SET status = $2, updated_at = now() \
-                     WHERE id = $1 AND status = ANY($3) RETURNING ",
-                    booking_cols!()
-                ))
-                .await?;
-            let row = c.client.query_opt(&s, &[&id, &to, &from]).await?;
-            let Some(row) = row else {
-                let s = c.stmt("SELECT status FROM bookings WHERE id = $1").await?;
-                return match c.client.query_opt(&s, &[&id]).await? {
-                    None => Err(ApiError::NotFound(format!("booking {id} not found"))),
-                    Some(r) => {
-                        let status: String = r.get(0);
-                        Err(ApiError::Conflict(format!(
-                            "booking {id} is {status}: it cannot become {to}"
-                        )))
-                    }
+            crate::db_run!(&st.db, Work::Write, |c| {
+                // In a transaction: a failed BEGIN shows the update never ran.
+                let (tx, stmts) = c.begin(st.db.timeout()).await?;
+                let s = stmts
+                    .get(
+                        &tx,
+                        concat!(
+                            "UPDATE bookings SET status = $2, updated_at = now() \
+                         WHERE id = $1 AND status = ANY($3) RETURNING ",
+                            booking_cols!()
+                        ),
+                    )
+                    .await?;
+                let row = tx.query_opt(&s, &[&id, &to, &from]).await?;
+                let Some(row) = row else {
+                    let s = stmts
+                        .get(&tx, "SELECT status FROM bookings WHERE id = $1")
+                        .await?;
+                    return match tx.query_opt(&s, &[&id]).await? {
+                        None => Err(ApiError::NotFound(format!("booking {id} not found"))),
+                        Some(r) => {
+                            let status: String = r.get(0);
+                            Err(ApiError::Conflict(format!(
+                                "booking {id} is {status}: it cannot become {to}"
+                            )))
+                        }
+                    };
                 };
-            };
-            let lsn = st.db.causal_token(&mut c).await;
-            Ok(Written {
-                status: StatusCode::OK,
-                body: Booking::from_row(&row),
-                lsn,
+                tx.commit().await?;
+                let lsn = st.db.causal_token(c).await;
+                Ok(Written {
+                    status: StatusCode::OK,
+                    body: Booking::from_row(&row),
+                    lsn,
+                })
             })
         })
         .await
@@ -358,58 +370,61 @@ pub async fn review(
     text("comment", &b.comment, 0, 2000)?;
     st.db
         .timed(async {
-            let mut c = st.db.conn().await?;
-            let (tx, stmts) = c.begin(st.db.timeout()).await?;
-            let s = stmts
-                .get(&tx, "SELECT status FROM bookings WHERE id = $1 FOR UPDATE")
-                .await?;
-            let status: String = tx
-                .query_opt(&s, &[&id])
-                .await?
-                .ok_or_else(|| ApiError::NotFound(format!("booking {id} not found")))?
-                .get(0);
-            if status != "completed" {
-                return Err(ApiError::Conflict(format!(
-                    "booking {id} is {status}: only completed bookings can be reviewed"
-                )));
-            }
-            let s = stmts
-                .get(
-                    &tx,
-                    "INSERT INTO reviews (booking_id, tutor_id, student_id, rating, comment) \
+            crate::db_run!(&st.db, Work::Write, |c| {
+                let (tx, stmts) = c.begin(st.db.timeout()).await?;
+                let s = stmts
+                    .get(&tx, "SELECT status FROM bookings WHERE id = $1 FOR UPDATE")
+                    .await?;
+                let status: String = tx
+                    .query_opt(&s, &[&id])
+                    .await?
+                    .ok_or_else(|| ApiError::NotFound(format!("booking {id} not found")))?
+                    .get(0);
+                if status != "completed" {
+                    return Err(ApiError::Conflict(format!(
+                        "booking {id} is {status}: only completed bookings can be reviewed"
+                    )));
+                }
+                let s = stmts
+                    .get(
+                        &tx,
+                        "INSERT INTO reviews (booking_id, tutor_id, student_id, rating, comment) \
                      SELECT id, tutor_id, student_id, $2, $3 FROM bookings WHERE id = $1 \
                      ON CONFLICT (booking_id) DO NOTHING \
                      RETURNING id, booking_id, tutor_id, student_id, rating, comment",
-                )
-                .await?;
-            let row = tx
-                .query_opt(&s, &[&id, &rating, &b.comment])
-                .await?
-                .ok_or_else(|| ApiError::Conflict(format!("booking {id} is already reviewed")))?;
-            let review = Review::from_row(&row);
-            let s = stmts
-                .get(
-                    &tx,
-                    "UPDATE tutors SET review_count = review_count + 1, \
+                    )
+                    .await?;
+                let row = tx
+                    .query_opt(&s, &[&id, &rating, &b.comment])
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::Conflict(format!("booking {id} is already reviewed"))
+                    })?;
+                let review = Review::from_row(&row);
+                let s = stmts
+                    .get(
+                        &tx,
+                        "UPDATE tutors SET review_count = review_count + 1, \
                      rating_sum = rating_sum + $2, \
                      rating = (rating_sum + $2)::float8 / (review_count + 1) \
                      WHERE id = $1 RETURNING rating, review_count",
-                )
-                .await?;
-            let t = tx
-                .query_one(&s, &[&review.tutor_id, &i64::from(rating)])
-                .await?;
-            let (tutor_rating, tutor_review_count) = (t.get(0), t.get(1));
-            tx.commit().await?;
-            let lsn = st.db.causal_token(&mut c).await;
-            Ok(Written {
-                status: StatusCode::CREATED,
-                body: Reviewed {
-                    review,
-                    tutor_rating,
-                    tutor_review_count,
-                },
-                lsn,
+                    )
+                    .await?;
+                let t = tx
+                    .query_one(&s, &[&review.tutor_id, &i64::from(rating)])
+                    .await?;
+                let (tutor_rating, tutor_review_count) = (t.get(0), t.get(1));
+                tx.commit().await?;
+                let lsn = st.db.causal_token(c).await;
+                Ok(Written {
+                    status: StatusCode::CREATED,
+                    body: Reviewed {
+                        review,
+                        tutor_rating,
+                        tutor_review_count,
+                    },
+                    lsn,
+                })
             })
         })
         .await
@@ -425,19 +440,20 @@ pub async fn list_reviews(
     let (limit, offset) = page(q.limit, q.offset)?;
     st.db
         .timed(async {
-            let mut c = st.db.read(&causal).await?;
-            let s = c
+            crate::db_run!(&st.db, Work::Read(&causal), |c| {
+                let s = c
                 .stmt(
                     "SELECT id, booking_id, tutor_id, student_id, rating, comment FROM reviews \
                      WHERE tutor_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3",
                 )
                 .await?;
-            let rows = c.client.query(&s, &[&id, &limit, &offset]).await?;
-            if rows.is_empty() {
-                super::tutors::ensure_tutor(&mut c, id).await?;
-            }
-            let items = rows.iter().map(Review::from_row).collect();
-            Ok(Json(Page::new(items, limit, offset)))
+                let rows = c.client.query(&s, &[&id, &limit, &offset]).await?;
+                if rows.is_empty() {
+                    super::tutors::ensure_tutor(c, id).await?;
+                }
+                let items = rows.iter().map(Review::from_row).collect();
+                Ok(Json(Page::new(items, limit, offset)))
+            })
         })
         .await
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 
 use super::{page, text, Id, JsonBody, Page, Query, Written};
-use crate::db::Causal;
+use crate::db::{Causal, Work};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
@@ -61,23 +61,27 @@ pub async fn create(
     }
     st.db
         .timed(async {
-            let mut c = st.db.conn().await?;
-            let s = c
-                .stmt(
-                    "INSERT INTO students (name, email) VALUES ($1, $2) \
+            crate::db_run!(&st.db, Work::Write, |c| {
+                // A transaction of one statement: a failed BEGIN shows the insert never ran.
+                let (tx, stmts) = c.begin(st.db.timeout()).await?;
+                let s = stmts
+                    .get(
+                        &tx,
+                        "INSERT INTO students (name, email) VALUES ($1, $2) \
                      ON CONFLICT (email) DO NOTHING RETURNING id, name, email",
-                )
-                .await?;
-            let row = c
-                .client
-                .query_opt(&s, &[&b.name, &b.email])
-                .await?
-                .ok_or_else(|| ApiError::Conflict(format!("email {:?} is taken", b.email)))?;
-            let lsn = st.db.causal_token(&mut c).await;
-            Ok(Written {
-                status: StatusCode::CREATED,
-                body: Student::from_row(&row),
-                lsn,
+                    )
+                    .await?;
+                let row = tx
+                    .query_opt(&s, &[&b.name, &b.email])
+                    .await?
+                    .ok_or_else(|| ApiError::Conflict(format!("email {:?} is taken", b.email)))?;
+                tx.commit().await?;
+                let lsn = st.db.causal_token(c).await;
+                Ok(Written {
+                    status: StatusCode::CREATED,
+                    body: Student::from_row(&row),
+                    lsn,
+                })
             })
         })
         .await
@@ -92,13 +96,16 @@ pub async fn list(
     let (limit, offset) = page(q.limit, q.offset)?;
     st.db
         .timed(async {
-            let mut c = st.db.read(&causal).await?;
-            let s = c
-                .stmt("SELECT id, name, email FROM students ORDER BY id DESC LIMIT $1 OFFSET $2")
-                .await?;
-            let rows = c.client.query(&s, &[&limit, &offset]).await?;
-            let items = rows.iter().map(Student::from_row).collect();
-            Ok(Json(Page::new(items, limit, offset)))
+            crate::db_run!(&st.db, Work::Read(&causal), |c| {
+                let s = c
+                    .stmt(
+                        "SELECT id, name, email FROM students ORDER BY id DESC LIMIT $1 OFFSET $2",
+                    )
+                    .await?;
+                let rows = c.client.query(&s, &[&limit, &offset]).await?;
+                let items = rows.iter().map(Student::from_row).collect();
+                Ok(Json(Page::new(items, limit, offset)))
+            })
         })
         .await
 }
@@ -111,16 +118,17 @@ pub async fn get_one(
 ) -> ApiResult<Json<Student>> {
     st.db
         .timed(async {
-            let mut c = st.db.read(&causal).await?;
-            let s = c
-                .stmt("SELECT id, name, email FROM students WHERE id = $1")
-                .await?;
-            let row = c
-                .client
-                .query_opt(&s, &[&id])
-                .await?
-                .ok_or_else(|| ApiError::NotFound(format!("student {id} not found")))?;
-            Ok(Json(Student::from_row(&row)))
+            crate::db_run!(&st.db, Work::Read(&causal), |c| {
+                let s = c
+                    .stmt("SELECT id, name, email FROM students WHERE id = $1")
+                    .await?;
+                let row = c
+                    .client
+                    .query_opt(&s, &[&id])
+                    .await?
+                    .ok_or_else(|| ApiError::NotFound(format!("student {id} not found")))?;
+                Ok(Json(Student::from_row(&row)))
+            })
         })
         .await
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 
 use super::{page, text, Id, JsonBody, Page, Query, Written};
-use crate::db::Causal;
+use crate::db::{Causal, Work};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
@@ -52,21 +52,24 @@ pub async fn create(
     text("name", &b.name, 1, 100)?;
     st.db
         .timed(async {
-            let mut c = st.db.conn().await?;
-            let s = c
-                .stmt("INSERT INTO subjects (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id, name")
+            crate::db_run!(&st.db, Work::Write, |c| {
+            // A transaction of one statement: a failed BEGIN shows the insert never ran.
+            let (tx, stmts) = c.begin(st.db.timeout()).await?;
+            let s = stmts
+                .get(&tx, "INSERT INTO subjects (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id, name")
                 .await?;
-            let row = c
-                .client
+            let row = tx
                 .query_opt(&s, &[&b.name])
                 .await?
                 .ok_or_else(|| ApiError::Conflict(format!("subject {:?} exists", b.name)))?;
-            let lsn = st.db.causal_token(&mut c).await;
+            tx.commit().await?;
+            let lsn = st.db.causal_token(c).await;
             Ok(Written {
                 status: StatusCode::CREATED,
                 body: Subject::from_row(&row),
                 lsn,
             })
+        })
         })
         .await
 }
@@ -80,13 +83,14 @@ pub async fn list(
     let (limit, offset) = page(q.limit, q.offset)?;
     st.db
         .timed(async {
-            let mut c = st.db.read(&causal).await?;
-            let s = c
-                .stmt("SELECT id, name FROM subjects ORDER BY name, id LIMIT $1 OFFSET $2")
-                .await?;
-            let rows = c.client.query(&s, &[&limit, &offset]).await?;
-            let items = rows.iter().map(Subject::from_row).collect();
-            Ok(Json(Page::new(items, limit, offset)))
+            crate::db_run!(&st.db, Work::Read(&causal), |c| {
+                let s = c
+                    .stmt("SELECT id, name FROM subjects ORDER BY name, id LIMIT $1 OFFSET $2")
+                    .await?;
+                let rows = c.client.query(&s, &[&limit, &offset]).await?;
+                let items = rows.iter().map(Subject::from_row).collect();
+                Ok(Json(Page::new(items, limit, offset)))
+            })
         })
         .await
 }
@@ -99,16 +103,17 @@ pub async fn get_one(
 ) -> ApiResult<Json<Subject>> {
     st.db
         .timed(async {
-            let mut c = st.db.read(&causal).await?;
-            let s = c
-                .stmt("SELECT id, name FROM subjects WHERE id = $1")
-                .await?;
-            let row = c
-                .client
-                .query_opt(&s, &[&id])
-                .await?
-                .ok_or_else(|| ApiError::NotFound(format!("subject {id} not found")))?;
-            Ok(Json(Subject::from_row(&row)))
+            crate::db_run!(&st.db, Work::Read(&causal), |c| {
+                let s = c
+                    .stmt("SELECT id, name FROM subjects WHERE id = $1")
+                    .await?;
+                let row = c
+                    .client
+                    .query_opt(&s, &[&id])
+                    .await?
+                    .ok_or_else(|| ApiError::NotFound(format!("subject {id} not found")))?;
+                Ok(Json(Subject::from_row(&row)))
+            })
         })
         .await
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::{GenericClient, Row};
 
 use super::{page, text, Id, JsonBody, Page, Query, Written};
-use crate::db::{Causal, Stmts};
+use crate::db::{Causal, Stmts, Work};
 use crate::error::{ApiError, ApiResult};
 use crate::{iso, AppState};
 
@@ -192,7 +192,7 @@ pub async fn create(
     let ids = subjects(&b.subject_ids)?;
     st.db
         .timed(async {
-            let mut c = st.db.conn().await?;
+            crate::db_run!(&st.db, Work::Write, |c| {
             let (tx, stmts) = c.begin(st.db.timeout()).await?;
             let s = stmts
                 .get(
@@ -206,12 +206,13 @@ pub async fn create(
             }
             let tutor = fetch(&tx, stmts, id).await?;
             tx.commit().await?;
-            let lsn = st.db.causal_token(&mut c).await;
+            let lsn = st.db.causal_token(c).await;
             Ok(Written {
                 status: StatusCode::CREATED,
                 body: tutor,
                 lsn,
             })
+        })
         })
         .await
 }
@@ -232,7 +233,7 @@ pub async fn update(
     let ids = b.subject_ids.as_deref().map(subjects).transpose()?;
     st.db
         .timed(async {
-            let mut c = st.db.conn().await?;
+            crate::db_run!(&st.db, Work::Write, |c| {
             let (tx, stmts) = c.begin(st.db.timeout()).await?;
             let s = stmts
                 .get(
@@ -249,12 +250,13 @@ pub async fn update(
             }
             let tutor = fetch(&tx, stmts, id).await?;
             tx.commit().await?;
-            let lsn = st.db.causal_token(&mut c).await;
+            let lsn = st.db.causal_token(c).await;
             Ok(Written {
                 status: StatusCode::OK,
                 body: tutor,
                 lsn,
             })
+        })
         })
         .await
 }
@@ -277,7 +279,7 @@ pub async fn list(
     }
     st.db
         .timed(async {
-            let mut c = st.db.read(&causal).await?;
+            crate::db_run!(&st.db, Work::Read(&causal), |c| {
             let s = c
                 .stmt(
                     "SELECT t.id, t.name, t.bio, t.hourly_rate_cents, t.rating, t.review_count, \
@@ -300,6 +302,7 @@ pub async fn list(
             let items = rows.iter().map(Tutor::from_row).collect();
             Ok(Json(Page::new(items, limit, offset)))
         })
+        })
         .await
 }
 
@@ -311,9 +314,10 @@ pub async fn get_one(
 ) -> ApiResult<Json<Tutor>> {
     st.db
         .timed(async {
-            let mut c = st.db.read(&causal).await?;
-            let conn = &mut *c;
-            Ok(Json(fetch(&conn.client, &mut conn.stmts, id).await?))
+            crate::db_run!(&st.db, Work::Read(&causal), |c| {
+                let conn = &mut **c;
+                Ok(Json(fetch(&conn.client, &mut conn.stmts, id).await?))
+            })
         })
         .await
 }
@@ -328,28 +332,34 @@ pub async fn add_availability(
     text("ends_at", &b.ends_at, 1, 64)?;
     st.db
         .timed(async {
-            let mut c = st.db.conn().await?;
-            let s = c
-                .stmt(concat!(
-                    "INSERT INTO availability (tutor_id, starts_at, ends_at) \
-                     SELECT t.id, $2::text::timestamptz, $3::text::timestamptz FROM tutors t WHERE t.id = $1 \
-                     RETURNING id, tutor_id, ",
-                    iso!("starts_at"),
-                    ", ",
-                    iso!("ends_at")
-                ))
+            crate::db_run!(&st.db, Work::Write, |c| {
+            // A transaction of one statement: a failed BEGIN shows the insert never ran.
+            let (tx, stmts) = c.begin(st.db.timeout()).await?;
+            let s = stmts
+                .get(
+                    &tx,
+                    concat!(
+                        "INSERT INTO availability (tutor_id, starts_at, ends_at) \
+                         SELECT t.id, $2::text::timestamptz, $3::text::timestamptz FROM tutors t WHERE t.id = $1 \
+                         RETURNING id, tutor_id, ",
+                        iso!("starts_at"),
+                        ", ",
+                        iso!("ends_at")
+                    ),
+                )
                 .await?;
-            let row = c
-                .client
+            let row = tx
                 .query_opt(&s, &[&id, &b.starts_at, &b.ends_at])
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("tutor {id} not found")))?;
-            let lsn = st.db.causal_token(&mut c).await;
+            tx.commit().await?;
+            let lsn = st.db.causal_token(c).await;
             Ok(Written {
                 status: StatusCode::CREATED,
                 body: slot(&row),
                 lsn,
             })
+        })
         })
         .await
 }
@@ -373,7 +383,7 @@ pub async fn list_availability(
     let (limit, offset) = page(q.limit, q.offset)?;
     st.db
         .timed(async {
-            let mut c = st.db.read(&causal).await?;
+            crate::db_run!(&st.db, Work::Read(&causal), |c| {
             let s = c
                 .stmt(concat!(
                     "SELECT id, tutor_id, ",
@@ -385,10 +395,11 @@ pub async fn list_availability(
                 .await?;
             let rows = c.client.query(&s, &[&id, &limit, &offset]).await?;
             if rows.is_empty() {
-                ensure_tutor(&mut c, id).await?;
+                ensure_tutor(c, id).await?;
             }
             let items = rows.iter().map(slot).collect();
             Ok(Json(Page::new(items, limit, offset)))
+        })
         })
         .await
 }

@@ -29,8 +29,10 @@ fn role_name(r: Role) -> &'static str {
 pub fn render(proxy: &Proxy) -> String {
     let metrics = proxy.metrics();
     let g = metrics.gauges();
+    // Reset first: a reload may change the zone.
+    g.info.reset();
     g.info
-        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), &proxy.settings().raw.zone])
         .set(1);
 
     g.clients.reset();
@@ -80,6 +82,7 @@ pub fn render(proxy: &Proxy) -> String {
     g.lag_bytes.reset();
     g.lag_seconds.reset();
     g.node_state.reset();
+    g.node_info.reset();
     g.paused.reset();
     let snapshot = proxy.snapshot();
     let mut names: Vec<&String> = snapshot.databases.keys().collect();
@@ -92,10 +95,15 @@ pub fn render(proxy: &Proxy) -> String {
             .set(i64::from(rt.control.is_paused()));
         let topology = rt.router.topology();
         let view = topology.view();
-        for n in view.nodes.iter() {
+        let configured = &topology.settings().nodes;
+        for (i, n) in view.nodes.iter().enumerate() {
             let node = n.addr.to_string();
             g.node_state
                 .with_label_values(&[name, &node, role_name(n.role), node_state_name(n.state)])
+                .set(1);
+            let zone = configured.get(i).and_then(|c| c.zone.as_deref());
+            g.node_info
+                .with_label_values(&[name, &node, zone.unwrap_or_default()])
                 .set(1);
             if n.role == Role::Replica {
                 if let Some(b) = n.byte_lag {

@@ -18,6 +18,7 @@ pub struct Gauges {
     pub(crate) lag_bytes: IntGaugeVec,
     pub(crate) lag_seconds: GaugeVec,
     pub(crate) node_state: IntGaugeVec,
+    pub(crate) node_info: IntGaugeVec,
     pub(crate) bans: IntCounterVec,
     /// Ban counts last seen per database: bans are counted by each topology, which a reload
     /// may replace.
@@ -71,13 +72,24 @@ impl Gauges {
                 "1 for each node's current state (unknown, healthy, lagging, banned, down, excluded) and role.",
                 &["database", "node", "role", "state"],
             ),
+            // A separate info gauge (one series per node) rather than a zone label on every
+            // per-node series: join with `* on (database, node) group_left (zone)`.
+            node_info: gauge_vec(
+                "node_info",
+                "1 for each node, with its zone from the config ('' when none).",
+                &["database", "node", "zone"],
+            ),
             bans: counter_vec(
                 "node_bans_total",
                 "Times a node was taken out of rotation (failed check, failed connection, admin BAN).",
                 &["database"],
             ),
             bans_seen: std::sync::Mutex::default(),
-            info: gauge_vec("info", "pgtier version (value 1).", &["version"]),
+            info: gauge_vec(
+                "info",
+                "pgtier version and the process's own zone ('' when none) (value 1).",
+                &["version", "zone"],
+            ),
         }
     }
 
@@ -90,6 +102,7 @@ impl Gauges {
             &self.paused,
             &self.lag_bytes,
             &self.node_state,
+            &self.node_info,
             &self.info,
         ] {
             registry.register(Box::new(g.clone())).expect("unique name");

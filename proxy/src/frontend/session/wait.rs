@@ -41,9 +41,24 @@ impl Session {
             .client_idle_timeout
             .map(|t| Box::pin(tokio::time::sleep(t)));
         loop {
-            if self.shutdown.phase() >= Phase::Draining {
+            // Draining: a request the client already sent (its bytes here or in the socket) is
+            // served, and the client closed after that transaction; closing now would fail it
+            // unrun, which the client cannot tell from a failure after it ran. `Closing`
+            // (shutdown_timeout) ends even that.
+            let phase = self.shutdown.phase();
+            let finishing = phase == Phase::Draining
+                && (!buf.is_empty()
+                    || poll_fn(|cx| Poll::Ready(self.stream.poll_read_ready(cx).is_ready())).await);
+            if phase >= Phase::Draining && !finishing {
                 self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;
                 return Err("shutdown");
+            }
+            if finishing {
+                // The same slot waits for Closing now (no extra state in an idle task).
+                draining.set(
+                    self.shutdown
+                        .reached_or_poked(Phase::Closing, Some(self.shutdown.pokes())),
+                );
             }
             if self.runtime.control.kills() != self.kills_seen {
                 self.close(SqlState::ADMIN_SHUTDOWN, KILL_MESSAGE).await;
@@ -64,12 +79,12 @@ impl Session {
                 {
                     return Poll::Ready(Wake::Draining);
                 }
-                if let Some(t) = idle_timer.as_mut() {
+                if let Some(t) = idle_timer.as_mut().filter(|_| !finishing) {
                     if t.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Wake::IdleTimeout);
                     }
                 }
-                if listening.is_some_and(|l| l.poll_pending(cx).is_ready()) {
+                if !finishing && listening.is_some_and(|l| l.poll_pending(cx).is_ready()) {
                     return Poll::Ready(Wake::Notified);
                 }
                 self.stream.poll_read_ready(cx).map(|r| match r {

@@ -1,6 +1,11 @@
 //! The database side: a bb8 pool of tokio-postgres connections to pgtier with a per-connection
-//! prepared-statement cache and a fair gate, embedded migrations, and the causal-token helpers
-//! (`SHOW pgtier.causal_lsn` after writes, `SET pgtier.min_lsn` before reads).
+//! prepared-statement cache and a fair gate, embedded migrations, the causal-token helpers
+//! (`SHOW pgtier.causal_lsn` after writes, `SET pgtier.min_lsn` before reads), and (in
+//! `retry`) the safe repetition of a request's work whose connection was lost.
+
+mod retry;
+
+pub use retry::Work;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,7 +23,7 @@ use crate::tls::Connector;
 
 /// Embedded schema migrations: (version, name, SQL), applied in order.
 pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+    &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
 
 /// Key of the transaction-level advisory lock that serialises concurrent migrations.
 const MIGRATION_LOCK: i64 = 0x7067_7469_6572; // "pgtier"
@@ -60,6 +65,20 @@ pub struct Conn {
     pub client: Client,
     /// Its prepared statements.
     pub stmts: Stmts,
+    /// How far the current request's transaction got (reset at each checkout).
+    stage: Stage,
+}
+
+/// How far a request's transaction got on its connection: what tells [`crate::db_run!`] whether
+/// work that failed may have written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Nothing sent by [`Conn::begin`].
+    Fresh,
+    /// BEGIN (and the SET LOCAL after it) sent, not both answered: nothing written yet.
+    Beginning,
+    /// The transaction is open: statements after this may write.
+    Begun,
 }
 
 impl Conn {
@@ -74,12 +93,14 @@ impl Conn {
         &mut self,
         timeout: Duration,
     ) -> Result<(Transaction<'_>, &mut Stmts), tokio_postgres::Error> {
+        self.stage = Stage::Beginning;
         let tx = self.client.transaction().await?;
         tx.batch_execute(&format!(
             "SET LOCAL statement_timeout = {}",
             timeout.as_millis()
         ))
         .await?;
+        self.stage = Stage::Begun;
         Ok((tx, &mut self.stmts))
     }
 }
@@ -92,6 +113,7 @@ impl bb8::ManageConnection for Manager {
         Ok(Conn {
             client: self.connector.connect(&self.config).await?,
             stmts: Stmts::default(),
+            stage: Stage::Fresh,
         })
     }
 
@@ -149,10 +171,6 @@ impl DerefMut for DbConn<'_> {
 const CAUSAL_UNKNOWN: u64 = 0;
 const CAUSAL_SUPPORTED: u64 = 1;
 
-/// How long after a checkout found a closed connection checkouts are probed (a pgtier
-/// draining for a restart closes its clients over a second or so).
-const PROBE_AFTER_CLOSE: Duration = Duration::from_secs(5);
-
 /// The pool and everything needed to use it safely.
 pub struct Db {
     pool: bb8::Pool<Manager>,
@@ -167,8 +185,8 @@ pub struct Db {
     carry_tokens: bool,
     /// `Config::pool_size`.
     pool_size: u32,
-    /// When a checkout last found a closed connection (milliseconds since `started`, 0: never).
-    closed_at: AtomicU64,
+    /// Requests whose work was repeated on a fresh connection (see [`crate::db_run!`]).
+    retries: AtomicU64,
 }
 
 /// A client's causal token: an LSN `X/Y` (hex) from the `X-Causal-Lsn` header.
@@ -197,7 +215,11 @@ impl Db {
             .min_idle(None)
             .connection_timeout(cfg.db_timeout)
             .test_on_check_out(false)
-            .retry_connection(false)
+            // A failed connect (reset by a listener closing for a restart, or refused with
+            // 57P03 by a process draining) is made again (bb8 backs off from 200 ms) within
+            // connection_timeout: without it bb8 leaves the request waiting for it until the
+            // timeout unless another connection frees up.
+            .retry_connection(true)
             .error_sink(Box::new(LogConnectErrors))
             .build_unchecked(Manager { config, connector });
         Ok(Db {
@@ -208,7 +230,7 @@ impl Db {
             causal: AtomicU64::new(CAUSAL_UNKNOWN),
             carry_tokens: cfg.causal_tokens,
             pool_size: cfg.pool_size,
-            closed_at: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
         })
     }
 
@@ -241,19 +263,16 @@ impl Db {
         // A connection pgtier closed (a restarting pgtier closes idle clients, and the others
         // after their transaction, so that they reconnect to another process) is discarded (bb8
         // drops it when handed back: has_broken) and a fresh one taken, at most the pool's size
-        // times. Closed ones are seen by `is_closed`; for a few seconds after one was, every
-        // checkout is also probed with an empty query (one round trip), which a draining
-        // pgtier refuses: its close may still be on the way when the connection is reused.
+        // times. A close still on its way is not seen here: `db_run!` repeats work that failed
+        // that way when it cannot have written.
         for _ in 0..self.pool_size {
-            let closed = conn.client.is_closed()
-                || (self.closed_recently() && conn.client.simple_query("").await.is_err());
-            if !closed {
+            if !conn.client.is_closed() {
                 break;
             }
-            self.closed_at.store(self.now_ms(), Ordering::Relaxed);
             drop(conn);
             conn = self.pool.get().await?;
         }
+        conn.stage = Stage::Fresh;
         Ok(DbConn {
             conn,
             _permit: permit,
@@ -282,17 +301,49 @@ impl Db {
         if !self.carry_tokens || !self.may_ask() {
             return None;
         }
-        self.ask_token(c).await
+        match self.ask_token(c).await {
+            Ok(token) => token,
+            // A draining pgtier closes a client right after its transaction, which may be
+            // before the question got there: the token went with the connection.
+            Err(e) => {
+                tracing::debug!(error = %e, "connection lost before SHOW pgtier.causal_lsn: asking the primary");
+                self.primary_lsn(c).await
+            }
+        }
+    }
+
+    /// The primary's current WAL position, asked on a new connection put in `c`'s place (so
+    /// the pool gets a live one back): a token at or past the commit whose own token was lost.
+    /// pgtier sends `pg_current_wal_lsn()` to the primary (it fails on a standby).
+    async fn primary_lsn(&self, c: &mut Conn) -> Option<String> {
+        match self.pool.dedicated_connection().await {
+            Ok(fresh) => *c = fresh,
+            Err(e) => {
+                tracing::warn!(error = %e, "no connection to ask the primary's WAL position");
+                return None;
+            }
+        }
+        let msgs = match c
+            .client
+            .simple_query("SELECT pg_current_wal_lsn()::text")
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "asking the primary's WAL position failed");
+                return None;
+            }
+        };
+        msgs.iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .filter(|v| valid_lsn(v))
     }
 
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
-    }
-
-    /// Whether a checkout found a closed connection in the last `PROBE_AFTER_CLOSE`.
-    fn closed_recently(&self) -> bool {
-        let at = self.closed_at.load(Ordering::Relaxed);
-        at != 0 && self.now_ms().saturating_sub(at) < PROBE_AFTER_CLOSE.as_millis() as u64
     }
 
     fn may_ask(&self) -> bool {
@@ -306,39 +357,44 @@ impl Db {
         match self.causal.load(Ordering::Relaxed) {
             CAUSAL_SUPPORTED => true,
             _ if !self.may_ask() => false,
-            _ => self.ask_token(c).await.is_some(),
+            _ => matches!(self.ask_token(c).await, Ok(Some(_))),
         }
     }
 
-    async fn ask_token(&self, c: &mut Conn) -> Option<String> {
-        match c.client.simple_query("SHOW pgtier.causal_lsn").await {
-            Ok(msgs) => {
-                let v = msgs.iter().find_map(|m| match m {
-                    SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-                    _ => None,
-                });
-                match v {
-                    Some(v) if valid_lsn(&v) => {
-                        self.causal.store(CAUSAL_SUPPORTED, Ordering::Relaxed);
-                        Some(v)
-                    }
-                    other => {
-                        tracing::warn!(value = ?other, "SHOW pgtier.causal_lsn: not an LSN");
-                        None
+    /// `SHOW pgtier.causal_lsn` on `c`: the token, `None` when pgtier has none, an error only
+    /// when the connection was lost.
+    async fn ask_token(&self, c: &mut Conn) -> Result<Option<String>, tokio_postgres::Error> {
+        Ok(
+            match c.client.simple_query("SHOW pgtier.causal_lsn").await {
+                Ok(msgs) => {
+                    let v = msgs.iter().find_map(|m| match m {
+                        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                        _ => None,
+                    });
+                    match v {
+                        Some(v) if valid_lsn(&v) => {
+                            self.causal.store(CAUSAL_SUPPORTED, Ordering::Relaxed);
+                            Some(v)
+                        }
+                        other => {
+                            tracing::warn!(value = ?other, "SHOW pgtier.causal_lsn: not an LSN");
+                            None
+                        }
                     }
                 }
-            }
-            Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => {
-                tracing::debug!(error = %e, "pgtier does not report causal tokens (yet)");
-                let until = self.now_ms() + CAUSAL_RETRY.as_millis() as u64 + 2;
-                self.causal.store(until, Ordering::Relaxed);
-                None
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "SHOW pgtier.causal_lsn failed");
-                None
-            }
-        }
+                Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => {
+                    tracing::debug!(error = %e, "pgtier does not report causal tokens (yet)");
+                    let until = self.now_ms() + CAUSAL_RETRY.as_millis() as u64 + 2;
+                    self.causal.store(until, Ordering::Relaxed);
+                    None
+                }
+                Err(e) if retry::lost(&e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "SHOW pgtier.causal_lsn failed");
+                    None
+                }
+            },
+        )
     }
 
     /// Applies the embedded migrations, retrying connection failures until `deadline`.
