@@ -35,6 +35,8 @@ impl Session {
     pub(super) async fn next_request(&mut self) -> Result<BytesMut, &'static str> {
         let mut buf = BytesMut::new();
         let mut pokes = self.shutdown.pokes();
+        // The phase that ends the wait: Closing once a draining client is finishing.
+        let mut until = Phase::Draining;
         // Only a configured timeout costs memory while idle: its timer is boxed.
         let mut idle_timer = self
             .limits()
@@ -54,11 +56,7 @@ impl Session {
                 return Err("shutdown");
             }
             if finishing {
-                // The same slot waits for Closing now (no extra state in an idle task).
-                draining.set(
-                    self.shutdown
-                        .reached_or_poked(Phase::Closing, Some(self.shutdown.pokes())),
-                );
+                until = Phase::Closing;
             }
             if self.runtime.control.kills() != self.kills_seen {
                 self.close(SqlState::ADMIN_SHUTDOWN, KILL_MESSAGE).await;
@@ -74,7 +72,7 @@ impl Session {
             let wake = poll_fn(|cx| {
                 if self
                     .shutdown
-                    .poll_reached_or_poked(cx, Phase::Draining, Some(pokes))
+                    .poll_reached_or_poked(cx, until, Some(pokes))
                     .is_ready()
                 {
                     return Poll::Ready(Wake::Draining);
