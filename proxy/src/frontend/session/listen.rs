@@ -1,32 +1,57 @@
 //! The session's side of LISTEN/NOTIFY in transaction mode: `LISTEN`/`UNLISTEN` answered by
 //! pgtier (see `notify`), and the client's pending notifications written when it is idle.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::BytesMut;
 
+use crate::backend::Upstream;
+use crate::router::route::Router;
+use crate::runtime::Proxy;
+
+use crate::frontend::relay::listen::channels_reply;
+use crate::notify::Staged;
 use crate::notify::{ListenLimits, Source, LIMIT_EXCEEDED};
 use crate::protocol::extended::{split_cstr, target};
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::command_complete;
 use crate::protocol::messages::{error_response, ready_for_query, Severity, TxStatus};
 use crate::protocol::SqlState;
-use crate::sql::listen::ListenCommand;
+use crate::sql::listen::{listen_query, ListenCommand, ListenQuery};
 use crate::sql::session_state::pins;
 
 use super::Session;
 
 /// Beyond connecting, how long the shared connection may take to LISTEN.
-const LISTEN_ROUND_TRIP: std::time::Duration = std::time::Duration::from_secs(10);
+const LISTEN_ROUND_TRIP: Duration = Duration::from_secs(10);
 
 /// What pgtier answers itself of a listening client's request.
 pub(super) enum ListenRequest {
-    /// LISTEN, UNLISTEN or UNLISTEN *, after `prefix` bytes of Close (of named statements)
-    /// and Sync messages that drivers send ahead of it (tokio-postgres closes a dropped
-    /// statement that way): those are answered here too, so that the replies stay in order.
-    Command { prefix: usize, cmd: ListenCommand },
+    /// LISTEN, UNLISTEN or UNLISTEN * (one or more, `;`-separated), or `SELECT
+    /// pg_listening_channels()`: a simple Query ending at `end`, after `prefix` bytes of Close
+    /// (of named statements) and Sync messages that drivers send ahead of it (tokio-postgres
+    /// closes a dropped statement that way): those are answered here too, so that the replies
+    /// stay in order. What follows `end` is served next.
+    Command {
+        prefix: usize,
+        query: ListenQuery,
+        end: usize,
+    },
     /// A statement that would pin a client that listens through pgtier: this ERROR instead.
     Refused(&'static str),
     /// Extended-protocol units of nothing but LISTEN-family statements.
     Extended(Vec<Step>),
+}
+
+impl ListenRequest {
+    /// Where in the request (`len` bytes) what is answered ends.
+    pub(super) fn end(&self, len: usize) -> usize {
+        match self {
+            ListenRequest::Command { end, .. } => *end,
+            _ => len,
+        }
+    }
 }
 
 impl Session {
@@ -38,8 +63,8 @@ impl Session {
         if self.holds_server() {
             return None;
         }
-        if let Some((prefix, cmd)) = listen_command(buf) {
-            return Some(ListenRequest::Command { prefix, cmd });
+        if let Some((prefix, query, end)) = listen_command(buf) {
+            return Some(ListenRequest::Command { prefix, query, end });
         }
         let kept = self
             .listen_statements
@@ -81,12 +106,15 @@ impl Session {
                 SqlState::FEATURE_NOT_SUPPORTED,
                 format!("pgtier: {reason} would pin this client to a server connection, which a client that LISTENs through pgtier cannot be (UNLISTEN * first)"),
             )),
-            ListenRequest::Command { prefix, cmd } => {
+            ListenRequest::Command { prefix, query, .. } => {
                 self.answer_closes(&buf[..prefix], &mut out);
-                self.apply_listen(&cmd).await.err().or_else(|| {
-                    command_complete(&mut out, cmd.tag());
-                    None
-                })
+                match query {
+                    ListenQuery::Channels => {
+                        channels_reply(self.listening.as_deref(), &mut out);
+                        None
+                    }
+                    ListenQuery::Commands(cmds) => self.apply_all(&cmds, &mut out).await,
+                }
             }
         };
         if let Some((code, message)) = failed {
@@ -203,28 +231,71 @@ impl Session {
         self.client.entry.set_prepared(self.statements.len());
     }
 
+    /// Applies the LISTEN-family statements of one simple query, writing their
+    /// CommandCompletes; Some: the ERROR to answer. Several are one implicit transaction, as
+    /// on Postgres: staged, and in effect only if all succeed.
+    async fn apply_all(
+        &mut self,
+        cmds: &[ListenCommand],
+        out: &mut BytesMut,
+    ) -> Option<(SqlState, String)> {
+        if let [cmd] = cmds {
+            return self.apply_listen(cmd).await.err().or_else(|| {
+                command_complete(out, cmd.tag());
+                None
+            });
+        }
+        let proxy = self.proxy.clone();
+        let (source, limit) = listen_source(&proxy, &self.runtime.router, &self.upstream);
+        let mut staged = Staged::default();
+        let mut failed = None;
+        for cmd in cmds {
+            // No server backend runs it (pid 0 is none's).
+            let wait = proxy
+                .listeners()
+                .stage(&mut self.listening, &mut staged, cmd, 0, || source.clone());
+            let wait = match wait {
+                Ok(w) => w,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            if let (Some(hub), ListenCommand::Listen(channel)) = (wait, cmd) {
+                if !hub.until_listening(channel, limit).await {
+                    failed = Some((
+                        SqlState::CONNECTION_FAILURE,
+                        format!("pgtier: could not LISTEN on the primary within {limit:?} (see pgtier's log)"),
+                    ));
+                    break;
+                }
+            }
+        }
+        let slot = self.listening.as_deref();
+        if failed.is_some() {
+            // Nothing of the query takes effect, and its CommandCompletes are not sent.
+            staged.discard(slot);
+        } else {
+            staged.commit(slot);
+            for cmd in cmds {
+                command_complete(out, cmd.tag());
+            }
+        }
+        self.note_listening();
+        failed
+    }
+
     /// Applies a LISTEN-family command; Err: the ERROR to answer (nothing changed).
     async fn apply_listen(&mut self, cmd: &ListenCommand) -> Result<(), (SqlState, String)> {
         let proxy = self.proxy.clone();
-        let settings = proxy.settings();
-        let source = || Source {
-            router: self.runtime.router.clone(),
-            upstream: self.upstream.clone(),
-            limits: ListenLimits {
-                max_pending: settings.raw.max_pending_notifications as usize,
-                max_channels: settings.raw.max_listen_channels as usize,
-                connect_timeout: settings.raw.server_connect_timeout,
-            },
-        };
+        let (source, limit) = listen_source(&proxy, &self.runtime.router, &self.upstream);
+        let source = || source;
         let wait = proxy.listeners().apply(&mut self.listening, cmd, source);
         self.note_listening();
         let wait = wait.map_err(|m| (LIMIT_EXCEEDED, m))?;
         let (Some(hub), ListenCommand::Listen(channel)) = (wait, cmd) else {
             return Ok(());
         };
-        let limit = settings.raw.primary_wait_timeout
-            + settings.raw.server_connect_timeout
-            + LISTEN_ROUND_TRIP;
         if hub.until_listening(channel, limit).await {
             return Ok(());
         }
@@ -261,10 +332,32 @@ impl Session {
     }
 }
 
-/// The LISTEN-family statement `buf` ends with, if it is one simple Query of one, preceded
-/// only by Close messages of named statements, each batch ended by a Sync: (length of that
-/// prefix, the statement).
-fn listen_command(buf: &[u8]) -> Option<(usize, ListenCommand)> {
+/// How the listening connection reaches the primary (the client's pools), and how long a
+/// LISTEN of a new channel may wait for it to LISTEN.
+pub(super) fn listen_source(
+    proxy: &Proxy,
+    router: &Arc<Router>,
+    upstream: &Arc<Upstream>,
+) -> (Source, Duration) {
+    let settings = proxy.settings();
+    let limit =
+        settings.raw.primary_wait_timeout + settings.raw.server_connect_timeout + LISTEN_ROUND_TRIP;
+    let source = Source {
+        router: router.clone(),
+        upstream: upstream.clone(),
+        limits: ListenLimits {
+            max_pending: settings.raw.max_pending_notifications as usize,
+            max_channels: settings.raw.max_listen_channels as usize,
+            connect_timeout: settings.raw.server_connect_timeout,
+        },
+    };
+    (source, limit)
+}
+
+/// The statement pgtier answers (LISTEN-family statements, `pg_listening_channels()`) in the
+/// first simple Query of `buf`, preceded only by Close messages of named statements, each batch
+/// ended by a Sync: (length of that prefix, the statement, where the Query ends).
+fn listen_command(buf: &[u8]) -> Option<(usize, ListenQuery, usize)> {
     let mut pos = 0;
     let mut synced = true;
     loop {
@@ -272,9 +365,11 @@ fn listen_command(buf: &[u8]) -> Option<(usize, ListenCommand)> {
         let end = pos + h.frame_len();
         let body = buf.get(pos + 5..end)?;
         match h.tag {
-            b'Q' if end == buf.len() && synced => {
-                let cmd = crate::sql::listen::parse(body.strip_suffix(&[0])?)?;
-                return Some((pos, cmd));
+            b'Q' if synced => {
+                let query = listen_query(body.strip_suffix(&[0])?)?;
+                // A malformed message goes the normal way, which refuses it (08P01).
+                crate::protocol::validate::check(h.tag, body).ok()?;
+                return Some((pos, query, end));
             }
             b'C' if matches!(target(body), Some((b'S', name)) if !name.is_empty()) => {
                 synced = false
@@ -445,20 +540,29 @@ mod tests {
     #[test]
     fn a_listen_behind_closes_of_named_statements_is_recognised() {
         let q = msg(b'Q', b"LISTEN a\0");
-        assert_eq!(listen_command(&q).map(|(p, _)| p), Some(0));
+        assert_eq!(listen_command(&q).map(|(p, _, _)| p), Some(0));
         let with_close = cat(&[msg(b'C', b"Ss0\0"), msg(b'S', b""), q.clone()]);
-        let (prefix, cmd) = listen_command(&with_close).unwrap();
+        let (prefix, query, end) = listen_command(&with_close).unwrap();
         assert_eq!(
-            (prefix, cmd),
+            (prefix, query, end),
             (
                 with_close.len() - q.len(),
-                ListenCommand::Listen("a".into())
+                ListenQuery::Commands(vec![ListenCommand::Listen("a".into())]),
+                with_close.len()
             )
         );
+        // A Query after it is served next.
+        let two = cat(&[q.clone(), msg(b'Q', b"SELECT 1\0")]);
+        assert_eq!(listen_command(&two).map(|(_, _, e)| e), Some(q.len()));
         // Not behind an unsynced Close, a portal Close, or anything else.
         assert!(listen_command(&cat(&[msg(b'C', b"Ss0\0"), q.clone()])).is_none());
         assert!(listen_command(&cat(&[msg(b'C', b"Pp\0"), msg(b'S', b""), q.clone()])).is_none());
         assert!(listen_command(&cat(&[msg(b'Q', b"SELECT 1\0"), q])).is_none());
+        let channels = msg(b'Q', b"SELECT pg_listening_channels()\0");
+        assert_eq!(
+            listen_command(&channels).map(|(_, q, _)| q),
+            Some(ListenQuery::Channels)
+        );
     }
 
     #[test]

@@ -193,9 +193,15 @@ impl Session {
                     continue;
                 }
                 if let Some(req) = self.listen_request(&first) {
+                    let end = req.end(first.len());
                     // Boxed: rare, and it keeps the idle task small.
                     if let Err(reason) = Box::pin(self.answer_listen(&first, req)).await {
                         return reason;
+                    }
+                    // What the client sent after it is served next.
+                    if first.len() > end {
+                        let mut rest = first;
+                        pending = Some(Box::new(rest.split_off(end)));
                     }
                     continue;
                 }
