@@ -254,6 +254,19 @@ async fn pg_listening_channels_lists_the_clients_own_channels() {
         panic!("{rows:?}");
     };
     assert_eq!(cols[0].name(), "pg_listening_channels");
+    // Through the extended protocol (tokio-postgres prepares a named statement and binds it
+    // with binary results).
+    for (c, want) in [(&a.c, vec!["Two", "one"]), (&b.c, vec![])] {
+        let mut got: Vec<String> = c
+            .query("SELECT pg_listening_channels()", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        got.sort();
+        assert_eq!(got, want);
+    }
     // Inside a block too; b's own LISTEN does not show for a.
     b.c.batch_execute("LISTEN three").await.unwrap();
     a.c.batch_execute("BEGIN").await.unwrap();

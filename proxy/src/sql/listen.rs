@@ -66,7 +66,7 @@ pub fn listen_query(sql: &[u8]) -> Option<ListenQuery> {
 
 /// Whether `sql` is `SELECT [pg_catalog.]pg_listening_channels()` or `SELECT * FROM
 /// [pg_catalog.]pg_listening_channels()` (any case and spacing, an optional `;`).
-fn listening_channels_query(sql: &[u8]) -> bool {
+pub fn listening_channels_query(sql: &[u8]) -> bool {
     // Cheap rejection of other SELECTs (this runs on simple queries of transaction-mode
     // clients): short, ending in `)`, naming the function.
     let trimmed = sql.trim_ascii_end();

@@ -64,8 +64,25 @@ impl LocalAnswers {
 /// Writes the answer to `SELECT pg_listening_channels()`: the client's channels (sorted; those
 /// staged in an open block are not listed until its COMMIT, as in Postgres).
 pub(crate) fn channels_reply(slot: Option<&Listening>, out: &mut BytesMut) {
-    let channels = slot.map_or_else(Vec::new, Listening::channels);
+    channels_description(out, false);
+    channels_rows(slot, out);
+}
+
+/// The RowDescription of that answer: one text column (`binary`: in binary format, whose
+/// bytes for text are the same).
+pub(crate) fn channels_description(out: &mut BytesMut, binary: bool) {
     row_description(out, &["pg_listening_channels"]);
+    if binary {
+        // The format code is the description's last field (its low byte).
+        if let Some(last) = out.last_mut() {
+            *last = 1;
+        }
+    }
+}
+
+/// Its DataRows and CommandComplete.
+pub(crate) fn channels_rows(slot: Option<&Listening>, out: &mut BytesMut) {
+    let channels = slot.map_or_else(Vec::new, Listening::channels);
     for c in &channels {
         data_row(out, &[c]);
     }
@@ -89,26 +106,20 @@ impl Relay<'_> {
     /// Answers the simple Query the gate held at the front of the client buffer, inside a
     /// transaction block with nothing in flight.
     pub(super) async fn answer_in_block(&mut self) -> Option<Outcome> {
-        let Ok(Some(h)) = peek_header(&self.cbuf, self.limits.max_message) else {
-            return None;
+        let whole = match peek_header(&self.cbuf, self.limits.max_message) {
+            Ok(Some(h)) if h.tag == b'Q' && self.cbuf.len() >= h.frame_len() => {
+                let body = &self.cbuf[5..h.frame_len()];
+                let sql = body.strip_suffix(&[0]).unwrap_or(body);
+                let query = listen_query(sql).filter(|_| self.local_answers().answers(sql));
+                query.map(|q| (q, h.frame_len()))
+            }
+            _ => None,
         };
-        let len = h.frame_len();
-        let body = self.cbuf.get(5..len)?;
-        let query = listen_query(body.strip_suffix(&[0]).unwrap_or(body));
-        let query = match query {
-            Some(q)
-                if self
-                    .local_answers()
-                    .answers(body.strip_suffix(&[0]).unwrap_or(body)) =>
-            {
-                q
-            }
-            // Not ours after all (cannot happen: the gate decided with the same test): to the
-            // server, as before.
-            _ => {
-                self.gate.pass_once = true;
-                return None;
-            }
+        let Some((query, len)) = whole else {
+            // Not ours after all (cannot happen: the gate held it with the same test): to the
+            // server, as before, rather than held again.
+            self.gate.pass_once = true;
+            return None;
         };
         self.cbuf.advance(len);
         self.gate.consumed(len);

@@ -8,6 +8,7 @@
 //! - `wait`: the idle wait for the client's next request.
 
 mod listen;
+mod listen_extended;
 mod local;
 mod open;
 mod routing;
@@ -112,7 +113,7 @@ struct Session {
     /// The channels pgtier listens on for the client (transaction mode), and its mailbox.
     listening: Option<Box<crate::notify::Listening>>,
     /// LISTEN/UNLISTEN statements the client prepared (answered by pgtier, see `listen`).
-    listen_statements: Option<Box<listen::ListenStatements>>,
+    listen_statements: Option<Box<listen_extended::ListenStatements>>,
     shutdown: ShutdownWatch,
 }
 
