@@ -45,8 +45,14 @@ const MAX_STATEMENTS: usize = 64;
 pub fn listen_query(sql: &[u8]) -> Option<ListenQuery> {
     // Cheap rejection first: this runs on simple queries inside transaction blocks.
     let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
+    let head = |word: &[u8]| {
+        sql[start..]
+            .get(..word.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(word))
+    };
     match sql[start] | 0x20 {
-        b'l' | b'u' => {}
+        // UPDATE and the like stop here.
+        b'l' | b'u' if head(b"listen") || head(b"unlisten") => {}
         b's' => return listening_channels_query(&sql[start..]).then_some(ListenQuery::Channels),
         _ => return None,
     }
