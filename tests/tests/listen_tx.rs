@@ -276,3 +276,28 @@ async fn pg_listening_channels_lists_the_clients_own_channels() {
     a.c.batch_execute("UNLISTEN *").await.unwrap();
     assert!(listening(&a.c).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listen_over_the_channel_bound_fails_the_block_like_postgres_fails_statements() {
+    let px = start("lt_bound", &["max_listen_channels = 2"], 1);
+    let mut a = listener(px.port(), "lt_bound").await;
+    let d = direct("lt_bound").await;
+    a.c.batch_execute("LISTEN marker").await.unwrap();
+    // Outside a block, several statements are one implicit transaction: none takes effect.
+    assert_eq!(fails(&a.c, "LISTEN one; LISTEN two").await, "53400");
+    assert_eq!(listening(&a.c).await, ["marker"]);
+    // Inside a block the server raises it: the block is aborted, as after any error.
+    a.c.batch_execute("BEGIN").await.unwrap();
+    a.c.batch_execute("LISTEN one").await.unwrap();
+    assert_eq!(fails(&a.c, "LISTEN two").await, "53400");
+    assert_eq!(fails(&a.c, "SELECT 1").await, "25P02");
+    a.c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(listening(&a.c).await, ["marker"]);
+    // The reservation of the failed block was given back: one more channel fits again.
+    a.c.batch_execute("LISTEN three").await.unwrap();
+    d.batch_execute("NOTIFY one, 'x'; NOTIFY three, 'y'")
+        .await
+        .unwrap();
+    let got = until_marker(&mut a, &d, "marker", "m").await;
+    assert_eq!(got.iter().map(note).collect::<Vec<_>>(), [("three", "y")]);
+}
