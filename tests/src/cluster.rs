@@ -35,20 +35,29 @@ pub struct Cluster {
     _reaper: Reaper,
 }
 
+/// The kit nodes' `max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 400;
+
 impl Cluster {
     /// Starts a primary and `n_replicas` streaming replicas; returns once all stream.
     pub fn start(n_replicas: usize) -> Result<Cluster> {
-        Cluster::start_with(n_replicas, None)
+        Cluster::start_with(n_replicas, None, DEFAULT_MAX_CONNECTIONS)
+    }
+
+    /// [`Cluster::start`] with `max_connections` other than the kit's 400 (a benchmark that
+    /// opens more sessions than that straight to Postgres).
+    pub fn start_with_max_connections(n_replicas: usize, max_connections: u32) -> Result<Cluster> {
+        Cluster::start_with(n_replicas, None, max_connections)
     }
 
     /// [`Cluster::start`] with `ssl = on` on every node: each serves a certificate signed by
     /// `ca` for `localhost` and `127.0.0.1`, and trusts `ca` for client certificates.
     /// Plain-text connections are still accepted (pg_hba's `host` lines).
     pub fn start_tls(n_replicas: usize, ca: &TestCa) -> Result<Cluster> {
-        Cluster::start_with(n_replicas, Some(ca))
+        Cluster::start_with(n_replicas, Some(ca), DEFAULT_MAX_CONNECTIONS)
     }
 
-    fn start_with(n_replicas: usize, ca: Option<&TestCa>) -> Result<Cluster> {
+    fn start_with(n_replicas: usize, ca: Option<&TestCa>, max_connections: u32) -> Result<Cluster> {
         let t0 = Instant::now();
         let root = make_temp_dir("pgtier-kit")?;
         let reaper = reaper::spawn_cluster_reaper(&root)?;
@@ -62,7 +71,7 @@ impl Cluster {
             replicas,
             _reaper: reaper,
         };
-        cluster.init_primary()?;
+        cluster.init_primary(max_connections)?;
         if let Some(ca) = ca {
             cluster.enable_ssl(ca)?;
         }
@@ -106,7 +115,7 @@ impl Cluster {
         &self.root
     }
 
-    fn init_primary(&self) -> Result<()> {
+    fn init_primary(&self, max_connections: u32) -> Result<()> {
         let pwfile = self.root.join("pwfile");
         std::fs::write(&pwfile, SUPERUSER_PASSWORD)?;
         chown(&pwfile)?;
@@ -133,7 +142,7 @@ impl Cluster {
         std::fs::write(dir.join("pg_hba.conf"), HBA)?;
         let conf = format!(
             "\n# pgtier test kit\nlisten_addresses = '127.0.0.1'\nport = {}\n\
-             unix_socket_directories = '{}'\nmax_connections = 400\nshared_buffers = 32MB\n\
+             unix_socket_directories = '{}'\nmax_connections = {max_connections}\nshared_buffers = 32MB\n\
              fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nwal_level = replica\n\
              max_wal_senders = 10\nwal_keep_size = '256MB'\nhot_standby = on\n\
              hot_standby_feedback = on\nlogging_collector = off\nlog_min_messages = warning\n\

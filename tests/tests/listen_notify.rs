@@ -2,119 +2,14 @@
 //! listens on one shared server connection per database, and delivers each notification to
 //! every client listening on its channel, between the client's transactions.
 
+mod listen_support;
+
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use pgtier_kit::fixture::{admin_console, scram_role, server_connections, ConfigBuilder};
+use listen_support::*;
+use pgtier_kit::fixture::{admin_console, scram_role, server_connections};
 use pgtier_kit::{Cluster, Pgtier};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-use tokio::sync::oneshot;
-use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
-
-/// Longest wait for a notification that must arrive.
-const ARRIVES: Duration = Duration::from_secs(20);
-
-/// A notification or notice as the client saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Got {
-    /// (channel, payload, sender pid).
-    Note(String, String, i32),
-    /// A NoticeResponse: (SQLSTATE, message).
-    Notice(String, String),
-}
-
-/// A client with its asynchronous messages and, once its connection ends, why (a SQLSTATE).
-struct Listener {
-    c: Client,
-    got: UnboundedReceiver<Got>,
-    ended: oneshot::Receiver<Option<String>>,
-}
-
-fn start(user: &str, extra_global: &[&str], pool_size: u32) -> Pgtier {
-    let c = Cluster::shared();
-    scram_role(c, user, user).unwrap();
-    let mut b = ConfigBuilder::new(c)
-        .user(
-            user,
-            &format!("auth = \"trust\"\nserver_password = \"{user}\""),
-        )
-        .user("admin", "password = \"admin\"")
-        .global("admin_users = [\"admin\"]")
-        .database(&format!("pool_size = {pool_size}"));
-    for g in extra_global {
-        b = b.global(g);
-    }
-    b.start().unwrap()
-}
-
-async fn listener(port: u16, user: &str) -> Listener {
-    listener_dsn(&format!(
-        "host=127.0.0.1 port={port} user={user} dbname=app connect_timeout=30"
-    ))
-    .await
-}
-
-async fn listener_dsn(dsn: &str) -> Listener {
-    let (c, mut conn) = tokio_postgres::connect(dsn, NoTls).await.unwrap();
-    let (tx, got) = unbounded_channel();
-    let (end_tx, ended) = oneshot::channel();
-    tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-        let mut end = None;
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(AsyncMessage::Notification(n)) => {
-                    let _ = tx.send(Got::Note(
-                        n.channel().to_owned(),
-                        n.payload().to_owned(),
-                        n.process_id(),
-                    ));
-                }
-                Ok(AsyncMessage::Notice(n)) => {
-                    let _ = tx.send(Got::Notice(
-                        n.code().code().to_owned(),
-                        n.message().to_owned(),
-                    ));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    end = e.as_db_error().map(|d| d.code().code().to_owned());
-                    break;
-                }
-            }
-        }
-        let _ = end_tx.send(end);
-    });
-    Listener { c, got, ended }
-}
-
-/// A connection straight to the primary (as `user`).
-async fn direct(user: &str) -> Client {
-    let port = Cluster::shared().primary().port();
-    let dsn = format!("host=127.0.0.1 port={port} user={user} password={user} dbname=app");
-    let (c, conn) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    c
-}
-
-async fn value(c: &Client, sql: &str) -> String {
-    c.simple_query(sql)
-        .await
-        .unwrap()
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .expect("a row")
-}
-
-async fn next(l: &mut Listener) -> Got {
-    tokio::time::timeout(ARRIVES, l.got.recv())
-        .await
-        .expect("a notification within 20 s")
-        .expect("connection open")
-}
+use tokio_postgres::SimpleQueryMessage;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_notify_reaches_every_listener_once_with_channel_payload_and_pid() {
@@ -538,8 +433,9 @@ async fn after_a_failover_pgtier_listens_on_the_promoted_primary_and_tells_clien
 }
 
 /// Fan-out measurement (not a check): NOTIFYs per second delivered to `PGTIER_FANOUT_LISTENERS`
-/// listeners (default 300; the kit cluster allows 400 connections) through pgtier and directly.
-/// Run with the release build:
+/// listeners (default 300) through pgtier and directly, on a cluster of its own whose
+/// `max_connections` leaves room for that many direct LISTEN sessions (the 1,000 do
+/// not fit in the shared kit cluster's 400). Run with the release build:
 /// `cargo build --release -p pgtier && PGTIER_BIN=target/release/pgtier cargo nextest run -p
 /// pgtier-kit --test listen_notify --run-ignored ignored-only --no-capture fanout`.
 #[tokio::test(flavor = "multi_thread")]
@@ -550,15 +446,21 @@ async fn fanout_throughput_through_pgtier_and_direct() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
     const NOTES: usize = 2000;
-    let px = start(
-        "ln_bench",
-        &[
-            "max_client_conn = 5000",
-            "max_pending_notifications = 10000",
-        ],
-        5,
-    );
-    let direct_port = Cluster::shared().primary().port();
+    let max_connections =
+        (listeners as u32 + 100).max(pgtier_kit::cluster::DEFAULT_MAX_CONNECTIONS);
+    let cluster = Cluster::start_with_max_connections(0, max_connections).unwrap();
+    scram_role(&cluster, "ln_bench", "ln_bench").unwrap();
+    let px = pgtier_kit::fixture::ConfigBuilder::new(&cluster)
+        .user(
+            "ln_bench",
+            "auth = \"trust\"\nserver_password = \"ln_bench\"",
+        )
+        .database("pool_size = 5")
+        .global("max_client_conn = 5000")
+        .global("max_pending_notifications = 10000")
+        .start()
+        .unwrap();
+    let direct_port = cluster.primary().port();
     for (target, port, pw) in [
         ("pgtier", px.port(), ""),
         ("direct", direct_port, " password=ln_bench"),
@@ -572,11 +474,14 @@ async fn fanout_throughput_through_pgtier_and_direct() {
             l.c.batch_execute("LISTEN fan").await.unwrap();
             ls.push(l);
         }
-        let servers = server_connections(Cluster::shared(), "ln_bench").unwrap();
-        let d = direct("ln_bench").await;
+        let servers = server_connections(&cluster, "ln_bench").unwrap();
+        let d = listener_dsn(&format!(
+            "host=127.0.0.1 port={direct_port} user=ln_bench password=ln_bench dbname=app"
+        ))
+        .await;
         let t0 = std::time::Instant::now();
         // One transaction: Postgres delivers all of them at its commit.
-        d.batch_execute(&format!(
+        d.c.batch_execute(&format!(
             "SELECT pg_notify('fan', g::text) FROM generate_series(1, {NOTES}) g"
         ))
         .await

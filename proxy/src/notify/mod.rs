@@ -10,6 +10,9 @@
 //! in with the credentials of the primary pool of the latest client that LISTENed.
 
 mod conn;
+mod staged;
+
+pub use staged::{Staged, MAX_STAGED};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -108,6 +111,12 @@ struct Inbox {
     waker: Option<Waker>,
     /// Channels this client listens on.
     channels: HashSet<String>,
+    /// Channels of LISTENs staged in the client's transaction block (see `staged`): in the
+    /// hub, but not delivered until its COMMIT.
+    reserved: HashSet<String>,
+    /// The server backend running that transaction: its own notifications on a reserved
+    /// channel are delivered (they are committed with the LISTEN).
+    reserved_pid: i32,
 }
 
 /// A client's membership in its database's hub: leaves every channel when dropped.
@@ -154,19 +163,9 @@ impl Listeners {
         match cmd {
             ListenCommand::Listen(channel) => {
                 let source = source();
-                let listening = slot.get_or_insert_with(|| {
-                    let hub = self.hub(source.upstream.database());
-                    Box::new(Listening {
-                        hub,
-                        mailbox: Arc::new(Mailbox {
-                            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-                            max: source.limits.max_pending.max(1),
-                            inbox: Mutex::default(),
-                        }),
-                    })
-                });
+                let listening = self.member(slot, &source);
                 let hub = listening.hub.clone();
-                hub.listen(&listening.mailbox, channel, source)?;
+                hub.listen(&listening.mailbox, channel, source, None)?;
                 Ok((!hub.is_listening(channel)).then_some(hub))
             }
             ListenCommand::Unlisten(channel) => {
@@ -182,6 +181,21 @@ impl Listeners {
                 Ok(None)
             }
         }
+    }
+
+    /// The client's membership, made at its first LISTEN.
+    fn member<'a>(&self, slot: &'a mut Option<Box<Listening>>, source: &Source) -> &'a Listening {
+        slot.get_or_insert_with(|| {
+            let hub = self.hub(source.upstream.database());
+            Box::new(Listening {
+                hub,
+                mailbox: Arc::new(Mailbox {
+                    id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                    max: source.limits.max_pending.max(1),
+                    inbox: Mutex::default(),
+                }),
+            })
+        })
     }
 
     /// The hub of `database`, created at first use.
@@ -217,12 +231,15 @@ impl Listeners {
 }
 
 impl Hub {
-    /// Adds `mailbox` to `channel`; Err: the global channel bound is reached.
+    /// Adds `mailbox` to `channel`; Err: the global channel bound is reached. `reserve`: for a
+    /// LISTEN staged in a transaction block by this server backend (pid): the channel is only
+    /// reserved for the client (see `staged`).
     fn listen(
         self: &Arc<Self>,
         mailbox: &Arc<Mailbox>,
         channel: &str,
         source: Source,
+        reserve: Option<i32>,
     ) -> Result<(), String> {
         let mut st = lock(&self.state);
         let max = source.limits.max_channels;
@@ -241,7 +258,15 @@ impl Hub {
         if let Some(boxes) = st.channels.get_mut(channel) {
             boxes.insert(mailbox.id, mailbox.clone());
         }
-        lock(&mailbox.inbox).channels.insert(channel.to_owned());
+        let mut inbox = lock(&mailbox.inbox);
+        match reserve {
+            None => inbox.channels.insert(channel.to_owned()),
+            Some(pid) => {
+                inbox.reserved_pid = pid;
+                inbox.reserved.insert(channel.to_owned())
+            }
+        };
+        drop(inbox);
         if !st.task {
             st.task = true;
             tokio::spawn(conn::run(self.clone()));
@@ -277,26 +302,31 @@ impl Hub {
         self.synced.notify_waiters();
     }
 
-    /// Removes `mailbox` from `channel` (None: from all its channels). A channel nobody
-    /// listens on any more is UNLISTENed by the connection task.
+    /// Removes `mailbox` from `channel` (None: from all its channels, reserved ones too). A
+    /// channel nobody listens on any more is UNLISTENed by the connection task.
     fn unlisten(&self, mailbox: &Mailbox, channel: Option<&str>) {
         let mut st = lock(&self.state);
         let names: Vec<String> = {
             let mut inbox = lock(&mailbox.inbox);
-            let names: Vec<String> = match channel {
+            let mut names: Vec<String> = match channel {
                 Some(ch) => inbox.channels.take(ch).into_iter().collect(),
                 None => inbox.channels.drain().collect(),
             };
-            // Not delivered after the UNLISTEN, as on Postgres (it checks at delivery).
-            inbox.queue.retain(|f| {
-                notification_channel(f).is_none_or(|c| !names.iter().any(|n| n.as_bytes() == c))
-            });
+            inbox.drop_queued(&names);
+            if channel.is_none() {
+                names.extend(inbox.reserved.drain());
+            }
             names
         };
+        self.leave(&mut st, mailbox.id, names);
+    }
+
+    /// Takes mailbox `id` off each of `names`; a channel left with no mailbox is UNLISTENed.
+    fn leave(&self, st: &mut HubState, id: u64, names: impl IntoIterator<Item = String>) {
         let mut emptied = false;
         for name in names {
             if let Some(boxes) = st.channels.get_mut(&name) {
-                boxes.remove(&mailbox.id);
+                boxes.remove(&id);
                 if boxes.is_empty() {
                     st.channels.remove(&name);
                     self.channels_total.fetch_sub(1, Ordering::Relaxed);
@@ -349,7 +379,7 @@ impl Hub {
         for boxes in st.channels.values() {
             for (id, mailbox) in boxes {
                 if seen.insert(*id) {
-                    mailbox.push(notice.clone(), &self.metrics, &self.database);
+                    mailbox.push(notice.clone(), None, &self.metrics, &self.database);
                 }
             }
         }
@@ -377,9 +407,30 @@ impl Hub {
         else {
             return;
         };
+        let only = Some((channel, notification_pid(&frame)));
         for mailbox in boxes.values() {
-            mailbox.push(frame.clone(), &self.metrics, &self.database);
+            mailbox.push(frame.clone(), only, &self.metrics, &self.database);
         }
+    }
+}
+
+/// The sending backend's pid of a NotificationResponse frame.
+fn notification_pid(frame: &[u8]) -> i32 {
+    frame
+        .get(5..9)
+        .map_or(0, |b| i32::from_be_bytes(b.try_into().expect("4 bytes")))
+}
+
+impl Inbox {
+    /// Drops queued notifications of `names`: not delivered after the UNLISTEN, as on
+    /// Postgres (it checks at delivery).
+    fn drop_queued(&mut self, names: &[String]) {
+        if names.is_empty() {
+            return;
+        }
+        self.queue.retain(|f| {
+            notification_channel(f).is_none_or(|c| !names.iter().any(|n| n.as_bytes() == c))
+        });
     }
 }
 
@@ -394,11 +445,19 @@ fn notification_channel(frame: &[u8]) -> Option<&[u8]> {
 
 impl Mailbox {
     /// Queues `frame`; past `max` pending, the client is marked for closing instead (its queue
-    /// is dropped: it will not be read).
-    fn push(&self, frame: Bytes, metrics: &Metrics, database: &str) {
+    /// is dropped: it will not be read). `only`: a notification (channel, sender pid), not
+    /// queued on a channel only reserved by a LISTEN staged in a transaction block, unless its
+    /// own transaction sent it.
+    fn push(&self, frame: Bytes, only: Option<(&[u8], i32)>, metrics: &Metrics, database: &str) {
         let mut inbox = lock(&self.inbox);
         if inbox.overflowed {
             return;
+        }
+        if let Some((channel, pid)) = only.filter(|_| !inbox.reserved.is_empty()) {
+            let active = std::str::from_utf8(channel).is_ok_and(|c| inbox.channels.contains(c));
+            if !active && pid != inbox.reserved_pid {
+                return;
+            }
         }
         if inbox.queue.len() >= self.max {
             inbox.overflowed = true;
@@ -463,6 +522,13 @@ impl Listening {
         self.hub.unlisten(&self.mailbox, Some(channel));
     }
 
+    /// The channels this client listens on, sorted.
+    pub fn channels(&self) -> Vec<String> {
+        let mut v: Vec<String> = lock(&self.mailbox.inbox).channels.iter().cloned().collect();
+        v.sort();
+        v
+    }
+
     /// Channels this client listens on.
     pub fn channel_count(&self) -> usize {
         lock(&self.mailbox.inbox).channels.len()
@@ -476,98 +542,4 @@ impl Drop for Listening {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hub() -> Arc<Hub> {
-        Listeners::new(Arc::new(Metrics::new())).hub("db")
-    }
-
-    fn member(hub: &Arc<Hub>, id: u64, max: usize) -> Listening {
-        Listening {
-            hub: hub.clone(),
-            mailbox: Arc::new(Mailbox {
-                id,
-                max,
-                inbox: Mutex::default(),
-            }),
-        }
-    }
-
-    /// What `Hub::listen` records (without starting the connection task).
-    fn join(l: &Listening, channel: &str) {
-        let mut st = lock(&l.hub.state);
-        if !st.channels.contains_key(channel) {
-            l.hub.channels_total.fetch_add(1, Ordering::Relaxed);
-        }
-        st.channels
-            .entry(channel.to_owned())
-            .or_default()
-            .insert(l.mailbox.id, l.mailbox.clone());
-        lock(&l.mailbox.inbox).channels.insert(channel.to_owned());
-    }
-
-    /// A NotificationResponse as a server sends it.
-    fn note(pid: i32, channel: &str, payload: &str) -> Bytes {
-        let mut b = BytesMut::new();
-        b.extend_from_slice(b"A");
-        let len = 4 + 4 + channel.len() + 1 + payload.len() + 1;
-        b.extend_from_slice(&(len as i32).to_be_bytes());
-        b.extend_from_slice(&pid.to_be_bytes());
-        b.extend_from_slice(channel.as_bytes());
-        b.extend_from_slice(b"\0");
-        b.extend_from_slice(payload.as_bytes());
-        b.extend_from_slice(b"\0");
-        b.freeze()
-    }
-
-    #[test]
-    fn notifications_reach_the_channels_listeners_and_channels_are_counted_once() {
-        let h = hub();
-        let (a, b) = (member(&h, 1, 10), member(&h, 2, 10));
-        join(&a, "x");
-        join(&b, "x");
-        join(&b, "y");
-        assert_eq!(h.channels_total.load(Ordering::Relaxed), 2);
-        h.dispatch(b"x", note(7, "x", "1"));
-        h.dispatch(b"y", note(7, "y", "2"));
-        h.dispatch(b"z", note(7, "z", "3"));
-        let (mut oa, mut ob) = (BytesMut::new(), BytesMut::new());
-        assert_eq!(a.take(&mut oa), Ok(1));
-        assert_eq!(b.take(&mut ob), Ok(2));
-        assert_eq!(&oa[..], &note(7, "x", "1")[..], "forwarded byte for byte");
-        // The last listener of a channel leaving ends the channel.
-        drop(b);
-        assert_eq!(h.wanted(), HashSet::from(["x".to_owned()]));
-        drop(a);
-        assert!(h.wanted().is_empty());
-        assert_eq!(h.channels_total.load(Ordering::Relaxed), 0);
-    }
-
-    #[test]
-    fn unlisten_drops_queued_notifications_of_that_channel_only() {
-        let h = hub();
-        let a = member(&h, 1, 10);
-        join(&a, "x");
-        join(&a, "y");
-        h.dispatch(b"x", note(1, "x", "1"));
-        h.dispatch(b"y", note(1, "y", "2"));
-        a.unlisten("x");
-        let mut out = BytesMut::new();
-        assert_eq!(a.take(&mut out), Ok(1));
-        assert_eq!(notification_channel(&out), Some(&b"y"[..]));
-    }
-
-    #[test]
-    fn an_overflowing_mailbox_is_marked_and_emptied() {
-        let h = hub();
-        let a = member(&h, 1, 3);
-        join(&a, "x");
-        for i in 0..4 {
-            h.dispatch(b"x", note(1, "x", &i.to_string()));
-        }
-        let mut out = BytesMut::new();
-        assert_eq!(a.take(&mut out), Err(Overflowed { max: 3 }));
-        assert!(out.is_empty(), "none of a partial queue is delivered");
-    }
-}
+mod tests;

@@ -59,6 +59,8 @@ impl SqlState {
     pub const CANT_CHANGE_RUNTIME_PARAM: SqlState = SqlState("55P02");
     /// 42501: a parameter the server's user may not set.
     pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState("42501");
+    /// 25P02: a statement in a transaction block that an error aborted.
+    pub const IN_FAILED_SQL_TRANSACTION: SqlState = SqlState("25P02");
 
     /// Why a server refused a client's session parameter (`code` from its error), as one of
     /// these; other codes read as 22023.

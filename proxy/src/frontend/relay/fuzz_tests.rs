@@ -249,6 +249,10 @@ fn mutated_client_and_server_bytes_never_panic() {
             in_transaction: round % 3 == 0,
             busy: round % 5 == 0,
             unsynced: round % 7 == 0,
+            local: super::listen::LocalAnswers {
+                listen: round % 2 == 0,
+                channels: round % 4 == 0,
+            },
         };
         for on_replica in [true, false] {
             let admitted = Gate::new(on_replica, true, true, None).admit(&batch, 0, max, &moment);

@@ -13,6 +13,7 @@ use crate::sql::lexer::StringSyntax;
 
 use std::ops::Range;
 
+use super::listen::LocalAnswers;
 use super::units::{Analysed, UnitContext, UnitScan, UNDECIDED_LIMIT};
 
 /// The gate's state for one relay run.
@@ -46,6 +47,9 @@ pub(crate) struct Gate {
     /// End of the run's first unit when its analysis found nothing that may write (on the
     /// primary its messages are not classified again).
     read_until: u64,
+    /// Let the next statement pgtier would answer through to the server (it was held, then
+    /// not recognised: never held twice).
+    pub pass_once: bool,
 }
 
 /// A scanned unit at the front of the client buffer.
@@ -71,6 +75,9 @@ pub(crate) struct Moment<'a> {
     /// Extended-protocol messages went to the server since the last Sync (the buffer does not
     /// start at a unit boundary).
     pub unsynced: bool,
+    /// LISTEN-family statements and `pg_listening_channels()` pgtier answers itself (held
+    /// here until the server owes nothing, in a transaction block too).
+    pub local: LocalAnswers,
 }
 
 impl Gate {
@@ -134,10 +141,16 @@ impl Gate {
         // refuse the SHOW, or take a SET of `pgtier.min_lsn` as a setting of its own).
         // Decided anew at each call (on the primary only a pgtier statement holds anything).
         self.held = false;
-        let stop = if now.in_transaction {
-            None
+        let pgtier = !now.in_transaction;
+        let local = if std::mem::take(&mut self.pass_once) {
+            LocalAnswers::default()
         } else {
-            self.pgtier_statement_at(buf, skip, max, now.unsynced)
+            now.local
+        };
+        let stop = if pgtier || local != LocalAnswers::default() {
+            self.local_statement_at(buf, skip, max, now.unsynced, (pgtier, local))
+        } else {
+            None
         };
         let view = &buf[..stop.unwrap_or(buf.len())];
         let admitted = if self.on_replica {
@@ -155,14 +168,16 @@ impl Gate {
         admitted
     }
 
-    /// Where the first simple Query that is a pgtier statement starts, at a unit boundary past
-    /// the run's first message (that one the session looked at).
-    fn pgtier_statement_at(
+    /// Where the first simple Query that pgtier answers starts (a pgtier statement when
+    /// `pgtier`, or one of `local`), at a unit boundary past the run's first message (that
+    /// one the session looked at).
+    fn local_statement_at(
         &self,
         buf: &[u8],
         skip: usize,
         max: usize,
         unsynced: bool,
+        (pgtier, local): (bool, LocalAnswers),
     ) -> Option<usize> {
         let mut pos = skip.min(buf.len());
         let mut boundary = !unsynced;
@@ -173,7 +188,8 @@ impl Gate {
             }
             if h.tag == b'Q' && boundary && self.base + pos as u64 > 0 {
                 let body = &buf[pos + 5..end];
-                if commands::command(body.strip_suffix(&[0]).unwrap_or(body)).is_some() {
+                let sql = body.strip_suffix(&[0]).unwrap_or(body);
+                if pgtier && commands::command(sql).is_some() || local.answers(sql) {
                     return Some(pos);
                 }
             }
@@ -349,6 +365,7 @@ mod tests {
             in_transaction,
             busy: false,
             unsynced: false,
+            local: LocalAnswers::default(),
         };
         let begin = query("BEGIN");
         let show = query("SHOW pgtier.causal_lsn");
@@ -396,6 +413,7 @@ mod tests {
             in_transaction: false,
             busy: false,
             unsynced: false,
+            local: LocalAnswers::default(),
         };
         let read = query("SELECT a FROM t WHERE b = 1");
         let pins = query("SELECT * FROM pg_temp.t");

@@ -45,6 +45,7 @@ pub(crate) mod buffers;
 pub(crate) mod causal;
 pub(crate) mod extra_sets;
 pub(crate) mod gate;
+pub(crate) mod listen;
 pub(crate) mod observe;
 mod probe;
 pub(crate) mod responses;
@@ -183,8 +184,11 @@ pub(crate) async fn run(
         cancel: state.cancel,
         clocks: timeouts::Clocks::default(),
         failed_checks: state.failed_checks,
+        listen: state.listen,
+        staged: None,
     };
     let outcome = r.run(shutdown).await;
+    r.drop_staged();
     if r.gate.wrote_in_run {
         *r.server.sequences_dirty = true;
     }
@@ -358,6 +362,9 @@ pub(crate) struct ClientState<'a> {
     /// began: when it moves (an admin wake-up follows), a reply still awaited is given up (the
     /// server is closed; a read that sent nothing to the client yet runs again elsewhere).
     pub failed_checks: Option<(&'a AtomicU64, u64)>,
+    /// What answering LISTEN-family statements in a transaction block needs (None: session
+    /// mode, or the client is pinned).
+    pub listen: Option<listen::ListenCtx<'a>>,
 }
 
 /// The relay's state for one run.
@@ -396,6 +403,10 @@ struct Relay<'a> {
     /// When the running query and transaction began (only with their timeouts set).
     clocks: timeouts::Clocks,
     failed_checks: Option<(&'a AtomicU64, u64)>,
+    listen: Option<listen::ListenCtx<'a>>,
+    /// LISTEN-family statements of the open transaction block (None: nothing staged, the
+    /// usual case: the end of a block is then not looked for).
+    staged: Option<Box<crate::notify::Staged>>,
 }
 
 impl Relay<'_> {

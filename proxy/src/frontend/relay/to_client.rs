@@ -62,6 +62,18 @@ impl Relay<'_> {
                 "replica ended the session before replying",
             )));
         }
+        if self.staged.is_some() {
+            // A transaction block with LISTEN-family statements: its end decides them, before
+            // the client has the reply.
+            super::listen::on_replies(
+                batch,
+                lead,
+                &mut self.staged,
+                self.listen.as_ref(),
+                self.expect.savepoint,
+                self.entry,
+            );
+        }
         self.replied |= !batch.is_empty();
         let batch_len = batch.len();
         if let Err(e) = write_all_within(self.client, batch, self.limits.client_write_timeout).await

@@ -28,11 +28,16 @@ impl Relay<'_> {
             if self.status == TxStatus::Idle {
                 return Some(Outcome::Idle);
             }
+            // In a transaction block only a statement pgtier answers is held.
+            if let Some(end) = self.answer_in_block().await {
+                return Some(end);
+            }
         }
     }
 
     pub(super) async fn forward_client_bytes(&mut self) -> Option<Outcome> {
         let strings = self.params.string_syntax(self.defaults);
+        let local = self.local_answers();
         let admitted = self.gate.admit(
             &self.cbuf,
             self.copy_left,
@@ -49,6 +54,7 @@ impl Relay<'_> {
                 in_transaction: self.status != TxStatus::Idle,
                 busy: self.busy(),
                 unsynced: self.expect.unsynced,
+                local,
             },
         );
         // Whether the server's transaction status is known before this batch (nothing of the

@@ -1,32 +1,58 @@
 //! The session's side of LISTEN/NOTIFY in transaction mode: `LISTEN`/`UNLISTEN` answered by
 //! pgtier (see `notify`), and the client's pending notifications written when it is idle.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::BytesMut;
 
+use crate::backend::Upstream;
+use crate::router::route::Router;
+use crate::runtime::Proxy;
+
+use crate::frontend::relay::listen::channels_reply;
+use crate::notify::Staged;
 use crate::notify::{ListenLimits, Source, LIMIT_EXCEEDED};
 use crate::protocol::extended::{split_cstr, target};
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::command_complete;
 use crate::protocol::messages::{error_response, ready_for_query, Severity, TxStatus};
 use crate::protocol::SqlState;
-use crate::sql::listen::ListenCommand;
+use crate::sql::listen::{listen_query, ListenCommand, ListenQuery};
 use crate::sql::session_state::pins;
 
+use super::listen_extended::{extended_listen, may_be_extended_listen, Step};
 use super::Session;
 
 /// Beyond connecting, how long the shared connection may take to LISTEN.
-const LISTEN_ROUND_TRIP: std::time::Duration = std::time::Duration::from_secs(10);
+const LISTEN_ROUND_TRIP: Duration = Duration::from_secs(10);
 
 /// What pgtier answers itself of a listening client's request.
 pub(super) enum ListenRequest {
-    /// LISTEN, UNLISTEN or UNLISTEN *, after `prefix` bytes of Close (of named statements)
-    /// and Sync messages that drivers send ahead of it (tokio-postgres closes a dropped
-    /// statement that way): those are answered here too, so that the replies stay in order.
-    Command { prefix: usize, cmd: ListenCommand },
+    /// LISTEN, UNLISTEN or UNLISTEN * (one or more, `;`-separated), or `SELECT
+    /// pg_listening_channels()`: a simple Query ending at `end`, after `prefix` bytes of Close
+    /// (of named statements) and Sync messages that drivers send ahead of it (tokio-postgres
+    /// closes a dropped statement that way): those are answered here too, so that the replies
+    /// stay in order. What follows `end` is served next.
+    Command {
+        prefix: usize,
+        query: ListenQuery,
+        end: usize,
+    },
     /// A statement that would pin a client that listens through pgtier: this ERROR instead.
     Refused(&'static str),
     /// Extended-protocol units of nothing but LISTEN-family statements.
     Extended(Vec<Step>),
+}
+
+impl ListenRequest {
+    /// Where in the request (`len` bytes) what is answered ends.
+    pub(super) fn end(&self, len: usize) -> usize {
+        match self {
+            ListenRequest::Command { end, .. } => *end,
+            _ => len,
+        }
+    }
 }
 
 impl Session {
@@ -38,8 +64,8 @@ impl Session {
         if self.holds_server() {
             return None;
         }
-        if let Some((prefix, cmd)) = listen_command(buf) {
-            return Some(ListenRequest::Command { prefix, cmd });
+        if let Some((prefix, query, end)) = listen_command(buf) {
+            return Some(ListenRequest::Command { prefix, query, end });
         }
         let kept = self
             .listen_statements
@@ -81,12 +107,15 @@ impl Session {
                 SqlState::FEATURE_NOT_SUPPORTED,
                 format!("pgtier: {reason} would pin this client to a server connection, which a client that LISTENs through pgtier cannot be (UNLISTEN * first)"),
             )),
-            ListenRequest::Command { prefix, cmd } => {
+            ListenRequest::Command { prefix, query, .. } => {
                 self.answer_closes(&buf[..prefix], &mut out);
-                self.apply_listen(&cmd).await.err().or_else(|| {
-                    command_complete(&mut out, cmd.tag());
-                    None
-                })
+                match query {
+                    ListenQuery::Channels => {
+                        channels_reply(self.listening.as_deref(), &mut out);
+                        None
+                    }
+                    ListenQuery::Commands(cmds) => self.apply_all(&cmds, &mut out).await,
+                }
             }
         };
         if let Some((code, message)) = failed {
@@ -94,88 +123,6 @@ impl Session {
         }
         ready_for_query(&mut out, TxStatus::Idle);
         self.send(&out).await
-    }
-
-    /// Answers extended-protocol LISTEN-family units as Postgres would; after an error, the
-    /// rest of the unit up to its Sync is skipped.
-    async fn answer_extended(&mut self, steps: Vec<Step>, out: &mut BytesMut) {
-        let mut failed = false;
-        let mut portal: Option<ListenCommand> = None;
-        for step in steps {
-            if failed && step != Step::Sync {
-                continue;
-            }
-            match step {
-                Step::Parse(name, cmd) => {
-                    if !name.is_empty() {
-                        let kept = self.listen_statements.get_or_insert_with(Default::default);
-                        kept.retain(|(n, _)| *n != name);
-                        if kept.len() >= MAX_LISTEN_STATEMENTS {
-                            error_response(
-                                out,
-                                Severity::Error,
-                                SqlState::PROGRAM_LIMIT_EXCEEDED,
-                                &format!("pgtier: more than {MAX_LISTEN_STATEMENTS} prepared LISTEN/UNLISTEN statements on one connection"),
-                            );
-                            failed = true;
-                            continue;
-                        }
-                        kept.push((name, cmd));
-                    }
-                    out.extend_from_slice(b"1\0\0\0\x04");
-                }
-                // ParameterDescription (no parameters), NoData.
-                Step::DescribeStatement => out.extend_from_slice(b"t\0\0\0\x06\0\0n\0\0\0\x04"),
-                Step::Bind(cmd) => {
-                    portal = Some(cmd);
-                    out.extend_from_slice(b"2\0\0\0\x04");
-                }
-                Step::DescribePortal => out.extend_from_slice(b"n\0\0\0\x04"),
-                Step::Execute => {
-                    let Some(cmd) = portal.clone() else { continue };
-                    match self.apply_listen(&cmd).await {
-                        Ok(()) => command_complete(out, cmd.tag()),
-                        Err((code, message)) => {
-                            error_response(out, Severity::Error, code, &message);
-                            failed = true;
-                        }
-                    }
-                }
-                Step::Close(name) => {
-                    if let Some(kept) = &mut self.listen_statements {
-                        kept.retain(|(n, _)| *n != name);
-                    }
-                    out.extend_from_slice(b"3\0\0\0\x04");
-                }
-                Step::Flush => {}
-                Step::Sync => {
-                    failed = false;
-                    portal = None;
-                    ready_for_query(out, TxStatus::Idle);
-                }
-            }
-        }
-    }
-
-    /// Forgets kept LISTEN statements whose names a Parse in `buf` (going to a server)
-    /// reuses for another statement.
-    pub(super) fn forget_listen_statements(&mut self, buf: &[u8]) {
-        let Some(kept) = &mut self.listen_statements else {
-            return;
-        };
-        let mut pos = 0;
-        while let Ok(Some(h)) = peek_header(&buf[pos..], usize::MAX) {
-            let end = pos + h.frame_len();
-            if h.tag == b'P' {
-                if let Some((name, _)) = buf.get(pos + 5..end).and_then(split_cstr) {
-                    kept.retain(|(n, _)| &n[..] != name);
-                }
-            }
-            pos = end;
-            if pos >= buf.len() {
-                break;
-            }
-        }
     }
 
     /// Shows in SHOW CLIENTS how many channels pgtier listens on for the client.
@@ -203,28 +150,74 @@ impl Session {
         self.client.entry.set_prepared(self.statements.len());
     }
 
-    /// Applies a LISTEN-family command; Err: the ERROR to answer (nothing changed).
-    async fn apply_listen(&mut self, cmd: &ListenCommand) -> Result<(), (SqlState, String)> {
+    /// Applies the LISTEN-family statements of one simple query, writing their
+    /// CommandCompletes; Some: the ERROR to answer. Several are one implicit transaction, as
+    /// on Postgres: staged, and in effect only if all succeed.
+    async fn apply_all(
+        &mut self,
+        cmds: &[ListenCommand],
+        out: &mut BytesMut,
+    ) -> Option<(SqlState, String)> {
+        if let [cmd] = cmds {
+            return self.apply_listen(cmd).await.err().or_else(|| {
+                command_complete(out, cmd.tag());
+                None
+            });
+        }
         let proxy = self.proxy.clone();
-        let settings = proxy.settings();
-        let source = || Source {
-            router: self.runtime.router.clone(),
-            upstream: self.upstream.clone(),
-            limits: ListenLimits {
-                max_pending: settings.raw.max_pending_notifications as usize,
-                max_channels: settings.raw.max_listen_channels as usize,
-                connect_timeout: settings.raw.server_connect_timeout,
-            },
-        };
+        let (source, limit) = listen_source(&proxy, &self.runtime.router, &self.upstream);
+        let mut staged = Staged::default();
+        let mut failed = None;
+        for cmd in cmds {
+            // No server backend runs it (pid 0 is none's).
+            let wait = proxy
+                .listeners()
+                .stage(&mut self.listening, &mut staged, cmd, 0, || source.clone());
+            let wait = match wait {
+                Ok(w) => w,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            if let (Some(hub), ListenCommand::Listen(channel)) = (wait, cmd) {
+                if !hub.until_listening(channel, limit).await {
+                    failed = Some((
+                        SqlState::CONNECTION_FAILURE,
+                        format!("pgtier: could not LISTEN on the primary within {limit:?} (see pgtier's log)"),
+                    ));
+                    break;
+                }
+            }
+        }
+        let slot = self.listening.as_deref();
+        if failed.is_some() {
+            // Nothing of the query takes effect, and its CommandCompletes are not sent.
+            staged.discard(slot);
+        } else {
+            staged.commit(slot);
+            for cmd in cmds {
+                command_complete(out, cmd.tag());
+            }
+        }
+        self.note_listening();
+        failed
+    }
+
+    /// Applies a LISTEN-family command; Err: the ERROR to answer (nothing changed).
+    pub(super) async fn apply_listen(
+        &mut self,
+        cmd: &ListenCommand,
+    ) -> Result<(), (SqlState, String)> {
+        let proxy = self.proxy.clone();
+        let (source, limit) = listen_source(&proxy, &self.runtime.router, &self.upstream);
+        let source = || source;
         let wait = proxy.listeners().apply(&mut self.listening, cmd, source);
         self.note_listening();
         let wait = wait.map_err(|m| (LIMIT_EXCEEDED, m))?;
         let (Some(hub), ListenCommand::Listen(channel)) = (wait, cmd) else {
             return Ok(());
         };
-        let limit = settings.raw.primary_wait_timeout
-            + settings.raw.server_connect_timeout
-            + LISTEN_ROUND_TRIP;
         if hub.until_listening(channel, limit).await {
             return Ok(());
         }
@@ -261,10 +254,32 @@ impl Session {
     }
 }
 
-/// The LISTEN-family statement `buf` ends with, if it is one simple Query of one, preceded
-/// only by Close messages of named statements, each batch ended by a Sync: (length of that
-/// prefix, the statement).
-fn listen_command(buf: &[u8]) -> Option<(usize, ListenCommand)> {
+/// How the listening connection reaches the primary (the client's pools), and how long a
+/// LISTEN of a new channel may wait for it to LISTEN.
+pub(super) fn listen_source(
+    proxy: &Proxy,
+    router: &Arc<Router>,
+    upstream: &Arc<Upstream>,
+) -> (Source, Duration) {
+    let settings = proxy.settings();
+    let limit =
+        settings.raw.primary_wait_timeout + settings.raw.server_connect_timeout + LISTEN_ROUND_TRIP;
+    let source = Source {
+        router: router.clone(),
+        upstream: upstream.clone(),
+        limits: ListenLimits {
+            max_pending: settings.raw.max_pending_notifications as usize,
+            max_channels: settings.raw.max_listen_channels as usize,
+            connect_timeout: settings.raw.server_connect_timeout,
+        },
+    };
+    (source, limit)
+}
+
+/// The statement pgtier answers (LISTEN-family statements, `pg_listening_channels()`) in the
+/// first simple Query of `buf`, preceded only by Close messages of named statements, each batch
+/// ended by a Sync: (length of that prefix, the statement, where the Query ends).
+fn listen_command(buf: &[u8]) -> Option<(usize, ListenQuery, usize)> {
     let mut pos = 0;
     let mut synced = true;
     loop {
@@ -272,9 +287,11 @@ fn listen_command(buf: &[u8]) -> Option<(usize, ListenCommand)> {
         let end = pos + h.frame_len();
         let body = buf.get(pos + 5..end)?;
         match h.tag {
-            b'Q' if end == buf.len() && synced => {
-                let cmd = crate::sql::listen::parse(body.strip_suffix(&[0])?)?;
-                return Some((pos, cmd));
+            b'Q' if synced => {
+                let query = listen_query(body.strip_suffix(&[0])?)?;
+                // A malformed message goes the normal way, which refuses it (08P01).
+                crate::protocol::validate::check(h.tag, body).ok()?;
+                return Some((pos, query, end));
             }
             b'C' if matches!(target(body), Some((b'S', name)) if !name.is_empty()) => {
                 synced = false
@@ -309,130 +326,6 @@ fn would_pin(mut buf: &[u8]) -> Option<&'static str> {
     None
 }
 
-/// LISTEN-family statements a client prepared under a name: (name, statement).
-pub(super) type ListenStatements = Vec<(Box<[u8]>, ListenCommand)>;
-
-/// Most LISTEN-family statements one client keeps prepared (asyncpg prepares each once).
-const MAX_LISTEN_STATEMENTS: usize = 64;
-
-/// A cheap look at the first message before [`extended_listen`] (which allocates): a Parse
-/// whose query starts like LISTEN/UNLISTEN, or, when the client keeps LISTEN statements, a
-/// Bind or Close.
-fn may_be_extended_listen(buf: &[u8], kept: bool) -> bool {
-    match buf.first() {
-        Some(b'P') => buf
-            .get(5..)
-            .and_then(split_cstr)
-            .and_then(|(_, rest)| rest.iter().find(|b| !b.is_ascii_whitespace()))
-            .is_some_and(|b| matches!(b | 0x20, b'l' | b'u')),
-        Some(b'B' | b'C' | b'D') => kept,
-        _ => false,
-    }
-}
-
-/// One message of an extended-protocol unit made only of LISTEN-family statements.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Step {
-    /// Parse of a named (kept) or unnamed statement.
-    Parse(Box<[u8]>, ListenCommand),
-    /// Describe of such a statement: no parameters, no rows.
-    DescribeStatement,
-    /// Bind of such a statement to the unnamed portal.
-    Bind(ListenCommand),
-    /// Describe of the portal: no rows.
-    DescribePortal,
-    /// Execute of the portal.
-    Execute,
-    /// Close of a kept statement.
-    Close(Box<[u8]>),
-    /// Sync.
-    Sync,
-    /// Flush: the unit goes on in the client's next request (asyncpg prepares with
-    /// Parse, Describe, Flush).
-    Flush,
-}
-
-/// The steps of `buf` if it is whole extended-protocol units (ending in Sync or Flush) of
-/// nothing but LISTEN-family statements: prepared in it or kept in `kept`, bound to the
-/// unnamed portal.
-fn extended_listen(buf: &[u8], kept: &[(Box<[u8]>, ListenCommand)]) -> Option<Vec<Step>> {
-    let mut steps = Vec::new();
-    let mut named: Vec<(&[u8], &ListenCommand)> = kept.iter().map(|(n, c)| (&n[..], c)).collect();
-    let mut parsed: Vec<(&[u8], ListenCommand)> = Vec::new();
-    let mut bound: Option<ListenCommand> = None;
-    let mut pos = 0;
-    while pos < buf.len() {
-        let h = peek_header(&buf[pos..], usize::MAX).ok()??;
-        let end = pos + h.frame_len();
-        let body = buf.get(pos + 5..end)?;
-        let find = |name: &[u8], parsed: &[(&[u8], ListenCommand)]| {
-            parsed
-                .iter()
-                .rev()
-                .find(|(n, _)| *n == name)
-                .map(|(_, c)| c.clone())
-                .or_else(|| {
-                    named
-                        .iter()
-                        .find(|(n, _)| *n == name)
-                        .map(|(_, c)| (*c).clone())
-                })
-        };
-        let step = match h.tag {
-            b'P' => {
-                let p = crate::protocol::extended::parse(body)?;
-                let (query, types) = split_cstr(p.rest)?;
-                // No parameter types declared (a LISTEN takes none).
-                if types.get(..2)? != [0, 0] {
-                    return None;
-                }
-                let cmd = crate::sql::listen::parse(query)?;
-                parsed.push((p.name, cmd.clone()));
-                Step::Parse(p.name.into(), cmd)
-            }
-            b'D' => match target(body)? {
-                (b'S', name) => {
-                    find(name, &parsed)?;
-                    Step::DescribeStatement
-                }
-                (_, b"") if bound.is_some() => Step::DescribePortal,
-                _ => return None,
-            },
-            b'B' => {
-                let b = crate::protocol::extended::bind(body)?;
-                if !b.portal.is_empty() {
-                    return None;
-                }
-                let cmd = find(b.statement, &parsed)?;
-                bound = Some(cmd.clone());
-                Step::Bind(cmd)
-            }
-            b'E' => match split_cstr(body)? {
-                (b"", _) if bound.is_some() => Step::Execute,
-                _ => return None,
-            },
-            b'C' => match target(body)? {
-                (b'S', name) if !name.is_empty() && find(name, &parsed).is_some() => {
-                    named.retain(|(n, _)| *n != name);
-                    parsed.retain(|(n, _)| *n != name);
-                    Step::Close(name.into())
-                }
-                _ => return None,
-            },
-            b'S' => Step::Sync,
-            b'H' => Step::Flush,
-            _ => return None,
-        };
-        steps.push(step);
-        pos = end;
-    }
-    // Only whole units, and at least one statement of ours in them.
-    let ours = steps
-        .iter()
-        .any(|s| matches!(s, Step::Parse(..) | Step::Bind(_) | Step::Close(_)));
-    (matches!(steps.last(), Some(Step::Sync | Step::Flush)) && ours).then_some(steps)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,72 +338,28 @@ mod tests {
     #[test]
     fn a_listen_behind_closes_of_named_statements_is_recognised() {
         let q = msg(b'Q', b"LISTEN a\0");
-        assert_eq!(listen_command(&q).map(|(p, _)| p), Some(0));
+        assert_eq!(listen_command(&q).map(|(p, _, _)| p), Some(0));
         let with_close = cat(&[msg(b'C', b"Ss0\0"), msg(b'S', b""), q.clone()]);
-        let (prefix, cmd) = listen_command(&with_close).unwrap();
+        let (prefix, query, end) = listen_command(&with_close).unwrap();
         assert_eq!(
-            (prefix, cmd),
+            (prefix, query, end),
             (
                 with_close.len() - q.len(),
-                ListenCommand::Listen("a".into())
+                ListenQuery::Commands(vec![ListenCommand::Listen("a".into())]),
+                with_close.len()
             )
         );
+        // A Query after it is served next.
+        let two = cat(&[q.clone(), msg(b'Q', b"SELECT 1\0")]);
+        assert_eq!(listen_command(&two).map(|(_, _, e)| e), Some(q.len()));
         // Not behind an unsynced Close, a portal Close, or anything else.
         assert!(listen_command(&cat(&[msg(b'C', b"Ss0\0"), q.clone()])).is_none());
         assert!(listen_command(&cat(&[msg(b'C', b"Pp\0"), msg(b'S', b""), q.clone()])).is_none());
         assert!(listen_command(&cat(&[msg(b'Q', b"SELECT 1\0"), q])).is_none());
-    }
-
-    #[test]
-    fn extended_listen_units_are_recognised_and_others_are_not() {
-        let parse = |name: &str, sql: &str| msg(b'P', format!("{name}\0{sql}\0\0\0").as_bytes());
-        let bind = |stmt: &str| msg(b'B', format!("\0{stmt}\0\0\0\0\0\0\0").as_bytes());
-        let exec = msg(b'E', b"\0\0\0\0\0");
-        let sync = msg(b'S', b"");
-        // tokio-postgres / psycopg unnamed: Parse, Bind, Describe portal, Execute, Sync.
-        let unnamed = cat(&[
-            parse("", "LISTEN x"),
-            bind(""),
-            msg(b'D', b"P\0"),
-            exec.clone(),
-            sync.clone(),
-        ]);
-        let steps = extended_listen(&unnamed, &[]).unwrap();
-        assert_eq!(steps.len(), 5);
-        // asyncpg: Parse, Describe, Flush; then Bind, Execute, Sync of the kept name.
-        let prepare = cat(&[
-            parse("st1", "UNLISTEN *"),
-            msg(b'D', b"Sst1\0"),
-            msg(b'H', b""),
-        ]);
+        let channels = msg(b'Q', b"SELECT pg_listening_channels()\0");
         assert_eq!(
-            extended_listen(&prepare, &[]).unwrap().last(),
-            Some(&Step::Flush)
+            listen_command(&channels).map(|(_, q, _)| q),
+            Some(ListenQuery::Channels)
         );
-        let run = cat(&[bind("st1"), exec.clone(), sync.clone()]);
-        assert!(extended_listen(&run, &[]).is_none(), "st1 is not kept yet");
-        let kept = vec![(Box::from(&b"st1"[..]), ListenCommand::UnlistenAll)];
-        assert_eq!(
-            extended_listen(&run, &kept).unwrap()[0],
-            Step::Bind(ListenCommand::UnlistenAll)
-        );
-        // Anything else in the unit, a parameter type, a named portal: the normal way.
-        let mixed = cat(&[
-            parse("", "LISTEN x"),
-            bind(""),
-            exec.clone(),
-            msg(b'Q', b"SELECT 1\0"),
-        ]);
-        assert!(extended_listen(&mixed, &[]).is_none());
-        let typed = cat(&[msg(b'P', b"\0LISTEN x\0\0\x01\0\0\0\x17"), sync.clone()]);
-        assert!(extended_listen(&typed, &[]).is_none());
-        let portal = cat(&[
-            parse("", "LISTEN x"),
-            msg(b'B', b"p\0\0\0\0\0\0\0\0"),
-            sync.clone(),
-        ]);
-        assert!(extended_listen(&portal, &[]).is_none());
-        let select = cat(&[parse("", "SELECT 1"), bind(""), exec, sync]);
-        assert!(extended_listen(&select, &[]).is_none());
     }
 }

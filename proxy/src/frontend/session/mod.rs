@@ -8,6 +8,7 @@
 //! - `wait`: the idle wait for the client's next request.
 
 mod listen;
+mod listen_extended;
 mod local;
 mod open;
 mod routing;
@@ -112,7 +113,7 @@ struct Session {
     /// The channels pgtier listens on for the client (transaction mode), and its mailbox.
     listening: Option<Box<crate::notify::Listening>>,
     /// LISTEN/UNLISTEN statements the client prepared (answered by pgtier, see `listen`).
-    listen_statements: Option<Box<listen::ListenStatements>>,
+    listen_statements: Option<Box<listen_extended::ListenStatements>>,
     shutdown: SessionWatch,
 }
 
@@ -193,9 +194,15 @@ impl Session {
                     continue;
                 }
                 if let Some(req) = self.listen_request(&first) {
+                    let end = req.end(first.len());
                     // Boxed: rare, and it keeps the idle task small.
                     if let Err(reason) = Box::pin(self.answer_listen(&first, req)).await {
                         return reason;
+                    }
+                    // What the client sent after it is served next.
+                    if first.len() > end {
+                        let mut rest = first;
+                        pending = Some(Box::new(rest.split_off(end)));
                     }
                     continue;
                 }

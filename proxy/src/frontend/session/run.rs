@@ -53,6 +53,10 @@ impl Session {
         let upstream = self.upstream.clone();
         let kills_seen = self.kills_seen;
         let killed = || runtime.control.kills() != kills_seen;
+        // Only called at a LISTEN in a transaction block.
+        let listen_source =
+            || super::listen::listen_source(&self.proxy, &runtime.router, &upstream);
+        let answers_listen = !self.holds_server();
         let observer = Observer::new(
             &runtime.metrics,
             role,
@@ -85,6 +89,11 @@ impl Session {
                 scope: self.scope.as_ref(),
                 analysed,
                 failed_checks: Some((failures, failures.load(Ordering::Acquire))),
+                listen: answers_listen.then(|| relay::listen::ListenCtx {
+                    listeners: self.proxy.listeners(),
+                    slot: &mut self.listening,
+                    source: &listen_source,
+                }),
             },
             server.conn().io(),
             first,

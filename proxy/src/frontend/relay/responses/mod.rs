@@ -210,6 +210,8 @@ pub(crate) struct Expectations {
     pub(crate) restore: Option<String>,
     /// The client's causal token and the probe that reads it.
     pub(crate) causal: Causal,
+    /// The transaction block used a SAVEPOINT (see `relay::listen`).
+    pub(crate) savepoint: bool,
 }
 
 impl Expectations {

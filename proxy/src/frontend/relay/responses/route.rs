@@ -139,6 +139,10 @@ pub(crate) fn route_server(
         if h.tag == b'C' && (body == b"DISCARD ALL\0" || body == b"DEALLOCATE ALL\0") {
             registry.clear();
         }
+        // Known at a LISTEN in the block (pgtier answers those only outside savepoints).
+        if h.tag == b'C' && body == b"SAVEPOINT\0" {
+            exp.savepoint = true;
+        }
         if h.tag == b'E' && forward {
             // Counted by SQLSTATE class in the metrics.
             if let Some(code) = error_fields(body).0 {
@@ -151,6 +155,9 @@ pub(crate) fn route_server(
             // Only the client's ReadyForQuery count against what the client is owed.
             scan.ready += u32::from(forward);
             scan.status = Some(TxStatus::from_byte(buf[end - 1]));
+            if buf[end - 1] == b'I' {
+                exp.savepoint = false;
+            }
         }
         let cut = end.min(buf.len());
         if !forward {
