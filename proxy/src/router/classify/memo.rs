@@ -37,8 +37,19 @@ struct Entry {
     text: Vec<u8>,
     literals: Vec<Literal>,
     value: Classification,
-    /// Whether the text's cache key had its literals normalized (for the counters).
-    normalized: bool,
+    /// How a recall counts in the cache counters.
+    counted: Counted,
+}
+
+/// How a recall counts in the classifier's cache counters: as the cache hit it stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Counted {
+    /// Not at all: a fast-path text (never looked up in the cache).
+    No,
+    /// A hit.
+    Hit,
+    /// A hit by normalized key.
+    NormalizedHit,
 }
 
 thread_local! {
@@ -77,8 +88,8 @@ const LITERAL_START: [bool; 256] = {
 };
 
 /// The classification remembered for a text of `sql`'s shape, decided by classifier `owner`
-/// under cache `generation`, and whether its key was normalized.
-pub(super) fn recall(owner: u64, generation: u64, sql: &[u8]) -> Option<(Classification, bool)> {
+/// under cache `generation`, and how it counts.
+pub(super) fn recall(owner: u64, generation: u64, sql: &[u8]) -> Option<(Classification, Counted)> {
     if sql.len() > MAX_MEMO_TEXT {
         return None;
     }
@@ -94,18 +105,18 @@ pub(super) fn recall(owner: u64, generation: u64, sql: &[u8]) -> Option<(Classif
         })?;
         set[..=way].rotate_right(1);
         let e = set[0].as_ref()?;
-        Some((e.value.clone(), e.normalized))
+        Some((e.value.clone(), e.counted))
     })
 }
 
 /// Remembers `value` for `sql`, whose normalized key replaced `literals` (none: keyed
-/// exactly, `normalized` false).
+/// exactly).
 pub(super) fn remember(
     owner: u64,
     generation: u64,
     sql: &[u8],
     literals: &[Literal],
-    normalized: bool,
+    counted: Counted,
     value: &Classification,
 ) {
     if sql.len() > MAX_MEMO_TEXT || literals.len() > MAX_LITERALS {
@@ -125,7 +136,7 @@ pub(super) fn remember(
                 e.literals.clear();
                 e.literals.extend_from_slice(literals);
                 e.value = value.clone();
-                e.normalized = normalized;
+                e.counted = counted;
             }
             slot @ None => {
                 *slot = Some(Entry {
@@ -134,7 +145,7 @@ pub(super) fn remember(
                     text: sql.to_vec(),
                     literals: literals.to_vec(),
                     value: value.clone(),
-                    normalized,
+                    counted,
                 })
             }
         }

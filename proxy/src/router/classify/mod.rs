@@ -6,14 +6,16 @@
 //!    FROM, CALL, DO, ...) and session/transaction commands are decided here in
 //!    nanoseconds; a text with any write is a write. It also scans for locking clauses.
 //! 2. Texts with SELECT / WITH / VALUES / EXPLAIN / DECLARE / `COPY (query)` / `(`...
-//!    statements are first matched against the thread's [`memo`] of recent texts (the same
-//!    text with other literals is answered after a few byte comparisons), then looked up in
-//!    a bounded [`cache`] by their text with the literals
+//!    statements are looked up in a bounded [`cache`] by their text with the literals
 //!    normalized (so `... WHERE id = 1` and `... WHERE id = 2` share one entry and the parser
 //!    runs once for both; texts where a literal could matter are keyed exactly), and on a miss go to
 //!    [`deep`]: sqlparser, checking locking clauses, writable CTEs, SELECT INTO,
 //!    EXPLAIN ANALYZE and function calls against the [`FunctionTable`].
 //! 3. [`hints`]: `pgtier:` comments set `hint` / `min_lsn` (never the class).
+//!
+//! Before all that, every text is matched against the thread's [`memo`] of recent texts: the
+//! same text with other literals (`... WHERE aid = 7` after `... WHERE aid = 3`) gets the
+//! remembered classification after a few byte comparisons.
 
 mod builtins;
 mod cache;
@@ -260,25 +262,41 @@ impl Classifier {
 
     /// Classifies `sql` (one Query or Parse string, possibly several statements).
     pub fn classify(&self, sql: &[u8]) -> Classification {
-        let looked_up = fast::first_needs_deep(sql);
-        if looked_up && self.cache.capacity() > 0 && sql.len() <= memo::MAX_MEMO_TEXT {
-            let generation = self.cache.generation();
-            if let Some((hit, normalized)) = memo::recall(self.id, generation, sql) {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                if normalized {
+        if self.cache.capacity() == 0 || sql.len() > memo::MAX_MEMO_TEXT {
+            return self.classify_text(sql, fast::first_needs_deep(sql));
+        }
+        let generation = self.cache.generation();
+        if let Some((hit, counted)) = memo::recall(self.id, generation, sql) {
+            match counted {
+                memo::Counted::No => {}
+                memo::Counted::Hit => {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                }
+                memo::Counted::NormalizedHit => {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
                     self.normalized.fetch_add(1, Ordering::Relaxed);
                 }
-                return hit;
             }
-            let c = self.classify_text(sql, true);
-            // The lookup of `sql` in the cache (always made here) left its key's literals.
-            SCRATCH.with(|s| {
-                let s = s.borrow();
-                memo::remember(self.id, generation, sql, &s.literals, s.normalized, &c);
-            });
-            return c;
+            return hit;
         }
-        self.classify_text(sql, looked_up)
+        let looked_up = fast::first_needs_deep(sql);
+        let c = self.classify_text(sql, looked_up);
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            // A looked-up text's cache key (made first thing) left its literals; the fast
+            // path's texts are normalized here, once per new shape.
+            if !looked_up {
+                let key = cache::Key::of(sql, &mut s.key, &mut s.literals);
+                s.normalized = key.is_normalized();
+            }
+            let counted = match (looked_up, s.normalized) {
+                (false, _) => memo::Counted::No,
+                (true, false) => memo::Counted::Hit,
+                (true, true) => memo::Counted::NormalizedHit,
+            };
+            memo::remember(self.id, generation, sql, &s.literals, counted, &c);
+        });
+        c
     }
 
     /// [`Classifier::classify`] without the memo; `looked_up`: a text the cache is searched for
