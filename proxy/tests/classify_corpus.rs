@@ -272,96 +272,81 @@ fn vary_literals(sql: &str, salt: usize) -> String {
     out
 }
 
-#[test]
-fn cached_verdicts_equal_fresh_ones_whatever_the_literals() {
-    // Everything a classification says, compared between a shared warm cache (keyed by
-    // normalized text) and a classifier without a cache (every text parsed).
-    let full = |c: &pgtier::router::classify::Classification| {
-        (
-            c.class,
-            c.reason,
-            c.tables.to_vec(),
-            c.hint,
-            c.min_lsn,
-            c.bad_hint,
-        )
-    };
-    let cases = corpus();
+/// Everything a classification says.
+fn full(c: &pgtier::router::classify::Classification) -> impl PartialEq + std::fmt::Debug + use<> {
+    (
+        c.class,
+        c.reason,
+        c.tables.to_vec(),
+        c.hint,
+        c.min_lsn,
+        c.bad_hint,
+        c.may_pin,
+    )
+}
+
+/// Classifies `texts` (line, salt, text) in order with a warm classifier (cache and memo)
+/// and with one without a cache (every text parsed), for both function tables; returns the
+/// warm classifiers' stats and fails listing every difference.
+fn warm_equals_fresh(
+    texts: &[(usize, usize, String)],
+) -> Vec<pgtier::router::classify::CacheStats> {
+    let mut stats = Vec::new();
     for funcs in [FunctionTable::builtin(), synthetic_pg_proc()] {
         let warm = Classifier::new(funcs.clone(), 4096);
         let fresh = Classifier::new(funcs, 0);
         let mut bad = Vec::new();
-        for salt in 0..4 {
-            for c in &cases {
-                let sql = if salt == 0 {
-                    c.sql.clone()
-                } else {
-                    vary_literals(&c.sql, salt)
-                };
-                let (got, want) = (
-                    warm.classify(sql.as_bytes()),
-                    fresh.classify(sql.as_bytes()),
-                );
-                if full(&got) != full(&want) {
-                    bad.push(format!(
-                        "line {} (salt {salt}): cached {:?}, fresh {:?}: {sql}",
-                        c.line,
-                        full(&got),
-                        full(&want)
-                    ));
-                }
+        for (line, salt, sql) in texts {
+            let (got, want) = (
+                full(&warm.classify(sql.as_bytes())),
+                full(&fresh.classify(sql.as_bytes())),
+            );
+            if got != want {
+                bad.push(format!(
+                    "line {line} (salt {salt}): warm {got:?}, fresh {want:?}: {sql}"
+                ));
             }
         }
-        let stats = warm.cache_stats();
+        assert!(bad.is_empty(), "{}", bad.join("\n"));
+        stats.push(warm.cache_stats());
+    }
+    stats
+}
+
+#[test]
+fn cached_verdicts_equal_fresh_ones_whatever_the_literals() {
+    // The whole corpus four times, with new literals each time: the shared cache (keyed by
+    // normalized text) answers, the per-thread memo mostly cannot (too many shapes between).
+    let cases = corpus();
+    let mut texts = Vec::new();
+    for salt in 0..4 {
+        for c in &cases {
+            let sql = if salt == 0 {
+                c.sql.clone()
+            } else {
+                vary_literals(&c.sql, salt)
+            };
+            texts.push((c.line, salt, sql));
+        }
+    }
+    for s in warm_equals_fresh(&texts) {
         println!(
             "{} hits ({} by normalized key), {} misses, {} entries",
-            stats.hits, stats.normalized, stats.misses, stats.entries
+            s.hits, s.normalized, s.misses, s.entries
         );
-        assert!(bad.is_empty(), "{}", bad.join("\n"));
-        assert!(stats.hits > stats.misses, "variants should mostly hit");
+        assert!(s.hits > s.misses, "variants should mostly hit");
     }
 }
 
 #[test]
 fn remembered_shapes_give_fresh_verdicts() {
-    // Each statement classified with new literals several times in a row, so the per-thread
-    // memo of recent shapes answers all but the first; every answer must equal a fresh parse,
-    // `may_pin` included.
-    let full = |c: &pgtier::router::classify::Classification| {
-        (
-            c.class,
-            c.reason,
-            c.tables.to_vec(),
-            c.hint,
-            c.min_lsn,
-            c.bad_hint,
-            c.may_pin,
-        )
-    };
-    let cases = corpus();
-    for funcs in [FunctionTable::builtin(), synthetic_pg_proc()] {
-        let warm = Classifier::new(funcs.clone(), 4096);
-        let fresh = Classifier::new(funcs, 0);
-        let mut bad = Vec::new();
-        for c in &cases {
-            for salt in 1..5 {
-                let sql = vary_literals(&c.sql, salt);
-                let (got, want) = (
-                    warm.classify(sql.as_bytes()),
-                    fresh.classify(sql.as_bytes()),
-                );
-                if full(&got) != full(&want) {
-                    bad.push(format!(
-                        "line {} (salt {salt}): remembered {:?}, fresh {:?}: {sql}",
-                        c.line,
-                        full(&got),
-                        full(&want)
-                    ));
-                }
-            }
-        }
-        assert!(bad.is_empty(), "{}", bad.join("\n"));
-    }
+    // Each statement with new literals several times in a row, so the per-thread memo of
+    // recent shapes answers all but the first.
+    let texts: Vec<_> = corpus()
+        .iter()
+        .flat_map(|c| (1..5).map(move |salt| (c.line, salt, vary_literals(&c.sql, salt))))
+        .collect();
+    warm_equals_fresh(&texts);
     // Two classifiers on one thread never answer from each other's entries: the same text
     // is a write for one and a read for the other.
     let mut f = FunctionTable::builtin();
