@@ -8,9 +8,10 @@
 //! Comments are compared byte for byte like everything outside the literals, so the hints
 //! they carry (kept in the remembered classification) are the text's own.
 //!
-//! Bounds: [`SLOTS`] entries per thread, each text at most [`MAX_MEMO_TEXT`] bytes with at
-//! most [`MAX_LITERALS`] literals. An entry holds for the classifier and the cache
-//! generation it was decided under (new function knowledge empties it, as it does the cache).
+//! Bounds: [`SETS`] x [`WAYS`] entries per thread (64), each text at most [`MAX_MEMO_TEXT`]
+//! bytes with at most [`MAX_LITERALS`] literals: under 100 KiB per runtime thread. An entry
+//! holds only for the classifier and the cache generation it was decided under (new function
+//! knowledge makes every entry stale, as it empties the cache).
 
 use std::cell::RefCell;
 
