@@ -1,0 +1,226 @@
+//! Shared by the fault tests of `fault_more.rs`: a read loop that records every outcome (a
+//! failed read is recorded with its SQLSTATE and the reader reconnects), and the admin console's
+//! SHOW REPLICAS view polled with a deadline.
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use pgtier_kit::fixture::{dsn, read_node, simple_rows};
+use pgtier_kit::proxy::Pgtier;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+/// One answered read.
+#[derive(Debug, Clone, Copy)]
+pub struct Read {
+    pub port: u16,
+    pub in_recovery: bool,
+    pub started: Instant,
+    pub took: Duration,
+}
+
+/// One failed read: its SQLSTATE ("closed" when the connection ended without an error,
+/// "timeout" when it took longer than the loop's bound) and message.
+#[derive(Debug, Clone)]
+pub struct Failed {
+    pub started: Instant,
+    pub code: String,
+    pub message: String,
+}
+
+/// The SQLSTATE and message of a failed call ("closed" when no error reached the client).
+pub fn sqlstate(e: &anyhow::Error) -> (String, String) {
+    match e
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(|e| e.as_db_error())
+    {
+        Some(db) => (db.code().code().to_owned(), db.message().to_owned()),
+        None => ("closed".to_owned(), format!("{e:#}")),
+    }
+}
+
+/// `clients` readers of `inet_server_port(), pg_is_in_recovery()` in a loop of autocommit reads
+/// through pgtier until stopped. Every outcome is sent on the channel; after a failure the
+/// reader logs in again.
+pub struct ReadLoop {
+    stop: Arc<AtomicBool>,
+    tasks: JoinSet<Result<()>>,
+    outcomes: mpsc::UnboundedReceiver<Result<Read, Failed>>,
+    /// Failures seen so far by [`ReadLoop::next`].
+    pub failed: Vec<Failed>,
+    /// Answered reads seen so far by [`ReadLoop::next`].
+    pub answered: usize,
+    /// The longest answered read seen so far.
+    pub longest: Duration,
+    bound: Duration,
+}
+
+impl ReadLoop {
+    /// Starts the readers; a read longer than `bound` is given up and recorded as "timeout".
+    pub async fn start(
+        px: &Pgtier,
+        user: &str,
+        pw: &str,
+        clients: usize,
+        bound: Duration,
+    ) -> Result<ReadLoop> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, outcomes) = mpsc::unbounded_channel();
+        let mut tasks = JoinSet::new();
+        let dsn = dsn(px, user, pw);
+        for _ in 0..clients {
+            let mut c = pgtier_kit::tls::connect(&dsn).await?;
+            let (stop, tx, dsn) = (stop.clone(), tx.clone(), dsn.clone());
+            tasks.spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let r = match tokio::time::timeout(bound, read_node(&c)).await {
+                        Ok(Ok((port, in_recovery))) => Ok(Read {
+                            port,
+                            in_recovery,
+                            started,
+                            took: started.elapsed(),
+                        }),
+                        Ok(Err(e)) => {
+                            let (code, message) = sqlstate(&e);
+                            Err(Failed {
+                                started,
+                                code,
+                                message,
+                            })
+                        }
+                        Err(_) => Err(Failed {
+                            started,
+                            code: "timeout".into(),
+                            message: format!("no answer within {bound:?}"),
+                        }),
+                    };
+                    let failed = r.is_err();
+                    if tx.send(r).is_err() {
+                        break;
+                    }
+                    if failed {
+                        c = pgtier_kit::tls::connect(&dsn).await?;
+                    }
+                }
+                Ok(())
+            });
+        }
+        Ok(ReadLoop {
+            stop,
+            tasks,
+            outcomes,
+            failed: Vec::new(),
+            answered: 0,
+            longest: Duration::ZERO,
+            bound,
+        })
+    }
+
+    /// The next answered read (failures on the way are recorded in `failed`); fails if nothing
+    /// answered for the loop's bound and a second, or a reader ended.
+    pub async fn next(&mut self) -> Result<Read> {
+        let limit = self.bound + Duration::from_secs(1);
+        loop {
+            let r = tokio::select! {
+                r = self.outcomes.recv() => r.ok_or_else(|| anyhow::anyhow!("the readers ended"))?,
+                Some(done) = self.tasks.join_next() => {
+                    done??;
+                    anyhow::bail!("a reader ended early")
+                }
+                _ = tokio::time::sleep(limit) => anyhow::bail!("no read answered for {limit:?}"),
+            };
+            match r {
+                Ok(read) => {
+                    self.answered += 1;
+                    self.longest = self.longest.max(read.took);
+                    return Ok(read);
+                }
+                Err(f) => self.failed.push(f),
+            }
+        }
+    }
+
+    /// Follows the loop until `want` holds for a read that started after `after`; fails after
+    /// `limit`.
+    pub async fn until(
+        &mut self,
+        after: Instant,
+        limit: Duration,
+        what: &str,
+        want: impl Fn(&Read) -> bool,
+    ) -> Result<Read> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let r = self.next().await?;
+            if r.started > after && want(&r) {
+                return Ok(r);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        }
+    }
+
+    /// Stops the readers and drains what they answered; fails if a reader failed to log in
+    /// again.
+    pub async fn finish(mut self) -> Result<ReadLoop> {
+        self.stop.store(true, Ordering::Relaxed);
+        while let Some(done) = self.tasks.join_next().await {
+            done??;
+        }
+        while let Ok(r) = self.outcomes.try_recv() {
+            match r {
+                Ok(read) => {
+                    self.answered += 1;
+                    self.longest = self.longest.max(read.took);
+                }
+                Err(f) => self.failed.push(f),
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// SHOW REPLICAS' row for `node` ("host:port"): (role, state, time_lag_ms, last_error).
+pub async fn node_row(
+    adm: &tokio_postgres::Client,
+    node: &str,
+) -> Result<(String, String, String, String)> {
+    let rows = simple_rows(adm, "SHOW REPLICAS").await;
+    let r = rows
+        .iter()
+        .find(|r| r.get("node") == Some(node))
+        .ok_or_else(|| anyhow::anyhow!("{node} is not in SHOW REPLICAS"))?;
+    let get = |c: &str| r.get(c).unwrap_or("").to_owned();
+    Ok((
+        get("role"),
+        get("state"),
+        get("time_lag_ms"),
+        get("last_error"),
+    ))
+}
+
+/// Polls SHOW REPLICAS until `node`'s state is one of `states`; how long that took. Fails after
+/// `limit`.
+pub async fn wait_state(
+    adm: &tokio_postgres::Client,
+    node: &str,
+    states: &[&str],
+    limit: Duration,
+) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let (_, state, _, _) = node_row(adm, node).await?;
+        if states.contains(&state.as_str()) {
+            return Ok(start.elapsed());
+        }
+        anyhow::ensure!(
+            start.elapsed() < limit,
+            "{node} is {state}, not {states:?}, after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
