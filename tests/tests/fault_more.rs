@@ -239,6 +239,23 @@ async fn a_slow_primary_completes_each_write_once_within_its_latency() -> Result
     Ok(())
 }
 
+/// Clients of the refusing-replica test's read loop.
+const READERS: usize = 4;
+
+/// Server connections SHOW POOLS counts open to `node` (active, idle, used, tested, logging
+/// in).
+async fn open_connections(adm: &tokio_postgres::Client, node: &str) -> usize {
+    pgtier_kit::fixture::simple_rows(adm, "SHOW POOLS")
+        .await
+        .iter()
+        .filter(|r| r.get("node") == Some(node))
+        .flat_map(|r| {
+            ["sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login"]
+                .map(|c| r.get(c).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0))
+        })
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_refusing_connections_costs_reads_nothing_and_rejoins() -> Result<()> {
     // Reads fall back at once (a refused connect fails at once): the bound is a loaded 2-core
@@ -248,7 +265,10 @@ async fn a_replica_refusing_connections_costs_reads_nothing_and_rejoins() -> Res
     scram_role(cluster, USER, PW)?;
     let refusing = FaultProxy::start(&cluster.replica(0).addr()).await?;
     let (port, other) = (cluster.replica(0).port(), cluster.replica(1).port());
+    // As many server connections kept open per node as there are readers: once they are
+    // open, no read needs a new connection until RECONNECT closes them.
     let px = builder(cluster, "500ms")
+        .global(&format!("min_pool_size = {READERS}"))
         .database(&format!(
             "replicas = [\"{}\", \"{}\"]",
             refusing.addr(),
@@ -256,12 +276,22 @@ async fn a_replica_refusing_connections_costs_reads_nothing_and_rejoins() -> Res
         ))
         .start()?;
     let adm = admin_console(&px, ADMIN, ADMIN_PW).await;
-    let mut reads = ReadLoop::start(&px, USER, PW, 4, bound).await?;
+    let mut reads = ReadLoop::start(&px, USER, PW, READERS, bound).await?;
     let t0 = Instant::now();
     for p in [port, other] {
         reads
             .until(t0, PHASE, "a replica serving reads", |r| r.port == p)
             .await?;
+    }
+
+    let opened = Instant::now();
+    while open_connections(&adm, &refusing.addr()).await < READERS {
+        anyhow::ensure!(
+            opened.elapsed() < PHASE,
+            "min_pool_size connections to the replica never opened\n{}",
+            px.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // 1. New connections are refused, existing ones work: the pooled connections and the

@@ -163,6 +163,7 @@ async fn both_replicas_failing_under_a_read_loop_fall_back_to_the_primary_and_re
 
     // Replica 0 fails (every connection to it reset, new ones too): the loop goes on, on
     // replica 1.
+    let logged = px.log().len();
     fp[0].reset();
     let first_down = Instant::now();
     // The reset reaches the forwarding tasks asynchronously: reads started this long after it
@@ -173,7 +174,18 @@ async fn both_replicas_failing_under_a_read_loop_fall_back_to_the_primary_and_re
             r.port == ports[1]
         })
         .await?;
-    // Then replica 1 fails too, while replica 0 is still down.
+    // Then replica 1 fails too, once replica 0 is out of the rotation (a read that fails
+    // before any reply is retried once, on another node: one still in the rotation that fails
+    // it too ends it with 08006, by design).
+    let out0 = format!("node={} role=Unknown state=", fp[0].addr());
+    while !px.log()[logged..].contains(&out0) {
+        anyhow::ensure!(
+            first_down.elapsed() < PHASE,
+            "replica 0 was never taken out of the rotation\n{}",
+            px.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     fp[1].reset();
     let both_down = Instant::now();
     // Every read answered from now on comes from the primary, and the loop keeps going: at

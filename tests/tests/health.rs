@@ -122,5 +122,19 @@ async fn ready_is_503_while_a_database_has_no_primary() {
     wire::read_until_ready(&mut s, LIMIT).await.unwrap();
     // A request head over the size cap is refused, not read forever.
     let long = format!("/ready?{}", "x".repeat(16 * 1024));
-    assert_eq!(get(mport, &long).unwrap().0, 431);
+    // pgtier answers 431 and closes without reading the rest: the client's write, or its read
+    // of the answer, may see the reset instead.
+    match get(mport, &long) {
+        Ok((status, _)) => assert_eq!(status, 431),
+        Err(e) => {
+            let kind = e.downcast_ref::<std::io::Error>().map(|e| e.kind());
+            assert!(
+                matches!(
+                    kind,
+                    Some(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe)
+                ),
+                "an over-long request head was neither refused with 431 nor reset: {e:#}"
+            );
+        }
+    }
 }

@@ -69,13 +69,20 @@ async fn a_listen_in_a_block_takes_effect_at_commit_and_not_before() {
     a.c.batch_execute("LISTEN later").await.unwrap();
     // Not in effect inside the block, as on Postgres.
     assert_eq!(listening(&a.c).await, ["marker"]);
-    // Committed before a's COMMIT: not delivered to a.
+    // Committed, and received by pgtier, before a's COMMIT: not delivered to a. (Postgres
+    // itself would deliver one its listener reads only after the COMMIT; b's marker, sent
+    // after it on the same listening connection, shows that pgtier has read it.)
+    let mut b = listener(px.port(), "lt_commit").await;
+    b.c.batch_execute("LISTEN marker").await.unwrap();
     d.batch_execute("NOTIFY later, 'before commit'")
         .await
         .unwrap();
+    assert_eq!(until_marker(&mut b, &d, "marker", "m0").await, []);
     a.c.batch_execute("COMMIT").await.unwrap();
     assert_eq!(listening(&a.c).await, ["later", "marker"]);
-    assert_eq!(until_marker(&mut a, &d, "marker", "m1").await, []);
+    // m0 and m1 (a listened on the marker channel all along).
+    let got = until_marker(&mut a, &d, "marker", "m1").await;
+    assert_eq!(got.iter().map(note).collect::<Vec<_>>(), [("marker", "m0")]);
     // Committed after it: delivered.
     d.batch_execute("NOTIFY later, 'after commit'")
         .await

@@ -15,7 +15,9 @@
 //! as it answers again, without waiting for the old one's SYN retransmissions.
 //!
 //! Limits: connect + login within `connect_timeout`; each check within
-//! `ClusterSettings::check_timeout` (a timeout is a failure and drops the connection).
+//! `ClusterSettings::check_timeout`. A check that times out drops its connection and is
+//! confirmed on a fresh one within the same limit: only if that fails too
+//! is it a failure (a busy node is slow, a lost one silent).
 
 use std::error::Error as _;
 use std::io;
@@ -159,7 +161,7 @@ impl Monitor {
             }
             Err(_) => {
                 self.conn = None;
-                return Outcome::Failed(format!("check timed out after {:?}", self.check_timeout));
+                return self.confirm().await;
             }
         };
         match parse(&row) {
@@ -169,6 +171,38 @@ impl Monitor {
                 Outcome::Failed(e)
             }
         }
+    }
+
+    /// After a check timed out on an established connection: a busy node (a CPU-bound
+    /// primary, an I/O stall) answers late, a lost one not at all. Only a fresh connection
+    /// that also fails to connect and check within `check_timeout` makes it a failure, so
+    /// one slow answer never bans a node (and cuts the transactions waiting on it).
+    async fn confirm(&mut self) -> Outcome {
+        let fresh = async {
+            let c = self.connect().await.map_err(|e| e.to_string())?;
+            let sent_at = Instant::now();
+            let row = c
+                .client
+                .query_one(&c.check, &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((c, row, sent_at))
+        };
+        let why = match tokio::time::timeout(self.check_timeout, fresh).await {
+            Ok(Ok((c, row, sent_at))) => match parse(&row) {
+                Ok(check) => {
+                    self.conn = Some(c);
+                    return Outcome::Checked { check, sent_at };
+                }
+                Err(e) => e,
+            },
+            Ok(Err(e)) => e,
+            Err(_) => format!("no answer within {:?}", self.check_timeout),
+        };
+        Outcome::Failed(format!(
+            "check timed out after {:?}, and on a fresh connection: {why}",
+            self.check_timeout
+        ))
     }
 
     /// Connects and logs in; while an attempt hangs, starts another every [`BACKOFF_MAX`]

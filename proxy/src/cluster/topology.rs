@@ -538,8 +538,10 @@ impl Topology {
     }
 
     fn fail(&self, st: &mut State, node: usize, health: Health, error: String) {
-        // Only a node that was answering: repeated failures of a banned node wake nobody.
-        if !matches!(st.nodes[node].health, Health::Down | Health::Banned) {
+        // The first failed check since the node last answered (also when a failed connection
+        // of a pool banned it just before): repeated failures wake nobody.
+        let rt = &st.nodes[node];
+        if rt.seen.is_some() || rt.health == Health::Up {
             self.failures[node].fetch_add(1, Ordering::AcqRel);
             if let Some(w) = self.waker.get() {
                 w.poke();

@@ -77,7 +77,8 @@ impl ClusterSettings {
         }
     }
 
-    /// Limit on one check round trip.
+    /// Limit on one check round trip (and on the fresh connect + check that confirms one that
+    /// timed out).
     pub fn check_timeout(&self) -> Duration {
         self.connect_timeout.min(Duration::from_secs(1))
     }

@@ -30,9 +30,13 @@ pub struct Listener {
     pub ended: oneshot::Receiver<Option<String>>,
 }
 
+/// pgtier for trust user `user`, its database `app` on the servers' database named `user`:
+/// channels are per database, so tests running at once never see each other's
+/// notifications.
 pub fn start(user: &str, extra_global: &[&str], pool_size: u32) -> Pgtier {
     let c = Cluster::shared();
     scram_role(c, user, user).unwrap();
+    c.create_role_and_db(user, user, user).unwrap();
     let mut b = ConfigBuilder::new(c)
         .user(
             user,
@@ -40,7 +44,7 @@ pub fn start(user: &str, extra_global: &[&str], pool_size: u32) -> Pgtier {
         )
         .user("admin", "password = \"admin\"")
         .global("admin_users = [\"admin\"]")
-        .database(&format!("pool_size = {pool_size}"));
+        .database(&format!("dbname = \"{user}\"\npool_size = {pool_size}"));
     for g in extra_global {
         b = b.global(g);
     }
@@ -88,10 +92,10 @@ pub async fn listener_dsn(dsn: &str) -> Listener {
     Listener { c, got, ended }
 }
 
-/// A connection straight to the primary (as `user`).
+/// A connection straight to the primary (as `user`, to the database [`start`] gave it).
 pub async fn direct(user: &str) -> Client {
     let port = Cluster::shared().primary().port();
-    let dsn = format!("host=127.0.0.1 port={port} user={user} password={user} dbname=app");
+    let dsn = format!("host=127.0.0.1 port={port} user={user} password={user} dbname={user}");
     let (c, conn) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
     tokio::spawn(conn);
     c
