@@ -319,8 +319,12 @@ async fn the_fault_proxy_applies_each_mode_and_closes_everything_when_dropped() 
         ErrorKind::TimedOut
     );
     fp.pass();
-    // What was held is delivered once the mode passes again.
+    // What was held is delivered once the mode passes again: the echo of the ping that timed
+    // out, then that of this one (read too, or it would answer the next ping early).
     assert_eq!(ping(&mut b, Duration::from_secs(5)).await?, b"ping");
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), b.read_exact(&mut echo)).await??;
+    assert_eq!(&echo, b"ping");
 
     fp.refuse();
     let mut c = TcpStream::connect(fp.addr()).await?;

@@ -351,6 +351,9 @@ pub(crate) fn answer_parse_batch(
             return None;
         }
         match h.tag {
+            // An unnamed statement (its name is the empty string) is never answered here:
+            // rejected before anything else is read.
+            b'P' if buf.get(pos + 5) == Some(&0) => return None,
             b'P' => {
                 // A malformed Parse goes the normal way, which refuses it (08P01).
                 crate::protocol::validate::check(b'P', &buf[pos + 5..end]).ok()?;

@@ -256,7 +256,7 @@ fn error_severity(body: &[u8]) -> Option<&str> {
         if field == 0 {
             break;
         }
-        let nul = tail.iter().position(|&b| b == 0)?;
+        let nul = memchr::memchr(0, tail)?;
         let value = std::str::from_utf8(&tail[..nul]).ok();
         match field {
             b'V' => return value,
@@ -276,7 +276,7 @@ pub fn error_fields(body: &[u8]) -> (Option<&str>, Option<&str>) {
         if field == 0 {
             break;
         }
-        let Some(nul) = tail.iter().position(|&b| b == 0) else {
+        let Some(nul) = memchr::memchr(0, tail) else {
             break;
         };
         let value = std::str::from_utf8(&tail[..nul]).ok();

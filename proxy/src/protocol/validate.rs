@@ -149,7 +149,7 @@ impl Reader<'_> {
     }
 
     fn cstr(&mut self) -> Option<()> {
-        let nul = self.0.iter().position(|&b| b == 0)?;
+        let nul = memchr::memchr(0, self.0)?;
         self.0 = &self.0[nul + 1..];
         Some(())
     }

@@ -69,6 +69,12 @@ pub(super) fn followed_set(
         return None;
     }
     let (sql, _) = extended::split_cstr(rest)?;
+    // Every Parse of such a client comes here: its first word rejects all but SET/RESET
+    // before the lexer or the rest of the unit is looked at.
+    let first = first_word(sql);
+    if !(first.eq_ignore_ascii_case(b"set") || first.eq_ignore_ascii_case(b"reset")) {
+        return None;
+    }
     if session_command(sql).is_some() || !executes_once(after) {
         return None;
     }

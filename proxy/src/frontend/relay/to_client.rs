@@ -56,6 +56,7 @@ impl Relay<'_> {
             && self.gate.on_replica
             && !self.replied
             && !self.more_input
+            && scan.alerts
             && ends_session(batch)
         {
             return Some(Outcome::ServerGone(std::io::Error::other(

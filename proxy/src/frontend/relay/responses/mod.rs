@@ -218,6 +218,9 @@ impl Expectations {
     /// An empty queue with the client's causal state.
     pub(crate) fn with(causal: Causal) -> Expectations {
         Expectations {
+            // An extended-protocol statement is five entries (Parse, Bind, Describe, Execute,
+            // Sync): room for it at once, rather than an allocation and a regrowth per run.
+            q: VecDeque::with_capacity(8),
             causal,
             ..Expectations::default()
         }

@@ -27,6 +27,9 @@ pub(crate) struct ServerScan {
     pub ignored_syncs: u32,
     /// SQLSTATEs of the errors forwarded to the client (rare: allocates only then).
     pub errors: Vec<String>,
+    /// An ErrorResponse or NoticeResponse was among the messages (only then can the batch
+    /// announce the end of the session).
+    pub alerts: bool,
 }
 
 /// Passing bytes through a message whose body is still arriving.
@@ -107,6 +110,7 @@ pub(crate) fn route_server(
             break; // these few bodies are read: wait for the rest
         }
         let body = &buf[(pos + 5).min(buf.len())..end.min(buf.len())];
+        scan.alerts |= matches!(h.tag, b'E' | b'N');
         if h.tag == b'G' {
             scan.ignored_syncs += exp.copy_in_started();
         }
