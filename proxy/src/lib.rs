@@ -14,6 +14,7 @@ pub mod control;
 pub mod fault;
 pub mod frontend;
 pub mod http;
+pub mod keyed_hash;
 pub mod metrics;
 pub mod notify;
 pub mod panics;

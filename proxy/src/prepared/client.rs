@@ -10,6 +10,8 @@
 //! error (see [`PrepareError`]) and the client goes on.
 
 use std::collections::HashMap;
+
+use crate::keyed_hash::Keyed;
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
@@ -115,7 +117,7 @@ fn cost(name: &[u8], stmt: &Prepared) -> usize {
 /// A client's statements as they were before DEALLOCATE ALL or DISCARD ALL (put back if the
 /// server does not run it).
 #[derive(Debug)]
-pub struct Saved(HashMap<Box<[u8]>, Arc<Prepared>>);
+pub struct Saved(HashMap<Box<[u8]>, Arc<Prepared>, Keyed>);
 
 /// A client's statements by the client's names. Allocated on first use: a client that
 /// prepares nothing carries one pointer.
@@ -124,7 +126,8 @@ pub struct ClientStatements(Option<Box<Statements>>);
 
 #[derive(Debug, Default)]
 struct Statements {
-    map: HashMap<Box<[u8]>, Arc<Prepared>>,
+    /// Looked up at every Bind: a fast keyed hash (a client can only slow its own map).
+    map: HashMap<Box<[u8]>, Arc<Prepared>, Keyed>,
     /// Bytes of the named statements (see [`cost`]), also counted in the global charge.
     bytes: usize,
     /// The client's unnamed statement (Parse body after the name), for a Bind that runs on
@@ -308,7 +311,7 @@ impl ClientStatements {
                 StatementNames::global().release(s.bytes);
                 Saved(s.map)
             }
-            None => Saved(HashMap::new()),
+            None => Saved(HashMap::default()),
         }
     }
 

@@ -7,12 +7,15 @@
 //! pgtier Parse can never fail with 42P05.
 
 use std::collections::HashMap;
+
+use crate::keyed_hash::Keyed;
 use std::sync::Arc;
 
 /// Prepared statements on one server connection.
 #[derive(Debug)]
 pub struct ServerStatements {
-    used: HashMap<Arc<str>, u64>,
+    /// Touched at every Bind: a fast keyed hash (the names are pgtier's own).
+    used: HashMap<Arc<str>, u64, Keyed>,
     tick: u64,
     limit: usize,
 }
@@ -21,7 +24,7 @@ impl ServerStatements {
     /// An empty registry holding at most `limit` statements.
     pub fn new(limit: usize) -> ServerStatements {
         ServerStatements {
-            used: HashMap::new(),
+            used: HashMap::default(),
             tick: 0,
             limit: limit.max(1),
         }

@@ -132,10 +132,7 @@ impl Cache {
     pub fn new(capacity: usize) -> Cache {
         let shards = if capacity >= SHARDS * 4 { SHARDS } else { 1 };
         let per_shard = capacity / shards;
-        let seed = {
-            use std::hash::BuildHasher;
-            std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64)
-        };
+        let seed = crate::keyed_hash::random_seed();
         Cache {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard,
@@ -221,28 +218,7 @@ impl Cache {
     }
 }
 
-const K: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// A fast keyed hash (8 bytes per step, multiply-xorshift mixing).
-pub(super) fn hash(seed: u64, b: &[u8]) -> u64 {
-    let mut h = seed ^ (b.len() as u64).wrapping_mul(K);
-    let mut chunks = b.chunks_exact(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K);
-        h ^= h >> 31;
-    }
-    let rem = chunks.remainder();
-    if !rem.is_empty() {
-        let mut w = [0u8; 8];
-        w[..rem.len()].copy_from_slice(rem);
-        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K);
-    }
-    h ^= h >> 32;
-    h = h.wrapping_mul(0xD6E8_FEB8_6659_FD93);
-    h ^ (h >> 29)
-}
+pub(super) use crate::keyed_hash::hash;
 
 #[cfg(test)]
 mod tests {
