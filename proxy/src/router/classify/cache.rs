@@ -267,12 +267,4 @@ mod tests {
         zero.insert(k(b"a"), value(Class::Read), zero.generation());
         assert!(zero.get(k(b"a")).is_none());
     }
-
-    #[test]
-    fn hash_spreads() {
-        let a = hash(1, b"SELECT 1");
-        assert_ne!(a, hash(1, b"SELECT 2"));
-        assert_ne!(a, hash(2, b"SELECT 1"));
-        assert_ne!(hash(1, b""), hash(1, b"\0"));
-    }
 }
