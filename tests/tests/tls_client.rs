@@ -222,8 +222,21 @@ fn routing_prepared_statements_copy_and_cancel_work_unchanged_over_tls() {
         for i in 0..20 {
             client.execute(&stmt, &[&i, &format!("row {i}")]).await.unwrap();
         }
-        let (port, in_recovery) = read_node(&client).await.unwrap();
-        assert!(in_recovery, "a read over TLS went to port {port}, not a replica");
+        // A read waits at most causal_read_wait for a replica to replay the writes, then goes
+        // to the primary: on a loaded machine the first reads may; once the replicas caught
+        // up, reads reach them.
+        tokio::task::block_in_place(|| Cluster::shared().wait_replicas_caught_up()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (port, in_recovery) = read_node(&client).await.unwrap();
+            if in_recovery {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "reads over TLS still went to port {port}, not a replica, 10 s after the replicas caught up"
+            );
+        }
         let read = client.prepare("SELECT count(*) FROM tls_t WHERE id < $1").await.unwrap();
         for _ in 0..5 {
             let n: i64 = client.query_one(&read, &[&10i32]).await.unwrap().get(0);
