@@ -1,5 +1,6 @@
 //! A TCP fault proxy for tests: sits between pgtier and a node and injects network faults
-//! (latency, a silent peer, resets, refused connections), switchable while traffic runs.
+//! (latency, a bandwidth limit, a silent peer, a peer that closes its side, resets, refused
+//! connections), switchable while traffic runs.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,6 +25,12 @@ pub enum Mode {
     Reset,
     /// Close new connections at once; existing ones keep forwarding.
     Refuse,
+    /// Forward at most this many bytes per second in each direction of each connection.
+    Bandwidth(u32),
+    /// The node closes its side: every connection gets a FIN towards the client (pgtier sees
+    /// the end of the stream) while what the client sends still reaches the node; new
+    /// connections get the same right after they open.
+    HalfClose,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -133,6 +140,16 @@ impl FaultProxy {
         self.set(Mode::Refuse)
     }
 
+    /// [`Mode::Bandwidth`].
+    pub fn bandwidth(&self, bytes_per_second: u32) {
+        self.set(Mode::Bandwidth(bytes_per_second))
+    }
+
+    /// [`Mode::HalfClose`].
+    pub fn half_close(&self) {
+        self.set(Mode::HalfClose)
+    }
+
     /// Client connections the proxy holds open right now (forwarding, held or stalled).
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::SeqCst)
@@ -215,26 +232,52 @@ async fn forward(
     let (cr, cw) = client.split();
     let (sr, sw) = s.split();
     // The first error (a reset by either peer) ends both directions.
-    let _ = tokio::try_join!(pump(cr, sw, state.clone()), pump(sr, cw, state.clone()));
+    let _ = tokio::try_join!(
+        pump(cr, sw, state.clone(), false),
+        pump(sr, cw, state.clone(), true)
+    );
     false
 }
 
-/// One direction: read a chunk, apply the mode, write it on.
+/// One direction: read a chunk, apply the mode, write it on. `to_client`: the node-to-client
+/// direction, the one [`Mode::HalfClose`] ends.
 async fn pump(
     mut from: tokio::net::tcp::ReadHalf<'_>,
     mut to: tokio::net::tcp::WriteHalf<'_>,
     mut state: watch::Receiver<State>,
+    to_client: bool,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = from.read(&mut buf).await?;
+        if to_client && state.borrow_and_update().mode == Mode::HalfClose {
+            return to.shutdown().await;
+        }
+        let n = tokio::select! {
+            n = from.read(&mut buf) => n?,
+            // A switch to HalfClose acts on an idle connection too.
+            changed = state.changed(), if to_client => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
         if n == 0 {
             // Pass the half-close on, as the peer did.
             return to.shutdown().await;
         }
         let mode = state.borrow().mode;
-        if let Mode::Latency(d) = mode {
-            tokio::time::sleep(d).await;
+        if to_client && mode == Mode::HalfClose {
+            return to.shutdown().await;
+        }
+        match mode {
+            Mode::Latency(d) => tokio::time::sleep(d).await,
+            // Paced: a chunk of n bytes leaves n / rate seconds after it was read.
+            Mode::Bandwidth(rate) => {
+                let secs = n as f64 / f64::from(rate.max(1));
+                tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            }
+            _ => {}
         }
         // A blackholed connection keeps what it read and forwards nothing until the mode
         // changes. A Reset is handled by the connection's task: what was held is dropped,

@@ -287,6 +287,63 @@ async fn ping(s: &mut tokio::net::TcpStream, limit: Duration) -> std::io::Result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fault_proxy_limits_bandwidth_and_closes_the_nodes_side() -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+    let (echo, server) = echo_server().await?;
+    let fp = FaultProxy::start(&echo).await?;
+    let mut a = TcpStream::connect(fp.addr()).await?;
+    assert_eq!(ping(&mut a, Duration::from_secs(5)).await?, b"ping", "pass");
+
+    // 64 KiB through a 128 KiB/s limit: at least half a second each way (a lower bound only:
+    // a loaded machine may take longer), and the bytes unchanged.
+    fp.bandwidth(128 * 1024);
+    let data: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    let t = Instant::now();
+    {
+        let (mut r, mut w) = a.split();
+        let mut got = vec![0u8; data.len()];
+        let (wrote, read) = tokio::join!(
+            w.write_all(&data),
+            tokio::time::timeout(Duration::from_secs(30), r.read_exact(&mut got))
+        );
+        wrote?;
+        read??;
+        assert!(got == data, "bandwidth: the bytes changed");
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(450),
+        "64 KiB at 128 KiB/s took only {:?}",
+        t.elapsed()
+    );
+
+    // The node closes its side: the client reads the end of the stream without having
+    // written anything, and may still write (its half stays open).
+    fp.pass();
+    assert_eq!(ping(&mut a, Duration::from_secs(5)).await?, b"ping");
+    fp.half_close();
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), a.read(&mut byte)).await??;
+    assert_eq!(n, 0, "half-close of an open connection");
+    a.write_all(b"more").await?;
+    // A new connection is closed the same way as soon as it opens.
+    let mut b = TcpStream::connect(fp.addr()).await?;
+    let n = tokio::time::timeout(Duration::from_secs(5), b.read(&mut byte)).await??;
+    assert_eq!(n, 0, "half-close of a new connection");
+
+    fp.pass();
+    let mut c = TcpStream::connect(fp.addr()).await?;
+    assert_eq!(
+        ping(&mut c, Duration::from_secs(5)).await?,
+        b"ping",
+        "pass again"
+    );
+    drop(fp);
+    server.abort();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fault_proxy_applies_each_mode_and_closes_everything_when_dropped() -> Result<()> {
     use std::io::ErrorKind;
     use tokio::io::AsyncReadExt;
