@@ -1,6 +1,7 @@
-//! Shared by the fault tests of `fault_more.rs`: a read loop that records every outcome (a
-//! failed read is recorded with its SQLSTATE and the reader reconnects), and the admin console's
-//! SHOW REPLICAS view polled with a deadline.
+//! Shared by the fault tests (`fault_more.rs`, `fault_links.rs`, `fault_reload_failover.rs`):
+//! a read loop that records every outcome (a failed read is recorded with its SQLSTATE and the
+//! reader reconnects), the admin console's SHOW REPLICAS view polled with a deadline, and the
+//! config they share.
 
 #![allow(dead_code)]
 
@@ -223,4 +224,20 @@ pub async fn wait_state(
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A fault config on `cluster`: the admin console (`admin` / `admin-pw`), `user` with
+/// `password`, 50 ms lag checks and `connect_timeout` (which also caps the checks' limit).
+pub fn fault_config(
+    cluster: &pgtier_kit::Cluster,
+    user: &str,
+    password: &str,
+    connect_timeout: &str,
+) -> pgtier_kit::fixture::ConfigBuilder {
+    pgtier_kit::fixture::ConfigBuilder::new(cluster)
+        .global("admin_users = [\"admin\"]")
+        .global("lag_check_interval = \"50ms\"")
+        .global(&format!("server_connect_timeout = \"{connect_timeout}\""))
+        .user("admin", "password = \"admin-pw\"")
+        .user(user, &format!("password = \"{password}\""))
 }
