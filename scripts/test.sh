@@ -66,6 +66,15 @@ else
 fi
 echo "== build"
 cargo build --workspace --bins
+echo "== docker/ and docker/k8s/ validated offline (scripts/validate-docker.sh; no container engine here)"
+command -v openssl >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -qq openssl >/dev/null; } || true
+if { python3 -m pip install -q 'check-jsonschema==0.39.0' 'kubernetes-validate==1.37.0' \
+     || python3 -m pip install -q --break-system-packages 'check-jsonschema==0.39.0' 'kubernetes-validate==1.37.0'; } \
+   && command -v openssl >/dev/null; then
+  scripts/validate-docker.sh
+else
+  echo "NOTICE: check-jsonschema, kubernetes-validate or openssl unavailable: docker/ not validated"
+fi
 echo "== tests"
 cargo test --workspace --no-fail-fast -- --test-threads "${PGTIER_TEST_THREADS:-4}"
 echo "== a slice of the tests again, with clients over TLS (PGTIER_TEST_TLS=1)"
