@@ -31,6 +31,18 @@ fn col<'a>(r: &'a SimpleQueryRow, name: &str) -> &'a str {
 
 /// The primary backend serving the next transaction (simple protocol: no statement left to
 /// close afterwards).
+/// Waits (5 s at most) until SHOW POOLS counts `n` waiting clients of database app.
+async fn waiting_clients(adm: &tokio_postgres::Client, n: u32) {
+    let t0 = std::time::Instant::now();
+    while pgtier_kit::fixture::cl_waiting(adm).await != n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "SHOW POOLS: not {n} waiting clients within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn primary_pid(c: &tokio_postgres::Client) -> i32 {
     let rows = rows(c, "/* pgtier:primary */ SELECT pg_backend_pid()").await;
     rows[0].get(0).unwrap().parse().unwrap()
@@ -137,17 +149,12 @@ async fn admin_lists_and_commands() {
         let r = app.simple_query("SELECT 1").await.map(|_| ());
         (app, r)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Held, not lost: SHOW POOLS counts it as a waiting client (observed, not slept on).
+    waiting_clients(&adm, 1).await;
     if waiting.is_finished() {
         let (_, r) = waiting.await.unwrap();
         panic!("a query ran during PAUSE: {r:?}");
     }
-    let pools = rows(&adm, "SHOW POOLS").await;
-    let cl_waiting: u32 = pools
-        .iter()
-        .map(|r| col(r, "cl_waiting").parse::<u32>().unwrap())
-        .sum();
-    assert_eq!(cl_waiting, 1);
     rows(&adm, "RESUME app").await;
     let (app, r) = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
@@ -188,7 +195,7 @@ async fn admin_lists_and_commands() {
     );
     let late = connect(&px, "appuser", "app-pw").await.unwrap();
     let held = tokio::spawn(async move { late.simple_query("SELECT 1").await.map(|_| ()) });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    waiting_clients(&adm, 1).await;
     assert!(!held.is_finished(), "KILL must pause the database");
     rows(&adm, "RESUME app").await;
     tokio::time::timeout(Duration::from_secs(5), held)

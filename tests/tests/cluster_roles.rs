@@ -103,7 +103,7 @@ fn auto_roles_follow_a_failover() {
     assert_eq!(v.primary, Some(1));
     assert_eq!(v.nodes[0].role, Role::Primary);
     assert_eq!(v.nodes[0].timeline, Some(1));
-    std::thread::sleep(3 * INTERVAL);
+    f.after_checks(&topo, &[0, 1], 3);
     assert_eq!(topo.view().primary, Some(1));
 
     stop.store(true, Ordering::Relaxed);
@@ -146,7 +146,7 @@ fn admin_bans_hold_until_unban() {
     topo.admin_ban(replica);
     assert_eq!(topo.view().nodes[1].state, NodeState::Banned);
     // Several monitor checks later it is still out.
-    std::thread::sleep(5 * INTERVAL);
+    f.after_checks(&topo, &[0, 1], 5);
     let v = topo.view();
     assert_eq!(states(&v), [NodeState::Healthy, NodeState::Banned]);
     assert_eq!(
@@ -156,7 +156,7 @@ fn admin_bans_hold_until_unban() {
     assert_eq!(topo.pick_replica(Lsn::ZERO), Pick::None);
 
     topo.admin_ban(0);
-    std::thread::sleep(3 * INTERVAL);
+    f.after_checks(&topo, &[0], 3);
     assert_eq!(
         topo.view().primary,
         None,

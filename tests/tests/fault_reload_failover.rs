@@ -6,13 +6,11 @@
 
 mod fault_loops;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use fault_loops::{node_row, sqlstate, wait_state, ReadLoop};
-use pgtier_kit::fixture::{admin_console, connect, dsn, scram_role, ConfigBuilder};
+use fault_loops::{node_row, wait_state, ReadLoop, WriteLoop};
+use pgtier_kit::fixture::{admin_console, connect, scram_role, ConfigBuilder};
 use pgtier_kit::{Cluster, FaultProxy, Pgtier};
 
 const USER: &str = "fault_ops";
@@ -156,14 +154,6 @@ async fn fault_loops_config(adm: &tokio_postgres::Client, key: &str) -> Option<S
         .and_then(|r| r.get("value").map(str::to_owned))
 }
 
-/// One write of the write loop: its id, and the port that answered it or its SQLSTATE.
-#[derive(Debug, Clone)]
-struct Write {
-    id: i32,
-    outcome: Result<u16, String>,
-    at: Instant,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_with_a_blackholed_replica_moves_writes_and_writes_nothing_twice() -> Result<()>
 {
@@ -195,73 +185,12 @@ async fn a_failover_with_a_blackholed_replica_moves_writes_and_writes_nothing_tw
         .await?;
     let adm = admin_console(&px, ADMIN, ADMIN_PW).await;
 
-    // The write loop: one client, one INSERT at a time, each with a new id; after a failure it
-    // logs in again. A write waits at most primary_wait_timeout (20 s) for a primary.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tx, mut writes) = tokio::sync::mpsc::unbounded_channel::<Write>();
-    let writer = {
-        let (stop, dsn) = (stop.clone(), dsn(&px, USER, PW));
-        tokio::spawn(async move {
-            let mut c = pgtier_kit::tls::connect(&dsn).await?;
-            let mut id = 0;
-            while !stop.load(Ordering::Relaxed) {
-                id += 1;
-                let sql = format!("INSERT INTO {TABLE} VALUES ({id}) RETURNING inet_server_port()");
-                let outcome =
-                    match tokio::time::timeout(Duration::from_secs(30), c.simple_query(&sql)).await
-                    {
-                        Ok(Ok(msgs)) => Ok(msgs
-                            .iter()
-                            .find_map(|m| match m {
-                                tokio_postgres::SimpleQueryMessage::Row(r) => {
-                                    r.get(0)?.parse().ok()
-                                }
-                                _ => None,
-                            })
-                            .unwrap_or(0)),
-                        Ok(Err(e)) => Err(sqlstate(&anyhow::Error::from(e)).0),
-                        Err(_) => Err("timeout".to_owned()),
-                    };
-                let failed = outcome.is_err();
-                let _ = tx.send(Write {
-                    id,
-                    outcome,
-                    at: Instant::now(),
-                });
-                if failed {
-                    c = pgtier_kit::tls::connect(&dsn).await?;
-                }
-            }
-            Ok::<_, anyhow::Error>(())
-        })
-    };
-    // Follows the write loop until `want` holds for a write answered after `after`.
-    async fn until_write(
-        writes: &mut tokio::sync::mpsc::UnboundedReceiver<Write>,
-        seen: &mut Vec<Write>,
-        after: Instant,
-        what: &str,
-        want: impl Fn(&Write) -> bool,
-    ) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            let w = tokio::time::timeout_at(deadline.into(), writes.recv())
-                .await
-                .map_err(|_| anyhow::anyhow!("{what}: not within 40 s ({:?})", seen.last()))?
-                .ok_or_else(|| anyhow::anyhow!("the write loop ended"))?;
-            let hit = w.at > after && want(&w);
-            seen.push(w);
-            if hit {
-                return Ok(());
-            }
-        }
-    }
-    let mut seen = Vec::new();
+    // The write loop: a write waits at most primary_wait_timeout (20 s) for a primary.
+    let mut writes = WriteLoop::start(&px, USER, PW, TABLE).await?;
     let t0 = Instant::now();
-    until_write(&mut writes, &mut seen, t0, "a write on the primary", |w| {
-        w.outcome == Ok(old_port)
-    })
-    .await?;
+    writes
+        .until(t0, "a write on the primary", |w| w.outcome == Ok(old_port))
+        .await?;
     let mut reads = ReadLoop::start(&px, USER, PW, 4, FAILOVER_READ_BOUND).await?;
     // The loop's reads may go to the primary until the replicas have replayed... they carry no
     // causal token (the readers never write), so any healthy replica serves them.
@@ -281,27 +210,14 @@ async fn a_failover_with_a_blackholed_replica_moves_writes_and_writes_nothing_tw
     let promoting = Instant::now();
     tokio::task::block_in_place(|| cluster.replica(0).promote())?;
     let promoted = promoting.elapsed();
-    until_write(
-        &mut writes,
-        &mut seen,
-        promoting,
-        "a write on the promoted node",
-        |w| w.outcome == Ok(new_port),
-    )
-    .await?;
+    writes
+        .until(promoting, "a write on the promoted node", |w| {
+            w.outcome == Ok(new_port)
+        })
+        .await?;
     let moved = promoting.elapsed();
     // Twenty more writes on the new primary, and reads meanwhile.
-    let on_new = Instant::now();
-    for _ in 0..20 {
-        until_write(
-            &mut writes,
-            &mut seen,
-            on_new,
-            "writes on the new primary",
-            |_| true,
-        )
-        .await?;
-    }
+    writes.next_n(20, "writes on the new primary").await?;
     let settle = Instant::now();
     let mut after = 0;
     while after < 100 {
@@ -311,11 +227,7 @@ async fn a_failover_with_a_blackholed_replica_moves_writes_and_writes_nothing_tw
             after += 1;
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    writer.await??;
-    while let Ok(w) = writes.try_recv() {
-        seen.push(w);
-    }
+    let seen = writes.finish().await?;
     let reads = reads.finish().await?;
 
     let failed: Vec<(i32, &str)> = seen

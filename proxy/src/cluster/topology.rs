@@ -115,6 +115,9 @@ pub struct Topology {
     pub(super) wake: Box<[Arc<Notify>]>,
     /// Per node: the monitor must open a new connection before its next check.
     reconnect: Box<[AtomicBool]>,
+    /// Per node: monitor attempts recorded (checked, refused or failed), counted after the
+    /// view they changed is published: "N checks later" without a clock.
+    attempts: Box<[AtomicU64]>,
     /// Per node: how many times a check found it failed after it answered (a relay waiting on
     /// it gives up when this moves: a silent node's replies are not waited for past the check
     /// that found it silent).
@@ -233,6 +236,7 @@ impl Topology {
             monitored: true,
             wake: (0..n).map(|_| Arc::new(Notify::new())).collect(),
             reconnect: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            attempts: (0..n).map(|_| AtomicU64::new(0)).collect(),
             failures: (0..n).map(|_| AtomicU64::new(0)).collect(),
             waker: std::sync::OnceLock::new(),
             settings,
@@ -525,6 +529,12 @@ impl Topology {
             Outcome::Failed(e) => self.fail(&mut st, node, Health::Banned, e),
         }
         self.refresh(&mut st);
+        self.attempts[node].fetch_add(1, Ordering::Release);
+    }
+
+    /// How many monitor attempts on `node` have been recorded (each one's view published).
+    pub fn attempts(&self, node: usize) -> u64 {
+        self.attempts[node].load(Ordering::Acquire)
     }
 
     /// How many times a check found `node` failed after it had answered (see `failures`).

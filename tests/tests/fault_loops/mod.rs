@@ -1,7 +1,7 @@
-//! Shared by the fault tests (`fault_more.rs`, `fault_links.rs`, `fault_reload_failover.rs`):
-//! a read loop that records every outcome (a failed read is recorded with its SQLSTATE and the
-//! reader reconnects), the admin console's SHOW REPLICAS view polled with a deadline, and the
-//! config they share.
+//! Shared by the fault tests (`fault_more.rs`, `fault_links.rs`, `fault_reload_failover.rs`,
+//! `fault_partition.rs`): a read loop and a write loop (`writes`) that record every outcome (a
+//! failure with its SQLSTATE, after which the client logs in again), the admin console's SHOW
+//! REPLICAS view polled with a deadline, and the config they share.
 
 #![allow(dead_code)]
 
@@ -14,6 +14,10 @@ use pgtier_kit::fixture::{dsn, read_node, simple_rows};
 use pgtier_kit::proxy::Pgtier;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+
+mod writes;
+#[allow(unused_imports)]
+pub use writes::{Write, WriteLoop};
 
 /// One answered read.
 #[derive(Debug, Clone, Copy)]

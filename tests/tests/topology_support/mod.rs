@@ -102,6 +102,24 @@ impl Fixture {
         }
     }
 
+    /// Returns once the monitors have recorded `n` more attempts on every node of `nodes`
+    /// (from now): "several checks later", counted rather than slept. Panics after 10 s.
+    pub fn after_checks(&self, t: &Topology, nodes: &[usize], n: u64) {
+        let from: Vec<u64> = nodes.iter().map(|&i| t.attempts(i)).collect();
+        let t0 = Instant::now();
+        while nodes
+            .iter()
+            .zip(&from)
+            .any(|(&i, &f)| t.attempts(i) < f + n)
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{n} more checks of nodes {nodes:?} not within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Writes ~`kb` KiB of WAL on the primary (committed); returns its WAL insert position
     /// afterwards.
     pub fn write(&self, kb: usize) -> Lsn {
