@@ -28,6 +28,21 @@ struct Excursion {
     reads: ReadLoop,
 }
 
+impl Excursion {
+    /// Prints what the excursion cost and asserts that no read failed and none took `bound`.
+    fn report(&self, what: &str, bound: Duration) -> Result<()> {
+        let l = &self.reads;
+        println!(
+            "{what}: banned after {:?} ({}), rejoined {:?} after the link was good again; \
+             loop: {} reads, longest {:?}",
+            self.banned, self.error, self.rejoined, l.answered, l.longest
+        );
+        anyhow::ensure!(l.failed.is_empty(), "failed reads: {:?}", l.failed);
+        anyhow::ensure!(l.longest < bound, "a read took {:?}", l.longest);
+        Ok(())
+    }
+}
+
 /// Replica 0 behind a fault proxy, replica 1 direct, `READERS` clients reading; `fault` is
 /// applied once both replicas serve reads. Asserts that the node is banned, that no read started
 /// after the ban reaches it (200 reads and at least 1 s), and that it rejoins and serves reads
@@ -61,15 +76,9 @@ async fn leaves_and_rejoins(
     fault(&proxy);
     let banned = wait_state(&adm, &proxy.addr(), &["banned", "down"], PHASE).await?;
     let (_, _, _, error) = node_row(&adm, &proxy.addr()).await?;
-    let out = Instant::now();
-    let mut after = 0;
-    while after < 200 || out.elapsed() < Duration::from_secs(1) {
-        let r = reads.next().await?;
-        if r.started > out {
-            assert_ne!(r.port, port, "a read reached the banned replica ({what})");
-            after += 1;
-        }
-    }
+    reads
+        .stay_off(port, &format!("the banned replica ({what})"))
+        .await?;
 
     proxy.pass();
     let back = Instant::now();
@@ -91,18 +100,7 @@ async fn a_replica_that_closes_its_side_costs_reads_nothing_and_rejoins() -> Res
     // elsewhere, once. New connections end at login: the node is banned.
     let bound = Duration::from_secs(3);
     let e = leaves_and_rejoins("half-closed", "500ms", bound, FaultProxy::half_close).await?;
-    println!(
-        "half-closed replica banned after {:?} ({}), rejoined {:?} after it passed again; \
-         loop: {} reads, longest {:?}",
-        e.banned, e.error, e.rejoined, e.reads.answered, e.reads.longest
-    );
-    assert!(
-        e.reads.failed.is_empty(),
-        "failed reads: {:?}",
-        e.reads.failed
-    );
-    assert!(e.reads.longest < bound, "a read took {:?}", e.reads.longest);
-    Ok(())
+    e.report("half-closed replica", bound)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,18 +114,7 @@ async fn a_replica_slower_than_the_check_limit_leaves_the_rotation_and_rejoins()
         p.latency(Duration::from_millis(700))
     })
     .await?;
-    println!(
-        "replica 700 ms slower per chunk: banned after {:?} ({}); rejoined {:?} after the \
-         latency went; loop: {} reads, longest {:?}",
-        e.banned, e.error, e.rejoined, e.reads.answered, e.reads.longest
-    );
-    assert!(
-        e.reads.failed.is_empty(),
-        "failed reads: {:?}",
-        e.reads.failed
-    );
-    assert!(e.reads.longest < bound, "a read took {:?}", e.reads.longest);
-    Ok(())
+    e.report("replica 700 ms slower per chunk", bound)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

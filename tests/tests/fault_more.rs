@@ -8,7 +8,7 @@ mod fault_loops;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use fault_loops::{fault_config, node_row, sqlstate, wait_state, ReadLoop};
+use fault_loops::{fault_config, ids_on, node_row, sqlstate, wait_state, ReadLoop};
 use pgtier_kit::fixture::{admin_console, connect, read_node, scram_role, ConfigBuilder};
 use pgtier_kit::{Cluster, FaultProxy};
 
@@ -36,19 +36,6 @@ async fn create_table(px: &pgtier_kit::Pgtier, table: &str) -> Result<()> {
         ))
         .await?;
     Ok(())
-}
-
-/// The ids in `table` on the primary, in order.
-fn ids(cluster: &Cluster, table: &str) -> Result<Vec<i32>> {
-    let out = cluster.primary().psql_db(
-        "app",
-        &format!("SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM {table}"),
-    )?;
-    out.trim()
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| Ok(s.parse()?))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,7 +217,11 @@ async fn a_slow_primary_completes_each_write_once_within_its_latency() -> Result
         .collect();
     want.sort_unstable();
     primary.pass();
-    assert_eq!(ids(cluster, TABLE)?, want, "writes lost or duplicated");
+    assert_eq!(
+        ids_on(cluster.primary(), TABLE)?,
+        want,
+        "writes lost or duplicated"
+    );
     Ok(())
 }
 
@@ -307,15 +298,7 @@ async fn a_replica_refusing_connections_costs_reads_nothing_and_rejoins() -> Res
     let (_, state, _, error) = node_row(&adm, &refusing.addr()).await?;
     println!("refused connect -> {state} after {banned_after:?}: {error}");
     // From then on reads stay away from it, with no error.
-    let out = Instant::now();
-    let mut after = 0;
-    while after < 200 || out.elapsed() < Duration::from_secs(1) {
-        let r = reads.next().await?;
-        if r.started > out {
-            assert_ne!(r.port, port, "a read reached the banned replica");
-            after += 1;
-        }
-    }
+    reads.stay_off(port, "the banned replica").await?;
     anyhow::ensure!(
         node_row(&adm, &refusing.addr()).await?.1 != "healthy",
         "the refusing replica came back into the rotation\n{}",
@@ -419,7 +402,7 @@ async fn a_primary_refusing_connections_fails_new_writes_with_08001_at_once() ->
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        ids(cluster, TABLE)?,
+        ids_on(cluster.primary(), TABLE)?,
         [1, 3],
         "the refused write was retried"
     );

@@ -9,7 +9,7 @@ mod fault_loops;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use fault_loops::{node_row, wait_state, WriteLoop};
+use fault_loops::{ids_on, node_row, wait_state, WriteLoop};
 use pgtier_kit::fixture::{admin_console, connect, scram_role};
 use pgtier_kit::{Cluster, FaultProxy, Pgtier};
 
@@ -17,19 +17,6 @@ const USER: &str = "fault_partition";
 const PW: &str = "fault-partition-pw";
 /// How long a phase may take to show (a ban, a promotion seen, the old primary fenced).
 const PHASE: Duration = Duration::from_secs(15);
-
-/// The ids in `table` on `node`, in order.
-fn ids_on(node: &pgtier_kit::Node, table: &str) -> Result<Vec<i32>> {
-    let out = node.psql_db(
-        "app",
-        &format!("SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM {table}"),
-    )?;
-    out.trim()
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| Ok(s.parse()?))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_primary_is_replaced_and_fenced_when_it_answers_again() -> Result<()> {

@@ -9,7 +9,7 @@ mod fault_loops;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use fault_loops::{node_row, wait_state, ReadLoop, WriteLoop};
+use fault_loops::{ids_on, node_row, wait_state, ReadLoop, WriteLoop};
 use pgtier_kit::fixture::{admin_console, connect, scram_role, ConfigBuilder};
 use pgtier_kit::{Cluster, FaultProxy, Pgtier};
 
@@ -300,16 +300,7 @@ async fn a_failover_with_a_blackholed_replica_moves_writes_and_writes_nothing_tw
     // Nothing was written twice; every write the new primary answered is there; writes the old
     // primary answered may be lost only if it had not sent them to the replica before it
     // stopped (asynchronous replication, not pgtier's doing).
-    let rows = cluster.replica(0).psql_db(
-        "app",
-        &format!("SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM {TABLE}"),
-    )?;
-    let rows: Vec<i32> = rows
-        .trim()
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse())
-        .collect::<Result<_, _>>()?;
+    let rows = ids_on(cluster.replica(0), TABLE)?;
     let mut dedup = rows.clone();
     dedup.dedup();
     assert_eq!(dedup, rows, "a write was applied twice");

@@ -169,6 +169,21 @@ impl ReadLoop {
         }
     }
 
+    /// Follows the loop for at least 200 reads and 1 s from now and fails if one that started
+    /// from now was answered by `port` (a node that must be out of the rotation).
+    pub async fn stay_off(&mut self, port: u16, what: &str) -> Result<()> {
+        let out = Instant::now();
+        let mut after = 0;
+        while after < 200 || out.elapsed() < Duration::from_secs(1) {
+            let r = self.next().await?;
+            if r.started > out {
+                anyhow::ensure!(r.port != port, "a read reached {what} (port {port})");
+                after += 1;
+            }
+        }
+        Ok(())
+    }
+
     /// Stops the readers and drains what they answered; fails if a reader failed to log in
     /// again.
     pub async fn finish(mut self) -> Result<ReadLoop> {
@@ -244,4 +259,17 @@ pub fn fault_config(
         .global(&format!("server_connect_timeout = \"{connect_timeout}\""))
         .user("admin", "password = \"admin-pw\"")
         .user(user, &format!("password = \"{password}\""))
+}
+
+/// The ids in `table` (one int column) of database app on `node`, in order.
+pub fn ids_on(node: &pgtier_kit::Node, table: &str) -> Result<Vec<i32>> {
+    let out = node.psql_db(
+        "app",
+        &format!("SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM {table}"),
+    )?;
+    out.trim()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| Ok(s.parse()?))
+        .collect()
 }
