@@ -321,12 +321,21 @@ async fn a_failover_with_a_blackholed_replica_moves_writes_and_writes_nothing_tw
             Err(_) => {}
         }
     }
-    // A read failed only when the user's causal token could not be reached by the replica.
-    assert!(
-        reads.failed.is_empty() || lost_old > 0,
-        "reads failed with no write lost: {:?}",
-        reads.failed
-    );
+    // A read fails only while its user's causal token is out of the replica's reach: the
+    // writes the old primary acknowledged last were not (or not yet) replayed by replica 0,
+    // so the read goes to the primary as it stops. That is around the stop, never once the
+    // promoted node took writes (a CI run saw a read started as the stop began get 57P03 at
+    // its login on the primary, with no write lost: replica 0 replayed it a moment later).
+    let window = (stopped - Duration::from_secs(1), promoting + moved);
+    for f in &reads.failed {
+        assert!(
+            f.started >= window.0 && f.started <= window.1,
+            "a read failed away from the failover: {:?} after the stop began ({} {})",
+            f.started.saturating_duration_since(stopped),
+            f.code,
+            f.message
+        );
+    }
     let failed_applied = failed.iter().filter(|(id, _)| rows.contains(id)).count();
     println!(
         "rows: {}; acknowledged by the old primary and lost with it: {lost_old}; failed writes \
