@@ -71,6 +71,7 @@ impl Node {
     /// Starts the server (`pg_ctl -w start`, as the postgres user when root) and waits until
     /// it accepts connections.
     pub fn start(&self) -> Result<()> {
+        self.remove_stale_pid_file();
         let out = server_command("pg_ctl")?
             .arg("-D")
             .arg(&self.data_dir)
@@ -99,6 +100,20 @@ impl Node {
             );
         }
         Ok(())
+    }
+
+    /// Removes `postmaster.pid` if the postmaster it names is dead or a zombie. A postmaster
+    /// killed with SIGKILL leaves the file; Postgres takes it as stale only when its pid is
+    /// gone, and an orphaned postmaster stays a zombie until the machine's init reaps it (a CI
+    /// container's did not: the restart then failed with "lock file already exists").
+    fn remove_stale_pid_file(&self) {
+        let path = self.data_dir.join("postmaster.pid");
+        let pid = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok());
+        if pid.is_some_and(|p| !pids::alive(p)) {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 
     /// The postmaster's pid (line 1 of `postmaster.pid`), if it is running.

@@ -177,7 +177,18 @@ async fn writes_follow_a_promoted_replica_with_auto_roles() -> Result<()> {
     cluster.wait_replicas_caught_up()?;
 
     cluster.primary().stop_immediate()?;
-    // A write issued while there is no primary waits for one (up to primary_wait_timeout).
+    // Once pgtier has seen the primary gone (its monitor logs the state change; before that a
+    // write still goes to the stopped node and gets 08001, as a CI run saw), a write waits for
+    // a primary (up to primary_wait_timeout).
+    let gone = format!("node={} role=Unknown state=", cluster.primary().addr());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !px.log().lines().any(|l| l.contains(&gone)) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the stopped primary was never seen gone"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let waiting = connect(&px, USER, PW).await?;
     let pending = tokio::spawn(async move {
         waiting
