@@ -72,6 +72,24 @@ impl Node {
     /// it accepts connections.
     pub fn start(&self) -> Result<()> {
         self.remove_stale_pid_file();
+        // While a node is down its port is free for anything on the machine: an outgoing
+        // connection's ephemeral port took a killed replica's once (its restart then failed
+        // with "Address already in use"). Wait for it, and start again if it was taken between.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            pids::wait_port_free(self.port, Duration::from_secs(10));
+            match self.pg_ctl_start() {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {
+                    continue
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// One `pg_ctl -w start`.
+    fn pg_ctl_start(&self) -> Result<()> {
         let out = server_command("pg_ctl")?
             .arg("-D")
             .arg(&self.data_dir)
