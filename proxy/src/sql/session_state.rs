@@ -167,97 +167,81 @@ pub fn function_call_pins(oid: u32) -> Option<&'static str> {
 /// that lets most statements skip the lexer. It may say yes wrongly (`random` has `do`), never
 /// no wrongly: every pinning word contains one of these.
 pub fn may_pin(sql: &[u8]) -> bool {
-    // One table load per byte: only the first letters of the pieces below (either case) go on
-    // to a comparison, of 8 bytes at once where 8 are left (each byte `| 0x20`, as ASCII
-    // letters fold; a few punctuation bytes then fold together too, which can only say yes
-    // more often). A closure with two slice comparisons per byte cost ~18 instructions a byte
-    // on every simple query of a session without replicas.
-    let mut i = 0;
-    while i < sql.len() {
-        let b = sql[i];
-        if PIN_FIRST[usize::from(b)] {
-            let hit = match sql.get(i..i + 8) {
-                Some(w) => {
-                    let w = u64::from_le_bytes(w.try_into().unwrap_or_default()) | FOLD;
-                    let is = |piece: &(u64, u64)| w & piece.1 == piece.0;
-                    match b | 0x20 {
-                        // pg_advisory_lock, pg_try_advisory_lock, pg_temp; PREPARE
-                        b'p' => is(&PIECES[0]) || is(&PIECES[1]),
-                        // SET, RESET, set_config
-                        b's' => is(&PIECES[2]),
-                        // dblink_connect; DO
-                        b'd' => is(&PIECES[3]) || is(&PIECES[4]),
-                        // TEMP, TEMPORARY
-                        b't' => is(&PIECES[5]),
-                        // LISTEN, LOAD
-                        b'l' => is(&PIECES[6]) || is(&PIECES[7]),
-                        // DECLARE ... WITH HOLD
-                        _ => is(&PIECES[8]),
-                    }
-                }
-                None => may_pin_at(&sql[i..]),
-            };
-            if hit {
-                return true;
-            }
+    // One table load per byte: only the first letters of the pieces (either case) go on to a
+    // comparison of 8 bytes at once (each byte `| 0x20`, as ASCII letters fold; a few
+    // punctuation bytes then fold together too, which can only say yes more often). A closure
+    // with two slice comparisons per byte cost ~18 instructions a byte on every simple query
+    // of a session without replicas.
+    for (i, &b) in sql.iter().enumerate() {
+        if !PIN_FIRST[usize::from(b)] {
+            continue;
         }
-        i += 1;
+        let window = match sql.get(i..i + 8) {
+            Some(w) => w.try_into().unwrap_or_default(),
+            // Near the end: padded with zeros, which fold to spaces, never a piece's letter.
+            None => {
+                let mut padded = [0u8; 8];
+                padded[..sql.len() - i].copy_from_slice(&sql[i..]);
+                padded
+            }
+        };
+        let w = u64::from_le_bytes(window) | FOLD;
+        let is = |k: usize| w & PIECES[k].1 == PIECES[k].0;
+        let hit = match b | 0x20 {
+            // pg_advisory_lock, pg_try_advisory_lock, pg_temp; PREPARE
+            b'p' => is(0) || is(1),
+            // SET, RESET, set_config
+            b's' => is(2),
+            // dblink_connect; DO
+            b'd' => is(3) || is(4),
+            // TEMP, TEMPORARY
+            b't' => is(5),
+            // LISTEN, LOAD
+            b'l' => is(6) || is(7),
+            // DECLARE ... WITH HOLD
+            _ => is(8),
+        };
+        if hit {
+            return true;
+        }
     }
     false
 }
 
+/// The pieces of a word that can pin, in the order [`may_pin`]'s match names them.
+const PIECE_TEXTS: [&[u8]; 9] = [
+    b"pg_", b"prepare", b"set", b"dblink", b"do", b"temp", b"listen", b"load", b"hold",
+];
+
 /// Each byte of a word `| 0x20`.
 const FOLD: u64 = 0x2020_2020_2020_2020;
 
-/// [`may_pin`]'s pieces as (folded little-endian bytes, mask of their length).
+/// [`PIECE_TEXTS`] as (folded little-endian bytes, mask of their length).
 const PIECES: [(u64, u64); 9] = {
-    const fn piece(s: &[u8]) -> (u64, u64) {
-        let (mut v, mut m, mut k) = (0u64, 0u64, 0);
+    let mut out = [(0u64, 0u64); 9];
+    let mut p = 0;
+    while p < PIECE_TEXTS.len() {
+        let s = PIECE_TEXTS[p];
+        let mut k = 0;
         while k < s.len() {
-            v |= ((s[k] | 0x20) as u64) << (8 * k);
-            m |= 0xff << (8 * k);
+            out[p].0 |= ((s[k] | 0x20) as u64) << (8 * k);
+            out[p].1 |= 0xff << (8 * k);
             k += 1;
         }
-        (v, m)
+        p += 1;
     }
-    [
-        piece(b"pg_"),
-        piece(b"prepare"),
-        piece(b"set"),
-        piece(b"dblink"),
-        piece(b"do"),
-        piece(b"temp"),
-        piece(b"listen"),
-        piece(b"load"),
-        piece(b"hold"),
-    ]
+    out
 };
 
-/// Whether a piece starts `tail` (fewer than 8 bytes left), compared byte by byte.
-fn may_pin_at(tail: &[u8]) -> bool {
-    let at = |needle: &[u8]| {
-        tail.get(..needle.len())
-            .is_some_and(|w| w.eq_ignore_ascii_case(needle))
-    };
-    match tail[0] | 0x20 {
-        b'p' => at(b"pg_") || at(b"prepare"),
-        b's' => at(b"set"),
-        b'd' => at(b"dblink") || at(b"do"),
-        b't' => at(b"temp"),
-        b'l' => at(b"listen") || at(b"load"),
-        _ => at(b"hold"),
-    }
-}
-
-/// The first letters of [`may_pin`]'s pieces, in both cases.
+/// The first letters of [`PIECE_TEXTS`], in both cases.
 static PIN_FIRST: [bool; 256] = {
     let mut t = [false; 256];
-    let letters = b"psdtlh";
-    let mut k = 0;
-    while k < letters.len() {
-        t[letters[k] as usize] = true;
-        t[(letters[k] - 0x20) as usize] = true;
-        k += 1;
+    let mut p = 0;
+    while p < PIECE_TEXTS.len() {
+        let first = PIECE_TEXTS[p][0];
+        t[first as usize] = true;
+        t[(first - 0x20) as usize] = true;
+        p += 1;
     }
     t
 };
