@@ -1,7 +1,8 @@
 //! Topology: the primary and replicas of each database, their health and replication lag,
 //! watched by monitors and published for the routing hot path.
 //!
-//! - `topology`: node states and roles, what monitors report, the public API.
+//! - `topology`: node states and roles, the public API.
+//! - `reports`: what monitors and pools report about a node (checks, failed connections).
 //! - `bans`: administrator bans (BAN / UNBAN).
 //! - `view`: the published [`View`]: node states, primary choice, publication.
 //! - `monitor`: one task per node checking it on its own tokio-postgres connection.
@@ -16,6 +17,7 @@ pub mod lag;
 pub mod lsn;
 mod monitor;
 pub mod probe;
+mod reports;
 pub mod topology;
 mod view;
 

@@ -59,12 +59,12 @@ use std::time::{Duration, Instant};
 use crate::shutdown::Poker;
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::{watch, Notify};
-use tracing::{info, warn};
+use tracing::warn;
 
 pub use crate::config::{ClusterSettings, ConfiguredRole, MonitorLogin, NodeConfig};
 use crate::tls::ServerTls;
 
-use super::lag::{Lag, LagLimits, LagState, PrimarySample, ReplicaSample, Verdict};
+use super::lag::{Lag, LagLimits, LagState, PrimarySample};
 pub use super::view::{NodeState, NodeStatus, Role, View, ADMIN_BAN_ERROR};
 use super::{balancer, monitor, Lsn};
 
@@ -98,7 +98,7 @@ pub struct Topology {
     pub(super) tls: ServerTls,
     pub(super) view: ArcSwap<View>,
     /// Highest replay LSN known per node (monitor or on-demand checks).
-    known_replay: Box<[AtomicU64]>,
+    pub(super) known_replay: Box<[AtomicU64]>,
     /// Reads in flight per node (for least-outstanding choice).
     outstanding: Box<[AtomicU32]>,
     /// Rotates tie-breaks between equally loaded replicas.
@@ -114,17 +114,17 @@ pub struct Topology {
     /// Per node: wakes its monitor (report_failure, drop).
     pub(super) wake: Box<[Arc<Notify>]>,
     /// Per node: the monitor must open a new connection before its next check.
-    reconnect: Box<[AtomicBool]>,
+    pub(super) reconnect: Box<[AtomicBool]>,
     /// Per node: monitor attempts recorded (checked, refused or failed), counted after the
     /// view they changed is published: "N checks later" without a clock.
-    attempts: Box<[AtomicU64]>,
+    pub(super) attempts: Box<[AtomicU64]>,
     /// Per node: how many times a check found it failed after it answered (a relay waiting on
     /// it gives up when this moves: a silent node's replies are not waited for past the check
     /// that found it silent).
-    failures: Box<[AtomicU64]>,
+    pub(super) failures: Box<[AtomicU64]>,
     /// Wakes every session (an admin wake-up) when a node fails, so that those waiting on it
     /// look at `failures`; set by the runtime. Nothing is registered per transaction.
-    waker: std::sync::OnceLock<Poker>,
+    pub(super) waker: std::sync::OnceLock<Poker>,
 }
 
 /// One node's measurement at a successful check.
@@ -369,31 +369,6 @@ impl Topology {
         self.known_replay[node].fetch_max(lsn.0, Ordering::Relaxed);
     }
 
-    /// A connection to `node` failed or was refused: take it out of rotation now (Banned,
-    /// unless already Down) and have its monitor reconnect and re-check within one interval;
-    /// the next successful check re-admits it.
-    pub fn report_failure(&self, node: usize) {
-        if node >= self.node_count() {
-            return;
-        }
-        {
-            let mut st = self.lock();
-            let rt = &mut st.nodes[node];
-            if rt.health != Health::Down {
-                if rt.health != Health::Banned {
-                    warn!(node = %self.settings.nodes[node].addr, "connection failure reported: node banned until its next successful check");
-                }
-                rt.health = Health::Banned;
-                rt.last_error = Some("a connection of the proxy failed".into());
-                rt.lag.reset();
-                rt.last_lag = None;
-            }
-            self.refresh(&mut st);
-        }
-        self.reconnect[node].store(true, Ordering::Relaxed);
-        self.wake[node].notify_one();
-    }
-
     /// Waits up to `timeout` for a primary to be known; returns its index.
     pub async fn wait_for_primary(&self, timeout: Duration) -> Option<usize> {
         // Every write asks: known now, it costs one load (no clock read, no subscription).
@@ -468,104 +443,6 @@ impl Topology {
 
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Takes the outcome of one monitor attempt on `node`.
-    pub(crate) fn record(&self, node: usize, outcome: Outcome) {
-        let addr = &self.settings.nodes[node].addr;
-        let mut st = self.lock();
-        match outcome {
-            Outcome::Checked { check, sent_at } => {
-                let rt = &mut st.nodes[node];
-                if rt.health != Health::Up && rt.health != Health::Unchecked {
-                    info!(node = %addr, "node answers again");
-                }
-                rt.health = Health::Up;
-                rt.last_error = None;
-                rt.seen = Some((check, sent_at));
-                // A store, not a max: a replica rebuilt from an older backup moves backwards.
-                self.known_replay[node].store(check.lsn.0, Ordering::Relaxed);
-                // The primary may change with this check; then lag is measured against it.
-                st.primary = self.choose_primary(&mut st);
-                if st.primary == Some(node) {
-                    st.primary_sample = Some(PrimarySample {
-                        lsn: check.lsn,
-                        at: sent_at,
-                    });
-                }
-                if check.in_recovery {
-                    let sample = ReplicaSample {
-                        replay: check.lsn,
-                        receive: check.receive,
-                        since_last_replayed_xact: check.since_last_replayed_xact,
-                    };
-                    let primary = st.primary_sample;
-                    let limits = self.settings.lag_limits();
-                    let rt = &mut st.nodes[node];
-                    let before = rt.lag.verdict();
-                    let judged = rt
-                        .lag
-                        .observe(&sample, primary.as_ref(), &limits, Instant::now());
-                    rt.last_lag = judged.map(|(lag, _)| lag);
-                    if let Some((lag, v)) = judged {
-                        if before.is_some() && before != Some(v) {
-                            match v {
-                                Verdict::Lagging => {
-                                    warn!(node = %addr, bytes = lag.bytes, time = ?lag.time, "replica lagging: out of rotation")
-                                }
-                                Verdict::Healthy => {
-                                    info!(node = %addr, bytes = lag.bytes, time = ?lag.time, "replica caught up: back in rotation")
-                                }
-                            }
-                        }
-                    }
-                } else {
-                    let rt = &mut st.nodes[node];
-                    rt.lag.reset();
-                    rt.last_lag = None;
-                }
-            }
-            Outcome::Refused(e) => self.fail(&mut st, node, Health::Down, e),
-            Outcome::Failed(e) => self.fail(&mut st, node, Health::Banned, e),
-        }
-        self.refresh(&mut st);
-        self.attempts[node].fetch_add(1, Ordering::Release);
-    }
-
-    /// How many monitor attempts on `node` have been recorded (each one's view published).
-    pub fn attempts(&self, node: usize) -> u64 {
-        self.attempts[node].load(Ordering::Acquire)
-    }
-
-    /// How many times a check found `node` failed after it had answered (see `failures`).
-    pub fn failures(&self, node: usize) -> &AtomicU64 {
-        &self.failures[node]
-    }
-
-    /// Wakes every session through `waker` when a node fails (the first call sets it).
-    pub fn wake_on_failure(&self, waker: Poker) {
-        let _ = self.waker.set(waker);
-    }
-
-    fn fail(&self, st: &mut State, node: usize, health: Health, error: String) {
-        // The first failed check since the node last answered (also when a failed connection
-        // of a pool banned it just before): repeated failures wake nobody.
-        let rt = &st.nodes[node];
-        if rt.seen.is_some() || rt.health == Health::Up {
-            self.failures[node].fetch_add(1, Ordering::AcqRel);
-            if let Some(w) = self.waker.get() {
-                w.poke();
-            }
-        }
-        let rt = &mut st.nodes[node];
-        if rt.health != health || rt.last_error.as_deref() != Some(error.as_str()) {
-            warn!(node = %self.settings.nodes[node].addr, state = ?health, error = %error, "node check failed");
-        }
-        rt.health = health;
-        rt.last_error = Some(error);
-        rt.seen = None;
-        rt.lag.reset();
-        rt.last_lag = None;
     }
 }
 
