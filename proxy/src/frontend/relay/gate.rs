@@ -322,7 +322,7 @@ impl Gate {
 /// and no INTO:
 /// it cannot call nextval() itself (a view or operator that does is not seen). Conservative:
 /// a `(` or `into` inside a string or comment only sends the text to the classifier.
-fn plain_select(sql: &[u8]) -> bool {
+pub(super) fn plain_select(sql: &[u8]) -> bool {
     // pgbench and psql send a statement's trailing `;`.
     let text = sql.trim_ascii();
     let text = text.strip_suffix(b";").unwrap_or(text);

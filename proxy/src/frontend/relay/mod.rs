@@ -6,6 +6,7 @@
 //!
 //! - `to_server`: client bytes through the routing gate and `rewrite` to the server.
 //! - `to_client`: server bytes through `responses` to the client.
+//! - `fast`: the fast lane for a lone plain-read Query (no rewrite, no reply queue).
 //! - `probe`: the causal probe's part (pipelining it, sending it late, losing it).
 //! - `units`: a unit's one analysis (statements, classification, pinning verdict); `gate`
 //!   holds back what a replica may not run; `causal` the client's causal token; `observe`
@@ -44,6 +45,7 @@ pub(crate) mod batch;
 pub(crate) mod buffers;
 pub(crate) mod causal;
 pub(crate) mod extra_sets;
+mod fast;
 pub(crate) mod gate;
 pub(crate) mod listen;
 pub(crate) mod observe;
@@ -143,6 +145,11 @@ pub(crate) async fn run(
     limits: Limits,
     shutdown: &SessionWatch,
 ) -> RunEnd {
+    // The fast lane needs no reply queue unless it hands the run over.
+    let plain = match &state.analysed {
+        Some(a) => a.plain_read(&cbuf),
+        None => fast::plain_unanalysed(&cbuf),
+    };
     let mut r = Relay {
         client,
         statements: state.statements,
@@ -161,14 +168,17 @@ pub(crate) async fn run(
         server,
         cbuf,
         out: BytesMut::new(),
-        expect: Expectations::with(Causal::new(
-            state.track_writes && !state.on_replica,
-            state.report_causal,
-            state.routing.causal,
-            state
-                .scope
-                .filter(|_| state.track_writes && !state.on_replica),
-        )),
+        expect: Expectations::with(
+            Causal::new(
+                state.track_writes && !state.on_replica,
+                state.report_causal,
+                state.routing.causal,
+                state
+                    .scope
+                    .filter(|_| state.track_writes && !state.on_replica),
+            ),
+            !plain,
+        ),
         copy_left: 0,
         discard: false,
         streaming: Streaming::default(),
@@ -187,7 +197,7 @@ pub(crate) async fn run(
         listen: state.listen,
         staged: None,
     };
-    let outcome = r.run(shutdown).await;
+    let outcome = r.run(shutdown, plain).await;
     r.drop_staged();
     if r.gate.wrote_in_run {
         *r.server.sequences_dirty = true;
@@ -205,13 +215,11 @@ pub(crate) async fn run(
 }
 
 impl Relay<'_> {
-    async fn run(&mut self, shutdown: &SessionWatch) -> Outcome {
+    async fn run(&mut self, shutdown: &SessionWatch, plain: bool) -> Outcome {
         let r = self;
         let limits = r.limits;
-        // Admin wake-ups (KILL) end the run too if they concern this client.
-        let closing = shutdown.reached_or_poked(Phase::Closing, Some(shutdown.pokes()));
-        let draining = shutdown.reached(Phase::Draining);
-        tokio::pin!(closing, draining);
+        // Admin wake-ups (KILL) end the run too if they concern this client: those after now.
+        let pokes = shutdown.pokes();
 
         // Bring the server's session parameters in line with the client's, ahead of its request.
         if let Some(sql) = bring_in_line(
@@ -235,10 +243,29 @@ impl Relay<'_> {
             r.expect.push(Entry::own(Kind::Query));
             *r.server.sequences_dirty = false;
         }
-        // Forward what the session already read.
-        if let Some(end) = r.on_client_bytes().await {
+        if r.fast_lane_fits(plain) {
+            match r.fast_lane(shutdown, pokes).await {
+                fast::Lane::End(end) => return end,
+                fast::Lane::HandOver => {
+                    if !r.server.inbuf.is_empty() {
+                        if let Some(end) = r.on_server_bytes(shutdown).await {
+                            return end;
+                        }
+                    }
+                    if !r.cbuf.is_empty() {
+                        if let Some(end) = r.on_client_bytes().await {
+                            return end;
+                        }
+                    }
+                }
+            }
+        } else if let Some(end) = r.on_client_bytes().await {
+            // Forwarded what the session already read.
             return end;
         }
+        let closing = shutdown.reached_or_poked(Phase::Closing, Some(pokes));
+        let draining = shutdown.reached(Phase::Draining);
+        tokio::pin!(closing, draining);
         loop {
             // Waiting on the client with nothing in flight; at rest if no implicit transaction
             // either (no extended messages since the last Sync).

@@ -215,12 +215,12 @@ pub(crate) struct Expectations {
 }
 
 impl Expectations {
-    /// An empty queue with the client's causal state.
-    pub(crate) fn with(causal: Causal) -> Expectations {
+    /// An empty queue with the client's causal state; `room`: with room for an
+    /// extended-protocol statement (five entries: Parse, Bind, Describe, Execute, Sync) at
+    /// once, rather than an allocation and a regrowth per run.
+    pub(crate) fn with(causal: Causal, room: bool) -> Expectations {
         Expectations {
-            // An extended-protocol statement is five entries (Parse, Bind, Describe, Execute,
-            // Sync): room for it at once, rather than an allocation and a regrowth per run.
-            q: VecDeque::with_capacity(8),
+            q: VecDeque::with_capacity(if room { 8 } else { 0 }),
             causal,
             ..Expectations::default()
         }
