@@ -173,7 +173,8 @@ impl Drop for Pgtier {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if std::thread::panicking() {
+        // PGTIER_TEST_KEEP=1 keeps every pgtier's directory (config, log) for a look after.
+        if std::thread::panicking() || std::env::var("PGTIER_TEST_KEEP").is_ok_and(|v| v == "1") {
             eprintln!("pgtier-kit: keeping {} for the log", self.dir.display());
             self.watchdog.keep_dir();
         } else {

@@ -134,7 +134,17 @@ async fn malformed_messages_get_08p01_before_any_server_and_ban_no_replica() {
     let px = builder(c).with_replicas(c).start().unwrap();
     replica_in_rotation(&px, USER, "").await.unwrap();
     let adm = admin(&px).await;
-    assert_eq!(replica_states(&adm, c).await, ["healthy", "healthy"]);
+    // One replica in the rotation is what `replica_in_rotation` waits for: the other's first
+    // check may still be on its way.
+    let deadline = Instant::now() + LIMIT;
+    while replica_states(&adm, c).await != ["healthy", "healthy"] {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            replica_states(&adm, c).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let bind_overrun = {
         // Two parameter values announced, none there.
         let mut b = b"\0\0\0\0\0\x02".to_vec();

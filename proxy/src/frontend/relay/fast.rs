@@ -23,6 +23,7 @@ use crate::sql::session_state::may_pin;
 use super::gate::plain_select;
 use super::responses::{Entry, Kind};
 use super::to_client::client_write_failed;
+use super::units::one_select;
 use super::{Outcome, Relay, BUF_SIZE};
 
 /// How the fast lane left the run.
@@ -34,6 +35,7 @@ pub(super) enum Lane {
 }
 
 /// What a walk over the buffered server bytes found.
+#[derive(Clone, Copy)]
 struct Walk {
     /// Bytes of whole messages that go to the client as they are.
     pass: usize,
@@ -116,25 +118,23 @@ impl Relay<'_> {
     /// Forwards the whole messages buffered from the server; Some when the lane ends.
     async fn fast_replies(&mut self) -> Option<Lane> {
         let walk = walk(self.server.inbuf);
-        if walk.pass > 0 {
-            let batch = &self.server.inbuf[..walk.pass];
-            self.replied = true;
-            let r = write_all_within(self.client, batch, self.limits.client_write_timeout).await;
-            if let Err(e) = r {
-                return Some(Lane::End(client_write_failed(&e, batch, 0)));
-            }
-            self.server.inbuf.advance(walk.pass);
-        }
-        if walk.ready {
-            self.owed = 0;
-            self.status = TxStatus::Idle;
-        }
-        self.observer
-            .answered(walk.pass, u32::from(walk.ready), self.owed);
-        if walk.hand_over || (walk.ready && !self.server.inbuf.is_empty()) {
+        if walk.hand_over {
             return Some(self.hand_over());
         }
-        walk.ready.then_some(Lane::End(Outcome::Idle))
+        if !walk.ready {
+            return None;
+        }
+        let batch = &self.server.inbuf[..walk.pass];
+        self.replied = true;
+        let r = write_all_within(self.client, batch, self.limits.client_write_timeout).await;
+        if let Err(e) = r {
+            return Some(Lane::End(client_write_failed(&e, batch, 0)));
+        }
+        self.server.inbuf.advance(walk.pass);
+        self.owed = 0;
+        self.status = TxStatus::Idle;
+        self.observer.answered(walk.pass, 1, 0);
+        Some(Lane::End(Outcome::Idle))
     }
 
     /// The state the general relay would have at this point of the unit.
@@ -159,36 +159,52 @@ pub(super) fn plain_unanalysed(buf: &[u8]) -> bool {
     let Some(sql) = buf[5..].strip_suffix(&[0]) else {
         return false;
     };
-    memchr::memchr(0, sql).is_none() && plain_select(sql) && !may_pin(sql)
+    one_select(sql) && plain_select(sql) && !may_pin(sql)
 }
 
-/// Walks the whole messages at the front of `buf` up to the first that the general relay must
-/// see (an error, a ParameterStatus, COPY, anything unusual), one too large for the buffer, or
-/// an idle ReadyForQuery (included).
+/// Looks for the whole reply at the front of `buf`: its messages up to an idle ReadyForQuery
+/// that ends the buffer. Nothing passes before the whole reply is there, so that the general
+/// relay, if it takes over, sees everything the server sent as it would have: a replica's
+/// FATAL or shutdown warning after a RowDescription it had not flushed yet, or right after
+/// the reply, then still finds the read unanswered, and the read runs again elsewhere. The
+/// general relay takes the buffer at a message it must see (an error, a notice, a
+/// ParameterStatus, COPY, anything unusual), at bytes after the ReadyForQuery, and when the
+/// reply outgrows the read buffer (it streams from there).
 fn walk(buf: &[u8]) -> Walk {
     let mut pos = 0;
-    let stop = |pass, hand_over| Walk {
-        pass,
-        ready: false,
-        hand_over,
-    };
+    let (wait, hand_over) = (
+        Walk {
+            pass: 0,
+            ready: false,
+            hand_over: false,
+        },
+        Walk {
+            pass: 0,
+            ready: false,
+            hand_over: true,
+        },
+    );
     loop {
+        // More is awaited while the buffer has room; then the general relay streams it.
+        let more = |end: usize| {
+            if end.max(buf.len()) > BUF_SIZE {
+                hand_over
+            } else {
+                wait
+            }
+        };
         let h = match peek_header(&buf[pos..], i32::MAX as usize) {
             Ok(Some(h)) => h,
-            Ok(None) => return stop(pos, false),
-            Err(_) => return stop(pos, true),
+            Ok(None) => return more(pos + 5),
+            Err(_) => return hand_over,
         };
         let end = pos + h.frame_len();
         match h.tag {
-            // RowDescription, DataRow, CommandComplete, EmptyQueryResponse, NoticeResponse,
-            // NotificationResponse: passed on as they are.
-            b'T' | b'D' | b'C' | b'I' | b'N' | b'A' => {}
-            b'Z' if h.body_len == 1 => {
-                if end > buf.len() {
-                    return stop(pos, false);
-                }
-                if buf[end - 1] != b'I' {
-                    return stop(pos, true);
+            // RowDescription, DataRow, CommandComplete, EmptyQueryResponse.
+            b'T' | b'D' | b'C' | b'I' => {}
+            b'Z' if h.body_len == 1 && end <= buf.len() => {
+                if buf[end - 1] != b'I' || end < buf.len() {
+                    return hand_over;
                 }
                 return Walk {
                     pass: end,
@@ -196,11 +212,11 @@ fn walk(buf: &[u8]) -> Walk {
                     hand_over: false,
                 };
             }
-            _ => return stop(pos, true),
+            b'Z' if h.body_len == 1 => return more(end),
+            _ => return hand_over,
         }
         if end > buf.len() {
-            // A message larger than the buffer streams through the general relay.
-            return stop(pos, h.frame_len() > BUF_SIZE);
+            return more(end);
         }
         pos = end;
     }
@@ -245,22 +261,31 @@ mod tests {
         reply.extend(frame(b'Z', b"I"));
         let w = walk(&reply);
         assert_eq!((w.pass, w.ready, w.hand_over), (reply.len(), true, false));
-        // Half a ReadyForQuery: the rows pass, the rest is awaited.
+        // Half a ReadyForQuery, half a row: nothing passes, the rest is awaited.
         let w = walk(&reply[..reply.len() - 2]);
-        assert_eq!((w.pass, w.ready, w.hand_over), (rows, false, false));
-        // A ReadyForQuery inside a transaction block, an error, a ParameterStatus, COPY.
+        assert_eq!((w.pass, w.ready, w.hand_over), (0, false, false));
+        let w = walk(&reply[..rows - 12]);
+        assert_eq!((w.pass, w.ready, w.hand_over), (0, false, false));
+        // Bytes after the ReadyForQuery (a FATAL of a replica going away): the general relay.
+        let mut more = reply.clone();
+        more.extend(frame(b'E', b"SFATAL\0\0"));
+        let w = walk(&more);
+        assert_eq!((w.pass, w.ready, w.hand_over), (0, false, true));
+        // A ReadyForQuery inside a transaction block, an error, a ParameterStatus, COPY: the
+        // general relay takes the whole batch.
         for (tag, body) in [
             (b'Z', &b"T"[..]),
             (b'E', b"SERROR\0\0"),
             (b'S', b"a\0b\0"),
             (b'H', b"\0\0\0"),
+            (b'N', b"SWARNING\0\0"),
         ] {
             let mut r = reply[..rows].to_vec();
             r.extend(frame(tag, body));
             let w = walk(&r);
             assert_eq!(
                 (w.pass, w.ready, w.hand_over),
-                (rows, false, true),
+                (0, false, true),
                 "{}",
                 tag as char
             );
@@ -269,6 +294,6 @@ mod tests {
         let mut big = reply[..rows].to_vec();
         big.extend(frame(b'D', &vec![0u8; super::BUF_SIZE + 10])[..100].iter());
         let w = walk(&big);
-        assert_eq!((w.pass, w.ready, w.hand_over), (rows, false, true));
+        assert_eq!((w.pass, w.ready, w.hand_over), (0, false, true));
     }
 }

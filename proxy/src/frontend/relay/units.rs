@@ -154,25 +154,19 @@ impl Analysed {
         let Some(body) = buf.get(5..) else {
             return false;
         };
-        // The validator's own check for a Query: one NUL, at the end.
-        let Some(sql) = body.strip_suffix(&[0]) else {
-            return false;
-        };
-        if memchr::memchr(0, sql).is_some() {
-            return false;
-        }
-        one_select(sql)
+        body.strip_suffix(&[0]).is_some_and(one_select)
     }
 }
 
-/// Whether `sql` starts with the word SELECT and has no semicolon but a trailing one (a
-/// semicolon in a string or comment counts too: such texts take the general path).
-fn one_select(sql: &[u8]) -> bool {
+/// Whether `sql` (a Query's text, its NUL cut) starts with the word SELECT and has no
+/// semicolon but a trailing one (one in a string or comment counts too: such texts take the
+/// general path), and no NUL (the validator refuses a Query with one inside).
+pub(crate) fn one_select(sql: &[u8]) -> bool {
     let text = sql.trim_ascii();
     let text = text.strip_suffix(b";").unwrap_or(text);
     text.get(..7).is_some_and(|head| {
         head[..6].eq_ignore_ascii_case(b"select") && head[6].is_ascii_whitespace()
-    }) && memchr::memchr(b';', text).is_none()
+    }) && memchr::memchr2(b';', 0, text).is_none()
 }
 
 /// A unit scanned as far as its bytes have arrived; scanning resumes there when more come

@@ -170,44 +170,56 @@ impl Session {
                         return reason;
                     }
                 }
-                let max_bytes = self.limits().prepared_bytes;
-                if let Some(reply) = answer_parse_batch(&first, &mut self.statements, max_bytes) {
-                    // The one place statements change outside a relay (which records the
-                    // count at each ReadyForQuery).
-                    self.client.entry.set_prepared(self.statements.len());
-                    // Boxed: rare, and it keeps the idle task small.
-                    if let Err(reason) = Box::pin(self.send(&reply)).await {
-                        return reason;
+                // A SELECT with no parenthesis is none of what follows (a Parse, a pgtier
+                // statement, a LISTEN-family statement, `pg_listening_channels()`): the common
+                // request skips their checks.
+                let plain = self.listen_statements.is_none()
+                    && self
+                        .listening
+                        .as_ref()
+                        .is_none_or(|l| l.channel_count() == 0)
+                    && plain_select_first(&first);
+                if !plain {
+                    let max_bytes = self.limits().prepared_bytes;
+                    if let Some(reply) = answer_parse_batch(&first, &mut self.statements, max_bytes)
+                    {
+                        // The one place statements change outside a relay (which records the
+                        // count at each ReadyForQuery).
+                        self.client.entry.set_prepared(self.statements.len());
+                        // Boxed: rare, and it keeps the idle task small.
+                        if let Err(reason) = Box::pin(self.send(&reply)).await {
+                            return reason;
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                if let Some((reply, len)) = self.answer_pgtier_statement(&first) {
-                    if let Err(reason) = Box::pin(self.send(&reply)).await {
-                        return reason;
+                    if let Some((reply, len)) = self.answer_pgtier_statement(&first) {
+                        if let Err(reason) = Box::pin(self.send(&reply)).await {
+                            return reason;
+                        }
+                        // What the client sent after it (a relay hands back a pipelined batch
+                        // whose next message is a pgtier statement) is served next.
+                        if first.len() > len {
+                            let mut rest = first;
+                            pending = Some(Box::new(rest.split_off(len)));
+                        }
+                        continue;
                     }
-                    // What the client sent after it (a relay hands back a pipelined batch
-                    // whose next message is a pgtier statement) is served next.
-                    if first.len() > len {
-                        let mut rest = first;
-                        pending = Some(Box::new(rest.split_off(len)));
+                    if let Some(req) = self.listen_request(&first) {
+                        let end = req.end(first.len());
+                        // Boxed: rare, and it keeps the idle task small.
+                        if let Err(reason) = Box::pin(self.answer_listen(&first, req)).await {
+                            return reason;
+                        }
+                        // What the client sent after it is served next.
+                        if first.len() > end {
+                            let mut rest = first;
+                            pending = Some(Box::new(rest.split_off(end)));
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                if let Some(req) = self.listen_request(&first) {
-                    let end = req.end(first.len());
-                    // Boxed: rare, and it keeps the idle task small.
-                    if let Err(reason) = Box::pin(self.answer_listen(&first, req)).await {
-                        return reason;
+                    if self.listen_statements.is_some() {
+                        self.forget_listen_statements(&first);
                     }
-                    // What the client sent after it is served next.
-                    if first.len() > end {
-                        let mut rest = first;
-                        pending = Some(Box::new(rest.split_off(end)));
-                    }
-                    continue;
-                }
-                if self.listen_statements.is_some() {
-                    self.forget_listen_statements(&first);
                 }
             }
             // Boxed so that an idle client's task does not carry the state of a transaction
@@ -371,5 +383,45 @@ impl Session {
         self.runtime.metrics.error(code.0);
         // Boxed: rare, and it keeps the idle task small.
         Box::pin(farewell(&mut self.stream, code, message)).await;
+    }
+}
+
+/// Whether the first message in `buf` is a simple Query whose text starts with the word
+/// SELECT and has no `(` (whatever follows it).
+fn plain_select_first(buf: &[u8]) -> bool {
+    let Ok(Some(h)) = peek_header(buf, usize::MAX) else {
+        return false;
+    };
+    let Some(sql) = buf.get(5..h.frame_len()).filter(|_| h.tag == b'Q') else {
+        return false;
+    };
+    let text = sql.trim_ascii_start();
+    text.get(..7).is_some_and(|head| {
+        head[..6].eq_ignore_ascii_case(b"select") && head[6].is_ascii_whitespace()
+    }) && memchr::memchr(b'(', text).is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_select_first;
+    use crate::protocol::frame::test_frame as frame;
+
+    #[test]
+    fn only_a_select_without_parentheses_skips_the_session_checks() {
+        let q = |sql: &str| frame(b'Q', format!("{sql}\0").as_bytes());
+        assert!(plain_select_first(&q("SELECT a FROM t WHERE id = 1")));
+        assert!(plain_select_first(&q("\n select a from t;")));
+        for sql in [
+            "SELECT pg_listening_channels()",
+            "LISTEN c",
+            "SHOW pgtier.causal_lsn",
+            "SET pgtier.route = 'primary'",
+            "SELECT",
+            "SELECTa FROM t",
+        ] {
+            assert!(!plain_select_first(&q(sql)), "{sql}");
+        }
+        assert!(!plain_select_first(&frame(b'P', b"\0SELECT 1\0\0\0")));
+        assert!(!plain_select_first(&q("SELECT a FROM t")[..8]));
     }
 }
