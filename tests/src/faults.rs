@@ -53,7 +53,9 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts forwarding to `target` ("host:port") in [`Mode::Pass`].
     pub async fn start(target: &str) -> Result<FaultProxy> {
-        let listener = TcpListener::bind(("127.0.0.1", crate::free_port()?)).await?;
+        // Port 0: the kernel picks one that is free (a port picked first and bound later
+        // could be taken in between by another connection's ephemeral port).
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?.to_string();
         let (state, rx) = watch::channel(State {
             mode: Mode::Pass,

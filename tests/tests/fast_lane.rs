@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use pgtier_kit::fixture::{connect, read_node, simple_rows, ConfigBuilder};
-use pgtier_kit::wire::{first_value, login_trust, query, read_until_ready, tags, Msg};
+use pgtier_kit::wire::{
+    bind, execute, first_value, login_trust, parse, query, read_until_ready, sync, tags, Msg,
+};
 use pgtier_kit::{Cluster, Pgtier};
 use tokio::io::AsyncWriteExt;
 
@@ -134,4 +136,69 @@ async fn pipelined_queries_follow_a_fast_lane_read_in_order_with_replicas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_queries_follow_a_fast_lane_read_in_order_on_the_primary() {
     pipelined(false).await;
+}
+
+/// An unnamed Parse, Bind, Execute, Sync of `sql`.
+fn unnamed(sql: &str) -> Vec<u8> {
+    [parse("", sql), bind(""), execute(), sync()].concat()
+}
+
+async fn extended(replicas: bool) {
+    let cluster = cluster();
+    let px = start(cluster, replicas).await;
+    let addr = format!("127.0.0.1:{}", px.port());
+    let (mut s, _) = login_trust(&addr, "pgtier_trust", "app").await.unwrap();
+    for _ in 0..3 {
+        s.write_all(&unnamed("SELECT 7")).await.unwrap();
+        let got = replies(&mut s, 1).await;
+        assert_eq!(tags(&got), "12DCZ", "{got:?}");
+        assert_eq!(first_value(&got), "7");
+        // An error: the general relay takes the reply (ParseComplete, then the error, raised
+        // when the Bind plans the statement); the connection goes on.
+        s.write_all(&unnamed("SELECT 1/0")).await.unwrap();
+        let got = replies(&mut s, 1).await;
+        assert_eq!(tags(&got), "1EZ", "{got:?}");
+        assert_eq!(got[1].field(b'C').as_deref(), Some("22012"));
+        // A row larger than the read buffer streams through the general relay.
+        s.write_all(&unnamed("SELECT v FROM fast_lane_big"))
+            .await
+            .unwrap();
+        let got = replies(&mut s, 1).await;
+        assert_eq!(tags(&got), "12DCZ", "{got:?}");
+        assert_eq!(first_value(&got).len(), BIG);
+        // Two units sent together, and a Bind of the unnamed statement the last one left.
+        let mut two = unnamed("SELECT 8");
+        two.extend(unnamed("SELECT 9"));
+        two.extend([bind(""), execute(), sync()].concat());
+        s.write_all(&two).await.unwrap();
+        let got = replies(&mut s, 3).await;
+        assert_eq!(tags(&got), "12DCZ12DCZ2DCZ", "{got:?}");
+        let values: Vec<String> = got
+            .iter()
+            .filter(|m| m.tag == b'D')
+            .map(|m| first_value(std::slice::from_ref(m)))
+            .collect();
+        assert_eq!(values, ["8", "9", "9"]);
+        assert!(got.iter().filter(|m| m.tag == b'Z').all(|m| m.body == b"I"));
+    }
+    // The unnamed statement of the last unit is the client's, wherever its next Bind runs.
+    for _ in 0..10 {
+        s.write_all(&unnamed("SELECT 10")).await.unwrap();
+        replies(&mut s, 1).await;
+        s.write_all(&[bind(""), execute(), sync()].concat())
+            .await
+            .unwrap();
+        let got = replies(&mut s, 1).await;
+        assert_eq!(first_value(&got), "10", "{got:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_extended_units_take_the_fast_lane_and_leave_it_intact_with_replicas() {
+    extended(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_extended_units_take_the_fast_lane_and_leave_it_intact_on_the_primary() {
+    extended(false).await;
 }

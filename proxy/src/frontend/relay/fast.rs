@@ -1,11 +1,12 @@
-//! The relay's fast lane, for the most common unit: a run that starts with one simple Query
-//! holding one plain SELECT (the session's analysis found it reads and pins nothing), alone in
-//! the client buffer, with nothing of pgtier's to send before it. The Query goes to the server
-//! as is (no rewrite, no reply queue), and the replies are only walked frame by frame to find
-//! ReadyForQuery. Whatever needs the general relay (an error, a ParameterStatus, COPY, a
-//! message larger than the buffer, more client bytes, a wake-up) hands the run over at that
-//! message, in the state the general relay would have reached there (the Query counted as
-//! owed, its reply entry queued).
+//! The relay's fast lane, for the most common unit: a run that starts with one plain SELECT
+//! (the session's analysis found it reads and pins nothing), alone in the client buffer as a
+//! simple Query or as an unnamed Parse, Bind, Describe, Execute, Sync, with nothing of pgtier's
+//! to send before it. The client's bytes go to the server as they are (no rewrite pass, no
+//! reply queue), and the whole reply is awaited and passed on. Whatever needs the general relay
+//! (an error, a notice, a ParameterStatus, COPY, a reply larger than the buffer, more client
+//! bytes, a wake-up) hands the run over with the server's bytes untouched: the client's bytes
+//! are then routed as the general relay would have routed them (they pass through unchanged),
+//! which leaves the state it would have reached.
 
 use std::future::poll_fn;
 
@@ -13,17 +14,17 @@ use bytes::Buf;
 use tokio::io::AsyncReadExt;
 
 use crate::config::PoolMode;
+use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::TxStatus;
+use crate::protocol::validate;
 use crate::shutdown::{Phase, SessionWatch};
+use crate::sql::session_state::may_pin;
 use crate::write::{write_all_within, WriteError};
 
-use crate::sql::session_state::may_pin;
-
 use super::gate::plain_select;
-use super::responses::{Entry, Kind};
 use super::to_client::client_write_failed;
-use super::units::one_select;
+use super::units::Analysed;
 use super::{Outcome, Relay, BUF_SIZE};
 
 /// How the fast lane left the run.
@@ -41,19 +42,20 @@ struct Walk {
     pass: usize,
     /// A ReadyForQuery (idle) ends them.
     ready: bool,
-    /// The message at `pass` needs the general relay.
+    /// The general relay takes the buffer.
     hand_over: bool,
 }
 
 impl Relay<'_> {
-    /// Whether the run can start in the fast lane; `plain`: the session's analysis found the
-    /// client buffer to hold exactly one plain-read Query (see `Analysed::plain_read`).
+    /// Whether the run can start in the fast lane; `plain`: the client buffer holds exactly
+    /// one plain-read unit (see [`plain_unit`]).
     pub(super) fn fast_lane_fits(&self, plain: bool) -> bool {
         plain
             && self.limits.mode == PoolMode::Transaction
             && self.pinned.is_none()
             && self.out.is_empty()
             && self.expect.is_empty()
+            && !self.expect.unsynced
             && !self.expect.causal.uncovered
             && self.limits.query_timeout.is_none()
             && self.limits.transaction_timeout.is_none()
@@ -61,6 +63,7 @@ impl Relay<'_> {
 
     /// Runs the unit in the fast lane (see the module doc).
     pub(super) async fn fast_lane(&mut self, shutdown: &SessionWatch, pokes: u64) -> Lane {
+        // The unit stays at the front of `cbuf` until the lane knows how it ended.
         let len = self.cbuf.len();
         if let Err(e) = write_all_within(
             self.server.stream,
@@ -74,17 +77,15 @@ impl Relay<'_> {
                 WriteError::Io(e) => Outcome::ServerGone(e),
             });
         }
-        self.observer.sent(&self.cbuf, len, (0, 1), self.statements);
-        crate::fault::panic_point(&self.cbuf);
-        // A simple Query destroys the unnamed statement.
-        self.statements.set_unnamed(None);
-        self.unnamed_here = false;
-        self.cbuf.clear();
-        self.gate.consumed(len);
-        self.owed = 1;
+        self.observer
+            .sent(&self.cbuf[..len], len, (0, 1), self.statements);
+        crate::fault::panic_point(&self.cbuf[..len]);
         loop {
             if self.server.inbuf.capacity() - self.server.inbuf.len() < 1024 {
                 self.server.inbuf.reserve(BUF_SIZE);
+            }
+            if self.cbuf.capacity() - self.cbuf.len() < 1024 {
+                self.cbuf.reserve(BUF_SIZE);
             }
             let woken =
                 poll_fn(|cx| shutdown.poll_reached_or_poked(cx, Phase::Closing, Some(pokes)));
@@ -93,11 +94,11 @@ impl Relay<'_> {
                 res = self.server.stream.read_buf(self.server.inbuf) => match res {
                     Ok(0) => {
                         let e = std::io::ErrorKind::UnexpectedEof.into();
-                        return Lane::End(self.server_lost(e).await);
+                        return self.lost(len, e).await;
                     }
-                    Err(e) => return Lane::End(self.server_lost(e).await),
+                    Err(e) => return self.lost(len, e).await,
                     Ok(_) => {
-                        if let Some(lane) = self.fast_replies().await {
+                        if let Some(lane) = self.fast_replies(len).await {
                             return lane;
                         }
                     }
@@ -106,20 +107,20 @@ impl Relay<'_> {
                     Ok(0) | Err(_) => return Lane::End(Outcome::ClientGone { server_clean: false }),
                     Ok(_) => {
                         self.more_input = true;
-                        return self.hand_over();
+                        return self.hand_over(len);
                     }
                 },
                 // Shutdown, KILL, a failed health check: the general relay decides.
-                () = woken => return self.hand_over(),
+                () = woken => return self.hand_over(len),
             }
         }
     }
 
-    /// Forwards the whole messages buffered from the server; Some when the lane ends.
-    async fn fast_replies(&mut self) -> Option<Lane> {
+    /// Passes the whole reply on once it is there; Some when the lane ends.
+    async fn fast_replies(&mut self, len: usize) -> Option<Lane> {
         let walk = walk(self.server.inbuf);
         if walk.hand_over {
-            return Some(self.hand_over());
+            return Some(self.hand_over(len));
         }
         if !walk.ready {
             return None;
@@ -131,35 +132,117 @@ impl Relay<'_> {
             return Some(Lane::End(client_write_failed(&e, batch, 0)));
         }
         self.server.inbuf.advance(walk.pass);
-        self.owed = 0;
+        // What routing the unit would have left: a simple Query destroys the client's unnamed
+        // statement; an unnamed Parse that succeeded makes its text the client's (and this
+        // server's) unnamed statement.
+        let parsed = match peek_header(&self.cbuf, usize::MAX) {
+            Ok(Some(h)) if h.tag == b'P' => {
+                extended::parse(&self.cbuf[5..h.frame_len()]).map(|p| p.rest)
+            }
+            _ => None,
+        };
+        self.statements.set_unnamed(parsed);
+        self.unnamed_here = parsed.is_some();
+        self.cbuf.advance(len);
+        self.gate.consumed(len);
         self.status = TxStatus::Idle;
         self.observer.answered(walk.pass, 1, 0);
         Some(Lane::End(Outcome::Idle))
     }
 
-    /// The state the general relay would have at this point of the unit.
-    fn hand_over(&mut self) -> Lane {
-        if self.owed > 0 {
-            self.expect.push(Entry::client(Kind::Query));
+    /// The server connection failed in the lane: routed first, so that the general relay's
+    /// account of the failure (and whether the read may run elsewhere) is the same.
+    async fn lost(&mut self, len: usize, e: std::io::Error) -> Lane {
+        if let Lane::End(end) = self.hand_over(len) {
+            return Lane::End(end);
         }
+        Lane::End(self.server_lost(e).await)
+    }
+
+    /// Routes the unit the lane sent as the general relay would have (it passes unchanged),
+    /// which leaves the state that relay would have: the replies owed and queued, the client's
+    /// and the server's statements.
+    fn hand_over(&mut self, len: usize) -> Lane {
+        let strings = self.params.string_syntax(self.defaults);
+        let scan = match self.route(len, strings) {
+            Ok(scan) => scan,
+            Err(v) => return Lane::End(Outcome::ClientViolation(v)),
+        };
+        debug_assert!(!scan.copied && scan.consumed == len, "{scan:?}");
+        self.out.clear();
+        self.cbuf.advance(len);
+        self.gate.consumed(len);
+        self.owed += scan.syncs;
         Lane::HandOver
     }
 }
 
-/// Whether `buf` is exactly one simple Query holding one plain SELECT (no function call, no
-/// INTO, no word that may pin: see `gate::plain_select` and `may_pin`), for a run whose unit
-/// was not analysed (nothing to route: the primary only).
-pub(super) fn plain_unanalysed(buf: &[u8]) -> bool {
-    let Ok(Some(h)) = peek_header(buf, usize::MAX) else {
-        return false;
-    };
-    if h.tag != b'Q' || h.frame_len() != buf.len() {
+/// Whether `buf` is exactly one unit the lane takes: a simple Query, or an unnamed Parse, a
+/// Bind of it to the unnamed portal, a Describe of that portal (or none), an Execute and a
+/// Sync, each well formed, whose statement is one SELECT. With the unit's analysis (`analysed`,
+/// made where it was routed) the SELECT must read and pin nothing; without (the primary only,
+/// nothing routed) it must have no function call, no INTO and no word that may pin (see
+/// `gate::plain_select` and `may_pin`).
+pub(super) fn plain_unit(buf: &[u8], analysed: Option<&Analysed>) -> bool {
+    if analysed.is_some_and(|a| !a.reads_whole(buf.len())) {
         return false;
     }
-    let Some(sql) = buf[5..].strip_suffix(&[0]) else {
+    let Some(sql) = unit_sql(buf) else {
         return false;
     };
-    one_select(sql) && plain_select(sql) && !may_pin(sql)
+    one_select(sql) && (analysed.is_some() || plain_select(sql) && !may_pin(sql))
+}
+
+/// The statement of a unit shaped as [`plain_unit`] takes, if `buf` is one.
+fn unit_sql(buf: &[u8]) -> Option<&[u8]> {
+    let mut pos = 0;
+    let mut sql = None;
+    let mut step = 0;
+    while pos < buf.len() {
+        let h = peek_header(&buf[pos..], usize::MAX).ok()??;
+        let end = pos + h.frame_len();
+        let body = buf.get(pos + 5..end)?;
+        validate::check(h.tag, body).ok()?;
+        // Q alone; or P, B, [D], E, S in order.
+        step = match (step, h.tag) {
+            (0, b'Q') => {
+                sql = Some(body.strip_suffix(&[0])?);
+                9
+            }
+            (0, b'P') => {
+                let p = extended::parse(body)?;
+                if !p.name.is_empty() {
+                    return None;
+                }
+                sql = Some(extended::split_cstr(p.rest)?.0);
+                1
+            }
+            (1, b'B') => {
+                let b = extended::bind(body)?;
+                if !b.portal.is_empty() || !b.statement.is_empty() {
+                    return None;
+                }
+                2
+            }
+            (2, b'D') if extended::target(body) == Some((b'P', &b""[..])) => 3,
+            (2 | 3, b'E') if body.first() == Some(&0) => 4,
+            (4, b'S') => 9,
+            _ => return None,
+        };
+        pos = end;
+    }
+    (step == 9).then_some(sql?)
+}
+
+/// Whether `sql` (a statement's text) starts with the word SELECT and has no semicolon but a
+/// trailing one (one in a string or comment counts too: such texts take the general path),
+/// and no NUL.
+fn one_select(sql: &[u8]) -> bool {
+    let text = sql.trim_ascii();
+    let text = text.strip_suffix(b";").unwrap_or(text);
+    text.get(..7).is_some_and(|head| {
+        head[..6].eq_ignore_ascii_case(b"select") && head[6].is_ascii_whitespace()
+    }) && memchr::memchr2(b';', 0, text).is_none()
 }
 
 /// Looks for the whole reply at the front of `buf`: its messages up to an idle ReadyForQuery
@@ -200,8 +283,9 @@ fn walk(buf: &[u8]) -> Walk {
         };
         let end = pos + h.frame_len();
         match h.tag {
-            // RowDescription, DataRow, CommandComplete, EmptyQueryResponse.
-            b'T' | b'D' | b'C' | b'I' => {}
+            // RowDescription, DataRow, CommandComplete, EmptyQueryResponse, ParseComplete,
+            // BindComplete, NoData.
+            b'T' | b'D' | b'C' | b'I' | b'1' | b'2' | b'n' => {}
             b'Z' if h.body_len == 1 && end <= buf.len() => {
                 if buf[end - 1] != b'I' || end < buf.len() {
                     return hand_over;
@@ -224,7 +308,11 @@ fn walk(buf: &[u8]) -> Walk {
 
 #[cfg(test)]
 mod tests {
-    use super::{plain_unanalysed, walk};
+    use super::{plain_unit, walk};
+
+    fn plain_unanalysed(buf: &[u8]) -> bool {
+        plain_unit(buf, None)
+    }
     use crate::protocol::frame::test_frame as frame;
 
     #[test]
@@ -250,6 +338,52 @@ mod tests {
         assert!(!plain_unanalysed(&two));
         assert!(!plain_unanalysed(&two[..10]));
         assert!(!plain_unanalysed(&frame(b'Q', b"SELECT a\0FROM t\0")));
+    }
+
+    #[test]
+    fn an_unnamed_parse_bind_describe_execute_sync_of_a_select_is_plain() {
+        let parse = |name: &str, sql: &str| {
+            let mut b = format!("{name}\0{sql}\0").into_bytes();
+            b.extend(0i16.to_be_bytes());
+            frame(b'P', &b)
+        };
+        let bind = |portal: &str, statement: &str| {
+            let mut b = format!("{portal}\0{statement}\0").into_bytes();
+            b.extend([0, 0, 0, 0, 0, 0]); // no formats, no parameters, no result formats
+            frame(b'B', &b)
+        };
+        let describe = frame(b'D', b"P\0");
+        let execute = frame(b'E', b"\0\0\0\0\0");
+        let sync = frame(b'S', b"");
+        let select = "SELECT a FROM t WHERE id = $1";
+        let unit = |parts: &[&Vec<u8>]| {
+            parts
+                .iter()
+                .flat_map(|p| p.iter().copied())
+                .collect::<Vec<u8>>()
+        };
+        let (p, b) = (parse("", select), bind("", ""));
+        assert!(plain_unanalysed(&unit(&[
+            &p, &b, &describe, &execute, &sync
+        ])));
+        assert!(plain_unanalysed(&unit(&[&p, &b, &execute, &sync])));
+        // A named statement or portal, no Sync, a Flush, something after the Sync, a write.
+        let named = parse("s1", select);
+        assert!(!plain_unanalysed(&unit(&[&named, &b, &execute, &sync])));
+        let portal = bind("p1", "");
+        assert!(!plain_unanalysed(&unit(&[&p, &portal, &execute, &sync])));
+        assert!(!plain_unanalysed(&unit(&[&p, &b, &describe, &execute])));
+        let flush = frame(b'H', b"");
+        assert!(!plain_unanalysed(&unit(&[&p, &b, &execute, &flush])));
+        assert!(!plain_unanalysed(&unit(&[&p, &b, &execute, &sync, &sync])));
+        let write = parse("", "SELECT nextval('s')");
+        assert!(!plain_unanalysed(&unit(&[&write, &b, &execute, &sync])));
+        // A malformed Bind (its fields do not fill its length) goes the general way.
+        let mut bad = bind("", "");
+        bad.extend([0, 0]);
+        let len = (bad.len() - 1) as u32;
+        bad[1..5].copy_from_slice(&len.to_be_bytes());
+        assert!(!plain_unanalysed(&unit(&[&p, &bad, &execute, &sync])));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!
 //! - `to_server`: client bytes through the routing gate and `rewrite` to the server.
 //! - `to_client`: server bytes through `responses` to the client.
-//! - `fast`: the fast lane for a lone plain-read Query (no rewrite, no reply queue).
+//! - `fast`: the fast lane for a lone plain-read unit (no rewrite, no reply queue).
 //! - `probe`: the causal probe's part (pipelining it, sending it late, losing it).
 //! - `units`: a unit's one analysis (statements, classification, pinning verdict); `gate`
 //!   holds back what a replica may not run; `causal` the client's causal token; `observe`
@@ -146,10 +146,7 @@ pub(crate) async fn run(
     shutdown: &SessionWatch,
 ) -> RunEnd {
     // The fast lane needs no reply queue unless it hands the run over.
-    let plain = match &state.analysed {
-        Some(a) => a.plain_read(&cbuf),
-        None => fast::plain_unanalysed(&cbuf),
-    };
+    let plain = fast::plain_unit(&cbuf, state.analysed.as_ref());
     let mut r = Relay {
         client,
         statements: state.statements,

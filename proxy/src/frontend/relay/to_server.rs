@@ -8,7 +8,7 @@ use crate::protocol::messages::TxStatus;
 use crate::write::{write_all_within, WriteError};
 
 use super::gate::Moment;
-use super::rewrite::{route_client, ClientSide, ServerSide};
+use super::rewrite::{route_client, ClientScan, ClientSide, ServerSide, Violation};
 use super::to_client::client_write_failed;
 use super::units::UnitContext;
 use super::{Outcome, Relay};
@@ -67,31 +67,7 @@ impl Relay<'_> {
             && !self.discard;
         let queued = self.expect.len();
         self.expect.causal.uncovered |= std::mem::take(&mut self.gate.wrote);
-        let scan = route_client(
-            &self.cbuf[..admitted],
-            self.limits.max_message,
-            &mut ClientSide {
-                statements: self.statements,
-                discard: &mut self.discard,
-                copy_left: &mut self.copy_left,
-                pinned: self.pinned,
-                reported: self.defaults,
-                policy: self.limits.session_state,
-                strings,
-                extras: self.limits.extra_params,
-                in_transaction: self.status != TxStatus::Idle,
-                prepared_bytes: self.limits.prepared_bytes,
-                startup: self.params.has_startup(),
-                unpinned: self.gate.clean_ahead().min(admitted),
-                params: self.params,
-            },
-            &mut ServerSide {
-                registry: self.server.statements,
-                expect: &mut self.expect,
-                unnamed_here: &mut self.unnamed_here,
-            },
-            &mut self.out,
-        );
+        let scan = self.route(admitted, strings);
         let scan = match scan {
             Ok(s) => s,
             Err(v) => return Some(Outcome::ClientViolation(v)),
@@ -170,5 +146,40 @@ impl Relay<'_> {
                 .reserve(h.frame_len().saturating_sub(self.cbuf.len()));
         }
         None
+    }
+
+    /// Routes the client's messages in `cbuf[..len]` (see `rewrite::route_client`): what the
+    /// server is sent for them goes to `out` when it differs, and the replies they owe are
+    /// queued.
+    pub(super) fn route(
+        &mut self,
+        len: usize,
+        strings: crate::sql::lexer::StringSyntax,
+    ) -> Result<ClientScan, Violation> {
+        route_client(
+            &self.cbuf[..len],
+            self.limits.max_message,
+            &mut ClientSide {
+                statements: self.statements,
+                discard: &mut self.discard,
+                copy_left: &mut self.copy_left,
+                pinned: self.pinned,
+                reported: self.defaults,
+                policy: self.limits.session_state,
+                strings,
+                extras: self.limits.extra_params,
+                in_transaction: self.status != TxStatus::Idle,
+                prepared_bytes: self.limits.prepared_bytes,
+                startup: self.params.has_startup(),
+                unpinned: self.gate.clean_ahead().min(len),
+                params: self.params,
+            },
+            &mut ServerSide {
+                registry: self.server.statements,
+                expect: &mut self.expect,
+                unnamed_here: &mut self.unnamed_here,
+            },
+            &mut self.out,
+        )
     }
 }

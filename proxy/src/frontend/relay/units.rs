@@ -137,36 +137,12 @@ impl Analysed {
 }
 
 impl Analysed {
-    /// Whether `buf` is exactly this unit, and it is one simple Query holding one SELECT that
-    /// reads and pins nothing: nothing in it changes session state pgtier tracks (no SET,
-    /// RESET, DISCARD or DEALLOCATE, no second statement), so it needs no rewrite.
-    pub(crate) fn plain_read(&self, buf: &[u8]) -> bool {
-        let Some(unit) = self.scan.whole() else {
-            return false;
-        };
-        if unit.len != Some(buf.len())
-            || unit.info.class != Class::Read
-            || unit.info.pins
-            || buf.first() != Some(&b'Q')
-        {
-            return false;
-        }
-        let Some(body) = buf.get(5..) else {
-            return false;
-        };
-        body.strip_suffix(&[0]).is_some_and(one_select)
+    /// Whether the unit is complete, `len` bytes long, reads and pins nothing.
+    pub(crate) fn reads_whole(&self, len: usize) -> bool {
+        self.scan.whole().is_some_and(|unit| {
+            unit.len == Some(len) && unit.info.class == Class::Read && !unit.info.pins
+        })
     }
-}
-
-/// Whether `sql` (a Query's text, its NUL cut) starts with the word SELECT and has no
-/// semicolon but a trailing one (one in a string or comment counts too: such texts take the
-/// general path), and no NUL (the validator refuses a Query with one inside).
-pub(crate) fn one_select(sql: &[u8]) -> bool {
-    let text = sql.trim_ascii();
-    let text = text.strip_suffix(b";").unwrap_or(text);
-    text.get(..7).is_some_and(|head| {
-        head[..6].eq_ignore_ascii_case(b"select") && head[6].is_ascii_whitespace()
-    }) && memchr::memchr2(b';', 0, text).is_none()
 }
 
 /// A unit scanned as far as its bytes have arrived; scanning resumes there when more come
