@@ -33,6 +33,9 @@ pub struct Read {
 #[derive(Debug, Clone)]
 pub struct Failed {
     pub started: Instant,
+    /// When the failure reached the client (a read may first wait on a node that fails, then
+    /// run again elsewhere and fail there).
+    pub ended: Instant,
     pub code: String,
     pub message: String,
 }
@@ -94,12 +97,14 @@ impl ReadLoop {
                             let (code, message) = sqlstate(&e);
                             Err(Failed {
                                 started,
+                                ended: Instant::now(),
                                 code,
                                 message,
                             })
                         }
                         Err(_) => Err(Failed {
                             started,
+                            ended: Instant::now(),
                             code: "timeout".into(),
                             message: format!("no answer within {bound:?}"),
                         }),
