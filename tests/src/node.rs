@@ -124,13 +124,20 @@ impl Node {
     /// killed with SIGKILL leaves the file; Postgres takes it as stale only when its pid is
     /// gone, and an orphaned postmaster stays a zombie until the machine's init reaps it (a CI
     /// container's did not: the restart then failed with "lock file already exists").
+    /// The Unix socket's lock file (`.s.PGSQL.PORT.lock`, in the kit's directory) is checked
+    /// the same way by Postgres and left the same way: it goes too.
     fn remove_stale_pid_file(&self) {
-        let path = self.data_dir.join("postmaster.pid");
-        let pid = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok());
-        if pid.is_some_and(|p| !pids::alive(p)) {
-            let _ = std::fs::remove_file(&path);
+        let socket_lock = self
+            .data_dir
+            .parent()
+            .map(|root| root.join(format!(".s.PGSQL.{}.lock", self.port)));
+        for path in std::iter::once(self.data_dir.join("postmaster.pid")).chain(socket_lock) {
+            let pid = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok());
+            if pid.is_some_and(|p| !pids::alive(p)) {
+                let _ = std::fs::remove_file(&path);
+            }
         }
     }
 

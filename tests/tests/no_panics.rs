@@ -42,6 +42,20 @@ async fn replica_states(adm: &tokio_postgres::Client, c: &Cluster) -> Vec<String
         .collect()
 }
 
+/// Waits until SHOW REPLICAS has both replicas healthy: one in the rotation is what
+/// `replica_in_rotation` waits for, and the other's first check may still be on its way.
+async fn both_healthy(adm: &tokio_postgres::Client, c: &Cluster) {
+    let deadline = Instant::now() + LIMIT;
+    while replica_states(adm, c).await != ["healthy", "healthy"] {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            replica_states(adm, c).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A plain query on a fresh client works, outside any transaction.
 async fn still_serves(px: &Pgtier) {
     let (mut s, _) = wire::login_trust(&px.addr(), USER, "app").await.unwrap();
@@ -57,6 +71,8 @@ async fn a_read_failing_on_two_replicas_gets_08006_not_a_dropped_connection() {
     let c = Cluster::shared();
     let px = builder(c).with_replicas(c).start().unwrap();
     replica_in_rotation(&px, USER, "").await.unwrap();
+    // Both replicas, so that the retry finds the second one (not the primary).
+    both_healthy(&admin(&px).await, c).await;
     let (mut s, _) = wire::login_trust(&px.addr(), USER, "app").await.unwrap();
     s.write_all(&wire::query("SELECT pg_sleep(60), 'fails-on-two-replicas'"))
         .await
@@ -134,17 +150,7 @@ async fn malformed_messages_get_08p01_before_any_server_and_ban_no_replica() {
     let px = builder(c).with_replicas(c).start().unwrap();
     replica_in_rotation(&px, USER, "").await.unwrap();
     let adm = admin(&px).await;
-    // One replica in the rotation is what `replica_in_rotation` waits for: the other's first
-    // check may still be on its way.
-    let deadline = Instant::now() + LIMIT;
-    while replica_states(&adm, c).await != ["healthy", "healthy"] {
-        assert!(
-            Instant::now() < deadline,
-            "{:?}",
-            replica_states(&adm, c).await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    both_healthy(&adm, c).await;
     let bind_overrun = {
         // Two parameter values announced, none there.
         let mut b = b"\0\0\0\0\0\x02".to_vec();
