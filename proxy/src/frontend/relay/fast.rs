@@ -240,9 +240,7 @@ fn unit_sql(buf: &[u8]) -> Option<&[u8]> {
 fn one_select(sql: &[u8]) -> bool {
     let text = sql.trim_ascii();
     let text = text.strip_suffix(b";").unwrap_or(text);
-    text.get(..7).is_some_and(|head| {
-        head[..6].eq_ignore_ascii_case(b"select") && head[6].is_ascii_whitespace()
-    }) && memchr::memchr2(b';', 0, text).is_none()
+    crate::sql::starts_with_select(text) && memchr::memchr2(b';', 0, text).is_none()
 }
 
 /// Looks for the whole reply at the front of `buf`: its messages up to an idle ReadyForQuery

@@ -396,9 +396,7 @@ fn plain_select_first(buf: &[u8]) -> bool {
         return false;
     };
     let text = sql.trim_ascii_start();
-    text.get(..7).is_some_and(|head| {
-        head[..6].eq_ignore_ascii_case(b"select") && head[6].is_ascii_whitespace()
-    }) && memchr::memchr(b'(', text).is_none()
+    crate::sql::starts_with_select(text) && memchr::memchr(b'(', text).is_none()
 }
 
 #[cfg(test)]
