@@ -6,7 +6,7 @@ use bytes::{BufMut, BytesMut};
 
 /// Splits a NUL-terminated string off the front of `b`: (string without NUL, rest).
 pub fn split_cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
-    let nul = memchr::memchr(0, b)?;
+    let nul = super::find_nul(b)?;
     Some((&b[..nul], &b[nul + 1..]))
 }
 

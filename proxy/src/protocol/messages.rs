@@ -256,7 +256,7 @@ fn error_severity(body: &[u8]) -> Option<&str> {
         if field == 0 {
             break;
         }
-        let nul = memchr::memchr(0, tail)?;
+        let nul = super::find_nul(tail)?;
         let value = std::str::from_utf8(&tail[..nul]).ok();
         match field {
             b'V' => return value,
@@ -276,7 +276,7 @@ pub fn error_fields(body: &[u8]) -> (Option<&str>, Option<&str>) {
         if field == 0 {
             break;
         }
-        let Some(nul) = memchr::memchr(0, tail) else {
+        let Some(nul) = super::find_nul(tail) else {
             break;
         };
         let value = std::str::from_utf8(&tail[..nul]).ok();

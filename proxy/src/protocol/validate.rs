@@ -149,7 +149,7 @@ impl Reader<'_> {
     }
 
     fn cstr(&mut self) -> Option<()> {
-        let nul = memchr::memchr(0, self.0)?;
+        let nul = super::find_nul(self.0)?;
         self.0 = &self.0[nul + 1..];
         Some(())
     }

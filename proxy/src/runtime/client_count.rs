@@ -17,8 +17,8 @@ pub struct ClientCount {
 /// Connections that have not logged in yet, oldest first (bounded by the open connections).
 #[derive(Debug, Default)]
 struct Logins {
-    next: u64,
-    queue: VecDeque<(u64, Arc<Notify>)>,
+    /// What tells each to give way (its identity too).
+    queue: VecDeque<Arc<Notify>>,
 }
 
 /// One counted client connection; uncounted on drop.
@@ -27,8 +27,8 @@ pub struct ClientGuard {
     open: Arc<AtomicUsize>,
     logins: Arc<Mutex<Logins>>,
     over_limit: bool,
-    /// Its place among the logins (None once logged in), and what tells it to give way.
-    login: Option<(u64, Arc<Notify>)>,
+    /// What tells it to give way, also its place among the logins (None once logged in).
+    login: Option<Arc<Notify>>,
 }
 
 fn lock(logins: &Mutex<Logins>) -> std::sync::MutexGuard<'_, Logins> {
@@ -44,20 +44,18 @@ impl ClientCount {
         let mut logins = lock(&self.logins);
         let mut over_limit = now > limit;
         if over_limit {
-            if let Some((_, oldest)) = logins.queue.pop_front() {
+            if let Some(oldest) = logins.queue.pop_front() {
                 oldest.notify_one();
                 over_limit = false;
             }
         }
-        let id = logins.next;
-        logins.next += 1;
         let notify = Arc::new(Notify::new());
-        logins.queue.push_back((id, notify.clone()));
+        logins.queue.push_back(notify.clone());
         ClientGuard {
             open: self.open.clone(),
             logins: self.logins.clone(),
             over_limit,
-            login: Some((id, notify)),
+            login: Some(notify),
         }
     }
 
@@ -76,15 +74,15 @@ impl ClientGuard {
     /// Resolves when a newer connection needs this one's place (it is still logging in).
     pub async fn evicted(&self) {
         match &self.login {
-            Some((_, n)) => n.notified().await,
+            Some(n) => n.notified().await,
             None => std::future::pending().await,
         }
     }
 
     /// The client logged in: it no longer gives way to newer connections.
     pub fn logged_in(&mut self) {
-        if let Some((id, _)) = self.login.take() {
-            lock(&self.logins).queue.retain(|(i, _)| *i != id);
+        if let Some(mine) = self.login.take() {
+            lock(&self.logins).queue.retain(|n| !Arc::ptr_eq(n, &mine));
         }
     }
 }

@@ -13,30 +13,40 @@ pub use connector::ServerTls;
 pub use files::TlsError;
 
 /// What a TLS connection negotiated (the `tls` column of SHOW CLIENTS and SHOW SERVERS, as
-/// PgBouncer fills it).
+/// PgBouncer fills it). Kept as rustls' codes, 8 bytes: every TLS client's registry entry
+/// holds one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TlsInfo {
-    /// e.g. `TLSv1.3`.
-    pub version: &'static str,
-    /// rustls' (IANA) suite name, e.g. `TLS13_AES_256_GCM_SHA384`.
-    pub cipher: &'static str,
+    version: rustls::ProtocolVersion,
+    cipher: rustls::CipherSuite,
 }
 
 impl TlsInfo {
     /// The version and suite of a connection (None: the handshake has not finished).
     pub fn of(conn: &rustls::CommonState) -> Option<TlsInfo> {
-        let version = match conn.protocol_version()? {
+        Some(TlsInfo {
+            version: conn.protocol_version()?,
+            cipher: conn.negotiated_cipher_suite()?.suite(),
+        })
+    }
+
+    /// e.g. `TLSv1.3`.
+    pub fn version(&self) -> &'static str {
+        match self.version {
             rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
             rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
             _ => "TLS",
-        };
-        let cipher = conn.negotiated_cipher_suite()?.suite().as_str()?;
-        Some(TlsInfo { version, cipher })
+        }
+    }
+
+    /// rustls' (IANA) suite name, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub fn cipher(&self) -> &'static str {
+        self.cipher.as_str().unwrap_or("unknown")
     }
 }
 
 impl std::fmt::Display for TlsInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.version, self.cipher)
+        write!(f, "{}/{}", self.version(), self.cipher())
     }
 }

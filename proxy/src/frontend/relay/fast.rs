@@ -10,19 +10,19 @@
 
 use std::future::poll_fn;
 
-use bytes::Buf;
+use bytes::{Buf, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use crate::config::PoolMode;
 use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::TxStatus;
-use crate::protocol::validate;
 use crate::shutdown::{Phase, SessionWatch};
 use crate::sql::session_state::may_pin;
 use crate::write::{write_all_within, WriteError};
 
 use super::gate::plain_select;
+use super::shape::unit_sql;
 use super::to_client::client_write_failed;
 use super::units::Analysed;
 use super::{Outcome, Relay, BUF_SIZE};
@@ -72,6 +72,7 @@ impl Relay<'_> {
         )
         .await
         {
+            self.keep(len);
             return Lane::End(match e {
                 WriteError::Stalled { .. } => Outcome::ServerStalled,
                 WriteError::Io(e) => Outcome::ServerGone(e),
@@ -159,6 +160,14 @@ impl Relay<'_> {
         Lane::End(self.server_lost(e).await)
     }
 
+    /// Keeps the copy for a retry, if asked for: the lane's unit (`len` bytes) is the whole
+    /// first request.
+    fn keep(&mut self, len: usize) {
+        if self.keep_for_retry {
+            self.kept = Some(BytesMut::from(&self.cbuf[..len]));
+        }
+    }
+
     /// Routes the unit the lane sent as the general relay would have (it passes unchanged),
     /// which leaves the state that relay would have: the replies owed and queued, the client's
     /// and the server's statements.
@@ -170,6 +179,7 @@ impl Relay<'_> {
         };
         debug_assert!(!scan.copied && scan.consumed == len, "{scan:?}");
         self.out.clear();
+        self.keep(len);
         self.cbuf.advance(len);
         self.gate.consumed(len);
         self.owed += scan.syncs;
@@ -177,61 +187,18 @@ impl Relay<'_> {
     }
 }
 
-/// Whether `buf` is exactly one unit the lane takes: a simple Query, or an unnamed Parse, a
-/// Bind of it to the unnamed portal, a Describe of that portal (or none), an Execute and a
-/// Sync, each well formed, whose statement is one SELECT. With the unit's analysis (`analysed`,
-/// made where it was routed) the SELECT must read and pin nothing; without (the primary only,
-/// nothing routed) it must have no function call, no INTO and no word that may pin (see
-/// `gate::plain_select` and `may_pin`).
+/// Whether `buf` is exactly one unit the lane takes (see `shape`), whose statement is one
+/// SELECT. With the unit's analysis (`analysed`, made where it was routed, which followed its
+/// shape) the SELECT must read and pin nothing; without (the primary only, nothing routed) it
+/// must have no function call, no INTO and no word that may pin (see `gate::plain_select` and
+/// `may_pin`).
 pub(super) fn plain_unit(buf: &[u8], analysed: Option<&Analysed>) -> bool {
-    if analysed.is_some_and(|a| !a.reads_whole(buf.len())) {
-        return false;
+    match analysed {
+        Some(a) => a.plain_read(buf).is_some_and(one_select),
+        None => {
+            unit_sql(buf).is_some_and(|sql| one_select(sql) && plain_select(sql) && !may_pin(sql))
+        }
     }
-    let Some(sql) = unit_sql(buf) else {
-        return false;
-    };
-    one_select(sql) && (analysed.is_some() || plain_select(sql) && !may_pin(sql))
-}
-
-/// The statement of a unit shaped as [`plain_unit`] takes, if `buf` is one.
-fn unit_sql(buf: &[u8]) -> Option<&[u8]> {
-    let mut pos = 0;
-    let mut sql = None;
-    let mut step = 0;
-    while pos < buf.len() {
-        let h = peek_header(&buf[pos..], usize::MAX).ok()??;
-        let end = pos + h.frame_len();
-        let body = buf.get(pos + 5..end)?;
-        validate::check(h.tag, body).ok()?;
-        // Q alone; or P, B, [D], E, S in order.
-        step = match (step, h.tag) {
-            (0, b'Q') => {
-                sql = Some(body.strip_suffix(&[0])?);
-                9
-            }
-            (0, b'P') => {
-                let p = extended::parse(body)?;
-                if !p.name.is_empty() {
-                    return None;
-                }
-                sql = Some(extended::split_cstr(p.rest)?.0);
-                1
-            }
-            (1, b'B') => {
-                let b = extended::bind(body)?;
-                if !b.portal.is_empty() || !b.statement.is_empty() {
-                    return None;
-                }
-                2
-            }
-            (2, b'D') if extended::target(body) == Some((b'P', &b""[..])) => 3,
-            (2 | 3, b'E') if body.first() == Some(&0) => 4,
-            (4, b'S') => 9,
-            _ => return None,
-        };
-        pos = end;
-    }
-    (step == 9).then_some(sql?)
 }
 
 /// Whether `sql` (a statement's text) starts with the word SELECT and has no semicolon but a

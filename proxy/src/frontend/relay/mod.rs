@@ -6,7 +6,8 @@
 //!
 //! - `to_server`: client bytes through the routing gate and `rewrite` to the server.
 //! - `to_client`: server bytes through `responses` to the client.
-//! - `fast`: the fast lane for a lone plain-read unit (no rewrite, no reply queue).
+//! - `fast`: the fast lane for a lone plain-read unit (no rewrite, no reply queue); `shape`
+//!   the unit shape it takes, which the unit scan follows as it walks.
 //! - `probe`: the causal probe's part (pipelining it, sending it late, losing it).
 //! - `units`: a unit's one analysis (statements, classification, pinning verdict); `gate`
 //!   holds back what a replica may not run; `causal` the client's causal token; `observe`
@@ -52,6 +53,7 @@ pub(crate) mod observe;
 mod probe;
 pub(crate) mod responses;
 pub(crate) mod rewrite;
+mod shape;
 mod timeouts;
 mod to_client;
 mod to_server;
@@ -129,6 +131,8 @@ pub(crate) struct RunEnd {
     /// Nothing reached the client and nothing beyond the first request reached the server:
     /// a read that failed like this may run again elsewhere.
     pub retryable: bool,
+    /// The first request, kept for that (only when asked for, see `ClientState`).
+    pub retry: Option<BytesMut>,
     /// What the run did (queries, bytes, query time).
     pub tally: crate::metrics::Tally,
     /// When the last ReadyForQuery reached the client.
@@ -193,6 +197,8 @@ pub(crate) async fn run(
         failed_checks: state.failed_checks,
         listen: state.listen,
         staged: None,
+        keep_for_retry: state.keep_for_retry,
+        kept: None,
     };
     let outcome = r.run(shutdown, plain).await;
     r.drop_staged();
@@ -206,6 +212,7 @@ pub(crate) async fn run(
         causal_learned: r.expect.causal.learned,
         causal_uncovered: r.expect.causal.uncovered || r.gate.wrote,
         retryable: !r.replied && !r.more_input,
+        retry: r.kept.take(),
         tally: r.observer.tally,
         last_reply: r.observer.last_reply,
     }
@@ -256,7 +263,12 @@ impl Relay<'_> {
                     }
                 }
             }
-        } else if let Some(end) = r.on_client_bytes().await {
+        } else if let Some(end) = {
+            if r.keep_for_retry {
+                r.kept = Some(r.cbuf.clone());
+            }
+            r.on_client_bytes().await
+        } {
             // Forwarded what the session already read.
             return end;
         }
@@ -389,6 +401,9 @@ pub(crate) struct ClientState<'a> {
     /// What answering LISTEN-family statements in a transaction block needs (None: session
     /// mode, or the client is pinned).
     pub listen: Option<listen::ListenCtx<'a>>,
+    /// Keep a copy of the first request, for running it again elsewhere if the server fails
+    /// it before any reply (a replica's read, not yet retried).
+    pub keep_for_retry: bool,
 }
 
 /// The relay's state for one run.
@@ -431,6 +446,11 @@ struct Relay<'a> {
     /// LISTEN-family statements of the open transaction block (None: nothing staged, the
     /// usual case: the end of a block is then not looked for).
     staged: Option<Box<crate::notify::Staged>>,
+    /// Keep a copy of the first request for a retry (see `ClientState::keep_for_retry`).
+    keep_for_retry: bool,
+    /// That copy, once made: at the start of the general relay, or when the fast lane hands
+    /// over (a lane that ends well needs none: the unit stays in `cbuf` until it knows).
+    kept: Option<BytesMut>,
 }
 
 impl Relay<'_> {

@@ -15,6 +15,8 @@ use crate::router::rules::RuleSet;
 use crate::sql::lexer::StringSyntax;
 use crate::sql::session_state::pins_in;
 
+use super::shape::LaneShape;
+
 /// What classifying client units needs.
 pub(crate) struct UnitContext<'a> {
     /// The database's classifier.
@@ -137,11 +139,13 @@ impl Analysed {
 }
 
 impl Analysed {
-    /// Whether the unit is complete, `len` bytes long, reads and pins nothing.
-    pub(crate) fn reads_whole(&self, len: usize) -> bool {
-        self.scan.whole().is_some_and(|unit| {
-            unit.len == Some(len) && unit.info.class == Class::Read && !unit.info.pins
-        })
+    /// The statement of the unit if it is `buf` whole, has the fast lane's shape, and reads
+    /// and pins nothing.
+    pub(crate) fn plain_read<'a>(&self, buf: &'a [u8]) -> Option<&'a [u8]> {
+        let unit = self.scan.whole()?;
+        let plain =
+            unit.len == Some(buf.len()) && unit.info.class == Class::Read && !unit.info.pins;
+        plain.then(|| self.scan.shape.sql(buf)).flatten()
     }
 }
 
@@ -157,8 +161,42 @@ pub(crate) struct UnitScan {
     complete: bool,
     /// It ended at a Flush.
     flushed: bool,
-    /// Statements parsed earlier in this unit: where the name is in the unit, what it needs.
-    parsed: Vec<(Range<usize>, UnitInfo)>,
+    /// Statements parsed earlier in this unit.
+    parsed: Parsed,
+    /// The fast lane's shape, as far as the unit has it.
+    shape: LaneShape,
+}
+
+/// The names of the statements parsed earlier in a unit: where each is in the unit. What they
+/// need is already merged into the unit's (merging is idempotent), so a Bind of one adds
+/// nothing; a Bind of any other statement is looked up. The first name is kept inline: most
+/// units parse one statement (the unnamed one), and a Vec would cost an allocation per unit.
+#[derive(Debug, Default, Clone)]
+struct Parsed {
+    first: Option<(u32, u32)>,
+    more: Vec<Range<usize>>,
+}
+
+impl Parsed {
+    /// Records a Parse of the name at `name` in `buf`.
+    fn record(&mut self, name: Range<usize>) {
+        if self.first.is_none() && self.more.is_empty() {
+            if let (Ok(start), Ok(end)) = (u32::try_from(name.start), u32::try_from(name.end)) {
+                self.first = Some((start, end));
+                return;
+            }
+        }
+        self.more.push(name);
+    }
+
+    /// Whether a statement named `name` was parsed earlier in the unit (in `buf`).
+    fn has(&self, buf: &[u8], name: &[u8]) -> bool {
+        let first = self.first.map(|(s, e)| s as usize..e as usize);
+        first
+            .iter()
+            .chain(&self.more)
+            .any(|n| buf[n.clone()] == *name)
+    }
 }
 
 impl UnitScan {
@@ -188,6 +226,7 @@ impl UnitScan {
             };
             let body = &buf[pos + 5..pos + h.frame_len()];
             self.pos = pos + h.frame_len();
+            self.shape.feed(h.tag, body, pos + 5);
             match h.tag {
                 b'Q' if pos == 0 => {
                     ctx.add_sql(body.strip_suffix(&[0]).unwrap_or(body), &mut self.info);
@@ -199,25 +238,19 @@ impl UnitScan {
                         let one = ctx.sql_info(sql);
                         self.info.merge(&one);
                         // The name opens the body.
-                        let name = pos + 5..pos + 5 + p.name.len();
-                        self.parsed.retain(|(n, _)| buf[n.clone()] != *p.name);
-                        self.parsed.push((name, one));
+                        self.parsed.record(pos + 5..pos + 5 + p.name.len());
                     }
                     None => self.info.add_class(Class::Write),
                 },
                 b'B' => {
                     let one = extended::bind(body).map_or(UnitInfo::write(), |b| {
-                        match self
-                            .parsed
-                            .iter()
-                            .rev()
-                            .find(|(n, _)| buf[n.clone()] == *b.statement)
-                        {
-                            Some((_, i)) => *i,
+                        match self.parsed.has(buf, b.statement) {
+                            // Its needs are merged already (at its Parse).
+                            true => UnitInfo::default(),
                             // An unnamed statement parsed in another unit may be on another
                             // server.
-                            None if b.statement.is_empty() => UnitInfo::write(),
-                            None => ctx
+                            false if b.statement.is_empty() => UnitInfo::write(),
+                            false => ctx
                                 .statements
                                 .get(b.statement)
                                 .map_or(UnitInfo::write(), |s| s.info(|sql| ctx.sql_info(sql))),
@@ -255,7 +288,7 @@ impl UnitScan {
     fn finish(&mut self, flushed: bool) -> Unit {
         self.complete = true;
         self.flushed = flushed;
-        self.parsed = Vec::new();
+        self.parsed = Parsed::default();
         self.done()
     }
 
@@ -422,6 +455,48 @@ mod tests {
         let u = scan_bytes(&buf, &none);
         assert_eq!((u.len, u.flushed), (Some(lone), false));
         assert_eq!(u.info.class, Class::Read);
+    }
+
+    #[test]
+    fn the_analysis_gives_the_fast_lane_its_statement_when_the_unit_is_a_plain_read() {
+        let classifier = Classifier::new(FunctionTable::builtin(), 100);
+        let none = ClientStatements::default();
+        let ctx = UnitContext {
+            classifier: &classifier,
+            rules: None,
+            statements: &none,
+            strings: StringSyntax::Standard,
+            reported: &[],
+        };
+        let plain = |buf: &[u8]| {
+            let (_, a) = Analysed::of(buf, 1 << 20, &ctx);
+            a.plain_read(buf).map(<[u8]>::to_vec)
+        };
+        let q = frame(b'Q', b"SELECT a FROM t\0");
+        assert_eq!(plain(&q).as_deref(), Some(&b"SELECT a FROM t"[..]));
+        let mut ext = parse("", "SELECT a FROM t WHERE id = $1");
+        ext.extend(bind(""));
+        ext.extend(frame(b'D', b"P\0"));
+        ext.extend(frame(b'E', b"\0\0\0\0\0"));
+        ext.extend(frame(b'S', b""));
+        assert_eq!(
+            plain(&ext).as_deref(),
+            Some(&b"SELECT a FROM t WHERE id = $1"[..])
+        );
+        // A write, a pinning statement, a named statement, more than the unit: not the lane's.
+        assert_eq!(plain(&frame(b'Q', b"DELETE FROM t\0")), None);
+        assert_eq!(plain(&frame(b'Q', b"SET work_mem = '1GB'\0")), None);
+        let mut named = parse("s1", "SELECT 1");
+        named.extend(bind("s1"));
+        named.extend(frame(b'E', b"\0\0\0\0\0"));
+        named.extend(frame(b'S', b""));
+        assert_eq!(plain(&named), None);
+        let mut two = q.clone();
+        two.extend(&q);
+        let (_, a) = Analysed::of(&two, 1 << 20, &ctx);
+        assert_eq!(a.plain_read(&two), None);
+        // A Bind of the statement parsed in the same unit adds nothing to it.
+        assert_eq!(scan_bytes(&ext, &none).info.class, Class::Read);
     }
 
     #[test]

@@ -117,6 +117,9 @@ struct Session {
     shutdown: SessionWatch,
 }
 
+/// Why a session ended when serving it panicked.
+const PANICKED: &str = "internal error";
+
 /// Boxes the future `make` returns, allocating first so that the future can be built in its
 /// box: `Box::pin(f)` builds `f` on the stack and copies it, and a transaction's future is
 /// kilobytes (a copy per transaction showed in profiles).
@@ -131,19 +134,24 @@ impl Session {
     /// A panic in serving is contained here: the server it held was dropped with it (closed,
     /// never returned), and the client gets XX000 before it is closed.
     async fn run(mut self: Box<Self>, held: Option<Box<Serving>>) {
-        let served = Contained(pin!(self.serve(held))).await;
-        let reason = match served {
-            Ok(reason) => reason,
-            Err(panic) => {
-                error!(peer = %self.client.entry.peer, user = %self.user(), database = %self.database(), panic, "internal error while serving a client: client closed, its server connection closed");
-                self.close(
-                    SqlState::INTERNAL_ERROR,
-                    "pgtier: internal error; the connection is closed (see pgtier's log)",
-                )
-                .await;
-                "internal error"
+        // Only a flag lives across the close below: this state is every idle client's task.
+        let reason = {
+            let served = Contained(pin!(self.serve(held))).await;
+            match served {
+                Ok(reason) => reason,
+                Err(panic) => {
+                    error!(peer = %self.client.entry.peer, user = %self.user(), database = %self.database(), panic, "internal error while serving a client: client closed, its server connection closed");
+                    PANICKED
+                }
             }
         };
+        if reason == PANICKED {
+            Box::pin(self.close(
+                SqlState::INTERNAL_ERROR,
+                "pgtier: internal error; the connection is closed (see pgtier's log)",
+            ))
+            .await;
+        }
         info!(peer = %self.client.entry.peer, user = %self.user(), database = %self.database(), reason, "client disconnected");
     }
 
@@ -180,45 +188,15 @@ impl Session {
                         .is_none_or(|l| l.channel_count() == 0)
                     && plain_select_first(&first);
                 if !plain {
-                    let max_bytes = self.limits().prepared_bytes;
-                    if let Some(reply) = answer_parse_batch(&first, &mut self.statements, max_bytes)
-                    {
-                        // The one place statements change outside a relay (which records the
-                        // count at each ReadyForQuery).
-                        self.client.entry.set_prepared(self.statements.len());
-                        // Boxed: rare, and it keeps the idle task small.
-                        if let Err(reason) = Box::pin(self.send(&reply)).await {
-                            return reason;
+                    // Boxed: only a pointer lives in this (idle) state while it is answered.
+                    if let Some(local) = self.local_request(&first).map(Box::new) {
+                        // Boxed: rare, and what it holds across its awaits would otherwise
+                        // sit in every idle client's task.
+                        match Box::pin(self.answer_local(first, *local)).await {
+                            Ok(rest) => pending = rest.map(Box::new),
+                            Err(reason) => return reason,
                         }
                         continue;
-                    }
-                    if let Some((reply, len)) = self.answer_pgtier_statement(&first) {
-                        if let Err(reason) = Box::pin(self.send(&reply)).await {
-                            return reason;
-                        }
-                        // What the client sent after it (a relay hands back a pipelined batch
-                        // whose next message is a pgtier statement) is served next.
-                        if first.len() > len {
-                            let mut rest = first;
-                            pending = Some(Box::new(rest.split_off(len)));
-                        }
-                        continue;
-                    }
-                    if let Some(req) = self.listen_request(&first) {
-                        let end = req.end(first.len());
-                        // Boxed: rare, and it keeps the idle task small.
-                        if let Err(reason) = Box::pin(self.answer_listen(&first, req)).await {
-                            return reason;
-                        }
-                        // What the client sent after it is served next.
-                        if first.len() > end {
-                            let mut rest = first;
-                            pending = Some(Box::new(rest.split_off(end)));
-                        }
-                        continue;
-                    }
-                    if self.listen_statements.is_some() {
-                        self.forget_listen_statements(&first);
                     }
                 }
             }
@@ -229,6 +207,50 @@ impl Session {
                 Err(reason) => return reason,
             }
         }
+    }
+
+    /// What pgtier answers itself at the start of `first`, if it is one: a Parse batch of
+    /// named statements, a pgtier statement, a LISTEN-family request.
+    fn local_request(&mut self, first: &[u8]) -> Option<Local> {
+        let max_bytes = self.limits().prepared_bytes;
+        if let Some(reply) = answer_parse_batch(first, &mut self.statements, max_bytes) {
+            // The one place statements change outside a relay (which records the count at
+            // each ReadyForQuery).
+            self.client.entry.set_prepared(self.statements.len());
+            return Some(Local::Reply(reply, first.len()));
+        }
+        if let Some((reply, len)) = self.answer_pgtier_statement(first) {
+            return Some(Local::Reply(reply, len));
+        }
+        if let Some(req) = self.listen_request(first) {
+            return Some(Local::Listen(req));
+        }
+        if self.listen_statements.is_some() {
+            self.forget_listen_statements(first);
+        }
+        None
+    }
+
+    /// Answers `local`, the request at the start of `first`; returns the bytes after it (a
+    /// relay hands back a pipelined batch whose next message is answered here), if any.
+    async fn answer_local(
+        &mut self,
+        mut first: BytesMut,
+        local: Local,
+    ) -> Result<Option<BytesMut>, &'static str> {
+        let end = match local {
+            Local::Reply(reply, end) => {
+                self.send(&reply).await?;
+                end
+            }
+            Local::Listen(req) => {
+                let end = req.end(first.len());
+                // Boxed: its state is large and this one small.
+                Box::pin(self.answer_listen(&first, req)).await?;
+                end
+            }
+        };
+        Ok((first.len() > end).then(|| first.split_off(end)))
     }
 
     /// Answers a first message that is one pgtier statement (`SHOW pgtier.causal_lsn`...);
@@ -267,9 +289,9 @@ impl Session {
                 None => self.serve_target(&first).await?,
             };
             // A read on a replica may run again elsewhere if that replica fails it before
-            // anything reaches the client: keep its bytes until then.
-            let copy = (serving.on_replica && !retried).then(|| first.clone());
-            match self.run_on(serving, first, copy, analysed).await? {
+            // anything reaches the client: the relay keeps its bytes until then.
+            let retry = serving.on_replica && !retried;
+            match self.run_on(serving, first, retry, analysed).await? {
                 Ran::Done(leftover) => return Ok(leftover),
                 Ran::RetryRead(again) => {
                     retried = true;
@@ -386,14 +408,30 @@ impl Session {
     }
 }
 
-/// Whether the first message in `buf` is a simple Query whose text starts with the word
-/// SELECT and has no `(` (whatever follows it).
+/// A request pgtier answers itself (see [`Session::local_request`]).
+enum Local {
+    /// Its reply, and where the request ends.
+    Reply(BytesMut, usize),
+    /// A LISTEN-family request.
+    Listen(listen::ListenRequest),
+}
+
+/// Whether the first message in `buf` is a simple Query, or a Parse of the unnamed statement,
+/// whose text starts with the word SELECT and has no `(` (whatever follows it). An unnamed
+/// Parse is never answered by pgtier, and a LISTEN-family statement the client prepared is
+/// named.
 fn plain_select_first(buf: &[u8]) -> bool {
     let Ok(Some(h)) = peek_header(buf, usize::MAX) else {
         return false;
     };
-    let Some(sql) = buf.get(5..h.frame_len()).filter(|_| h.tag == b'Q') else {
+    let Some(body) = buf.get(5..h.frame_len()) else {
         return false;
+    };
+    let sql = match h.tag {
+        b'Q' => body,
+        // The unnamed statement's empty name, then its text.
+        b'P' if body.first() == Some(&0) => &body[1..],
+        _ => return false,
     };
     let text = sql.trim_ascii_start();
     crate::sql::starts_with_select(text) && memchr::memchr(b'(', text).is_none()
@@ -419,7 +457,16 @@ mod tests {
         ] {
             assert!(!plain_select_first(&q(sql)), "{sql}");
         }
-        assert!(!plain_select_first(&frame(b'P', b"\0SELECT 1\0\0\0")));
+        // The unnamed statement: the same; a named one is not (it may be answered by pgtier).
+        assert!(plain_select_first(&frame(
+            b'P',
+            b"\0SELECT a FROM t WHERE id = $1\0\0\0"
+        )));
+        assert!(!plain_select_first(&frame(
+            b'P',
+            b"\0SELECT count(*) FROM t\0\0\0"
+        )));
+        assert!(!plain_select_first(&frame(b'P', b"s1\0SELECT 1\0\0\0")));
         assert!(!plain_select_first(&q("SELECT a FROM t")[..8]));
     }
 }

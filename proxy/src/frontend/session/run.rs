@@ -21,13 +21,13 @@ use crate::shutdown::Phase;
 use super::{Ran, Session, CANCEL_TIMEOUT, DISCARD_TIMEOUT, KILL_MESSAGE, SHUTDOWN_MESSAGE};
 
 impl Session {
-    /// Relays on `serving` until its transaction ends. `retry` is a copy of `first` kept for
-    /// running it again elsewhere (None: no retry is allowed).
+    /// Relays on `serving` until its transaction ends. `retry`: keep a copy of `first` for
+    /// running it again elsewhere (the relay makes it only when it may be needed).
     pub(super) async fn run_on(
         &mut self,
         mut serving: Serving,
         first: BytesMut,
-        retry: Option<BytesMut>,
+        retry: bool,
         analysed: Option<Analysed>,
     ) -> Result<Ran, &'static str> {
         let started = serving.since;
@@ -94,6 +94,7 @@ impl Session {
                     slot: &mut self.listening,
                     source: &listen_source,
                 }),
+                keep_for_retry: retry,
             },
             server.conn().io(),
             first,
@@ -169,7 +170,7 @@ impl Session {
             Outcome::ServerGone(e) => {
                 warn!(database = %self.database(), node = %self.upstream.node(serving.node).node(), error = %e, retryable = end.retryable, on_replica = serving.on_replica, "server connection lost");
                 self.router().topology().report_failure(serving.node);
-                match retry {
+                match end.retry {
                     Some(again) if serving.on_replica && end.retryable => {
                         info!(database = %self.database(), "read failed on a replica before any reply: retrying it once elsewhere");
                         return Ok(Ran::RetryRead(again));

@@ -16,6 +16,18 @@ use crate::shutdown::Phase;
 
 use super::{Session, KILL_MESSAGE, SHUTDOWN_MESSAGE};
 
+/// What the bytes of a request read so far make.
+enum Look {
+    /// A whole request (a message, or a unit when routing): serve it.
+    Request,
+    /// Not all there yet: read more.
+    More,
+    /// A Terminate: the client leaves.
+    Terminate,
+    /// The client broke the protocol.
+    Violation(Violation),
+}
+
 /// What ended an idle wait.
 enum Wake {
     /// The client sent something.
@@ -52,14 +64,14 @@ impl Session {
                 && (!buf.is_empty()
                     || poll_fn(|cx| Poll::Ready(self.stream.poll_read_ready(cx).is_ready())).await);
             if phase >= Phase::Draining && !finishing {
-                self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;
+                Box::pin(self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE)).await;
                 return Err("shutdown");
             }
             if finishing {
                 until = Phase::Closing;
             }
             if self.runtime.control.kills() != self.kills_seen {
-                self.close(SqlState::ADMIN_SHUTDOWN, KILL_MESSAGE).await;
+                Box::pin(self.close(SqlState::ADMIN_SHUTDOWN, KILL_MESSAGE)).await;
                 return Err("admin KILL");
             }
             // The client is between transactions: what it was sent while busy goes out now.
@@ -102,10 +114,10 @@ impl Session {
                 }
                 Wake::Closed => return Err("client closed"),
                 Wake::IdleTimeout => {
-                    self.close(
+                    Box::pin(self.close(
                         SqlState::IDLE_SESSION_TIMEOUT,
                         "terminating connection due to idle-session timeout (client_idle_timeout)",
-                    )
+                    ))
                     .await;
                     return Err("client_idle_timeout");
                 }
@@ -116,9 +128,13 @@ impl Session {
             // A poll-based read (unlike try_read) clears readiness on a short read, which saves
             // the relay a wasted EAGAIN read per transaction. Polled once: a spurious wake-up
             // goes back to the wait above.
+            // Some(true): bytes came; Some(false): the client closed (or the read failed).
             let read = {
                 let mut read = pin!(self.stream.read_buf(&mut buf));
-                poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
+                poll_fn(|cx| {
+                    Poll::Ready(read.as_mut().poll(cx).map(|r| matches!(r, Ok(n) if n > 0)))
+                })
+                .await
             };
             match read {
                 // Nothing came (a stale readiness: login's last read filled its buffer exactly,
@@ -129,39 +145,53 @@ impl Session {
                     }
                     continue;
                 }
-                Poll::Ready(Ok(0) | Err(_)) => return Err("client closed"),
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(false) => return Err("client closed"),
+                Poll::Ready(true) => {}
             }
-            let header = peek_header(&buf, self.limits().max_message);
-            // A Sync claiming 64 KiB is refused now, not after waiting for its body.
-            if let Ok(Some(h)) = &header {
-                if let Err(e) = validate::check_length(h.tag, h.body_len) {
-                    self.violation(Violation::Malformed(e)).await;
-                    return Err("protocol violation");
-                }
+            // The violation, if any, is awaited with nothing but the loop's state alive: what
+            // this future holds stays small (it is every idle client's).
+            let violation = match self.look_at(&mut buf) {
+                Look::Request => return Ok(buf),
+                Look::More => continue,
+                Look::Terminate => return Err("client closed"),
+                Look::Violation(v) => v,
+            };
+            Box::pin(self.violation(violation)).await;
+            return Err("protocol violation");
+        }
+    }
+
+    /// What the bytes read so far make: a request, not yet, or a violation. Makes room in
+    /// `buf` for the rest of a message (or unit) that is not all there.
+    fn look_at(&self, buf: &mut BytesMut) -> Look {
+        let header = peek_header(buf, self.limits().max_message);
+        // A Sync claiming 64 KiB is refused now, not after waiting for its body.
+        if let Ok(Some(h)) = &header {
+            if let Err(e) = validate::check_length(h.tag, h.body_len) {
+                return Look::Violation(Violation::Malformed(e));
             }
-            match header {
-                Ok(None) => {}
-                Ok(Some(h)) if !is_frontend_tag(h.tag) => {
-                    self.violation(Violation::UnknownType(h.tag)).await;
-                    return Err("protocol violation");
-                }
-                Ok(Some(h)) if h.tag == b'X' => return Err("client closed"),
-                // Routing looks at a whole unit: extended messages up to Sync.
-                Ok(Some(h))
-                    if self.routes()
-                        && buf.len() >= h.frame_len()
-                        && !units::complete(&buf, self.limits().max_message) =>
-                {
-                    buf.reserve(BUF_SIZE)
-                }
-                Ok(Some(h)) if buf.len() >= h.frame_len() || h.tag == b'd' => return Ok(buf),
-                Ok(Some(h)) => buf.reserve(h.frame_len() - buf.len()),
-                Err(e) => {
-                    self.violation(Violation::Frame(e)).await;
-                    return Err("protocol violation");
-                }
+        }
+        match header {
+            Ok(None) => Look::More,
+            Ok(Some(h)) if !is_frontend_tag(h.tag) => {
+                Look::Violation(Violation::UnknownType(h.tag))
             }
+            Ok(Some(h)) if h.tag == b'X' => Look::Terminate,
+            // Routing looks at a whole unit: extended messages up to Sync.
+            Ok(Some(h))
+                if self.routes()
+                    && buf.len() >= h.frame_len()
+                    && !units::complete(buf, self.limits().max_message) =>
+            {
+                buf.reserve(BUF_SIZE);
+                Look::More
+            }
+            Ok(Some(h)) if buf.len() >= h.frame_len() || h.tag == b'd' => Look::Request,
+            Ok(Some(h)) => {
+                buf.reserve(h.frame_len() - buf.len());
+                Look::More
+            }
+            Err(e) => Look::Violation(Violation::Frame(e)),
         }
     }
 
