@@ -309,17 +309,21 @@ mod tests {
 
     fn scan_bytes(buf: &[u8], statements: &ClientStatements) -> Unit {
         let classifier = Classifier::new(FunctionTable::builtin(), 100);
-        scan(
-            buf,
-            1 << 20,
-            &UnitContext {
-                classifier: &classifier,
-                rules: None,
-                statements,
-                strings: StringSyntax::Standard,
-                reported: &[],
-            },
-        )
+        scan(buf, 1 << 20, &standard(&classifier, statements))
+    }
+
+    /// A context with standard strings and no rules.
+    fn standard<'a>(
+        classifier: &'a Classifier,
+        statements: &'a ClientStatements,
+    ) -> UnitContext<'a> {
+        UnitContext {
+            classifier,
+            rules: None,
+            statements,
+            strings: StringSyntax::Standard,
+            reported: &[],
+        }
     }
 
     fn parse(name: &str, sql: &str) -> Vec<u8> {
@@ -334,13 +338,7 @@ mod tests {
     fn a_unit_scanned_in_pieces_is_scanned_as_a_whole() {
         let classifier = Classifier::new(FunctionTable::builtin(), 100);
         let none = ClientStatements::default();
-        let ctx = UnitContext {
-            classifier: &classifier,
-            rules: None,
-            statements: &none,
-            strings: StringSyntax::Standard,
-            reported: &[],
-        };
+        let ctx = standard(&classifier, &none);
         let unit = [
             parse("s1", "SELECT 1"),
             bind("s1"),
@@ -461,13 +459,7 @@ mod tests {
     fn the_analysis_gives_the_fast_lane_its_statement_when_the_unit_is_a_plain_read() {
         let classifier = Classifier::new(FunctionTable::builtin(), 100);
         let none = ClientStatements::default();
-        let ctx = UnitContext {
-            classifier: &classifier,
-            rules: None,
-            statements: &none,
-            strings: StringSyntax::Standard,
-            reported: &[],
-        };
+        let ctx = standard(&classifier, &none);
         let plain = |buf: &[u8]| {
             let (_, a) = Analysed::of(buf, 1 << 20, &ctx);
             a.plain_read(buf).map(<[u8]>::to_vec)
