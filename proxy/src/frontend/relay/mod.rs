@@ -140,15 +140,17 @@ pub(crate) struct RunEnd {
 }
 
 /// Relays between the client and its server until the server is idle (transaction mode) or
-/// the session ends. `cbuf` holds client bytes already read; `shutdown` stops it.
-pub(crate) async fn run(
-    client: &mut ClientStream,
-    state: ClientState<'_>,
-    server: ServerIo<'_>,
+/// the session ends. `cbuf` holds client bytes already read; `shutdown` stops it. The relay is
+/// built before the future, which then holds it once (an async fn would also keep its
+/// arguments: the transaction's state is touched on every run).
+pub(crate) fn run<'a>(
+    client: &'a mut ClientStream,
+    state: ClientState<'a>,
+    server: ServerIo<'a>,
     cbuf: BytesMut,
     limits: Limits,
-    shutdown: &SessionWatch,
-) -> RunEnd {
+    shutdown: &'a SessionWatch,
+) -> impl std::future::Future<Output = RunEnd> + 'a {
     // The fast lane needs no reply queue unless it hands the run over.
     let plain = fast::plain_unit(&cbuf, state.analysed.as_ref());
     let mut r = Relay {
@@ -200,21 +202,23 @@ pub(crate) async fn run(
         keep_for_retry: state.keep_for_retry,
         kept: None,
     };
-    let outcome = r.run(shutdown, plain).await;
-    r.drop_staged();
-    if r.gate.wrote_in_run {
-        *r.server.sequences_dirty = true;
-    }
-    RunEnd {
-        outcome,
-        leftover: std::mem::take(&mut r.cbuf),
-        causal: r.expect.causal.token,
-        causal_learned: r.expect.causal.learned,
-        causal_uncovered: r.expect.causal.uncovered || r.gate.wrote,
-        retryable: !r.replied && !r.more_input,
-        retry: r.kept.take(),
-        tally: r.observer.tally,
-        last_reply: r.observer.last_reply,
+    async move {
+        let outcome = r.run(shutdown, plain).await;
+        r.drop_staged();
+        if r.gate.wrote_in_run {
+            *r.server.sequences_dirty = true;
+        }
+        RunEnd {
+            outcome,
+            leftover: std::mem::take(&mut r.cbuf),
+            causal: r.expect.causal.token,
+            causal_learned: r.expect.causal.learned,
+            causal_uncovered: r.expect.causal.uncovered || r.gate.wrote,
+            retryable: !r.replied && !r.more_input,
+            retry: r.kept.take(),
+            tally: r.observer.tally,
+            last_reply: r.observer.last_reply,
+        }
     }
 }
 
@@ -290,6 +294,16 @@ impl Relay<'_> {
             };
             let drain_when_idle = r.holds_server() && at_rest && r.status == TxStatus::Idle;
             let (query_deadline, tx_deadline) = r.deadlines();
+            // One timer, for the earliest deadline: the others are looked at again after it.
+            let timer = [
+                (idle_deadline, Timer::IdleInTransaction),
+                (query_deadline, Timer::Query),
+                (tx_deadline, Timer::Transaction),
+                (r.expect.causal.deadline(), Timer::Probe),
+            ]
+            .into_iter()
+            .filter_map(|(at, timer)| Some((at?, timer)))
+            .min_by_key(|(at, _)| *at);
             if r.cbuf.capacity() - r.cbuf.len() < 1024 {
                 r.cbuf.reserve(BUF_SIZE);
             }
@@ -320,16 +334,19 @@ impl Relay<'_> {
                         }
                     }
                 },
-                _ = sleep_until_opt(idle_deadline) => return Outcome::IdleInTransaction,
-                _ = sleep_until_opt(query_deadline) => {
-                    if let Some(end) = r.query_timed_out() {
-                        return end;
+                _ = sleep_until_opt(timer.map(|(at, _)| at)) => match timer.map(|(_, t)| t) {
+                    Some(Timer::IdleInTransaction) => return Outcome::IdleInTransaction,
+                    Some(Timer::Query) => {
+                        if let Some(end) = r.query_timed_out() {
+                            return end;
+                        }
                     }
-                }
-                _ = sleep_until_opt(tx_deadline) => return Outcome::TransactionTimeout,
-                _ = sleep_until_opt(r.expect.causal.deadline()) => {
-                    return r.server_lost(std::io::ErrorKind::TimedOut.into()).await;
-                }
+                    Some(Timer::Transaction) => return Outcome::TransactionTimeout,
+                    Some(Timer::Probe) => {
+                        return r.server_lost(std::io::ErrorKind::TimedOut.into()).await;
+                    }
+                    None => {}
+                },
 
                 _ = &mut draining, if drain_when_idle => return Outcome::Idle,
                 _ = &mut closing => {
@@ -468,6 +485,19 @@ impl Relay<'_> {
             || !self.expect.is_empty()
             || self.expect.unsynced
     }
+}
+
+/// What a relay's deadline is for.
+#[derive(Debug, Clone, Copy)]
+enum Timer {
+    /// `idle_transaction_timeout`.
+    IdleInTransaction,
+    /// `query_timeout` (or the grace after its cancel).
+    Query,
+    /// `transaction_timeout`.
+    Transaction,
+    /// The causal probe's reply.
+    Probe,
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
