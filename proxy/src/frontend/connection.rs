@@ -25,7 +25,7 @@ pub async fn handle(
     proxy: Arc<Proxy>,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
-    mut guard: ClientGuard,
+    guard: ClientGuard,
     cancel_only: bool,
 ) {
     // Before any TLS handshake too: with Nagle on, its records wait for ACKs (40 ms each).
@@ -59,7 +59,7 @@ pub async fn handle(
             }
         }
     };
-    guard.logged_in();
+    let open = guard.logged_in();
     drop(tls);
     drop(snapshot);
     match (&stream, &logged_in) {
@@ -93,7 +93,7 @@ pub async fn handle(
             return;
         }
         Ok(Login::Cancel(key)) => {
-            drop(guard);
+            drop(open);
             Box::pin(proxy.forward_cancel(key)).await;
             return;
         }
@@ -113,7 +113,7 @@ pub async fn handle(
         &proxy,
         stream,
         peer,
-        guard,
+        open,
         session::LoggedIn {
             user,
             db,

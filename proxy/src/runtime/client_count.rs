@@ -21,14 +21,25 @@ struct Logins {
     queue: VecDeque<Arc<Notify>>,
 }
 
-/// One counted client connection; uncounted on drop.
+/// One counted client connection while it logs in; uncounted on drop.
 #[derive(Debug)]
 pub struct ClientGuard {
-    open: Arc<AtomicUsize>,
-    logins: Arc<Mutex<Logins>>,
+    open: OpenClient,
+    queued: Queued,
     over_limit: bool,
-    /// What tells it to give way, also its place among the logins (None once logged in).
-    login: Option<Arc<Notify>>,
+}
+
+/// One counted client connection that logged in (8 bytes in every idle session); uncounted
+/// on drop.
+#[derive(Debug)]
+pub struct OpenClient(Arc<AtomicUsize>);
+
+/// A connection's place among the logins; it leaves the queue on drop.
+#[derive(Debug)]
+struct Queued {
+    logins: Arc<Mutex<Logins>>,
+    /// What tells it to give way, also its identity in the queue.
+    notify: Arc<Notify>,
 }
 
 fn lock(logins: &Mutex<Logins>) -> std::sync::MutexGuard<'_, Logins> {
@@ -52,10 +63,12 @@ impl ClientCount {
         let notify = Arc::new(Notify::new());
         logins.queue.push_back(notify.clone());
         ClientGuard {
-            open: self.open.clone(),
-            logins: self.logins.clone(),
+            open: OpenClient(self.open.clone()),
+            queued: Queued {
+                logins: self.logins.clone(),
+                notify,
+            },
             over_limit,
-            login: Some(notify),
         }
     }
 
@@ -73,23 +86,28 @@ impl ClientGuard {
 
     /// Resolves when a newer connection needs this one's place (it is still logging in).
     pub async fn evicted(&self) {
-        match &self.login {
-            Some(n) => n.notified().await,
-            None => std::future::pending().await,
-        }
+        self.queued.notify.notified().await
     }
 
-    /// The client logged in: it no longer gives way to newer connections.
-    pub fn logged_in(&mut self) {
-        if let Some(mine) = self.login.take() {
-            lock(&self.logins).queue.retain(|n| !Arc::ptr_eq(n, &mine));
-        }
+    /// The client logged in: it no longer gives way to newer connections; what stays is its
+    /// count.
+    pub fn logged_in(self) -> OpenClient {
+        let ClientGuard { open, queued, .. } = self;
+        drop(queued);
+        open
     }
 }
 
-impl Drop for ClientGuard {
+impl Drop for Queued {
     fn drop(&mut self) {
-        self.logged_in();
-        self.open.fetch_sub(1, Ordering::AcqRel);
+        lock(&self.logins)
+            .queue
+            .retain(|n| !Arc::ptr_eq(n, &self.notify));
+    }
+}
+
+impl Drop for OpenClient {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

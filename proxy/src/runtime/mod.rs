@@ -31,7 +31,7 @@ use crate::router::route::Router;
 use crate::shutdown::{Phase, Shutdown, ShutdownWatch};
 use crate::tls::ClientTls;
 
-pub use client_count::{ClientCount, ClientGuard};
+pub use client_count::{ClientCount, ClientGuard, OpenClient};
 pub use clients::{ClientEntry, ClientRegistry, ClientState};
 pub(crate) use limits::Limits;
 

@@ -40,7 +40,7 @@ use crate::router::commands;
 use crate::router::route::{ClientRouting, Router};
 use crate::router::scopes::ScopeToken;
 use crate::runtime::clients::ClientHandle;
-use crate::runtime::{ClientGuard, DbRuntime, Proxy};
+use crate::runtime::{DbRuntime, OpenClient, Proxy};
 use crate::shutdown::SessionWatch;
 use crate::write::write_all_within;
 
@@ -95,7 +95,7 @@ struct Session {
     /// The client's registry entry and cancel key.
     client: ClientHandle,
     /// Counts the client against `max_client_conn` until the session ends.
-    _guard: ClientGuard,
+    _open: OpenClient,
     /// The client's named prepared statements.
     statements: ClientStatements,
     /// The client's tracked parameters, as changes from `defaults`.

@@ -24,7 +24,7 @@ use crate::protocol::messages::{
 use crate::protocol::SqlState;
 use crate::router::route::{Router, Target};
 use crate::runtime::clients::{ClientLimits, ClientState, NewClient};
-use crate::runtime::{ClientGuard, Proxy};
+use crate::runtime::{OpenClient, Proxy};
 use crate::write::write_all_within;
 
 use super::Session;
@@ -45,7 +45,7 @@ pub(crate) async fn open(
     proxy: &Arc<Proxy>,
     mut stream: ClientStream,
     peer: SocketAddr,
-    guard: ClientGuard,
+    open: OpenClient,
     who: LoggedIn<'_>,
     settings: &Arc<Settings>,
 ) {
@@ -171,7 +171,7 @@ pub(crate) async fn open(
         routing,
         causal_unknown: false,
         client,
-        _guard: guard,
+        _open: open,
         statements: ClientStatements::default(),
         params: client_params,
         defaults: params,
