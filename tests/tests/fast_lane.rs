@@ -87,6 +87,15 @@ async fn errors_and_large_rows_leave_the_fast_lane_intact_on_the_primary() {
     errors_and_large_rows(false).await;
 }
 
+/// pgtier (with replicas or on the primary only) and a raw client logged in to it; the pgtier
+/// handle keeps it running.
+async fn logged_in(replicas: bool) -> (Pgtier, tokio::net::TcpStream) {
+    let px = start(cluster(), replicas).await;
+    let addr = format!("127.0.0.1:{}", px.port());
+    let (s, _) = login_trust(&addr, "pgtier_trust", "app").await.unwrap();
+    (px, s)
+}
+
 /// Reads messages until `n` ReadyForQuery have arrived.
 async fn replies(s: &mut tokio::net::TcpStream, n: usize) -> Vec<Msg> {
     let mut out = Vec::new();
@@ -97,10 +106,7 @@ async fn replies(s: &mut tokio::net::TcpStream, n: usize) -> Vec<Msg> {
 }
 
 async fn pipelined(replicas: bool) {
-    let cluster = cluster();
-    let px = start(cluster, replicas).await;
-    let addr = format!("127.0.0.1:{}", px.port());
-    let (mut s, _) = login_trust(&addr, "pgtier_trust", "app").await.unwrap();
+    let (_px, mut s) = logged_in(replicas).await;
     for _ in 0..3 {
         // The second query is sent while the first one's reply is awaited (the first runs for
         // a while): the run leaves the fast lane with the first reply still owed.
@@ -144,10 +150,7 @@ fn unnamed(sql: &str) -> Vec<u8> {
 }
 
 async fn extended(replicas: bool) {
-    let cluster = cluster();
-    let px = start(cluster, replicas).await;
-    let addr = format!("127.0.0.1:{}", px.port());
-    let (mut s, _) = login_trust(&addr, "pgtier_trust", "app").await.unwrap();
+    let (_px, mut s) = logged_in(replicas).await;
     for _ in 0..3 {
         s.write_all(&unnamed("SELECT 7")).await.unwrap();
         let got = replies(&mut s, 1).await;

@@ -267,14 +267,15 @@ impl Relay<'_> {
                     }
                 }
             }
-        } else if let Some(end) = {
+        } else {
+            // The general relay may send more than the first request: its copy is made now.
             if r.keep_for_retry {
                 r.kept = Some(r.cbuf.clone());
             }
-            r.on_client_bytes().await
-        } {
             // Forwarded what the session already read.
-            return end;
+            if let Some(end) = r.on_client_bytes().await {
+                return end;
+            }
         }
         let closing = shutdown.reached_or_poked(Phase::Closing, Some(pokes));
         let draining = shutdown.reached(Phase::Draining);
