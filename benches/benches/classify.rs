@@ -93,7 +93,7 @@ fn bench(c: &mut Criterion) {
             unit.add_statement(None, sql, &classifier.classify(sql));
             match router.target(&unit, &client) {
                 Target::Replica { min_lsn, limits } => {
-                    black_box(router.choose(min_lsn.max(Lsn::ZERO), limits.as_ref()))
+                    black_box(router.choose(min_lsn.max(Lsn::ZERO), limits.as_ref(), None))
                 }
                 Target::Primary => unreachable!("a read"),
             }

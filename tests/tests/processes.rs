@@ -279,6 +279,9 @@ async fn a_token_from_one_process_keeps_reads_through_another_fresh() {
         .global("max_replica_lag_bytes = 0")
         // The control connection must not share the token connection's tokens.
         .global("causal_scope = \"connection\"")
+        // The control's back-to-back reads must take turns between the replicas to reach the
+        // paused one (by default they would stay on the one they started on).
+        .global("replica_round_robin = true")
         .with_replicas(&cluster)
         .user("pgtier_trust", "auth = \"trust\"");
     let pa = b.start().unwrap();

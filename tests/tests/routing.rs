@@ -436,3 +436,67 @@ async fn a_write_after_a_flush_in_the_same_pipeline_reaches_the_primary() -> Res
     assert_eq!(row_where(&first), (false, cluster.primary().port()));
     Ok(())
 }
+
+/// A client's back-to-back reads stay on one replica (its server process has just run), unless
+/// `replica_round_robin = true`, where equally loaded replicas take turns with every read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_reads_stay_on_one_replica_unless_round_robin() -> Result<()> {
+    let cluster = Cluster::shared();
+    cluster.create_trust_role("pgtier_trust")?;
+    pgtier_kit::fixture::ensure_app_db(cluster)?;
+    for round_robin in [false, true] {
+        let px = ConfigBuilder::new(cluster)
+            .global("lag_check_interval = \"50ms\"")
+            .global(&format!("replica_round_robin = {round_robin}"))
+            .with_replicas(cluster)
+            .user("pgtier_trust", "auth = \"trust\"")
+            .start()?;
+        let c = both_replicas_read(cluster, &px).await?;
+        let mut ports = Vec::new();
+        for _ in 0..20 {
+            let (rec, port) = where_ran(&c, WHERE).await?;
+            assert!(rec, "a read ran on the primary (port {port})");
+            ports.push(port);
+        }
+        let switches = ports.windows(2).filter(|w| w[0] != w[1]).count();
+        eprintln!("replica_round_robin = {round_robin}: {switches} switches in {ports:?}");
+        if round_robin {
+            assert!(switches >= 15, "reads did not take turns: {ports:?}");
+        } else {
+            // A read delayed past the affinity window (a preempted client) may rotate.
+            assert!(
+                switches <= 3,
+                "reads did not stay on one replica: {ports:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Waits until both replicas serve reads through `px`: two concurrent slow reads land on
+/// different replicas (the less loaded one takes the second); returns a third client.
+async fn both_replicas_read(cluster: &Cluster, px: &Pgtier) -> Result<Client> {
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=pgtier_trust dbname=app connect_timeout=10",
+        px.port()
+    );
+    let (a, b) = (
+        pgtier_kit::tls::connect(&dsn).await?,
+        pgtier_kit::tls::connect(&dsn).await?,
+    );
+    let slow = "SELECT pg_is_in_recovery(), inet_server_port() FROM pg_sleep(0.05)";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (x, y) = tokio::join!(where_ran(&a, slow), where_ran(&b, slow));
+        let (x, y) = (x?, y?);
+        let ports = replica_ports(cluster);
+        if x.0 && y.0 && x.1 != y.1 && ports.contains(&x.1) && ports.contains(&y.1) {
+            return pgtier_kit::tls::connect(&dsn).await;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "both replicas did not serve reads within 10 s: {x:?} {y:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

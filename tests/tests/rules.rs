@@ -294,6 +294,8 @@ async fn a_rule_may_loosen_the_databases_lag_limit() -> Result<()> {
         // The reader is the writer's user: a shared causal scope would keep its reads off
         // the lagging replica, which this test needs them to reach.
         .global("causal_scope = \"connection\"")
+        // One reader must reach both replicas: ties take turns with every read.
+        .global("replica_round_robin = true")
         .global("max_replica_lag = 0")
         .global("max_replica_lag_bytes = 65536")
         .with_replicas(&cluster)
@@ -323,7 +325,7 @@ max_lag_bytes = 1073741824
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let reader = connect(&px, USER, PW).await?;
-    // (Separate loops: the replicas take turns per pick, whatever the read.)
+    // (Separate loops: the replicas take turns per read, whatever the read.)
     let mut default_seen = Vec::new();
     for _ in 0..20 {
         default_seen.push(where_ran(&reader, &format!("SELECT {WHERE}")).await?.1);

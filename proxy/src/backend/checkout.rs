@@ -62,18 +62,20 @@ impl TargetError {
     }
 }
 
-/// Checks out a server for `target`.
+/// Checks out a server for `target`; a read takes replica `prefer` when it is as good as the
+/// best (see `Router::choose`).
 pub(crate) async fn server_for(
     router: &Router,
     upstream: &Upstream,
     database: &str,
     target: Target,
+    prefer: Option<usize>,
 ) -> Result<Serving, TargetError> {
     let mut causal_wait = None;
     if let Target::Replica { min_lsn, limits } = target {
         // One retry on another replica if the first refuses.
         for _ in 0..2 {
-            match router.choose(min_lsn, limits.as_ref()) {
+            match router.choose(min_lsn, limits.as_ref(), prefer) {
                 Choice::Primary => break,
                 Choice::Node(i) => match upstream.node(i).checkout().await {
                     Ok(server) => return Ok(serving(router, server, i, true)),

@@ -5,8 +5,9 @@
 //! measured lag within those limits. Among them the best minimises
 //! `(outstanding + 1) / weight` (compared by cross-multiplication); replicas with weight 0 are
 //! considered only when no replica with a positive weight is eligible (then by outstanding
-//! count). Ties rotate among the tied replicas with every pick, so equal replicas share an idle
-//! load evenly (a second pass over the nodes, still without allocation).
+//! count). A preferred replica (the client's last, see `router::route::Affinity`) wins a tie;
+//! otherwise ties rotate among the tied replicas with every pick, so equal replicas share an
+//! idle load evenly (a second pass over the nodes, still without allocation).
 //!
 //! Then the requested LSN: the best replica if its known replay LSN reaches it (`Ready`), else the
 //! best of the same tier that does (`Ready`), else the best one to be asked first (`Check`).
@@ -42,7 +43,8 @@ pub fn eligible(node: &NodeStatus, limits: Option<&LagLimits>) -> bool {
 }
 
 /// Chooses among `nodes` (by id) with per-node outstanding counts and known replay LSNs,
-/// eligible by `limits` (see [`eligible`]); `turn` rotates the tie-breaks.
+/// eligible by `limits` (see [`eligible`]); `prefer` wins a tie it is part of, else `turn`
+/// rotates the tie-breaks.
 pub fn choose(
     nodes: &[NodeStatus],
     outstanding: &[AtomicU32],
@@ -50,6 +52,7 @@ pub fn choose(
     min_lsn: Lsn,
     limits: Option<&LagLimits>,
     turn: u32,
+    prefer: Option<usize>,
 ) -> Pick {
     let cand = |i: usize| candidate(nodes, outstanding, i, limits);
     let mut best = Best::default();
@@ -64,14 +67,18 @@ pub fn choose(
         }
     }
     let chosen = |b: &Best, ready_only: bool| {
-        b.rotate(
-            turn,
-            |i| {
-                let c = cand(i)?;
-                (!ready_only || known_replay[i].load(Ordering::Relaxed) >= min_lsn.0).then_some(c)
-            },
-            nodes.len(),
-        )
+        let qualified = |i: usize| {
+            let c = cand(i)?;
+            (!ready_only || known_replay[i].load(Ordering::Relaxed) >= min_lsn.0).then_some(c)
+        };
+        if let Some(p) = prefer.filter(|&p| p < nodes.len()) {
+            if let (Some(top), Some(c)) = (b.top, qualified(p)) {
+                if !top.better_than(&c) {
+                    return p;
+                }
+            }
+        }
+        b.rotate(turn, qualified, nodes.len())
     };
     match (best.top, ready.top) {
         (None, _) => Pick::None,
@@ -201,13 +208,13 @@ mod tests {
         let out = atomics32(&[0, 0, 5]);
         let known = atomics64(&[100; 3]);
         assert_eq!(
-            choose(&nodes, &out, &known, Lsn(0), None, 0),
+            choose(&nodes, &out, &known, Lsn(0), None, 0, None),
             Pick::Ready(2)
         );
         // The local one has not replayed the token: asked first, not skipped for the remote.
         let known = atomics64(&[300, 300, 100]);
         assert_eq!(
-            choose(&nodes, &out, &known, Lsn(200), None, 0),
+            choose(&nodes, &out, &known, Lsn(200), None, 0, None),
             Pick::Check(2)
         );
         // The local one down: the remote one; excluded (zone_mode only): none.
@@ -220,7 +227,7 @@ mod tests {
             },
         ];
         assert_eq!(
-            choose(&nodes, &out, &known, Lsn(0), None, 0),
+            choose(&nodes, &out, &known, Lsn(0), None, 0, None),
             Pick::Ready(1)
         );
         let nodes = [
@@ -231,7 +238,10 @@ mod tests {
                 ..zoned(0)
             },
         ];
-        assert_eq!(choose(&nodes, &out, &known, Lsn(0), None, 0), Pick::None);
+        assert_eq!(
+            choose(&nodes, &out, &known, Lsn(0), None, 0, None),
+            Pick::None
+        );
         // A remote replica with weight comes before a local one with weight 0.
         let nodes = [
             node(Primary, Healthy, 1),
@@ -242,7 +252,7 @@ mod tests {
             },
         ];
         assert_eq!(
-            choose(&nodes, &out, &known, Lsn(0), None, 0),
+            choose(&nodes, &out, &known, Lsn(0), None, 0, None),
             Pick::Ready(1)
         );
     }
@@ -271,9 +281,52 @@ mod tests {
         let out = atomics32(&[0; 6]);
         let known = atomics64(&[100; 6]);
         for turn in 0..6 {
-            assert_eq!(choose(&nodes, &out, &known, Lsn(1), None, turn), Pick::None);
+            assert_eq!(
+                choose(&nodes, &out, &known, Lsn(1), None, turn, None),
+                Pick::None
+            );
         }
-        assert_eq!(choose(&[], &[], &[], Lsn(1), None, 0), Pick::None);
+        assert_eq!(choose(&[], &[], &[], Lsn(1), None, 0, None), Pick::None);
+    }
+
+    #[test]
+    fn a_preferred_replica_wins_ties_only() {
+        let nodes = [
+            node(Primary, Healthy, 1),
+            node(Replica, Healthy, 1),
+            node(Replica, Healthy, 1),
+            node(Replica, Lagging, 1),
+        ];
+        let known = atomics64(&[0, 100, 100, 100]);
+        let tied = atomics32(&[0, 2, 2, 0]);
+        // A tie: the preferred replica whatever the turn (Ready and Check alike).
+        for t in 0..4 {
+            for (lsn, pick) in [(50, Pick::Ready(2)), (500, Pick::Check(2))] {
+                assert_eq!(
+                    choose(&nodes, &tied, &known, Lsn(lsn), None, t, Some(2)),
+                    pick
+                );
+            }
+        }
+        // Busier than the best: the best.
+        let busier = atomics32(&[0, 1, 2, 0]);
+        assert_eq!(
+            choose(&nodes, &busier, &known, Lsn(50), None, 0, Some(2)),
+            Pick::Ready(1)
+        );
+        // Behind the token while the other has it: the one that has it.
+        let behind = atomics64(&[0, 100, 10, 100]);
+        assert_eq!(
+            choose(&nodes, &tied, &behind, Lsn(50), None, 1, Some(2)),
+            Pick::Ready(1)
+        );
+        // Not eligible (lagging), not a replica, or not a node: the rotation decides.
+        for prefer in [3, 0, 9] {
+            let picks: Vec<Pick> = (0..2)
+                .map(|t| choose(&nodes, &tied, &known, Lsn(50), None, t, Some(prefer)))
+                .collect();
+            assert_eq!(picks, [Pick::Ready(1), Pick::Ready(2)], "prefer {prefer}");
+        }
     }
 
     #[test]
@@ -286,13 +339,13 @@ mod tests {
         let known = atomics64(&[0, 100, 100]);
         let out = atomics32(&[0, 3, 1]);
         assert_eq!(
-            choose(&nodes, &out, &known, Lsn(50), None, 0),
+            choose(&nodes, &out, &known, Lsn(50), None, 0, None),
             Pick::Ready(2)
         );
         // Ties rotate evenly, whatever the positions of ineligible nodes.
         let out = atomics32(&[0, 2, 2]);
         let picks: Vec<Pick> = (0..4)
-            .map(|t| choose(&nodes, &out, &known, Lsn(50), None, t))
+            .map(|t| choose(&nodes, &out, &known, Lsn(50), None, t, None))
             .collect();
         assert_eq!(
             picks,
@@ -304,7 +357,7 @@ mod tests {
             ]
         );
         let picks: Vec<Pick> = (0..4)
-            .map(|t| choose(&nodes, &out, &known, Lsn(500), None, t))
+            .map(|t| choose(&nodes, &out, &known, Lsn(500), None, t, None))
             .collect();
         assert_eq!(
             picks,
@@ -325,15 +378,15 @@ mod tests {
         let out2 = atomics32(&[0, 4, 1]); // 5/3 < 2/1
         let out3 = atomics32(&[0, 6, 1]); // 7/3 > 2/1
         assert_eq!(
-            choose(&nodes, &out2, &known, Lsn(0), None, 0),
+            choose(&nodes, &out2, &known, Lsn(0), None, 0, None),
             Pick::Ready(1)
         );
         assert_eq!(
-            choose(&nodes, &out3, &known, Lsn(0), None, 0),
+            choose(&nodes, &out3, &known, Lsn(0), None, 0, None),
             Pick::Ready(2)
         );
         let picks: Vec<Pick> = (0..2)
-            .map(|t| choose(&nodes, &out, &known, Lsn(0), None, t))
+            .map(|t| choose(&nodes, &out, &known, Lsn(0), None, t, None))
             .collect();
         assert_eq!(picks, [Pick::Ready(1), Pick::Ready(2)]);
     }
@@ -346,21 +399,21 @@ mod tests {
         for t in 0..2 {
             // Even needing a check, the weighted replica wins over a ready weight-0 one.
             assert_eq!(
-                choose(&nodes, &out, &known, Lsn(50), None, t),
+                choose(&nodes, &out, &known, Lsn(50), None, t, None),
                 Pick::Check(1)
             );
             assert_eq!(
-                choose(&nodes, &out, &known, Lsn(5), None, t),
+                choose(&nodes, &out, &known, Lsn(5), None, t, None),
                 Pick::Ready(1)
             );
         }
         nodes[1].state = Lagging;
         assert_eq!(
-            choose(&nodes, &out, &known, Lsn(50), None, 0),
+            choose(&nodes, &out, &known, Lsn(50), None, 0, None),
             Pick::Ready(0)
         );
         assert_eq!(
-            choose(&nodes, &out, &known, Lsn(500), None, 1),
+            choose(&nodes, &out, &known, Lsn(500), None, 1, None),
             Pick::Check(0)
         );
     }
@@ -376,17 +429,17 @@ mod tests {
         let known = atomics64(&[0, 100, 200]);
         // Best by load (1) is ready.
         assert_eq!(
-            choose(&nodes, &out, &known, Lsn(100), None, 0),
+            choose(&nodes, &out, &known, Lsn(100), None, 0, None),
             Pick::Ready(1)
         );
         // Best by load is not ready, the other is: take the ready one despite its load.
         assert_eq!(
-            choose(&nodes, &out, &known, Lsn(150), None, 0),
+            choose(&nodes, &out, &known, Lsn(150), None, 0, None),
             Pick::Ready(2)
         );
         // Neither is ready: check the best by load.
         assert_eq!(
-            choose(&nodes, &out, &known, Lsn(201), None, 0),
+            choose(&nodes, &out, &known, Lsn(201), None, 0, None),
             Pick::Check(1)
         );
     }
@@ -415,7 +468,7 @@ mod tests {
         };
         let picks = |l: LagLimits| -> Vec<Pick> {
             (0..4)
-                .map(|t| choose(&nodes, &out, &known, Lsn(1), Some(&l), t))
+                .map(|t| choose(&nodes, &out, &known, Lsn(1), Some(&l), t, None))
                 .collect()
         };
         // Looser: the Lagging replica within them shares the reads.
@@ -426,7 +479,7 @@ mod tests {
         assert_eq!(picks(within(None, Some(1))), [Pick::None; 4]);
         // Without own limits: Healthy replicas only (the unmeasured one too).
         let default: Vec<Pick> = (0..4)
-            .map(|t| choose(&nodes, &out, &known, Lsn(1), None, t))
+            .map(|t| choose(&nodes, &out, &known, Lsn(1), None, t, None))
             .collect();
         assert!(default
             .iter()

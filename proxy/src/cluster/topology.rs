@@ -403,12 +403,17 @@ impl Topology {
 
     /// Chooses a replica for a read that must see `min_lsn` (see `balancer`).
     pub fn pick_replica(&self, min_lsn: Lsn) -> Pick {
-        self.pick_replica_within(min_lsn, None)
+        self.pick_replica_within(min_lsn, None, None)
     }
 
     /// Chooses a replica for a read that must see `min_lsn`, among the replicas `limits`
-    /// makes eligible (None: the database's, see [`balancer::eligible`]).
-    pub fn pick_replica_within(&self, min_lsn: Lsn, limits: Option<&LagLimits>) -> Pick {
+    /// makes eligible (None: the database's, see [`balancer::eligible`]); `prefer` wins a tie.
+    pub fn pick_replica_within(
+        &self,
+        min_lsn: Lsn,
+        limits: Option<&LagLimits>,
+        prefer: Option<usize>,
+    ) -> Pick {
         let view = self.view.load();
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         balancer::choose(
@@ -418,6 +423,7 @@ impl Topology {
             min_lsn,
             limits,
             turn,
+            prefer,
         )
     }
 

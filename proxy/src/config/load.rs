@@ -423,6 +423,7 @@ impl Validator<'_> {
             },
             routing: RoutingSettings {
                 primary_reads: d.primary_reads.unwrap_or(raw.primary_reads),
+                replica_round_robin: d.replica_round_robin.unwrap_or(raw.replica_round_robin),
                 primary_wait_timeout: raw.primary_wait_timeout,
                 causal_read_wait: raw.causal_read_wait,
                 report_causal_lsn: raw.report_causal_lsn,

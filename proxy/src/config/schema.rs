@@ -303,6 +303,9 @@ pub struct Config {
     pub max_replica_lag_bytes: u64,
     /// Whether the primary serves reads only as a fallback or always alongside replicas.
     pub primary_reads: PrimaryReads,
+    /// Equally loaded replicas take reads in turn (true), or a client's reads in quick
+    /// succession stay on its last replica (false).
+    pub replica_round_robin: bool,
     /// How long a write waits for a primary to be known (after a failover) before failing.
     #[serde(
         deserialize_with = "super::duration::deserialize",
@@ -459,6 +462,7 @@ impl Default for Config {
             max_replica_lag: Duration::from_secs(1),
             max_replica_lag_bytes: 16 * 1024 * 1024,
             primary_reads: PrimaryReads::Fallback,
+            replica_round_robin: false,
             primary_wait_timeout: Duration::from_secs(10),
             causal_read_wait: Duration::from_millis(2),
             report_causal_lsn: true,
@@ -548,6 +552,8 @@ pub struct DatabaseConfig {
     pub max_replica_lag_bytes: Option<u64>,
     /// Overrides the global `primary_reads`.
     pub primary_reads: Option<PrimaryReads>,
+    /// Overrides the global `replica_round_robin`.
+    pub replica_round_robin: Option<bool>,
     /// Overrides the global `monitor_user`.
     pub monitor_user: Option<String>,
     /// Database name on the servers (default: the section name).

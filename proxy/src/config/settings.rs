@@ -191,6 +191,8 @@ impl Database {
 pub struct RoutingSettings {
     /// Whether the primary serves reads only as a fallback.
     pub primary_reads: PrimaryReads,
+    /// Ties between replicas rotate with every read (else a client's last replica wins them).
+    pub replica_round_robin: bool,
     /// Longest wait for a primary to be known before a write fails.
     pub primary_wait_timeout: Duration,
     /// Longest wait for a replica to replay a client's write before reading from the primary.

@@ -390,7 +390,7 @@ fn route(proxy: &Proxy, rest: &str) -> Result<BytesMut, Failure> {
     let node = if !router.splits() || explanation.destination == "primary" {
         router.topology().view().primary
     } else {
-        match router.choose(client.floor(), explanation.lag.as_ref()) {
+        match router.choose(client.floor(), explanation.lag.as_ref(), None) {
             Choice::Node(i) | Choice::Check(i) => Some(i),
             Choice::Primary => router.topology().view().primary,
         }

@@ -118,6 +118,7 @@ pub(crate) async fn open(
                 &upstream,
                 &db.name,
                 Target::Primary,
+                None,
             ))
             .await
             {

@@ -153,7 +153,8 @@ impl Session {
                 &runtime.router,
                 &upstream,
                 upstream.database(),
-                target
+                target,
+                self.routing.last_read.prefer(started),
             ));
             // Only a checkout that has to wait listens for the client leaving (most checkouts
             // find a free server at once).

@@ -130,6 +130,9 @@ impl Session {
         let (code, message, reason) = match end.outcome {
             Outcome::Idle => {
                 if self.shutdown.phase() < Phase::Draining {
+                    if serving.on_replica {
+                        self.routing.last_read.note(serving.node, ended);
+                    }
                     serving.server.release_at(ended);
                     if end.leftover.is_empty() {
                         crate::frontend::relay::buffers::give(end.leftover);

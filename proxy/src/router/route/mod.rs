@@ -19,7 +19,7 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, Guard};
 
 pub use explain::Explanation;
-pub use types::{Choice, ClientRouting, RouteMode, Target};
+pub use types::{Affinity, Choice, ClientRouting, RouteMode, Target};
 use unit::Verdict;
 pub use unit::{DecidedBy, RuleFacts, UnitInfo};
 
@@ -223,9 +223,17 @@ impl Router {
     }
 
     /// The node for a read that must see `min_lsn`, among the replicas `limits` makes
-    /// eligible (None: the database's limits; see [`Target::Replica`]).
-    pub fn choose(&self, min_lsn: Lsn, limits: Option<&LagLimits>) -> Choice {
-        let pick = self.topology.pick_replica_within(min_lsn, limits);
+    /// eligible (None: the database's limits; see [`Target::Replica`]). `prefer`: the replica
+    /// to take when it ties with the best (see [`Affinity`]; ignored with
+    /// `replica_round_robin`).
+    pub fn choose(
+        &self,
+        min_lsn: Lsn,
+        limits: Option<&LagLimits>,
+        prefer: Option<usize>,
+    ) -> Choice {
+        let prefer = prefer.filter(|_| !self.settings.replica_round_robin);
+        let pick = self.topology.pick_replica_within(min_lsn, limits, prefer);
         if self.settings.primary_reads == PrimaryReads::Include {
             // The primary takes every (replicas + 1)-th read.
             let view = self.topology.view();

@@ -210,8 +210,11 @@ fn rule_limits_and_any_pick_targets() {
             limits: Some(limits)
         }
     );
-    assert_eq!(r.choose(Lsn::ZERO, Some(&limits)), Choice::Primary);
-    assert!(matches!(r.choose(Lsn::ZERO, None), Choice::Node(1 | 2)));
+    assert_eq!(r.choose(Lsn::ZERO, Some(&limits), None), Choice::Primary);
+    assert!(matches!(
+        r.choose(Lsn::ZERO, None, None),
+        Choice::Node(1 | 2)
+    ));
     // `any`: the primary and the replicas (all idle) take turns.
     let analyst = r.client_routing("analyst", "web");
     let other = unit(&r, "SELECT 1");

@@ -1,6 +1,9 @@
 //! What routing keeps per client and what it hands back: the client's routing state, the
 //! target of a unit and the node chosen for a read.
 
+use std::sync::LazyLock;
+use std::time::Instant;
+
 use crate::cluster::{LagLimits, Lsn};
 
 /// A client's routing override (`SET pgtier.route`).
@@ -42,12 +45,64 @@ pub struct ClientRouting {
     pub rules_on: u64,
     /// The database's rules with action `primary`.
     pub rules_primary: u64,
+    /// The replica of the client's last read and when that read ended.
+    pub last_read: Affinity,
 }
 
 impl ClientRouting {
     /// The WAL position every read of this client must see.
     pub fn floor(&self) -> Lsn {
         self.causal.max(self.min_lsn).max(self.shared)
+    }
+}
+
+/// The replica a client last read from, and when that read ended: a read that starts soon
+/// after prefers the same replica among equally loaded ones (`replica_round_robin = false`).
+/// Its server process has just run, so it answers sooner than one woken from a longer sleep;
+/// a pause longer than [`Affinity::WINDOW`] lets idle-time reads rotate again, so a replica
+/// back in rotation gets its share. 8 bytes: it lives in every idle client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Affinity {
+    /// Node id; `u16::MAX`: none yet.
+    node: u16,
+    /// When the read ended, in microseconds of [`affinity_clock`] (wrapping).
+    ended_us: u32,
+}
+
+impl Default for Affinity {
+    fn default() -> Self {
+        Affinity {
+            node: u16::MAX,
+            ended_us: 0,
+        }
+    }
+}
+
+/// The process clock affinity times are kept on (started at the first read it dates).
+fn affinity_clock(at: Instant) -> u32 {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    // Wraps after about 71 minutes: a wrapped time can only make a tie-break stick or rotate
+    // once.
+    at.saturating_duration_since(*START).as_micros() as u32
+}
+
+impl Affinity {
+    /// How soon after the last read the next one must start to prefer its replica.
+    pub const WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
+
+    /// Notes a read on replica `node` that ended at `ended`.
+    pub fn note(&mut self, node: usize, ended: Instant) {
+        self.node = u16::try_from(node).unwrap_or(u16::MAX);
+        self.ended_us = affinity_clock(ended);
+    }
+
+    /// The replica a read starting at `now` should prefer, if any.
+    pub fn prefer(&self, now: Instant) -> Option<usize> {
+        if self.node == u16::MAX {
+            return None;
+        }
+        let since = affinity_clock(now).wrapping_sub(self.ended_us);
+        (since <= Self::WINDOW.as_micros() as u32).then_some(usize::from(self.node))
     }
 }
 
@@ -86,4 +141,34 @@ pub enum Choice {
     Check(usize),
     /// The primary.
     Primary,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::Affinity;
+
+    #[test]
+    fn affinity_holds_within_its_window_only() {
+        let mut a = Affinity::default();
+        // Starts the affinity clock before t0 (it saturates at its start).
+        Affinity::default().note(0, Instant::now());
+        let t0 = Instant::now();
+        assert_eq!(a.prefer(t0), None, "no read yet");
+        a.note(2, t0);
+        assert_eq!(a.prefer(t0), Some(2));
+        assert_eq!(a.prefer(t0 + Affinity::WINDOW), Some(2));
+        assert_eq!(
+            a.prefer(t0 + Affinity::WINDOW + Duration::from_micros(2)),
+            None
+        );
+        // A clock reading from before the read (never sticks).
+        a.note(1, t0 + Duration::from_millis(5));
+        assert_eq!(a.prefer(t0), None);
+        // Node ids past u16 are not kept.
+        a.note(70_000, t0);
+        assert_eq!(a.prefer(t0), None);
+        assert_eq!(std::mem::size_of::<Affinity>(), 8);
+    }
 }
