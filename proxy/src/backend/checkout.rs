@@ -73,9 +73,10 @@ pub(crate) async fn server_for(
 ) -> Result<Serving, TargetError> {
     let mut causal_wait = None;
     if let Target::Replica { min_lsn, limits } = target {
-        // One retry on another replica if the first refuses.
+        // One retry on another replica if the first refuses (not preferring the one that did).
+        let mut prefer = prefer;
         for _ in 0..2 {
-            match router.choose(min_lsn, limits.as_ref(), prefer) {
+            match router.choose(min_lsn, limits.as_ref(), prefer.take()) {
                 Choice::Primary => break,
                 Choice::Node(i) => match upstream.node(i).checkout().await {
                     Ok(server) => return Ok(serving(router, server, i, true)),
