@@ -158,9 +158,11 @@ async fn both_replicas_failing_under_a_read_loop_fall_back_to_the_primary_and_re
     let mut reads = ReadLoop::start(&px).await?;
     let t0 = Instant::now();
     for port in ports {
+        // With pgtier's log: a read failed here once under a loaded full run, before any fault.
         reads
             .until(t0, PHASE, "a replica serving reads", |r| r.port == port)
-            .await?;
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", px.log()))?;
     }
 
     // Replica 0 fails (every connection to it reset, new ones too): the loop goes on, on
