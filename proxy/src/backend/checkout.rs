@@ -7,7 +7,7 @@ use thiserror::Error;
 use tracing::{debug, warn};
 
 use crate::backend::{BackendError, Checkout, PoolError, Upstream};
-use crate::cluster::{InFlight, Lsn};
+use crate::cluster::{InFlight, Lsn, Topology};
 use crate::protocol::SqlState;
 use crate::router::route::{Choice, Router, Target};
 
@@ -86,7 +86,8 @@ pub(crate) async fn server_for(
                     Ok(mut server) => {
                         let wait = router.settings().causal_read_wait;
                         let asked = std::time::Instant::now();
-                        let replayed = caught_up(&mut server, min_lsn, wait).await;
+                        let replayed =
+                            caught_up(&mut server, router.topology(), i, min_lsn, wait).await;
                         causal_wait = Some(asked.elapsed());
                         match replayed {
                             Some(lsn) if lsn >= min_lsn => {
@@ -150,17 +151,29 @@ fn failed(router: &Router, upstream: &Upstream, node: usize, e: &PoolError) {
     }
 }
 
-/// Asks a replica how far it has replayed, again every millisecond for up to `wait` while it is
-/// behind `min_lsn`; returns the last answer (None: not in recovery, or the check failed).
-async fn caught_up(server: &mut Checkout, min_lsn: Lsn, wait: Duration) -> Option<Lsn> {
+/// Asks replica `node` how far it has replayed, again every millisecond for up to `wait` while
+/// it is behind `min_lsn`; returns the last answer (None: not in recovery, or the check
+/// failed). Between its questions a read also wakes when another read's check (the clients of
+/// a causal scope wait for the same token) or the monitor learns the replica is far enough.
+async fn caught_up(
+    server: &mut Checkout,
+    topology: &Topology,
+    node: usize,
+    min_lsn: Lsn,
+    wait: Duration,
+) -> Option<Lsn> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let lsn = replayed(server).await?;
+        topology.observe_replay(node, lsn);
         let now = tokio::time::Instant::now();
         if lsn >= min_lsn || now >= deadline {
             return Some(lsn);
         }
-        tokio::time::sleep((deadline - now).min(Duration::from_millis(1))).await;
+        let pause = (deadline - now).min(Duration::from_millis(1));
+        if let Some(known) = topology.wait_replay(node, min_lsn, pause).await {
+            return Some(known);
+        }
     }
 }
 

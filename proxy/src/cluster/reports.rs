@@ -51,7 +51,9 @@ impl Topology {
                 rt.last_error = None;
                 rt.seen = Some((check, sent_at));
                 // A store, not a max: a replica rebuilt from an older backup moves backwards.
-                self.known_replay[node].store(check.lsn.0, Ordering::Relaxed);
+                if self.known_replay[node].swap(check.lsn.0, Ordering::Relaxed) < check.lsn.0 {
+                    self.replayed[node].notify_waiters();
+                }
                 // The primary may change with this check; then lag is measured against it.
                 st.primary = self.choose_primary(&mut st);
                 if st.primary == Some(node) {

@@ -113,6 +113,9 @@ pub struct Topology {
     pub(super) monitored: bool,
     /// Per node: wakes its monitor (report_failure, drop).
     pub(super) wake: Box<[Arc<Notify>]>,
+    /// Per node: wakes the reads waiting for its replay position when another read's check
+    /// or the monitor raises it (see [`Topology::wait_replay`]).
+    pub(super) replayed: Box<[Notify]>,
     /// Per node: the monitor must open a new connection before its next check.
     pub(super) reconnect: Box<[AtomicBool]>,
     /// Per node: monitor attempts recorded (checked, refused or failed), counted after the
@@ -214,6 +217,7 @@ impl Topology {
                 generation: 0,
             }),
             known_replay: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            replayed: (0..n).map(|_| Notify::new()).collect(),
             outstanding: (0..n).map(|_| AtomicU32::new(0)).collect(),
             turn: AtomicU32::new(0),
             state: Mutex::new(State {
@@ -366,7 +370,29 @@ impl Topology {
 
     /// Raises the known replay LSN of `node` (from an on-demand check).
     pub fn observe_replay(&self, node: usize, lsn: Lsn) {
-        self.known_replay[node].fetch_max(lsn.0, Ordering::Relaxed);
+        if self.known_replay[node].fetch_max(lsn.0, Ordering::Relaxed) < lsn.0 {
+            self.replayed[node].notify_waiters();
+        }
+    }
+
+    /// Waits up to `within` until the known replay position of `node` reaches `min_lsn`
+    /// (another read's check or the monitor raising it); returns that position, or None.
+    pub async fn wait_replay(&self, node: usize, min_lsn: Lsn, within: Duration) -> Option<Lsn> {
+        let deadline = tokio::time::Instant::now() + within;
+        let notified = self.replayed[node].notified();
+        tokio::pin!(notified);
+        loop {
+            // Registered before the load: a raise between the two is not missed.
+            notified.as_mut().enable();
+            let known = self.known_replay(node);
+            if known >= min_lsn {
+                return Some(known);
+            }
+            tokio::time::timeout_at(deadline, notified.as_mut())
+                .await
+                .ok()?;
+            notified.set(self.replayed[node].notified());
+        }
     }
 
     /// Waits up to `timeout` for a primary to be known; returns its index.

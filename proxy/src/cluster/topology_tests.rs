@@ -318,3 +318,41 @@ fn node_index_by_address() {
     assert_eq!(t.node_index("127.0.0.1:2"), None);
     assert_eq!(t.node_index("nonsense"), None);
 }
+
+/// A read waiting for a replica's replay position wakes when another read's check or the
+/// monitor raises it, and not for a raise that falls short.
+#[tokio::test]
+async fn a_waiting_read_wakes_when_the_replay_position_is_raised() {
+    let t = Arc::new(Topology::new(settings(&[Primary, Replica])));
+    t.observe_replay(1, Lsn(100));
+    // A wake-up that never came would show as None after this (not as a hang).
+    let long = Duration::from_secs(10);
+    assert_eq!(t.wait_replay(1, Lsn(100), long).await, Some(Lsn(100)));
+    // Nothing raises it: None at the deadline.
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        t.wait_replay(1, Lsn(200), Duration::from_millis(1)).await,
+        None
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1));
+    // Another read's check: short of the token (still waiting), then past it.
+    let waiter = tokio::spawn({
+        let t = t.clone();
+        async move { t.wait_replay(1, Lsn(200), long).await }
+    });
+    tokio::task::yield_now().await;
+    t.observe_replay(1, Lsn(150));
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished());
+    t.observe_replay(1, Lsn(250));
+    assert_eq!(waiter.await.unwrap(), Some(Lsn(250)));
+    // The monitor's check raises it too.
+    let waiter = tokio::spawn({
+        let t = t.clone();
+        async move { t.wait_replay(1, Lsn(300), long).await }
+    });
+    tokio::task::yield_now().await;
+    t.record(1, replica(300));
+    assert_eq!(waiter.await.unwrap(), Some(Lsn(300)));
+    assert!(started.elapsed() < long, "woken, not timed out");
+}
