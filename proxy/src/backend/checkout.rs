@@ -91,13 +91,11 @@ pub(crate) async fn server_for(
                         causal_wait = Some(asked.elapsed());
                         match replayed {
                             Some(lsn) if lsn >= min_lsn => {
-                                router.topology().observe_replay(i, lsn);
                                 let mut s = serving(router, server, i, true);
                                 s.causal_wait = causal_wait;
                                 return Ok(s);
                             }
                             Some(lsn) => {
-                                router.topology().observe_replay(i, lsn);
                                 debug!(node = %upstream.node(i).node(), replayed = %lsn, wanted = %min_lsn, "replica behind the client's causal token: reading from the primary");
                                 server.release();
                             }
@@ -165,6 +163,7 @@ async fn caught_up(
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let lsn = replayed(server).await?;
+        // Every answer raises the replica's known position (and wakes other waiting reads).
         topology.observe_replay(node, lsn);
         let now = tokio::time::Instant::now();
         if lsn >= min_lsn || now >= deadline {
