@@ -37,6 +37,8 @@ async fn a_blackholed_replica_leaves_the_reads_and_rejoins() -> Result<()> {
     let silent_port = cluster.replica(0).port();
     let px = ConfigBuilder::new(cluster)
         .global("lag_check_interval = \"50ms\"")
+        // The one read loop reads back to back and must reach both replicas: ties take turns.
+        .global("replica_round_robin = true")
         .global(&format!(
             "server_connect_timeout = \"{}ms\"",
             CONNECT_TIMEOUT.as_millis()
