@@ -63,13 +63,15 @@ impl TargetError {
 }
 
 /// Checks out a server for `target`; a read takes replica `prefer` when it is as good as the
-/// best (see `Router::choose`).
+/// best (see `Router::choose`). `asked`: when the checkout was asked for, the serving's
+/// `since` (a caller whose checkout had to wait sets it anew).
 pub(crate) async fn server_for(
     router: &Router,
     upstream: &Upstream,
     database: &str,
     target: Target,
     prefer: Option<usize>,
+    asked: std::time::Instant,
 ) -> Result<Serving, TargetError> {
     let mut causal_wait = None;
     if let Target::Replica { min_lsn, limits } = target {
@@ -79,7 +81,7 @@ pub(crate) async fn server_for(
             match router.choose(min_lsn, limits.as_ref(), prefer.take()) {
                 Choice::Primary => break,
                 Choice::Node(i) => match upstream.node(i).checkout().await {
-                    Ok(server) => return Ok(serving(router, server, i, true)),
+                    Ok(server) => return Ok(serving(router, server, i, true, asked)),
                     Err(e) => failed(router, upstream, i, &e),
                 },
                 Choice::Check(i) => match upstream.node(i).checkout().await {
@@ -91,7 +93,7 @@ pub(crate) async fn server_for(
                         causal_wait = Some(asked.elapsed());
                         match replayed {
                             Some(lsn) if lsn >= min_lsn => {
-                                let mut s = serving(router, server, i, true);
+                                let mut s = serving(router, server, i, true, asked);
                                 s.causal_wait = causal_wait;
                                 return Ok(s);
                             }
@@ -118,7 +120,7 @@ pub(crate) async fn server_for(
     };
     match upstream.node(i).checkout().await {
         Ok(server) => {
-            let mut s = serving(router, server, i, false);
+            let mut s = serving(router, server, i, false, asked);
             s.causal_wait = causal_wait;
             Ok(s)
         }
@@ -131,12 +133,18 @@ pub(crate) async fn server_for(
     }
 }
 
-fn serving(router: &Router, server: Checkout, node: usize, on_replica: bool) -> Serving {
+fn serving(
+    router: &Router,
+    server: Checkout,
+    node: usize,
+    on_replica: bool,
+    since: std::time::Instant,
+) -> Serving {
     Serving {
         server,
         node,
         on_replica,
-        since: std::time::Instant::now(),
+        since,
         causal_wait: None,
         _in_flight: router.topology().begin(node),
     }

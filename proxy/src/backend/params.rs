@@ -322,6 +322,15 @@ pub fn set_config_sql(name: &str, value: &str) -> String {
     format!("SELECT pg_catalog.set_config('{name}', E'{value}', false)")
 }
 
+/// Whether a server's changes are a client's, as far as a cheap look tells (when false, they
+/// may still agree: [`sync_statements`] knows).
+pub fn agree(client: &ParamChanges, server: &ParamChanges) -> bool {
+    // The common case: nobody changed anything. Next most common: the server last served a
+    // client with the same changes (every client of an application sets the same
+    // application_name).
+    (client.is_empty() && server.is_empty()) || client.same_values(server)
+}
+
 /// SET statements that bring a server (its login values plus its changes) in line with a
 /// client (the pool's defaults plus the client's changes); None when they already agree.
 pub fn sync_statements(
@@ -330,12 +339,7 @@ pub fn sync_statements(
     server_login: &[(String, String)],
     server: &ParamChanges,
 ) -> Option<String> {
-    if client.is_empty() && server.is_empty() {
-        return None; // the common case: nobody changed anything
-    }
-    if client.same_values(server) {
-        // Next most common: the server last served a client with the same changes (every
-        // client of an application sets the same application_name).
+    if agree(client, server) {
         return None;
     }
     let mut sql = String::new();

@@ -331,12 +331,17 @@ impl Pool {
     /// opens a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
         let wait = self.settings.query_wait_timeout;
-        let started = tokio::time::Instant::now();
+        // Read only when a wait is bounded by it (no clock read for a free permit and an idle
+        // connection).
+        let mut started = None;
         // A free permit is taken without arming a timer. Fairness holds: released permits go
         // to queued waiters first, so one is free only when nobody waits.
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => Ok(Ok(p)),
-            Err(_) => tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await,
+            Err(_) => {
+                let now = started.insert(tokio::time::Instant::now());
+                tokio::time::timeout_at(*now + wait, self.permits.clone().acquire_owned()).await
+            }
         };
         let permit = match permit {
             Ok(Ok(p)) => p,
@@ -391,6 +396,7 @@ impl Pool {
                     let slots = if self.caps.is_empty() {
                         Slots::default()
                     } else {
+                        let started = *started.get_or_insert_with(tokio::time::Instant::now);
                         match Slots::take(&self.caps, started + wait).await {
                             Ok(s) => s,
                             Err(cap) => {

@@ -1,38 +1,70 @@
-//! The relay's fast lane, for the most common unit: a run that starts with one plain SELECT
-//! (the session's analysis found it reads and pins nothing), alone in the client buffer as a
-//! simple Query or as an unnamed Parse, Bind, Describe, Execute, Sync, with nothing of pgtier's
-//! to send before it. The client's bytes go to the server as they are (no rewrite pass, no
-//! reply queue), and the whole reply is awaited and passed on. Whatever needs the general relay
-//! (an error, a notice, a ParameterStatus, COPY, a reply larger than the buffer, more client
-//! bytes, a wake-up) hands the run over with the server's bytes untouched: the client's bytes
-//! are then routed as the general relay would have routed them (they pass through unchanged),
-//! which leaves the state it would have reached.
+//! The fast lane, for the most common unit: a run that starts with one plain SELECT (the
+//! session's analysis found it reads and pins nothing), alone in the client buffer as a simple
+//! Query or as an unnamed Parse, Bind, Describe, Execute, Sync, with nothing of pgtier's to
+//! send before it. It runs before any relay state is built: the client's bytes go to the
+//! server as they are (no rewrite pass, no reply queue), and the whole reply is awaited and
+//! passed on. Whatever needs the general relay (an error, a notice, a ParameterStatus, COPY, a
+//! reply larger than the buffer, more client bytes, a wake-up) hands the run over with the
+//! server's bytes untouched ([`Resume`]): the relay then routes the client's bytes as it would
+//! have routed them (they pass through unchanged), which leaves the state it would have reached.
 
 use std::future::poll_fn;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncReadExt;
 
-use crate::config::PoolMode;
+use crate::backend::server::ServerIo;
+use crate::frontend::stream::ClientStream;
+use crate::prepared::client::ClientStatements;
 use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
-use crate::protocol::messages::TxStatus;
 use crate::shutdown::{Phase, SessionWatch};
 use crate::sql::session_state::may_pin;
 use crate::write::{write_all_within, WriteError};
 
 use super::gate::plain_select;
+use super::observe::Observer;
 use super::shape::unit_sql;
 use super::to_client::client_write_failed;
 use super::units::Analysed;
-use super::{Outcome, Relay, BUF_SIZE};
+use super::{Limits, Outcome, Relay, BUF_SIZE};
 
 /// How the fast lane left the run.
-pub(super) enum Lane {
-    /// The run ended.
-    End(Outcome),
+pub(crate) enum Lane {
+    /// The whole reply reached the client: the server is idle, the unit consumed.
+    Answered,
+    /// The run ended otherwise; `retryable`: nothing reached the client (the read may run
+    /// again elsewhere).
+    Ended { outcome: Outcome, retryable: bool },
     /// The general relay goes on from here.
-    HandOver,
+    HandOver(Resume),
+}
+
+/// Where the general relay takes a run over from the lane.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resume {
+    /// Length of the unit the lane sent, at the front of the client buffer.
+    pub len: usize,
+    /// The admin wake-up count when the lane began (a later wake-up concerns the run).
+    pub pokes: u64,
+    /// The client sent more bytes meanwhile.
+    pub more_input: bool,
+}
+
+/// What the lane works on.
+pub(crate) struct LaneIo<'l, 's, 'o> {
+    /// The client.
+    pub client: &'l mut ClientStream,
+    /// The server connection.
+    pub server: &'l mut ServerIo<'s>,
+    /// The client's bytes: exactly the unit (see [`plain_unit`]).
+    pub cbuf: &'l mut BytesMut,
+    /// The client's statements (its unnamed one follows the unit).
+    pub statements: &'l mut ClientStatements,
+    /// Measures the run.
+    pub observer: &'l mut Observer<'o>,
+    /// The write timeouts.
+    pub limits: &'l Limits,
 }
 
 /// What a walk over the buffered server bytes found.
@@ -46,144 +78,119 @@ struct Walk {
     hand_over: bool,
 }
 
-impl Relay<'_> {
-    /// Whether the run can start in the fast lane; `plain`: the client buffer holds exactly
-    /// one plain-read unit (see [`plain_unit`]).
-    pub(super) fn fast_lane_fits(&self, plain: bool) -> bool {
-        plain
-            && self.limits.mode == PoolMode::Transaction
-            && self.pinned.is_none()
-            && self.out.is_empty()
-            && self.expect.is_empty()
-            && !self.expect.unsynced
-            && !self.expect.causal.uncovered
-            && self.limits.query_timeout.is_none()
-            && self.limits.transaction_timeout.is_none()
-    }
-
-    /// Runs the unit in the fast lane (see the module doc).
-    pub(super) async fn fast_lane(&mut self, shutdown: &SessionWatch, pokes: u64) -> Lane {
-        // The unit stays at the front of `cbuf` until the lane knows how it ended.
-        let len = self.cbuf.len();
-        if let Err(e) = write_all_within(
-            self.server.stream,
-            &self.cbuf,
-            self.limits.server_write_timeout,
-        )
-        .await
-        {
-            self.keep(len);
-            return Lane::End(match e {
-                WriteError::Stalled { .. } => Outcome::ServerStalled,
-                WriteError::Io(e) => Outcome::ServerGone(e),
-            });
-        }
-        self.observer
-            .sent(&self.cbuf[..len], len, (0, 1), self.statements);
-        crate::fault::panic_point(&self.cbuf[..len]);
-        loop {
-            if self.server.inbuf.capacity() - self.server.inbuf.len() < 1024 {
-                self.server.inbuf.reserve(BUF_SIZE);
-            }
-            if self.cbuf.capacity() - self.cbuf.len() < 1024 {
-                self.cbuf.reserve(BUF_SIZE);
-            }
-            let woken =
-                poll_fn(|cx| shutdown.poll_reached_or_poked(cx, Phase::Closing, Some(pokes)));
-            tokio::select! {
-                biased;
-                res = self.server.stream.read_buf(self.server.inbuf) => match res {
-                    Ok(0) => {
-                        let e = std::io::ErrorKind::UnexpectedEof.into();
-                        return self.lost(len, e).await;
-                    }
-                    Err(e) => return self.lost(len, e).await,
-                    Ok(_) => {
-                        if let Some(lane) = self.fast_replies(len).await {
-                            return lane;
-                        }
-                    }
-                },
-                res = self.client.read_buf(&mut self.cbuf) => match res {
-                    Ok(0) | Err(_) => return Lane::End(Outcome::ClientGone { server_clean: false }),
-                    Ok(_) => {
-                        self.more_input = true;
-                        return self.hand_over(len);
-                    }
-                },
-                // Shutdown, KILL, a failed health check: the general relay decides.
-                () = woken => return self.hand_over(len),
-            }
-        }
-    }
-
-    /// Passes the whole reply on once it is there; Some when the lane ends.
-    async fn fast_replies(&mut self, len: usize) -> Option<Lane> {
-        let walk = walk(self.server.inbuf);
-        if walk.hand_over {
-            return Some(self.hand_over(len));
-        }
-        if !walk.ready {
-            return None;
-        }
-        let batch = &self.server.inbuf[..walk.pass];
-        self.replied = true;
-        let r = write_all_within(self.client, batch, self.limits.client_write_timeout).await;
-        if let Err(e) = r {
-            return Some(Lane::End(client_write_failed(&e, batch, 0)));
-        }
-        self.server.inbuf.advance(walk.pass);
-        // What routing the unit would have left: a simple Query destroys the client's unnamed
-        // statement; an unnamed Parse that succeeded makes its text the client's (and this
-        // server's) unnamed statement.
-        let parsed = match peek_header(&self.cbuf, usize::MAX) {
-            Ok(Some(h)) if h.tag == b'P' => {
-                extended::parse(&self.cbuf[5..h.frame_len()]).map(|p| p.rest)
-            }
-            _ => None,
+/// Runs the unit in `io.cbuf` in the fast lane (see the module doc). The caller checked that
+/// it fits: a plain unit, transaction mode, not pinned, no query or transaction timeout, and
+/// nothing to send before it.
+pub(crate) async fn lane(io: LaneIo<'_, '_, '_>, shutdown: &SessionWatch) -> Lane {
+    let LaneIo {
+        client,
+        server,
+        cbuf,
+        statements,
+        observer,
+        limits,
+    } = io;
+    // Admin wake-ups (KILL, a failed health check) after now concern this run.
+    let pokes = shutdown.pokes();
+    let len = cbuf.len();
+    let resume = |more_input| {
+        Lane::HandOver(Resume {
+            len,
+            pokes,
+            more_input,
+        })
+    };
+    // The unit stays at the front of `cbuf` until the lane knows how the run ended.
+    if let Err(e) = write_all_within(server.stream, cbuf, limits.server_write_timeout).await {
+        let outcome = match e {
+            WriteError::Stalled { .. } => Outcome::ServerStalled,
+            WriteError::Io(e) => Outcome::ServerGone(e),
         };
-        self.statements.set_unnamed(parsed);
-        self.unnamed_here = parsed.is_some();
-        self.cbuf.advance(len);
-        self.gate.consumed(len);
-        self.status = TxStatus::Idle;
-        self.observer.answered(walk.pass, 1, 0);
-        Some(Lane::End(Outcome::Idle))
+        return Lane::Ended {
+            outcome,
+            retryable: true,
+        };
     }
-
-    /// The server connection failed in the lane: routed first, so that the general relay's
-    /// account of the failure (and whether the read may run elsewhere) is the same.
-    async fn lost(&mut self, len: usize, e: std::io::Error) -> Lane {
-        if let Lane::End(end) = self.hand_over(len) {
-            return Lane::End(end);
+    observer.sent(&cbuf[..len], len, (0, 1), statements);
+    crate::fault::panic_point(&cbuf[..len]);
+    let pass = loop {
+        if server.inbuf.capacity() - server.inbuf.len() < 1024 {
+            server.inbuf.reserve(BUF_SIZE);
         }
-        Lane::End(self.server_lost(e).await)
+        if cbuf.capacity() - cbuf.len() < 1024 {
+            cbuf.reserve(BUF_SIZE);
+        }
+        let woken = poll_fn(|cx| shutdown.poll_reached_or_poked(cx, Phase::Closing, Some(pokes)));
+        tokio::select! {
+            biased;
+            res = server.stream.read_buf(server.inbuf) => {
+                let e = match res {
+                    Ok(0) => std::io::ErrorKind::UnexpectedEof.into(),
+                    Err(e) => e,
+                    Ok(_) => {
+                        let walk = walk(server.inbuf);
+                        if walk.hand_over {
+                            return resume(false);
+                        }
+                        if walk.ready {
+                            break walk.pass;
+                        }
+                        continue;
+                    }
+                };
+                // Nothing reached the client (the whole reply is awaited first).
+                return Lane::Ended { outcome: Outcome::ServerGone(e), retryable: true };
+            },
+            res = client.read_buf(cbuf) => match res {
+                Ok(0) | Err(_) => {
+                    let outcome = Outcome::ClientGone { server_clean: false };
+                    return Lane::Ended { outcome, retryable: false };
+                }
+                Ok(_) => return resume(true),
+            },
+            // Shutdown, KILL, a failed health check: the general relay decides.
+            () = woken => return resume(false),
+        }
+    };
+    let batch = &server.inbuf[..pass];
+    if let Err(e) = write_all_within(client, batch, limits.client_write_timeout).await {
+        let outcome = client_write_failed(&e, batch, 0);
+        return Lane::Ended {
+            outcome,
+            retryable: false,
+        };
     }
+    server.inbuf.advance(pass);
+    // What routing the unit would have left: a simple Query destroys the client's unnamed
+    // statement; an unnamed Parse that succeeded makes its text the client's unnamed statement.
+    let parsed = match peek_header(cbuf, usize::MAX) {
+        Ok(Some(h)) if h.tag == b'P' => extended::parse(&cbuf[5..h.frame_len()]).map(|p| p.rest),
+        _ => None,
+    };
+    statements.set_unnamed(parsed);
+    cbuf.advance(len);
+    observer.answered(pass, 1, 0);
+    Lane::Answered
+}
 
-    /// Keeps the copy for a retry, if asked for: the lane's unit (`len` bytes) is the whole
-    /// first request.
-    fn keep(&mut self, len: usize) {
+impl Relay<'_> {
+    /// Takes over a run from the lane (see [`Resume`]): routes the unit the lane sent as the
+    /// general relay would have (it passes unchanged), which leaves the state that relay would
+    /// have: the replies owed and queued, the client's and the server's statements.
+    pub(super) fn take_over(&mut self, resume: Resume) -> Result<(), Outcome> {
+        let len = resume.len;
+        self.more_input = resume.more_input;
+        let strings = self.params.string_syntax(self.defaults);
+        let scan = self.route(len, strings).map_err(Outcome::ClientViolation)?;
+        debug_assert!(!scan.copied && scan.consumed == len, "{scan:?}");
+        self.out.clear();
         if self.keep_for_retry {
             self.kept = Some(BytesMut::from(&self.cbuf[..len]));
         }
-    }
-
-    /// Routes the unit the lane sent as the general relay would have (it passes unchanged),
-    /// which leaves the state that relay would have: the replies owed and queued, the client's
-    /// and the server's statements.
-    fn hand_over(&mut self, len: usize) -> Lane {
-        let strings = self.params.string_syntax(self.defaults);
-        let scan = match self.route(len, strings) {
-            Ok(scan) => scan,
-            Err(v) => return Lane::End(Outcome::ClientViolation(v)),
-        };
-        debug_assert!(!scan.copied && scan.consumed == len, "{scan:?}");
-        self.out.clear();
-        self.keep(len);
         self.cbuf.advance(len);
         self.gate.consumed(len);
         self.owed += scan.syncs;
-        Lane::HandOver
+        Ok(())
     }
 }
 
@@ -192,7 +199,7 @@ impl Relay<'_> {
 /// shape) the SELECT must read and pin nothing; without (the primary only, nothing routed) it
 /// must have no function call, no INTO and no word that may pin (see `gate::plain_select` and
 /// `may_pin`).
-pub(super) fn plain_unit(buf: &[u8], analysed: Option<&Analysed>) -> bool {
+pub(crate) fn plain_unit(buf: &[u8], analysed: Option<&Analysed>) -> bool {
     match analysed {
         Some(a) => a.plain_read(buf).is_some_and(one_select),
         None => {

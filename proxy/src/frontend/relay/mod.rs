@@ -6,8 +6,9 @@
 //!
 //! - `to_server`: client bytes through the routing gate and `rewrite` to the server.
 //! - `to_client`: server bytes through `responses` to the client.
-//! - `fast`: the fast lane for a lone plain-read unit (no rewrite, no reply queue); `shape`
-//!   the unit shape it takes, which the unit scan follows as it walks.
+//! - `fast`: the fast lane for a lone plain-read unit, run before any relay state is built
+//!   (no rewrite, no reply queue); `shape` the unit shape it takes, which the unit scan
+//!   follows as it walks.
 //! - `probe`: the causal probe's part (pipelining it, sending it late, losing it).
 //! - `units`: a unit's one analysis (statements, classification, pinning verdict); `gate`
 //!   holds back what a replica may not run; `causal` the client's causal token; `observe`
@@ -46,7 +47,7 @@ pub(crate) mod batch;
 pub(crate) mod buffers;
 pub(crate) mod causal;
 pub(crate) mod extra_sets;
-mod fast;
+pub(crate) mod fast;
 pub(crate) mod gate;
 pub(crate) mod listen;
 pub(crate) mod observe;
@@ -150,9 +151,8 @@ pub(crate) fn run<'a>(
     cbuf: BytesMut,
     limits: Limits,
     shutdown: &'a SessionWatch,
+    resume: Option<fast::Resume>,
 ) -> impl std::future::Future<Output = RunEnd> + 'a {
-    // The fast lane needs no reply queue unless it hands the run over.
-    let plain = fast::plain_unit(&cbuf, state.analysed.as_ref());
     let mut r = Relay {
         client,
         statements: state.statements,
@@ -171,17 +171,14 @@ pub(crate) fn run<'a>(
         server,
         cbuf,
         out: BytesMut::new(),
-        expect: Expectations::with(
-            Causal::new(
-                state.track_writes && !state.on_replica,
-                state.report_causal,
-                state.routing.causal,
-                state
-                    .scope
-                    .filter(|_| state.track_writes && !state.on_replica),
-            ),
-            !plain,
-        ),
+        expect: Expectations::with(Causal::new(
+            state.track_writes && !state.on_replica,
+            state.report_causal,
+            state.routing.causal,
+            state
+                .scope
+                .filter(|_| state.track_writes && !state.on_replica),
+        )),
         copy_left: 0,
         discard: false,
         streaming: Streaming::default(),
@@ -203,7 +200,7 @@ pub(crate) fn run<'a>(
         kept: None,
     };
     async move {
-        let outcome = r.run(shutdown, plain).await;
+        let outcome = r.run(shutdown, resume).await;
         r.drop_staged();
         if r.gate.wrote_in_run {
             *r.server.sequences_dirty = true;
@@ -223,11 +220,29 @@ pub(crate) fn run<'a>(
 }
 
 impl Relay<'_> {
-    async fn run(&mut self, shutdown: &SessionWatch, plain: bool) -> Outcome {
+    async fn run(&mut self, shutdown: &SessionWatch, resume: Option<fast::Resume>) -> Outcome {
         let r = self;
-        let limits = r.limits;
-        // Admin wake-ups (KILL) end the run too if they concern this client: those after now.
-        let pokes = shutdown.pokes();
+        // Admin wake-ups (KILL) end the run too if they concern this client: those after now
+        // (after the lane began, if it ran first).
+        let pokes = resume.map_or_else(|| shutdown.pokes(), |f| f.pokes);
+        if let Some(resume) = resume {
+            // The lane sent the unit (with nothing before it) and read no reply bytes past
+            // what the server buffer holds.
+            if let Err(end) = r.take_over(resume) {
+                return end;
+            }
+            if !r.server.inbuf.is_empty() {
+                if let Some(end) = r.on_server_bytes(shutdown).await {
+                    return end;
+                }
+            }
+            if !r.cbuf.is_empty() {
+                if let Some(end) = r.on_client_bytes().await {
+                    return end;
+                }
+            }
+            return r.relay(shutdown, pokes).await;
+        }
 
         // Bring the server's session parameters in line with the client's, ahead of its request.
         if let Some(sql) = bring_in_line(
@@ -251,32 +266,21 @@ impl Relay<'_> {
             r.expect.push(Entry::own(Kind::Query));
             *r.server.sequences_dirty = false;
         }
-        if r.fast_lane_fits(plain) {
-            match r.fast_lane(shutdown, pokes).await {
-                fast::Lane::End(end) => return end,
-                fast::Lane::HandOver => {
-                    if !r.server.inbuf.is_empty() {
-                        if let Some(end) = r.on_server_bytes(shutdown).await {
-                            return end;
-                        }
-                    }
-                    if !r.cbuf.is_empty() {
-                        if let Some(end) = r.on_client_bytes().await {
-                            return end;
-                        }
-                    }
-                }
-            }
-        } else {
-            // The general relay may send more than the first request: its copy is made now.
-            if r.keep_for_retry {
-                r.kept = Some(r.cbuf.clone());
-            }
-            // Forwarded what the session already read.
-            if let Some(end) = r.on_client_bytes().await {
-                return end;
-            }
+        // The general relay may send more than the first request: its copy is made now.
+        if r.keep_for_retry {
+            r.kept = Some(r.cbuf.clone());
         }
+        // Forwarded what the session already read.
+        if let Some(end) = r.on_client_bytes().await {
+            return end;
+        }
+        r.relay(shutdown, pokes).await
+    }
+
+    /// Relays both ways until the run ends.
+    async fn relay(&mut self, shutdown: &SessionWatch, pokes: u64) -> Outcome {
+        let r = self;
+        let limits = r.limits;
         let closing = shutdown.reached_or_poked(Phase::Closing, Some(pokes));
         let draining = shutdown.reached(Phase::Draining);
         tokio::pin!(closing, draining);

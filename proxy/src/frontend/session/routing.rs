@@ -155,16 +155,26 @@ impl Session {
                 upstream.database(),
                 target,
                 self.routing.last_read.prefer(started),
+                started,
             ));
             // Only a checkout that has to wait listens for the client leaving (most checkouts
             // find a free server at once).
             let mut watching = true;
             let shutdown = &self.shutdown;
             let stream = &self.stream;
+            // A checkout done at its first poll waited for nothing: it is dated `started`
+            // (one clock read per checkout); one that waited is dated when it ends.
+            let mut first_poll = true;
             poll_fn(|cx| {
-                if let Poll::Ready(r) = checkout.as_mut().poll(cx) {
+                if let Poll::Ready(mut r) = checkout.as_mut().poll(cx) {
+                    if !std::mem::take(&mut first_poll) {
+                        if let Ok(s) = r.as_mut() {
+                            s.since = std::time::Instant::now();
+                        }
+                    }
                     return Poll::Ready(Waited::Got(r));
                 }
+                first_poll = false;
                 // A client that left while queued gives up its place; what it sent never runs.
                 if watching {
                     match stream.poll_departed(cx) {

@@ -7,8 +7,12 @@ use bytes::BytesMut;
 use tracing::{info, warn};
 
 use crate::backend::checkout::Serving;
+use crate::backend::params;
+use crate::backend::pool::Checkout;
+use crate::config::PoolMode;
 use crate::frontend::farewell::farewell_now;
 use crate::frontend::relay;
+use crate::frontend::relay::fast::{Lane, LaneIo};
 use crate::frontend::relay::observe;
 use crate::frontend::relay::observe::Observer;
 use crate::frontend::relay::units::Analysed;
@@ -26,7 +30,7 @@ impl Session {
     pub(super) async fn run_on(
         &mut self,
         mut serving: Serving,
-        first: BytesMut,
+        mut first: BytesMut,
         retry: bool,
         analysed: Option<Analysed>,
     ) -> Result<Ran, &'static str> {
@@ -37,13 +41,10 @@ impl Session {
         entry.set_server(Some((cancel, serving.node)));
         let was_pinned = self.pinned.is_some();
         let runtime = self.runtime.clone();
-        let classifier = runtime.router.classifier();
-        let failures = runtime.router.topology().failures(serving.node);
         // A pinned or session-mode client reads on its own server, but its writes still
         // advance the token of a shared causal scope, which its peers' reads wait for.
         let track_writes =
             runtime.router.splits() && (!self.holds_server() || self.scope.is_some());
-        let track_sequences = !self.holds_server();
         let role = if serving.on_replica {
             RoleLabel::Replica
         } else {
@@ -51,13 +52,8 @@ impl Session {
         };
         let node = self.upstream.node(serving.node).clone();
         let upstream = self.upstream.clone();
-        let kills_seen = self.kills_seen;
-        let killed = || runtime.control.kills() != kills_seen;
-        // Only called at a LISTEN in a transaction block.
-        let listen_source =
-            || super::listen::listen_source(&self.proxy, &runtime.router, &upstream);
-        let answers_listen = !self.holds_server();
-        let observer = Observer::new(
+        let limits = runtime.limits.for_pool(upstream.settings());
+        let mut observer = Observer::new(
             &runtime.metrics,
             role,
             started,
@@ -68,41 +64,92 @@ impl Session {
                 node: node.node(),
             },
         );
-        let end = relay::run(
-            &mut self.stream,
-            relay::ClientState {
-                statements: &mut self.statements,
-                params: &mut self.params,
-                defaults: &self.defaults,
-                pinned: &mut self.pinned,
-                classifier: &classifier,
-                rules: runtime.router.rule_set(),
-                routing: self.routing,
-                on_replica: serving.on_replica,
-                track_writes,
-                track_sequences,
-                report_causal: runtime.router.settings().report_causal_lsn,
-                observer,
-                killed: &killed,
-                entry: &entry,
-                cancel,
-                scope: self.scope.as_ref(),
-                analysed,
-                failed_checks: Some((failures, failures.load(Ordering::Acquire))),
-                listen: answers_listen.then(|| relay::listen::ListenCtx {
-                    listeners: self.proxy.listeners(),
-                    slot: &mut self.listening,
-                    source: &listen_source,
-                }),
-                keep_for_retry: retry,
+        // A health check that fails from now on concerns this run (the lane hands it over).
+        let failures = runtime.router.topology().failures(serving.node);
+        let failures_seen = failures.load(Ordering::Acquire);
+        // The common unit runs in the fast lane, before any relay state is built.
+        let mut resume = None;
+        let mut lane_end = None;
+        if self.lane_fits(&limits, server, &first, analysed.as_ref()) {
+            let lane = relay::fast::lane(
+                LaneIo {
+                    client: &mut self.stream,
+                    server: &mut server.conn().io(),
+                    cbuf: &mut first,
+                    statements: &mut self.statements,
+                    observer: &mut observer,
+                    limits: &limits,
+                },
+                &self.shutdown,
+            )
+            .await;
+            lane_end = match lane {
+                Lane::Answered => Some((Outcome::Idle, false)),
+                Lane::Ended { outcome, retryable } => Some((outcome, retryable)),
+                Lane::HandOver(r) => {
+                    resume = Some(r);
+                    None
+                }
+            };
+        }
+        let end = match lane_end {
+            Some((outcome, retryable)) => relay::RunEnd {
+                outcome,
+                retry: (retryable && retry).then(|| std::mem::take(&mut first)),
+                leftover: first,
+                causal: self.routing.causal,
+                causal_learned: false,
+                causal_uncovered: false,
+                retryable,
+                tally: observer.tally,
+                last_reply: observer.last_reply,
             },
-            server.conn().io(),
-            first,
-            runtime.limits.for_pool(upstream.settings()),
-            &self.shutdown,
-        )
-        .await;
-        drop(classifier);
+            None => {
+                let classifier = runtime.router.classifier();
+                let track_sequences = !self.holds_server();
+                let kills_seen = self.kills_seen;
+                let killed = || runtime.control.kills() != kills_seen;
+                // Only called at a LISTEN in a transaction block.
+                let listen_source =
+                    || super::listen::listen_source(&self.proxy, &runtime.router, &upstream);
+                let answers_listen = !self.holds_server();
+                relay::run(
+                    &mut self.stream,
+                    relay::ClientState {
+                        statements: &mut self.statements,
+                        params: &mut self.params,
+                        defaults: &self.defaults,
+                        pinned: &mut self.pinned,
+                        classifier: &classifier,
+                        rules: runtime.router.rule_set(),
+                        routing: self.routing,
+                        on_replica: serving.on_replica,
+                        track_writes,
+                        track_sequences,
+                        report_causal: runtime.router.settings().report_causal_lsn,
+                        observer,
+                        killed: &killed,
+                        entry: &entry,
+                        cancel,
+                        scope: self.scope.as_ref(),
+                        analysed,
+                        failed_checks: Some((failures, failures_seen)),
+                        listen: answers_listen.then(|| relay::listen::ListenCtx {
+                            listeners: self.proxy.listeners(),
+                            slot: &mut self.listening,
+                            source: &listen_source,
+                        }),
+                        keep_for_retry: retry,
+                    },
+                    server.conn().io(),
+                    first,
+                    limits,
+                    &self.shutdown,
+                    resume,
+                )
+                .await
+            }
+        };
         entry.set_server(None);
         // The last reply's clock reading ends the transaction (and dates the release).
         let ended = end.last_reply.unwrap_or_else(std::time::Instant::now);
@@ -257,6 +304,28 @@ impl Session {
         drop(serving);
         self.close(code, message).await;
         Err(reason)
+    }
+
+    /// Whether the unit in `first` runs in the fast lane on `server`: one plain read in
+    /// transaction mode, not pinned, no query or transaction timeout to watch, and nothing of
+    /// pgtier's to send before it (no parameter to bring in line, no sequence state to clear).
+    fn lane_fits(
+        &self,
+        limits: &relay::Limits,
+        server: &mut Checkout,
+        first: &[u8],
+        analysed: Option<&Analysed>,
+    ) -> bool {
+        if limits.mode != PoolMode::Transaction
+            || self.pinned.is_some()
+            || limits.query_timeout.is_some()
+            || limits.transaction_timeout.is_some()
+            || !relay::fast::plain_unit(first, analysed)
+        {
+            return false;
+        }
+        let io = server.conn().io();
+        !*io.sequences_dirty && params::agree(&self.params, io.changed)
     }
 
     /// The client's causal token after a run on the primary: moved by the probes that

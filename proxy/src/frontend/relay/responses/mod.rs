@@ -215,12 +215,12 @@ pub(crate) struct Expectations {
 }
 
 impl Expectations {
-    /// An empty queue with the client's causal state; `room`: with room for an
-    /// extended-protocol statement (five entries: Parse, Bind, Describe, Execute, Sync) at
-    /// once, rather than an allocation and a regrowth per run.
-    pub(crate) fn with(causal: Causal, room: bool) -> Expectations {
+    /// An empty queue with the client's causal state, with room for an extended-protocol
+    /// statement (five entries: Parse, Bind, Describe, Execute, Sync) at once, rather than an
+    /// allocation and a regrowth per run.
+    pub(crate) fn with(causal: Causal) -> Expectations {
         Expectations {
-            q: VecDeque::with_capacity(if room { 8 } else { 0 }),
+            q: VecDeque::with_capacity(8),
             causal,
             ..Expectations::default()
         }

@@ -160,7 +160,7 @@ fn probe_reply(lsn: &str) -> Vec<u8> {
 #[test]
 fn a_pipelined_probe_puts_the_token_before_the_held_ready_for_query() {
     let token: crate::cluster::Lsn = "0/100".parse().unwrap();
-    let mut exp = Expectations::with(Causal::new(true, true, token, None), true);
+    let mut exp = Expectations::with(Causal::new(true, true, token, None));
     exp.push(server(Kind::Query, true));
     exp.push(Entry::Probe);
     let mut out = BytesMut::new();
@@ -183,10 +183,7 @@ fn a_pipelined_probe_puts_the_token_before_the_held_ready_for_query() {
 
 #[test]
 fn a_failed_probe_hides_its_error_and_leaves_the_write_uncovered() {
-    let mut exp = Expectations::with(
-        Causal::new(true, true, crate::cluster::Lsn::ZERO, None),
-        true,
-    );
+    let mut exp = Expectations::with(Causal::new(true, true, crate::cluster::Lsn::ZERO, None));
     exp.push(server(Kind::Query, true));
     exp.push(Entry::Probe);
     let mut input = msg(b'E', b"C22012\0Mdivision by zero\0\0");
@@ -205,10 +202,7 @@ fn a_failed_probe_hides_its_error_and_leaves_the_write_uncovered() {
 
 #[test]
 fn a_write_not_covered_holds_the_ready_for_query_that_ends_it_and_asks_for_a_probe() {
-    let mut exp = Expectations::with(
-        Causal::new(true, false, crate::cluster::Lsn::ZERO, None),
-        true,
-    );
+    let mut exp = Expectations::with(Causal::new(true, false, crate::cluster::Lsn::ZERO, None));
     exp.causal.uncovered = true;
     exp.push(server(Kind::Query, true));
     let mut input = msg(b'C', b"COPY 2\0");
