@@ -88,8 +88,11 @@ pub(crate) async fn server_for(
                     Ok(mut server) => {
                         let wait = router.settings().causal_read_wait;
                         let asked = std::time::Instant::now();
+                        // Boxed: its state (a query on the replica) is large, and only a read
+                        // whose token the replica may not have replayed needs it.
                         let replayed =
-                            caught_up(&mut server, router.topology(), i, min_lsn, wait).await;
+                            Box::pin(caught_up(&mut server, router.topology(), i, min_lsn, wait))
+                                .await;
                         causal_wait = Some(asked.elapsed());
                         match replayed {
                             Some(lsn) if lsn >= min_lsn => {

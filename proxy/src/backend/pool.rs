@@ -340,7 +340,9 @@ impl Pool {
             Ok(p) => Ok(Ok(p)),
             Err(_) => {
                 let now = started.insert(tokio::time::Instant::now());
-                tokio::time::timeout_at(*now + wait, self.permits.clone().acquire_owned()).await
+                // Boxed: a timer is large, and only a checkout that queues needs one.
+                let queued = self.permits.clone().acquire_owned();
+                Box::pin(tokio::time::timeout_at(*now + wait, queued)).await
             }
         };
         let permit = match permit {

@@ -401,7 +401,8 @@ impl Topology {
         if let Some(primary) = self.view.load().primary {
             return Some(primary);
         }
-        self.wait_until(timeout, |v| v.primary.is_some())
+        // Boxed: only a write while no primary is known waits (and holds a timer).
+        Box::pin(self.wait_until(timeout, |v| v.primary.is_some()))
             .await
             .and_then(|v| v.primary)
     }

@@ -75,7 +75,7 @@ impl Session {
     ) -> Result<(Serving, Option<Analysed>), &'static str> {
         let (mut route, mut analysed) = self.target_of(first);
         if self.causal_unknown && matches!(route.target, Target::Replica { .. }) {
-            self.refresh_causal().await?;
+            Box::pin(self.refresh_causal()).await?;
             (route, analysed) = self.target_of(first);
             if self.causal_unknown {
                 route.target = Target::Primary;
@@ -139,13 +139,13 @@ impl Session {
         let started = std::time::Instant::now();
         entry.set_waiting(started);
         let wait = upstream.node(0).settings().query_wait_timeout;
-        if runtime.control.is_paused() && !runtime.control.wait_resumed(wait).await {
+        if runtime.control.is_paused() && !Box::pin(runtime.control.wait_resumed(wait)).await {
             entry.set_state(ClientState::Idle);
             let message = format!(
                 "pgtier: database \"{}\" is paused (admin PAUSE) and was not resumed within query_wait_timeout ({wait:?})",
                 self.database()
             );
-            self.close(SqlState::TOO_MANY_CONNECTIONS, &message).await;
+            Box::pin(self.close(SqlState::TOO_MANY_CONNECTIONS, &message)).await;
             return Err("paused");
         }
         let got = {
@@ -198,11 +198,11 @@ impl Session {
             Waited::Got(Err(e)) => {
                 warn!(database = %self.database(), error = %e, "no server connection for client");
                 self.runtime.metrics.error(e.sqlstate());
-                target_farewell(&mut self.stream, &e).await;
+                Box::pin(target_farewell(&mut self.stream, &e)).await;
                 Err("no server connection")
             }
             Waited::Shutdown => {
-                self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;
+                Box::pin(self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE)).await;
                 Err("shutdown")
             }
         };

@@ -113,40 +113,44 @@ impl Session {
                 let listen_source =
                     || super::listen::listen_source(&self.proxy, &runtime.router, &upstream);
                 let answers_listen = !self.holds_server();
-                relay::run(
-                    &mut self.stream,
-                    relay::ClientState {
-                        statements: &mut self.statements,
-                        params: &mut self.params,
-                        defaults: &self.defaults,
-                        pinned: &mut self.pinned,
-                        classifier: &classifier,
-                        rules: runtime.router.rule_set(),
-                        routing: self.routing,
-                        on_replica: serving.on_replica,
-                        track_writes,
-                        track_sequences,
-                        report_causal: runtime.router.settings().report_causal_lsn,
-                        observer,
-                        killed: &killed,
-                        entry: &entry,
-                        cancel,
-                        scope: self.scope.as_ref(),
-                        analysed,
-                        failed_checks: Some((failures, failures_seen)),
-                        listen: answers_listen.then(|| relay::listen::ListenCtx {
-                            listeners: self.proxy.listeners(),
-                            slot: &mut self.listening,
-                            source: &listen_source,
-                        }),
-                        keep_for_retry: retry,
-                    },
-                    server.conn().io(),
-                    first,
-                    limits,
-                    &self.shutdown,
-                    resume,
-                )
+                // Boxed: the relay's state is kilobytes, and only a run the lane did not end
+                // needs it (a transaction's own future, allocated per transaction, stays small).
+                super::boxed(|| {
+                    relay::run(
+                        &mut self.stream,
+                        relay::ClientState {
+                            statements: &mut self.statements,
+                            params: &mut self.params,
+                            defaults: &self.defaults,
+                            pinned: &mut self.pinned,
+                            classifier: &classifier,
+                            rules: runtime.router.rule_set(),
+                            routing: self.routing,
+                            on_replica: serving.on_replica,
+                            track_writes,
+                            track_sequences,
+                            report_causal: runtime.router.settings().report_causal_lsn,
+                            observer,
+                            killed: &killed,
+                            entry: &entry,
+                            cancel,
+                            scope: self.scope.as_ref(),
+                            analysed,
+                            failed_checks: Some((failures, failures_seen)),
+                            listen: answers_listen.then(|| relay::listen::ListenCtx {
+                                listeners: self.proxy.listeners(),
+                                slot: &mut self.listening,
+                                source: &listen_source,
+                            }),
+                            keep_for_retry: retry,
+                        },
+                        server.conn().io(),
+                        first,
+                        limits,
+                        &self.shutdown,
+                        resume,
+                    )
+                })
                 .await
             }
         };
@@ -187,8 +191,8 @@ impl Session {
                     }
                     return Ok(Ran::Done(Some(end.leftover)));
                 }
-                self.give_back(serving).await;
-                self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE).await;
+                Box::pin(self.give_back(serving)).await;
+                Box::pin(self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE)).await;
                 return Err("shutdown");
             }
             Outcome::ProbeLost { failed } => {
@@ -202,7 +206,7 @@ impl Session {
             }
             Outcome::ClientGone { server_clean } => {
                 if server_clean {
-                    self.give_back(serving).await;
+                    Box::pin(self.give_back(serving)).await;
                 }
                 return Err("client closed");
             }
@@ -214,7 +218,7 @@ impl Session {
             }
             Outcome::ClientViolation(v) => {
                 drop(serving);
-                self.violation(v).await;
+                Box::pin(self.violation(v)).await;
                 return Err("protocol violation");
             }
             Outcome::ServerGone(e) => {
@@ -262,7 +266,7 @@ impl Session {
                 runtime.metrics.write_timeout(PeerLabel::Server);
                 warn!(peer = %entry.peer, database = %self.database(), %node, ?limit, "server accepted no data for server_write_timeout: closing the server connection and its client");
                 let message = format!("pgtier: server {node} accepted no data for server_write_timeout ({limit:?}); connection closed");
-                self.close(SqlState::CONNECTION_FAILURE, &message).await;
+                Box::pin(self.close(SqlState::CONNECTION_FAILURE, &message)).await;
                 return Err("server_write_timeout");
             }
             Outcome::QueryTimeout => {
@@ -271,7 +275,7 @@ impl Session {
                 let limit = upstream.settings().query_timeout.unwrap_or_default();
                 warn!(peer = %entry.peer, user = %self.user(), database = %self.database(), %node, ?limit, "query_timeout: the server did not answer the cancel; closing the server connection and its client");
                 let message = format!("pgtier: query canceled after query_timeout ({limit:?}), and server {node} did not answer the cancel within {:?}; connection closed", relay::CANCEL_GRACE);
-                self.close(SqlState::QUERY_CANCELED, &message).await;
+                Box::pin(self.close(SqlState::QUERY_CANCELED, &message)).await;
                 return Err("query_timeout");
             }
             Outcome::TransactionTimeout => {
@@ -279,7 +283,7 @@ impl Session {
                 info!(peer = %entry.peer, user = %self.user(), database = %self.database(), ?limit, "transaction_timeout: closing the client and its server connection (the transaction does not commit)");
                 drop(serving);
                 let message = format!("terminating connection due to transaction timeout (transaction_timeout = {limit:?})");
-                self.close(SqlState::TRANSACTION_TIMEOUT, &message).await;
+                Box::pin(self.close(SqlState::TRANSACTION_TIMEOUT, &message)).await;
                 return Err("transaction_timeout");
             }
             Outcome::IdleInTransaction => (
@@ -296,13 +300,13 @@ impl Session {
                 // The server's reason (its message names the parameter): a bad value, an
                 // unknown parameter, one Postgres takes only at backend start (55P02).
                 let text = format!("invalid session parameter (from the startup packet or SET): {message}");
-                self.close(SqlState::of_parameter_error(&code), &text).await;
+                Box::pin(self.close(SqlState::of_parameter_error(&code), &text)).await;
                 return Err("invalid session parameter");
             }
         };
         // A server in an unknown state is closed, never returned (dropping the checkout does).
         drop(serving);
-        self.close(code, message).await;
+        Box::pin(self.close(code, message)).await;
         Err(reason)
     }
 
