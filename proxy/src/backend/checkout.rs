@@ -23,7 +23,8 @@ pub(crate) struct Serving {
     pub node: usize,
     /// The node is a replica.
     pub on_replica: bool,
-    /// When it was checked out (the pool wait ends and the run's timing starts here).
+    /// When it was checked out (the pool wait ends and the run's timing starts here): when it
+    /// was asked for if the checkout did not wait.
     pub since: std::time::Instant,
     /// How long a replica was asked for its replay position before this checkout (a read
     /// that had to wait for the client's causal token; None: no wait).
@@ -87,13 +88,13 @@ pub(crate) async fn server_for(
                 Choice::Check(i) => match upstream.node(i).checkout().await {
                     Ok(mut server) => {
                         let wait = router.settings().causal_read_wait;
-                        let asked = std::time::Instant::now();
+                        let check_started = std::time::Instant::now();
                         // Boxed: its state (a query on the replica) is large, and only a read
                         // whose token the replica may not have replayed needs it.
                         let replayed =
                             Box::pin(caught_up(&mut server, router.topology(), i, min_lsn, wait))
                                 .await;
-                        causal_wait = Some(asked.elapsed());
+                        causal_wait = Some(check_started.elapsed());
                         match replayed {
                             Some(lsn) if lsn >= min_lsn => {
                                 let mut s = serving(router, server, i, true, asked);

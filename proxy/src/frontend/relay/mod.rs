@@ -141,7 +141,8 @@ pub(crate) struct RunEnd {
 }
 
 /// Relays between the client and its server until the server is idle (transaction mode) or
-/// the session ends. `cbuf` holds client bytes already read; `shutdown` stops it. The relay is
+/// the session ends. `cbuf` holds client bytes already read; `shutdown` stops it; `resume`: the
+/// fast lane already sent the unit at the front of `cbuf` and hands the run over. The relay is
 /// built before the future, which then holds it once (an async fn would also keep its
 /// arguments: the transaction's state is touched on every run).
 pub(crate) fn run<'a>(
@@ -241,45 +242,9 @@ impl Relay<'_> {
                     return end;
                 }
             }
-            return r.relay(shutdown, pokes).await;
-        }
-
-        // Bring the server's session parameters in line with the client's, ahead of its request.
-        if let Some(sql) = bring_in_line(
-            r.defaults,
-            r.params,
-            r.server.login_params,
-            r.server.changed,
-        ) {
-            let mut body = sql.into_bytes();
-            body.push(0);
-            r.out.put_u8(b'Q');
-            r.out.put_u32(body.len() as u32 + 4);
-            r.out.put_slice(&body);
-            r.expect.push(Entry::own(Kind::Query));
-        }
-        // Sequence state (currval, lastval) is session state: a transaction starts on a server
-        // with none left by an earlier one, so that no client reads another's (or a stale
-        // value of its own). Sent ahead of the request like the parameter sync: no round trip.
-        if *r.server.sequences_dirty && !r.holds_server() {
-            r.out.put_slice(DISCARD_SEQUENCES);
-            r.expect.push(Entry::own(Kind::Query));
-            *r.server.sequences_dirty = false;
-        }
-        // The general relay may send more than the first request: its copy is made now.
-        if r.keep_for_retry {
-            r.kept = Some(r.cbuf.clone());
-        }
-        // Forwarded what the session already read.
-        if let Some(end) = r.on_client_bytes().await {
+        } else if let Some(end) = r.start().await {
             return end;
         }
-        r.relay(shutdown, pokes).await
-    }
-
-    /// Relays both ways until the run ends.
-    async fn relay(&mut self, shutdown: &SessionWatch, pokes: u64) -> Outcome {
-        let r = self;
         let limits = r.limits;
         let closing = shutdown.reached_or_poked(Phase::Closing, Some(pokes));
         let draining = shutdown.reached(Phase::Draining);
@@ -376,6 +341,42 @@ impl Relay<'_> {
                 }
             }
         }
+    }
+}
+
+impl Relay<'_> {
+    /// A fresh run's start: what pgtier sends first, then the client's bytes the session read;
+    /// Some when the run ends there.
+    async fn start(&mut self) -> Option<Outcome> {
+        let r = self;
+        // Bring the server's session parameters in line with the client's, ahead of its request.
+        if let Some(sql) = bring_in_line(
+            r.defaults,
+            r.params,
+            r.server.login_params,
+            r.server.changed,
+        ) {
+            let mut body = sql.into_bytes();
+            body.push(0);
+            r.out.put_u8(b'Q');
+            r.out.put_u32(body.len() as u32 + 4);
+            r.out.put_slice(&body);
+            r.expect.push(Entry::own(Kind::Query));
+        }
+        // Sequence state (currval, lastval) is session state: a transaction starts on a server
+        // with none left by an earlier one, so that no client reads another's (or a stale
+        // value of its own). Sent ahead of the request like the parameter sync: no round trip.
+        if *r.server.sequences_dirty && !r.holds_server() {
+            r.out.put_slice(DISCARD_SEQUENCES);
+            r.expect.push(Entry::own(Kind::Query));
+            *r.server.sequences_dirty = false;
+        }
+        // The general relay may send more than the first request: its copy is made now.
+        if r.keep_for_retry {
+            r.kept = Some(r.cbuf.clone());
+        }
+        // Forwarded what the session already read.
+        r.on_client_bytes().await
     }
 }
 

@@ -139,14 +139,19 @@ impl Session {
         let started = std::time::Instant::now();
         entry.set_waiting(started);
         let wait = upstream.node(0).settings().query_wait_timeout;
-        if runtime.control.is_paused() && !Box::pin(runtime.control.wait_resumed(wait)).await {
-            entry.set_state(ClientState::Idle);
-            let message = format!(
-                "pgtier: database \"{}\" is paused (admin PAUSE) and was not resumed within query_wait_timeout ({wait:?})",
-                self.database()
-            );
-            Box::pin(self.close(SqlState::TOO_MANY_CONNECTIONS, &message)).await;
-            return Err("paused");
+        // When the checkout itself is asked for (after a PAUSE, if one held the client).
+        let mut asked = started;
+        if runtime.control.is_paused() {
+            if !Box::pin(runtime.control.wait_resumed(wait)).await {
+                entry.set_state(ClientState::Idle);
+                let message = format!(
+                    "pgtier: database \"{}\" is paused (admin PAUSE) and was not resumed within query_wait_timeout ({wait:?})",
+                    self.database()
+                );
+                Box::pin(self.close(SqlState::TOO_MANY_CONNECTIONS, &message)).await;
+                return Err("paused");
+            }
+            asked = std::time::Instant::now();
         }
         let got = {
             let mut checkout = pin!(checkout::server_for(
@@ -154,16 +159,16 @@ impl Session {
                 &upstream,
                 upstream.database(),
                 target,
-                self.routing.last_read.prefer(started),
-                started,
+                self.routing.last_read.prefer(asked),
+                asked,
             ));
             // Only a checkout that has to wait listens for the client leaving (most checkouts
             // find a free server at once).
             let mut watching = true;
             let shutdown = &self.shutdown;
             let stream = &self.stream;
-            // A checkout done at its first poll waited for nothing: it is dated `started`
-            // (one clock read per checkout); one that waited is dated when it ends.
+            // A checkout done at its first poll waited for nothing: it is dated `asked` (one
+            // clock read per checkout); one that waited is dated when it ends.
             let mut first_poll = true;
             poll_fn(|cx| {
                 if let Poll::Ready(mut r) = checkout.as_mut().poll(cx) {

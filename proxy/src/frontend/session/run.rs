@@ -113,44 +113,42 @@ impl Session {
                 let listen_source =
                     || super::listen::listen_source(&self.proxy, &runtime.router, &upstream);
                 let answers_listen = !self.holds_server();
-                // Boxed: the relay's state is kilobytes, and only a run the lane did not end
-                // needs it (a transaction's own future, allocated per transaction, stays small).
-                super::boxed(|| {
-                    relay::run(
-                        &mut self.stream,
-                        relay::ClientState {
-                            statements: &mut self.statements,
-                            params: &mut self.params,
-                            defaults: &self.defaults,
-                            pinned: &mut self.pinned,
-                            classifier: &classifier,
-                            rules: runtime.router.rule_set(),
-                            routing: self.routing,
-                            on_replica: serving.on_replica,
-                            track_writes,
-                            track_sequences,
-                            report_causal: runtime.router.settings().report_causal_lsn,
-                            observer,
-                            killed: &killed,
-                            entry: &entry,
-                            cancel,
-                            scope: self.scope.as_ref(),
-                            analysed,
-                            failed_checks: Some((failures, failures_seen)),
-                            listen: answers_listen.then(|| relay::listen::ListenCtx {
-                                listeners: self.proxy.listeners(),
-                                slot: &mut self.listening,
-                                source: &listen_source,
-                            }),
-                            keep_for_retry: retry,
-                        },
-                        server.conn().io(),
-                        first,
-                        limits,
-                        &self.shutdown,
-                        resume,
-                    )
-                })
+                // Not boxed: the copy into a box of its own cost more than the allocation of a
+                // transaction's future it would make smaller.
+                relay::run(
+                    &mut self.stream,
+                    relay::ClientState {
+                        statements: &mut self.statements,
+                        params: &mut self.params,
+                        defaults: &self.defaults,
+                        pinned: &mut self.pinned,
+                        classifier: &classifier,
+                        rules: runtime.router.rule_set(),
+                        routing: self.routing,
+                        on_replica: serving.on_replica,
+                        track_writes,
+                        track_sequences,
+                        report_causal: runtime.router.settings().report_causal_lsn,
+                        observer,
+                        killed: &killed,
+                        entry: &entry,
+                        cancel,
+                        scope: self.scope.as_ref(),
+                        analysed,
+                        failed_checks: Some((failures, failures_seen)),
+                        listen: answers_listen.then(|| relay::listen::ListenCtx {
+                            listeners: self.proxy.listeners(),
+                            slot: &mut self.listening,
+                            source: &listen_source,
+                        }),
+                        keep_for_retry: retry,
+                    },
+                    server.conn().io(),
+                    first,
+                    limits,
+                    &self.shutdown,
+                    resume,
+                )
                 .await
             }
         };
@@ -329,7 +327,16 @@ impl Session {
             return false;
         }
         let io = server.conn().io();
-        !*io.sequences_dirty && params::agree(&self.params, io.changed)
+        // `agree` is the cheap answer; the same values in another order need the full look.
+        !*io.sequences_dirty
+            && (params::agree(&self.params, io.changed)
+                || params::sync_statements(
+                    &self.defaults,
+                    &self.params,
+                    io.login_params,
+                    io.changed,
+                )
+                .is_none())
     }
 
     /// The client's causal token after a run on the primary: moved by the probes that
