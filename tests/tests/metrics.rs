@@ -200,12 +200,65 @@ async fn session_mode_times_queries_from_when_they_are_sent() {
     let app = connect(&px, "appuser", "app-pw").await.unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     app.simple_query("SELECT 'quick'").await.unwrap();
+    only_the_slow_query_is_logged(&px, &app).await;
+}
+
+/// Runs a 0.4 s query and checks that the slow-query log (threshold 300 ms) names it alone: a
+/// quick query before it, had it been logged, would have been logged first.
+async fn only_the_slow_query_is_logged(px: &pgtier_kit::Pgtier, app: &tokio_postgres::Client) {
     app.simple_query("SELECT pg_sleep(0.4), 'slow'")
         .await
         .unwrap();
-    // A 'quick' line, if any, comes before the 'slow' one (its query ended first).
     let log = px.wait_for_log("'slow'", Duration::from_secs(5));
     let slow: Vec<&str> = log.lines().filter(|l| l.contains("slow query")).collect();
     assert_eq!(slow.len(), 1, "{log}");
     assert!(slow[0].contains("'slow'"), "{}", slow[0]);
+}
+
+/// A query held by an admin PAUSE counts the pause as pool wait, not as query time: its
+/// timing starts when the checkout is asked for after RESUME (not a slow query), and the pool
+/// wait histogram holds the pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_query_waits_in_the_pool_not_in_its_query_time() {
+    let cluster = Cluster::start(0).unwrap();
+    scram_role(&cluster, "appuser", "app-pw").unwrap();
+    let mport = free_port().unwrap();
+    let px = ConfigBuilder::new(&cluster)
+        .global(&format!("metrics_listen = \"127.0.0.1:{mport}\""))
+        .global("admin_users = [\"admin\"]")
+        .global("slow_query_threshold = \"300ms\"")
+        .user("admin", "password = \"admin-pw\"")
+        .user("appuser", "password = \"app-pw\"")
+        .start()
+        .unwrap();
+    let adm = pgtier_kit::fixture::admin_console(&px, "admin", "admin-pw").await;
+    let app = connect(&px, "appuser", "app-pw").await.unwrap();
+    app.simple_query("SELECT 1").await.unwrap();
+    pgtier_kit::fixture::simple_rows(&adm, "PAUSE app").await;
+    let held = tokio::spawn(async move {
+        let r = app.simple_query("SELECT 'paused'").await.map(|_| ());
+        (app, r)
+    });
+    let t0 = std::time::Instant::now();
+    while pgtier_kit::fixture::cl_waiting(&adm).await != 1 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "no waiting client");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The pause itself is what is measured: it lasts well over the slow-query threshold.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!held.is_finished(), "a query ran during PAUSE");
+    pgtier_kit::fixture::simple_rows(&adm, "RESUME app").await;
+    let (app, r) = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("RESUME lets the query run")
+        .unwrap();
+    r.unwrap();
+    only_the_slow_query_is_logged(&px, &app).await;
+    let (_, body) = get(mport, "/metrics");
+    let m = parse(&body);
+    let waited = sum(&m, "pgtier_pool_wait_seconds_sum", &[("database", "app")]);
+    assert!(
+        waited >= 0.5,
+        "pool wait {waited} s does not hold the pause"
+    );
 }
