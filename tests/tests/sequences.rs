@@ -33,7 +33,10 @@ fn start(replicas: bool) -> Pgtier {
 
 async fn client(px: &Pgtier) -> Client {
     let dsn = format!("host=127.0.0.1 port={} user=seqs dbname=app", px.port());
-    let (c, conn) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
+    // Once seen in CI: the first connect reset at the TCP level; pgtier's log says why.
+    let (c, conn) = tokio_postgres::connect(&dsn, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e:?}\npgtier's log:\n{}", px.log()));
     tokio::spawn(conn);
     c
 }
