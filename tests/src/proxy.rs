@@ -93,7 +93,7 @@ impl Pgtier {
             watchdog,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !listening(port) {
             if let Ok(Some(status)) = px.child.try_wait() {
                 bail!("pgtier exited ({status}) before listening:\n{}", px.log());
             }
@@ -181,4 +181,12 @@ impl Drop for Pgtier {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Whether something listens on 127.0.0.1:`port`. A connection to itself does not count: the
+/// port comes from the kernel's ephemeral range, so before pgtier binds it a probe may be
+/// given it as its own source port and connect to itself (TCP simultaneous open).
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port))
+        .is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
 }
