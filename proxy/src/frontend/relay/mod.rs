@@ -342,9 +342,7 @@ impl Relay<'_> {
             }
         }
     }
-}
 
-impl Relay<'_> {
     /// A fresh run's start: what pgtier sends first, then the client's bytes the session read;
     /// Some when the run ends there.
     async fn start(&mut self) -> Option<Outcome> {

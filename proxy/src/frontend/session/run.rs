@@ -68,9 +68,7 @@ impl Session {
         let failures = runtime.router.topology().failures(serving.node);
         let failures_seen = failures.load(Ordering::Acquire);
         // The common unit runs in the fast lane, before any relay state is built.
-        let mut resume = None;
-        let mut lane_end = None;
-        if self.lane_fits(&limits, server, &first, analysed.as_ref()) {
+        let lane = if self.lane_fits(&limits, server, &first, analysed.as_ref()) {
             let lane = relay::fast::lane(
                 LaneIo {
                     client: &mut self.stream,
@@ -83,15 +81,16 @@ impl Session {
                 &self.shutdown,
             )
             .await;
-            lane_end = match lane {
-                Lane::Answered => Some((Outcome::Idle, false)),
-                Lane::Ended { outcome, retryable } => Some((outcome, retryable)),
-                Lane::HandOver(r) => {
-                    resume = Some(r);
-                    None
-                }
-            };
-        }
+            Some(lane)
+        } else {
+            None
+        };
+        let (lane_end, resume) = match lane {
+            Some(Lane::Answered) => (Some((Outcome::Idle, false)), None),
+            Some(Lane::Ended { outcome, retryable }) => (Some((outcome, retryable)), None),
+            Some(Lane::HandOver(r)) => (None, Some(r)),
+            None => (None, None),
+        };
         let end = match lane_end {
             Some((outcome, retryable)) => relay::RunEnd {
                 outcome,
