@@ -22,6 +22,7 @@ impl Topology {
         {
             let mut st = self.lock();
             let rt = &mut st.nodes[node];
+            rt.failed_at = Some(Instant::now());
             if rt.health != Health::Down {
                 if rt.health != Health::Banned {
                     warn!(node = %self.settings.nodes[node].addr, "connection failure reported: node banned until its next successful check");
@@ -42,6 +43,13 @@ impl Topology {
         let addr = &self.settings.nodes[node].addr;
         let mut st = self.lock();
         match outcome {
+            Outcome::Checked { sent_at, .. }
+                if st.nodes[node].health == Health::Banned
+                    && st.nodes[node].failed_at.is_some_and(|f| sent_at < f) =>
+            {
+                // Sent before a connection of the proxy failed there: it says nothing about
+                // the node since (the monitor reconnects for its next check).
+            }
             Outcome::Checked { check, sent_at } => {
                 let rt = &mut st.nodes[node];
                 if rt.health != Health::Up && rt.health != Health::Unchecked {

@@ -174,6 +174,9 @@ pub(super) struct NodeRt {
     pub(super) last_lag: Option<Lag>,
     /// Banned by an administrator: out of rotation whatever the checks say.
     pub(super) admin_banned: bool,
+    /// When a connection of the proxy last failed on the node: a check sent before then
+    /// (answered on a connection the fault had not reached yet) does not lift that ban.
+    pub(super) failed_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -229,6 +232,7 @@ impl Topology {
                         lag: LagState::default(),
                         last_lag: None,
                         admin_banned: false,
+                        failed_at: None,
                     })
                     .collect(),
                 primary: None,
@@ -298,6 +302,7 @@ impl Topology {
                     lag: o.lag.clone(),
                     last_lag: o.last_lag,
                     admin_banned: o.admin_banned,
+                    failed_at: o.failed_at,
                 };
                 topology.known_replay[i].store(
                     previous.known_replay[j].load(Ordering::Relaxed),

@@ -143,6 +143,22 @@ fn failures_ban_and_the_next_check_readmits() {
     assert_eq!(states(&t)[0], S::Banned);
 }
 
+#[test]
+fn a_check_sent_before_a_reported_failure_does_not_lift_its_ban() {
+    let t = Topology::new(settings(&[Primary, Replica]));
+    t.record(0, primary(100, 1));
+    let sent_before = replica(100);
+    t.record(1, replica(100));
+    t.report_failure(1);
+    // Answered on a connection the fault had not reached yet: the node stays out.
+    t.record(1, sent_before);
+    assert_eq!(states(&t), [S::Healthy, S::Banned]);
+    assert_eq!(t.pick_replica(Lsn(0)), Pick::None);
+    // A check sent after the failure decides.
+    t.record(1, replica(100));
+    assert_eq!(states(&t), [S::Healthy, S::Healthy]);
+}
+
 #[tokio::test]
 async fn wait_for_primary_wakes_on_publication() {
     let t = Arc::new(Topology::new(settings(&[Auto])));
