@@ -83,6 +83,11 @@ pub fn bind(statement: &str) -> Vec<u8> {
     message(b'B', &b)
 }
 
+/// A Describe of the portal `name`.
+pub fn describe_portal(name: &str) -> Vec<u8> {
+    message(b'D', format!("P{name}\0").as_bytes())
+}
+
 /// An Execute of the unnamed portal, all rows.
 pub fn execute() -> Vec<u8> {
     message(b'E', b"\0\0\0\0\0")

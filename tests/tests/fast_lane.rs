@@ -1,5 +1,6 @@
-//! The relay's fast lane (issue 17): a lone plain SELECT goes to the server as is and its
-//! replies are only walked to ReadyForQuery. Everything the general relay must see hands the
+//! The relay's fast lane (issue 17): a lone plain SELECT goes to the server as is (a named
+//! statement's Bind renamed to its server name) and its replies are only walked to
+//! ReadyForQuery. Everything the general relay must see hands the
 //! run over at that message: an error, a row larger than the read buffer, more client bytes
 //! while the reply is awaited. Each is checked with and without replicas (without, the lane is
 //! chosen without the router's analysis), on results and SQLSTATEs, and on the node that served.
@@ -8,7 +9,8 @@ use std::time::Duration;
 
 use pgtier_kit::fixture::{connect, read_node, simple_rows, ConfigBuilder};
 use pgtier_kit::wire::{
-    bind, execute, first_value, login_trust, parse, query, read_until_ready, sync, tags, Msg,
+    bind, describe_portal, execute, first_value, login_trust, parse, query, read_until_ready, sync,
+    tags, Msg,
 };
 use pgtier_kit::{Cluster, Pgtier};
 use tokio::io::AsyncWriteExt;
@@ -204,4 +206,119 @@ async fn unnamed_extended_units_take_the_fast_lane_and_leave_it_intact_with_repl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unnamed_extended_units_take_the_fast_lane_and_leave_it_intact_on_the_primary() {
     extended(false).await;
+}
+
+/// A Bind of the named `statement`, a Describe of the portal, an Execute and a Sync (libpq's
+/// and pgbench's `-M prepared` unit).
+fn bound(statement: &str) -> Vec<u8> {
+    [bind(statement), describe_portal(""), execute(), sync()].concat()
+}
+
+async fn named(replicas: bool) {
+    let (_px, mut s) = logged_in(replicas).await;
+    let prepared = [
+        parse("seven", "SELECT 7"),
+        parse("zero", "SELECT 1/0"),
+        parse("big", "SELECT v FROM fast_lane_big"),
+        sync(),
+    ]
+    .concat();
+    s.write_all(&prepared).await.unwrap();
+    assert_eq!(tags(&replies(&mut s, 1).await), "111Z");
+    // The first Bind on a server connection prepares the statement there (the general relay);
+    // the later ones find it and take the lane.
+    for _ in 0..5 {
+        s.write_all(&bound("seven")).await.unwrap();
+        let got = replies(&mut s, 1).await;
+        assert_eq!(tags(&got), "2TDCZ", "{got:?}");
+        assert_eq!(first_value(&got), "7");
+        // An error (raised when the Bind plans the statement): the general relay takes it,
+        // and the connection goes on.
+        s.write_all(&bound("zero")).await.unwrap();
+        let got = replies(&mut s, 1).await;
+        assert_eq!(tags(&got), "EZ", "{got:?}");
+        assert_eq!(got[0].field(b'C').as_deref(), Some("22012"));
+        // A row larger than the read buffer streams through the general relay.
+        s.write_all(&bound("big")).await.unwrap();
+        let got = replies(&mut s, 1).await;
+        assert_eq!(tags(&got), "2TDCZ", "{got:?}");
+        assert_eq!(first_value(&got).len(), BIG);
+        // A named Bind leaves the client's unnamed statement as it was.
+        s.write_all(&[parse("", "SELECT 10"), sync()].concat())
+            .await
+            .unwrap();
+        assert_eq!(tags(&replies(&mut s, 1).await), "1Z");
+        s.write_all(&bound("seven")).await.unwrap();
+        assert_eq!(first_value(&replies(&mut s, 1).await), "7");
+        s.write_all(&bound("")).await.unwrap();
+        let got = replies(&mut s, 1).await;
+        assert_eq!(first_value(&got), "10", "{got:?}");
+        assert!(got.iter().filter(|m| m.tag == b'Z').all(|m| m.body == b"I"));
+    }
+    // Units sent together: the first takes the lane, the rest follow through the general
+    // relay, in order.
+    let three = [bound("seven"), bound("zero"), bound("seven")].concat();
+    s.write_all(&three).await.unwrap();
+    let got = replies(&mut s, 3).await;
+    assert_eq!(tags(&got), "2TDCZEZ2TDCZ", "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_take_the_fast_lane_and_leave_it_intact_with_replicas() {
+    named(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_take_the_fast_lane_and_leave_it_intact_on_the_primary() {
+    named(false).await;
+}
+
+/// A statement whose plan went stale on its server connection (its table changed shape) fails
+/// once with the server's 0A000, through the lane as through the general relay; pgtier then
+/// prepares it again, and the next Bind sees the new shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_named_statement_fails_once_then_is_prepared_again() {
+    let cluster = cluster();
+    cluster
+        .ddl(
+            "app",
+            "DROP TABLE IF EXISTS fast_lane_shape; \
+             CREATE TABLE fast_lane_shape (a int); INSERT INTO fast_lane_shape VALUES (1); \
+             GRANT ALL ON fast_lane_shape TO PUBLIC;",
+        )
+        .unwrap();
+    // One server connection: every Bind runs where the statement was prepared.
+    let px = ConfigBuilder::new(cluster)
+        .global("pool_size = 1")
+        .user("pgtier_trust", "auth = \"trust\"")
+        .start()
+        .unwrap();
+    let addr = format!("127.0.0.1:{}", px.port());
+    let (mut s, _) = login_trust(&addr, "pgtier_trust", "app").await.unwrap();
+    s.write_all(&[parse("all", "SELECT * FROM fast_lane_shape"), sync()].concat())
+        .await
+        .unwrap();
+    assert_eq!(tags(&replies(&mut s, 1).await), "1Z");
+    for _ in 0..3 {
+        s.write_all(&bound("all")).await.unwrap();
+        assert_eq!(tags(&replies(&mut s, 1).await), "2TDCZ");
+    }
+    // By the table's owner, on a connection of its own.
+    cluster
+        .ddl(
+            "app",
+            "ALTER TABLE fast_lane_shape ADD COLUMN b int DEFAULT 2",
+        )
+        .unwrap();
+    s.write_all(&bound("all")).await.unwrap();
+    let got = replies(&mut s, 1).await;
+    assert_eq!(tags(&got), "EZ", "{got:?}");
+    assert_eq!(got[0].field(b'C').as_deref(), Some("0A000"), "{got:?}");
+    for _ in 0..3 {
+        s.write_all(&bound("all")).await.unwrap();
+        let got = replies(&mut s, 1).await;
+        assert_eq!(tags(&got), "2TDCZ", "{got:?}");
+        let row = got.iter().find(|m| m.tag == b'D').unwrap();
+        assert_eq!(&row.body[..2], &2u16.to_be_bytes(), "two columns: {got:?}");
+    }
 }

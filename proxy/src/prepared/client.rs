@@ -77,6 +77,8 @@ pub struct Prepared {
     text: Arc<Text>,
     /// What running it needs (class, hints), classified on first use.
     info: OnceLock<UnitInfo>,
+    /// Whether a Bind of it may take the relay's fast lane, decided on first use.
+    lane: OnceLock<bool>,
 }
 
 impl Prepared {
@@ -92,6 +94,7 @@ impl Prepared {
             rest: text.rest.clone(),
             text,
             info: OnceLock::new(),
+            lane: OnceLock::new(),
         }
     }
 
@@ -105,6 +108,15 @@ impl Prepared {
         *self.info.get_or_init(|| {
             let sql = extended::split_cstr(&self.rest).map_or(&[][..], |(q, _)| q);
             classify(sql)
+        })
+    }
+
+    /// Whether a Bind of the statement may take the fast lane, decided by `fits` (given the
+    /// query text) once.
+    pub fn fits_lane(&self, fits: impl FnOnce(&[u8]) -> bool) -> bool {
+        *self.lane.get_or_init(|| {
+            let sql = extended::split_cstr(&self.rest).map_or(&[][..], |(q, _)| q);
+            fits(sql)
         })
     }
 }

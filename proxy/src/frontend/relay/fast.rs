@@ -1,21 +1,24 @@
 //! The fast lane, for the most common unit: a run that starts with one plain SELECT (the
 //! session's analysis found it reads and pins nothing), alone in the client buffer as a simple
-//! Query or as an unnamed Parse, Bind, Describe, Execute, Sync, with nothing of pgtier's to
-//! send before it. It runs before any relay state is built: the client's bytes go to the
-//! server as they are (no rewrite pass, no reply queue), and the whole reply is awaited and
-//! passed on. Whatever needs the general relay (an error, a notice, a ParameterStatus, COPY, a
+//! Query, as an unnamed Parse, Bind, Describe, Execute, Sync, or as the same Bind (Describe,
+//! Execute, Sync) of a named statement the server connection has prepared already, with
+//! nothing of pgtier's to send before it. It runs before any relay state is built: the
+//! client's bytes go to the server as they are (a named statement's Bind renamed to the
+//! statement's server name: no rewrite pass, no reply queue), and the whole reply is awaited
+//! and passed on. Whatever needs the general relay (an error, a notice, a ParameterStatus, COPY, a
 //! reply larger than the buffer, more client bytes, a wake-up) hands the run over with the
 //! server's bytes untouched ([`Resume`]): the relay then routes the client's bytes as it would
 //! have routed them (they pass through unchanged), which leaves the state it would have reached.
 
 use std::future::poll_fn;
+use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use crate::backend::server::ServerIo;
 use crate::frontend::stream::ClientStream;
-use crate::prepared::client::ClientStatements;
+use crate::prepared::client::{ClientStatements, Prepared};
 use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
 use crate::shutdown::{Phase, SessionWatch};
@@ -24,7 +27,7 @@ use crate::write::{write_all_within, WriteError};
 
 use super::gate::plain_select;
 use super::observe::Observer;
-use super::shape::unit_sql;
+use super::shape::{unit_text, LaneText};
 use super::to_client::client_write_failed;
 use super::units::Analysed;
 use super::{Limits, Outcome, Relay, BUF_SIZE};
@@ -49,6 +52,8 @@ pub(crate) struct Resume {
     pub pokes: u64,
     /// The client sent more bytes meanwhile.
     pub more_input: bool,
+    /// The unit went out renamed (a named statement's Bind).
+    pub renamed: bool,
 }
 
 /// What the lane works on.
@@ -57,14 +62,24 @@ pub(crate) struct LaneIo<'l, 's, 'o> {
     pub client: &'l mut ClientStream,
     /// The server connection.
     pub server: &'l mut ServerIo<'s>,
-    /// The client's bytes: exactly the unit (see [`plain_unit`]).
+    /// The client's bytes: exactly the unit (see [`lane_unit`]).
     pub cbuf: &'l mut BytesMut,
+    /// How the unit is sent.
+    pub unit: LaneUnit,
     /// The client's statements (its unnamed one follows the unit).
     pub statements: &'l mut ClientStatements,
     /// Measures the run.
     pub observer: &'l mut Observer<'o>,
     /// The write timeouts.
     pub limits: &'l Limits,
+}
+
+/// How the lane sends a unit.
+pub(crate) enum LaneUnit {
+    /// As the client sent it.
+    AsIs,
+    /// Its Bind renamed to this statement's server name (prepared on the server already).
+    Named(Arc<Prepared>),
 }
 
 /// What a walk over the buffered server bytes found.
@@ -86,6 +101,7 @@ pub(crate) async fn lane(io: LaneIo<'_, '_, '_>, shutdown: &SessionWatch) -> Lan
         client,
         server,
         cbuf,
+        unit,
         statements,
         observer,
         limits,
@@ -93,15 +109,24 @@ pub(crate) async fn lane(io: LaneIo<'_, '_, '_>, shutdown: &SessionWatch) -> Lan
     // Admin wake-ups (KILL, a failed health check) after now concern this run.
     let pokes = shutdown.pokes();
     let len = cbuf.len();
+    let renamed_unit = matches!(unit, LaneUnit::Named(_));
     let resume = |more_input| {
         Lane::HandOver(Resume {
             len,
             pokes,
             more_input,
+            renamed: renamed_unit,
         })
     };
     // The unit stays at the front of `cbuf` until the lane knows how the run ended.
-    if let Err(e) = write_all_within(server.stream, cbuf, limits.server_write_timeout).await {
+    let sent = match &unit {
+        LaneUnit::AsIs => write_all_within(server.stream, cbuf, limits.server_write_timeout).await,
+        LaneUnit::Named(stmt) => {
+            let renamed = renamed(cbuf, stmt);
+            write_all_within(server.stream, &renamed, limits.server_write_timeout).await
+        }
+    };
+    if let Err(e) = sent {
         let outcome = match e {
             WriteError::Stalled { .. } => Outcome::ServerStalled,
             WriteError::Io(e) => Outcome::ServerGone(e),
@@ -162,12 +187,15 @@ pub(crate) async fn lane(io: LaneIo<'_, '_, '_>, shutdown: &SessionWatch) -> Lan
     }
     server.inbuf.advance(pass);
     // What routing the unit would have left: a simple Query destroys the client's unnamed
-    // statement; an unnamed Parse that succeeded makes its text the client's unnamed statement.
-    let parsed = match peek_header(cbuf, usize::MAX) {
-        Ok(Some(h)) if h.tag == b'P' => extended::parse(&cbuf[5..h.frame_len()]).map(|p| p.rest),
-        _ => None,
-    };
-    statements.set_unnamed(parsed);
+    // statement; an unnamed Parse that succeeded makes its text the client's unnamed statement;
+    // a Bind of a named statement leaves it.
+    match peek_header(cbuf, usize::MAX) {
+        Ok(Some(h)) if h.tag == b'P' => {
+            statements.set_unnamed(extended::parse(&cbuf[5..h.frame_len()]).map(|p| p.rest))
+        }
+        Ok(Some(h)) if h.tag == b'B' => {}
+        _ => statements.set_unnamed(None),
+    }
     cbuf.advance(len);
     observer.answered(pass, 1, 0);
     Lane::Answered
@@ -182,7 +210,11 @@ impl Relay<'_> {
         self.more_input = resume.more_input;
         let strings = self.params.string_syntax(self.defaults);
         let scan = self.route(len, strings).map_err(Outcome::ClientViolation)?;
-        debug_assert!(!scan.copied && scan.consumed == len, "{scan:?}");
+        // The relay writes what the lane sent (dropped here): the unit, or its Bind renamed.
+        debug_assert!(
+            scan.copied == resume.renamed && scan.consumed == len,
+            "{scan:?}"
+        );
         self.out.clear();
         if self.keep_for_retry {
             self.kept = Some(BytesMut::from(&self.cbuf[..len]));
@@ -194,16 +226,44 @@ impl Relay<'_> {
     }
 }
 
-/// Whether `buf` is exactly one unit the lane takes (see `shape`), whose statement is one
-/// SELECT. With the unit's analysis (`analysed`, made where it was routed, which followed its
-/// shape) the SELECT must read and pin nothing; without (the primary only, nothing routed) it
-/// must have no function call, no INTO and no word that may pin (see `gate::plain_select` and
-/// `may_pin`).
-pub(crate) fn plain_unit(buf: &[u8], analysed: Option<&Analysed>) -> bool {
-    match analysed {
-        Some(a) => a.plain_read(buf).is_some_and(one_select),
-        None => {
-            unit_sql(buf).is_some_and(|sql| one_select(sql) && plain_select(sql) && !may_pin(sql))
+/// The unit in `buf` renamed for the server: its Bind (first) under the statement's server
+/// name, the rest as it is.
+fn renamed(buf: &[u8], stmt: &Prepared) -> BytesMut {
+    let mut out = BytesMut::with_capacity(buf.len() + stmt.server_name.len());
+    // The lane's shape: a well-formed Bind opens the unit.
+    if let Ok(Some(h)) = peek_header(buf, usize::MAX) {
+        if let Some(b) = extended::bind(&buf[5..h.frame_len()]) {
+            extended::write_bind(&mut out, b.portal, stmt.server_name.as_bytes(), b.rest);
+            out.extend_from_slice(&buf[h.frame_len()..]);
+        }
+    }
+    out
+}
+
+/// How the lane sends `buf`, if it is exactly one unit the lane takes (see `shape`) whose
+/// statement is one SELECT. With the unit's analysis (`analysed`, made where it was routed,
+/// which followed its shape) the SELECT must read and pin nothing; without (the primary only,
+/// nothing routed) it must have no function call, no INTO and no word that may pin (see
+/// `gate::plain_select` and `may_pin`). A named statement (one of the client's `statements`)
+/// must pass both (the second looked at once per statement); the caller checks that the
+/// server has it prepared.
+pub(crate) fn lane_unit(
+    buf: &[u8],
+    analysed: Option<&Analysed>,
+    statements: &ClientStatements,
+) -> Option<LaneUnit> {
+    let unanalysed = |sql: &[u8]| one_select(sql) && plain_select(sql) && !may_pin(sql);
+    let text = match analysed {
+        Some(a) => a.plain_read(buf)?,
+        None => unit_text(buf)?,
+    };
+    match text {
+        LaneText::Sql(sql) if analysed.is_some() => one_select(sql).then_some(LaneUnit::AsIs),
+        LaneText::Sql(sql) => unanalysed(sql).then_some(LaneUnit::AsIs),
+        LaneText::Named(name) => {
+            let stmt = statements.get(name)?;
+            stmt.fits_lane(unanalysed)
+                .then(|| LaneUnit::Named(stmt.clone()))
         }
     }
 }
@@ -280,10 +340,11 @@ fn walk(buf: &[u8]) -> Walk {
 
 #[cfg(test)]
 mod tests {
-    use super::{plain_unit, walk};
+    use super::{lane_unit, walk, LaneUnit};
+    use crate::prepared::client::ClientStatements;
 
     fn plain_unanalysed(buf: &[u8]) -> bool {
-        plain_unit(buf, None)
+        lane_unit(buf, None, &ClientStatements::default()).is_some()
     }
     use crate::protocol::frame::test_frame as frame;
 
@@ -356,6 +417,36 @@ mod tests {
         let len = (bad.len() - 1) as u32;
         bad[1..5].copy_from_slice(&len.to_be_bytes());
         assert!(!plain_unanalysed(&unit(&[&p, &bad, &execute, &sync])));
+    }
+
+    #[test]
+    fn a_bind_of_a_named_plain_select_takes_the_lane_renamed() {
+        let mut statements = ClientStatements::default();
+        for (name, sql) in [("r", "SELECT a FROM t"), ("w", "SELECT nextval('s')")] {
+            let rest = format!("{sql}\0\0\0");
+            statements
+                .insert(name.as_bytes(), rest.as_bytes(), usize::MAX)
+                .unwrap();
+        }
+        let bind = |statement: &str| {
+            let mut b = format!("\0{statement}\0").into_bytes();
+            b.extend([0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 0]); // one text parameter: '7'
+            frame(b'B', &b)
+        };
+        let tail = [frame(b'E', b"\0\0\0\0\0"), frame(b'S', b"")].concat();
+        let unit = [bind("r"), tail.clone()].concat();
+        let Some(LaneUnit::Named(stmt)) = lane_unit(&unit, None, &statements) else {
+            panic!("a named plain read takes the lane");
+        };
+        // Sent under its server name, parameters and the rest of the unit as they were.
+        let sent = super::renamed(&unit, &stmt);
+        let expected = [bind(&stmt.server_name), tail.clone()].concat();
+        assert_eq!(&sent[..], &expected[..]);
+        // A write, a statement the client does not have.
+        for name in ["w", "nope"] {
+            let unit = [bind(name), tail.clone()].concat();
+            assert!(lane_unit(&unit, None, &statements).is_none(), "{name}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::router::rules::RuleSet;
 use crate::sql::lexer::StringSyntax;
 use crate::sql::session_state::pins_in;
 
-use super::shape::LaneShape;
+use super::shape::{LaneShape, LaneText};
 
 /// What classifying client units needs.
 pub(crate) struct UnitContext<'a> {
@@ -139,13 +139,13 @@ impl Analysed {
 }
 
 impl Analysed {
-    /// The statement of the unit if it is `buf` whole, has the fast lane's shape, and reads
-    /// and pins nothing.
-    pub(crate) fn plain_read<'a>(&self, buf: &'a [u8]) -> Option<&'a [u8]> {
+    /// What the unit runs if it is `buf` whole, has the fast lane's shape, and reads and pins
+    /// nothing.
+    pub(crate) fn plain_read<'a>(&self, buf: &'a [u8]) -> Option<LaneText<'a>> {
         let unit = self.scan.whole()?;
         let plain =
             unit.len == Some(buf.len()) && unit.info.class == Class::Read && !unit.info.pins;
-        plain.then(|| self.scan.shape.sql(buf)).flatten()
+        plain.then(|| self.scan.shape.text(buf)).flatten()
     }
 }
 
@@ -458,37 +458,49 @@ mod tests {
     #[test]
     fn the_analysis_gives_the_fast_lane_its_statement_when_the_unit_is_a_plain_read() {
         let classifier = Classifier::new(FunctionTable::builtin(), 100);
-        let none = ClientStatements::default();
-        let ctx = standard(&classifier, &none);
+        let mut statements = ClientStatements::default();
+        statements
+            .insert(b"r", b"SELECT a FROM t WHERE id = $1\0\0\0", usize::MAX)
+            .unwrap();
+        statements
+            .insert(b"w", b"DELETE FROM t\0\0\0", usize::MAX)
+            .unwrap();
+        let ctx = standard(&classifier, &statements);
         let plain = |buf: &[u8]| {
             let (_, a) = Analysed::of(buf, 1 << 20, &ctx);
-            a.plain_read(buf).map(<[u8]>::to_vec)
+            a.plain_read(buf).map(|t| match t {
+                LaneText::Sql(sql) => (false, sql.to_vec()),
+                LaneText::Named(name) => (true, name.to_vec()),
+            })
         };
+        let sql = |s: &str| Some((false, s.as_bytes().to_vec()));
         let q = frame(b'Q', b"SELECT a FROM t\0");
-        assert_eq!(plain(&q).as_deref(), Some(&b"SELECT a FROM t"[..]));
-        let mut ext = parse("", "SELECT a FROM t WHERE id = $1");
-        ext.extend(bind(""));
-        ext.extend(frame(b'D', b"P\0"));
-        ext.extend(frame(b'E', b"\0\0\0\0\0"));
-        ext.extend(frame(b'S', b""));
-        assert_eq!(
-            plain(&ext).as_deref(),
-            Some(&b"SELECT a FROM t WHERE id = $1"[..])
-        );
-        // A write, a pinning statement, a named statement, more than the unit: not the lane's.
+        assert_eq!(plain(&q), sql("SELECT a FROM t"));
+        let tail = [frame(b'E', b"\0\0\0\0\0"), frame(b'S', b"")].concat();
+        let ext = [
+            parse("", "SELECT a FROM t WHERE id = $1"),
+            bind(""),
+            frame(b'D', b"P\0"),
+            tail.clone(),
+        ]
+        .concat();
+        assert_eq!(plain(&ext), sql("SELECT a FROM t WHERE id = $1"));
+        // A Bind of a named statement the client prepared earlier, a read.
+        let named = [bind("r"), tail.clone()].concat();
+        assert_eq!(plain(&named), Some((true, b"r".to_vec())));
+        // A write, a pinning statement, a named write, a named statement parsed in the unit,
+        // more than the unit: not the lane's.
         assert_eq!(plain(&frame(b'Q', b"DELETE FROM t\0")), None);
         assert_eq!(plain(&frame(b'Q', b"SET work_mem = '1GB'\0")), None);
-        let mut named = parse("s1", "SELECT 1");
-        named.extend(bind("s1"));
-        named.extend(frame(b'E', b"\0\0\0\0\0"));
-        named.extend(frame(b'S', b""));
-        assert_eq!(plain(&named), None);
+        assert_eq!(plain(&[bind("w"), tail.clone()].concat()), None);
+        let parsed = [parse("s1", "SELECT 1"), bind("s1"), tail.clone()].concat();
+        assert_eq!(plain(&parsed), None);
         let mut two = q.clone();
         two.extend(&q);
         let (_, a) = Analysed::of(&two, 1 << 20, &ctx);
         assert_eq!(a.plain_read(&two), None);
         // A Bind of the statement parsed in the same unit adds nothing to it.
-        assert_eq!(scan_bytes(&ext, &none).info.class, Class::Read);
+        assert_eq!(scan_bytes(&ext, &statements).info.class, Class::Read);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::backend::pool::Checkout;
 use crate::config::PoolMode;
 use crate::frontend::farewell::farewell_now;
 use crate::frontend::relay;
-use crate::frontend::relay::fast::{Lane, LaneIo};
+use crate::frontend::relay::fast::{Lane, LaneIo, LaneUnit};
 use crate::frontend::relay::observe;
 use crate::frontend::relay::observe::Observer;
 use crate::frontend::relay::units::Analysed;
@@ -68,12 +68,13 @@ impl Session {
         let failures = runtime.router.topology().failures(serving.node);
         let failures_seen = failures.load(Ordering::Acquire);
         // The common unit runs in the fast lane, before any relay state is built.
-        let lane = if self.lane_fits(&limits, server, &first, analysed.as_ref()) {
+        let lane = if let Some(unit) = self.lane_fits(&limits, server, &first, analysed.as_ref()) {
             let lane = relay::fast::lane(
                 LaneIo {
                     client: &mut self.stream,
                     server: &mut server.conn().io(),
                     cbuf: &mut first,
+                    unit,
                     statements: &mut self.statements,
                     observer: &mut observer,
                     limits: &limits,
@@ -307,27 +308,34 @@ impl Session {
         Err(reason)
     }
 
-    /// Whether the unit in `first` runs in the fast lane on `server`: one plain read in
+    /// How the unit in `first` runs in the fast lane on `server`, if it does: one plain read in
     /// transaction mode, not pinned, no query or transaction timeout to watch, and nothing of
-    /// pgtier's to send before it (no parameter to bring in line, no sequence state to clear).
+    /// pgtier's to send before it (no parameter to bring in line, no sequence state to clear,
+    /// a named statement prepared on this server already).
     fn lane_fits(
         &self,
         limits: &relay::Limits,
         server: &mut Checkout,
         first: &[u8],
         analysed: Option<&Analysed>,
-    ) -> bool {
+    ) -> Option<LaneUnit> {
         if limits.mode != PoolMode::Transaction
             || self.pinned.is_some()
             || limits.query_timeout.is_some()
             || limits.transaction_timeout.is_some()
-            || !relay::fast::plain_unit(first, analysed)
         {
-            return false;
+            return None;
         }
+        let unit = relay::fast::lane_unit(first, analysed, &self.statements)?;
         let io = server.conn().io();
+        // A named statement this server has not prepared yet: the relay prepares it.
+        if let LaneUnit::Named(stmt) = &unit {
+            if !io.statements.touch(&stmt.server_name) {
+                return None;
+            }
+        }
         // `agree` is the cheap answer; the same values in another order need the full look.
-        !*io.sequences_dirty
+        let fits = !*io.sequences_dirty
             && (params::agree(&self.params, io.changed)
                 || params::sync_statements(
                     &self.defaults,
@@ -335,7 +343,8 @@ impl Session {
                     io.login_params,
                     io.changed,
                 )
-                .is_none())
+                .is_none());
+        fits.then_some(unit)
     }
 
     /// The client's causal token after a run on the primary: moved by the probes that
