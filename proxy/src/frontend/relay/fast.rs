@@ -110,7 +110,7 @@ pub(crate) async fn lane(io: LaneIo<'_, '_, '_>, shutdown: &SessionWatch) -> Lan
     let pokes = shutdown.pokes();
     let len = cbuf.len();
     let renamed_unit = matches!(unit, LaneUnit::Named(_));
-    let resume = |more_input| {
+    let resume = move |more_input| {
         Lane::HandOver(Resume {
             len,
             pokes,
@@ -119,13 +119,13 @@ pub(crate) async fn lane(io: LaneIo<'_, '_, '_>, shutdown: &SessionWatch) -> Lan
         })
     };
     // The unit stays at the front of `cbuf` until the lane knows how the run ended.
-    let sent = match &unit {
-        LaneUnit::AsIs => write_all_within(server.stream, cbuf, limits.server_write_timeout).await,
-        LaneUnit::Named(stmt) => {
-            let renamed = renamed(cbuf, stmt);
-            write_all_within(server.stream, &renamed, limits.server_write_timeout).await
-        }
+    let rewritten = match unit {
+        LaneUnit::AsIs => None,
+        LaneUnit::Named(stmt) => Some(renamed(cbuf, &stmt)),
     };
+    let out = rewritten.as_deref().unwrap_or(cbuf);
+    let sent = write_all_within(server.stream, out, limits.server_write_timeout).await;
+    drop(rewritten);
     if let Err(e) = sent {
         let outcome = match e {
             WriteError::Stalled { .. } => Outcome::ServerStalled,
