@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::proxy::Pgtier;
 
 /// Runs `timeout -s KILL SECS program... args...` in `dir` (None: the current one) and returns
-/// its stdout; panics (with its output and the last 40 lines of pgtier's log) unless it exited
+/// its stdout; panics (with its output and the last 200 lines of pgtier's log) unless it exited
 /// 0, and if pgtier's log shows a panic.
 pub fn run_against(
     px: &Pgtier,
@@ -42,10 +42,12 @@ pub fn run_against(
         t0.elapsed().as_secs_f64()
     );
     let log = px.log();
-    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    // Enough to see what held the pool when a driver waited for a server (a rare stall of
+    // asyncpg's pool phase showed only its last routing lines in 40).
+    let tail: Vec<&str> = log.lines().rev().take(200).collect();
     assert!(
         out.status.success(),
-        "{name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- pgtier log (last 40 lines, newest first)\n{}",
+        "{name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- pgtier log (last 200 lines, newest first)\n{}",
         out.status,
         tail.join("\n")
     );

@@ -263,6 +263,16 @@ async fn pool_wait_timeout_names_the_pool() {
     assert_eq!(code, "53300");
     assert!(message.contains("app/pgtier_trust"), "{message}");
     assert!(message.contains("query_wait_timeout"), "{message}");
+    // The log names what held the pool: the client in its transaction.
+    let holder_peer = format!("holder={}", holder.local_addr().unwrap());
+    let log = px.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("was held while a client waited")
+                && l.contains(&holder_peer)
+                && l.contains("state=\"active\"")),
+        "{log}"
+    );
 
     holder.write_all(&wire::query("COMMIT")).await.unwrap();
     wire::read_until_ready(&mut holder, Duration::from_secs(5))

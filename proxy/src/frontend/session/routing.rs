@@ -9,6 +9,7 @@ use tracing::{info, warn};
 
 use crate::backend::checkout;
 use crate::backend::checkout::Serving;
+use crate::backend::pool::PoolError;
 use crate::cluster::Lsn;
 use crate::config::CausalScope;
 use crate::frontend::relay::units::{Analysed, UnitContext};
@@ -202,6 +203,12 @@ impl Session {
             }
             Waited::Got(Err(e)) => {
                 warn!(database = %self.database(), error = %e, "no server connection for client");
+                if matches!(
+                    e,
+                    checkout::TargetError::Pool(PoolError::WaitTimeout { .. })
+                ) {
+                    self.log_holders();
+                }
                 self.runtime.metrics.error(e.sqlstate());
                 Box::pin(target_farewell(&mut self.stream, &e)).await;
                 Err("no server connection")
@@ -224,6 +231,38 @@ impl Session {
             ClientState::Idle
         });
         result
+    }
+}
+
+/// How many holders [`Session::log_holders`] names.
+const HOLDERS_LOGGED: usize = 8;
+
+impl Session {
+    /// Logs the clients of this database and user that hold a server, longest first, after a
+    /// checkout waited `query_wait_timeout` in vain: what kept the pool busy.
+    fn log_holders(&self) {
+        let me = &self.client.entry;
+        let now = crate::clock::unix_micros();
+        let mut holders: Vec<_> = self
+            .proxy
+            .client_registry()
+            .all()
+            .into_iter()
+            .filter_map(|(_, e)| {
+                let node = e.node()?;
+                let (state, since) = e.state();
+                (e.database == me.database && e.user == me.user).then_some((since, node, state, e))
+            })
+            .collect();
+        holders.sort_by_key(|h| h.0);
+        for (since, node, state, e) in holders.iter().take(HOLDERS_LOGGED) {
+            let node = self.upstream.node(*node).node();
+            let request_ms = now.saturating_sub(*since) / 1000;
+            warn!(database = %self.database(), user = %self.user(), %node, holder = %e.peer, state = state.as_str(), request_ms, pinned = e.pinned(), "a server of the pool was held while a client waited for one");
+        }
+        if holders.len() > HOLDERS_LOGGED {
+            warn!(database = %self.database(), user = %self.user(), more = holders.len() - HOLDERS_LOGGED, "more clients held servers of the pool");
+        }
     }
 }
 
