@@ -156,13 +156,15 @@ async fn both_replicas_failing_under_a_read_loop_fall_back_to_the_primary_and_re
         .user(USER, &format!("password = \"{PW}\""))
         .start()?;
     let mut reads = ReadLoop::start(&px).await?;
+    // Every failure of the loop comes with pgtier's log (a read failed on two servers in two
+    // loaded CI runs, without it).
+    let with_log = |e: anyhow::Error| anyhow::anyhow!("{e:#}\n--- pgtier log\n{}", px.log());
     let t0 = Instant::now();
     for port in ports {
-        // With pgtier's log: a read failed here once under a loaded full run, before any fault.
         reads
             .until(t0, PHASE, "a replica serving reads", |r| r.port == port)
             .await
-            .map_err(|e| anyhow::anyhow!("{e}\n{}", px.log()))?;
+            .map_err(with_log)?;
     }
 
     // Replica 0 fails (every connection to it reset, new ones too): the loop goes on, on
@@ -177,7 +179,8 @@ async fn both_replicas_failing_under_a_read_loop_fall_back_to_the_primary_and_re
         .until(first_down + settle, PHASE, "replica 1 alone", |r| {
             r.port == ports[1]
         })
-        .await?;
+        .await
+        .map_err(with_log)?;
     // Then replica 1 fails too, once replica 0 is out of the rotation (a read that fails
     // before any reply is retried once, on another node: one still in the rotation that fails
     // it too ends it with 08006, by design).
@@ -196,7 +199,7 @@ async fn both_replicas_failing_under_a_read_loop_fall_back_to_the_primary_and_re
     // least 200 reads and 1 s of them, none failed, each within READ_BOUND.
     let mut on_primary = 0;
     while on_primary < 200 || both_down.elapsed() < Duration::from_secs(1) {
-        let r = reads.next(READ_BOUND).await?;
+        let r = reads.next(READ_BOUND).await.map_err(with_log)?;
         if r.started < both_down + settle {
             continue;
         }
@@ -230,14 +233,14 @@ async fn both_replicas_failing_under_a_read_loop_fall_back_to_the_primary_and_re
                 r.port == port && r.in_recovery
             })
             .await
-            .map_err(|e| anyhow::anyhow!("{e}\n{}", px.log()))?;
+            .map_err(with_log)?;
     }
     println!(
         "replica 0 down to both down: {:?}; rejoined after {:?}",
         both_down - first_down,
         back.elapsed()
     );
-    let (total, longest) = reads.finish().await?;
+    let (total, longest) = reads.finish().await.map_err(with_log)?;
     println!(
         "{total} reads, {on_primary} on the primary with both replicas down, longest {longest:?}"
     );

@@ -97,6 +97,8 @@ struct Monitor {
 struct Conn {
     client: Client,
     check: Statement,
+    /// When connecting began: a check on it says nothing of a failure reported after.
+    since: Instant,
 }
 
 impl Monitor {
@@ -136,8 +138,9 @@ impl Monitor {
     async fn attempt(&mut self) -> Outcome {
         if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
             self.conn = None;
+            let since = Instant::now();
             match tokio::time::timeout(self.connect_timeout, self.connect()).await {
-                Ok(Ok(c)) => self.conn = Some(c),
+                Ok(Ok(c)) => self.conn = Some(Conn { since, ..c }),
                 Ok(Err(e)) => return classify(&e),
                 Err(_) => {
                     return Outcome::Failed(format!(
@@ -165,7 +168,11 @@ impl Monitor {
             }
         };
         match parse(&row) {
-            Ok(check) => Outcome::Checked { check, sent_at },
+            Ok(check) => Outcome::Checked {
+                check,
+                sent_at,
+                connected: conn.since,
+            },
             Err(e) => {
                 self.conn = None;
                 Outcome::Failed(e)
@@ -179,7 +186,11 @@ impl Monitor {
     /// one slow answer never bans a node (and cuts the transactions waiting on it).
     async fn confirm(&mut self) -> Outcome {
         let fresh = async {
-            let c = self.connect().await.map_err(|e| e.to_string())?;
+            let since = Instant::now();
+            let c = Conn {
+                since,
+                ..self.connect().await.map_err(|e| e.to_string())?
+            };
             let sent_at = Instant::now();
             let row = c
                 .client
@@ -191,8 +202,13 @@ impl Monitor {
         let why = match tokio::time::timeout(self.check_timeout, fresh).await {
             Ok(Ok((c, row, sent_at))) => match parse(&row) {
                 Ok(check) => {
+                    let connected = c.since;
                     self.conn = Some(c);
-                    return Outcome::Checked { check, sent_at };
+                    return Outcome::Checked {
+                        check,
+                        sent_at,
+                        connected,
+                    };
                 }
                 Err(e) => e,
             },
@@ -240,7 +256,11 @@ async fn connect(
 ) -> Result<Conn, tokio_postgres::Error> {
     let client = crate::tls::connector::connect_postgres(&pg, tls).await?;
     let check = client.prepare(CHECK_SQL).await?;
-    Ok(Conn { client, check })
+    Ok(Conn {
+        client,
+        check,
+        since: Instant::now(),
+    })
 }
 
 /// Refused (TCP refused, the server refusing logins while starting or stopping, or TLS

@@ -43,14 +43,15 @@ impl Topology {
         let addr = &self.settings.nodes[node].addr;
         let mut st = self.lock();
         match outcome {
-            Outcome::Checked { sent_at, .. }
+            Outcome::Checked { connected, .. }
                 if st.nodes[node].health == Health::Banned
-                    && st.nodes[node].failed_at.is_some_and(|f| sent_at < f) =>
+                    && st.nodes[node].failed_at.is_some_and(|f| connected < f) =>
             {
-                // Sent before a connection of the proxy failed there: it says nothing about
-                // the node since (the monitor reconnects for its next check).
+                // On a connection begun before a connection of the proxy failed there (a
+                // fault may reach connections one by one): it says nothing about the node
+                // since. The failure asked the monitor to reconnect for its next check.
             }
-            Outcome::Checked { check, sent_at } => {
+            Outcome::Checked { check, sent_at, .. } => {
                 let rt = &mut st.nodes[node];
                 if rt.health != Health::Up && rt.health != Health::Unchecked {
                     info!(node = %addr, "node answers again");

@@ -148,8 +148,13 @@ pub(crate) struct Check {
 /// What a monitor reports after one attempt.
 #[derive(Debug, Clone)]
 pub(crate) enum Outcome {
-    /// Checked; `sent_at` is when the query was sent.
-    Checked { check: Check, sent_at: Instant },
+    /// Checked; `sent_at` is when the query was sent, `connected` when the monitor began
+    /// connecting for the connection it was sent on.
+    Checked {
+        check: Check,
+        sent_at: Instant,
+        connected: Instant,
+    },
     /// The node refused the connection.
     Refused(String),
     /// Connect or check failed or timed out.
@@ -174,8 +179,8 @@ pub(super) struct NodeRt {
     pub(super) last_lag: Option<Lag>,
     /// Banned by an administrator: out of rotation whatever the checks say.
     pub(super) admin_banned: bool,
-    /// When a connection of the proxy last failed on the node: a check sent before then
-    /// (answered on a connection the fault had not reached yet) does not lift that ban.
+    /// When a connection of the proxy last failed on the node: a check on a connection begun
+    /// before then (which the fault may not have reached yet) does not lift that ban.
     pub(super) failed_at: Option<Instant>,
 }
 

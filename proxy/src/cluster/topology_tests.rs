@@ -42,6 +42,7 @@ fn primary(lsn: u64, timeline: u32) -> Outcome {
             timeline: Some(timeline),
         },
         sent_at: Instant::now(),
+        connected: Instant::now(),
     }
 }
 
@@ -55,6 +56,7 @@ fn replica(lsn: u64) -> Outcome {
             timeline: None,
         },
         sent_at: Instant::now(),
+        connected: Instant::now(),
     }
 }
 
@@ -144,17 +146,26 @@ fn failures_ban_and_the_next_check_readmits() {
 }
 
 #[test]
-fn a_check_sent_before_a_reported_failure_does_not_lift_its_ban() {
+fn a_check_on_a_connection_begun_before_a_reported_failure_does_not_lift_its_ban() {
     let t = Topology::new(settings(&[Primary, Replica]));
     t.record(0, primary(100, 1));
-    let sent_before = replica(100);
     t.record(1, replica(100));
+    let begun = Instant::now();
     t.report_failure(1);
-    // Answered on a connection the fault had not reached yet: the node stays out.
-    t.record(1, sent_before);
+    // Sent after the failure, on a connection begun before it (the fault may not have
+    // reached that connection yet): the node stays out.
+    let Outcome::Checked { check, .. } = replica(100) else {
+        unreachable!()
+    };
+    let late = Outcome::Checked {
+        check,
+        sent_at: Instant::now(),
+        connected: begun,
+    };
+    t.record(1, late);
     assert_eq!(states(&t), [S::Healthy, S::Banned]);
     assert_eq!(t.pick_replica(Lsn(0)), Pick::None);
-    // A check sent after the failure decides.
+    // A check on a connection begun after the failure decides.
     t.record(1, replica(100));
     assert_eq!(states(&t), [S::Healthy, S::Healthy]);
 }
