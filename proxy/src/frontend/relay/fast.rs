@@ -231,10 +231,20 @@ impl Relay<'_> {
 fn renamed(buf: &[u8], stmt: &Prepared) -> BytesMut {
     let mut out = BytesMut::with_capacity(buf.len() + stmt.server_name.len());
     // The lane's shape: a well-formed Bind opens the unit.
-    if let Ok(Some(h)) = peek_header(buf, usize::MAX) {
-        if let Some(b) = extended::bind(&buf[5..h.frame_len()]) {
+    let bind = match peek_header(buf, usize::MAX) {
+        Ok(Some(h)) => extended::bind(&buf[5..h.frame_len()]).map(|b| (b, h.frame_len())),
+        _ => None,
+    };
+    match bind {
+        Some((b, end)) => {
             extended::write_bind(&mut out, b.portal, stmt.server_name.as_bytes(), b.rest);
-            out.extend_from_slice(&buf[h.frame_len()..]);
+            out.extend_from_slice(&buf[end..]);
+        }
+        // Not reached (the shape was checked). Sent as it is, the server's error hands the
+        // run over: never an empty write followed by a wait for a reply that cannot come.
+        None => {
+            debug_assert!(false, "the lane's named unit does not open with a Bind");
+            out.extend_from_slice(buf);
         }
     }
     out
