@@ -138,9 +138,8 @@ impl Monitor {
     async fn attempt(&mut self) -> Outcome {
         if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
             self.conn = None;
-            let since = Instant::now();
             match tokio::time::timeout(self.connect_timeout, self.connect()).await {
-                Ok(Ok(c)) => self.conn = Some(Conn { since, ..c }),
+                Ok(Ok(c)) => self.conn = Some(c),
                 Ok(Err(e)) => return classify(&e),
                 Err(_) => {
                     return Outcome::Failed(format!(
@@ -186,11 +185,7 @@ impl Monitor {
     /// one slow answer never bans a node (and cuts the transactions waiting on it).
     async fn confirm(&mut self) -> Outcome {
         let fresh = async {
-            let since = Instant::now();
-            let c = Conn {
-                since,
-                ..self.connect().await.map_err(|e| e.to_string())?
-            };
+            let c = self.connect().await.map_err(|e| e.to_string())?;
             let sent_at = Instant::now();
             let row = c
                 .client
@@ -254,12 +249,13 @@ async fn connect(
     pg: tokio_postgres::Config,
     tls: Option<MakeRustlsConnect>,
 ) -> Result<Conn, tokio_postgres::Error> {
+    let since = Instant::now();
     let client = crate::tls::connector::connect_postgres(&pg, tls).await?;
     let check = client.prepare(CHECK_SQL).await?;
     Ok(Conn {
         client,
         check,
-        since: Instant::now(),
+        since,
     })
 }
 

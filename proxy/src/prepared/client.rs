@@ -103,21 +103,20 @@ impl Prepared {
         Prepared::of(self.text.clone())
     }
 
+    /// The query text (empty if the Parse body has none).
+    fn sql(&self) -> &[u8] {
+        extended::split_cstr(&self.rest).map_or(&[][..], |(q, _)| q)
+    }
+
     /// What running the statement needs, computed by `classify` (given the query text) once.
     pub fn info(&self, classify: impl FnOnce(&[u8]) -> UnitInfo) -> UnitInfo {
-        *self.info.get_or_init(|| {
-            let sql = extended::split_cstr(&self.rest).map_or(&[][..], |(q, _)| q);
-            classify(sql)
-        })
+        *self.info.get_or_init(|| classify(self.sql()))
     }
 
     /// Whether a Bind of the statement may take the fast lane, decided by `fits` (given the
     /// query text) once.
     pub fn fits_lane(&self, fits: impl FnOnce(&[u8]) -> bool) -> bool {
-        *self.lane.get_or_init(|| {
-            let sql = extended::split_cstr(&self.rest).map_or(&[][..], |(q, _)| q);
-            fits(sql)
-        })
+        *self.lane.get_or_init(|| fits(self.sql()))
     }
 }
 

@@ -52,8 +52,6 @@ pub(crate) struct Resume {
     pub pokes: u64,
     /// The client sent more bytes meanwhile.
     pub more_input: bool,
-    /// The unit went out renamed (a named statement's Bind).
-    pub renamed: bool,
 }
 
 /// What the lane works on.
@@ -109,13 +107,11 @@ pub(crate) async fn lane(io: LaneIo<'_, '_, '_>, shutdown: &SessionWatch) -> Lan
     // Admin wake-ups (KILL, a failed health check) after now concern this run.
     let pokes = shutdown.pokes();
     let len = cbuf.len();
-    let renamed_unit = matches!(unit, LaneUnit::Named(_));
-    let resume = move |more_input| {
+    let resume = |more_input| {
         Lane::HandOver(Resume {
             len,
             pokes,
             more_input,
-            renamed: renamed_unit,
         })
     };
     // The unit stays at the front of `cbuf` until the lane knows how the run ended.
@@ -210,9 +206,10 @@ impl Relay<'_> {
         self.more_input = resume.more_input;
         let strings = self.params.string_syntax(self.defaults);
         let scan = self.route(len, strings).map_err(Outcome::ClientViolation)?;
-        // The relay writes what the lane sent (dropped here): the unit, or its Bind renamed.
+        // The relay writes what the lane sent (dropped here): the unit as it is, or renamed
+        // when it opens with a Bind (of a named statement: the lane's only Bind-first shape).
         debug_assert!(
-            scan.copied == resume.renamed && scan.consumed == len,
+            scan.copied == (self.cbuf.first() == Some(&b'B')) && scan.consumed == len,
             "{scan:?}"
         );
         self.out.clear();
