@@ -12,9 +12,11 @@ use crate::procstat;
 
 /// One endpoint pgbench can talk to.
 pub(crate) struct Target {
-    /// `direct`, `pgtier`, `pgbouncer` or `baseline`.
+    /// `direct`, `replica`, `replicas`, `pgtier`, `pgbouncer` or `baseline`.
     pub(crate) name: &'static str,
     pub(crate) port: u16,
+    /// A second port that gets half the clients, at the same time (`replicas`).
+    pub(crate) also: Option<u16>,
     /// The proxy's process (None for Postgres itself).
     pub(crate) pid: Option<u32>,
 }
@@ -87,35 +89,27 @@ fn run(cluster: &Cluster, t: &Target, kind: &RunKind, o: &Options) -> Result<Sam
         .collect();
     let (pgbench0, postgres0) = (procstat::children(), procstat::postgres(&postmasters));
     let commits0 = commits(cluster)?;
-    let out = pgbench_ssl(
-        t.port,
-        Some(kind.sslmode),
-        &[
-            "-n",
-            "-S",
-            "-M",
-            mode,
-            "-c",
-            &o.clients.to_string(),
-            "-j",
-            &o.threads(),
-            "-T",
-            &o.duration.to_string(),
-        ],
-    )?;
+    let outs = pgbench_on(t, kind.sslmode, o, &["-S", "-M", mode], o.duration)?;
     let cpu1 = t.pid.map(procstat::cpu).transpose()?;
     let machine1 = procstat::machine_busy_us()?;
     let (pgbench1, postgres1) = (procstat::children(), procstat::postgres(&postmasters));
     let commits1 = commits(cluster)?;
-    let tx = field(&out, "number of transactions actually processed:").context("no tx count")?;
-    let per_tx = |before: u64, after: u64| after.saturating_sub(before) as f64 / tx;
-    let failed = field(&out, "number of failed transactions:").unwrap_or(0.0);
-    if failed > 0.0 {
-        bail!("{failed} failed transactions via {}:\n{out}", t.name);
+    // Split runs: transactions and TPS add up; latency is the transactions' average.
+    let (mut tx, mut tps, mut latency_total) = (0.0, 0.0, 0.0);
+    for out in &outs {
+        let failed = field(out, "number of failed transactions:").unwrap_or(0.0);
+        if failed > 0.0 {
+            bail!("{failed} failed transactions via {}:\n{out}", t.name);
+        }
+        let n = field(out, "number of transactions actually processed:").context("no tx count")?;
+        tx += n;
+        tps += field(out, "tps =").context("no tps")?;
+        latency_total += n * field(out, "latency average =").context("no latency")?;
     }
+    let per_tx = |before: u64, after: u64| after.saturating_sub(before) as f64 / tx;
     Ok(Sample {
-        tps: field(&out, "tps =").context("no tps")?,
-        latency_ms: field(&out, "latency average =").context("no latency")?,
+        tps,
+        latency_ms: latency_total / tx,
         cpu_us_per_tx: cpu0
             .zip(cpu1)
             .map(|(a, b)| (b.total_us() - a.total_us()) as f64 / tx),
@@ -131,6 +125,40 @@ fn run(cluster: &Cluster, t: &Target, kind: &RunKind, o: &Options) -> Result<Sam
     })
 }
 
+/// Runs `pgbench -n` with `args` for `secs` against `t` with `--clients`; a split target's
+/// two ports get half the clients each, at the same time. Returns each run's report.
+fn pgbench_on(
+    t: &Target,
+    sslmode: &str,
+    o: &Options,
+    args: &[&str],
+    secs: u64,
+) -> Result<Vec<String>> {
+    let ports: Vec<u16> = std::iter::once(t.port).chain(t.also).collect();
+    let clients = (o.clients / ports.len() as u32).max(1);
+    // Two pgbench threads in all (one for a single client: pgbench needs clients >= threads).
+    let threads = clients.clamp(1, 2 / ports.len() as u32).to_string();
+    let (clients, secs) = (clients.to_string(), secs.to_string());
+    let mut all = vec!["-n"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-c", &clients, "-j", &threads, "-T", &secs]);
+    std::thread::scope(|s| {
+        let runs: Vec<_> = ports
+            .iter()
+            .map(|&port| {
+                let all = &all;
+                s.spawn(move || pgbench_ssl(port, Some(sslmode), all))
+            })
+            .collect();
+        runs.into_iter()
+            .map(|r| {
+                r.join()
+                    .map_err(|_| anyhow::anyhow!("pgbench thread panicked"))?
+            })
+            .collect()
+    })
+}
+
 /// Warms every target up, then runs every kind of run against every target, round after
 /// round. A failed run is recorded, not fatal (e.g. `-M prepared` through PgBouncer 1.18).
 pub(crate) fn rounds(
@@ -140,20 +168,7 @@ pub(crate) fn rounds(
 ) -> Result<(ByRound, Failures)> {
     // Warm-up: opens the pools and the caches.
     for t in targets {
-        pgbench_ssl(
-            t.port,
-            Some(o.sslmode()),
-            &[
-                "-n",
-                "-S",
-                "-c",
-                &o.clients.to_string(),
-                "-j",
-                &o.threads(),
-                "-T",
-                "2",
-            ],
-        )?;
+        pgbench_on(t, o.sslmode(), o, &["-S"], 2)?;
     }
     let mut by_round = ByRound::new();
     let mut failures = Failures::new();

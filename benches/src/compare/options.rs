@@ -29,7 +29,8 @@ pub(crate) struct Options {
     pub(crate) scale: u32,
     /// pgtier's `workers` setting.
     pub(crate) workers: u32,
-    /// Targets to run (all by default): direct, pgtier, pgbouncer.
+    /// Targets to run (direct, pgtier, pgbouncer by default; also `replica`, one replica
+    /// straight, and `replicas`, both replicas straight with half the clients each).
     pub(crate) targets: Vec<String>,
     /// pgbench modes to run (all by default).
     pub(crate) modes: Vec<String>,
@@ -80,7 +81,7 @@ impl Options {
                 "handshake-with",
             ],
         )?;
-        let targets = ["direct", "replica", "pgtier", "pgbouncer"];
+        let targets = ["direct", "replica", "replicas", "pgtier", "pgbouncer"];
         let default_targets = ["direct", "pgtier", "pgbouncer"];
         let replicas = a.number("replicas", 0)?;
         if replicas != 0 && replicas != 2 {
@@ -112,11 +113,6 @@ impl Options {
 }
 
 impl Options {
-    /// pgbench threads: 2, or 1 for a single client (pgbench needs clients >= threads).
-    pub(crate) fn threads(&self) -> String {
-        self.clients.clamp(1, 2).to_string()
-    }
-
     /// Whether the proxies serve TLS.
     pub(crate) fn tls(&self) -> bool {
         self.tls != "off"

@@ -176,30 +176,47 @@ impl Bench {
     /// The targets `--targets` asks for (and `baseline` when it runs), in run order; in TLS
     /// mode, each one checked to speak TLS.
     pub(crate) fn targets(&self, o: &Options) -> Result<Vec<Target>> {
+        if o.replicas == 0 && o.targets.iter().any(|t| t.starts_with("replica")) {
+            bail!("the replica and replicas targets need --replicas 2");
+        }
+        let replica_port = |i: usize| {
+            self.cluster
+                .replicas()
+                .get(i)
+                .map_or(self.cluster.primary().port(), |r| r.port())
+        };
         let targets = [
             Target {
                 name: "direct",
                 port: self.cluster.primary().port(),
+                also: None,
                 pid: None,
             },
             // One replica straight (`--replicas 2`): what Postgres itself serves there.
             Target {
                 name: "replica",
-                port: self
-                    .cluster
-                    .replicas()
-                    .first()
-                    .map_or(self.cluster.primary().port(), |r| r.port()),
+                port: replica_port(0),
+                also: None,
+                pid: None,
+            },
+            // Both replicas straight, half the clients on each: what serving the reads from
+            // two instances costs Postgres on this machine, without any proxy.
+            Target {
+                name: "replicas",
+                port: replica_port(0),
+                also: Some(replica_port(1)),
                 pid: None,
             },
             Target {
                 name: "pgtier",
                 port: self.pgtier.port(),
+                also: None,
                 pid: Some(self.pgtier.pid()),
             },
             Target {
                 name: "pgbouncer",
                 port: self.bouncer.port,
+                also: None,
                 pid: Some(self.bouncer.pid()),
             },
         ]
@@ -207,6 +224,7 @@ impl Bench {
         .chain(self.baseline.as_ref().map(|b| Target {
             name: "baseline",
             port: b.port(),
+            also: None,
             pid: Some(b.pid()),
         }))
         .filter(|t| t.name == "baseline" || o.targets.iter().any(|n| n == t.name))
