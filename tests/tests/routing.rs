@@ -89,6 +89,30 @@ async fn reads_spread_over_replicas_and_writes_reach_the_primary() -> Result<()>
     Ok(())
 }
 
+/// A text that ends inside an escape string, right after its backslash, once made the
+/// routing's literal normalizer slice past the text: a panic that closed the connection with
+/// an internal error. Postgres' own syntax error must come back, and the session go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_ending_in_an_escaping_backslash_gets_postgres_syntax_error() -> Result<()> {
+    let cluster = Cluster::start(2)?;
+    let px = start(&cluster, &[]).await?;
+    let c = connect(&px, USER, PW).await?;
+    for sql in [
+        "SELECT E'\\",
+        "SELECT 1, E'ab\\",
+        "SELECT 1 WHERE 'a' = E'\\",
+    ] {
+        // Simple protocol, then extended (an unnamed Parse of the same text).
+        let err = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("42601"), "{sql}: {err}");
+        let err = c.prepare(sql).await.unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("42601"), "{sql}: {err}");
+        let (rec, port) = where_ran(&c, WHERE).await?;
+        assert!(rec && replica_ports(&cluster).contains(&port), "{port}");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_stay_on_one_server() -> Result<()> {
     let cluster = Cluster::start(2)?;

@@ -101,7 +101,9 @@ impl<'a> Lexer<'a> {
             let c = self.s[self.i];
             self.i += 1;
             if backslash && c == b'\\' {
-                self.i += 1;
+                // The escaped byte, if any: a text may end in the backslash (`E'\`), and no
+                // lexeme may end past the text (the normalizer slices up to its end).
+                self.i = (self.i + 1).min(self.s.len());
             } else if c == quote {
                 if self.s.get(self.i) == Some(&quote) {
                     self.i += 1; // doubled quote
@@ -326,6 +328,33 @@ mod tests {
                 Token::Other => "?".into(),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_text_ending_in_an_escaping_backslash_ends_its_last_lexeme_at_its_end() {
+        for sql in ["SELECT E'\\", "SELECT E'a\\", "E'\\"] {
+            for strings in [StringSyntax::Standard, StringSyntax::BackslashEscapes] {
+                let mut lx = Lexer::with_syntax(sql.as_bytes(), strings);
+                let mut last = None;
+                while let Some(l) = lx.lexeme() {
+                    last = Some(l);
+                }
+                let last = last.expect("a lexeme");
+                assert_eq!(last.end, sql.len(), "{sql:?}: {last:?}");
+                assert!(matches!(
+                    last.kind,
+                    Kind::String {
+                        terminated: false,
+                        ..
+                    }
+                ));
+            }
+        }
+        // Plain strings escape with a backslash only without standard_conforming_strings.
+        let mut lx = Lexer::with_syntax(b"SELECT '\\", StringSyntax::BackslashEscapes);
+        while let Some(l) = lx.lexeme() {
+            assert!(l.end <= 9, "{l:?}");
+        }
     }
 
     #[test]
