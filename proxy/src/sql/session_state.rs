@@ -176,8 +176,9 @@ pub fn function_call_pins(oid: u32) -> Option<&'static str> {
 /// scan that lets most statements skip the lexer. It may say yes wrongly (`double` starts with
 /// `do`), never no wrongly: every pinning word starts with one of these pieces, and the lexer
 /// never starts a word right after a letter or `_` (its words start with a letter, `_` or a
-/// byte >= 0x80 and go on with those, digits and `$`; any byte but a letter or `_` is taken
-/// as a word boundary here, which can only say yes more often).
+/// byte >= 0x80 and go on with those, digits and `$`; a quoted identifier's word starts
+/// after its `"`; any byte but a letter or `_` is taken as a word boundary here, which can
+/// only say yes more often).
 pub fn may_pin(sql: &[u8]) -> bool {
     // Eight bytes at a time: where words start (a letter or `_` after anything else), then,
     // at those few places only, a table load for a piece's first letter and a comparison of
@@ -226,7 +227,8 @@ fn word_bytes(x: u64) -> u64 {
     const fn each(b: u8) -> u64 {
         0x0101_0101_0101_0101 * b as u64
     }
-    // Letters fold onto 0x61..=0x7a (`_` onto 0x7f, which is none).
+    // Letters fold onto 0x61..=0x7a (`_` onto 0x7f, which is none); so do some bytes >= 0x80
+    // in their low seven bits, which `& !x` drops at the end.
     let folded = (x | FOLD) & SEVEN;
     let from_a = folded + each(0x80 - b'a');
     let past_z = folded + each(0x80 - (b'z' + 1));
@@ -411,7 +413,7 @@ mod tests {
 
     /// A generator of random texts over `alphabet`'s entries (seeded, the same every run).
     fn texts<'a>(
-        alphabet: &'a [&'a str],
+        alphabet: &'a [&'a [u8]],
         max_len: u64,
         count: usize,
     ) -> impl Iterator<Item = Vec<u8>> + 'a {
@@ -425,7 +427,8 @@ mod tests {
         (0..count).map(move |_| {
             let len = next() % max_len;
             (0..len)
-                .flat_map(|_| alphabet[(next() % alphabet.len() as u64) as usize].bytes())
+                .flat_map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .copied()
                 .collect()
         })
     }
@@ -434,14 +437,16 @@ mod tests {
     fn the_table_driven_byte_scan_agrees_with_the_reference_on_random_texts() {
         // Texts drawn from the pieces' letters in both cases, their neighbours under `| 0x20`
         // (`P` is 0x50, `p` 0x70, `0` 0x30 = 0x10 | 0x20...), and separators.
-        let alphabet: Vec<String> = "pPgG_rReEaAsStTdDbBlLiInNkKoOmMhH0PQ$'\" ( ;"
-            .chars()
-            .map(String::from)
-            .chain(["\x00", "\x7f"].map(String::from))
-            .collect();
-        let alphabet: Vec<&str> = alphabet.iter().map(String::as_str).collect();
+        // Bytes >= 0x80 (some fold onto letters under `| 0x20`) must never count as letters.
+        let bytes: Vec<[u8; 1]> =
+            b"pPgG_rReEaAsStTdDbBlLiInNkKoOmMhH0PQ$'\" ( ;\x00\x7f\xc1\xdf\xe1\xff"
+                .iter()
+                .map(|&b| [b])
+                .collect();
+        let alphabet: Vec<&[u8]> = bytes.iter().map(|b| &b[..]).collect();
         let (mut yes, mut no) = (0, 0);
-        for text in texts(&alphabet, 12, 50_000) {
+        // Up to 40 bytes: words cross the 8-byte blocks, some more than once.
+        for text in texts(&alphabet, 40, 50_000) {
             let want = may_pin_reference(&text);
             // Never no where the reference says yes; yes where it says no only by DEL (0x7f)
             // folding onto `_` (0x5f | 0x20) in an 8-byte comparison.
@@ -464,19 +469,23 @@ mod tests {
     fn the_byte_scan_says_yes_wherever_the_lexer_finds_a_pinning_word() {
         // Random statements from pinning words, their neighbours and what may glue to a word
         // (letters, digits, `_`, `$`, quotes, high bytes): the prefilter may only say yes more.
-        let alphabet: Vec<&str> = concat!(
+        let alphabet: Vec<&[u8]> = concat!(
             "set|reset|SET|ReSet|x|_|1|$|$1|é|\"|'| |;|.|(|create|temp|TEMPORARY|into|pg_temp|",
             "pg_temp_3|pg_advisory_lock|set_config|dblink_connect|prepare|listen|load|do|declare|",
             "with|hold|explain|analyze|search_path|role|local|session|--|\n|/*|*/|;reset role|",
-            ";ReSet x|;1dO $$ $$|;create temp table t|;x.pg_temp.t"
+            ";ReSet x|;1dO $$ $$|;create temp table t|;x.pg_temp.t|E'|\\|\r|$a$|U&\"|\"set\"|;SET"
         )
         .split('|')
+        .map(str::as_bytes)
+        .chain([&b"\xff"[..], b"\xc1"])
         .collect();
         let mut pinning = 0;
         for text in texts(&alphabet, 8, 100_000) {
-            if lexed_pins(&text, StringSyntax::Standard, |_| false).is_some() {
-                pinning += 1;
-                assert!(may_pin(&text), "{:?}", String::from_utf8_lossy(&text));
+            for strings in [StringSyntax::Standard, StringSyntax::BackslashEscapes] {
+                if lexed_pins(&text, strings, |_| false).is_some() {
+                    pinning += 1;
+                    assert!(may_pin(&text), "{:?}", String::from_utf8_lossy(&text));
+                }
             }
         }
         assert!(pinning > 1000, "{pinning}");
