@@ -29,6 +29,10 @@ pub mod sql;
 pub mod tls;
 pub mod write;
 
+/// Client SQL text through every analysis that reads it, at random: never a panic.
+#[cfg(test)]
+mod text_fuzz_tests;
+
 // A panic in one client's task must end that client only (see `panics`): with panic = "abort"
 // it would end every client's connection.
 #[cfg(panic = "abort")]

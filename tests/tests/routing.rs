@@ -113,6 +113,35 @@ async fn a_text_ending_in_an_escaping_backslash_gets_postgres_syntax_error() -> 
     Ok(())
 }
 
+/// A long chain of operators (`SELECT 1+1+...`: 70 KB on a tokio worker's stack, 600 KB on
+/// the main thread's) once overflowed the stack of the routing's SQL analysis and aborted
+/// pgtier, every client with it. It now goes to the primary unanalysed (too deep), Postgres
+/// answers it, and pgtier goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_operator_chain_goes_to_the_primary_and_pgtier_lives_on() -> Result<()> {
+    let cluster = Cluster::start(2)?;
+    let px = start(&cluster, &[]).await?;
+    let c = connect(&px, USER, PW).await?;
+    for sql in [
+        format!("SELECT 1{}", "+1".repeat(300_000)),
+        format!("SELECT 1{}", " UNION ALL SELECT 1".repeat(100_000)),
+    ] {
+        // Postgres' own answer: the value, or its stack depth limit (54001).
+        match c.simple_query(&sql).await {
+            Ok(_) => {}
+            Err(e) => assert_eq!(e.code().map(|c| c.code()), Some("54001"), "{e}"),
+        }
+        // The session goes on (its next read may wait for or fall back to the primary:
+        // the chain counted as a write for its causal token).
+        where_ran(&c, WHERE).await?;
+    }
+    // A new client's read still reaches a replica: pgtier lived on.
+    let other = connect(&px, USER, PW).await?;
+    let (rec, port) = where_ran(&other, WHERE).await?;
+    assert!(rec && replica_ports(&cluster).contains(&port), "{port}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_stay_on_one_server() -> Result<()> {
     let cluster = Cluster::start(2)?;

@@ -63,7 +63,7 @@ impl<'a> Lexer<'a> {
 
     /// A lexer over `sql` (standard strings) that starts at byte `at`, which must be where a
     /// lexeme starts for the result to mean anything.
-    pub(super) fn at(sql: &'a [u8], at: usize) -> Lexer<'a> {
+    pub(crate) fn at(sql: &'a [u8], at: usize) -> Lexer<'a> {
         Lexer {
             s: sql,
             i: at,
@@ -118,7 +118,7 @@ impl<'a> Lexer<'a> {
     /// The next lexeme, comments included (whitespace is skipped): what the token iterator
     /// and the literal normalizer both read, so they can never disagree on where a string or
     /// comment ends.
-    pub(super) fn lexeme(&mut self) -> Option<Lexeme> {
+    pub(crate) fn lexeme(&mut self) -> Option<Lexeme> {
         loop {
             let start = self.i;
             let c = *self.s.get(self.i)?;
@@ -238,7 +238,7 @@ impl<'a> Lexer<'a> {
 
 /// What a lexeme is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
+pub(crate) enum Kind {
     /// `-- ...` or `/* ... */` (`terminated`: a block comment's closing `*/` was found).
     Comment {
         terminated: bool,
@@ -262,11 +262,69 @@ pub(super) enum Kind {
 
 /// A lexeme and where it is in the input.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Lexeme {
+pub(crate) struct Lexeme {
     pub kind: Kind,
     pub start: usize,
     pub end: usize,
 }
+
+/// Whether `sql` has more than `limit` operators outside strings, quoted identifiers and
+/// comments: each byte of an operator (`+`, `||`, `::`, `->`, `=`, a subscript's `[`) and each
+/// word that joins two expressions or queries (AND, OR, IS, IN, LIKE, UNION...). A parser
+/// that builds a chain of them in a loop (sqlparser does, past its recursion limit) makes a
+/// tree as deep as the chain is long, and walking or dropping that tree recurses as deep:
+/// the bound keeps it within a thread's stack, whatever a client sends.
+pub fn operators_over(sql: &[u8], limit: usize) -> bool {
+    let mut count = 0usize;
+    let mut lx = Lexer::new(sql);
+    while let Some(l) = lx.lexeme() {
+        let operator = match l.kind {
+            Kind::Other => OPERATOR_BYTE[usize::from(sql[l.start])],
+            Kind::Word => JOINING_WORDS
+                .iter()
+                .any(|w| sql[l.start..l.end].eq_ignore_ascii_case(w)),
+            _ => false,
+        };
+        count += usize::from(operator);
+        if count > limit {
+            return true;
+        }
+    }
+    false
+}
+
+/// Bytes that make up Postgres operators, and `[` (a subscript nests like one).
+static OPERATOR_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let ops = b"+-*/%^<>=!|&#~@?:[";
+    let mut i = 0;
+    while i < ops.len() {
+        t[ops[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
+/// Words that join two expressions or two queries into one node (see [`operators_over`]).
+const JOINING_WORDS: [&[u8]; 17] = [
+    b"and",
+    b"or",
+    b"not",
+    b"is",
+    b"in",
+    b"like",
+    b"ilike",
+    b"similar",
+    b"between",
+    b"collate",
+    b"at",
+    b"overlaps",
+    b"escape",
+    b"operator",
+    b"union",
+    b"intersect",
+    b"except",
+];
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)

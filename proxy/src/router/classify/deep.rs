@@ -9,7 +9,11 @@
 //! on after such a call, and any other reason found wins.
 //!
 //! sqlparser limits its recursion (depth 50), so deeply nested input is a parse failure, not
-//! a stack overflow; the AST walk is then bounded by the same depth.
+//! a stack overflow. But it builds a chain of infix operators (`1+1+1...`, `a AND b AND
+//! ...`, `x::int::int...`, `SELECT 1 UNION SELECT 1 ...`) in a loop that this limit does not
+//! see, into a tree as deep as the chain is long, which the walk and the drop then recurse
+//! through: a text with more than [`MAX_OPERATORS`] operators is not parsed (a write, too
+//! deep to analyse), which bounds every tree's depth.
 
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -42,8 +46,16 @@ impl Deep {
     }
 }
 
+/// Operators a text may have for the deep check to parse it (see the module doc). 1,000 keeps
+/// a debug build's walk and drop well within a 2 MiB thread stack (tokio's workers'); a read
+/// with more (a generated `a = 1 OR a = 2 OR ...` of 500 terms) goes to the primary.
+pub(super) const MAX_OPERATORS: usize = 1_000;
+
 /// Parses and checks `sql` (all its statements).
 pub(super) fn check(sql: &str, funcs: &FunctionTable) -> Deep {
+    if crate::sql::lexer::operators_over(sql.as_bytes(), MAX_OPERATORS) {
+        return Deep::write(Reason::TooDeep, Vec::new());
+    }
     let dialect = PostgreSqlDialect {};
     let parsed = catch_unwind(AssertUnwindSafe(|| Parser::parse_sql(&dialect, sql)));
     let statements = match parsed {

@@ -95,6 +95,52 @@ fn writes() {
     write("TABLE t; SELECT 1", ParseError);
 }
 
+/// Chains of infix operators that sqlparser builds in a loop (past its recursion limit) into
+/// trees as deep as they are long: a 70 KB `SELECT 1+1+...` once overflowed the stack while
+/// its tree was dropped, aborting the whole process. Up to the bound they are analysed on a
+/// 2 MiB stack (a tokio worker's), even in a debug build; past it they are writes, too deep.
+#[test]
+fn long_operator_chains_are_analysed_within_a_small_stack_or_are_too_deep() {
+    let n = deep::MAX_OPERATORS;
+    let chains = |terms: usize| {
+        [
+            format!("SELECT 1{}", "+1".repeat(terms)),
+            format!(
+                "SELECT 1 FROM t WHERE a = 1{}",
+                " OR a = 1".repeat(terms / 2)
+            ),
+            format!("SELECT x{}", "::int".repeat(terms / 2)),
+            format!("SELECT 'a'{}", " || 'a'".repeat(terms / 2)),
+            format!("SELECT 1{}", " UNION SELECT 1".repeat(terms)),
+        ]
+    };
+    let within = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            for sql in chains(n - 10) {
+                let (cl, r) = class(&sql);
+                assert_eq!(cl, Class::Read, "{}...: {r:?}", &sql[..40]);
+            }
+        })
+        .unwrap();
+    within.join().expect("analysed within a 2 MiB stack");
+    for sql in chains(100_000) {
+        assert_eq!(
+            class(&sql),
+            (Class::Write, Reason::TooDeep),
+            "{}...",
+            &sql[..40]
+        );
+    }
+    // Operators in strings, quoted identifiers and comments do not count; nor do IN lists.
+    let quiet = format!(
+        "SELECT '{0}', \"{0}\" /* {0} */ FROM t WHERE id IN ({1}1)",
+        "+".repeat(5_000),
+        "1, ".repeat(5_000)
+    );
+    read(&quiet);
+}
+
 #[test]
 fn never_panics_and_deep_nesting_is_a_write() {
     let n = 10_000;
