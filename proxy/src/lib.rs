@@ -29,6 +29,9 @@ pub mod sql;
 pub mod tls;
 pub mod write;
 
+/// The randomized tests' seeded generator.
+#[cfg(test)]
+mod test_rng;
 /// Client SQL text through every analysis that reads it, at random: never a panic.
 #[cfg(test)]
 mod text_fuzz_tests;

@@ -17,30 +17,10 @@ use crate::protocol::frame::test_frame as frame;
 use crate::router::classify::{Classifier, FunctionTable, Reason};
 use crate::router::commands;
 use crate::router::route::ClientRouting;
-
 use crate::sql::lexer::{Lexer, StringSyntax, Token};
 use crate::sql::normalize::{normalize_literals, same_shape, Literal};
 use crate::sql::{listen, params, session_commands, session_state, starts_with_select};
-
-/// xorshift64*: reproducible without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, from: &[&'a [u8]]) -> &'a [u8] {
-        from[self.below(from.len())]
-    }
-}
+use crate::test_rng::Rng;
 
 /// What texts are made of: SQL fragments, the lexer's hard cases and hostile bytes.
 const FRAGMENTS: &[&[u8]] = &[

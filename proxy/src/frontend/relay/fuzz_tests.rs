@@ -15,27 +15,12 @@ use crate::router::commands;
 use crate::router::route::ClientRouting;
 use crate::sql::lexer::StringSyntax;
 use crate::sql::{session_commands, session_state};
+use crate::test_rng::Rng;
 
 use super::gate::{Gate, Moment};
 use super::responses::{route_server, Expectations, ParamSync, Streaming};
 use super::rewrite::{route_client, ClientSide, ServerSide};
 use super::units::{self, UnitContext};
-
-/// xorshift64*: reproducible without a dependency's API.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 fn client_corpus() -> Vec<Vec<u8>> {
     let q = |sql: &str| msg(b'Q', format!("{sql}\0").as_bytes());
