@@ -89,6 +89,14 @@ async fn reads_spread_over_replicas_and_writes_reach_the_primary() -> Result<()>
     Ok(())
 }
 
+/// A new client of `px` reads on one of `cluster`'s replicas.
+async fn a_new_client_reads_on_a_replica(cluster: &Cluster, px: &Pgtier) -> Result<()> {
+    let c = connect(px, USER, PW).await?;
+    let (rec, port) = where_ran(&c, WHERE).await?;
+    assert!(rec && replica_ports(cluster).contains(&port), "{port}");
+    Ok(())
+}
+
 /// A text that ends inside an escape string, right after its backslash, once made the
 /// routing's literal normalizer slice past the text: a panic that closed the connection with
 /// an internal error. Postgres' own syntax error must come back, and the session go on.
@@ -111,11 +119,8 @@ async fn a_text_ending_in_an_escaping_backslash_gets_postgres_syntax_error() -> 
         // text, which did not parse, counted as a write for its causal token).
         where_ran(&c, WHERE).await?;
     }
-    // A new client's read reaches a replica: the routing goes on too.
-    let other = connect(&px, USER, PW).await?;
-    let (rec, port) = where_ran(&other, WHERE).await?;
-    assert!(rec && replica_ports(&cluster).contains(&port), "{port}");
-    Ok(())
+    // The routing goes on too.
+    a_new_client_reads_on_a_replica(&cluster, &px).await
 }
 
 /// A long chain of operators (`SELECT 1+1+...`: 70 KB on a tokio worker's stack, 600 KB on
@@ -140,11 +145,8 @@ async fn a_long_operator_chain_goes_to_the_primary_and_pgtier_lives_on() -> Resu
         // the chain counted as a write for its causal token).
         where_ran(&c, WHERE).await?;
     }
-    // A new client's read still reaches a replica: pgtier lived on.
-    let other = connect(&px, USER, PW).await?;
-    let (rec, port) = where_ran(&other, WHERE).await?;
-    assert!(rec && replica_ports(&cluster).contains(&port), "{port}");
-    Ok(())
+    // pgtier lived on.
+    a_new_client_reads_on_a_replica(&cluster, &px).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -185,19 +185,24 @@ pub fn may_pin(sql: &[u8]) -> bool {
     // 8 bytes at once. A byte at a time cost ~12 instructions a byte on every simple query of
     // a session without replicas.
     let mut before = 0u64;
-    let mut chunks = sql.chunks_exact(8);
-    for (c, chunk) in chunks.by_ref().enumerate() {
-        let x = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
-        if pieces_start_in(sql, c * 8, x, &mut before) {
-            return true;
+    (0..sql.len())
+        .step_by(8)
+        .any(|at| pieces_start_in(sql, at, eight_from(sql, at), &mut before))
+}
+
+/// The 8 bytes of `sql` from `at` (little-endian), padded with zeros past its end: zeros are
+/// no letter (no word starts there) and fold to spaces (never a piece's letter).
+#[inline(always)]
+fn eight_from(sql: &[u8], at: usize) -> u64 {
+    let window = match sql.get(at..at + 8) {
+        Some(w) => w.try_into().unwrap_or_default(),
+        None => {
+            let mut padded = [0u8; 8];
+            padded[..sql.len() - at].copy_from_slice(&sql[at..]);
+            padded
         }
-    }
-    let tail = chunks.remainder();
-    let mut padded = [0u8; 8];
-    padded[..tail.len()].copy_from_slice(tail);
-    // Zeros pad: they are no letter, so no word starts there.
-    let at = sql.len() - tail.len();
-    pieces_start_in(sql, at, u64::from_le_bytes(padded), &mut before)
+    };
+    u64::from_le_bytes(window)
 }
 
 /// Whether a piece starts at a word start in `x`, the 8 bytes of `sql` from `at`; `before`
@@ -240,16 +245,7 @@ fn word_bytes(x: u64) -> u64 {
 
 /// Whether a piece of [`PIECE_TEXTS`] starts at `sql[i]` (whose byte is `b`).
 fn piece_at(sql: &[u8], i: usize, b: u8) -> bool {
-    let window = match sql.get(i..i + 8) {
-        Some(w) => w.try_into().unwrap_or_default(),
-        // Near the end: padded with zeros, which fold to spaces, never a piece's letter.
-        None => {
-            let mut padded = [0u8; 8];
-            padded[..sql.len() - i].copy_from_slice(&sql[i..]);
-            padded
-        }
-    };
-    let w = u64::from_le_bytes(window) | FOLD;
+    let w = eight_from(sql, i) | FOLD;
     let is = |k: usize| w & PIECES[k].1 == PIECES[k].0;
     match b | 0x20 {
         // pg_advisory_lock, pg_try_advisory_lock, pg_temp; PREPARE
