@@ -62,7 +62,7 @@ impl DbControl {
 
     /// Waits up to `limit` while the database is paused; false if it still is.
     pub async fn wait_resumed(&self, limit: Duration) -> bool {
-        tokio::time::timeout(limit, until(&self.resumed, || !self.is_paused()))
+        crate::timers::timeout(limit, until(&self.resumed, || !self.is_paused()))
             .await
             .is_ok()
     }
@@ -114,7 +114,7 @@ mod tests {
         assert!(!c.wait_resumed(Duration::from_millis(20)).await);
         let c2 = c.clone();
         let waiter = tokio::spawn(async move { c2.wait_resumed(Duration::from_secs(5)).await });
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        crate::timers::sleep(Duration::from_millis(10)).await;
         c.resume();
         assert!(waiter.await.unwrap());
         let before = c.kills();

@@ -26,6 +26,7 @@ pub mod runtime;
 pub mod serve;
 pub mod shutdown;
 pub mod sql;
+pub mod timers;
 pub mod tls;
 pub mod write;
 

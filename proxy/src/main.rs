@@ -255,26 +255,27 @@ fn run(file: &std::path::Path) -> anyhow::Result<()> {
         let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         handle.reload(filter).map_err(|e| e.to_string())
     }));
+    // No time driver: pgtier::timers keeps the timers behind a timerfd, so that a park of the
+    // runtime costs only the poll of its sockets.
     let runtime = match settings.raw.workers {
         1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+            .enable_io()
             .build(),
         0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
+            .enable_io()
             .build(),
         n => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n as usize)
-            .enable_all()
+            .enable_io()
             .build(),
     }
     .context("starting the tokio runtime")?;
-    runtime
-        .block_on(pgtier::serve::run(
-            settings,
-            Some(file.to_path_buf()),
-            Some(log_level),
-        ))
-        .with_context(|| format!("serving with {}", file.display()))
+    runtime.block_on(async {
+        pgtier::timers::start().context("starting the timers")?;
+        pgtier::serve::run(settings, Some(file.to_path_buf()), Some(log_level))
+            .await
+            .with_context(|| format!("serving with {}", file.display()))
+    })
 }
 
 /// A runtime for `pgtier check --connect` (None, with the error printed, if it cannot start).

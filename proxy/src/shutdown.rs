@@ -259,10 +259,10 @@ mod tests {
         let w = s.watch();
         let draining = tokio::spawn(w.reached(Phase::Draining));
         let closing = tokio::spawn(w.reached(Phase::Closing));
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        crate::timers::sleep(Duration::from_millis(10)).await;
         assert!(!draining.is_finished());
         s.advance(Phase::Draining);
-        tokio::time::timeout(Duration::from_secs(1), draining)
+        crate::timers::timeout(Duration::from_secs(1), draining)
             .await
             .unwrap()
             .unwrap();
@@ -270,7 +270,7 @@ mod tests {
         s.advance(Phase::Closing);
         s.advance(Phase::Draining);
         assert_eq!(w.phase(), Phase::Closing);
-        tokio::time::timeout(Duration::from_secs(1), closing)
+        crate::timers::timeout(Duration::from_secs(1), closing)
             .await
             .unwrap()
             .unwrap();
@@ -281,15 +281,15 @@ mod tests {
         let poked = tokio::spawn(w2.reached_or_poked(Phase::Closing, Some(seen)));
         let not_poked = tokio::spawn(w2.reached(Phase::Closing));
         s2.poke();
-        tokio::time::timeout(Duration::from_secs(1), poked)
+        crate::timers::timeout(Duration::from_secs(1), poked)
             .await
             .unwrap()
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        crate::timers::sleep(Duration::from_millis(10)).await;
         assert!(!not_poked.is_finished());
         not_poked.abort();
         // Already reached: resolves at once.
-        tokio::time::timeout(Duration::from_secs(1), w.reached(Phase::Draining))
+        crate::timers::timeout(Duration::from_secs(1), w.reached(Phase::Draining))
             .await
             .unwrap();
     }
@@ -316,14 +316,14 @@ mod tests {
             tokio::task::yield_now().await;
         }
         s.poke();
-        let phase = tokio::time::timeout(Duration::from_secs(1), poked)
+        let phase = crate::timers::timeout(Duration::from_secs(1), poked)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(phase, Phase::Running);
         assert!(!draining.is_finished());
         s.advance(Phase::Draining);
-        let phase = tokio::time::timeout(Duration::from_secs(1), draining)
+        let phase = crate::timers::timeout(Duration::from_secs(1), draining)
             .await
             .unwrap()
             .unwrap();

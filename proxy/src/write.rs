@@ -8,7 +8,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::AsyncWrite;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
+
+use crate::timers::Sleep;
 
 /// Why a bounded write failed.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +78,7 @@ pub async fn write_all_within<W: AsyncWrite + Unpin>(
             }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
             Poll::Pending => {
-                let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                let t = timer.get_or_insert_with(|| Box::pin(crate::timers::sleep(limit)));
                 if t.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
@@ -124,7 +126,7 @@ mod tests {
             let mut chunk = [0u8; 16];
             while got < 1000 {
                 // Each read comes well within the limit, but the whole takes far longer.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                crate::timers::sleep(Duration::from_millis(20)).await;
                 got += b.read(&mut chunk).await.unwrap();
             }
         });
@@ -144,7 +146,7 @@ mod tests {
             .await
             .unwrap();
         let mut got = [0u8; 5];
-        tokio::time::timeout(Duration::from_secs(1), b.read_exact(&mut got))
+        crate::timers::timeout(Duration::from_secs(1), b.read_exact(&mut got))
             .await
             .expect("the bytes reached the peer")
             .unwrap();

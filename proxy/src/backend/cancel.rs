@@ -46,7 +46,7 @@ async fn cancel_at(
         while s.read(&mut sink).await? > 0 {}
         Ok(())
     };
-    tokio::time::timeout(limit, work)
+    crate::timers::timeout(limit, work)
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }

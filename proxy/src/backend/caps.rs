@@ -121,7 +121,7 @@ impl ConnectionCap {
                     return Some(p);
                 }
             }
-            tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned())
+            crate::timers::timeout_at(deadline, self.slots.clone().acquire_owned())
                 .await
                 .ok()?
                 .ok()

@@ -342,7 +342,7 @@ impl Pool {
                 let now = started.insert(tokio::time::Instant::now());
                 // Boxed: a timer is large, and only a checkout that queues needs one.
                 let queued = self.permits.clone().acquire_owned();
-                Box::pin(tokio::time::timeout_at(*now + wait, queued)).await
+                Box::pin(crate::timers::timeout_at(*now + wait, queued)).await
             }
         };
         let permit = match permit {
@@ -528,8 +528,7 @@ impl Pool {
 }
 
 async fn reap_loop(pool: Weak<Pool>) {
-    let mut tick = tokio::time::interval(REAP_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = crate::timers::interval(REAP_INTERVAL);
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };

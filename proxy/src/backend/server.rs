@@ -184,7 +184,7 @@ impl ServerConn {
         login: &ServerLogin,
         limit: Duration,
     ) -> Result<ServerConn, BackendError> {
-        match tokio::time::timeout(limit, Self::connect_inner(addr, login)).await {
+        match crate::timers::timeout(limit, Self::connect_inner(addr, login)).await {
             Ok(r) => r,
             Err(_) => Err(BackendError::Timeout {
                 addr: addr.clone(),
@@ -355,7 +355,7 @@ impl ServerConn {
                 }
             }
         };
-        match tokio::time::timeout(limit, work).await {
+        match crate::timers::timeout(limit, work).await {
             Ok(Ok(Some(v))) => Ok(v),
             _ => Err(QueryFailed),
         }

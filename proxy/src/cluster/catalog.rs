@@ -45,8 +45,7 @@ pub async fn read_functions(
             .user(&login.user)
             .dbname(&login.dbname)
             .application_name("pgtier-catalog")
-            .ssl_mode(SslMode::Disable)
-            .connect_timeout(limit);
+            .ssl_mode(SslMode::Disable);
         if let Some(pw) = &login.password {
             pg.password(pw.as_bytes());
         }
@@ -68,7 +67,7 @@ pub async fn read_functions(
             })
             .collect()
     };
-    match tokio::time::timeout(limit, work).await {
+    match crate::timers::timeout(limit, work).await {
         Ok(Ok(rows)) => Ok(rows),
         Ok(Err(error)) => Err(CatalogError::Query {
             node: node.clone(),

@@ -62,8 +62,7 @@ pub(crate) fn spawn(rt: &tokio::runtime::Handle, topology: &Arc<Topology>, node:
         .user(&s.login.user)
         .dbname(&s.login.dbname)
         .application_name("pgtier-monitor")
-        .ssl_mode(topology.tls().postgres_mode())
-        .connect_timeout(s.connect_timeout);
+        .ssl_mode(topology.tls().postgres_mode());
     if let Some(pw) = &s.login.password {
         pg.password(pw.as_bytes());
     }
@@ -126,9 +125,9 @@ impl Monitor {
                 d
             };
             tokio::select! {
-                _ = tokio::time::sleep_until(started + delay) => {}
+                _ = crate::timers::sleep_until(started + delay) => {}
                 _ = self.wake.notified() => {
-                    tokio::time::sleep_until(started + delay.min(self.interval)).await;
+                    crate::timers::sleep_until(started + delay.min(self.interval)).await;
                 }
             }
         }
@@ -138,7 +137,7 @@ impl Monitor {
     async fn attempt(&mut self) -> Outcome {
         if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
             self.conn = None;
-            match tokio::time::timeout(self.connect_timeout, self.connect()).await {
+            match crate::timers::timeout(self.connect_timeout, self.connect()).await {
                 Ok(Ok(c)) => self.conn = Some(c),
                 Ok(Err(e)) => return classify(&e),
                 Err(_) => {
@@ -154,7 +153,8 @@ impl Monitor {
         };
         let sent_at = Instant::now();
         let result =
-            tokio::time::timeout(self.check_timeout, conn.client.query_one(&conn.check, &[])).await;
+            crate::timers::timeout(self.check_timeout, conn.client.query_one(&conn.check, &[]))
+                .await;
         let row = match result {
             Ok(Ok(row)) => row,
             Ok(Err(e)) => {
@@ -194,7 +194,7 @@ impl Monitor {
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>((c, row, sent_at))
         };
-        let why = match tokio::time::timeout(self.check_timeout, fresh).await {
+        let why = match crate::timers::timeout(self.check_timeout, fresh).await {
             Ok(Ok((c, row, sent_at))) => match parse(&row) {
                 Ok(check) => {
                     let connected = c.since;
@@ -227,7 +227,7 @@ impl Monitor {
                 oldest.abort();
             }
             order.push_back(attempts.spawn(connect(self.pg.clone(), self.tls.clone())));
-            let next = tokio::time::sleep(BACKOFF_MAX);
+            let next = crate::timers::sleep(BACKOFF_MAX);
             tokio::pin!(next);
             loop {
                 tokio::select! {

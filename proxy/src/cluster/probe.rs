@@ -61,8 +61,7 @@ pub async fn server_limit(
         .user(&login.user)
         .dbname(&login.dbname)
         .application_name("pgtier-check")
-        .ssl_mode(tls.postgres_mode())
-        .connect_timeout(limit);
+        .ssl_mode(tls.postgres_mode());
     if let Some(pw) = &login.password {
         pg.password(pw.as_bytes());
     }
@@ -71,7 +70,7 @@ pub async fn server_limit(
         let row = client.query_one(SQL, &[]).await?;
         Ok::<_, tokio_postgres::Error>((row.try_get::<_, i32>(0)?, row.try_get::<_, i32>(1)?))
     };
-    match tokio::time::timeout(limit, work).await {
+    match crate::timers::timeout(limit, work).await {
         Err(_) => Err(format!("no answer within {limit:?}")),
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok((max, reserved))) => Ok(crate::config::budget::ServerLimit {

@@ -398,7 +398,7 @@ impl Topology {
             if known >= min_lsn {
                 return Some(known);
             }
-            tokio::time::timeout_at(deadline, notified.as_mut())
+            crate::timers::timeout_at(deadline, notified.as_mut())
                 .await
                 .ok()?;
             notified.set(self.replayed[node].notified());
@@ -431,7 +431,7 @@ impl Topology {
             if pred(&view) {
                 return Some(view);
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
+            match crate::timers::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
                 _ => return None,
             }

@@ -176,7 +176,7 @@ async fn wait_for_primary_wakes_on_publication() {
     assert_eq!(t.wait_for_primary(Duration::from_millis(30)).await, None);
     let t2 = t.clone();
     let waiter = tokio::spawn(async move { t2.wait_for_primary(Duration::from_secs(5)).await });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    crate::timers::sleep(Duration::from_millis(20)).await;
     t.record(0, primary(1, 1));
     assert_eq!(waiter.await.unwrap(), Some(0));
 }

@@ -18,7 +18,7 @@ const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn farewell(stream: &mut ClientStream, code: SqlState, message: &str) {
     let mut buf = BytesMut::new();
     error_response(&mut buf, Severity::Fatal, code, message);
-    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
+    let _ = crate::timers::timeout(FAREWELL_TIMEOUT, async {
         stream.write_all(&buf).await?;
         stream.shutdown().await
     })
@@ -36,7 +36,7 @@ pub fn farewell_now(stream: &mut ClientStream, code: SqlState, message: &str) ->
 
 /// Sends a raw ErrorResponse frame from a server (unchanged) and closes.
 pub async fn relay_farewell(stream: &mut ClientStream, frame: &[u8]) {
-    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
+    let _ = crate::timers::timeout(FAREWELL_TIMEOUT, async {
         stream.write_all(frame).await?;
         stream.shutdown().await
     })

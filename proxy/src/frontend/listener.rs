@@ -36,7 +36,7 @@ pub async fn serve_peers(proxy: Arc<Proxy>, listener: TcpListener) {
             Ok((stream, peer)) => spawn(&proxy, stream, peer, true),
             Err(e) => {
                 warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                crate::timers::sleep(Duration::from_millis(50)).await;
             }
         }
     }
@@ -52,7 +52,7 @@ async fn accept_until_shutdown(proxy: &Arc<Proxy>, listener: &TcpListener) {
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
                     warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    crate::timers::sleep(Duration::from_millis(50)).await;
                 }
             },
             _ = &mut stopping => break,

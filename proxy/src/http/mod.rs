@@ -15,7 +15,7 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
@@ -41,7 +41,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                crate::timers::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -56,12 +56,12 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
                 async move { Ok::<_, Infallible>(answer(&proxy, &req)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
+                .timer(crate::timers::HyperTimer)
                 .header_read_timeout(REQUEST_TIMEOUT)
                 .max_buf_size(MAX_REQUEST)
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(REQUEST_TIMEOUT, conn).await {
+            match crate::timers::timeout(REQUEST_TIMEOUT, conn).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => debug!(%peer, error = %e, "HTTP request failed"),
                 Err(_) => debug!(%peer, "HTTP request timed out"),

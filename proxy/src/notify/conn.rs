@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::backend::ServerConn;
 use crate::protocol::frame::peek_header;
+use crate::timers::timeout;
 
 use super::Hub;
 
@@ -64,7 +65,7 @@ pub(super) async fn run(hub: Arc<Hub>) {
             Ok(c) => c,
             Err(error) => {
                 warn!(database = %hub.database, %error, ?backoff, "cannot open the LISTEN connection to the primary: trying again");
-                tokio::time::sleep(backoff).await;
+                crate::timers::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 lost = true;
                 continue;
@@ -87,7 +88,7 @@ pub(super) async fn run(hub: Arc<Hub>) {
                 if opened.elapsed() >= SERVED_A_WHILE {
                     backoff = MIN_BACKOFF;
                 }
-                tokio::time::sleep(backoff).await;
+                crate::timers::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
@@ -136,7 +137,7 @@ async fn serve(
             announced = true;
         }
         let io = conn.io();
-        let check = tokio::time::sleep(PRIMARY_CHECK);
+        let check = crate::timers::sleep(PRIMARY_CHECK);
         tokio::select! {
             _ = &mut changed => {}
             read = io.stream.read_buf(io.inbuf) => match read {

@@ -293,7 +293,7 @@ impl Hub {
                 synced.await;
             }
         };
-        tokio::time::timeout(limit, work).await.is_ok()
+        crate::timers::timeout(limit, work).await.is_ok()
     }
 
     /// Notes what the listening connection now listens on, and wakes the waiting clients.

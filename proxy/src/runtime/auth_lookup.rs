@@ -89,7 +89,7 @@ impl AuthLookup {
         if let Some(hit) = self.cached(user) {
             return Ok(hit);
         }
-        tokio::time::timeout(self.timeout, self.look_up(user))
+        crate::timers::timeout(self.timeout, self.look_up(user))
             .await
             .unwrap_or(Err(LookupError::Timeout(self.timeout)))
     }
@@ -173,8 +173,7 @@ impl AuthLookup {
             .user(&self.settings.user)
             .dbname(&self.dbname)
             .application_name("pgtier-auth-query")
-            .ssl_mode(self.tls.postgres_mode())
-            .connect_timeout(self.timeout);
+            .ssl_mode(self.tls.postgres_mode());
         if let Some(pw) = &self.settings.password {
             pg.password(pw.as_bytes());
         }

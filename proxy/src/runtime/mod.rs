@@ -429,9 +429,9 @@ impl Proxy {
     }
 
     async fn until_no_clients(&self, limit: Duration) {
-        let _ = tokio::time::timeout(limit, async {
+        let _ = crate::timers::timeout(limit, async {
             while self.count.get() > 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                crate::timers::sleep(Duration::from_millis(20)).await;
             }
         })
         .await;
@@ -440,8 +440,7 @@ impl Proxy {
 
 /// Samples the SHOW STATS averages every period while the metrics exist.
 async fn stats_period(metrics: std::sync::Weak<Metrics>) {
-    let mut tick = tokio::time::interval(crate::metrics::STATS_PERIOD);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = crate::timers::interval(crate::metrics::STATS_PERIOD);
     loop {
         tick.tick().await;
         let Some(m) = metrics.upgrade() else { return };

@@ -123,7 +123,7 @@ async fn pause(proxy: &Proxy, arg: Option<&str>) -> Result<BytesMut, Failure> {
                 ),
             ));
         }
-        tokio::time::sleep(PAUSE_POLL).await;
+        crate::timers::sleep(PAUSE_POLL).await;
     }
 }
 

@@ -39,7 +39,7 @@ pub async fn serve(proxy: &Proxy, stream: &mut ClientStream) {
     tokio::pin!(draining);
     // `admin_idle_timeout` counts from the last command (a half-sent one does not count).
     // Read at each command, so a RELOAD applies from the next one.
-    let idle = tokio::time::sleep(Duration::ZERO);
+    let idle = crate::timers::sleep(Duration::ZERO);
     tokio::pin!(idle);
     let mut idle_limit = idle_timeout(proxy);
     if let Some(t) = idle_limit {

@@ -153,7 +153,7 @@ pub async fn login<'s>(
     phase: Phase,
 ) -> Result<Login<'s>, LoginError> {
     let limit = settings.raw.client_login_timeout;
-    tokio::time::timeout(
+    crate::timers::timeout(
         limit,
         login_inner(stream, peer, settings, lookups, tls, guard, phase),
     )

@@ -506,7 +506,7 @@ enum Timer {
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
+        Some(d) => crate::timers::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }

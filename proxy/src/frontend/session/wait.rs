@@ -53,7 +53,7 @@ impl Session {
         let mut idle_timer = self
             .limits()
             .client_idle_timeout
-            .map(|t| Box::pin(tokio::time::sleep(t)));
+            .map(|t| Box::pin(crate::timers::sleep(t)));
         loop {
             // Draining: a request the client already sent (its bytes here or in the socket) is
             // served, and the client closed after that transaction; closing now would fail it

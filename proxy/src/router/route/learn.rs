@@ -55,7 +55,7 @@ async fn learn_loop(router: Weak<Router>) {
             }
         }
         drop(r);
-        tokio::time::sleep(pause).await;
+        crate::timers::sleep(pause).await;
         pause = (pause * 2).min(CATALOG_RETRY_MAX);
     }
 }
