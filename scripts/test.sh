@@ -80,4 +80,5 @@ cargo test --workspace --no-fail-fast -- --test-threads "${PGTIER_TEST_THREADS:-
 echo "== a slice of the tests again, with clients over TLS (PGTIER_TEST_TLS=1)"
 PGTIER_TEST_TLS=1 cargo test -p pgtier-kit --no-fail-fast \
   --test basics --test routing --test pooling --test prepared --test copy --test streaming --test app \
+  --test app_bad_input --test app_tls \
   -- --test-threads "${PGTIER_TEST_THREADS:-4}"

@@ -1,6 +1,6 @@
 //! What the app test binaries share: the kit cluster with the app's role, pgtier in front of
 //! it, an in-process app server with its HTTP client, and request helpers.
-// Shared by two test binaries, each using part of it.
+// Shared by the app test binaries, each using part of it.
 #![allow(dead_code, unused_imports)]
 
 pub use std::sync::OnceLock;
