@@ -271,11 +271,13 @@ impl ParamChanges {
             .extend(other.entries.iter().filter(|e| e.0 == Kind::Extra).cloned());
     }
 
-    /// How plain string literals read in this session (its `standard_conforming_strings`,
-    /// else the baseline's).
-    pub fn string_syntax(&self, baseline: &[(String, String)]) -> StringSyntax {
-        let name = "standard_conforming_strings";
-        StringSyntax::from_setting(self.get(name).or_else(|| lookup(baseline, name)))
+    /// How plain string literals read in this session: its own `standard_conforming_strings`,
+    /// else `baseline` (the server's, from [`strings_of`]; sessions keep it from their start).
+    pub fn string_syntax(&self, baseline: StringSyntax) -> StringSyntax {
+        match self.get("standard_conforming_strings") {
+            Some(value) => StringSyntax::from_setting(Some(value)),
+            None => baseline,
+        }
     }
 
     /// Whether nothing differs from the baseline (startup values kept for RESET aside).
@@ -311,6 +313,11 @@ pub fn lookup<'a>(list: &'a [(String, String)], name: &str) -> Option<&'a str> {
     list.iter()
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.as_str())
+}
+
+/// How plain string literals read under a server's reported parameters.
+pub fn strings_of(params: &[(String, String)]) -> StringSyntax {
+    StringSyntax::from_setting(lookup(params, "standard_conforming_strings"))
 }
 
 /// A statement that sets `name` to `value` for the session. set_config takes the value

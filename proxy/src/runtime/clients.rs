@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 use crate::backend::CancelTarget;
-use crate::clock::{anchored_now, unix_micros_at};
+use crate::clock::anchored_now;
 use crate::protocol::startup::CancelKey;
 
 use super::cancel_slot::CancelSlot;
@@ -98,10 +98,11 @@ impl ClientEntry {
         self.state.store(state as u8, Ordering::Relaxed);
     }
 
-    /// Records that a new request began waiting for a server at `at` (SHOW CLIENTS
-    /// `request_time`, `wait`): the caller's own clock reading, so no extra one.
-    pub fn set_waiting(&self, at: std::time::Instant) {
-        self.since.store(unix_micros_at(at), Ordering::Relaxed);
+    /// Records that a new request began waiting for a server at `at_us` (SHOW CLIENTS
+    /// `request_time`, `wait`; µs of [`crate::clock::unix_micros_at`]): the caller's own clock reading, so
+    /// no extra one.
+    pub fn set_waiting(&self, at_us: u64) {
+        self.since.store(at_us, Ordering::Relaxed);
         self.set_state(ClientState::Waiting);
     }
 
@@ -397,7 +398,7 @@ mod tests {
             .unwrap();
         assert_eq!(r.all().len(), 1);
         assert_eq!(h.entry.state().0, ClientState::Idle);
-        h.entry.set_waiting(std::time::Instant::now());
+        h.entry.set_waiting(crate::clock::anchored_now());
         assert_eq!(r.all()[0].1.state().0, ClientState::Waiting);
         assert!(r.cancel_target(&h.key).is_none());
         drop(h);

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncReadExt;
 
+use crate::backend::params::strings_of;
 use crate::backend::server::ServerIo;
 use crate::frontend::stream::ClientStream;
 use crate::prepared::client::{ClientStatements, Prepared};
@@ -204,7 +205,7 @@ impl Relay<'_> {
     pub(super) fn take_over(&mut self, resume: Resume) -> Result<(), Outcome> {
         let len = resume.len;
         self.more_input = resume.more_input;
-        let strings = self.params.string_syntax(self.defaults);
+        let strings = self.params.string_syntax(strings_of(self.defaults));
         let scan = self.route(len, strings).map_err(Outcome::ClientViolation)?;
         // The relay writes what the lane sent (dropped here): the unit as it is, or renamed
         // when it opens with a Bind (of a named statement: the lane's only Bind-first shape).

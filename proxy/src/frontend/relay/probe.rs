@@ -5,6 +5,7 @@
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
+use crate::backend::params::strings_of;
 use crate::frontend::relay::causal;
 use crate::frontend::relay::responses::Entry;
 use crate::frontend::relay::units::UnitContext;
@@ -36,7 +37,7 @@ impl Relay<'_> {
                     rules: self.rules,
                     statements: self.statements,
                     reported: self.defaults,
-                    strings: self.params.string_syntax(self.defaults),
+                    strings: self.params.string_syntax(strings_of(self.defaults)),
                 },
             )
     }

@@ -3,6 +3,7 @@
 
 use bytes::Buf;
 
+use crate::backend::params::strings_of;
 use crate::protocol::frame::peek_header;
 use crate::protocol::messages::TxStatus;
 use crate::write::{write_all_within, WriteError};
@@ -36,7 +37,7 @@ impl Relay<'_> {
     }
 
     pub(super) async fn forward_client_bytes(&mut self) -> Option<Outcome> {
-        let strings = self.params.string_syntax(self.defaults);
+        let strings = self.params.string_syntax(strings_of(self.defaults));
         let local = self.local_answers();
         let admitted = self.gate.admit(
             &self.cbuf,

@@ -42,6 +42,7 @@ use crate::router::scopes::ScopeToken;
 use crate::runtime::clients::ClientHandle;
 use crate::runtime::{DbRuntime, OpenClient, Proxy};
 use crate::shutdown::SessionWatch;
+use crate::sql::lexer::StringSyntax;
 use crate::write::write_all_within;
 
 pub(crate) use open::{open, LoggedIn};
@@ -102,6 +103,8 @@ struct Session {
     params: ParamChanges,
     /// The pool's default parameter values.
     defaults: ServerParams,
+    /// How string literals read under `defaults` (looked up once, not per unit).
+    default_strings: StringSyntax,
     /// Why the client holds its server until it disconnects (session state on it), if it does.
     pinned: Option<&'static str>,
     /// The token shared with the clients of the same causal scope (None: `connection`).

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use crate::backend::checkout;
 use crate::backend::checkout::TargetError;
-use crate::backend::params::ParamChanges;
+use crate::backend::params::{strings_of, ParamChanges};
 use crate::backend::pool::ServerParams;
 use crate::backend::{PoolError, Upstream};
 use crate::config::{Database, PoolMode, Settings, User};
@@ -176,6 +176,7 @@ pub(crate) async fn open(
         _open: open,
         statements: ClientStatements::default(),
         params: client_params,
+        default_strings: strings_of(&params),
         defaults: params,
         // Session mode holds the server anyway: nothing to classify, nothing to reject.
         pinned: (mode == PoolMode::Session).then_some("session mode"),

@@ -57,7 +57,7 @@ impl Session {
                 rules: self.router().rule_set(),
                 statements: &self.statements,
                 reported: &self.defaults,
-                strings: self.params.string_syntax(&self.defaults),
+                strings: self.params.string_syntax(self.default_strings),
             },
         );
         let info = if unit.len.is_some() {
@@ -138,10 +138,12 @@ impl Session {
         let runtime = self.runtime.clone();
         let entry = self.client.entry.clone();
         let started = std::time::Instant::now();
-        entry.set_waiting(started);
+        // One reading on the anchored clock serves SHOW CLIENTS and the replica affinity.
+        let started_us = crate::clock::unix_micros_at(started);
+        entry.set_waiting(started_us);
         let wait = upstream.node(0).settings().query_wait_timeout;
         // When the checkout itself is asked for (after a PAUSE, if one held the client).
-        let mut asked = started;
+        let (mut asked, mut asked_us) = (started, started_us);
         if runtime.control.is_paused() {
             if !Box::pin(runtime.control.wait_resumed(wait)).await {
                 entry.set_state(ClientState::Idle);
@@ -153,6 +155,7 @@ impl Session {
                 return Err("paused");
             }
             asked = std::time::Instant::now();
+            asked_us = crate::clock::unix_micros_at(asked);
         }
         let got = {
             let mut checkout = pin!(checkout::server_for(
@@ -160,7 +163,7 @@ impl Session {
                 &upstream,
                 upstream.database(),
                 target,
-                self.routing.last_read.prefer(asked),
+                self.routing.last_read.prefer(asked_us),
                 asked,
             ));
             // Only a checkout that has to wait listens for the client leaving (most checkouts
@@ -222,9 +225,13 @@ impl Session {
         let ended = result
             .as_ref()
             .map_or_else(|_| std::time::Instant::now(), |s| s.since);
-        runtime
-            .metrics
-            .pool_wait(ended.saturating_duration_since(started));
+        // Most checkouts wait for nothing: dated `started`, no subtraction.
+        let waited = if ended == started {
+            std::time::Duration::ZERO
+        } else {
+            ended.saturating_duration_since(started)
+        };
+        runtime.metrics.pool_wait(waited);
         entry.set_state(if result.is_ok() {
             ClientState::Active
         } else {

@@ -180,7 +180,8 @@ impl Session {
             Outcome::Idle => {
                 if self.shutdown.phase() < Phase::Draining {
                     if serving.on_replica {
-                        self.routing.last_read.note(serving.node, ended);
+                        self.routing.last_read
+                            .note(serving.node, crate::clock::unix_micros_at(ended));
                     }
                     serving.server.release_at(ended);
                     if end.leftover.is_empty() {

@@ -1,9 +1,6 @@
 //! What routing keeps per client and what it hands back: the client's routing state, the
 //! target of a unit and the node chosen for a read.
 
-use std::sync::LazyLock;
-use std::time::Instant;
-
 use crate::cluster::{LagLimits, Lsn};
 
 /// A client's routing override (`SET pgtier.route`).
@@ -67,7 +64,9 @@ impl ClientRouting {
 pub struct Affinity {
     /// Node id; `u16::MAX`: none yet.
     node: u16,
-    /// When the read ended, in microseconds of [`affinity_clock`] (wrapping).
+    /// When the read ended, in microseconds of the anchored clock
+    /// ([`crate::clock::unix_micros_at`]), truncated: it wraps after about 71 minutes, and a
+    /// wrapped time can only make a tie-break stick or rotate once.
     ended_us: u32,
 }
 
@@ -80,30 +79,22 @@ impl Default for Affinity {
     }
 }
 
-/// The process clock affinity times are kept on (started at the first read it dates).
-fn affinity_clock(at: Instant) -> u32 {
-    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
-    // Wraps after about 71 minutes: a wrapped time can only make a tie-break stick or rotate
-    // once.
-    at.saturating_duration_since(*START).as_micros() as u32
-}
-
 impl Affinity {
     /// How soon after the last read the next one must start to prefer its replica.
     pub const WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 
-    /// Notes a read on replica `node` that ended at `ended`.
-    pub fn note(&mut self, node: usize, ended: Instant) {
+    /// Notes a read on replica `node` that ended at `ended_us` (anchored clock, µs).
+    pub fn note(&mut self, node: usize, ended_us: u64) {
         self.node = u16::try_from(node).unwrap_or(u16::MAX);
-        self.ended_us = affinity_clock(ended);
+        self.ended_us = ended_us as u32;
     }
 
-    /// The replica a read starting at `now` should prefer, if any.
-    pub fn prefer(&self, now: Instant) -> Option<usize> {
+    /// The replica a read starting at `now_us` (anchored clock, µs) should prefer, if any.
+    pub fn prefer(&self, now_us: u64) -> Option<usize> {
         if self.node == u16::MAX {
             return None;
         }
-        let since = affinity_clock(now).wrapping_sub(self.ended_us);
+        let since = (now_us as u32).wrapping_sub(self.ended_us);
         (since <= Self::WINDOW.as_micros() as u32).then_some(usize::from(self.node))
     }
 }
@@ -147,26 +138,24 @@ pub enum Choice {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use super::Affinity;
 
     #[test]
     fn affinity_holds_within_its_window_only() {
         let mut a = Affinity::default();
-        // Starts the affinity clock before t0 (it saturates at its start).
-        Affinity::default().note(0, Instant::now());
-        let t0 = Instant::now();
+        let t0 = crate::clock::anchored_now();
         assert_eq!(a.prefer(t0), None, "no read yet");
         a.note(2, t0);
         assert_eq!(a.prefer(t0), Some(2));
-        assert_eq!(a.prefer(t0 + Affinity::WINDOW), Some(2));
+        assert_eq!(a.prefer(t0 + Affinity::WINDOW.as_micros() as u64), Some(2));
         assert_eq!(
-            a.prefer(t0 + Affinity::WINDOW + Duration::from_micros(2)),
+            a.prefer(t0 + (Affinity::WINDOW + Duration::from_micros(2)).as_micros() as u64),
             None
         );
         // A clock reading from before the read (never sticks).
-        a.note(1, t0 + Duration::from_millis(5));
+        a.note(1, t0 + Duration::from_millis(5).as_micros() as u64);
         assert_eq!(a.prefer(t0), None);
         // Node ids past u16 are not kept.
         a.note(70_000, t0);
