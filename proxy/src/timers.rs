@@ -19,7 +19,7 @@ use std::fs::File;
 use std::future::{Future, IntoFuture};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -278,24 +278,40 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
 pub struct Elapsed;
 
 /// Runs `future` for at most `duration` (its deadline counts from this call).
-pub fn timeout<F: IntoFuture>(
-    duration: Duration,
-    future: F,
-) -> impl Future<Output = Result<F::Output, Elapsed>> {
+pub fn timeout<F: IntoFuture>(duration: Duration, future: F) -> Timeout<F::IntoFuture> {
     timeout_at(Instant::now() + duration, future)
 }
 
 /// Runs `future` until `deadline` at most.
-pub async fn timeout_at<F: IntoFuture>(deadline: Instant, future: F) -> Result<F::Output, Elapsed> {
-    let mut future = pin!(future.into_future());
-    let mut expiry = sleep_until(deadline);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = future.as_mut().poll(cx) {
+pub fn timeout_at<F: IntoFuture>(deadline: Instant, future: F) -> Timeout<F::IntoFuture> {
+    Timeout {
+        future: future.into_future(),
+        expiry: sleep_until(deadline),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future bounded by a deadline (see [`timeout`]): the future and its timer side by side,
+    /// as `tokio::time::Timeout` (an async fn would keep the future twice in its state, which
+    /// every client's task would pay for around its login).
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Timeout<F> {
+        #[pin]
+        future: F,
+        expiry: Sleep,
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.future.poll(cx) {
             return Poll::Ready(Ok(out));
         }
-        Pin::new(&mut expiry).poll(cx).map(|()| Err(Elapsed))
-    })
-    .await
+        Pin::new(this.expiry).poll(cx).map(|()| Err(Elapsed))
+    }
 }
 
 /// Ticks every `period`, the first at once; a late tick pushes the next ones back (tokio's

@@ -79,3 +79,31 @@ async fn futures_poll_once<F: std::future::Future>(
     let mut f = Some(f);
     std::future::poll_fn(|cx| std::task::Poll::Ready(f.take().unwrap().poll(cx))).await
 }
+
+/// A timeout holds its future once, beside a small sleep: a client's task pays for the timeout
+/// around its login whatever state it is in.
+#[test]
+fn a_timeout_costs_its_future_and_a_sleep() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let big = async {
+            let kept = [7u8; 1024];
+            tokio::task::yield_now().await;
+            kept[1000]
+        };
+        let alone = std::mem::size_of_val(&big);
+        let bounded = timers::timeout(Duration::from_secs(5), big);
+        let sleep = std::mem::size_of::<timers::Sleep>();
+        assert!(sleep <= 64, "a sleep takes {sleep} bytes");
+        assert!(
+            std::mem::size_of_val(&bounded) <= alone + sleep,
+            "{} bytes around a future of {alone}",
+            std::mem::size_of_val(&bounded)
+        );
+        // Not polled: the other test counts the wheel's pending timers.
+        drop(bounded);
+    });
+}
