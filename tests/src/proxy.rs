@@ -93,7 +93,7 @@ impl Pgtier {
             watchdog,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !listening(port) {
+        while !(listening(port) && listens_itself(px.child.id(), port)) {
             if let Ok(Some(status)) = px.child.try_wait() {
                 bail!("pgtier exited ({status}) before listening:\n{}", px.log());
             }
@@ -189,4 +189,31 @@ impl Drop for Pgtier {
 fn listening(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port))
         .is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
+}
+
+/// Whether process `pid` itself holds a listening socket on `port` (Linux `/proc`): another
+/// test's `free_port` probe may listen on the same port for a moment before pgtier binds it
+/// (seen once in CI: the probe answered the readiness check, and pgbench then met a refused
+/// connection). Where `/proc` cannot tell, true.
+fn listens_itself(pid: u32, port: u16) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return true;
+    };
+    let sockets: std::collections::HashSet<String> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_str()?;
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return true;
+    };
+    let local = format!(":{port:04X}");
+    // Columns: sl, local address, remote address, state (0A: LISTEN), ..., inode (10th).
+    table.lines().skip(1).any(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        cols.len() > 9 && cols[1].ends_with(&local) && cols[3] == "0A" && sockets.contains(cols[9])
+    })
 }

@@ -70,13 +70,20 @@ async fn two_processes_share_a_port_and_both_serve_clients() {
         .global(&format!("metrics_listen = \"127.0.0.1:{mport}\""))
         .render(port)
         .replace("so_reuseport = true", "so_reuseport = false");
-    let err = Pgtier::start(port, &text).map(|mut px| {
-        let exited = px.wait_exit(LIMIT);
-        (exited, px.log())
-    });
-    let (exited, log) = err.unwrap();
-    assert!(exited.is_some_and(|s| !s.success()), "{log}");
-    assert!(log.contains("Address already in use"), "{log}");
+    // `start` waits for the process itself to listen (not its peers): it reports the exit.
+    let err = match Pgtier::start(port, &text) {
+        Ok(mut px) => panic!(
+            "a third process listened: {:?}\n{}",
+            px.wait_exit(LIMIT),
+            px.log()
+        ),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("pgtier exited (exit status: ") && !err.contains("exit status: 0)"),
+        "{err}"
+    );
+    assert!(err.contains("Address already in use"), "{err}");
 }
 
 /// A CancelRequest packet for (pid, secret).
