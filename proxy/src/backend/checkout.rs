@@ -63,23 +63,62 @@ impl TargetError {
     }
 }
 
+/// [`server_for`] when it needs no wait: the chosen node's pool has a free permit and an idle
+/// connection now (a replica known to have replayed the token, or the known primary). Else
+/// the replica choice it made, which [`server_for`] must follow (a choice takes a turn of the
+/// replicas' rotation: choosing again would skip a replica whose pool has no idle connection).
+pub(crate) fn server_now(
+    router: &Router,
+    upstream: &Upstream,
+    target: Target,
+    prefer: Option<usize>,
+    asked: std::time::Instant,
+) -> Result<Serving, Option<Choice>> {
+    let mut chosen = None;
+    if let Target::Replica { min_lsn, limits } = target {
+        let choice = router.choose(min_lsn, limits.as_ref(), prefer);
+        match choice {
+            Choice::Node(i) => {
+                return match upstream.node(i).try_checkout() {
+                    Some(server) => Ok(serving(router, server, i, true, asked)),
+                    None => Err(Some(choice)),
+                };
+            }
+            Choice::Check(_) => return Err(Some(choice)),
+            Choice::Primary => chosen = Some(choice),
+        }
+    }
+    let Some(i) = router.topology().primary_now() else {
+        return Err(chosen);
+    };
+    match upstream.node(i).try_checkout() {
+        Some(server) => Ok(serving(router, server, i, false, asked)),
+        None => Err(chosen),
+    }
+}
+
 /// Checks out a server for `target`; a read takes replica `prefer` when it is as good as the
-/// best (see `Router::choose`). `asked`: when the checkout was asked for, the serving's
-/// `since` (a caller whose checkout had to wait sets it anew).
+/// best (see `Router::choose`), or follows `chosen`, the choice [`server_now`] made for it.
+/// `asked`: when the checkout was asked for, the serving's `since` (a caller whose checkout
+/// had to wait sets it anew).
 pub(crate) async fn server_for(
     router: &Router,
     upstream: &Upstream,
     database: &str,
     target: Target,
     prefer: Option<usize>,
+    mut chosen: Option<Choice>,
     asked: std::time::Instant,
 ) -> Result<Serving, TargetError> {
     let mut causal_wait = None;
     if let Target::Replica { min_lsn, limits } = target {
         // One retry on another replica if the first refuses (not preferring the one that did).
-        let mut prefer = prefer;
+        let mut prefer = prefer.filter(|_| chosen.is_none());
         for _ in 0..2 {
-            match router.choose(min_lsn, limits.as_ref(), prefer.take()) {
+            let choice = chosen
+                .take()
+                .unwrap_or_else(|| router.choose(min_lsn, limits.as_ref(), prefer.take()));
+            match choice {
                 Choice::Primary => break,
                 Choice::Node(i) => match upstream.node(i).checkout().await {
                     Ok(server) => return Ok(serving(router, server, i, true, asked)),

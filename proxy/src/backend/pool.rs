@@ -327,6 +327,33 @@ impl Pool {
         self.lock().open
     }
 
+    /// A free permit and an idle live connection, when both are there now (no wait, no new
+    /// connection): the common checkout, without the waiting one's future. None leaves the
+    /// pool as it was, but for dead idle connections it found and closed.
+    pub fn try_checkout(self: &Arc<Self>) -> Option<Checkout> {
+        // Fairness as in `checkout`: a permit is free only when nobody waits.
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        loop {
+            let _closed = {
+                let mut st = self.lock();
+                let mut c = st.idle.pop_back()?;
+                if c.is_alive() {
+                    st.active.push(c.summary());
+                    let epoch = st.epoch;
+                    return Some(Checkout {
+                        conn: Some(c),
+                        pool: self.clone(),
+                        epoch,
+                        _permit: permit,
+                    });
+                }
+                st.open = st.open.saturating_sub(1);
+                c
+            };
+            debug!(pool = %self.id, "idle server connection was closed by the server, discarding");
+        }
+    }
+
     /// Waits (FIFO, up to `query_wait_timeout`) for a permit, then reuses an idle connection or
     /// opens a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {

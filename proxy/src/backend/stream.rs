@@ -81,23 +81,24 @@ impl ServerStream {
     /// False if the server closed the socket or sent something unprompted (e.g. a FATAL after
     /// `pg_terminate_backend`) while the connection sat idle. Never blocks.
     pub fn is_alive(&mut self) -> bool {
-        // The reactor marks the socket readable when anything (data, FIN, RST) arrives; only then
-        // is a probe read needed, so a healthy checkout costs no system call.
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.tcp().poll_read_ready(&mut cx) {
-            Poll::Pending => return true,
-            Poll::Ready(Err(_)) => return false,
-            Poll::Ready(Ok(())) => {}
-        }
         match self {
+            // `try_read` reads only when the reactor marked the socket readable (anything
+            // arrived: data, FIN, RST), so a healthy checkout costs no system call, and it
+            // registers no waker (a readiness poll would, under a lock).
             ServerStream::Plain(s) => {
                 let mut probe = [0u8; 1];
                 matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
             }
             // Readable TLS bytes may be records without data (a TLS 1.3 session ticket): read
-            // through rustls once. Pending = nothing for the protocol = alive; data, EOF
-            // (close_notify or FIN) or an error = not reusable.
+            // through rustls once, only when the reactor saw bytes. Pending = nothing for the
+            // protocol = alive; data, EOF (close_notify or FIN) or an error = not reusable.
             ServerStream::Tls(s) => {
+                let mut cx = Context::from_waker(Waker::noop());
+                match s.get_ref().0.poll_read_ready(&mut cx) {
+                    Poll::Pending => return true,
+                    Poll::Ready(Err(_)) => return false,
+                    Poll::Ready(Ok(())) => {}
+                }
                 let mut probe = [0u8; 1];
                 let mut buf = ReadBuf::new(&mut probe);
                 Pin::new(&mut **s).poll_read(&mut cx, &mut buf).is_pending()

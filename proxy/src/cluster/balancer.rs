@@ -54,22 +54,40 @@ pub fn choose(
     turn: u32,
     prefer: Option<usize>,
 ) -> Pick {
-    let cand = |i: usize| candidate(nodes, outstanding, i, limits);
+    // A node's candidate and whether it has replayed `min_lsn`.
+    let fresh = |i: usize| {
+        let c = candidate(nodes, outstanding, i, limits)?;
+        let replayed = known_replay
+            .get(i)
+            .is_some_and(|k| k.load(Ordering::Relaxed) >= min_lsn.0);
+        Some((c, replayed))
+    };
+    // The first nodes' are computed once, in the first pass: the tie-breaking pass reads them
+    // back (a second `eligible` test per node showed in profiles), so both passes agree on
+    // who ties.
+    let mut seen: [Option<(Candidate, bool)>; SEEN] = [None; SEEN];
     let mut best = Best::default();
     let mut ready = Best::default();
-    for (i, known) in known_replay.iter().enumerate().take(nodes.len()) {
-        let Some(c) = cand(i) else {
+    let scanned = nodes.len().min(known_replay.len());
+    for i in 0..scanned {
+        let Some((c, replayed)) = fresh(i) else {
             continue;
         };
+        if let Some(slot) = seen.get_mut(i) {
+            *slot = Some((c, replayed));
+        }
         best.offer(c);
-        if known.load(Ordering::Relaxed) >= min_lsn.0 {
+        if replayed {
             ready.offer(c);
         }
     }
     let chosen = |b: &Best, ready_only: bool| {
         let qualified = |i: usize| {
-            let c = cand(i)?;
-            (!ready_only || known_replay[i].load(Ordering::Relaxed) >= min_lsn.0).then_some(c)
+            let (c, replayed) = match seen.get(i).filter(|_| i < scanned) {
+                Some(c) => (*c)?,
+                None => fresh(i)?,
+            };
+            (!ready_only || replayed).then_some(c)
         };
         if let Some(p) = prefer.filter(|&p| p < nodes.len()) {
             if let (Some(top), Some(c)) = (b.top, qualified(p)) {
@@ -87,6 +105,9 @@ pub fn choose(
     }
 }
 
+/// How many nodes' candidates [`choose`] keeps from its first pass (more are computed again).
+const SEEN: usize = 8;
+
 fn candidate(
     nodes: &[NodeStatus],
     outstanding: &[AtomicU32],
@@ -97,11 +118,12 @@ fn candidate(
     if !eligible(node, limits) || node.zone_rank == ZONE_EXCLUDED {
         return None;
     }
+    let weight = u64::from(node.weight);
     Some(Candidate {
         node: i,
         load: u64::from(outstanding[i].load(Ordering::Relaxed)) + 1,
-        weight: u64::from(node.weight),
-        remote: node.zone_rank != 0,
+        weight,
+        tier: 2 * u8::from(weight == 0) + u8::from(node.zone_rank != 0),
     })
 }
 
@@ -116,7 +138,7 @@ impl Best {
     fn offer(&mut self, c: Candidate) {
         match self.top {
             Some(t) if t.better_than(&c) => {}
-            Some(t) if !c.better_than(&t) => self.ties += 1,
+            Some(t) if c.ties_with(&t) => self.ties += 1,
             _ => {
                 self.top = Some(c);
                 self.ties = 1;
@@ -134,7 +156,7 @@ impl Best {
         let mut k = turn % self.ties;
         for i in 0..n {
             let Some(c) = cand(i) else { continue };
-            if !c.better_than(&top) && !top.better_than(&c) {
+            if c.ties_with(&top) {
                 if k == 0 {
                     return i;
                 }
@@ -151,26 +173,37 @@ struct Candidate {
     /// Outstanding requests + 1.
     load: u64,
     weight: u64,
-    /// In another zone than pgtier's.
-    remote: bool,
+    /// 0: positive weight in pgtier's zone; 1: positive weight elsewhere; 2, 3: the same with
+    /// weight 0 (only when nothing else is eligible).
+    tier: u8,
 }
 
 impl Candidate {
-    /// 0: positive weight in pgtier's zone; 1: positive weight elsewhere; 2, 3: the same with
-    /// weight 0 (only when nothing else is eligible).
+    /// Its tier (see the field).
     fn tier(&self) -> u8 {
-        2 * u8::from(self.weight == 0) + u8::from(self.remote)
+        self.tier
     }
 
     /// Strictly better.
     fn better_than(&self, other: &Candidate) -> bool {
-        match self.tier().cmp(&other.tier()) {
+        match self.tier.cmp(&other.tier) {
             std::cmp::Ordering::Less => true,
             std::cmp::Ordering::Greater => false,
             std::cmp::Ordering::Equal if self.weight == 0 => self.load < other.load,
             // load/weight < other.load/other.weight
             std::cmp::Ordering::Equal => self.load * other.weight < other.load * self.weight,
         }
+    }
+
+    /// Neither is better than the other.
+    fn ties_with(&self, other: &Candidate) -> bool {
+        self.tier == other.tier
+            && if self.weight == 0 {
+                // Tier 2 and 3 hold weight 0 only: compared by load.
+                self.load == other.load
+            } else {
+                self.load * other.weight == other.load * self.weight
+            }
     }
 }
 
@@ -389,6 +422,71 @@ mod tests {
             .map(|t| choose(&nodes, &out, &known, Lsn(0), None, t, None))
             .collect();
         assert_eq!(picks, [Pick::Ready(1), Pick::Ready(2)]);
+    }
+
+    #[test]
+    fn more_nodes_than_the_first_pass_keeps_rotate_over_all_ties() {
+        // 12 replicas (past SEEN): the tied ones are found on both sides of the kept ones.
+        let mut nodes = vec![node(Primary, Healthy, 1)];
+        nodes.extend((0..12).map(|_| node(Replica, Healthy, 1)));
+        let mut load = vec![0u32; 13];
+        for (i, l) in load.iter_mut().enumerate().skip(1) {
+            // Nodes 3 and 11 are the least busy; 11 has not replayed 50.
+            *l = if i == 3 || i == 11 { 1 } else { 4 };
+        }
+        let out = atomics32(&load);
+        let mut replay = vec![100u64; 13];
+        replay[11] = 10;
+        let known = atomics64(&replay);
+        let picks: Vec<Pick> = (0..4)
+            .map(|t| choose(&nodes, &out, &known, Lsn(0), None, t, None))
+            .collect();
+        assert_eq!(
+            picks,
+            [
+                Pick::Ready(3),
+                Pick::Ready(11),
+                Pick::Ready(3),
+                Pick::Ready(11)
+            ]
+        );
+        // Only node 3 has replayed 50 among the best: it alone, every turn.
+        let picks: Vec<Pick> = (0..3)
+            .map(|t| choose(&nodes, &out, &known, Lsn(50), None, t, None))
+            .collect();
+        assert_eq!(picks, [Pick::Ready(3); 3]);
+        // Node 11 preferred: a tie it is part of is its own (when it has replayed).
+        assert_eq!(
+            choose(&nodes, &out, &known, Lsn(0), None, 0, Some(11)),
+            Pick::Ready(11)
+        );
+        assert_eq!(
+            choose(&nodes, &out, &known, Lsn(50), None, 0, Some(11)),
+            Pick::Ready(3)
+        );
+    }
+
+    #[test]
+    fn a_tie_is_exactly_neither_better() {
+        let mut all = Vec::new();
+        for load in 1..5u64 {
+            for weight in 0..4u64 {
+                for remote in [false, true] {
+                    all.push(Candidate {
+                        node: 0,
+                        load,
+                        weight,
+                        tier: 2 * u8::from(weight == 0) + u8::from(remote),
+                    });
+                }
+            }
+        }
+        for a in &all {
+            for b in &all {
+                let neither = !a.better_than(b) && !b.better_than(a);
+                assert_eq!(a.ties_with(b), neither, "{a:?} {b:?}");
+            }
+        }
     }
 
     #[test]

@@ -405,6 +405,11 @@ impl Topology {
         }
     }
 
+    /// The primary's node id, if one is known now.
+    pub fn primary_now(&self) -> Option<usize> {
+        self.view.load().primary
+    }
+
     /// Waits up to `timeout` for a primary to be known; returns its index.
     pub async fn wait_for_primary(&self, timeout: Duration) -> Option<usize> {
         // Every write asks: known now, it costs one load (no clock read, no subscription).

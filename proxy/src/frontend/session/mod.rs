@@ -6,16 +6,17 @@
 //! - `routing`: where each unit goes, server checkout (PAUSE, pool wait), the causal token.
 //! - `run`: one relay run on a server and what its end means for client and server.
 //! - `wait`: the idle wait for the client's next request.
+//! - `recycled`: the per-request boxes of futures, their memory recycled per thread.
 
 mod listen;
 mod listen_extended;
 mod local;
 mod open;
+mod recycled;
 mod routing;
 mod run;
 mod wait;
 
-use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,7 @@ use crate::runtime::{DbRuntime, OpenClient, Proxy};
 use crate::shutdown::SessionWatch;
 use crate::sql::lexer::StringSyntax;
 use crate::write::write_all_within;
+use recycled::Recycled;
 
 pub(crate) use open::{open, LoggedIn};
 
@@ -123,13 +125,6 @@ struct Session {
 /// Why a session ended when serving it panicked.
 const PANICKED: &str = "internal error";
 
-/// Boxes the future `make` returns, allocating first so that the future can be built in its
-/// box: `Box::pin(f)` builds `f` on the stack and copies it, and a transaction's future is
-/// kilobytes (a copy per transaction showed in profiles).
-fn boxed<F: Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
-    Box::into_pin(Box::write(Box::new_uninit(), make()))
-}
-
 impl Session {
     /// Serves the client until it leaves.
     /// Boxed, with its held server boxed: an async fn keeps its arguments twice in its state
@@ -168,7 +163,7 @@ impl Session {
                 Some(buf) => *buf,
                 // Boxed too: a nested future is laid out twice in its caller's state, and this
                 // one is the state of every idle client. The allocation is small and per request.
-                None => match boxed(|| self.next_request()).await {
+                None => match Recycled::new(|| self.next_request()).await {
                     Ok(buf) => buf,
                     Err(reason) => return reason,
                 },
@@ -205,7 +200,7 @@ impl Session {
             }
             // Boxed so that an idle client's task does not carry the state of a transaction
             // (pool wait, relay): it is allocated only while one runs.
-            match boxed(|| self.transaction(first, held.take().map(|b| *b))).await {
+            match Recycled::new(|| self.transaction(first, held.take().map(|b| *b))).await {
                 Ok(leftover) => pending = leftover.map(Box::new),
                 Err(reason) => return reason,
             }

@@ -119,6 +119,7 @@ pub(crate) async fn open(
                 &db.name,
                 Target::Primary,
                 None,
+                None,
                 std::time::Instant::now(),
             ))
             .await

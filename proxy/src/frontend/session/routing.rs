@@ -133,14 +133,34 @@ impl Session {
     }
 
     pub(super) async fn checkout(&mut self, target: Target) -> Result<Serving, &'static str> {
+        let started = std::time::Instant::now();
+        // One reading on the anchored clock serves SHOW CLIENTS and the replica affinity.
+        let started_us = crate::clock::unix_micros_at(started);
+        self.client.entry.set_waiting(started_us);
+        // Most checkouts find an idle connection at once: taken here, without the waiting
+        // checkout's futures below (they showed in profiles). Not while PAUSE holds clients.
+        let mut chosen = None;
+        if !self.runtime.control.is_paused() {
+            let prefer = self.routing.last_read.prefer(started_us);
+            match checkout::server_now(
+                &self.runtime.router,
+                &self.upstream,
+                target,
+                prefer,
+                started,
+            ) {
+                Ok(serving) => {
+                    self.runtime.metrics.pool_wait(std::time::Duration::ZERO);
+                    self.client.entry.set_state(ClientState::Active);
+                    return Ok(serving);
+                }
+                Err(choice) => chosen = choice,
+            }
+        }
         // Held across awaits that also borrow `self` (closing the client on failure).
         let upstream = self.upstream.clone();
         let runtime = self.runtime.clone();
         let entry = self.client.entry.clone();
-        let started = std::time::Instant::now();
-        // One reading on the anchored clock serves SHOW CLIENTS and the replica affinity.
-        let started_us = crate::clock::unix_micros_at(started);
-        entry.set_waiting(started_us);
         let wait = upstream.node(0).settings().query_wait_timeout;
         // When the checkout itself is asked for (after a PAUSE, if one held the client).
         let (mut asked, mut asked_us) = (started, started_us);
@@ -164,6 +184,7 @@ impl Session {
                 upstream.database(),
                 target,
                 self.routing.last_read.prefer(asked_us),
+                chosen,
                 asked,
             ));
             // Only a checkout that has to wait listens for the client leaving (most checkouts
