@@ -290,6 +290,11 @@ mod tests {
         );
     }
 
+    /// The picks of turns `0..n`.
+    fn turns(n: u32, pick: impl Fn(u32) -> Pick) -> Vec<Pick> {
+        (0..n).map(pick).collect()
+    }
+
     fn atomics32(v: &[u32]) -> Vec<AtomicU32> {
         v.iter().map(|&x| AtomicU32::new(x)).collect()
     }
@@ -355,9 +360,9 @@ mod tests {
         );
         // Not eligible (lagging), not a replica, or not a node: the rotation decides.
         for prefer in [3, 0, 9] {
-            let picks: Vec<Pick> = (0..2)
-                .map(|t| choose(&nodes, &tied, &known, Lsn(50), None, t, Some(prefer)))
-                .collect();
+            let picks = turns(2, |t| {
+                choose(&nodes, &tied, &known, Lsn(50), None, t, Some(prefer))
+            });
             assert_eq!(picks, [Pick::Ready(1), Pick::Ready(2)], "prefer {prefer}");
         }
     }
@@ -377,9 +382,7 @@ mod tests {
         );
         // Ties rotate evenly, whatever the positions of ineligible nodes.
         let out = atomics32(&[0, 2, 2]);
-        let picks: Vec<Pick> = (0..4)
-            .map(|t| choose(&nodes, &out, &known, Lsn(50), None, t, None))
-            .collect();
+        let picks = turns(4, |t| choose(&nodes, &out, &known, Lsn(50), None, t, None));
         assert_eq!(
             picks,
             [
@@ -389,9 +392,7 @@ mod tests {
                 Pick::Ready(2)
             ]
         );
-        let picks: Vec<Pick> = (0..4)
-            .map(|t| choose(&nodes, &out, &known, Lsn(500), None, t, None))
-            .collect();
+        let picks = turns(4, |t| choose(&nodes, &out, &known, Lsn(500), None, t, None));
         assert_eq!(
             picks,
             [
@@ -418,9 +419,7 @@ mod tests {
             choose(&nodes, &out3, &known, Lsn(0), None, 0, None),
             Pick::Ready(2)
         );
-        let picks: Vec<Pick> = (0..2)
-            .map(|t| choose(&nodes, &out, &known, Lsn(0), None, t, None))
-            .collect();
+        let picks = turns(2, |t| choose(&nodes, &out, &known, Lsn(0), None, t, None));
         assert_eq!(picks, [Pick::Ready(1), Pick::Ready(2)]);
     }
 
@@ -438,22 +437,10 @@ mod tests {
         let mut replay = vec![100u64; 13];
         replay[11] = 10;
         let known = atomics64(&replay);
-        let picks: Vec<Pick> = (0..4)
-            .map(|t| choose(&nodes, &out, &known, Lsn(0), None, t, None))
-            .collect();
-        assert_eq!(
-            picks,
-            [
-                Pick::Ready(3),
-                Pick::Ready(11),
-                Pick::Ready(3),
-                Pick::Ready(11)
-            ]
-        );
+        let picks = turns(4, |t| choose(&nodes, &out, &known, Lsn(0), None, t, None));
+        assert_eq!(picks, [3, 11, 3, 11].map(Pick::Ready));
         // Only node 3 has replayed 50 among the best: it alone, every turn.
-        let picks: Vec<Pick> = (0..3)
-            .map(|t| choose(&nodes, &out, &known, Lsn(50), None, t, None))
-            .collect();
+        let picks = turns(3, |t| choose(&nodes, &out, &known, Lsn(50), None, t, None));
         assert_eq!(picks, [Pick::Ready(3); 3]);
         // Node 11 preferred: a tie it is part of is its own (when it has replayed).
         assert_eq!(
