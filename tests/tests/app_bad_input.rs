@@ -16,42 +16,22 @@ async fn bad_input_gets_json_4xx() {
         }
     };
     let json_ct = Some("application/json");
-    expect_error(
-        &raw(Method::POST, "/subjects", json_ct, "{\"name\": ").await,
-        400,
-        "malformed",
-    );
-    expect_error(
-        &raw(Method::POST, "/subjects", None, "{\"name\": \"x\"}").await,
-        415,
-        "no content type",
-    );
-    expect_error(
-        &raw(Method::POST, "/subjects", json_ct, "{\"name\": 5}").await,
-        422,
-        "wrong type",
-    );
-    expect_error(
-        &raw(Method::POST, "/subjects", json_ct, "{}").await,
-        422,
-        "missing field",
-    );
-    expect_error(
-        &raw(Method::POST, "/subjects", json_ct, "{\"name\": \"\"}").await,
-        422,
-        "empty name",
-    );
-    expect_error(
-        &raw(
-            Method::POST,
-            "/subjects",
-            json_ct,
-            "{\"name\": \"a\", \"x\": 1}",
-        )
-        .await,
-        422,
-        "unknown field",
-    );
+    // POST /subjects bodies: content type, body, status, case.
+    let subjects: [(Option<&'static str>, &'static str, u16, &str); 6] = [
+        (json_ct, "{\"name\": ", 400, "malformed"),
+        (None, "{\"name\": \"x\"}", 415, "no content type"),
+        (json_ct, "{\"name\": 5}", 422, "wrong type"),
+        (json_ct, "{}", 422, "missing field"),
+        (json_ct, "{\"name\": \"\"}", 422, "empty name"),
+        (json_ct, "{\"name\": \"a\", \"x\": 1}", 422, "unknown field"),
+    ];
+    for (ct, body, status, what) in subjects {
+        expect_error(
+            &raw(Method::POST, "/subjects", ct, body).await,
+            status,
+            what,
+        );
+    }
     let tutor = |rate: i64| json!({ "name": "T", "hourly_rate_cents": rate });
     expect_error(
         &h.post("/tutors", &tutor(-1)).await.unwrap(),
