@@ -27,6 +27,7 @@ pub async fn run(
     let listen = settings.listen;
     let metrics_listen = settings.metrics_listen;
     let reuseport = settings.raw.so_reuseport;
+    let lane_loop = settings.raw.lane_loop;
     let peer_listen = settings.peering.listen;
     let proxy = Proxy::new(settings, config_path).map_err(std::io::Error::other)?;
     let listener = bind(listen, reuseport)?;
@@ -51,6 +52,9 @@ pub async fn run(
     info!(listen = %listen, so_reuseport = reuseport, "pgtier listening");
     if let Some(hook) = log_level {
         proxy.set_log_level_hook(hook);
+    }
+    if lane_loop && crate::frontend::session::start_lane_loop() {
+        info!("lane loop running (lane_loop = true, one thread)");
     }
     tokio::spawn(crate::frontend::listener::serve(proxy.clone(), listener));
     if let Some(l) = peer_listener {

@@ -4,7 +4,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::AsyncWrite;
@@ -48,57 +48,80 @@ pub async fn write_all_within<W: AsyncWrite + Unpin>(
     if buf.is_empty() {
         return Ok(());
     }
-    let mut written = 0;
-    // Boxed and created lazily: most writes never block, and the futures that embed this one
-    // (an idle client's task among them) stay small.
-    let mut timer: Option<Pin<Box<Sleep>>> = None;
-    let mut last_progress: Option<Instant> = None;
-    poll_fn(|cx| loop {
-        // Once all is written, flush: a TLS stream may still hold the last records (a no-op
-        // on a TcpStream). Ready(Ok(0)) stands for "flushed".
-        let step = if written == buf.len() {
-            Pin::new(&mut *w).poll_flush(cx).map_ok(|()| 0)
-        } else {
-            Pin::new(&mut *w).poll_write(cx, &buf[written..])
-        };
-        match step {
-            Poll::Ready(Ok(0)) if written == buf.len() => return Poll::Ready(Ok(())),
-            Poll::Ready(Ok(0)) => {
-                return Poll::Ready(Err(
-                    std::io::Error::from(std::io::ErrorKind::WriteZero).into()
-                ))
-            }
-            Poll::Ready(Ok(n)) => {
-                written += n;
-                // Progress after a stall: the limit counts again from here (read when the
-                // timer fires, so the timer is not re-armed per partial write).
-                if timer.is_some() {
-                    last_progress = Some(Instant::now());
+    let mut write = WriteWithin::default();
+    poll_fn(|cx| write.poll(w, buf, limit, cx)).await
+}
+
+/// The state of one bounded write (see [`write_all_within`]), for callers that poll it by
+/// hand: the same buffer is passed to every poll until it is Ready.
+#[derive(Debug, Default)]
+pub struct WriteWithin {
+    /// Bytes of the buffer written so far.
+    written: usize,
+    /// Boxed and created lazily: most writes never block, and the futures that embed this
+    /// state (an idle client's task among them) stay small.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The last progress after a stall (read when the timer fires, so the timer is not
+    /// re-armed per partial write).
+    last_progress: Option<Instant>,
+}
+
+impl WriteWithin {
+    /// Writes what `w` takes of the rest of `buf`; Ready once all of it is written and
+    /// flushed, or the write failed.
+    pub fn poll<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        buf: &[u8],
+        limit: Duration,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), WriteError>> {
+        loop {
+            // Once all is written, flush: a TLS stream may still hold the last records (a
+            // no-op on a TcpStream). Ready(Ok(0)) stands for "flushed".
+            let step = if self.written == buf.len() {
+                Pin::new(&mut *w).poll_flush(cx).map_ok(|()| 0)
+            } else {
+                Pin::new(&mut *w).poll_write(cx, &buf[self.written..])
+            };
+            match step {
+                Poll::Ready(Ok(0)) if self.written == buf.len() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(
+                        std::io::Error::from(std::io::ErrorKind::WriteZero).into()
+                    ))
                 }
-            }
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-            Poll::Pending => {
-                let t = timer.get_or_insert_with(|| Box::pin(crate::timers::sleep(limit)));
-                if t.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                match last_progress.take() {
-                    Some(at) if at + limit > Instant::now() => {
-                        t.as_mut().reset(at + limit);
-                        // Polled again by the loop, which registers the new deadline.
+                Poll::Ready(Ok(n)) => {
+                    self.written += n;
+                    if self.timer.is_some() {
+                        self.last_progress = Some(Instant::now());
                     }
-                    _ => {
-                        return Poll::Ready(Err(WriteError::Stalled {
-                            written,
-                            total: buf.len(),
-                            limit,
-                        }))
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => {
+                    let t = self
+                        .timer
+                        .get_or_insert_with(|| Box::pin(crate::timers::sleep(limit)));
+                    if t.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    match self.last_progress.take() {
+                        Some(at) if at + limit > Instant::now() => {
+                            t.as_mut().reset(at + limit);
+                            // Polled again by the loop, which registers the new deadline.
+                        }
+                        _ => {
+                            return Poll::Ready(Err(WriteError::Stalled {
+                                written: self.written,
+                                total: buf.len(),
+                                limit,
+                            }))
+                        }
                     }
                 }
             }
         }
-    })
-    .await
+    }
 }
 
 #[cfg(test)]

@@ -37,10 +37,12 @@ fn cluster() -> &'static Cluster {
     cluster
 }
 
-/// pgtier on the cluster, reads split over the replicas or the primary only.
-async fn start(cluster: &Cluster, replicas: bool) -> Pgtier {
+/// pgtier on the cluster, reads split over the replicas or the primary only, with the lane
+/// loop on (the default) or off (each client in a task of its own).
+async fn start_with(cluster: &Cluster, replicas: bool, lane_loop: bool) -> Pgtier {
     let mut b = ConfigBuilder::new(cluster)
         .global("lag_check_interval = \"50ms\"")
+        .global(&format!("lane_loop = {lane_loop}"))
         .user("pgtier_trust", "auth = \"trust\"");
     if replicas {
         b = b.with_replicas(cluster);
@@ -54,9 +56,15 @@ async fn start(cluster: &Cluster, replicas: bool) -> Pgtier {
     px
 }
 
-async fn errors_and_large_rows(replicas: bool) {
+async fn errors_and_large_rows(replicas: bool, lane_loop: bool) {
     let cluster = cluster();
-    let px = start(cluster, replicas).await;
+    let px = start_with(cluster, replicas, lane_loop).await;
+    assert_eq!(
+        px.log().contains("lane loop running"),
+        lane_loop,
+        "{}",
+        px.log()
+    );
     let c = connect(&px, "pgtier_trust", "").await.unwrap();
     for _ in 0..3 {
         // An error hands the run to the general relay: the client has the server's SQLSTATE,
@@ -81,18 +89,27 @@ async fn errors_and_large_rows(replicas: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_and_large_rows_leave_the_fast_lane_intact_with_replicas() {
-    errors_and_large_rows(true).await;
+    errors_and_large_rows(true, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_and_large_rows_leave_the_fast_lane_intact_on_the_primary() {
-    errors_and_large_rows(false).await;
+    errors_and_large_rows(false, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_and_large_rows_leave_the_fast_lane_intact_without_the_lane_loop() {
+    errors_and_large_rows(true, false).await;
 }
 
 /// pgtier (with replicas or on the primary only) and a raw client logged in to it; the pgtier
 /// handle keeps it running.
 async fn logged_in(replicas: bool) -> (Pgtier, tokio::net::TcpStream) {
-    let px = start(cluster(), replicas).await;
+    logged_in_with(replicas, true).await
+}
+
+async fn logged_in_with(replicas: bool, lane_loop: bool) -> (Pgtier, tokio::net::TcpStream) {
+    let px = start_with(cluster(), replicas, lane_loop).await;
     let addr = format!("127.0.0.1:{}", px.port());
     let (s, _) = login_trust(&addr, "pgtier_trust", "app").await.unwrap();
     (px, s)
@@ -107,8 +124,8 @@ async fn replies(s: &mut tokio::net::TcpStream, n: usize) -> Vec<Msg> {
     out
 }
 
-async fn pipelined(replicas: bool) {
-    let (_px, mut s) = logged_in(replicas).await;
+async fn pipelined(replicas: bool, lane_loop: bool) {
+    let (_px, mut s) = logged_in_with(replicas, lane_loop).await;
     for _ in 0..3 {
         // The second query is sent while the first one's reply is awaited (the first runs for
         // a while): the run leaves the fast lane with the first reply still owed.
@@ -138,12 +155,17 @@ async fn pipelined(replicas: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_queries_follow_a_fast_lane_read_in_order_with_replicas() {
-    pipelined(true).await;
+    pipelined(true, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_queries_follow_a_fast_lane_read_in_order_on_the_primary() {
-    pipelined(false).await;
+    pipelined(false, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_queries_follow_a_fast_lane_read_in_order_without_the_lane_loop() {
+    pipelined(true, false).await;
 }
 
 /// An unnamed Parse, Bind, Execute, Sync of `sql`.

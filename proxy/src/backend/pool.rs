@@ -157,7 +157,16 @@ impl Checkout {
 
     /// [`Checkout::release`] with the caller's clock reading of when the work ended.
     pub fn release_at(mut self, now: Instant) {
-        let mut conn = self.conn.take().expect("present until release");
+        self.put_back(now);
+    }
+
+    /// Returns the connection to the pool where it stands (its owner keeps the checkout,
+    /// whose permit goes back to the pool when it is dropped, right after); the checkout
+    /// holds no connection afterwards.
+    pub fn put_back(&mut self, now: Instant) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
         if self
             .pool
             .settings

@@ -168,6 +168,9 @@ pub struct Config {
     /// Threads serving clients: 1 runs everything on one thread (like PgBouncer), 0 uses one
     /// per CPU core.
     pub workers: u32,
+    /// With `workers = 1`: one loop keeps the clients waiting between transactions and runs
+    /// their common reads (the fast lane) as plain calls, instead of a task per client.
+    pub lane_loop: bool,
     /// Most client connections at once (beyond: FATAL 53300).
     pub max_client_conn: u32,
     /// Most clients logged in to one database at once (beyond: FATAL 53300; 0: no limit).
@@ -430,6 +433,7 @@ impl Default for Config {
             metrics_listen: String::new(),
             slow_query_threshold: Duration::ZERO,
             workers: 1,
+            lane_loop: true,
             max_client_conn: 1000,
             max_db_client_connections: 0,
             max_user_client_connections: 0,

@@ -14,6 +14,7 @@ use super::settings::Settings;
 pub const RESTART_KEYS: &[&str] = &[
     "listen",
     "workers",
+    "lane_loop",
     "log_format",
     "metrics_listen",
     "so_reuseport",

@@ -10,8 +10,10 @@
 //! server's bytes untouched ([`Resume`]): the relay then routes the client's bytes as it would
 //! have routed them (they pass through unchanged), which leaves the state it would have reached.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncReadExt;
@@ -24,14 +26,15 @@ use crate::protocol::extended;
 use crate::protocol::frame::peek_header;
 use crate::shutdown::{Phase, SessionWatch};
 use crate::sql::session_state::may_pin;
-use crate::write::{write_all_within, WriteError};
+use crate::write::{WriteError, WriteWithin};
 
 use super::gate::plain_select;
-use super::observe::Observer;
+use super::observe::{Context as Observed, Measured};
 use super::shape::{unit_text, LaneText};
 use super::to_client::client_write_failed;
 use super::units::Analysed;
 use super::{Limits, Outcome, Relay, BUF_SIZE};
+use crate::metrics::DbMetrics;
 
 /// How the fast lane left the run.
 pub(crate) enum Lane {
@@ -63,12 +66,14 @@ pub(crate) struct LaneIo<'l, 's, 'o> {
     pub server: &'l mut ServerIo<'s>,
     /// The client's bytes: exactly the unit (see [`lane_unit`]).
     pub cbuf: &'l mut BytesMut,
-    /// How the unit is sent.
-    pub unit: LaneUnit,
     /// The client's statements (its unnamed one follows the unit).
     pub statements: &'l mut ClientStatements,
     /// Measures the run.
-    pub observer: &'l mut Observer<'o>,
+    pub measured: &'l mut Measured,
+    /// Where the measurements go.
+    pub metrics: &'o DbMetrics,
+    /// Who and where, for the slow-query log.
+    pub context: Observed<'o>,
     /// The write timeouts.
     pub limits: &'l Limits,
 }
@@ -95,107 +100,185 @@ struct Walk {
 /// Runs the unit in `io.cbuf` in the fast lane (see the module doc). The caller checked that
 /// it fits: a plain unit, transaction mode, not pinned, no query or transaction timeout, and
 /// nothing to send before it.
-pub(crate) async fn lane(io: LaneIo<'_, '_, '_>, shutdown: &SessionWatch) -> Lane {
-    let LaneIo {
-        client,
-        server,
-        cbuf,
-        unit,
-        statements,
-        observer,
-        limits,
-    } = io;
-    // Admin wake-ups (KILL, a failed health check) after now concern this run.
-    let pokes = shutdown.pokes();
-    let len = cbuf.len();
-    let resume = |more_input| {
+pub(crate) async fn lane(
+    mut io: LaneIo<'_, '_, '_>,
+    unit: LaneUnit,
+    shutdown: &SessionWatch,
+) -> Lane {
+    let mut run = LaneRun::new(io.cbuf, unit, shutdown);
+    poll_fn(|cx| run.poll(&mut io, shutdown, cx)).await
+}
+
+/// One unit in the fast lane, polled to its end: by [`lane`] in the client's task, or by
+/// hand where a caller keeps the state between polls.
+pub(crate) struct LaneRun {
+    /// Length of the unit, at the front of the client buffer (it stays there until the lane
+    /// knows how the run ended).
+    len: usize,
+    /// The admin wake-up count when the lane began (a later wake-up concerns the run).
+    pokes: u64,
+    /// A named unit's bytes renamed for the server (None: sent as they are).
+    renamed: Option<BytesMut>,
+    step: Step,
+    /// The write in progress (to the server, then to the client).
+    write: WriteWithin,
+}
+
+/// Where a lane run is.
+#[derive(Clone, Copy)]
+enum Step {
+    /// Writing the unit to the server.
+    ToServer,
+    /// Waiting for the whole reply.
+    Awaiting,
+    /// Writing this many bytes of the reply to the client.
+    ToClient(usize),
+}
+
+impl LaneRun {
+    /// A run of the unit in `cbuf` (see [`lane_unit`]).
+    pub(crate) fn new(cbuf: &BytesMut, unit: LaneUnit, shutdown: &SessionWatch) -> LaneRun {
+        LaneRun {
+            len: cbuf.len(),
+            // Admin wake-ups (KILL, a failed health check) after now concern this run.
+            pokes: shutdown.pokes(),
+            renamed: match unit {
+                LaneUnit::AsIs => None,
+                LaneUnit::Named(stmt) => Some(renamed(cbuf, &stmt)),
+            },
+            step: Step::ToServer,
+            write: WriteWithin::default(),
+        }
+    }
+
+    fn resume(&self, more_input: bool) -> Lane {
         Lane::HandOver(Resume {
-            len,
-            pokes,
+            len: self.len,
+            pokes: self.pokes,
             more_input,
         })
-    };
-    // The unit stays at the front of `cbuf` until the lane knows how the run ended.
-    let rewritten = match unit {
-        LaneUnit::AsIs => None,
-        LaneUnit::Named(stmt) => Some(renamed(cbuf, &stmt)),
-    };
-    let out = rewritten.as_deref().unwrap_or(cbuf);
-    let sent = write_all_within(server.stream, out, limits.server_write_timeout).await;
-    drop(rewritten);
-    if let Err(e) = sent {
-        let outcome = match e {
-            WriteError::Stalled { .. } => Outcome::ServerStalled,
-            WriteError::Io(e) => Outcome::ServerGone(e),
-        };
-        return Lane::Ended {
-            outcome,
-            retryable: true,
-        };
     }
-    observer.sent(&cbuf[..len], len, (0, 1), statements);
-    crate::fault::panic_point(&cbuf[..len]);
-    let pass = loop {
-        if server.inbuf.capacity() - server.inbuf.len() < 1024 {
-            server.inbuf.reserve(BUF_SIZE);
-        }
-        if cbuf.capacity() - cbuf.len() < 1024 {
-            cbuf.reserve(BUF_SIZE);
-        }
-        let woken = poll_fn(|cx| shutdown.poll_reached_or_poked(cx, Phase::Closing, Some(pokes)));
-        tokio::select! {
-            biased;
-            res = server.stream.read_buf(server.inbuf) => {
-                let e = match res {
-                    Ok(0) => std::io::ErrorKind::UnexpectedEof.into(),
-                    Err(e) => e,
-                    Ok(_) => {
-                        let walk = walk(server.inbuf);
-                        if walk.hand_over {
-                            return resume(false);
-                        }
-                        if walk.ready {
-                            break walk.pass;
-                        }
-                        continue;
+
+    /// Goes on with the run; Ready once it ended. Pending: `cx` is registered with what the
+    /// run waits for (the server, the client, shutdown and admin wake-ups, a write's timer).
+    pub(crate) fn poll(
+        &mut self,
+        io: &mut LaneIo<'_, '_, '_>,
+        shutdown: &SessionWatch,
+        cx: &mut Context<'_>,
+    ) -> Poll<Lane> {
+        let len = self.len;
+        loop {
+            match self.step {
+                Step::ToServer => {
+                    let out = self.renamed.as_deref().unwrap_or(&io.cbuf[..]);
+                    let limit = io.limits.server_write_timeout;
+                    let sent = ready!(self.write.poll(io.server.stream, out, limit, cx));
+                    self.renamed = None;
+                    self.write = WriteWithin::default();
+                    if let Err(e) = sent {
+                        let outcome = match e {
+                            WriteError::Stalled { .. } => Outcome::ServerStalled,
+                            WriteError::Io(e) => Outcome::ServerGone(e),
+                        };
+                        return Poll::Ready(Lane::Ended {
+                            outcome,
+                            retryable: true,
+                        });
                     }
-                };
-                // Nothing reached the client (the whole reply is awaited first).
-                return Lane::Ended { outcome: Outcome::ServerGone(e), retryable: true };
-            },
-            res = client.read_buf(cbuf) => match res {
-                Ok(0) | Err(_) => {
-                    let outcome = Outcome::ClientGone { server_clean: false };
-                    return Lane::Ended { outcome, retryable: false };
+                    io.measured
+                        .sent(&io.cbuf[..len], len, (0, 1), io.statements);
+                    crate::fault::panic_point(&io.cbuf[..len]);
+                    self.step = Step::Awaiting;
                 }
-                Ok(_) => return resume(true),
-            },
-            // Shutdown, KILL, a failed health check: the general relay decides.
-            () = woken => return resume(false),
+                Step::Awaiting => {
+                    if io.server.inbuf.capacity() - io.server.inbuf.len() < 1024 {
+                        io.server.inbuf.reserve(BUF_SIZE);
+                    }
+                    if io.cbuf.capacity() - io.cbuf.len() < 1024 {
+                        io.cbuf.reserve(BUF_SIZE);
+                    }
+                    // The server first, then the client, then wake-ups.
+                    match pin!(io.server.stream.read_buf(io.server.inbuf)).poll(cx) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(server_gone(
+                                std::io::ErrorKind::UnexpectedEof.into(),
+                            ))
+                        }
+                        // Nothing reached the client (the whole reply is awaited first).
+                        Poll::Ready(Err(e)) => return Poll::Ready(server_gone(e)),
+                        Poll::Ready(Ok(_)) => {
+                            let walk = walk(io.server.inbuf);
+                            if walk.hand_over {
+                                return Poll::Ready(self.resume(false));
+                            }
+                            if walk.ready {
+                                self.step = Step::ToClient(walk.pass);
+                            }
+                            continue;
+                        }
+                        Poll::Pending => {}
+                    }
+                    match pin!(io.client.read_buf(io.cbuf)).poll(cx) {
+                        Poll::Ready(Ok(0) | Err(_)) => {
+                            let outcome = Outcome::ClientGone {
+                                server_clean: false,
+                            };
+                            return Poll::Ready(Lane::Ended {
+                                outcome,
+                                retryable: false,
+                            });
+                        }
+                        Poll::Ready(Ok(_)) => return Poll::Ready(self.resume(true)),
+                        Poll::Pending => {}
+                    }
+                    // Shutdown, KILL, a failed health check: the general relay decides.
+                    if shutdown
+                        .poll_reached_or_poked(cx, Phase::Closing, Some(self.pokes))
+                        .is_ready()
+                    {
+                        return Poll::Ready(self.resume(false));
+                    }
+                    return Poll::Pending;
+                }
+                Step::ToClient(pass) => {
+                    let batch = &io.server.inbuf[..pass];
+                    let limit = io.limits.client_write_timeout;
+                    if let Err(e) = ready!(self.write.poll(io.client, batch, limit, cx)) {
+                        let outcome = client_write_failed(&e, batch, 0);
+                        return Poll::Ready(Lane::Ended {
+                            outcome,
+                            retryable: false,
+                        });
+                    }
+                    io.server.inbuf.advance(pass);
+                    let cbuf = &mut *io.cbuf;
+                    // What routing the unit would have left: a simple Query destroys the
+                    // client's unnamed statement; an unnamed Parse that succeeded makes its
+                    // text the client's unnamed statement; a Bind of a named statement leaves
+                    // it.
+                    match peek_header(cbuf, usize::MAX) {
+                        Ok(Some(h)) if h.tag == b'P' => io
+                            .statements
+                            .set_unnamed(extended::parse(&cbuf[5..h.frame_len()]).map(|p| p.rest)),
+                        Ok(Some(h)) if h.tag == b'B' => {}
+                        _ => io.statements.set_unnamed(None),
+                    }
+                    cbuf.advance(len);
+                    io.measured.answered(io.metrics, &io.context, pass, 1, 0);
+                    return Poll::Ready(Lane::Answered);
+                }
+            }
         }
-    };
-    let batch = &server.inbuf[..pass];
-    if let Err(e) = write_all_within(client, batch, limits.client_write_timeout).await {
-        let outcome = client_write_failed(&e, batch, 0);
-        return Lane::Ended {
-            outcome,
-            retryable: false,
-        };
     }
-    server.inbuf.advance(pass);
-    // What routing the unit would have left: a simple Query destroys the client's unnamed
-    // statement; an unnamed Parse that succeeded makes its text the client's unnamed statement;
-    // a Bind of a named statement leaves it.
-    match peek_header(cbuf, usize::MAX) {
-        Ok(Some(h)) if h.tag == b'P' => {
-            statements.set_unnamed(extended::parse(&cbuf[5..h.frame_len()]).map(|p| p.rest))
-        }
-        Ok(Some(h)) if h.tag == b'B' => {}
-        _ => statements.set_unnamed(None),
+}
+
+/// The server failed before anything reached the client: the read may run again elsewhere.
+fn server_gone(e: std::io::Error) -> Lane {
+    Lane::Ended {
+        outcome: Outcome::ServerGone(e),
+        retryable: true,
     }
-    cbuf.advance(len);
-    observer.answered(pass, 1, 0);
-    Lane::Answered
 }
 
 impl Relay<'_> {

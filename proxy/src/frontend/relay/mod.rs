@@ -214,8 +214,8 @@ pub(crate) fn run<'a>(
             causal_uncovered: r.expect.causal.uncovered || r.gate.wrote,
             retryable: !r.replied && !r.more_input,
             retry: r.kept.take(),
-            tally: r.observer.tally,
-            last_reply: r.observer.last_reply,
+            tally: r.observer.measured.tally,
+            last_reply: r.observer.measured.last_reply,
         }
     }
 }

@@ -28,9 +28,17 @@ pub(crate) struct Context<'a> {
 /// Measures one relay run.
 pub(crate) struct Observer<'a> {
     metrics: &'a DbMetrics,
+    context: Context<'a>,
+    /// What it measured so far.
+    pub measured: Measured,
+}
+
+/// What an [`Observer`] measured; kept by itself where a run waits outside a task (the lane
+/// loop), and measured there with the metrics and context passed in.
+#[derive(Debug)]
+pub(crate) struct Measured {
     role: RoleLabel,
     slow: Option<Duration>,
-    context: Context<'a>,
     /// When the oldest unanswered query was sent.
     started: Option<Instant>,
     /// When the run began: the first query is timed from there (saves a clock read).
@@ -43,20 +51,12 @@ pub(crate) struct Observer<'a> {
     pub tally: Tally,
 }
 
-impl<'a> Observer<'a> {
-    /// An observer for a run on a node of `role`.
-    pub fn new(
-        metrics: &'a DbMetrics,
-        role: RoleLabel,
-        run_started: Instant,
-        slow: Option<Duration>,
-        context: Context<'a>,
-    ) -> Observer<'a> {
-        Observer {
-            metrics,
+impl Measured {
+    /// Measurements of a run on a node of `role`, begun at `run_started`.
+    pub fn new(role: RoleLabel, run_started: Instant, slow: Option<Duration>) -> Measured {
+        Measured {
             role,
             slow,
-            context,
             started: None,
             run_started: Some(run_started),
             last_reply: None,
@@ -88,7 +88,14 @@ impl<'a> Observer<'a> {
 
     /// Server bytes went to the client; `ready`: ReadyForQuery among them; `owed`: replies
     /// still owed after them.
-    pub fn answered(&mut self, bytes: usize, ready: u32, owed: u32) {
+    pub fn answered(
+        &mut self,
+        metrics: &DbMetrics,
+        context: &Context<'_>,
+        bytes: usize,
+        ready: u32,
+        owed: u32,
+    ) {
         self.tally.sent += bytes as u64;
         if ready == 0 {
             return;
@@ -99,12 +106,12 @@ impl<'a> Observer<'a> {
         self.last_reply = Some(now);
         let took = now.saturating_duration_since(start);
         self.tally.query_time += took;
-        self.metrics.query(self.role, took);
+        metrics.query(self.role, took);
         if self.slow.is_some_and(|t| took >= t) {
             warn!(
-                database = self.context.database,
-                user = self.context.user,
-                node = %self.context.node,
+                database = context.database,
+                user = context.user,
+                node = %context.node,
                 duration_ms = took.as_secs_f64() * 1000.0,
                 statement = self.text.as_deref().unwrap_or("(unknown)"),
                 "slow query"
@@ -112,6 +119,34 @@ impl<'a> Observer<'a> {
         }
         // The next query in a pipeline is timed from here.
         self.started = (owed > 0).then_some(now);
+    }
+}
+
+impl<'a> Observer<'a> {
+    /// An observer that goes on from `measured`.
+    pub fn new(metrics: &'a DbMetrics, context: Context<'a>, measured: Measured) -> Observer<'a> {
+        Observer {
+            metrics,
+            context,
+            measured,
+        }
+    }
+
+    /// See [`Measured::sent`].
+    pub fn sent(
+        &mut self,
+        client: &[u8],
+        forwarded: usize,
+        owed: (u32, u32),
+        statements: &ClientStatements,
+    ) {
+        self.measured.sent(client, forwarded, owed, statements);
+    }
+
+    /// See [`Measured::answered`].
+    pub fn answered(&mut self, bytes: usize, ready: u32, owed: u32) {
+        self.measured
+            .answered(self.metrics, &self.context, bytes, ready, owed);
     }
 
     /// The server sent an error with this SQLSTATE.

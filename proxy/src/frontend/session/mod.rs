@@ -7,7 +7,10 @@
 //! - `run`: one relay run on a server and what its end means for client and server.
 //! - `wait`: the idle wait for the client's next request.
 //! - `recycled`: the per-request boxes of futures, their memory recycled per thread.
+//! - `lane_loop`: one task that keeps idle clients and runs their fast-lane units as plain
+//!   calls (one thread), handing a client to a task of its own for anything else.
 
+mod lane_loop;
 mod listen;
 mod listen_extended;
 mod local;
@@ -30,6 +33,7 @@ use crate::backend::pool::ServerParams;
 use crate::backend::Upstream;
 use crate::config::{CausalScope, PoolMode};
 use crate::frontend::farewell::farewell;
+use crate::frontend::relay::fast::Lane;
 use crate::frontend::relay::Limits;
 use crate::frontend::stream::ClientStream;
 use crate::metrics::{PeerLabel, ReasonLabel};
@@ -47,6 +51,7 @@ use crate::sql::lexer::StringSyntax;
 use crate::write::write_all_within;
 use recycled::Recycled;
 
+pub(crate) use lane_loop::start as start_lane_loop;
 pub(crate) use open::{open, LoggedIn};
 
 /// Longest wait for the DISCARD ALL that resets a server after a session.
@@ -74,6 +79,39 @@ enum Ran {
     /// A read failed on a replica before anything reached the client: run these bytes (the
     /// copy kept for it) again elsewhere.
     RetryRead(BytesMut),
+}
+
+/// How serving a client ended for now.
+enum Served {
+    /// The client left; why (for the log).
+    Left(&'static str),
+    /// The client waits for its next request in the lane loop.
+    Parked,
+}
+
+/// What a client the lane loop hands back to a task of its own goes on with.
+enum Resume {
+    /// Waiting for its next request.
+    Wait,
+    /// This request (it needs more than the fast lane).
+    Request(BytesMut),
+    /// This request, which pgtier answers itself (the loop found it so).
+    Local(BytesMut, Box<Local>),
+    /// Its idle wait ended other than with a request.
+    Ended(wait::Idle),
+    /// This request, whose transaction the loop began.
+    Begun(BytesMut, Begun),
+    /// Serving it panicked in the loop (its server was dropped, so closed).
+    Panicked,
+}
+
+/// A transaction the lane loop began.
+enum Begun {
+    /// Routed; its checkout must wait.
+    Routed(Box<routing::Routed>),
+    /// Its run on a server, to end here: the lane's end, or None (the general relay runs the
+    /// unit).
+    Run(Box<run::Run>, Option<Lane>),
 }
 
 /// A logged-in client.
@@ -126,17 +164,22 @@ struct Session {
 const PANICKED: &str = "internal error";
 
 impl Session {
-    /// Serves the client until it leaves.
+    /// Serves the client until it leaves, or until it waits in the lane loop (which hands it
+    /// back to a task of its own with `resume`: what to go on with).
     /// Boxed, with its held server boxed: an async fn keeps its arguments twice in its state
     /// (as captured and as moved in), and this state is every idle client's task.
     /// A panic in serving is contained here: the server it held was dropped with it (closed,
     /// never returned), and the client gets XX000 before it is closed.
-    async fn run(mut self: Box<Self>, held: Option<Box<Serving>>) {
+    async fn run(mut self: Box<Self>, held: Option<Box<Serving>>, resume: Option<Box<Resume>>) {
         // Only a flag lives across the close below: this state is every idle client's task.
         let reason = {
-            let served = Contained(pin!(self.serve(held))).await;
+            let served = Contained(pin!(self.serve(held, resume))).await;
             match served {
-                Ok(reason) => reason,
+                Ok(Served::Left(reason)) => reason,
+                Ok(Served::Parked) => {
+                    lane_loop::park(self);
+                    return;
+                }
                 Err(panic) => {
                     error!(peer = %self.client.entry.peer, user = %self.user(), database = %self.database(), panic, "internal error while serving a client: client closed, its server connection closed");
                     PANICKED
@@ -153,19 +196,44 @@ impl Session {
         info!(peer = %self.client.entry.peer, user = %self.user(), database = %self.database(), reason, "client disconnected");
     }
 
-    /// Runs until the client leaves; returns why it ended (for the log).
-    async fn serve(&mut self, mut held: Option<Box<Serving>>) -> &'static str {
+    /// Runs until the client leaves (returns why, for the log) or may wait in the lane loop.
+    async fn serve(
+        &mut self,
+        mut held: Option<Box<Serving>>,
+        resume: Option<Box<Resume>>,
+    ) -> Served {
         // Client bytes a relay handed back (a unit that needs another server).
         // Boxed: it is a local of every idle client's task, and rarely used.
         let mut pending: Option<Box<BytesMut>> = None;
+        if let Some(resume) = resume {
+            match *resume {
+                Resume::Wait => {}
+                Resume::Request(first) => pending = Some(Box::new(first)),
+                Resume::Local(first, local) => {
+                    match Box::pin(self.answer_local(first, *local)).await {
+                        Ok(rest) => pending = rest.map(Box::new),
+                        Err(reason) => return Served::Left(reason),
+                    }
+                }
+                Resume::Ended(end) => return Served::Left(self.end_idle(end).await),
+                Resume::Panicked => return Served::Left(PANICKED),
+                Resume::Begun(first, begun) => {
+                    match Recycled::new(|| self.transaction(first, None, Some(begun))).await {
+                        Ok(leftover) => pending = leftover.map(Box::new),
+                        Err(reason) => return Served::Left(reason),
+                    }
+                }
+            }
+        }
         loop {
             let first = match pending.take() {
                 Some(buf) => *buf,
+                None if held.is_none() && self.parks() => return Served::Parked,
                 // Boxed too: a nested future is laid out twice in its caller's state, and this
                 // one is the state of every idle client. The allocation is small and per request.
                 None => match Recycled::new(|| self.next_request()).await {
                     Ok(buf) => buf,
-                    Err(reason) => return reason,
+                    Err(reason) => return Served::Left(reason),
                 },
             };
             if held.is_none() {
@@ -173,26 +241,20 @@ impl Session {
                 // client's task.
                 if self.needs_refresh() {
                     if let Err(reason) = Box::pin(self.refresh()).await {
-                        return reason;
+                        return Served::Left(reason);
                     }
                 }
                 // A SELECT with no parenthesis is none of what follows (a Parse, a pgtier
                 // statement, a LISTEN-family statement, `pg_listening_channels()`): the common
                 // request skips their checks.
-                let plain = self.listen_statements.is_none()
-                    && self
-                        .listening
-                        .as_ref()
-                        .is_none_or(|l| l.channel_count() == 0)
-                    && plain_select_first(&first);
-                if !plain {
+                if !self.plain_request(&first) {
                     // Boxed: only a pointer lives in this (idle) state while it is answered.
                     if let Some(local) = self.local_request(&first).map(Box::new) {
                         // Boxed: rare, and what it holds across its awaits would otherwise
                         // sit in every idle client's task.
                         match Box::pin(self.answer_local(first, *local)).await {
                             Ok(rest) => pending = rest.map(Box::new),
-                            Err(reason) => return reason,
+                            Err(reason) => return Served::Left(reason),
                         }
                         continue;
                     }
@@ -200,11 +262,21 @@ impl Session {
             }
             // Boxed so that an idle client's task does not carry the state of a transaction
             // (pool wait, relay): it is allocated only while one runs.
-            match Recycled::new(|| self.transaction(first, held.take().map(|b| *b))).await {
+            match Recycled::new(|| self.transaction(first, held.take().map(|b| *b), None)).await {
                 Ok(leftover) => pending = leftover.map(Box::new),
-                Err(reason) => return reason,
+                Err(reason) => return Served::Left(reason),
             }
         }
+    }
+
+    /// Whether `first` needs none of pgtier's own answers (see [`plain_select_first`]).
+    fn plain_request(&self, first: &[u8]) -> bool {
+        self.listen_statements.is_none()
+            && self
+                .listening
+                .as_ref()
+                .is_none_or(|l| l.channel_count() == 0)
+            && plain_select_first(first)
     }
 
     /// What pgtier answers itself at the start of `first`, if it is one: a Parse batch of
@@ -268,23 +340,37 @@ impl Session {
     }
 
     /// Runs one transaction (session mode: the rest of the session) on a server connection;
-    /// returns client bytes to route anew, if the relay held some back.
+    /// returns client bytes to route anew, if the relay held some back. `begun`: the lane
+    /// loop began it.
     async fn transaction(
         &mut self,
         mut first: BytesMut,
         mut held: Option<Serving>,
+        mut begun: Option<Begun>,
     ) -> Result<Option<BytesMut>, &'static str> {
         // One retry at most: a read that fails on two servers before any reply is more likely
         // the cause than a victim, and is not sent to a third (the primary).
         let mut retried = false;
         loop {
-            let (serving, analysed) = match held.take() {
+            let (serving, analysed) = match (held.take(), begun.take()) {
                 // Held since login (session mode): its run, and its first query, start now.
-                Some(mut s) => {
+                (Some(mut s), _) => {
                     s.since = std::time::Instant::now();
                     (s, None)
                 }
-                None => self.serve_target(&first).await?,
+                (None, Some(Begun::Run(run, lane))) => {
+                    let unit = std::mem::take(&mut first);
+                    match self.end_run(*run, unit, lane).await? {
+                        Ran::Done(leftover) => return Ok(leftover),
+                        Ran::RetryRead(again) => {
+                            retried = true;
+                            first = again;
+                            continue;
+                        }
+                    }
+                }
+                (None, Some(Begun::Routed(routed))) => self.serve_routed(*routed).await?,
+                (None, None) => self.serve_target(&first).await?,
             };
             // A read on a replica may run again elsewhere if that replica fails it before
             // anything reaches the client: the relay keeps its bytes until then.

@@ -193,7 +193,7 @@ pub(crate) async fn open(
     };
     // The session runs in a task of its own, so that an idle client costs only the session's
     // state, not what login needed.
-    tokio::spawn(Box::new(session).run(held.map(Box::new)));
+    tokio::spawn(Box::new(session).run(held.map(Box::new), None));
 }
 
 /// The parameters shown to a new client: those of the primary's pool, else of any node.

@@ -9,13 +9,14 @@ use tracing::{info, warn};
 
 use crate::backend::checkout;
 use crate::backend::checkout::Serving;
+
 use crate::backend::pool::PoolError;
 use crate::cluster::Lsn;
 use crate::config::CausalScope;
 use crate::frontend::relay::units::{Analysed, UnitContext};
 use crate::metrics::ReasonLabel;
 use crate::protocol::SqlState;
-use crate::router::route::{DecidedBy, Route, Target, UnitInfo};
+use crate::router::route::{Choice, DecidedBy, Route, Target, UnitInfo};
 use crate::runtime::clients::ClientState;
 use crate::shutdown::Phase;
 
@@ -82,7 +83,38 @@ impl Session {
                 route.target = Target::Primary;
             }
         }
-        let serving = self.checkout(route.target).await?;
+        let asked = match self.checkout_now(route.target) {
+            Ok(serving) => {
+                self.note_route(&route, &serving);
+                return Ok((serving, analysed));
+            }
+            Err(asked) => asked,
+        };
+        self.serve_routed(Routed {
+            route,
+            analysed,
+            asked,
+        })
+        .await
+    }
+
+    /// Checks out a server for a routed unit whose checkout did not find one at once.
+    pub(super) async fn serve_routed(
+        &mut self,
+        routed: Routed,
+    ) -> Result<(Serving, Option<Analysed>), &'static str> {
+        let Routed {
+            route,
+            analysed,
+            asked,
+        } = routed;
+        let serving = self.checkout_wait(route.target, asked).await?;
+        self.note_route(&route, &serving);
+        Ok((serving, analysed))
+    }
+
+    /// Records why a unit went where it went (metrics, the transaction's reason, the log).
+    pub(super) fn note_route(&mut self, route: &Route, serving: &Serving) {
         if let Target::Replica { min_lsn, .. } = route.target {
             self.runtime.metrics.causal_read(
                 serving.causal_wait,
@@ -114,7 +146,6 @@ impl Session {
             reason = self.reason.as_str(),
             "routed"
         );
-        Ok((serving, analysed))
     }
 
     /// Learns the primary's current WAL position, when the one after the client's last write
@@ -133,12 +164,20 @@ impl Session {
     }
 
     pub(super) async fn checkout(&mut self, target: Target) -> Result<Serving, &'static str> {
+        match self.checkout_now(target) {
+            Ok(serving) => Ok(serving),
+            Err(asked) => self.checkout_wait(target, asked).await,
+        }
+    }
+
+    /// A checkout that takes an idle connection at once, without the waiting checkout's
+    /// futures (they showed in profiles): most checkouts. Not while PAUSE holds clients.
+    /// Else when it was asked for, and the replica choice it made, for [`Session::checkout_wait`].
+    pub(super) fn checkout_now(&mut self, target: Target) -> Result<Serving, Asked> {
         let started = std::time::Instant::now();
         // One reading on the anchored clock serves SHOW CLIENTS and the replica affinity.
         let started_us = crate::clock::unix_micros_at(started);
         self.client.entry.set_waiting(started_us);
-        // Most checkouts find an idle connection at once: taken here, without the waiting
-        // checkout's futures below (they showed in profiles). Not while PAUSE holds clients.
         let mut chosen = None;
         if !self.runtime.control.is_paused() {
             let prefer = self.routing.last_read.prefer(started_us);
@@ -157,6 +196,25 @@ impl Session {
                 Err(choice) => chosen = choice,
             }
         }
+        Err(Asked {
+            started,
+            started_us,
+            chosen,
+        })
+    }
+
+    /// The checkout [`Session::checkout_now`] could not serve: after any PAUSE, waiting for
+    /// the pool (and watching the client leave, and shutdown).
+    pub(super) async fn checkout_wait(
+        &mut self,
+        target: Target,
+        asked: Asked,
+    ) -> Result<Serving, &'static str> {
+        let Asked {
+            started,
+            started_us,
+            chosen,
+        } = asked;
         // Held across awaits that also borrow `self` (closing the client on failure).
         let upstream = self.upstream.clone();
         let runtime = self.runtime.clone();
@@ -260,6 +318,26 @@ impl Session {
         });
         result
     }
+}
+
+/// A checkout [`Session::checkout_now`] could not serve at once.
+pub(super) struct Asked {
+    /// When it was asked for.
+    started: std::time::Instant,
+    /// The same, on the anchored clock.
+    started_us: u64,
+    /// The replica choice it made, which the wait must follow (see `checkout::server_now`).
+    chosen: Option<Choice>,
+}
+
+/// A unit routed, whose checkout must wait.
+pub(super) struct Routed {
+    /// Where it goes, and why.
+    pub route: Route,
+    /// Its analysis.
+    pub analysed: Option<Analysed>,
+    /// The checkout begun for it.
+    pub asked: Asked,
 }
 
 /// How many holders [`Session::log_holders`] names.

@@ -2,44 +2,77 @@
 //! elsewhere, or close the client with the right error.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use tracing::{info, warn};
 
 use crate::backend::checkout::Serving;
 use crate::backend::params;
-use crate::backend::pool::Checkout;
+use crate::backend::{CancelTarget, Upstream};
 use crate::config::PoolMode;
 use crate::frontend::farewell::farewell_now;
 use crate::frontend::relay;
 use crate::frontend::relay::fast::{Lane, LaneIo, LaneUnit};
 use crate::frontend::relay::observe;
-use crate::frontend::relay::observe::Observer;
+use crate::frontend::relay::observe::{Measured, Observer};
 use crate::frontend::relay::units::Analysed;
 use crate::frontend::relay::Outcome;
 use crate::metrics::{PeerLabel, RoleLabel};
 use crate::protocol::SqlState;
-use crate::runtime::clients::ClientState;
+use crate::runtime::clients::{ClientEntry, ClientState};
+use crate::runtime::DbRuntime;
 use crate::shutdown::Phase;
 
 use super::{Ran, Session, CANCEL_TIMEOUT, DISCARD_TIMEOUT, KILL_MESSAGE, SHUTDOWN_MESSAGE};
 
+/// A run on a server, from its start to its end: what its end needs.
+pub(super) struct Run {
+    /// The server.
+    pub serving: Serving,
+    /// The client's database.
+    pub runtime: Arc<DbRuntime>,
+    /// The client's pools.
+    pub upstream: Arc<Upstream>,
+    entry: Arc<ClientEntry>,
+    cancel: CancelTarget,
+    /// The client was pinned before the run (a pin during it is logged at its end).
+    was_pinned: bool,
+    /// The run's writes move the client's causal token.
+    track_writes: bool,
+    role: RoleLabel,
+    /// What the run measured so far.
+    pub measured: Measured,
+    /// The node's failed health checks when the run began.
+    failures_seen: u64,
+    /// Keep a copy of the first request for running it again elsewhere.
+    retry: bool,
+    /// The first unit's analysis (None when nothing is routed).
+    analysed: Option<Analysed>,
+}
+
+/// Who and where, for the slow-query log of a run on `node`.
+pub(super) fn observed(upstream: &Upstream, node: usize) -> observe::Context<'_> {
+    observe::Context {
+        database: upstream.database(),
+        user: &upstream.id().user,
+        node: upstream.node(node).node(),
+    }
+}
+
 impl Session {
-    /// Relays on `serving` until its transaction ends. `retry`: keep a copy of `first` for
-    /// running it again elsewhere (the relay makes it only when it may be needed).
-    pub(super) async fn run_on(
+    /// Starts a run on `serving` (SHOW CLIENTS and cancels see the server from here).
+    /// `retry`: keep a copy of the first request for running it again elsewhere (the relay
+    /// makes it only when it may be needed).
+    pub(super) fn begin_run(
         &mut self,
         mut serving: Serving,
-        mut first: BytesMut,
         retry: bool,
         analysed: Option<Analysed>,
-    ) -> Result<Ran, &'static str> {
-        let started = serving.since;
-        let server = &mut serving.server;
+    ) -> Run {
         let entry = self.client.entry.clone();
-        let cancel = server.conn().cancel_target();
+        let cancel = serving.server.conn().cancel_target();
         entry.set_server(Some((cancel, serving.node)));
-        let was_pinned = self.pinned.is_some();
         let runtime = self.runtime.clone();
         // A pinned or session-mode client reads on its own server, but its writes still
         // advance the token of a shared causal scope, which its peers' reads wait for.
@@ -50,69 +83,128 @@ impl Session {
         } else {
             RoleLabel::Primary
         };
-        let node = self.upstream.node(serving.node).clone();
         let upstream = self.upstream.clone();
-        let limits = runtime.limits.for_pool(upstream.settings());
-        let mut observer = Observer::new(
-            &runtime.metrics,
-            role,
-            started,
-            runtime.limits.slow_query,
-            observe::Context {
-                database: upstream.database(),
-                user: &upstream.id().user,
-                node: node.node(),
-            },
-        );
+        let measured = Measured::new(role, serving.since, runtime.limits.slow_query);
         // A health check that fails from now on concerns this run (the lane hands it over).
-        let failures = runtime.router.topology().failures(serving.node);
-        let failures_seen = failures.load(Ordering::Acquire);
+        let failures_seen = runtime
+            .router
+            .topology()
+            .failures(serving.node)
+            .load(Ordering::Acquire);
+        Run {
+            serving,
+            runtime,
+            upstream,
+            entry,
+            cancel,
+            was_pinned: self.pinned.is_some(),
+            track_writes,
+            role,
+            measured,
+            failures_seen,
+            retry,
+            analysed,
+        }
+    }
+
+    /// Relays on `serving` until its transaction ends (see [`Session::begin_run`]).
+    pub(super) async fn run_on(
+        &mut self,
+        serving: Serving,
+        mut first: BytesMut,
+        retry: bool,
+        analysed: Option<Analysed>,
+    ) -> Result<Ran, &'static str> {
+        let mut run = self.begin_run(serving, retry, analysed);
         // The common unit runs in the fast lane, before any relay state is built.
-        let lane = if let Some(unit) = self.lane_fits(&limits, server, &first, analysed.as_ref()) {
-            let lane = relay::fast::lane(
-                LaneIo {
-                    client: &mut self.stream,
-                    server: &mut server.conn().io(),
-                    cbuf: &mut first,
+        let lane = match self.lane_of(
+            &run.runtime.limits.for_pool(run.upstream.settings()),
+            &mut run.serving,
+            run.analysed.as_ref(),
+            &first,
+        ) {
+            Some(unit) => {
+                let lane = relay::fast::lane(
+                    LaneIo {
+                        client: &mut self.stream,
+                        server: &mut run.serving.server.conn().io(),
+                        cbuf: &mut first,
+                        statements: &mut self.statements,
+                        measured: &mut run.measured,
+                        metrics: &run.runtime.metrics,
+                        context: observed(&run.upstream, run.serving.node),
+                        limits: &run.runtime.limits,
+                    },
                     unit,
-                    statements: &mut self.statements,
-                    observer: &mut observer,
-                    limits: &limits,
-                },
-                &self.shutdown,
-            )
-            .await;
-            Some(lane)
-        } else {
-            None
+                    &self.shutdown,
+                )
+                .await;
+                Some(lane)
+            }
+            None => None,
         };
+        self.end_run(run, first, lane).await
+    }
+
+    /// What a lane that ended without the relay leaves: the run's end.
+    pub(super) fn lane_end(
+        &self,
+        run: &mut Run,
+        first: &mut BytesMut,
+        outcome: Outcome,
+        retryable: bool,
+    ) -> relay::RunEnd {
+        let measured = &run.measured;
+        relay::RunEnd {
+            outcome,
+            retry: (retryable && run.retry).then(|| std::mem::take(first)),
+            leftover: std::mem::take(first),
+            causal: self.routing.causal,
+            causal_learned: false,
+            causal_uncovered: false,
+            retryable,
+            tally: measured.tally,
+            last_reply: measured.last_reply,
+        }
+    }
+
+    /// Ends the run after the fast lane (`lane`: how it left; None: it did not take the unit):
+    /// the general relay runs the rest if the lane handed it over, then what the end means for
+    /// client and server.
+    pub(super) async fn end_run(
+        &mut self,
+        mut run: Run,
+        mut first: BytesMut,
+        lane: Option<Lane>,
+    ) -> Result<Ran, &'static str> {
         let (lane_end, resume) = match lane {
             Some(Lane::Answered) => (Some((Outcome::Idle, false)), None),
             Some(Lane::Ended { outcome, retryable }) => (Some((outcome, retryable)), None),
             Some(Lane::HandOver(r)) => (None, Some(r)),
             None => (None, None),
         };
-        let end = match lane_end {
-            Some((outcome, retryable)) => relay::RunEnd {
-                outcome,
-                retry: (retryable && retry).then(|| std::mem::take(&mut first)),
-                leftover: first,
-                causal: self.routing.causal,
-                causal_learned: false,
-                causal_uncovered: false,
-                retryable,
-                tally: observer.tally,
-                last_reply: observer.last_reply,
-            },
+        let mut end = match lane_end {
+            Some((outcome, retryable)) => self.lane_end(&mut run, &mut first, outcome, retryable),
             None => {
+                // The relay measures the rest of the run (its end carries the measurements).
+                let placeholder = Measured::new(run.role, run.serving.since, None);
+                let measured = std::mem::replace(&mut run.measured, placeholder);
+                let observer = Observer::new(
+                    &run.runtime.metrics,
+                    observed(&run.upstream, run.serving.node),
+                    measured,
+                );
+                let runtime = &*run.runtime;
+                let upstream = &run.upstream;
                 let classifier = runtime.router.classifier();
                 let track_sequences = !self.holds_server();
                 let kills_seen = self.kills_seen;
                 let killed = || runtime.control.kills() != kills_seen;
                 // Only called at a LISTEN in a transaction block.
                 let listen_source =
-                    || super::listen::listen_source(&self.proxy, &runtime.router, &upstream);
+                    || super::listen::listen_source(&self.proxy, &runtime.router, upstream);
                 let answers_listen = !self.holds_server();
+                let failures = runtime.router.topology().failures(run.serving.node);
                 // Not boxed: the copy into a box of its own cost more than the allocation of a
                 // transaction's future it would make smaller.
                 relay::run(
@@ -125,43 +217,51 @@ impl Session {
                         classifier: &classifier,
                         rules: runtime.router.rule_set(),
                         routing: self.routing,
-                        on_replica: serving.on_replica,
-                        track_writes,
+                        on_replica: run.serving.on_replica,
+                        track_writes: run.track_writes,
                         track_sequences,
                         report_causal: runtime.router.settings().report_causal_lsn,
                         observer,
                         killed: &killed,
-                        entry: &entry,
-                        cancel,
+                        entry: &run.entry,
+                        cancel: run.cancel,
                         scope: self.scope.as_ref(),
-                        analysed,
-                        failed_checks: Some((failures, failures_seen)),
+                        analysed: run.analysed.take(),
+                        failed_checks: Some((failures, run.failures_seen)),
                         listen: answers_listen.then(|| relay::listen::ListenCtx {
                             listeners: self.proxy.listeners(),
                             slot: &mut self.listening,
                             source: &listen_source,
                         }),
-                        keep_for_retry: retry,
+                        keep_for_retry: run.retry,
                     },
-                    server.conn().io(),
+                    run.serving.server.conn().io(),
                     first,
-                    limits,
+                    runtime.limits.for_pool(upstream.settings()),
                     &self.shutdown,
                     resume,
                 )
                 .await
             }
         };
+        self.account(&run, &mut end);
+        self.conclude(run, end).await
+    }
+
+    /// Records the end of a run: the client off its server (SHOW CLIENTS), the transaction's
+    /// metrics, a new pin, the causal token.
+    pub(super) fn account(&mut self, run: &Run, end: &mut relay::RunEnd) {
+        let entry = &run.entry;
         entry.set_server(None);
         // The last reply's clock reading ends the transaction (and dates the release).
-        let ended = end.last_reply.unwrap_or_else(std::time::Instant::now);
-        runtime.metrics.transaction(
-            role,
+        let ended = *end.last_reply.get_or_insert_with(std::time::Instant::now);
+        run.runtime.metrics.transaction(
+            run.role,
             self.reason,
             &end.tally,
-            ended.saturating_duration_since(started),
+            ended.saturating_duration_since(run.serving.since),
         );
-        if let (Some(reason), false) = (self.pinned, was_pinned) {
+        if let (Some(reason), false) = (self.pinned, run.was_pinned) {
             entry.set_pinned();
             self.proxy
                 .metrics()
@@ -173,27 +273,49 @@ impl Session {
         if !self.holds_server() {
             entry.set_state(ClientState::Idle);
         }
-        if track_writes && !serving.on_replica {
-            self.note_causal(&end);
+        if run.track_writes && !run.serving.on_replica {
+            self.note_causal(end);
         }
-        let (code, message, reason) = match end.outcome {
-            Outcome::Idle => {
-                if self.shutdown.phase() < Phase::Draining {
-                    if serving.on_replica {
-                        self.routing.last_read
-                            .note(serving.node, crate::clock::unix_micros_at(ended));
-                    }
-                    serving.server.release_at(ended);
-                    if end.leftover.is_empty() {
-                        crate::frontend::relay::buffers::give(end.leftover);
-                        return Ok(Ran::Done(None));
-                    }
-                    return Ok(Ran::Done(Some(end.leftover)));
-                }
-                Box::pin(self.give_back(serving)).await;
-                Box::pin(self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE)).await;
-                return Err("shutdown");
+    }
+
+    /// Returns the server of a run that ended idle (not during shutdown); the client bytes it
+    /// left, if any, are routed anew. The run is over then (its server taken out of it).
+    pub(super) fn release_idle(&mut self, serving: &mut Serving, end: relay::RunEnd) -> Ran {
+        let ended = end.last_reply.unwrap_or(serving.since);
+        if serving.on_replica {
+            self.routing
+                .last_read
+                .note(serving.node, crate::clock::unix_micros_at(ended));
+        }
+        serving.server.put_back(ended);
+        if end.leftover.is_empty() {
+            crate::frontend::relay::buffers::give(end.leftover);
+            return Ran::Done(None);
+        }
+        Ran::Done(Some(end.leftover))
+    }
+
+    /// What a run's end means for client and server.
+    async fn conclude(&mut self, run: Run, end: relay::RunEnd) -> Result<Ran, &'static str> {
+        if matches!(end.outcome, Outcome::Idle) {
+            if self.shutdown.phase() < Phase::Draining {
+                let mut run = run;
+                return Ok(self.release_idle(&mut run.serving, end));
             }
+            Box::pin(self.give_back(run.serving)).await;
+            Box::pin(self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE)).await;
+            return Err("shutdown");
+        }
+        let Run {
+            mut serving,
+            runtime,
+            upstream,
+            entry,
+            ..
+        } = run;
+        let (code, message, reason) = match end.outcome {
+            // Handled above.
+            Outcome::Idle => return Err("shutdown"),
             Outcome::ProbeLost { failed } => {
                 // The client has all its replies; only the server is in doubt (closed here).
                 warn!(database = %self.database(), node = %self.upstream.node(serving.node).node(), "no reply to the causal probe after a write transaction: closing the server connection");
@@ -313,12 +435,12 @@ impl Session {
     /// transaction mode, not pinned, no query or transaction timeout to watch, and nothing of
     /// pgtier's to send before it (no parameter to bring in line, no sequence state to clear,
     /// a named statement prepared on this server already).
-    fn lane_fits(
+    pub(super) fn lane_of(
         &self,
         limits: &relay::Limits,
-        server: &mut Checkout,
-        first: &[u8],
+        serving: &mut Serving,
         analysed: Option<&Analysed>,
+        first: &[u8],
     ) -> Option<LaneUnit> {
         if limits.mode != PoolMode::Transaction
             || self.pinned.is_some()
@@ -328,7 +450,7 @@ impl Session {
             return None;
         }
         let unit = relay::fast::lane_unit(first, analysed, &self.statements)?;
-        let io = server.conn().io();
+        let io = serving.server.conn().io();
         // A named statement this server has not prepared yet: the relay prepares it.
         if let LaneUnit::Named(stmt) = &unit {
             if !io.statements.touch(&stmt.server_name) {

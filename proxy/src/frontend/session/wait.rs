@@ -2,8 +2,8 @@
 //! wake-ups, idle timeout, socket readiness), so an idle client's task stays small.
 
 use std::future::{poll_fn, Future};
-use std::pin::pin;
-use std::task::Poll;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
@@ -13,6 +13,7 @@ use crate::frontend::relay::{units, Violation, BUF_SIZE};
 use crate::protocol::frame::{is_frontend_tag, peek_header, FrameError};
 use crate::protocol::{validate, SqlState};
 use crate::shutdown::Phase;
+use crate::timers::Sleep;
 
 use super::{Session, KILL_MESSAGE, SHUTDOWN_MESSAGE};
 
@@ -28,7 +29,7 @@ enum Look {
     Violation(Violation),
 }
 
-/// What ended an idle wait.
+/// What ended a wait of the idle loop.
 enum Wake {
     /// The client sent something.
     Readable,
@@ -42,122 +43,195 @@ enum Wake {
     Notified,
 }
 
+/// How an idle wait ended.
+pub(super) enum Idle {
+    /// A whole request: serve it.
+    Request(BytesMut),
+    /// Notifications to deliver (the client listens) before the wait goes on.
+    Deliver,
+    /// Close the client with this error; the reason is for the log.
+    Close(SqlState, &'static str, &'static str),
+    /// The client left (a closed socket, a Terminate); the reason is for the log.
+    Left(&'static str),
+    /// The client broke the protocol.
+    Violation(Violation),
+}
+
+/// An idle wait's state between polls (see [`Session::poll_idle`]).
+pub(super) struct IdleWait {
+    /// What the client sent so far (no buffer until it sends).
+    buf: BytesMut,
+    /// The admin wake-up count this wait has seen.
+    pokes: u64,
+    /// The phase that ends the wait: Closing once a draining client is finishing.
+    until: Phase,
+    /// Draining, and the client had sent a request: it is served first.
+    finishing: bool,
+    /// The start of an iteration was checked (shutdown, KILL, notifications).
+    checked: bool,
+    /// `client_idle_timeout`, boxed: only a configured timeout costs memory while idle.
+    idle_timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// Message for a client closed by `client_idle_timeout`.
+const IDLE_MESSAGE: &str =
+    "terminating connection due to idle-session timeout (client_idle_timeout)";
+
 impl Session {
     /// Waits (holding no buffer) until the client sends a whole message, and returns the bytes.
     pub(super) async fn next_request(&mut self) -> Result<BytesMut, &'static str> {
-        let mut buf = BytesMut::new();
-        let mut pokes = self.shutdown.pokes();
-        // The phase that ends the wait: Closing once a draining client is finishing.
-        let mut until = Phase::Draining;
-        // Only a configured timeout costs memory while idle: its timer is boxed.
-        let mut idle_timer = self
-            .limits()
-            .client_idle_timeout
-            .map(|t| Box::pin(crate::timers::sleep(t)));
+        let mut wait = self.idle_wait();
         loop {
-            // Draining: a request the client already sent (its bytes here or in the socket) is
-            // served, and the client closed after that transaction; closing now would fail it
-            // unrun, which the client cannot tell from a failure after it ran. `Closing`
-            // (shutdown_timeout) ends even that.
-            let phase = self.shutdown.phase();
-            let finishing = phase == Phase::Draining
-                && (!buf.is_empty()
-                    || poll_fn(|cx| Poll::Ready(self.stream.poll_read_ready(cx).is_ready())).await);
-            if phase >= Phase::Draining && !finishing {
-                Box::pin(self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE)).await;
-                return Err("shutdown");
+            match poll_fn(|cx| self.poll_idle(&mut wait, cx)).await {
+                Idle::Request(buf) => return Ok(buf),
+                Idle::Deliver => Box::pin(self.deliver_notifications()).await?,
+                end => return Err(self.end_idle(end).await),
             }
-            if finishing {
-                until = Phase::Closing;
+        }
+    }
+
+    /// A fresh idle wait (its idle timeout starts now).
+    pub(super) fn idle_wait(&self) -> IdleWait {
+        IdleWait {
+            buf: BytesMut::new(),
+            pokes: self.shutdown.pokes(),
+            until: Phase::Draining,
+            finishing: false,
+            checked: false,
+            idle_timer: self
+                .limits()
+                .client_idle_timeout
+                .map(|t| Box::pin(crate::timers::sleep(t))),
+        }
+    }
+
+    /// Ends the session after an idle wait that ended other than with a request; returns
+    /// why (for the log).
+    pub(super) async fn end_idle(&mut self, end: Idle) -> &'static str {
+        match end {
+            Idle::Close(code, message, reason) => {
+                Box::pin(self.close(code, message)).await;
+                reason
             }
-            if self.runtime.control.kills() != self.kills_seen {
-                Box::pin(self.close(SqlState::ADMIN_SHUTDOWN, KILL_MESSAGE)).await;
-                return Err("admin KILL");
+            Idle::Violation(v) => {
+                Box::pin(self.violation(v)).await;
+                "protocol violation"
             }
-            // The client is between transactions: what it was sent while busy goes out now.
-            // Boxed: only listening clients pay for its state in their idle task.
-            if self.listening.is_some() {
-                Box::pin(self.deliver_notifications()).await?;
+            Idle::Left(reason) => reason,
+            // Not an end: callers serve these.
+            Idle::Request(_) | Idle::Deliver => "client closed",
+        }
+    }
+
+    /// Goes on with an idle wait: Ready once the client sent a whole request, or the wait
+    /// ended otherwise; Pending with `cx` registered with the socket, shutdown and admin
+    /// wake-ups, the idle timer and the client's notifications.
+    pub(super) fn poll_idle(&mut self, w: &mut IdleWait, cx: &mut Context<'_>) -> Poll<Idle> {
+        loop {
+            if !w.checked {
+                // Draining: a request the client already sent (its bytes here or in the
+                // socket) is served, and the client closed after that transaction; closing
+                // now would fail it unrun, which the client cannot tell from a failure after
+                // it ran. `Closing` (shutdown_timeout) ends even that.
+                let phase = self.shutdown.phase();
+                w.finishing = phase == Phase::Draining
+                    && (!w.buf.is_empty() || self.stream.poll_read_ready(cx).is_ready());
+                if phase >= Phase::Draining && !w.finishing {
+                    return Poll::Ready(Idle::Close(
+                        SqlState::ADMIN_SHUTDOWN,
+                        SHUTDOWN_MESSAGE,
+                        "shutdown",
+                    ));
+                }
+                if w.finishing {
+                    w.until = Phase::Closing;
+                }
+                if self.runtime.control.kills() != self.kills_seen {
+                    return Poll::Ready(Idle::Close(
+                        SqlState::ADMIN_SHUTDOWN,
+                        KILL_MESSAGE,
+                        "admin KILL",
+                    ));
+                }
+                w.checked = true;
+                // The client is between transactions: what it was sent while busy goes out
+                // now.
+                if self.listening.is_some() {
+                    return Poll::Ready(Idle::Deliver);
+                }
             }
-            let listening = self.listening.as_deref();
-            // One hand-polled wait instead of a select!: an idle client's task stays small.
-            let wake = poll_fn(|cx| {
+            let wake = {
+                let listening = self.listening.as_deref();
                 if self
                     .shutdown
-                    .poll_reached_or_poked(cx, until, Some(pokes))
+                    .poll_reached_or_poked(cx, w.until, Some(w.pokes))
                     .is_ready()
                 {
-                    return Poll::Ready(Wake::Draining);
-                }
-                if let Some(t) = idle_timer.as_mut().filter(|_| !finishing) {
-                    if t.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Wake::IdleTimeout);
+                    Wake::Draining
+                } else if w
+                    .idle_timer
+                    .as_mut()
+                    .filter(|_| !w.finishing)
+                    .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+                {
+                    Wake::IdleTimeout
+                } else if !w.finishing && listening.is_some_and(|l| l.poll_pending(cx).is_ready()) {
+                    Wake::Notified
+                } else {
+                    match self.stream.poll_read_ready(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(())) => Wake::Readable,
+                        Poll::Ready(Err(_)) => Wake::Closed,
                     }
                 }
-                if !finishing && listening.is_some_and(|l| l.poll_pending(cx).is_ready()) {
-                    return Poll::Ready(Wake::Notified);
-                }
-                self.stream.poll_read_ready(cx).map(|r| match r {
-                    Ok(()) => Wake::Readable,
-                    Err(_) => Wake::Closed,
-                })
-            })
-            .await;
+            };
             match wake {
                 Wake::Readable => {}
-                // Written at the top of the loop.
-                Wake::Notified => continue,
-                Wake::Draining => {
-                    // A shutdown or an admin wake-up: look again (above) with a fresh wait.
-                    pokes = self.shutdown.pokes();
+                // Written at the start of the next iteration.
+                Wake::Notified => {
+                    w.checked = false;
                     continue;
                 }
-                Wake::Closed => return Err("client closed"),
+                Wake::Draining => {
+                    // A shutdown or an admin wake-up: look again with a fresh wait.
+                    w.pokes = self.shutdown.pokes();
+                    w.checked = false;
+                    continue;
+                }
+                Wake::Closed => return Poll::Ready(Idle::Left("client closed")),
                 Wake::IdleTimeout => {
-                    Box::pin(self.close(
+                    return Poll::Ready(Idle::Close(
                         SqlState::IDLE_SESSION_TIMEOUT,
-                        "terminating connection due to idle-session timeout (client_idle_timeout)",
+                        IDLE_MESSAGE,
+                        "client_idle_timeout",
                     ))
-                    .await;
-                    return Err("client_idle_timeout");
                 }
             }
-            if buf.capacity() == 0 {
-                buf = crate::frontend::relay::buffers::take();
+            if w.buf.capacity() == 0 {
+                w.buf = crate::frontend::relay::buffers::take();
             }
             // A poll-based read (unlike try_read) clears readiness on a short read, which saves
             // the relay a wasted EAGAIN read per transaction. Polled once: a spurious wake-up
             // goes back to the wait above.
-            // Some(true): bytes came; Some(false): the client closed (or the read failed).
-            let read = {
-                let mut read = pin!(self.stream.read_buf(&mut buf));
-                poll_fn(|cx| {
-                    Poll::Ready(read.as_mut().poll(cx).map(|r| matches!(r, Ok(n) if n > 0)))
-                })
-                .await
-            };
-            match read {
+            match pin!(self.stream.read_buf(&mut w.buf)).poll(cx) {
                 // Nothing came (a stale readiness: login's last read filled its buffer exactly,
                 // which leaves the socket marked readable): an idle client holds no buffer.
                 Poll::Pending => {
-                    if buf.is_empty() {
-                        crate::frontend::relay::buffers::give(std::mem::take(&mut buf));
+                    if w.buf.is_empty() {
+                        crate::frontend::relay::buffers::give(std::mem::take(&mut w.buf));
                     }
+                    w.checked = false;
                     continue;
                 }
-                Poll::Ready(false) => return Err("client closed"),
-                Poll::Ready(true) => {}
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Idle::Left("client closed")),
+                Poll::Ready(Ok(_)) => {}
             }
-            // The violation, if any, is awaited with nothing but the loop's state alive: what
-            // this future holds stays small (it is every idle client's).
-            let violation = match self.look_at(&mut buf) {
-                Look::Request => return Ok(buf),
-                Look::More => continue,
-                Look::Terminate => return Err("client closed"),
-                Look::Violation(v) => v,
-            };
-            Box::pin(self.violation(violation)).await;
-            return Err("protocol violation");
+            match self.look_at(&mut w.buf) {
+                Look::Request => return Poll::Ready(Idle::Request(std::mem::take(&mut w.buf))),
+                Look::More => w.checked = false,
+                Look::Terminate => return Poll::Ready(Idle::Left("client closed")),
+                Look::Violation(v) => return Poll::Ready(Idle::Violation(v)),
+            }
         }
     }
 
