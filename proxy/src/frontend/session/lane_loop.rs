@@ -68,6 +68,7 @@ pub(super) fn park(session: Box<Session>) {
     match shared {
         Some(shared) => {
             lock(&shared.arrivals).push(session);
+            shared.pending.store(true, Ordering::Release);
             shared.task.wake();
         }
         // Not reached (`parks` asked `running`): the session goes on in a task of its own.
@@ -137,6 +138,9 @@ impl Session {
 /// What the loop shares with the wakers of its slots and with the sessions that park.
 #[derive(Default)]
 struct Shared {
+    /// Something was queued since the loop last looked (it then locks the queues; most
+    /// looks after a batch find nothing, and cost one atomic swap).
+    pending: AtomicBool,
     /// Slots woken since the loop last looked.
     woken: Mutex<Vec<usize>>,
     /// Sessions handed to the loop since it last looked (boxed as they come and as their
@@ -166,6 +170,7 @@ impl Wake for SlotWaker {
     fn wake_by_ref(self: &Arc<Self>) {
         if !self.queued.swap(true, Ordering::AcqRel) {
             lock(&self.shared.woken).push(self.slot);
+            self.shared.pending.store(true, Ordering::Release);
             self.shared.task.wake();
         }
     }
@@ -212,12 +217,9 @@ async fn serve(shared: Arc<Shared>) {
     poll_fn(|cx| {
         shared.task.register(cx.waker());
         let mut polled = 0;
-        loop {
+        while shared.pending.swap(false, Ordering::AcqRel) {
             std::mem::swap(&mut *lock(&shared.arrivals), &mut arrivals);
             std::mem::swap(&mut *lock(&shared.woken), &mut batch);
-            if arrivals.is_empty() && batch.is_empty() {
-                return Poll::Pending;
-            }
             for session in arrivals.drain(..) {
                 let slot = match free.pop() {
                     Some(i) => i,
@@ -245,47 +247,66 @@ async fn serve(shared: Arc<Shared>) {
                 // A request may be there already: look now.
                 batch.push(slot);
             }
-            for i in batch.drain(..) {
-                let slot = &mut slots[i];
-                slot.waker.queued.store(false, Ordering::Release);
-                if poll_slot(slot, &mut spare) {
-                    free.push(i);
+            // One guard against panics for the whole batch (it is not free): a panic ends
+            // the client being polled, and the rest of the batch goes on.
+            let mut at = 0;
+            while at < batch.len() {
+                let stepped = catch_unwind(AssertUnwindSafe(|| {
+                    while let Some(&i) = batch.get(at) {
+                        at += 1;
+                        let slot = &mut slots[i];
+                        slot.waker.queued.store(false, Ordering::Release);
+                        if poll_slot(slot, &mut spare) {
+                            free.push(i);
+                        }
+                    }
+                }));
+                if let Err(panic) = stepped {
+                    let i = batch[at - 1];
+                    if contain(&mut slots[i].held, &*panic) {
+                        free.push(i);
+                    }
                 }
-                polled += 1;
             }
+            polled += batch.len();
+            batch.clear();
             if polled >= BUDGET {
-                // The others' turn; the slots woken meanwhile wait in the queue.
+                // The others' turn; what was woken meanwhile waits in the queues.
+                shared.pending.store(true, Ordering::Release);
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
         }
+        Poll::Pending
     })
     .await
 }
 
 /// Polls one slot's client; returns whether the slot became free (the client left the loop).
 /// A free slot's waker may still fire (what the client waited on keeps it until it waits
-/// again): such a poll finds nothing. A panic is contained to the client: as in its task, its
-/// server is dropped (closed, never returned) and it gets XX000 before it is closed.
+/// again): such a poll finds nothing.
 fn poll_slot(slot: &mut Slot, spare: &mut Vec<Area>) -> bool {
-    let slot_waker = &slot.as_waker;
-    let slot = &mut slot.held;
-    if slot.session.is_none() {
+    if slot.held.session.is_none() {
         return false;
     }
-    let mut cx = Context::from_waker(slot_waker);
-    let stepped = catch_unwind(AssertUnwindSafe(|| step(slot, spare, &mut cx)));
-    if let Err(panic) = stepped {
-        slot.wait = None;
-        slot.area = None;
-        if let Some(session) = slot.session.take() {
-            let panic = crate::panics::message(&*panic);
-            // The task closes it with XX000 (see `Session::run`).
-            error!(peer = %session.client.entry.peer, user = %session.user(), database = %session.database(), panic, "internal error while serving a client: client closed, its server connection closed");
-            hand_over(session, Resume::Panicked);
-        }
-    }
-    slot.session.is_none()
+    let mut cx = Context::from_waker(&slot.as_waker);
+    step(&mut slot.held, spare, &mut cx);
+    slot.held.session.is_none()
+}
+
+/// After a panic in polling a client: as in its task, its server is dropped (closed, never
+/// returned) and it gets XX000 before it is closed. Returns whether the slot became free.
+fn contain(slot: &mut Held, panic: &(dyn std::any::Any + Send)) -> bool {
+    slot.wait = None;
+    slot.area = None;
+    let Some(session) = slot.session.take() else {
+        return false;
+    };
+    let panic = crate::panics::message(panic);
+    // The task closes it with XX000 (see `Session::run`).
+    error!(peer = %session.client.entry.peer, user = %session.user(), database = %session.database(), panic, "internal error while serving a client: client closed, its server connection closed");
+    hand_over(session, Resume::Panicked);
+    true
 }
 
 /// Polls a slot's client until it waits, or leaves the loop (its session is None then).
