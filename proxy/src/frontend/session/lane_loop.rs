@@ -207,8 +207,21 @@ struct Held {
     area: Option<Area>,
 }
 
+/// Takes the loop off its thread when its task ends (the runtime shut down, or a bug
+/// panicked outside the guard of a client's poll): sessions that would park then go on in
+/// tasks of their own instead of a queue nobody reads.
+struct Retire;
+
+impl Drop for Retire {
+    fn drop(&mut self) {
+        // Never a panic in a drop: at thread exit the slot may be gone already.
+        let _ = LOOP.try_with(|l| l.try_borrow_mut().map(|mut l| l.take()));
+    }
+}
+
 /// The loop's task: places the sessions that arrive, polls the slots that were woken.
 async fn serve(shared: Arc<Shared>) {
+    let _retire = Retire;
     let mut slots: Vec<Slot> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
     let mut batch: Vec<usize> = Vec::new();
