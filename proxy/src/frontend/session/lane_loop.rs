@@ -119,8 +119,7 @@ impl Session {
         };
         self.note_route(&route, &serving);
         let retry = serving.on_replica;
-        let limits = self.limits().for_pool(self.upstream.settings());
-        let Some(unit) = self.lane_of(&limits, &mut serving, analysed.as_ref(), &first) else {
+        let Some(unit) = self.lane_of(&mut serving, analysed.as_ref(), &first) else {
             let run = Box::new(self.begin_run(serving, retry, analysed));
             return Err(Resume::Begun(first, Begun::Run(run, None)));
         };

@@ -117,12 +117,7 @@ impl Session {
     ) -> Result<Ran, &'static str> {
         let mut run = self.begin_run(serving, retry, analysed);
         // The common unit runs in the fast lane, before any relay state is built.
-        let lane = match self.lane_of(
-            &run.runtime.limits.for_pool(run.upstream.settings()),
-            &mut run.serving,
-            run.analysed.as_ref(),
-            &first,
-        ) {
+        let lane = match self.lane_of(&mut run.serving, run.analysed.as_ref(), &first) {
             Some(unit) => {
                 let lane = relay::fast::lane(
                     LaneIo {
@@ -437,15 +432,16 @@ impl Session {
     /// a named statement prepared on this server already).
     pub(super) fn lane_of(
         &self,
-        limits: &relay::Limits,
         serving: &mut Serving,
         analysed: Option<&Analysed>,
         first: &[u8],
     ) -> Option<LaneUnit> {
-        if limits.mode != PoolMode::Transaction
+        // The pool's settings are what `Limits::for_pool` takes these three from.
+        let pool = self.upstream.settings();
+        if pool.mode != PoolMode::Transaction
             || self.pinned.is_some()
-            || limits.query_timeout.is_some()
-            || limits.transaction_timeout.is_some()
+            || pool.query_timeout.is_some()
+            || pool.transaction_timeout.is_some()
         {
             return None;
         }
