@@ -8,7 +8,7 @@
 //! unit the fast lane takes and a server free at once, the lane ([`LaneRun::poll`]) and the
 //! release. Anything else (a write, a pool wait, PAUSE, a reply the lane hands over, KILL,
 //! shutdown, an error) hands the client back to a task of its own with what to go on with
-//! ([`Resume`]), which parks it here again once it waits for its next request.
+//! ([`HandedBack`]), which parks it here again once it waits for its next request.
 //!
 //! The loop runs only on a current-thread runtime (`workers = 1`): every session it holds is
 //! then polled on that thread, as its task would have been. The slots' wakers are `Send`, as a
@@ -33,7 +33,7 @@ use crate::shutdown::Phase;
 use super::routing::Routed;
 use super::run::{observed, Run};
 use super::wait::{Idle, IdleWait};
-use super::{Begun, Ran, Resume, Session};
+use super::{Begun, HandedBack, Ran, Session};
 
 /// Slots polled per poll of the loop's task before it yields to the runtime's other tasks.
 const BUDGET: usize = 128;
@@ -73,7 +73,7 @@ pub(super) fn park(session: Box<Session>) {
         }
         // Not reached (`parks` asked `running`): the session goes on in a task of its own.
         None => {
-            tokio::spawn(session.run(None, Some(Box::new(Resume::Wait))));
+            tokio::spawn(session.run(None, Some(Box::new(HandedBack::Wait))));
         }
     }
 }
@@ -90,20 +90,24 @@ impl Session {
 
     /// Begins serving `first` in the loop, in `area`: its run on a server the fast lane
     /// takes. Else what a task of the client's own goes on with.
-    fn begin_in_loop(&mut self, first: BytesMut, area: &mut Option<Running>) -> Result<(), Resume> {
+    fn begin_in_loop(
+        &mut self,
+        first: BytesMut,
+        area: &mut Option<Running>,
+    ) -> Result<(), HandedBack> {
         if self.needs_refresh() {
-            return Err(Resume::Request(first));
+            return Err(HandedBack::Request(first));
         }
         // What pgtier answers itself (a Parse batch of named statements, a pgtier or
         // LISTEN-family statement) is answered in the client's task.
         if !self.plain_request(&first) {
             if let Some(local) = self.local_request(&first) {
-                return Err(Resume::Local(first, Box::new(local)));
+                return Err(HandedBack::Local(first, Box::new(local)));
             }
         }
         let (route, analysed) = self.target_of(&first);
         if self.causal_unknown && matches!(route.target, Target::Replica { .. }) {
-            return Err(Resume::Request(first));
+            return Err(HandedBack::Request(first));
         }
         let mut serving = match self.checkout_now(route.target) {
             Ok(serving) => serving,
@@ -114,14 +118,14 @@ impl Session {
                     analysed,
                     asked,
                 };
-                return Err(Resume::Begun(first, Begun::Routed(Box::new(routed))));
+                return Err(HandedBack::Begun(first, Begun::Routed(Box::new(routed))));
             }
         };
         self.note_route(&route, &serving);
         let retry = serving.on_replica;
         let Some(unit) = self.lane_of(&mut serving, analysed.as_ref(), &first) else {
             let run = Box::new(self.begin_run(serving, retry, analysed));
-            return Err(Resume::Begun(first, Begun::Run(run, None)));
+            return Err(HandedBack::Begun(first, Begun::Run(run, None)));
         };
         let lane = LaneRun::new(&first, unit, &self.shutdown);
         // Built in place: a run is hundreds of bytes.
@@ -193,11 +197,11 @@ struct Slot {
     waker: Arc<SlotWaker>,
     /// The same, as a `Waker` (made once).
     as_waker: Waker,
-    held: Held,
+    occupant: Occupant,
 }
 
 /// What a slot holds.
-struct Held {
+struct Occupant {
     /// The client (None: the slot is free).
     session: Option<Box<Session>>,
     /// Its idle wait, while it waits for a request.
@@ -245,7 +249,7 @@ async fn serve(shared: Arc<Shared>) {
                         slots.push(Slot {
                             waker,
                             as_waker,
-                            held: Held {
+                            occupant: Occupant {
                                 session: None,
                                 wait: None,
                                 area: None,
@@ -254,8 +258,8 @@ async fn serve(shared: Arc<Shared>) {
                         slots.len() - 1
                     }
                 };
-                slots[slot].held.wait = Some(session.idle_wait());
-                slots[slot].held.session = Some(session);
+                slots[slot].occupant.wait = Some(session.idle_wait());
+                slots[slot].occupant.session = Some(session);
                 // A request may be there already: look now.
                 batch.push(slot);
             }
@@ -275,7 +279,7 @@ async fn serve(shared: Arc<Shared>) {
                 }));
                 if let Err(panic) = stepped {
                     let i = batch[at - 1];
-                    if contain(&mut slots[i].held, &*panic) {
+                    if contain(&mut slots[i].occupant, &*panic) {
                         free.push(i);
                     }
                 }
@@ -298,17 +302,17 @@ async fn serve(shared: Arc<Shared>) {
 /// A free slot's waker may still fire (what the client waited on keeps it until it waits
 /// again): such a poll finds nothing.
 fn poll_slot(slot: &mut Slot, spare: &mut Vec<Area>) -> bool {
-    if slot.held.session.is_none() {
+    if slot.occupant.session.is_none() {
         return false;
     }
     let mut cx = Context::from_waker(&slot.as_waker);
-    step(&mut slot.held, spare, &mut cx);
-    slot.held.session.is_none()
+    step(&mut slot.occupant, spare, &mut cx);
+    slot.occupant.session.is_none()
 }
 
 /// After a panic in polling a client: as in its task, its server is dropped (closed, never
 /// returned) and it gets XX000 before it is closed. Returns whether the slot became free.
-fn contain(slot: &mut Held, panic: &(dyn std::any::Any + Send)) -> bool {
+fn contain(slot: &mut Occupant, panic: &(dyn std::any::Any + Send)) -> bool {
     slot.wait = None;
     slot.area = None;
     let Some(session) = slot.session.take() else {
@@ -317,12 +321,12 @@ fn contain(slot: &mut Held, panic: &(dyn std::any::Any + Send)) -> bool {
     let panic = crate::panics::message(panic);
     // The task closes it with XX000 (see `Session::run`).
     error!(peer = %session.client.entry.peer, user = %session.user(), database = %session.database(), panic, "internal error while serving a client: client closed, its server connection closed");
-    hand_over(session, Resume::Panicked);
+    hand_over(session, HandedBack::Panicked);
     true
 }
 
 /// Polls a slot's client until it waits, or leaves the loop (its session is None then).
-fn step(slot: &mut Held, spare: &mut Vec<Area>, cx: &mut Context<'_>) {
+fn step(slot: &mut Occupant, spare: &mut Vec<Area>, cx: &mut Context<'_>) {
     loop {
         let Some(session) = slot.session.as_mut() else {
             return;
@@ -355,7 +359,7 @@ fn step(slot: &mut Held, spare: &mut Vec<Area>, cx: &mut Context<'_>) {
             if !matches!(end, Lane::Answered) || session.shutdown.phase() >= Phase::Draining {
                 if let Some(Running { run, first, .. }) = area.take() {
                     let begun = Begun::Run(Box::new(run), Some(end));
-                    leave(slot, Resume::Begun(first, begun));
+                    leave(slot, HandedBack::Begun(first, begun));
                 }
                 return;
             }
@@ -369,9 +373,9 @@ fn step(slot: &mut Held, spare: &mut Vec<Area>, cx: &mut Context<'_>) {
             }
             match ran {
                 Ran::Done(None) if session.parks() => slot.wait = Some(session.idle_wait()),
-                Ran::Done(None) => return leave(slot, Resume::Wait),
+                Ran::Done(None) => return leave(slot, HandedBack::Wait),
                 Ran::Done(Some(rest)) | Ran::RetryRead(rest) => {
-                    return leave(slot, Resume::Request(rest))
+                    return leave(slot, HandedBack::Request(rest))
                 }
             }
             continue;
@@ -386,29 +390,29 @@ fn step(slot: &mut Held, spare: &mut Vec<Area>, cx: &mut Context<'_>) {
                 let mut area = spare.pop().unwrap_or_else(|| Box::new(None));
                 match session.begin_in_loop(first, &mut area) {
                     Ok(()) => slot.area = Some(area),
-                    Err(resume) => {
+                    Err(back) => {
                         spare.push(area);
-                        return leave(slot, resume);
+                        return leave(slot, back);
                     }
                 }
             }
             // Not listening: no notifications to deliver; a task would go on waiting.
-            Poll::Ready(Idle::Deliver) => return leave(slot, Resume::Wait),
-            Poll::Ready(end) => return leave(slot, Resume::Ended(end)),
+            Poll::Ready(Idle::Deliver) => return leave(slot, HandedBack::Wait),
+            Poll::Ready(end) => return leave(slot, HandedBack::Ended(end)),
         }
     }
 }
 
-/// The slot's client leaves the loop for a task of its own, which goes on with `resume`.
-fn leave(slot: &mut Held, resume: Resume) {
+/// The slot's client leaves the loop for a task of its own, which goes on with `back`.
+fn leave(slot: &mut Occupant, back: HandedBack) {
     slot.wait = None;
     slot.area = None;
     if let Some(session) = slot.session.take() {
-        hand_over(session, resume);
+        hand_over(session, back);
     }
 }
 
-/// Hands a client to a task of its own, which goes on with `resume`.
-fn hand_over(session: Box<Session>, resume: Resume) {
-    tokio::spawn(session.run(None, Some(Box::new(resume))));
+/// Hands a client to a task of its own, which goes on with `back`.
+fn hand_over(session: Box<Session>, back: HandedBack) {
+    tokio::spawn(session.run(None, Some(Box::new(back))));
 }

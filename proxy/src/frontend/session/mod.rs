@@ -90,7 +90,7 @@ enum Served {
 }
 
 /// What a client the lane loop hands back to a task of its own goes on with.
-enum Resume {
+enum HandedBack {
     /// Waiting for its next request.
     Wait,
     /// This request (it needs more than the fast lane).
@@ -165,15 +165,15 @@ const PANICKED: &str = "internal error";
 
 impl Session {
     /// Serves the client until it leaves, or until it waits in the lane loop (which hands it
-    /// back to a task of its own with `resume`: what to go on with).
+    /// back to a task of its own with `back`: what to go on with).
     /// Boxed, with its held server boxed: an async fn keeps its arguments twice in its state
     /// (as captured and as moved in), and this state is every idle client's task.
     /// A panic in serving is contained here: the server it held was dropped with it (closed,
     /// never returned), and the client gets XX000 before it is closed.
-    async fn run(mut self: Box<Self>, held: Option<Box<Serving>>, resume: Option<Box<Resume>>) {
+    async fn run(mut self: Box<Self>, held: Option<Box<Serving>>, back: Option<Box<HandedBack>>) {
         // Only a flag lives across the close below: this state is every idle client's task.
         let reason = {
-            let served = Contained(pin!(self.serve(held, resume))).await;
+            let served = Contained(pin!(self.serve(held, back))).await;
             match served {
                 Ok(Served::Left(reason)) => reason,
                 Ok(Served::Parked) => {
@@ -200,24 +200,24 @@ impl Session {
     async fn serve(
         &mut self,
         mut held: Option<Box<Serving>>,
-        resume: Option<Box<Resume>>,
+        back: Option<Box<HandedBack>>,
     ) -> Served {
         // Client bytes a relay handed back (a unit that needs another server).
         // Boxed: it is a local of every idle client's task, and rarely used.
         let mut pending: Option<Box<BytesMut>> = None;
-        if let Some(resume) = resume {
-            match *resume {
-                Resume::Wait => {}
-                Resume::Request(first) => pending = Some(Box::new(first)),
-                Resume::Local(first, local) => {
+        if let Some(back) = back {
+            match *back {
+                HandedBack::Wait => {}
+                HandedBack::Request(first) => pending = Some(Box::new(first)),
+                HandedBack::Local(first, local) => {
                     match Box::pin(self.answer_local(first, *local)).await {
                         Ok(rest) => pending = rest.map(Box::new),
                         Err(reason) => return Served::Left(reason),
                     }
                 }
-                Resume::Ended(end) => return Served::Left(self.end_idle(end).await),
-                Resume::Panicked => return Served::Left(PANICKED),
-                Resume::Begun(first, begun) => {
+                HandedBack::Ended(end) => return Served::Left(self.end_idle(end).await),
+                HandedBack::Panicked => return Served::Left(PANICKED),
+                HandedBack::Begun(first, begun) => {
                     match Recycled::new(|| self.transaction(first, None, Some(begun))).await {
                         Ok(leftover) => pending = leftover.map(Box::new),
                         Err(reason) => return Served::Left(reason),
@@ -353,7 +353,7 @@ impl Session {
         let mut retried = false;
         loop {
             let (serving, analysed) = match (held.take(), begun.take()) {
-                // Held since login (session mode): its run, and its first query, start now.
+                // Occupant since login (session mode): its run, and its first query, start now.
                 (Some(mut s), _) => {
                     s.since = std::time::Instant::now();
                     (s, None)
