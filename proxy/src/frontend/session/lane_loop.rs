@@ -27,13 +27,12 @@ use tracing::error;
 
 use crate::frontend::relay::fast::{Lane, LaneIo, LaneRun};
 use crate::frontend::relay::Outcome;
-use crate::router::route::Target;
 use crate::shutdown::Phase;
 
-use super::routing::Routed;
+use super::routing::Later;
 use super::run::{observed, Run};
 use super::wait::{Idle, IdleWait};
-use super::{Begun, HandedBack, Ran, Session};
+use super::{Begun, HandedBack, Session};
 
 /// Slots polled per poll of the loop's task before it yields to the runtime's other tasks.
 const BUDGET: usize = 128;
@@ -100,28 +99,18 @@ impl Session {
         }
         // What pgtier answers itself (a Parse batch of named statements, a pgtier or
         // LISTEN-family statement) is answered in the client's task.
-        if !self.plain_request(&first) {
-            if let Some(local) = self.local_request(&first) {
-                return Err(HandedBack::Local(first, Box::new(local)));
-            }
+        if let Some(local) = self.local_request(&first) {
+            return Err(HandedBack::Local(first, Box::new(local)));
         }
-        let (route, analysed) = self.target_of(&first);
-        if self.causal_unknown && matches!(route.target, Target::Replica { .. }) {
-            return Err(HandedBack::Request(first));
-        }
-        let mut serving = match self.checkout_now(route.target) {
-            Ok(serving) => serving,
-            Err(asked) => {
-                // The task follows the replica choice made here.
-                let routed = Routed {
-                    route,
-                    analysed,
-                    asked,
-                };
-                return Err(HandedBack::Begun(first, Begun::Routed(Box::new(routed))));
+        let (mut serving, analysed) = match self.route_now(&first) {
+            Ok(routed) => routed,
+            // The task asks the primary's position first.
+            Err(Later::Causal) => return Err(HandedBack::Request(first)),
+            // The task follows the replica choice made here.
+            Err(Later::Wait(routed)) => {
+                return Err(HandedBack::Begun(first, Begun::Routed(routed)))
             }
         };
-        self.note_route(&route, &serving);
         let retry = serving.on_replica;
         let Some(unit) = self.lane_of(&mut serving, analysed.as_ref(), &first) else {
             let run = Box::new(self.begin_run(serving, retry, analysed));
@@ -372,11 +361,9 @@ fn step(slot: &mut Occupant, spare: &mut Vec<Area>, cx: &mut Context<'_>) {
                 spare.push(area);
             }
             match ran {
-                Ran::Done(None) if session.parks() => slot.wait = Some(session.idle_wait()),
-                Ran::Done(None) => return leave(slot, HandedBack::Wait),
-                Ran::Done(Some(rest)) | Ran::RetryRead(rest) => {
-                    return leave(slot, HandedBack::Request(rest))
-                }
+                None if session.parks() => slot.wait = Some(session.idle_wait()),
+                None => return leave(slot, HandedBack::Wait),
+                Some(rest) => return leave(slot, HandedBack::Request(rest)),
             }
             continue;
         }

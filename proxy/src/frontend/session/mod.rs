@@ -244,20 +244,15 @@ impl Session {
                         return Served::Left(reason);
                     }
                 }
-                // A SELECT with no parenthesis is none of what follows (a Parse, a pgtier
-                // statement, a LISTEN-family statement, `pg_listening_channels()`): the common
-                // request skips their checks.
-                if !self.plain_request(&first) {
-                    // Boxed: only a pointer lives in this (idle) state while it is answered.
-                    if let Some(local) = self.local_request(&first).map(Box::new) {
-                        // Boxed: rare, and what it holds across its awaits would otherwise
-                        // sit in every idle client's task.
-                        match Box::pin(self.answer_local(first, *local)).await {
-                            Ok(rest) => pending = rest.map(Box::new),
-                            Err(reason) => return Served::Left(reason),
-                        }
-                        continue;
+                // Boxed: only a pointer lives in this (idle) state while it is answered.
+                if let Some(local) = self.local_request(&first).map(Box::new) {
+                    // Boxed: rare, and what it holds across its awaits would otherwise sit in
+                    // every idle client's task.
+                    match Box::pin(self.answer_local(first, *local)).await {
+                        Ok(rest) => pending = rest.map(Box::new),
+                        Err(reason) => return Served::Left(reason),
                     }
+                    continue;
                 }
             }
             // Boxed so that an idle client's task does not carry the state of a transaction
@@ -282,6 +277,11 @@ impl Session {
     /// What pgtier answers itself at the start of `first`, if it is one: a Parse batch of
     /// named statements, a pgtier statement, a LISTEN-family request.
     fn local_request(&mut self, first: &[u8]) -> Option<Local> {
+        // A SELECT with no parenthesis is none of these (a Parse, a pgtier statement, a
+        // LISTEN-family statement, `pg_listening_channels()`): the common request skips them.
+        if self.plain_request(first) {
+            return None;
+        }
         let max_bytes = self.limits().prepared_bytes;
         if let Some(reply) = answer_parse_batch(first, &mut self.statements, max_bytes) {
             // The one place statements change outside a relay (which records the count at

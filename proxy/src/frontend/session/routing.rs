@@ -75,27 +75,56 @@ impl Session {
         &mut self,
         first: &[u8],
     ) -> Result<(Serving, Option<Analysed>), &'static str> {
-        let (mut route, mut analysed) = self.target_of(first);
-        if self.causal_unknown && matches!(route.target, Target::Replica { .. }) {
-            Box::pin(self.refresh_causal()).await?;
-            (route, analysed) = self.target_of(first);
-            if self.causal_unknown {
-                route.target = Target::Primary;
+        let later = match self.route_now(first) {
+            Ok(routed) => return Ok(routed),
+            Err(later) => later,
+        };
+        let routed = match later {
+            Later::Wait(routed) => routed,
+            Later::Causal => {
+                Box::pin(self.refresh_causal()).await?;
+                let (mut route, analysed) = self.target_of(first);
+                if self.causal_unknown {
+                    route.target = Target::Primary;
+                }
+                match self.checkout_routed(route, analysed) {
+                    Ok(routed) => return Ok(routed),
+                    Err(routed) => routed,
+                }
             }
+        };
+        self.serve_routed(*routed).await
+    }
+
+    /// Routes the unit at the start of `first` and checks out its server if one is free at
+    /// once (the task's way and the lane loop's). Else what must come first.
+    pub(super) fn route_now(&mut self, first: &[u8]) -> Result<(Serving, Option<Analysed>), Later> {
+        let (route, analysed) = self.target_of(first);
+        if self.causal_unknown && matches!(route.target, Target::Replica { .. }) {
+            return Err(Later::Causal);
         }
-        let asked = match self.checkout_now(route.target) {
+        self.checkout_routed(route, analysed).map_err(Later::Wait)
+    }
+
+    /// A routed unit's checkout when a server is free at once; else the unit with the
+    /// checkout begun for it.
+    fn checkout_routed(
+        &mut self,
+        route: Route,
+        analysed: Option<Analysed>,
+    ) -> Result<(Serving, Option<Analysed>), Box<Routed>> {
+        match self.checkout_now(route.target) {
             Ok(serving) => {
                 self.note_route(&route, &serving);
-                return Ok((serving, analysed));
+                Ok((serving, analysed))
             }
-            Err(asked) => asked,
-        };
-        self.serve_routed(Routed {
-            route,
-            analysed,
-            asked,
-        })
-        .await
+            // Boxed: the wait is the rare way, and this result is returned by value.
+            Err(asked) => Err(Box::new(Routed {
+                route,
+                analysed,
+                asked,
+            })),
+        }
     }
 
     /// Checks out a server for a routed unit whose checkout did not find one at once.
@@ -328,6 +357,14 @@ pub(super) struct Asked {
     started_us: u64,
     /// The replica choice it made, which the wait must follow (see `checkout::server_now`).
     chosen: Option<Choice>,
+}
+
+/// What a unit needs before its checkout (see [`Session::route_now`]).
+pub(super) enum Later {
+    /// The primary's WAL position: a write's was not read, and the unit reads on a replica.
+    Causal,
+    /// A wait for a server (PAUSE, a busy pool, a new connection, a replica to ask).
+    Wait(Box<Routed>),
 }
 
 /// A unit routed, whose checkout must wait.

@@ -275,7 +275,11 @@ impl Session {
 
     /// Returns the server of a run that ended idle (not during shutdown); the client bytes it
     /// left, if any, are routed anew. The run is over then (its server taken out of it).
-    pub(super) fn release_idle(&mut self, serving: &mut Serving, end: relay::RunEnd) -> Ran {
+    pub(super) fn release_idle(
+        &mut self,
+        serving: &mut Serving,
+        end: relay::RunEnd,
+    ) -> Option<BytesMut> {
         let ended = end.last_reply.unwrap_or(serving.since);
         if serving.on_replica {
             self.routing
@@ -285,22 +289,13 @@ impl Session {
         serving.server.put_back(ended);
         if end.leftover.is_empty() {
             crate::frontend::relay::buffers::give(end.leftover);
-            return Ran::Done(None);
+            return None;
         }
-        Ran::Done(Some(end.leftover))
+        Some(end.leftover)
     }
 
     /// What a run's end means for client and server.
     async fn conclude(&mut self, run: Run, end: relay::RunEnd) -> Result<Ran, &'static str> {
-        if matches!(end.outcome, Outcome::Idle) {
-            if self.shutdown.phase() < Phase::Draining {
-                let mut run = run;
-                return Ok(self.release_idle(&mut run.serving, end));
-            }
-            Box::pin(self.give_back(run.serving)).await;
-            Box::pin(self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE)).await;
-            return Err("shutdown");
-        }
         let Run {
             mut serving,
             runtime,
@@ -309,8 +304,14 @@ impl Session {
             ..
         } = run;
         let (code, message, reason) = match end.outcome {
-            // Handled above.
-            Outcome::Idle => return Err("shutdown"),
+            Outcome::Idle => {
+                if self.shutdown.phase() < Phase::Draining {
+                    return Ok(Ran::Done(self.release_idle(&mut serving, end)));
+                }
+                Box::pin(self.give_back(serving)).await;
+                Box::pin(self.close(SqlState::ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE)).await;
+                return Err("shutdown");
+            }
             Outcome::ProbeLost { failed } => {
                 // The client has all its replies; only the server is in doubt (closed here).
                 warn!(database = %self.database(), node = %self.upstream.node(serving.node).node(), "no reply to the causal probe after a write transaction: closing the server connection");
